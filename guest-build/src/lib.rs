@@ -1,0 +1,145 @@
+//! Compiles policy-unit crates of this workspace to `wasm32-unknown-unknown` from inside a
+//! build script, the way wasmtime's own test programs are built: a nested `cargo build` with
+//! its own target directory (so it never waits on the outer build's lock), the
+//! `wasm-guest` profile, and a clean environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The wasm target guests are built for.
+pub const TARGET: &str = "wasm32-unknown-unknown";
+
+/// One guest crate to build.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// Cargo package name (e.g. `builtin-basic`).
+    pub package: &'static str,
+    /// Directory of the crate, relative to the workspace root (for change tracking).
+    pub dir: &'static str,
+}
+
+/// A built guest module.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Cargo package name.
+    pub package: &'static str,
+    /// Path of the `.wasm` file.
+    pub wasm: PathBuf,
+}
+
+/// Builds the guests and returns where their `.wasm` files are. Call from a build script;
+/// `manifest_dir` is the calling crate's `CARGO_MANIFEST_DIR`. Panics with a one-line fix
+/// when the wasm target is missing, and with cargo's output when a guest fails to compile.
+pub fn build(manifest_dir: &Path, guests: &[Guest]) -> Vec<Built> {
+    let workspace = workspace_root(manifest_dir);
+    for dir in ["policy-sdk", "Cargo.lock", "Cargo.toml"]
+        .iter()
+        .map(|d| workspace.join(d))
+        .chain(guests.iter().map(|g| workspace.join(g.dir)))
+    {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    println!("cargo:rerun-if-env-changed=WASMSCHED_GUEST_TARGET_DIR");
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    check_target_installed();
+
+    let target_dir = std::env::var_os("WASMSCHED_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| outer_target_dir(&workspace).join("wasm-guests"));
+
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&workspace)
+        .arg("build")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--profile")
+        .arg("wasm-guest")
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for g in guests {
+        cmd.arg("-p").arg(g.package);
+    }
+    // The outer build's settings must not leak into the guest build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{cargo}` to build the wasm policy modules: {e}"));
+    if !output.status.success() {
+        panic!(
+            "building the wasm policy modules failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    guests
+        .iter()
+        .map(|g| {
+            let wasm = target_dir
+                .join(TARGET)
+                .join("wasm-guest")
+                .join(format!("{}.wasm", g.package.replace('-', "_")));
+            assert!(wasm.exists(), "guest build produced no {}", wasm.display());
+            Built {
+                package: g.package,
+                wasm,
+            }
+        })
+        .collect()
+}
+
+fn check_target_installed() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .arg("--print")
+        .arg("sysroot")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
+    if let Some(sysroot) = sysroot {
+        if !sysroot.join("lib/rustlib").join(TARGET).exists() {
+            panic!(
+                "the {TARGET} target is not installed; fix with: rustup target add {TARGET}"
+            );
+        }
+    }
+}
+
+fn workspace_root(manifest_dir: &Path) -> PathBuf {
+    manifest_dir
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .map(|text| text.contains("[workspace]"))
+                .unwrap_or(false)
+        })
+        .unwrap_or(manifest_dir)
+        .to_path_buf()
+}
+
+fn outer_target_dir(workspace: &Path) -> PathBuf {
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out (or with a target triple
+    // in between); walk up to the directory that holds the `build` folder's profile dir.
+    if let Ok(out_dir) = std::env::var("OUT_DIR") {
+        let out_dir = PathBuf::from(out_dir);
+        if let Some(build) = out_dir.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build")) {
+            if let Some(target) = build.parent().and_then(Path::parent) {
+                return target.to_path_buf();
+            }
+        }
+    }
+    workspace.join("target")
+}

@@ -1,0 +1,259 @@
+//! `wasmsched`: the command-line front end of the runtime.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wasmsched::sdk::{ParamValue, Vm};
+use wasmsched::{files, Cluster, Policy, Runtime, ScheduleRequest};
+
+const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
+const DEMO_VMS: &str = include_str!("../../../examples/demo/vms.json");
+
+/// Exit code when a decision found no host.
+const EXIT_NO_HOST: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "wasmsched", version, about = "Scheduling-policy engine with WebAssembly policy units")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Directory of operator policy modules (*.wasm) to load next to the builtins.
+    #[arg(long, global = true, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Do not load the builtin modules.
+    #[arg(long, global = true)]
+    no_builtins: bool,
+    /// Compiled-module cache directory (default: the user's cache dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Disable the compiled-module cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log level filter (e.g. `info`, `wasmsched=debug`); also RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the builtins and schedule a handful of VMs on the sample cluster.
+    Demo,
+    /// Schedule one VM on a cluster.
+    Schedule {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The VM to place (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        vm: PathBuf,
+        /// Cluster policy (default: the builtin default policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Hosts (ids) that must not be chosen.
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        blacklist: Vec<String>,
+        /// Only these hosts (ids) may be chosen.
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        whitelist: Option<Vec<String>>,
+    },
+    /// List the loaded units with kind, module, version and parameters.
+    Units,
+    /// Validate a policy module and print its manifest.
+    Check {
+        /// The module file.
+        module: PathBuf,
+    },
+    /// Write the builtin modules to a directory.
+    Builtins {
+        /// Target directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.log.as_deref());
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime(global: &Global, builtins: bool) -> anyhow::Result<Runtime> {
+    let mut builder = Runtime::builder().builtins(builtins && !global.no_builtins);
+    if global.no_cache {
+        builder = builder.cache_dir(None);
+    } else if let Some(dir) = &global.cache_dir {
+        builder = builder.cache_dir(Some(dir.clone()));
+    }
+    let runtime = builder.build()?;
+    if let Some(dir) = &global.policies {
+        let report = runtime.load_dir(dir)?;
+        for error in &report.errors {
+            eprintln!("warning: skipped {error}");
+        }
+    }
+    Ok(runtime)
+}
+
+fn policy(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Policy> {
+    Ok(match path {
+        Some(path) => Policy::from_file(runtime, path)?,
+        None => Policy::builtin_default(runtime)?,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Demo => demo(g),
+        Command::Schedule {
+            cluster,
+            vm,
+            policy: policy_file,
+            blacklist,
+            whitelist,
+        } => {
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let cluster = Cluster::from_file(cluster)?;
+            let vm: Vm = files::read_document(vm)?;
+            let mut request = ScheduleRequest::new(vm).blacklist(blacklist.iter().cloned());
+            if let Some(w) = whitelist {
+                request = request.whitelist(w.iter().cloned());
+            }
+            let decision = policy.schedule(&cluster, &request)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&decision)?);
+            } else {
+                print!("{decision}");
+            }
+            Ok(if decision.chosen.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO_HOST)
+            })
+        }
+        Command::Units => {
+            let runtime = runtime(g, true)?;
+            let units = runtime.units();
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&units)?);
+            } else {
+                for u in &units {
+                    println!(
+                        "{:<20} {:<8} {} {} ({})",
+                        u.name, u.kind, u.module, u.version, u.file
+                    );
+                    if !u.description.is_empty() {
+                        println!("    {}", u.description);
+                    }
+                    for p in &u.params {
+                        println!(
+                            "    - {} = {} ({}): {}",
+                            p.name,
+                            show(&p.default),
+                            p.ty,
+                            p.description
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { module } => {
+            let runtime = runtime(g, false)?;
+            let bytes = std::fs::read(module)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", module.display()))?;
+            let loaded = runtime.load_module(&module.display().to_string(), &bytes)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(loaded.manifest())?);
+            } else {
+                let m = loaded.manifest();
+                println!(
+                    "{}: ok — module {} {} (ABI {}), sha256 {}",
+                    module.display(),
+                    m.module,
+                    m.version,
+                    m.abi_version,
+                    loaded.hash()
+                );
+                for u in &m.units {
+                    println!("  {:<8} {:<20} {}", u.kind, u.name, u.description);
+                    for p in &u.params {
+                        println!("           - {} = {} ({})", p.name, show(&p.default), p.ty);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Builtins { out } => {
+            for path in wasmsched::builtin::write_builtins(out)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn demo(g: &Global) -> anyhow::Result<ExitCode> {
+    let runtime = runtime(g, true)?;
+    let policy = Policy::builtin_default(&runtime)?;
+    let snapshot = files::parse_document(DEMO_CLUSTER, files::Format::Json, "examples/demo/cluster.json")?;
+    let cluster = Cluster::new(snapshot, "examples/demo/cluster.json")?;
+    let vms: Vec<Vm> = files::parse_document(DEMO_VMS, files::Format::Json, "examples/demo/vms.json")?;
+    let mut decisions = Vec::new();
+    if !g.json {
+        println!(
+            "wasmsched demo: policy {:?} ({}), {} hosts, units: {}\n",
+            policy.name,
+            policy.description,
+            cluster.snapshot().hosts.len(),
+            runtime
+                .units()
+                .iter()
+                .map(|u| format!("{} ({})", u.name, u.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for vm in vms {
+        let decision = policy.schedule(&cluster, &ScheduleRequest::new(vm))?;
+        if !g.json {
+            println!("{decision}");
+        }
+        decisions.push(decision);
+    }
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(value: &ParamValue) -> String {
+    value.to_string()
+}

@@ -1,0 +1,48 @@
+//! # wasmsched host runtime
+//!
+//! Loads scheduling policy units compiled to WebAssembly and runs them over cluster
+//! snapshots. The nouns, and how long each lives:
+//!
+//! * [`Runtime`]: one per process. A wasmtime engine (epoch deadlines, memory caps, no
+//!   WASI) and a registry of units by name. Built with [`Runtime::builder`].
+//! * [`LoadedModule`]: a validated module (manifest, compiled code, pooled instances).
+//! * [`Policy`]: a validated cluster policy (filters, weights with factors, balance unit,
+//!   selector, parameters). It holds the modules it resolved.
+//! * [`Cluster`]: a cluster's snapshot over time (epochs); [`ClusterView`] is one epoch.
+//! * [`Decision`]: the answer to one [`ScheduleRequest`], explaining itself.
+//!
+//! ```no_run
+//! use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
+//! # fn main() -> wasmsched::Result<()> {
+//! let runtime = Runtime::builder().build()?;            // builtin units loaded
+//! let policy = Policy::builtin_default(&runtime)?;
+//! let cluster = Cluster::from_file("examples/clusters/small.json".as_ref())?;
+//! let vm = wasmsched::files::read_document("examples/vms/web.json".as_ref())?;
+//! let decision = policy.schedule(&cluster, &ScheduleRequest::new(vm))?;
+//! println!("{decision}");
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod abi;
+mod balance;
+pub mod builtin;
+mod cluster;
+mod error;
+pub mod files;
+mod module;
+mod policy;
+mod runtime;
+mod scheduler;
+
+pub use balance::{BalancePlan, PlannedAction, RefusedAction};
+pub use cluster::{Cluster, ClusterView};
+pub use error::{Error, Result, UnitFault};
+pub use module::{CallLimits, LoadedModule, ModuleStats};
+pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, DEFAULT_POLICY_TOML};
+pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
+pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};
+
+/// Re-export of the shared model and ABI crate.
+pub use policy_sdk as sdk;

@@ -1,0 +1,326 @@
+//! A loaded policy module: compiled code, its manifest, and a pool of instances.
+
+use crate::abi::{GuestFns, StoreData};
+use crate::cluster::ClusterView;
+use crate::error::UnitFault;
+use crate::runtime::EngineShared;
+use policy_sdk::abi::{CallRequest, CallResponse, SyncResponse};
+use policy_sdk::codec;
+use policy_sdk::{Manifest, UnitDescriptor, UnitSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use wasmtime::{InstancePre, Store};
+
+/// Idle instances kept per module.
+const MAX_IDLE_INSTANCES: usize = 16;
+
+/// Run-time limits for one unit call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock deadline in milliseconds (epoch ticks of 1 ms).
+    pub deadline_ms: u64,
+    /// Linear-memory cap of the instance in MiB.
+    pub memory_limit_mb: u64,
+}
+
+/// A policy module after validation: its manifest and how to run it. Shared as
+/// `Arc<LoadedModule>`; a policy keeps the modules it resolved alive, so a decision in
+/// flight finishes on the module version it started with.
+pub struct LoadedModule {
+    file: String,
+    hash: String,
+    manifest: Manifest,
+    backend: Backend,
+}
+
+enum Backend {
+    Wasm(WasmBackend),
+    Native(UnitSet),
+}
+
+struct WasmBackend {
+    engine: Arc<EngineShared>,
+    pre: InstancePre<StoreData>,
+    pool: Mutex<Vec<Instance>>,
+    stats: Arc<SyncCounters>,
+}
+
+/// Counters of snapshot syncs and instance churn of one module.
+#[derive(Debug, Default)]
+pub(crate) struct SyncCounters {
+    full: AtomicU64,
+    delta: AtomicU64,
+    instances_created: AtomicU64,
+    instances_discarded: AtomicU64,
+}
+
+/// How a module's instances have been kept in sync, and how many were replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleStats {
+    /// Full snapshots sent.
+    pub full_syncs: u64,
+    /// Deltas sent.
+    pub delta_syncs: u64,
+    /// Instances created (including the one made at load).
+    pub instances_created: u64,
+    /// Instances thrown away after a fault.
+    pub instances_discarded: u64,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("file", &self.file)
+            .field("hash", &self.hash)
+            .field("module", &self.manifest.module)
+            .field("version", &self.manifest.version)
+            .field("native", &matches!(self.backend, Backend::Native(_)))
+            .finish()
+    }
+}
+
+/// One live wasm instance with its sync state.
+pub(crate) struct Instance {
+    store: Store<StoreData>,
+    fns: GuestFns,
+    /// (cluster uid, epoch) the guest holds.
+    synced: Option<(u64, u64)>,
+    scratch: Vec<u8>,
+}
+
+impl Instance {
+    pub(crate) fn new(
+        engine: &EngineShared,
+        pre: &InstancePre<StoreData>,
+        file: &str,
+        limits: CallLimits,
+    ) -> Result<Self, UnitFault> {
+        let mut store = Store::new(
+            &engine.engine,
+            StoreData::new(Arc::from(file), (limits.memory_limit_mb as usize) << 20),
+        );
+        store.limiter(|data| &mut data.limiter);
+        store.set_epoch_deadline(limits.deadline_ms.max(1));
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            if store.data().limiter.hit {
+                UnitFault::MemoryCap {
+                    mb: limits.memory_limit_mb,
+                }
+            } else {
+                UnitFault::Trap(format!("instantiation failed: {e:#}"))
+            }
+        })?;
+        let fns = GuestFns::new(&mut store, &instance)
+            .map_err(|e| UnitFault::BadOutput(format!("{e:#}")))?;
+        Ok(Self {
+            store,
+            fns,
+            synced: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn set_limits(&mut self, limits: CallLimits) {
+        self.store.data_mut().limiter.max_bytes = (limits.memory_limit_mb as usize) << 20;
+        self.store.data_mut().limiter.hit = false;
+        self.store.set_epoch_deadline(limits.deadline_ms.max(1));
+    }
+
+    pub(crate) fn abi_version(&mut self) -> Result<u32, UnitFault> {
+        self.fns.abi_version(&mut self.store)
+    }
+
+    pub(crate) fn manifest(&mut self) -> Result<Option<Manifest>, UnitFault> {
+        self.fns.manifest(&mut self.store)
+    }
+
+    /// Sends raw sync bytes; used at load for the smoke test.
+    pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
+        self.fns.exchange(&mut self.store, bytes, true)
+    }
+
+    /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
+    /// same cluster and the cluster still has the changes, a full snapshot otherwise.
+    fn ensure_synced(&mut self, view: &ClusterView, stats: &SyncCounters) -> Result<(), UnitFault> {
+        let target = (view.uid(), view.epoch());
+        if self.synced == Some(target) {
+            return Ok(());
+        }
+        let from = self
+            .synced
+            .filter(|(uid, _)| *uid == view.uid())
+            .map(|(_, epoch)| epoch);
+        let (bytes, full) = view.sync_message(from);
+        let counter = if full { &stats.full } else { &stats.delta };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut response = self.fns.exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
+        if !full && !matches!(response, SyncResponse::Synced { .. }) {
+            let (bytes, _) = view.sync_message(None);
+            stats.full.fetch_add(1, Ordering::Relaxed);
+            response = self.fns.exchange(&mut self.store, &bytes, true)?;
+        }
+        match response {
+            SyncResponse::Synced { epoch } if epoch == view.epoch() => {
+                self.synced = Some(target);
+                Ok(())
+            }
+            SyncResponse::Synced { epoch } => {
+                self.synced = None;
+                Err(UnitFault::BadOutput(format!(
+                    "guest synced to epoch {epoch}, expected {}",
+                    view.epoch()
+                )))
+            }
+            SyncResponse::Failed(message) => {
+                self.synced = None;
+                Err(UnitFault::GuestError(format!("snapshot sync failed: {message}")))
+            }
+        }
+    }
+
+    fn call(
+        &mut self,
+        view: &ClusterView,
+        request: &CallRequest,
+        stats: &SyncCounters,
+    ) -> Result<CallResponse, UnitFault> {
+        self.ensure_synced(view, stats)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        codec::encode_into(request, &mut scratch)
+            .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
+        let result = self.fns.exchange::<CallResponse>(&mut self.store, &scratch, false);
+        self.scratch = scratch;
+        result
+    }
+}
+
+impl LoadedModule {
+    pub(crate) fn new_wasm(
+        file: String,
+        hash: String,
+        manifest: Manifest,
+        engine: Arc<EngineShared>,
+        pre: InstancePre<StoreData>,
+        first: Instance,
+    ) -> Self {
+        Self {
+            file,
+            hash,
+            manifest,
+            backend: Backend::Wasm(WasmBackend {
+                engine,
+                pre,
+                pool: Mutex::new(vec![first]),
+                stats: Arc::new(SyncCounters {
+                    instances_created: AtomicU64::new(1),
+                    ..Default::default()
+                }),
+            }),
+        }
+    }
+
+    pub(crate) fn new_native(file: String, units: UnitSet) -> Self {
+        Self {
+            file,
+            hash: String::from("native"),
+            manifest: units.manifest(),
+            backend: Backend::Native(units),
+        }
+    }
+
+    /// File name (or label) the module was loaded from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// SHA-256 of the module bytes (hex), or `native`.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The module's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The descriptor of unit `index`.
+    pub fn unit(&self, index: u32) -> Option<&UnitDescriptor> {
+        self.manifest.units.get(index as usize)
+    }
+
+    /// True for units compiled into the host (no sandbox).
+    pub fn is_native(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
+    }
+
+    /// Idle instances in the pool (wasm only).
+    pub fn idle_instances(&self) -> usize {
+        match &self.backend {
+            Backend::Wasm(w) => w.pool.lock().unwrap().len(),
+            Backend::Native(_) => 0,
+        }
+    }
+
+    /// Sync and instance counters (all zero for native modules).
+    pub fn stats(&self) -> ModuleStats {
+        match &self.backend {
+            Backend::Wasm(w) => ModuleStats {
+                full_syncs: w.stats.full.load(Ordering::Relaxed),
+                delta_syncs: w.stats.delta.load(Ordering::Relaxed),
+                instances_created: w.stats.instances_created.load(Ordering::Relaxed),
+                instances_discarded: w.stats.instances_discarded.load(Ordering::Relaxed),
+            },
+            Backend::Native(_) => ModuleStats::default(),
+        }
+    }
+
+    /// Runs one unit call against a cluster view. On a fault the instance is discarded and
+    /// the next call gets a fresh one.
+    pub(crate) fn call(
+        &self,
+        view: &ClusterView,
+        request: &CallRequest,
+        limits: CallLimits,
+    ) -> Result<CallResponse, UnitFault> {
+        match &self.backend {
+            Backend::Native(units) => Ok(units.evaluate(view.snapshot(), request)),
+            Backend::Wasm(wasm) => {
+                let pooled = wasm.pool.lock().unwrap().pop();
+                let mut instance = match pooled {
+                    Some(instance) => instance,
+                    None => {
+                        wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                        Instance::new(&wasm.engine, &wasm.pre, &self.file, limits)?
+                    }
+                };
+                instance.set_limits(limits);
+                let result = instance.call(view, request, &wasm.stats);
+                if matches!(result, Err(_)) {
+                    wasm.stats.instances_discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                match &result {
+                    Ok(CallResponse::Failed(_)) => {
+                        // The guest is healthy but may hold a state we did not expect.
+                        instance.synced = None;
+                        self.release(wasm, instance);
+                    }
+                    Ok(_) => self.release(wasm, instance),
+                    Err(UnitFault::Deadline { .. }) => {
+                        return Err(UnitFault::Deadline {
+                            ms: limits.deadline_ms,
+                        })
+                    }
+                    Err(_) => {} // dropped: a trapped instance is never reused
+                }
+                result
+            }
+        }
+    }
+
+    fn release(&self, wasm: &WasmBackend, instance: Instance) {
+        let mut pool = wasm.pool.lock().unwrap();
+        if pool.len() < MAX_IDLE_INSTANCES {
+            pool.push(instance);
+        }
+    }
+}

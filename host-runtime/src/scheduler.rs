@@ -1,0 +1,504 @@
+//! Scheduling one VM: candidates -> filters -> weights -> selector -> [`Decision`].
+
+use crate::cluster::{Cluster, ClusterView};
+use crate::error::{Error, Result, UnitFault};
+use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
+use policy_sdk::abi::{CallRequest, CallResponse};
+use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fmt;
+
+/// What to schedule and where it may go.
+#[derive(Debug, Clone)]
+pub struct ScheduleRequest {
+    /// The VM to place.
+    pub vm: Vm,
+    /// Hosts that must not be chosen (already tried; the source host of a migration).
+    pub blacklist: Vec<String>,
+    /// When set, only these hosts may be chosen.
+    pub whitelist: Option<Vec<String>>,
+}
+
+impl ScheduleRequest {
+    /// A request for a VM, any Up host allowed.
+    pub fn new(vm: Vm) -> Self {
+        Self {
+            vm,
+            blacklist: Vec::new(),
+            whitelist: None,
+        }
+    }
+
+    /// Excludes these hosts.
+    pub fn blacklist<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.blacklist.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
+    /// Allows only these hosts.
+    pub fn whitelist<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.whitelist = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+/// The outcome of one scheduling request: the chosen host (if any) and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// VM id.
+    pub vm: String,
+    /// Policy name.
+    pub policy: String,
+    /// Snapshot epoch the decision was made on.
+    pub epoch: u64,
+    /// Chosen host id.
+    pub chosen: Option<String>,
+    /// Chosen host name.
+    pub chosen_name: Option<String>,
+    /// Hosts in the cluster.
+    pub total_hosts: usize,
+    /// Hosts that passed every filter.
+    pub available: usize,
+    /// One line, e.g. `0/40 hosts available: 25 memory: not enough memory, ...`.
+    pub summary: String,
+    /// Every host of the cluster, in snapshot order, with what happened to it.
+    pub hosts: Vec<HostOutcome>,
+    /// Units that failed and were skipped (fail-open).
+    pub unit_failures: Vec<UnitFailure>,
+}
+
+/// What happened to one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostOutcome {
+    /// Host id.
+    pub host: String,
+    /// Host name.
+    pub name: String,
+    /// Verdict.
+    pub outcome: Outcome,
+    /// Selector total (rank: higher is better; sums: lower is better).
+    pub score: Option<f64>,
+    /// Each weight's contribution.
+    pub weights: Vec<WeightScore>,
+}
+
+/// A host's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Outcome {
+    /// Chosen.
+    Chosen,
+    /// Passed every filter, not chosen.
+    Available,
+    /// Removed by a filter.
+    Rejected {
+        /// Filter unit.
+        unit: String,
+        /// Reason code.
+        code: String,
+        /// Detail.
+        detail: String,
+    },
+    /// Never a candidate (status, blacklist, whitelist).
+    NotCandidate {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One weight unit's contribution to a host's total.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightScore {
+    /// Weight unit.
+    pub unit: String,
+    /// Raw penalty the unit returned (lower is better).
+    pub raw: Penalty,
+    /// The policy's factor.
+    pub factor: i64,
+    /// What was added to the total: rank x factor, normalized x factor, or raw x factor.
+    pub contribution: f64,
+}
+
+/// A unit that failed during the decision and what was done about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitFailure {
+    /// Unit name.
+    pub unit: String,
+    /// Module file.
+    pub module: String,
+    /// The fault.
+    pub error: String,
+    /// The failure mode applied.
+    pub applied: FailureMode,
+}
+
+impl Policy {
+    /// Schedules one VM on the cluster's current snapshot.
+    ///
+    /// Returns `Err` only when the request itself is invalid or a fail-closed unit faulted
+    /// (the error names the unit). "No host available" is a normal [`Decision`].
+    pub fn schedule(&self, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
+        self.schedule_on(&cluster.view(), request)
+    }
+
+    /// Schedules one VM on a given view (a fixed epoch).
+    pub fn schedule_on(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
+        validate_vm(&request.vm)?;
+        let snapshot = view.snapshot();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; snapshot.hosts.len()];
+        let blacklist: HashSet<&str> = request.blacklist.iter().map(String::as_str).collect();
+        let whitelist: Option<HashSet<&str>> = request
+            .whitelist
+            .as_ref()
+            .map(|w| w.iter().map(String::as_str).collect());
+        let mut survivors: Vec<HostIndex> = Vec::with_capacity(snapshot.hosts.len());
+        for (i, host) in snapshot.hosts.iter().enumerate() {
+            let reason = if host.status != HostStatus::Up {
+                Some(format!("host is {}", host.status.as_str()))
+            } else if blacklist.contains(host.id.as_str()) {
+                Some("blacklisted".to_string())
+            } else if whitelist.as_ref().is_some_and(|w| !w.contains(host.id.as_str())) {
+                Some("not in whitelist".to_string())
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => outcomes[i] = Some(Outcome::NotCandidate { reason }),
+                None => survivors.push(i as HostIndex),
+            }
+        }
+
+        let mut failures = Vec::new();
+        for filter in &self.filters {
+            if survivors.is_empty() {
+                break;
+            }
+            let response = call(filter, view, &request.vm, &survivors);
+            let verdicts = match response.and_then(|r| expect_verdicts(r, survivors.len())) {
+                Ok(v) => v,
+                Err(fault) => {
+                    handle_fault(filter, fault, &mut failures)?;
+                    continue;
+                }
+            };
+            let mut kept = Vec::with_capacity(survivors.len());
+            for (&host, verdict) in survivors.iter().zip(verdicts) {
+                match verdict {
+                    Verdict::Pass => kept.push(host),
+                    Verdict::Reject { code, detail } => {
+                        outcomes[host as usize] = Some(Outcome::Rejected {
+                            unit: filter.name().to_string(),
+                            code,
+                            detail,
+                        })
+                    }
+                }
+            }
+            survivors = kept;
+        }
+
+        // Weights: one penalty column per unit that answered.
+        let mut columns: Vec<(&PolicyUnit, Vec<Penalty>)> = Vec::new();
+        if survivors.len() > 1 {
+            for weight in &self.weights {
+                let response = call(weight, view, &request.vm, &survivors);
+                match response.and_then(|r| expect_penalties(r, survivors.len())) {
+                    Ok(p) => columns.push((weight, p)),
+                    Err(fault) => handle_fault(weight, fault, &mut failures)?,
+                }
+            }
+        }
+        let (totals, contributions) = select(self.selector, &columns, survivors.len());
+        let best = pick_best(self.selector, &totals, &survivors, snapshot);
+
+        let mut hosts = Vec::with_capacity(snapshot.hosts.len());
+        let mut scores: Vec<Option<(f64, Vec<WeightScore>)>> = vec![None; snapshot.hosts.len()];
+        for (pos, &host) in survivors.iter().enumerate() {
+            let weights = columns
+                .iter()
+                .enumerate()
+                .map(|(c, (unit, penalties))| WeightScore {
+                    unit: unit.name().to_string(),
+                    raw: penalties[pos],
+                    factor: unit.factor,
+                    contribution: contributions[c][pos],
+                })
+                .collect();
+            scores[host as usize] = Some((totals[pos], weights));
+            outcomes[host as usize] = Some(if Some(host) == best {
+                Outcome::Chosen
+            } else {
+                Outcome::Available
+            });
+        }
+        for (i, host) in snapshot.hosts.iter().enumerate() {
+            let (score, weights) = match scores[i].take() {
+                Some((s, w)) => (Some(s), w),
+                None => (None, Vec::new()),
+            };
+            hosts.push(HostOutcome {
+                host: host.id.clone(),
+                name: host.name.clone(),
+                outcome: outcomes[i].take().unwrap_or(Outcome::NotCandidate {
+                    reason: "not evaluated".into(),
+                }),
+                score,
+                weights,
+            });
+        }
+        let chosen = best.map(|i| &snapshot.hosts[i as usize]);
+        let summary = summarize(&hosts, chosen.map(|h| h.name.as_str()), survivors.len());
+        Ok(Decision {
+            vm: request.vm.id.clone(),
+            policy: self.name.clone(),
+            epoch: view.epoch(),
+            chosen: chosen.map(|h| h.id.clone()),
+            chosen_name: chosen.map(|h| h.name.clone()),
+            total_hosts: snapshot.hosts.len(),
+            available: survivors.len(),
+            summary,
+            hosts,
+            unit_failures: failures,
+        })
+    }
+}
+
+fn validate_vm(vm: &Vm) -> Result<()> {
+    let bad = |field: &str, message: &str| Err(Error::Request(format!("VM {:?}: {field}: {message}", vm.id)));
+    if vm.id.is_empty() {
+        return bad("id", "must not be empty");
+    }
+    if vm.cpu.sockets == 0 || vm.cpu.cores_per_socket == 0 || vm.cpu.threads_per_core == 0 {
+        return bad("cpu", "sockets, cores_per_socket and threads_per_core must be at least 1");
+    }
+    if vm.cpu.sockets.checked_mul(vm.cpu.cores_per_socket).and_then(|c| c.checked_mul(vm.cpu.threads_per_core)).is_none_or(|v| v > 4096) {
+        return bad("cpu", "more than 4096 vCPUs");
+    }
+    if vm.memory_mb > 1 << 40 {
+        return bad("memory_mb", "larger than 1 EiB");
+    }
+    Ok(())
+}
+
+fn call(unit: &PolicyUnit, view: &ClusterView, vm: &Vm, candidates: &[HostIndex]) -> Result<CallResponse, UnitFault> {
+    let request = CallRequest {
+        unit: unit.handle.index,
+        epoch: view.epoch(),
+        params: unit.params.clone(),
+        vm: Some(vm.clone()),
+        candidates: candidates.to_vec(),
+    };
+    unit.handle.module.call(view, &request, unit.limits)
+}
+
+fn expect_verdicts(response: CallResponse, expected: usize) -> Result<Vec<Verdict>, UnitFault> {
+    match response {
+        CallResponse::Verdicts(v) if v.len() == expected => Ok(v),
+        CallResponse::Verdicts(v) => Err(UnitFault::BadOutput(format!(
+            "{} verdicts for {expected} candidate hosts",
+            v.len()
+        ))),
+        CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
+        other => Err(UnitFault::BadOutput(format!("expected verdicts, got {}", variant(&other)))),
+    }
+}
+
+fn expect_penalties(response: CallResponse, expected: usize) -> Result<Vec<Penalty>, UnitFault> {
+    match response {
+        CallResponse::Penalties(p) if p.len() == expected => Ok(p),
+        CallResponse::Penalties(p) => Err(UnitFault::BadOutput(format!(
+            "{} penalties for {expected} candidate hosts",
+            p.len()
+        ))),
+        CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
+        other => Err(UnitFault::BadOutput(format!("expected penalties, got {}", variant(&other)))),
+    }
+}
+
+pub(crate) fn variant(response: &CallResponse) -> &'static str {
+    match response {
+        CallResponse::Verdicts(_) => "verdicts",
+        CallResponse::Penalties(_) => "penalties",
+        CallResponse::Actions(_) => "balance actions",
+        CallResponse::Failed(_) => "a failure",
+    }
+}
+
+fn handle_fault(unit: &PolicyUnit, fault: UnitFault, failures: &mut Vec<UnitFailure>) -> Result<()> {
+    tracing::warn!(unit = unit.name(), module = unit.module_file(), "unit failed: {fault}");
+    match unit.failure {
+        FailureMode::Closed => Err(Error::Unit {
+            unit: unit.name().to_string(),
+            module: unit.module_file().to_string(),
+            fault,
+        }),
+        FailureMode::Open => {
+            failures.push(UnitFailure {
+                unit: unit.name().to_string(),
+                module: unit.module_file().to_string(),
+                error: fault.to_string(),
+                applied: FailureMode::Open,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Per-host totals and per-unit contributions (indexed `[unit][candidate]`).
+pub(crate) fn select(
+    selector: SelectorKind,
+    columns: &[(&PolicyUnit, Vec<Penalty>)],
+    candidates: usize,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut totals = vec![0.0; candidates];
+    let mut contributions = Vec::with_capacity(columns.len());
+    for (unit, penalties) in columns {
+        let factor = unit.factor as f64;
+        let column: Vec<f64> = match selector {
+            SelectorKind::Rank => ranks(penalties).into_iter().map(|r| r as f64 * factor).collect(),
+            SelectorKind::NormalizedSum => {
+                let min = penalties.iter().copied().min().unwrap_or(0);
+                let max = penalties.iter().copied().max().unwrap_or(0);
+                let span = (max as i128 - min as i128) as f64;
+                penalties
+                    .iter()
+                    .map(|&p| if span > 0.0 { (p as i128 - min as i128) as f64 / span * factor } else { 0.0 })
+                    .collect()
+            }
+            SelectorKind::RawSum => penalties.iter().map(|&p| p as f64 * factor).collect(),
+        };
+        for (t, c) in totals.iter_mut().zip(&column) {
+            *t += c;
+        }
+        contributions.push(column);
+    }
+    (totals, contributions)
+}
+
+/// Rank of each penalty: the number of candidates with a strictly worse (higher) penalty,
+/// so the best of n distinct penalties gets n-1 and ties share a rank.
+pub(crate) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
+    let mut sorted: Vec<Penalty> = penalties.to_vec();
+    sorted.sort_unstable();
+    penalties
+        .iter()
+        .map(|p| sorted.len() - sorted.partition_point(|x| x <= p))
+        .collect()
+}
+
+fn pick_best(
+    selector: SelectorKind,
+    totals: &[f64],
+    survivors: &[HostIndex],
+    snapshot: &policy_sdk::Snapshot,
+) -> Option<HostIndex> {
+    let higher_wins = selector == SelectorKind::Rank;
+    let mut best: Option<(usize, f64)> = None;
+    for (pos, &total) in totals.iter().enumerate() {
+        let better = match best {
+            None => true,
+            Some((b, bt)) => {
+                let ord = if higher_wins { total.total_cmp(&bt) } else { bt.total_cmp(&total) };
+                ord.is_gt()
+                    || (ord.is_eq()
+                        && snapshot.hosts[survivors[pos] as usize].id
+                            < snapshot.hosts[survivors[b] as usize].id)
+            }
+        };
+        if better {
+            best = Some((pos, total));
+        }
+    }
+    best.map(|(pos, _)| survivors[pos])
+}
+
+fn summarize(hosts: &[HostOutcome], chosen: Option<&str>, available: usize) -> String {
+    let total = hosts.len();
+    let mut head = format!("{available}/{total} hosts available");
+    if let Some(name) = chosen {
+        head.push_str(&format!(", chose {name}"));
+    }
+    // Group the hosts that were turned away by (unit, reason), largest group first.
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for h in hosts {
+        let key = match &h.outcome {
+            Outcome::Rejected { unit, code, .. } => format!("{unit}: {}", code.replace('_', " ")),
+            Outcome::NotCandidate { reason } => reason.clone(),
+            _ => continue,
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((key, 1)),
+        }
+    }
+    groups.sort_by(|a, b| b.1.cmp(&a.1));
+    if groups.is_empty() {
+        return head;
+    }
+    let parts: Vec<String> = groups.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    head.push_str(if chosen.is_some() { "; not available: " } else { ": " });
+    head.push_str(&parts.join(", "));
+    head
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "VM {}: {}  [policy {}, epoch {}]", self.vm, self.summary, self.policy, self.epoch)?;
+        for failure in &self.unit_failures {
+            writeln!(f, "  ! unit {} ({}) failed, skipped: {}", failure.unit, failure.module, failure.error)?;
+        }
+        for h in &self.hosts {
+            let label = if h.name.is_empty() || h.name == h.host { h.host.clone() } else { format!("{} ({})", h.name, h.host) };
+            match &h.outcome {
+                Outcome::Chosen | Outcome::Available => {
+                    let mark = if h.outcome == Outcome::Chosen { "chosen   " } else { "available" };
+                    let weights: Vec<String> = h
+                        .weights
+                        .iter()
+                        .map(|w| format!("{} {}: {}", w.unit, w.raw, trim(w.contribution)))
+                        .collect();
+                    write!(f, "  {mark} {label}")?;
+                    if let Some(score) = h.score {
+                        if !weights.is_empty() {
+                            write!(f, "  score {}  ({})", trim(score), weights.join(", "))?;
+                        }
+                    }
+                    writeln!(f)?;
+                }
+                Outcome::Rejected { unit, code, detail } => {
+                    writeln!(f, "  rejected  {label}  {unit}: {code}: {detail}")?
+                }
+                Outcome::NotCandidate { reason } => writeln!(f, "  skipped   {label}  {reason}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trim(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_give_best_n_minus_one_and_ties_share() {
+        let cases: &[(&[Penalty], &[usize])] = &[
+            (&[10, 20, 30], &[2, 1, 0]),
+            (&[5, 5, 9], &[1, 1, 0]),
+            (&[7, 7, 7], &[0, 0, 0]),
+            (&[-3, 100, 0], &[2, 0, 1]),
+            (&[], &[]),
+        ];
+        for (penalties, expected) in cases {
+            assert_eq!(&ranks(penalties), expected, "penalties {penalties:?}");
+        }
+    }
+}
