@@ -358,7 +358,7 @@ impl UnitSet {
 
 /// Exports a module's units and manifest.
 ///
-/// ```ignore
+/// ```text
 /// policy_sdk::export_units! {
 ///     module: "basic",
 ///     version: "0.1.0",

@@ -45,6 +45,7 @@ pub mod codec;
 pub mod guest;
 pub mod manifest;
 pub mod model;
+pub mod testing;
 pub mod verdict;
 
 pub use abi::LogLevel;

@@ -1,0 +1,326 @@
+//! Fluent builders for hosts, VMs and snapshots, for tests of units and of the host.
+//!
+//! ```
+//! use policy_sdk::testing::{host, snapshot, vm};
+//! let s = snapshot()
+//!     .host(host("h1").cpu(2, 8, 2).memory_mb(65_536).cpu_usage(30))
+//!     .host(host("h2").memory_mb(8_192).pending_overcommit_mb(4_096))
+//!     .build();
+//! let v = vm("v1").memory_mb(2_048).vcpus(4).build();
+//! assert_eq!(s.hosts[1].pending.overcommit_memory_mb, 4_096);
+//! assert_eq!(v.vcpus(), 4);
+//! ```
+
+use crate::manifest::{ParamSpec, ParamValue};
+use crate::model::*;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// Starts a host with id (and name) `id`: Up, 1 socket x 4 cores x 2 threads, 16 GiB all
+/// free and schedulable, idle.
+pub fn host(id: &str) -> HostBuilder {
+    HostBuilder(Host {
+        id: id.to_string(),
+        name: id.to_string(),
+        cpu: CpuTopology {
+            sockets: 1,
+            cores_per_socket: 4,
+            threads_per_core: 2,
+        },
+        memory: HostMemory {
+            physical_mb: 16_384,
+            free_mb: 16_384,
+            committed_mb: 0,
+            max_scheduling_mb: 16_384,
+            swap_free_mb: 0,
+        },
+        ..Default::default()
+    })
+}
+
+/// Builder for a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostBuilder(Host);
+
+impl HostBuilder {
+    /// Human name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.0.name = name.to_string();
+        self
+    }
+    /// Status.
+    pub fn status(mut self, status: HostStatus) -> Self {
+        self.0.status = status;
+        self
+    }
+    /// SPM role.
+    pub fn spm(mut self) -> Self {
+        self.0.spm = true;
+        self
+    }
+    /// CPU topology.
+    pub fn cpu(mut self, sockets: u32, cores_per_socket: u32, threads_per_core: u32) -> Self {
+        self.0.cpu = CpuTopology {
+            sockets,
+            cores_per_socket,
+            threads_per_core,
+        };
+        self
+    }
+    /// Physical, free and max-scheduling memory all set to `mb`, nothing committed.
+    pub fn memory_mb(mut self, mb: u64) -> Self {
+        self.0.memory = HostMemory {
+            physical_mb: mb,
+            free_mb: mb,
+            committed_mb: 0,
+            max_scheduling_mb: mb,
+            swap_free_mb: 0,
+        };
+        self
+    }
+    /// Free memory.
+    pub fn free_mb(mut self, mb: u64) -> Self {
+        self.0.memory.free_mb = mb;
+        self
+    }
+    /// Committed memory.
+    pub fn committed_mb(mut self, mb: u64) -> Self {
+        self.0.memory.committed_mb = mb;
+        self
+    }
+    /// Max scheduling memory.
+    pub fn max_scheduling_mb(mut self, mb: u64) -> Self {
+        self.0.memory.max_scheduling_mb = mb;
+        self
+    }
+    /// Free swap.
+    pub fn swap_mb(mut self, mb: u64) -> Self {
+        self.0.memory.swap_free_mb = mb;
+        self
+    }
+    /// CPU usage in percent.
+    pub fn cpu_usage(mut self, percent: u32) -> Self {
+        self.0.cpu_usage_percent = percent;
+        self
+    }
+    /// Running VM count.
+    pub fn running_vms(mut self, n: u32) -> Self {
+        self.0.running_vms = n;
+        self
+    }
+    /// Exclusively pinned pCPUs.
+    pub fn dedicated_cpus(mut self, cpus: impl IntoIterator<Item = u32>) -> Self {
+        self.0.dedicated_cpus = cpus.into_iter().collect();
+        self
+    }
+    /// The whole pending aggregate.
+    pub fn pending(mut self, pending: PendingAggregate) -> Self {
+        self.0.pending = pending;
+        self
+    }
+    /// Pending memory.
+    pub fn pending_memory_mb(mut self, mb: u64) -> Self {
+        self.0.pending.memory_mb = mb;
+        self
+    }
+    /// Pending overcommit memory.
+    pub fn pending_overcommit_mb(mut self, mb: u64) -> Self {
+        self.0.pending.overcommit_memory_mb = mb;
+        self
+    }
+    /// Pending CPU load.
+    pub fn pending_cpu_load(mut self, percent: u32) -> Self {
+        self.0.pending.cpu_load_percent = percent;
+        self
+    }
+    /// Pending pinned pCPUs.
+    pub fn pending_pinned_cpus(mut self, cpus: impl IntoIterator<Item = u32>) -> Self {
+        self.0.pending.pinned_cpus = cpus.into_iter().collect();
+        self
+    }
+    /// A pending custom amount.
+    pub fn pending_custom(mut self, kind: &str, amount: u64) -> Self {
+        self.0.pending.custom.push(CustomAmount {
+            kind: kind.to_string(),
+            amount,
+        });
+        self
+    }
+    /// Adds a NUMA node.
+    pub fn numa_node(mut self, index: u32, cpus: impl IntoIterator<Item = u32>, free_mb: u64) -> Self {
+        self.0.numa_nodes.push(NumaNode {
+            index,
+            cpus: cpus.into_iter().collect(),
+            total_memory_mb: free_mb,
+            free_memory_mb: free_mb,
+            free_hugepages: Vec::new(),
+        });
+        self
+    }
+    /// Free hugepages of a size.
+    pub fn hugepages(mut self, size_kb: u64, count: u64) -> Self {
+        self.0.free_hugepages.push(HugePages { size_kb, count });
+        self
+    }
+    /// Power management state.
+    pub fn power(mut self, power: PowerManagement) -> Self {
+        self.0.power = power;
+        self
+    }
+    /// The host.
+    pub fn build(self) -> Host {
+        self.0
+    }
+}
+
+impl From<HostBuilder> for Host {
+    fn from(b: HostBuilder) -> Host {
+        b.0
+    }
+}
+
+/// Starts a VM with id (and name) `id`: 1 GiB, 1 vCPU, server, migratable, down.
+pub fn vm(id: &str) -> VmBuilder {
+    VmBuilder(Vm {
+        id: id.to_string(),
+        name: id.to_string(),
+        memory_mb: 1_024,
+        ..Default::default()
+    })
+}
+
+/// Builder for a [`Vm`].
+#[derive(Debug, Clone)]
+pub struct VmBuilder(Vm);
+
+impl VmBuilder {
+    /// Guest memory.
+    pub fn memory_mb(mut self, mb: u64) -> Self {
+        self.0.memory_mb = mb;
+        self
+    }
+    /// `n` vCPUs as one socket of `n` cores.
+    pub fn vcpus(mut self, n: u32) -> Self {
+        self.0.cpu = CpuTopology {
+            sockets: 1,
+            cores_per_socket: n,
+            threads_per_core: 1,
+        };
+        self
+    }
+    /// Virtual CPU topology.
+    pub fn cpu(mut self, sockets: u32, cores_per_socket: u32, threads_per_core: u32) -> Self {
+        self.0.cpu = CpuTopology {
+            sockets,
+            cores_per_socket,
+            threads_per_core,
+        };
+        self
+    }
+    /// Workload type.
+    pub fn vm_type(mut self, t: VmType) -> Self {
+        self.0.vm_type = t;
+        self
+    }
+    /// Running on a host.
+    pub fn current_host(mut self, host_id: &str) -> Self {
+        self.0.current_host = Some(host_id.to_string());
+        self.0.status = VmStatus::Up;
+        self
+    }
+    /// Migration mode.
+    pub fn migration(mut self, mode: MigrationMode) -> Self {
+        self.0.migration = mode;
+        self
+    }
+    /// Hugepage backing.
+    pub fn hugepages(mut self, size_kb: u64) -> Self {
+        self.0.hugepage_size_kb = Some(size_kb);
+        self
+    }
+    /// CPU usage.
+    pub fn cpu_usage(mut self, percent: u32) -> Self {
+        self.0.cpu_usage_percent = percent;
+        self
+    }
+    /// The VM.
+    pub fn build(self) -> Vm {
+        self.0
+    }
+}
+
+impl From<VmBuilder> for Vm {
+    fn from(b: VmBuilder) -> Vm {
+        b.0
+    }
+}
+
+/// Starts an empty snapshot at epoch 1.
+pub fn snapshot() -> SnapshotBuilder {
+    SnapshotBuilder(Snapshot {
+        epoch: 1,
+        ..Default::default()
+    })
+}
+
+/// Builder for a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotBuilder(Snapshot);
+
+impl SnapshotBuilder {
+    /// Adds a host.
+    pub fn host(mut self, host: impl Into<Host>) -> Self {
+        self.0.hosts.push(host.into());
+        self
+    }
+    /// Adds hosts.
+    pub fn hosts<H: Into<Host>>(mut self, hosts: impl IntoIterator<Item = H>) -> Self {
+        self.0.hosts.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+    /// Adds a VM.
+    pub fn vm(mut self, vm: impl Into<Vm>) -> Self {
+        self.0.vms.push(vm.into());
+        self
+    }
+    /// Epoch.
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.0.epoch = epoch;
+        self
+    }
+    /// Count threads as cores.
+    pub fn count_threads_as_cores(mut self, yes: bool) -> Self {
+        self.0.cluster.count_threads_as_cores = yes;
+        self
+    }
+    /// Memory overcommit percent.
+    pub fn overcommit_percent(mut self, percent: u32) -> Self {
+        self.0.cluster.memory_overcommit_percent = percent;
+        self
+    }
+    /// The snapshot.
+    pub fn build(self) -> Snapshot {
+        self.0
+    }
+}
+
+/// The default value of every declared parameter, as a unit call receives them.
+pub fn params_of(specs: &[ParamSpec]) -> Vec<(String, ParamValue)> {
+    specs
+        .iter()
+        .map(|p| (p.name.clone(), p.default.clone()))
+        .collect()
+}
+
+/// `params` with `name` set to `value`.
+pub fn with_param(
+    mut params: Vec<(String, ParamValue)>,
+    name: &str,
+    value: ParamValue,
+) -> Vec<(String, ParamValue)> {
+    match params.iter_mut().find(|(n, _)| n == name) {
+        Some(slot) => slot.1 = value,
+        None => params.push((name.to_string(), value)),
+    }
+    params
+}
