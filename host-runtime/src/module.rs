@@ -6,7 +6,7 @@ use crate::error::UnitFault;
 use crate::runtime::EngineShared;
 use policy_sdk::abi::{CallRequest, CallResponse, SyncResponse};
 use policy_sdk::codec;
-use policy_sdk::{Manifest, UnitDescriptor, UnitSet};
+use policy_sdk::{Manifest, UnitDescriptor, UnitKind, UnitSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::{InstancePre, Store};
@@ -294,8 +294,10 @@ impl LoadedModule {
                     }
                 };
                 instance.set_limits(limits);
-                let result = instance.call(view, request, &wasm.stats);
-                if matches!(result, Err(_)) {
+                let result = instance
+                    .call(view, request, &wasm.stats)
+                    .and_then(|response| self.check_shape(request, response));
+                if result.is_err() {
                     wasm.stats.instances_discarded.fetch_add(1, Ordering::Relaxed);
                 }
                 match &result {
@@ -315,6 +317,33 @@ impl LoadedModule {
                 result
             }
         }
+    }
+
+    /// A response must match the unit's kind and hold one result per candidate; anything
+    /// else is a broken guest, whose instance is then discarded.
+    fn check_shape(&self, request: &CallRequest, response: CallResponse) -> Result<CallResponse, UnitFault> {
+        let kind = self.unit(request.unit).map(|u| u.kind);
+        let expected = request.candidates.len();
+        let count = match (&response, kind) {
+            (CallResponse::Failed(_), _) => return Ok(response),
+            (CallResponse::Verdicts(v), Some(UnitKind::Filter)) => v.len(),
+            (CallResponse::Penalties(p), Some(UnitKind::Weight)) => p.len(),
+            (CallResponse::Actions(_), Some(UnitKind::Balance)) => return Ok(response),
+            (other, kind) => {
+                return Err(UnitFault::BadOutput(format!(
+                    "a {} unit answered with {}",
+                    kind.map(|k| k.as_str()).unwrap_or("unknown"),
+                    crate::scheduler::variant(other)
+                )))
+            }
+        };
+        if count != expected {
+            let what = if kind == Some(UnitKind::Filter) { "verdicts" } else { "penalties" };
+            return Err(UnitFault::BadOutput(format!(
+                "{count} {what} for {expected} candidate hosts"
+            )));
+        }
+        Ok(response)
     }
 
     fn release(&self, wasm: &WasmBackend, instance: Instance) {

@@ -456,7 +456,7 @@ impl fmt::Display for Decision {
                     let weights: Vec<String> = h
                         .weights
                         .iter()
-                        .map(|w| format!("{} {}: {}", w.unit, w.raw, trim(w.contribution)))
+                        .map(|w| format!("{}={} -> {}", w.unit, w.raw, trim(w.contribution)))
                         .collect();
                     write!(f, "  {mark} {label}")?;
                     if let Some(score) = h.score {

@@ -30,7 +30,7 @@ fn demo_prints_decisions_with_reasons() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     // A VM that fits somewhere gets a host; one that fits nowhere explains why.
-    assert!(text.contains("VM web-1: 4/6 hosts available, chose"), "{text}");
+    assert!(text.contains("VM web-1: 5/6 hosts available, chose"), "{text}");
     assert!(text.contains("VM huge: 0/6 hosts available: "), "{text}");
     assert!(text.contains("memory: not enough"), "{text}");
     assert!(text.contains("1 host is maintenance"), "{text}");
