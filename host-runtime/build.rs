@@ -22,7 +22,10 @@ fn main() {
     let built = guest_build::build(&manifest_dir, &all);
     for example in &built[BUILTINS.len()..] {
         let var = example.package.to_uppercase().replace('-', "_");
-        println!("cargo:rustc-env=WASM_EXAMPLE_{var}={}", example.wasm.display());
+        println!(
+            "cargo:rustc-env=WASM_EXAMPLE_{var}={}",
+            example.wasm.display()
+        );
     }
     let built = &built[..BUILTINS.len()];
     let mut table = String::from("/// Builtin modules: (file name, wasm bytes).\npub static BUILTIN_MODULES: &[(&str, &[u8])] = &[\n");

@@ -7,8 +7,14 @@ use std::path::PathBuf;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let guests = [
-        Guest { package: "max-vms-per-host", dir: "examples/max-vms-per-host" },
-        Guest { package: "misbehave-guest", dir: "tests/guests/misbehave" },
+        Guest {
+            package: "max-vms-per-host",
+            dir: "examples/max-vms-per-host",
+        },
+        Guest {
+            package: "misbehave-guest",
+            dir: "tests/guests/misbehave",
+        },
     ];
     for built in guest_build::build(&manifest_dir, &guests) {
         let var = built.package.to_uppercase().replace('-', "_");

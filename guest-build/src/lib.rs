@@ -111,9 +111,7 @@ fn check_target_installed() {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
     if let Some(sysroot) = sysroot {
         if !sysroot.join("lib/rustlib").join(TARGET).exists() {
-            panic!(
-                "the {TARGET} target is not installed; fix with: rustup target add {TARGET}"
-            );
+            panic!("the {TARGET} target is not installed; fix with: rustup target add {TARGET}");
         }
     }
 }
@@ -135,7 +133,10 @@ fn outer_target_dir(workspace: &Path) -> PathBuf {
     // in between); walk up to the directory that holds the `build` folder's profile dir.
     if let Ok(out_dir) = std::env::var("OUT_DIR") {
         let out_dir = PathBuf::from(out_dir);
-        if let Some(build) = out_dir.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build")) {
+        if let Some(build) = out_dir
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "build"))
+        {
             if let Some(target) = build.parent().and_then(Path::parent) {
                 return target.to_path_buf();
             }

@@ -42,8 +42,14 @@ fn cluster(hosts: usize) -> Snapshot {
 
 fn runtimes() -> (Policy, Policy) {
     let wasm = Runtime::builder().cache_dir(None).build().unwrap();
-    let native = Runtime::builder().builtins(false).cache_dir(None).build().unwrap();
-    native.add_native("native:basic", builtin_basic::units()).unwrap();
+    let native = Runtime::builder()
+        .builtins(false)
+        .cache_dir(None)
+        .build()
+        .unwrap();
+    native
+        .add_native("native:basic", builtin_basic::units())
+        .unwrap();
     (
         Policy::builtin_default(&wasm).unwrap(),
         Policy::builtin_default(&native).unwrap(),
@@ -54,12 +60,18 @@ fn decision(c: &mut Criterion) {
     let (wasm, native) = runtimes();
     let request = ScheduleRequest::new(vm("bench").memory_mb(4_096).vcpus(4).build());
     let mut group = c.benchmark_group("decision");
-    group.sample_size(30).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
     for hosts in [1_000usize, 10_000] {
         let cluster = Cluster::new(cluster(hosts), "<bench>").unwrap();
         for (name, policy) in [("wasm", &wasm), ("native", &native)] {
             // The first call syncs the snapshot into the instances; the measured ones don't.
-            assert!(policy.schedule(&cluster, &request).unwrap().chosen.is_some());
+            assert!(policy
+                .schedule(&cluster, &request)
+                .unwrap()
+                .chosen
+                .is_some());
             group.bench_with_input(BenchmarkId::new(name, hosts), &hosts, |b, _| {
                 b.iter(|| black_box(policy.schedule(&cluster, &request).unwrap()))
             });
@@ -68,7 +80,9 @@ fn decision(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("decision-after-pending-change");
-    group.sample_size(30).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
     for hosts in [1_000usize, 10_000] {
         let cluster = Cluster::new(cluster(hosts), "<bench>").unwrap();
         for (name, policy) in [("wasm", &wasm), ("native", &native)] {

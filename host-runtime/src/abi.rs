@@ -158,13 +158,21 @@ pub(crate) fn check_exports(module: &Module) -> Result<(), String> {
     ];
     match module.get_export(export::MEMORY) {
         Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => {}
-        Some(_) => return Err(format!("export `{}` must be a 32-bit memory", export::MEMORY)),
+        Some(_) => {
+            return Err(format!(
+                "export `{}` must be a 32-bit memory",
+                export::MEMORY
+            ))
+        }
         None => return Err(format!("missing export `{}`", export::MEMORY)),
     }
     let same = |a: &[ValType], b: &mut dyn ExactSizeIterator<Item = ValType>| {
         a.len() == b.len()
             && a.iter().zip(b).all(|(x, y)| {
-                matches!((x, &y), (ValType::I32, ValType::I32) | (ValType::I64, ValType::I64))
+                matches!(
+                    (x, &y),
+                    (ValType::I32, ValType::I32) | (ValType::I64, ValType::I64)
+                )
             })
     };
     for (name, params, results) in funcs {
@@ -187,7 +195,13 @@ pub(crate) fn check_exports(module: &Module) -> Result<(), String> {
 fn show(types: &[ValType]) -> String {
     types
         .iter()
-        .map(|t| if matches!(t, ValType::I32) { "i32" } else { "i64" })
+        .map(|t| {
+            if matches!(t, ValType::I32) {
+                "i32"
+            } else {
+                "i64"
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -223,8 +237,14 @@ impl GuestFns {
             .map_err(|e| classify(store, e))
     }
 
-    pub fn manifest<T: DeserializeOwned>(&self, store: &mut Store<StoreData>) -> Result<T, UnitFault> {
-        let packed = self.manifest.call(&mut *store, ()).map_err(|e| classify(store, e))?;
+    pub fn manifest<T: DeserializeOwned>(
+        &self,
+        store: &mut Store<StoreData>,
+    ) -> Result<T, UnitFault> {
+        let packed = self
+            .manifest
+            .call(&mut *store, ())
+            .map_err(|e| classify(store, e))?;
         self.decode_output(store, packed)
     }
 
@@ -245,7 +265,10 @@ impl GuestFns {
         let len = message.len() as u32;
         store.data_mut().last_error = None;
         store.data_mut().log_lines = 0;
-        let ptr = self.input.call(&mut *store, len).map_err(|e| classify(store, e))?;
+        let ptr = self
+            .input
+            .call(&mut *store, len)
+            .map_err(|e| classify(store, e))?;
         self.memory
             .write(store.as_context_mut(), ptr as usize, message)
             .map_err(|_| {
@@ -254,7 +277,9 @@ impl GuestFns {
                 ))
             })?;
         let func = if sync { &self.sync } else { &self.call };
-        let packed = func.call(&mut *store, len).map_err(|e| classify(store, e))?;
+        let packed = func
+            .call(&mut *store, len)
+            .map_err(|e| classify(store, e))?;
         self.decode_output(store, packed)
     }
 
@@ -271,12 +296,15 @@ impl GuestFns {
             )));
         }
         let data = self.memory.data(&*store);
-        let bytes = ptr.checked_add(len).and_then(|end| data.get(ptr..end)).ok_or_else(|| {
-            UnitFault::BadOutput(format!(
-                "result at {ptr:#x} (+{len}) is outside guest memory of {} bytes",
-                data.len()
-            ))
-        })?;
+        let bytes = ptr
+            .checked_add(len)
+            .and_then(|end| data.get(ptr..end))
+            .ok_or_else(|| {
+                UnitFault::BadOutput(format!(
+                    "result at {ptr:#x} (+{len}) is outside guest memory of {} bytes",
+                    data.len()
+                ))
+            })?;
         codec::decode(bytes)
             .map_err(|e| UnitFault::BadOutput(format!("result does not decode: {e}")))
     }

@@ -142,15 +142,12 @@ fn resolve(
     action: BalanceAction,
 ) -> Result<(PlannedAction, Option<String>), UnitFault> {
     let host_id = |index: HostIndex| {
-        snapshot
-            .host(index)
-            .map(|h| h.id.clone())
-            .ok_or_else(|| {
-                UnitFault::BadOutput(format!(
-                    "unknown host index {index} (the cluster has {} hosts)",
-                    snapshot.hosts.len()
-                ))
-            })
+        snapshot.host(index).map(|h| h.id.clone()).ok_or_else(|| {
+            UnitFault::BadOutput(format!(
+                "unknown host index {index} (the cluster has {} hosts)",
+                snapshot.hosts.len()
+            ))
+        })
     };
     Ok(match action {
         BalanceAction::Migrate {

@@ -195,7 +195,12 @@ impl Cluster {
 
     /// The index of a host by id.
     pub fn host_index(&self, host_id: &str) -> Option<HostIndex> {
-        self.shared.state.read().unwrap().snapshot.host_index(host_id)
+        self.shared
+            .state
+            .read()
+            .unwrap()
+            .snapshot
+            .host_index(host_id)
     }
 
     /// Sets a host's status (a new epoch).
@@ -220,7 +225,11 @@ fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
     let mut ids = HashSet::new();
     for (i, host) in snapshot.hosts.iter().enumerate() {
         if host.id.is_empty() {
-            return Err(Error::input(source, Some(format!("hosts[{i}].id")), "must not be empty"));
+            return Err(Error::input(
+                source,
+                Some(format!("hosts[{i}].id")),
+                "must not be empty",
+            ));
         }
         if !ids.insert(host.id.as_str()) {
             return Err(Error::input(
@@ -229,7 +238,8 @@ fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
                 format!("duplicate host id {:?}", host.id),
             ));
         }
-        if host.cpu.sockets == 0 || host.cpu.cores_per_socket == 0 || host.cpu.threads_per_core == 0 {
+        if host.cpu.sockets == 0 || host.cpu.cores_per_socket == 0 || host.cpu.threads_per_core == 0
+        {
             return Err(Error::input(
                 source,
                 Some(format!("hosts[{i}].cpu")),
@@ -243,7 +253,11 @@ fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
     let mut vm_ids = HashSet::new();
     for (i, vm) in snapshot.vms.iter().enumerate() {
         if vm.id.is_empty() {
-            return Err(Error::input(source, Some(format!("vms[{i}].id")), "must not be empty"));
+            return Err(Error::input(
+                source,
+                Some(format!("vms[{i}].id")),
+                "must not be empty",
+            ));
         }
         if !vm_ids.insert(vm.id.as_str()) {
             return Err(Error::input(

@@ -48,7 +48,11 @@ pub enum Error {
 
 impl Error {
     /// An input error with a field path.
-    pub fn input(file: impl Into<String>, field: Option<String>, message: impl Into<String>) -> Self {
+    pub fn input(
+        file: impl Into<String>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Input {
             file: file.into(),
             field,

@@ -153,7 +153,9 @@ impl Instance {
         let (bytes, full) = view.sync_message(from);
         let counter = if full { &stats.full } else { &stats.delta };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut response = self.fns.exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
+        let mut response = self
+            .fns
+            .exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
         if !full && !matches!(response, SyncResponse::Synced { .. }) {
             let (bytes, _) = view.sync_message(None);
             stats.full.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +175,9 @@ impl Instance {
             }
             SyncResponse::Failed(message) => {
                 self.synced = None;
-                Err(UnitFault::GuestError(format!("snapshot sync failed: {message}")))
+                Err(UnitFault::GuestError(format!(
+                    "snapshot sync failed: {message}"
+                )))
             }
         }
     }
@@ -188,7 +192,9 @@ impl Instance {
         let mut scratch = std::mem::take(&mut self.scratch);
         codec::encode_into(request, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
-        let result = self.fns.exchange::<CallResponse>(&mut self.store, &scratch, false);
+        let result = self
+            .fns
+            .exchange::<CallResponse>(&mut self.store, &scratch, false);
         self.scratch = scratch;
         result
     }
@@ -298,7 +304,9 @@ impl LoadedModule {
                     .call(view, request, &wasm.stats)
                     .and_then(|response| self.check_shape(request, response));
                 if result.is_err() {
-                    wasm.stats.instances_discarded.fetch_add(1, Ordering::Relaxed);
+                    wasm.stats
+                        .instances_discarded
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 match &result {
                     Ok(CallResponse::Failed(_)) => {
@@ -321,7 +329,11 @@ impl LoadedModule {
 
     /// A response must match the unit's kind and hold one result per candidate; anything
     /// else is a broken guest, whose instance is then discarded.
-    fn check_shape(&self, request: &CallRequest, response: CallResponse) -> Result<CallResponse, UnitFault> {
+    fn check_shape(
+        &self,
+        request: &CallRequest,
+        response: CallResponse,
+    ) -> Result<CallResponse, UnitFault> {
         let kind = self.unit(request.unit).map(|u| u.kind);
         let expected = request.candidates.len();
         let count = match (&response, kind) {
@@ -338,7 +350,11 @@ impl LoadedModule {
             }
         };
         if count != expected {
-            let what = if kind == Some(UnitKind::Filter) { "verdicts" } else { "penalties" };
+            let what = if kind == Some(UnitKind::Filter) {
+                "verdicts"
+            } else {
+                "penalties"
+            };
             return Err(UnitFault::BadOutput(format!(
                 "{count} {what} for {expected} candidate hosts"
             )));

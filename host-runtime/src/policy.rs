@@ -148,7 +148,12 @@ impl Policy {
     /// The builtin default policy (memory and CPU filters; CPU-load x2 and free-memory x1
     /// weights; rank selector).
     pub fn builtin_default(runtime: &Runtime) -> Result<Self> {
-        Self::parse(runtime, DEFAULT_POLICY_TOML, Format::Toml, "builtin:default_policy.toml")
+        Self::parse(
+            runtime,
+            DEFAULT_POLICY_TOML,
+            Format::Toml,
+            "builtin:default_policy.toml",
+        )
     }
 
     /// Reads a policy file (TOML by extension, JSON otherwise).
@@ -179,7 +184,11 @@ impl Policy {
                     format!(
                         "no {kind} unit named {:?} is loaded (known {kind}s: {})",
                         entry.unit,
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 )
             })?;
@@ -187,7 +196,10 @@ impl Policy {
             if descriptor.kind != kind {
                 return Err(err(
                     ".unit",
-                    format!("unit {:?} is a {}, not a {kind}", entry.unit, descriptor.kind),
+                    format!(
+                        "unit {:?} is a {}, not a {kind}",
+                        entry.unit, descriptor.kind
+                    ),
                 ));
             }
             let factor = match (kind, entry.factor) {
@@ -201,13 +213,18 @@ impl Policy {
             };
             for name in entry.params.keys() {
                 if !descriptor.params.iter().any(|p| &p.name == name) {
-                    let known: Vec<&str> = descriptor.params.iter().map(|p| p.name.as_str()).collect();
+                    let known: Vec<&str> =
+                        descriptor.params.iter().map(|p| p.name.as_str()).collect();
                     return Err(err(
                         &format!(".params.{name}"),
                         format!(
                             "unit {:?} has no parameter {name:?} (it has: {})",
                             entry.unit,
-                            if known.is_empty() { "none".into() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     ));
                 }
@@ -225,11 +242,17 @@ impl Policy {
             }
             let deadline_ms = entry.deadline_ms.unwrap_or(defaults.deadline_ms);
             if !(1..=600_000).contains(&deadline_ms) {
-                return Err(err(".deadline_ms", format!("must be in 1..=600000, got {deadline_ms}")));
+                return Err(err(
+                    ".deadline_ms",
+                    format!("must be in 1..=600000, got {deadline_ms}"),
+                ));
             }
             let memory_limit_mb = entry.memory_limit_mb.unwrap_or(defaults.memory_limit_mb);
             if !(1..=4096).contains(&memory_limit_mb) {
-                return Err(err(".memory_limit_mb", format!("must be in 1..=4096, got {memory_limit_mb}")));
+                return Err(err(
+                    ".memory_limit_mb",
+                    format!("must be in 1..=4096, got {memory_limit_mb}"),
+                ));
             }
             let failure = entry.failure.unwrap_or(match kind {
                 UnitKind::Weight => FailureMode::Open,
@@ -275,7 +298,11 @@ impl Policy {
             }
         }
         if file.name.trim().is_empty() {
-            return Err(Error::input(label, Some("name".into()), "must not be empty"));
+            return Err(Error::input(
+                label,
+                Some("name".into()),
+                "must not be empty",
+            ));
         }
         Ok(Policy {
             name: file.name,

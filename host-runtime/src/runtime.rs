@@ -158,7 +158,9 @@ pub struct UnitHandle {
 impl UnitHandle {
     /// The unit's descriptor (name, kind, parameters).
     pub fn descriptor(&self) -> &UnitDescriptor {
-        self.module.unit(self.index).expect("unit index checked at registration")
+        self.module
+            .unit(self.index)
+            .expect("unit index checked at registration")
     }
 
     /// The module holding the unit.
@@ -236,7 +238,10 @@ impl Runtime {
     /// `file` names the module in errors.
     pub fn load_module(&self, file: &str, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
         if bytes.len() > MAX_MODULE_BYTES {
-            return Err(Error::module(file, format!("larger than {MAX_MODULE_BYTES} bytes")));
+            return Err(Error::module(
+                file,
+                format!("larger than {MAX_MODULE_BYTES} bytes"),
+            ));
         }
         if !bytes.starts_with(b"\0asm") {
             return Err(Error::module(
@@ -304,7 +309,8 @@ impl Runtime {
     /// Reads, loads and registers a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::module(&file, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::module(&file, format!("cannot read: {e}")))?;
         let module = self.load_module(&file, &bytes)?;
         self.add_module(module.clone())?;
         Ok(module)
@@ -313,8 +319,13 @@ impl Runtime {
     /// Loads every `.wasm` file of a directory (sorted by name). A bad file is reported in
     /// [`DirReport::errors`] and does not stop the others.
     pub fn load_dir(&self, dir: &Path) -> Result<DirReport> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| Error::input(dir.display().to_string(), None, format!("cannot read directory: {e}")))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::input(
+                dir.display().to_string(),
+                None,
+                format!("cannot read directory: {e}"),
+            )
+        })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
@@ -429,7 +440,9 @@ impl Runtime {
                 // hash; artifacts are never taken from the policy directory.
                 match unsafe { Module::deserialize_file(engine, path) } {
                     Ok(module) => return Ok(module),
-                    Err(e) => tracing::debug!("ignoring unusable cache entry {}: {e:#}", path.display()),
+                    Err(e) => {
+                        tracing::debug!("ignoring unusable cache entry {}: {e:#}", path.display())
+                    }
                 }
             }
         }
@@ -448,7 +461,11 @@ fn write_cache(path: &Path, module: &Module) -> anyhow::Result<()> {
     let dir = path.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir)?;
     let bytes = module.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), path.file_name().unwrap().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -158,7 +158,10 @@ impl Policy {
                 Some(format!("host is {}", host.status.as_str()))
             } else if blacklist.contains(host.id.as_str()) {
                 Some("blacklisted".to_string())
-            } else if whitelist.as_ref().is_some_and(|w| !w.contains(host.id.as_str())) {
+            } else if whitelist
+                .as_ref()
+                .is_some_and(|w| !w.contains(host.id.as_str()))
+            {
                 Some("not in whitelist".to_string())
             } else {
                 None
@@ -265,14 +268,28 @@ impl Policy {
 }
 
 fn validate_vm(vm: &Vm) -> Result<()> {
-    let bad = |field: &str, message: &str| Err(Error::Request(format!("VM {:?}: {field}: {message}", vm.id)));
+    let bad = |field: &str, message: &str| {
+        Err(Error::Request(format!(
+            "VM {:?}: {field}: {message}",
+            vm.id
+        )))
+    };
     if vm.id.is_empty() {
         return bad("id", "must not be empty");
     }
     if vm.cpu.sockets == 0 || vm.cpu.cores_per_socket == 0 || vm.cpu.threads_per_core == 0 {
-        return bad("cpu", "sockets, cores_per_socket and threads_per_core must be at least 1");
+        return bad(
+            "cpu",
+            "sockets, cores_per_socket and threads_per_core must be at least 1",
+        );
     }
-    if vm.cpu.sockets.checked_mul(vm.cpu.cores_per_socket).and_then(|c| c.checked_mul(vm.cpu.threads_per_core)).is_none_or(|v| v > 4096) {
+    if vm
+        .cpu
+        .sockets
+        .checked_mul(vm.cpu.cores_per_socket)
+        .and_then(|c| c.checked_mul(vm.cpu.threads_per_core))
+        .is_none_or(|v| v > 4096)
+    {
         return bad("cpu", "more than 4096 vCPUs");
     }
     if vm.memory_mb > 1 << 40 {
@@ -281,7 +298,12 @@ fn validate_vm(vm: &Vm) -> Result<()> {
     Ok(())
 }
 
-fn call(unit: &PolicyUnit, view: &ClusterView, vm: &Vm, candidates: &[HostIndex]) -> Result<CallResponse, UnitFault> {
+fn call(
+    unit: &PolicyUnit,
+    view: &ClusterView,
+    vm: &Vm,
+    candidates: &[HostIndex],
+) -> Result<CallResponse, UnitFault> {
     let request = CallRequest {
         unit: unit.handle.index,
         epoch: view.epoch(),
@@ -300,7 +322,10 @@ fn expect_verdicts(response: CallResponse, expected: usize) -> Result<Vec<Verdic
             v.len()
         ))),
         CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
-        other => Err(UnitFault::BadOutput(format!("expected verdicts, got {}", variant(&other)))),
+        other => Err(UnitFault::BadOutput(format!(
+            "expected verdicts, got {}",
+            variant(&other)
+        ))),
     }
 }
 
@@ -312,7 +337,10 @@ fn expect_penalties(response: CallResponse, expected: usize) -> Result<Vec<Penal
             p.len()
         ))),
         CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
-        other => Err(UnitFault::BadOutput(format!("expected penalties, got {}", variant(&other)))),
+        other => Err(UnitFault::BadOutput(format!(
+            "expected penalties, got {}",
+            variant(&other)
+        ))),
     }
 }
 
@@ -325,8 +353,16 @@ pub(crate) fn variant(response: &CallResponse) -> &'static str {
     }
 }
 
-fn handle_fault(unit: &PolicyUnit, fault: UnitFault, failures: &mut Vec<UnitFailure>) -> Result<()> {
-    tracing::warn!(unit = unit.name(), module = unit.module_file(), "unit failed: {fault}");
+fn handle_fault(
+    unit: &PolicyUnit,
+    fault: UnitFault,
+    failures: &mut Vec<UnitFailure>,
+) -> Result<()> {
+    tracing::warn!(
+        unit = unit.name(),
+        module = unit.module_file(),
+        "unit failed: {fault}"
+    );
     match unit.failure {
         FailureMode::Closed => Err(Error::Unit {
             unit: unit.name().to_string(),
@@ -356,14 +392,23 @@ pub(crate) fn select(
     for (unit, penalties) in columns {
         let factor = unit.factor as f64;
         let column: Vec<f64> = match selector {
-            SelectorKind::Rank => ranks(penalties).into_iter().map(|r| r as f64 * factor).collect(),
+            SelectorKind::Rank => ranks(penalties)
+                .into_iter()
+                .map(|r| r as f64 * factor)
+                .collect(),
             SelectorKind::NormalizedSum => {
                 let min = penalties.iter().copied().min().unwrap_or(0);
                 let max = penalties.iter().copied().max().unwrap_or(0);
                 let span = (max as i128 - min as i128) as f64;
                 penalties
                     .iter()
-                    .map(|&p| if span > 0.0 { (p as i128 - min as i128) as f64 / span * factor } else { 0.0 })
+                    .map(|&p| {
+                        if span > 0.0 {
+                            (p as i128 - min as i128) as f64 / span * factor
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect()
             }
             SelectorKind::RawSum => penalties.iter().map(|&p| p as f64 * factor).collect(),
@@ -399,7 +444,11 @@ fn pick_best(
         let better = match best {
             None => true,
             Some((b, bt)) => {
-                let ord = if higher_wins { total.total_cmp(&bt) } else { bt.total_cmp(&total) };
+                let ord = if higher_wins {
+                    total.total_cmp(&bt)
+                } else {
+                    bt.total_cmp(&total)
+                };
                 ord.is_gt()
                     || (ord.is_eq()
                         && snapshot.hosts[survivors[pos] as usize].id
@@ -432,27 +481,47 @@ fn summarize(hosts: &[HostOutcome], chosen: Option<&str>, available: usize) -> S
             None => groups.push((key, 1)),
         }
     }
-    groups.sort_by(|a, b| b.1.cmp(&a.1));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
     if groups.is_empty() {
         return head;
     }
     let parts: Vec<String> = groups.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    head.push_str(if chosen.is_some() { "; not available: " } else { ": " });
+    head.push_str(if chosen.is_some() {
+        "; not available: "
+    } else {
+        ": "
+    });
     head.push_str(&parts.join(", "));
     head
 }
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "VM {}: {}  [policy {}, epoch {}]", self.vm, self.summary, self.policy, self.epoch)?;
+        writeln!(
+            f,
+            "VM {}: {}  [policy {}, epoch {}]",
+            self.vm, self.summary, self.policy, self.epoch
+        )?;
         for failure in &self.unit_failures {
-            writeln!(f, "  ! unit {} ({}) failed, skipped: {}", failure.unit, failure.module, failure.error)?;
+            writeln!(
+                f,
+                "  ! unit {} ({}) failed, skipped: {}",
+                failure.unit, failure.module, failure.error
+            )?;
         }
         for h in &self.hosts {
-            let label = if h.name.is_empty() || h.name == h.host { h.host.clone() } else { format!("{} ({})", h.name, h.host) };
+            let label = if h.name.is_empty() || h.name == h.host {
+                h.host.clone()
+            } else {
+                format!("{} ({})", h.name, h.host)
+            };
             match &h.outcome {
                 Outcome::Chosen | Outcome::Available => {
-                    let mark = if h.outcome == Outcome::Chosen { "chosen   " } else { "available" };
+                    let mark = if h.outcome == Outcome::Chosen {
+                        "chosen   "
+                    } else {
+                        "available"
+                    };
                     let weights: Vec<String> = h
                         .weights
                         .iter()

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn wasmsched(args: &[&str]) -> Output {
@@ -30,7 +33,10 @@ fn demo_prints_decisions_with_reasons() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     // A VM that fits somewhere gets a host; one that fits nowhere explains why.
-    assert!(text.contains("VM web-1: 5/6 hosts available, chose"), "{text}");
+    assert!(
+        text.contains("VM web-1: 5/6 hosts available, chose"),
+        "{text}"
+    );
     assert!(text.contains("VM huge: 0/6 hosts available: "), "{text}");
     assert!(text.contains("memory: not enough"), "{text}");
     assert!(text.contains("1 host is maintenance"), "{text}");
@@ -71,11 +77,15 @@ fn schedule_uses_a_custom_unit_dropped_into_a_directory() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    // rack1-b runs 16 VMs in the sample cluster: over the limit of 4 set by the policy.
+    // rack1-b runs 16 VMs in the sample cluster: over the limit of 10 set by the policy.
     assert!(text.contains("max-vms-per-host: too_many_vms"), "{text}");
 
     let units = wasmsched(&["units", "--policies", policies]);
-    assert!(stdout(&units).contains("max-vms-per-host"), "{}", stdout(&units));
+    assert!(
+        stdout(&units).contains("max-vms-per-host"),
+        "{}",
+        stdout(&units)
+    );
 }
 
 #[test]
@@ -97,7 +107,10 @@ fn units_lists_builtins_with_kind_and_parameters() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for unit in ["memory", "cpu", "cpu-load", "free-memory"] {
-        assert!(text.lines().any(|l| l.starts_with(unit)), "{unit} missing in {text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(unit)),
+            "{unit} missing in {text}"
+        );
     }
     assert!(text.contains("overhead_mb"), "{text}");
 }
@@ -121,7 +134,10 @@ fn check_rejects_a_file_that_is_not_wasm_naming_it() {
     let out = wasmsched(&["check", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("notes.wasm") && err.contains("not a WebAssembly module"), "{err}");
+    assert!(
+        err.contains("notes.wasm") && err.contains("not a WebAssembly module"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,5 +158,8 @@ fn schedule_names_file_and_field_of_a_malformed_cluster() {
     ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("bad-cluster.json") && err.contains("hosts[1].memory.free_mb"), "{err}");
+    assert!(
+        err.contains("bad-cluster.json") && err.contains("hosts[1].memory.free_mb"),
+        "{err}"
+    );
 }

@@ -9,8 +9,8 @@
 //! (`ptr << 32 | len`) pointing at a guest-owned output buffer that stays valid until the
 //! next call into the guest.
 
-use crate::model::{ClusterInfo, Host, HostIndex, HostStatus, PendingAggregate, Snapshot, Vm};
 use crate::manifest::ParamValue;
+use crate::model::{ClusterInfo, Host, HostIndex, HostStatus, PendingAggregate, Snapshot, Vm};
 use crate::verdict::{BalanceAction, Penalty, Verdict};
 use alloc::format;
 use alloc::string::String;
@@ -313,7 +313,10 @@ pub mod guest {
         if let Err(e) = codec::encode_into(value, &mut state.output) {
             panic!("wasmsched guest could not encode its response: {e}");
         }
-        pack(state.output.as_ptr() as usize as u32, state.output.len() as u32)
+        pack(
+            state.output.as_ptr() as usize as u32,
+            state.output.len() as u32,
+        )
     }
 
     /// `wasmsched_abi_version`.

@@ -162,7 +162,13 @@ pub trait Filter: Default + Send + Sync + 'static {
     /// The verdict for one host.
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict;
     /// Verdicts for all candidates, in order (one per candidate).
-    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Verdict>) {
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
         out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
     }
 }
@@ -185,8 +191,18 @@ pub trait Weight: Default + Send + Sync + 'static {
     /// The penalty for one host.
     fn penalty(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Penalty;
     /// Penalties for all candidates, in order (one per candidate).
-    fn penalty_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Penalty>) {
-        out.extend(candidates.iter().map(|&i| self.penalty(ctx, vm, ctx.host(i))));
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    ) {
+        out.extend(
+            candidates
+                .iter()
+                .map(|&i| self.penalty(ctx, vm, ctx.host(i))),
+        );
     }
 }
 
@@ -209,19 +225,43 @@ pub trait Balance: Default + Send + Sync + 'static {
 }
 
 trait DynFilter: Send + Sync {
-    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Verdict>);
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    );
 }
 impl<T: Filter> DynFilter for T {
-    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Verdict>) {
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
         Filter::check_all(self, ctx, vm, candidates, out)
     }
 }
 
 trait DynWeight: Send + Sync {
-    fn penalty_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Penalty>);
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    );
 }
 impl<T: Weight> DynWeight for T {
-    fn penalty_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Penalty>) {
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    ) {
         Weight::penalty_all(self, ctx, vm, candidates, out)
     }
 }
@@ -273,7 +313,12 @@ impl UnitSet {
         }
     }
 
-    fn descriptor(name: &str, kind: UnitKind, description: &str, params: Vec<ParamSpec>) -> UnitDescriptor {
+    fn descriptor(
+        name: &str,
+        kind: UnitKind,
+        description: &str,
+        params: Vec<ParamSpec>,
+    ) -> UnitDescriptor {
         UnitDescriptor {
             name: name.to_string(),
             kind,
@@ -285,21 +330,24 @@ impl UnitSet {
     /// Adds a filter unit.
     pub fn filter<T: Filter>(mut self) -> Self {
         let d = Self::descriptor(T::NAME, UnitKind::Filter, T::DESCRIPTION, T::params());
-        self.units.push((d, AnyUnit::Filter(Box::new(T::default()))));
+        self.units
+            .push((d, AnyUnit::Filter(Box::new(T::default()))));
         self
     }
 
     /// Adds a weight unit.
     pub fn weight<T: Weight>(mut self) -> Self {
         let d = Self::descriptor(T::NAME, UnitKind::Weight, T::DESCRIPTION, T::params());
-        self.units.push((d, AnyUnit::Weight(Box::new(T::default()))));
+        self.units
+            .push((d, AnyUnit::Weight(Box::new(T::default()))));
         self
     }
 
     /// Adds a balance unit.
     pub fn balance<T: Balance>(mut self) -> Self {
         let d = Self::descriptor(T::NAME, UnitKind::Balance, T::DESCRIPTION, T::params());
-        self.units.push((d, AnyUnit::Balance(Box::new(T::default()))));
+        self.units
+            .push((d, AnyUnit::Balance(Box::new(T::default()))));
         self
     }
 

@@ -160,7 +160,12 @@ impl ParamSpec {
 
     /// A boolean parameter.
     pub fn bool(name: &str, default: bool, description: &str) -> Self {
-        Self::new(name, ParamType::Bool, ParamValue::Bool(default), description)
+        Self::new(
+            name,
+            ParamType::Bool,
+            ParamValue::Bool(default),
+            description,
+        )
     }
 
     /// A string parameter.

@@ -67,75 +67,88 @@ impl HostBuilder {
         };
         self
     }
-    /// Physical, free and max-scheduling memory all set to `mb`, nothing committed.
+    /// Physical, free and max-scheduling memory all set to `mb` MiB (no overcommit);
+    /// committed memory and swap are left as they are. Call it before the finer setters.
     pub fn memory_mb(mut self, mb: u64) -> Self {
-        self.0.memory = HostMemory {
-            physical_mb: mb,
-            free_mb: mb,
-            committed_mb: 0,
-            max_scheduling_mb: mb,
-            swap_free_mb: 0,
-        };
+        let m = &mut self.0.memory;
+        m.physical_mb = mb;
+        m.free_mb = mb;
+        m.max_scheduling_mb = mb;
         self
     }
-    /// Free memory.
+    /// Free memory reported by the host, in MiB.
     pub fn free_mb(mut self, mb: u64) -> Self {
         self.0.memory.free_mb = mb;
         self
     }
-    /// Committed memory.
+    /// Memory committed to VMs already on the host, in MiB.
     pub fn committed_mb(mut self, mb: u64) -> Self {
         self.0.memory.committed_mb = mb;
         self
     }
-    /// Max scheduling memory.
+    /// Overcommit-aware ceiling for committed memory, in MiB.
     pub fn max_scheduling_mb(mut self, mb: u64) -> Self {
         self.0.memory.max_scheduling_mb = mb;
         self
     }
-    /// Free swap.
+    /// Free swap, in MiB.
     pub fn swap_mb(mut self, mb: u64) -> Self {
         self.0.memory.swap_free_mb = mb;
         self
     }
-    /// CPU usage in percent.
+    /// Current CPU usage in percent.
     pub fn cpu_usage(mut self, percent: u32) -> Self {
         self.0.cpu_usage_percent = percent;
         self
     }
-    /// Running VM count.
+    /// Number of VMs running on the host.
     pub fn running_vms(mut self, n: u32) -> Self {
         self.0.running_vms = n;
         self
     }
-    /// Exclusively pinned pCPUs.
+    /// pCPUs exclusively pinned to running VMs.
     pub fn dedicated_cpus(mut self, cpus: impl IntoIterator<Item = u32>) -> Self {
         self.0.dedicated_cpus = cpus.into_iter().collect();
         self
     }
-    /// The whole pending aggregate.
+    /// Replaces the whole pending aggregate (set it before the `pending_*` setters).
     pub fn pending(mut self, pending: PendingAggregate) -> Self {
         self.0.pending = pending;
         self
     }
-    /// Pending memory.
+    /// Pending memory (static overheads), in MiB.
     pub fn pending_memory_mb(mut self, mb: u64) -> Self {
         self.0.pending.memory_mb = mb;
         self
     }
-    /// Pending overcommit memory.
+    /// Pending overcommit memory (guest memory + overheads), in MiB.
     pub fn pending_overcommit_mb(mut self, mb: u64) -> Self {
         self.0.pending.overcommit_memory_mb = mb;
         self
     }
-    /// Pending CPU load.
+    /// Pending CPU load, in percent of the host's capacity.
     pub fn pending_cpu_load(mut self, percent: u32) -> Self {
         self.0.pending.cpu_load_percent = percent;
         self
     }
-    /// Pending pinned pCPUs.
+    /// pCPUs claimed by pending exclusively-pinned VMs.
     pub fn pending_pinned_cpus(mut self, cpus: impl IntoIterator<Item = u32>) -> Self {
         self.0.pending.pinned_cpus = cpus.into_iter().collect();
+        self
+    }
+    /// Adds pending hugepages of a size (KiB).
+    pub fn pending_hugepages(mut self, size_kb: u64, count: u64) -> Self {
+        self.0.pending.hugepages.push(HugePages { size_kb, count });
+        self
+    }
+    /// Adds pending memory on a host NUMA node, in MiB.
+    pub fn pending_numa_mb(mut self, node: u32, memory_mb: u64) -> Self {
+        self.0.pending.numa_memory.push(NodeMemory { node, memory_mb });
+        self
+    }
+    /// Number of pending VMs.
+    pub fn pending_vms(mut self, n: u32) -> Self {
+        self.0.pending.vms = n;
         self
     }
     /// A pending custom amount.
@@ -146,8 +159,13 @@ impl HostBuilder {
         });
         self
     }
-    /// Adds a NUMA node.
-    pub fn numa_node(mut self, index: u32, cpus: impl IntoIterator<Item = u32>, free_mb: u64) -> Self {
+    /// Adds a NUMA node with these CPUs and `free_mb` MiB (total = free).
+    pub fn numa_node(
+        mut self,
+        index: u32,
+        cpus: impl IntoIterator<Item = u32>,
+        free_mb: u64,
+    ) -> Self {
         self.0.numa_nodes.push(NumaNode {
             index,
             cpus: cpus.into_iter().collect(),
@@ -157,7 +175,7 @@ impl HostBuilder {
         });
         self
     }
-    /// Free hugepages of a size.
+    /// Adds free hugepages of a size (KiB), host-wide.
     pub fn hugepages(mut self, size_kb: u64, count: u64) -> Self {
         self.0.free_hugepages.push(HugePages { size_kb, count });
         self
@@ -167,7 +185,7 @@ impl HostBuilder {
         self.0.power = power;
         self
     }
-    /// The host.
+    /// The finished host.
     pub fn build(self) -> Host {
         self.0
     }
@@ -194,7 +212,7 @@ pub fn vm(id: &str) -> VmBuilder {
 pub struct VmBuilder(Vm);
 
 impl VmBuilder {
-    /// Guest memory.
+    /// Guest memory, in MiB.
     pub fn memory_mb(mut self, mb: u64) -> Self {
         self.0.memory_mb = mb;
         self
@@ -208,7 +226,7 @@ impl VmBuilder {
         };
         self
     }
-    /// Virtual CPU topology.
+    /// Virtual CPU topology (vCPUs = sockets x cores x threads).
     pub fn cpu(mut self, sockets: u32, cores_per_socket: u32, threads_per_core: u32) -> Self {
         self.0.cpu = CpuTopology {
             sockets,
@@ -222,7 +240,7 @@ impl VmBuilder {
         self.0.vm_type = t;
         self
     }
-    /// Running on a host.
+    /// Running (status `Up`) on the host with this id.
     pub fn current_host(mut self, host_id: &str) -> Self {
         self.0.current_host = Some(host_id.to_string());
         self.0.status = VmStatus::Up;
@@ -233,17 +251,27 @@ impl VmBuilder {
         self.0.migration = mode;
         self
     }
-    /// Hugepage backing.
+    /// Guest memory backed by hugepages of this size (KiB).
     pub fn hugepages(mut self, size_kb: u64) -> Self {
         self.0.hugepage_size_kb = Some(size_kb);
         self
     }
-    /// CPU usage.
+    /// CPU usage in percent of its vCPUs.
     pub fn cpu_usage(mut self, percent: u32) -> Self {
         self.0.cpu_usage_percent = percent;
         self
     }
-    /// The VM.
+    /// Human name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.0.name = name.to_string();
+        self
+    }
+    /// Runtime status (after [`VmBuilder::current_host`], which sets `Up`).
+    pub fn status(mut self, status: VmStatus) -> Self {
+        self.0.status = status;
+        self
+    }
+    /// The finished VM.
     pub fn build(self) -> Vm {
         self.0
     }
@@ -283,22 +311,22 @@ impl SnapshotBuilder {
         self.0.vms.push(vm.into());
         self
     }
-    /// Epoch.
+    /// Snapshot epoch (default 1).
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.0.epoch = epoch;
         self
     }
-    /// Count threads as cores.
+    /// Whether the cluster counts host threads as cores (default false).
     pub fn count_threads_as_cores(mut self, yes: bool) -> Self {
         self.0.cluster.count_threads_as_cores = yes;
         self
     }
-    /// Memory overcommit percent.
+    /// Cluster memory overcommit in percent (default 100).
     pub fn overcommit_percent(mut self, percent: u32) -> Self {
         self.0.cluster.memory_overcommit_percent = percent;
         self
     }
-    /// The snapshot.
+    /// The finished snapshot.
     pub fn build(self) -> Snapshot {
         self.0
     }
@@ -312,7 +340,7 @@ pub fn params_of(specs: &[ParamSpec]) -> Vec<(String, ParamValue)> {
         .collect()
 }
 
-/// `params` with `name` set to `value`.
+/// `params` with `name` set to `value` (appended when absent).
 pub fn with_param(
     mut params: Vec<(String, ParamValue)>,
     name: &str,
@@ -323,4 +351,40 @@ pub fn with_param(
         None => params.push((name.to_string(), value)),
     }
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_mb_keeps_committed_and_swap_set_earlier() {
+        let h = host("h").committed_mb(1_000).swap_mb(500).memory_mb(8_192).build();
+        assert_eq!(
+            h.memory,
+            HostMemory {
+                physical_mb: 8_192,
+                free_mb: 8_192,
+                committed_mb: 1_000,
+                max_scheduling_mb: 8_192,
+                swap_free_mb: 500,
+            }
+        );
+    }
+
+    #[test]
+    fn params_of_gives_defaults_and_with_param_overrides_one() {
+        let specs = [
+            ParamSpec::int("a", 1, 0, 9, "a"),
+            ParamSpec::bool("b", true, "b"),
+        ];
+        let params = with_param(params_of(&specs), "a", ParamValue::Int(7));
+        assert_eq!(
+            params,
+            [
+                ("a".to_string(), ParamValue::Int(7)),
+                ("b".to_string(), ParamValue::Bool(true)),
+            ]
+        );
+    }
 }

@@ -17,7 +17,10 @@ pub fn misbehave_wasm() -> PathBuf {
 
 /// A runtime with the builtins and no compiled-module cache.
 pub fn runtime() -> Runtime {
-    Runtime::builder().cache_dir(None).build().expect("runtime builds")
+    Runtime::builder()
+        .cache_dir(None)
+        .build()
+        .expect("runtime builds")
 }
 
 /// A runtime with the builtins plus the misbehaving fixture module.

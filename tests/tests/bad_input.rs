@@ -13,19 +13,52 @@ fn message(e: Error) -> String {
 #[test]
 fn malformed_or_schema_violating_documents_name_file_and_field() {
     let cases: &[(&str, Format, &str, &[&str])] = &[
-        ("cluster.json", Format::Json, r#"{"hosts": [{"id": "a", "cpu": {"sockets": -1}}]}"#, &["cluster.json", "hosts[0].cpu.sockets"]),
-        ("cluster.json", Format::Json, r#"{"hosts": [{"id": "a", "stauts": "up"}]}"#, &["cluster.json", "hosts[0]", "stauts"]),
-        ("cluster.json", Format::Json, r#"{"hosts": [{"id": "a", "status": "sleeping"}]}"#, &["hosts[0].status", "sleeping"]),
-        ("cluster.json", Format::Json, r#"{"hosts": [ {"id": "a"} "#, &["cluster.json", "EOF"]),
-        ("cluster.toml", Format::Toml, "[[hosts]]\nid = \"a\"\n[hosts.memory]\nfree_mb = \"lots\"\n", &["cluster.toml", "hosts[0].memory.free_mb", "line"]),
+        (
+            "cluster.json",
+            Format::Json,
+            r#"{"hosts": [{"id": "a", "cpu": {"sockets": -1}}]}"#,
+            &["cluster.json", "hosts[0].cpu.sockets"],
+        ),
+        (
+            "cluster.json",
+            Format::Json,
+            r#"{"hosts": [{"id": "a", "stauts": "up"}]}"#,
+            &["cluster.json", "hosts[0]", "stauts"],
+        ),
+        (
+            "cluster.json",
+            Format::Json,
+            r#"{"hosts": [{"id": "a", "status": "sleeping"}]}"#,
+            &["hosts[0].status", "sleeping"],
+        ),
+        (
+            "cluster.json",
+            Format::Json,
+            r#"{"hosts": [ {"id": "a"} "#,
+            &["cluster.json", "EOF"],
+        ),
+        (
+            "cluster.toml",
+            Format::Toml,
+            "[[hosts]]\nid = \"a\"\n[hosts.memory]\nfree_mb = \"lots\"\n",
+            &["cluster.toml", "hosts[0].memory.free_mb", "line"],
+        ),
     ];
     for (label, format, text, needles) in cases {
-        let err = message(parse_document::<policy_sdk::Snapshot>(text, *format, label).unwrap_err());
+        let err =
+            message(parse_document::<policy_sdk::Snapshot>(text, *format, label).unwrap_err());
         for needle in *needles {
             assert!(err.contains(needle), "{text}: {err:?} lacks {needle:?}");
         }
     }
-    let vm_err = message(parse_document::<policy_sdk::Vm>(r#"{"id": "v", "memory_mb": "4G"}"#, Format::Json, "vm.json").unwrap_err());
+    let vm_err = message(
+        parse_document::<policy_sdk::Vm>(
+            r#"{"id": "v", "memory_mb": "4G"}"#,
+            Format::Json,
+            "vm.json",
+        )
+        .unwrap_err(),
+    );
     assert!(vm_err.contains("vm.json: memory_mb"), "{vm_err}");
 }
 
@@ -36,7 +69,10 @@ fn inconsistent_clusters_are_rejected_naming_the_field() {
         message(Cluster::new(dup, "c.json").unwrap_err()),
         "c.json: hosts[1].id: duplicate host id \"a\""
     );
-    let orphan = snapshot().host(host("a")).vm(vm("v").current_host("nowhere")).build();
+    let orphan = snapshot()
+        .host(host("a"))
+        .vm(vm("v").current_host("nowhere"))
+        .build();
     assert_eq!(
         message(Cluster::new(orphan, "c.json").unwrap_err()),
         "c.json: vms[0].current_host: unknown host \"nowhere\""
@@ -61,9 +97,17 @@ fn invalid_policies_name_the_file_and_field() {
     ];
     for (text, expected) in cases {
         let err = message(Policy::parse(&rt, text, Format::Toml, "p.toml").unwrap_err());
-        assert!(err.starts_with(expected), "policy {text:?}\n got: {err}\nwant: {expected}");
+        assert!(
+            err.starts_with(expected),
+            "policy {text:?}\n got: {err}\nwant: {expected}"
+        );
     }
-    let json = Policy::parse(&rt, r#"{"name": "p", "weights": [{"unit": "cpu-load", "factor": "x"}]}"#, Format::Json, "p.json");
+    let json = Policy::parse(
+        &rt,
+        r#"{"name": "p", "weights": [{"unit": "cpu-load", "factor": "x"}]}"#,
+        Format::Json,
+        "p.json",
+    );
     assert!(message(json.unwrap_err()).starts_with("p.json: weights[0].factor: invalid type"));
 }
 
@@ -71,7 +115,11 @@ fn invalid_policies_name_the_file_and_field() {
 fn bad_modules_are_rejected_at_load_with_the_file_name_and_reason() {
     let rt = runtime();
     // A manifest that is not bincode: pointer 2048, 8 bytes of 0xff.
-    let bad_manifest = wat_module(1, (2048u64 << 32) | 8, r#"(data (i32.const 2048) "\ff\ff\ff\ff\ff\ff\ff\ff")"#);
+    let bad_manifest = wat_module(
+        1,
+        (2048u64 << 32) | 8,
+        r#"(data (i32.const 2048) "\ff\ff\ff\ff\ff\ff\ff\ff")"#,
+    );
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("notes.wasm", b"plain text, not wasm".to_vec(), "module notes.wasm: not a WebAssembly module"),
         ("truncated.wasm", b"\0asm\x01\0\0\0\x01".to_vec(), "module truncated.wasm: does not compile"),
@@ -98,13 +146,19 @@ fn bad_modules_are_rejected_at_load_with_the_file_name_and_reason() {
     ];
     for (file, bytes, expected) in cases {
         let err = message(rt.load_module(file, &bytes).unwrap_err());
-        assert!(err.starts_with(expected), "{file}\n got: {err}\nwant: {expected}");
+        assert!(
+            err.starts_with(expected),
+            "{file}\n got: {err}\nwant: {expected}"
+        );
     }
     // Nothing was registered and the builtins still serve.
     assert_eq!(rt.units().len(), 4);
     let d = Policy::builtin_default(&rt)
         .unwrap()
-        .schedule(&Cluster::new(snapshot().host(host("a")).build(), "<t>").unwrap(), &ScheduleRequest::new(vm("v").build()))
+        .schedule(
+            &Cluster::new(snapshot().host(host("a")).build(), "<t>").unwrap(),
+            &ScheduleRequest::new(vm("v").build()),
+        )
         .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("a"));
 }
@@ -128,7 +182,10 @@ fn a_unit_name_already_taken_is_refused_without_touching_the_registry() {
     let rt = runtime();
     rt.load_file(&max_vms_wasm()).unwrap();
     let err = message(rt.load_file(&max_vms_wasm()).unwrap_err());
-    assert!(err.contains("unit \"max-vms-per-host\" is already provided by"), "{err}");
+    assert!(
+        err.contains("unit \"max-vms-per-host\" is already provided by"),
+        "{err}"
+    );
     assert_eq!(rt.units().len(), 5);
 }
 
@@ -137,8 +194,14 @@ fn invalid_vm_requests_are_errors_naming_the_field() {
     let rt = runtime();
     let p = Policy::builtin_default(&rt).unwrap();
     let c = Cluster::new(snapshot().host(host("a")).build(), "<t>").unwrap();
-    let err = message(p.schedule(&c, &ScheduleRequest::new(vm("v").cpu(0, 1, 1).build())).unwrap_err());
+    let err = message(
+        p.schedule(&c, &ScheduleRequest::new(vm("v").cpu(0, 1, 1).build()))
+            .unwrap_err(),
+    );
     assert!(err.contains("VM \"v\": cpu"), "{err}");
-    let err = message(p.schedule(&c, &ScheduleRequest::new(vm("").build())).unwrap_err());
+    let err = message(
+        p.schedule(&c, &ScheduleRequest::new(vm("").build()))
+            .unwrap_err(),
+    );
     assert!(err.contains("id: must not be empty"), "{err}");
 }

@@ -23,7 +23,9 @@ fn builtins_are_embedded_and_registered_by_name() {
             ("memory", UnitKind::Filter),
         ]
     );
-    assert!(units.iter().all(|u| u.file == "builtin:basic.wasm" && u.module == "basic"));
+    assert!(units
+        .iter()
+        .all(|u| u.file == "builtin:basic.wasm" && u.module == "basic"));
     assert!(rt.modules().iter().all(|m| !m.is_native()));
 }
 
@@ -36,11 +38,18 @@ fn decision_explains_rejections_per_host_and_in_the_summary() {
             .host(host("small-1").memory_mb(2_048))
             .host(host("small-2").memory_mb(2_048))
             .host(host("narrow").memory_mb(65_536).cpu(1, 2, 1))
-            .host(host("down").memory_mb(65_536).status(HostStatus::Maintenance))
+            .host(
+                host("down")
+                    .memory_mb(65_536)
+                    .status(HostStatus::Maintenance),
+            )
             .build(),
     );
     let d = policy
-        .schedule(&c, &ScheduleRequest::new(vm("big").memory_mb(8_192).vcpus(4).build()))
+        .schedule(
+            &c,
+            &ScheduleRequest::new(vm("big").memory_mb(8_192).vcpus(4).build()),
+        )
         .unwrap();
     assert_eq!(d.chosen, None);
     assert_eq!(
@@ -49,7 +58,10 @@ fn decision_explains_rejections_per_host_and_in_the_summary() {
     );
     match &d.hosts[0].outcome {
         Outcome::Rejected { unit, code, detail } => {
-            assert_eq!((unit.as_str(), code.as_str()), ("memory", "not_enough_memory"));
+            assert_eq!(
+                (unit.as_str(), code.as_str()),
+                ("memory", "not_enough_memory")
+            );
             assert!(detail.contains("8256 MiB needed"), "{detail}");
         }
         other => panic!("unexpected {other:?}"),
@@ -64,10 +76,17 @@ fn rank_selector_prefers_idle_roomy_hosts_and_reports_each_weight() {
         snapshot()
             .host(host("busy").memory_mb(65_536).cpu_usage(90))
             .host(host("idle").memory_mb(65_536).cpu_usage(5))
-            .host(host("full").memory_mb(65_536).committed_mb(60_000).cpu_usage(5))
+            .host(
+                host("full")
+                    .memory_mb(65_536)
+                    .committed_mb(60_000)
+                    .cpu_usage(5),
+            )
             .build(),
     );
-    let d = policy.schedule(&c, &ScheduleRequest::new(vm("v").build())).unwrap();
+    let d = policy
+        .schedule(&c, &ScheduleRequest::new(vm("v").build()))
+        .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("idle"));
     let idle = &d.hosts[1];
     let weights: Vec<(&str, i64, i64, f64)> = idle
@@ -76,7 +95,10 @@ fn rank_selector_prefers_idle_roomy_hosts_and_reports_each_weight() {
         .map(|w| (w.unit.as_str(), w.raw, w.factor, w.contribution))
         .collect();
     // cpu-load: idle and full tie for best (rank 1 of 0..1), x2; free-memory: idle ties busy for best (rank 1), x1.
-    assert_eq!(weights, [("cpu-load", 5, 2, 2.0), ("free-memory", -65_536, 1, 1.0)]);
+    assert_eq!(
+        weights,
+        [("cpu-load", 5, 2, 2.0), ("free-memory", -65_536, 1, 1.0)]
+    );
     assert_eq!(idle.score, Some(3.0));
 }
 
@@ -96,7 +118,10 @@ fn ties_are_broken_by_host_id_so_decisions_are_deterministic() {
     assert_eq!(first.chosen.as_deref(), Some("h-a"));
     for _ in 0..5 {
         let again = policy.schedule(&c, &request).unwrap();
-        assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&first).unwrap());
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&first).unwrap()
+        );
     }
 }
 
@@ -104,13 +129,27 @@ fn ties_are_broken_by_host_id_so_decisions_are_deterministic() {
 fn blacklist_and_whitelist_limit_the_candidates() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
-    let c = cluster(snapshot().host(host("a")).host(host("b")).host(host("c")).build());
+    let c = cluster(
+        snapshot()
+            .host(host("a"))
+            .host(host("b"))
+            .host(host("c"))
+            .build(),
+    );
     let v = vm("v").build();
     let d = policy
-        .schedule(&c, &ScheduleRequest::new(v.clone()).blacklist(["a"]).whitelist(["a", "c"]))
+        .schedule(
+            &c,
+            &ScheduleRequest::new(v.clone())
+                .blacklist(["a"])
+                .whitelist(["a", "c"]),
+        )
         .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("c"));
-    assert_eq!(d.summary, "1/3 hosts available, chose c; not available: 1 blacklisted, 1 not in whitelist");
+    assert_eq!(
+        d.summary,
+        "1/3 hosts available, chose c; not available: 1 blacklisted, 1 not in whitelist"
+    );
 }
 
 #[test]
@@ -130,7 +169,10 @@ fn selectors_weigh_the_same_penalties_differently() {
                 "name = \"t\"\nselector = \"{selector}\"\n[[weights]]\nunit = \"cpu-load\"\n[[weights]]\nunit = \"free-memory\"\n"
             ),
         );
-        p.schedule(&c, &ScheduleRequest::new(vm("v").build())).unwrap().chosen.unwrap()
+        p.schedule(&c, &ScheduleRequest::new(vm("v").build()))
+            .unwrap()
+            .chosen
+            .unwrap()
     };
     // rank: a = 2+0, b = 1+1, c = 0+2 -> tie broken by id: a.
     assert_eq!(pick("rank"), "a");
@@ -144,9 +186,17 @@ fn selectors_weigh_the_same_penalties_differently() {
 fn pending_aggregates_reach_the_wasm_units_through_delta_sync() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
-    let c = cluster(snapshot().host(host("a").memory_mb(10_000)).host(host("b").memory_mb(9_000)).build());
+    let c = cluster(
+        snapshot()
+            .host(host("a").memory_mb(10_000))
+            .host(host("b").memory_mb(9_000))
+            .build(),
+    );
     let request = ScheduleRequest::new(vm("v").memory_mb(6_000).build());
-    assert_eq!(policy.schedule(&c, &request).unwrap().chosen.as_deref(), Some("a"));
+    assert_eq!(
+        policy.schedule(&c, &request).unwrap().chosen.as_deref(),
+        Some("a")
+    );
     let module = rt.modules().into_iter().next().unwrap();
     let before = module.stats();
 
@@ -162,9 +212,14 @@ fn pending_aggregates_reach_the_wasm_units_through_delta_sync() {
     .unwrap();
     let d = policy.schedule(&c, &request).unwrap();
     assert_eq!(d.chosen.as_deref(), Some("b"), "{d}");
-    assert!(matches!(&d.hosts[0].outcome, Outcome::Rejected { code, .. } if code == "not_enough_memory"));
+    assert!(
+        matches!(&d.hosts[0].outcome, Outcome::Rejected { code, .. } if code == "not_enough_memory")
+    );
     let after = module.stats();
-    assert_eq!(after.full_syncs, before.full_syncs, "a changed host must not resend the snapshot");
+    assert_eq!(
+        after.full_syncs, before.full_syncs,
+        "a changed host must not resend the snapshot"
+    );
     assert!(after.delta_syncs > before.delta_syncs);
 }
 
@@ -172,7 +227,11 @@ fn pending_aggregates_reach_the_wasm_units_through_delta_sync() {
 fn instances_catch_up_across_many_epochs_by_deltas() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
-    let c = cluster(snapshot().hosts((0..20).map(|i| host(&format!("h{i:02}")).cpu_usage(50))).build());
+    let c = cluster(
+        snapshot()
+            .hosts((0..20).map(|i| host(&format!("h{i:02}")).cpu_usage(50)))
+            .build(),
+    );
     let request = ScheduleRequest::new(vm("v").build());
     policy.schedule(&c, &request).unwrap();
     // Make each host in turn the idlest; the guest must see every change.
@@ -197,8 +256,14 @@ fn instances_catch_up_across_many_epochs_by_deltas() {
 #[test]
 fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
     let wasm = runtime();
-    let native = Runtime::builder().builtins(false).cache_dir(None).build().unwrap();
-    native.add_native("native:basic", builtin_basic::units()).unwrap();
+    let native = Runtime::builder()
+        .builtins(false)
+        .cache_dir(None)
+        .build()
+        .unwrap();
+    native
+        .add_native("native:basic", builtin_basic::units())
+        .unwrap();
     let wasm_policy = Policy::builtin_default(&wasm).unwrap();
     let native_policy = Policy::builtin_default(&native).unwrap();
     // A deterministic pseudo-random cluster.
@@ -221,7 +286,12 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
             }))
             .build();
         let c = Cluster::new(s, "<random>").unwrap();
-        let request = ScheduleRequest::new(vm(&format!("v{round}")).memory_mb(1_000 + next(30_000)).vcpus(1 + next(12) as u32).build());
+        let request = ScheduleRequest::new(
+            vm(&format!("v{round}"))
+                .memory_mb(1_000 + next(30_000))
+                .vcpus(1 + next(12) as u32)
+                .build(),
+        );
         let a = serde_json::to_value(wasm_policy.schedule(&c, &request).unwrap()).unwrap();
         let b = serde_json::to_value(native_policy.schedule(&c, &request).unwrap()).unwrap();
         assert_eq!(a, b, "round {round}");
@@ -232,13 +302,19 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
 fn runtime_is_shared_across_threads_and_decisions_run_in_parallel() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
-    let c = cluster(snapshot().hosts((0..100).map(|i| host(&format!("h{i:03}")).cpu_usage(i))).build());
+    let c = cluster(
+        snapshot()
+            .hosts((0..100).map(|i| host(&format!("h{i:03}")).cpu_usage(i)))
+            .build(),
+    );
     std::thread::scope(|scope| {
         for t in 0..4 {
             let (policy, c) = (&policy, &c);
             scope.spawn(move || {
                 for i in 0..25 {
-                    let d = policy.schedule(c, &ScheduleRequest::new(vm(&format!("v{t}-{i}")).build())).unwrap();
+                    let d = policy
+                        .schedule(c, &ScheduleRequest::new(vm(&format!("v{t}-{i}")).build()))
+                        .unwrap();
                     assert_eq!(d.chosen.as_deref(), Some("h000"));
                 }
             });

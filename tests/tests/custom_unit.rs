@@ -20,12 +20,21 @@ fn custom_unit_from_a_directory_filters_on_running_and_pending_vms() {
         snapshot()
             .host(host("full").running_vms(3))
             .host(host("almost").running_vms(2).cpu_usage(50))
-            .host(host("pending").running_vms(1).pending(policy_sdk::PendingAggregate { vms: 2, ..Default::default() }))
+            .host(
+                host("pending")
+                    .running_vms(1)
+                    .pending(policy_sdk::PendingAggregate {
+                        vms: 2,
+                        ..Default::default()
+                    }),
+            )
             .build(),
         "<t>",
     )
     .unwrap();
-    let d = p.schedule(&c, &ScheduleRequest::new(vm("v").build())).unwrap();
+    let d = p
+        .schedule(&c, &ScheduleRequest::new(vm("v").build()))
+        .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("almost"));
     for i in [0, 2] {
         assert!(
@@ -34,5 +43,8 @@ fn custom_unit_from_a_directory_filters_on_running_and_pending_vms() {
             d.hosts[i]
         );
     }
-    assert_eq!(d.summary, "1/3 hosts available, chose almost; not available: 2 max-vms-per-host: too many vms");
+    assert_eq!(
+        d.summary,
+        "1/3 hosts available, chose almost; not available: 2 max-vms-per-host: too many vms"
+    );
 }

@@ -40,15 +40,31 @@ fn filter_faults_fail_the_request_naming_the_unit_and_the_engine_keeps_serving()
     let c = cluster();
     let request = ScheduleRequest::new(vm("v").build());
     let healthy = chaos_policy(&rt, "pass", "");
-    let module = rt.modules().into_iter().find(|m| m.manifest().module == "misbehave").unwrap();
+    let module = rt
+        .modules()
+        .into_iter()
+        .find(|m| m.manifest().module == "misbehave")
+        .unwrap();
     type Check = fn(&UnitFault) -> bool;
     let cases: &[(&str, Check)] = &[
-        ("trap", |f| matches!(f, UnitFault::Trap(m) if m.contains("chaos unit asked to trap"))),
+        (
+            "trap",
+            |f| matches!(f, UnitFault::Trap(m) if m.contains("chaos unit asked to trap")),
+        ),
         ("loop", |f| matches!(f, UnitFault::Deadline { ms: 200 })),
         ("grow", |f| matches!(f, UnitFault::MemoryCap { mb: 64 })),
-        ("wrong_length", |f| matches!(f, UnitFault::BadOutput(m) if m.contains("3 verdicts for 2 candidate hosts"))),
-        ("bad_pointer", |f| matches!(f, UnitFault::BadOutput(m) if m.contains("outside guest memory"))),
-        ("garbage", |f| matches!(f, UnitFault::BadOutput(m) if m.contains("does not decode"))),
+        (
+            "wrong_length",
+            |f| matches!(f, UnitFault::BadOutput(m) if m.contains("3 verdicts for 2 candidate hosts")),
+        ),
+        (
+            "bad_pointer",
+            |f| matches!(f, UnitFault::BadOutput(m) if m.contains("outside guest memory")),
+        ),
+        (
+            "garbage",
+            |f| matches!(f, UnitFault::BadOutput(m) if m.contains("does not decode")),
+        ),
     ];
     for (mode, expected) in cases {
         let discarded_before = module.stats().instances_discarded;
@@ -56,11 +72,22 @@ fn filter_faults_fail_the_request_naming_the_unit_and_the_engine_keeps_serving()
         let (unit, fault) = fault_of(bad.schedule(&c, &request));
         assert_eq!(unit, "chaos", "{mode}");
         assert!(expected(&fault), "{mode}: unexpected fault {fault}");
-        assert!(fault.to_string().len() < 2_000, "{mode}: fault message stays readable");
-        assert_eq!(module.stats().instances_discarded, discarded_before + 1, "{mode}: instance replaced");
+        assert!(
+            fault.to_string().len() < 2_000,
+            "{mode}: fault message stays readable"
+        );
+        assert_eq!(
+            module.stats().instances_discarded,
+            discarded_before + 1,
+            "{mode}: instance replaced"
+        );
         // The same module keeps serving with a fresh instance.
         let d = healthy.schedule(&c, &request).unwrap();
-        assert_eq!(d.chosen.as_deref(), Some("a"), "{mode}: engine still serves");
+        assert_eq!(
+            d.chosen.as_deref(),
+            Some("a"),
+            "{mode}: engine still serves"
+        );
     }
 }
 
@@ -68,7 +95,9 @@ fn filter_faults_fail_the_request_naming_the_unit_and_the_engine_keeps_serving()
 fn a_fail_open_filter_is_skipped_and_reported() {
     let rt = runtime_with_misbehave();
     let p = chaos_policy(&rt, "trap", "failure = \"open\"");
-    let d = p.schedule(&cluster(), &ScheduleRequest::new(vm("v").build())).unwrap();
+    let d = p
+        .schedule(&cluster(), &ScheduleRequest::new(vm("v").build()))
+        .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("a"));
     assert_eq!(d.unit_failures.len(), 1);
     assert_eq!(d.unit_failures[0].unit, "chaos");
@@ -83,7 +112,9 @@ fn a_trapping_weight_fails_open_by_default_and_drops_out_of_the_sum() {
         &rt,
         "name = \"w\"\n[[weights]]\nunit = \"chaos-weight\"\nfactor = 50\n[weights.params]\nmode = \"trap\"\n[[weights]]\nunit = \"cpu-load\"\n",
     );
-    let d = p.schedule(&cluster(), &ScheduleRequest::new(vm("v").build())).unwrap();
+    let d = p
+        .schedule(&cluster(), &ScheduleRequest::new(vm("v").build()))
+        .unwrap();
     assert_eq!(d.chosen.as_deref(), Some("a"));
     assert_eq!(d.unit_failures.len(), 1);
     assert_eq!(d.unit_failures[0].unit, "chaos-weight");
@@ -94,10 +125,17 @@ fn a_trapping_weight_fails_open_by_default_and_drops_out_of_the_sum() {
 fn balance_actions_naming_unknown_hosts_or_vms_are_errors_naming_the_unit() {
     let rt = runtime_with_misbehave();
     let c = cluster();
-    for (mode, needle) in [("unknown_host", "unknown host index 9999"), ("unknown_vm", "unknown VM index 9999")] {
+    for (mode, needle) in [
+        ("unknown_host", "unknown host index 9999"),
+        ("unknown_vm", "unknown VM index 9999"),
+    ] {
         let p = policy(&rt, &format!("name = \"b\"\n[balance]\nunit = \"chaos-balance\"\n[balance.params]\nmode = \"{mode}\"\n"));
         match p.balance(&c) {
-            Err(Error::Unit { unit, fault: UnitFault::BadOutput(m), .. }) => {
+            Err(Error::Unit {
+                unit,
+                fault: UnitFault::BadOutput(m),
+                ..
+            }) => {
                 assert_eq!(unit, "chaos-balance");
                 assert!(m.contains(needle), "{mode}: {m}");
             }
@@ -115,7 +153,9 @@ fn balance_never_migrates_a_vm_whose_mode_forbids_it() {
     let c = Cluster::new(
         snapshot()
             .host(host("a"))
-            .vm(vm("pinned").current_host("a").migration(MigrationMode::ManualOnly))
+            .vm(vm("pinned")
+                .current_host("a")
+                .migration(MigrationMode::ManualOnly))
             .build(),
         "<test>",
     )

@@ -98,7 +98,9 @@ impl Filter for CpuFilter {
             let unit = if threads_as_cores { "threads" } else { "cores" };
             Verdict::reject(
                 "not_enough_cores",
-                format!("{usable} {unit} available ({taken} dedicated or pending), {need} vCPUs needed"),
+                format!(
+                    "{usable} {unit} available ({taken} dedicated or pending), {need} vCPUs needed"
+                ),
             )
         }
     }
@@ -158,7 +160,14 @@ mod tests {
     use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, HostBuilder};
     use policy_sdk::{ParamValue, Snapshot};
 
-    fn check<F: Filter>(snapshot: &Snapshot, params: &[(String, ParamValue)], v: &Vm, h: &Host) -> Verdict {
+    type Params = Vec<(String, ParamValue)>;
+
+    fn check<F: Filter>(
+        snapshot: &Snapshot,
+        params: &[(String, ParamValue)],
+        v: &Vm,
+        h: &Host,
+    ) -> Verdict {
         let ctx = Context::new(snapshot, params, F::NAME);
         F::default().check(&ctx, v, h)
     }
@@ -176,19 +185,81 @@ mod tests {
         let defaults = params_of(&MemoryFilter::params());
         let no_overhead = with_param(defaults.clone(), "overhead_mb", ParamValue::Int(0));
         // (case, host, vm memory, params, expected code)
-        let cases: Vec<(&str, HostBuilder, u64, &Vec<(String, ParamValue)>, &str)> = vec![
-            ("fits with overhead", host("h").memory_mb(8_192), 8_000, &defaults, "pass"),
-            ("exact fit passes", host("h").memory_mb(8_192), 8_128, &defaults, "pass"),
-            ("overhead tips it over", host("h").memory_mb(8_192), 8_129, &defaults, "not_enough_memory"),
-            ("without overhead it fits", host("h").memory_mb(8_192), 8_192, &no_overhead, "pass"),
-            ("swap counts as free", host("h").memory_mb(8_192).free_mb(4_000).swap_mb(5_000).max_scheduling_mb(20_000), 8_000, &defaults, "pass"),
-            ("pending memory is subtracted", host("h").memory_mb(8_192).pending_memory_mb(1_000), 8_000, &defaults, "not_enough_memory"),
-            ("committed memory limits scheduling", host("h").memory_mb(8_192).committed_mb(4_096), 4_096, &defaults, "not_enough_schedulable_memory"),
-            ("pending overcommit is subtracted", host("h").memory_mb(8_192).pending_overcommit_mb(4_096), 4_096, &defaults, "not_enough_schedulable_memory"),
-            ("overcommit ceiling above physical", host("h").memory_mb(8_192).max_scheduling_mb(16_384).committed_mb(8_000), 4_000, &defaults, "pass"),
+        let cases: Vec<(&str, HostBuilder, u64, &Params, &str)> = vec![
+            (
+                "fits with overhead",
+                host("h").memory_mb(8_192),
+                8_000,
+                &defaults,
+                "pass",
+            ),
+            (
+                "exact fit passes",
+                host("h").memory_mb(8_192),
+                8_128,
+                &defaults,
+                "pass",
+            ),
+            (
+                "overhead tips it over",
+                host("h").memory_mb(8_192),
+                8_129,
+                &defaults,
+                "not_enough_memory",
+            ),
+            (
+                "without overhead it fits",
+                host("h").memory_mb(8_192),
+                8_192,
+                &no_overhead,
+                "pass",
+            ),
+            (
+                "swap counts as free",
+                host("h")
+                    .memory_mb(8_192)
+                    .free_mb(4_000)
+                    .swap_mb(5_000)
+                    .max_scheduling_mb(20_000),
+                8_000,
+                &defaults,
+                "pass",
+            ),
+            (
+                "pending memory is subtracted",
+                host("h").memory_mb(8_192).pending_memory_mb(1_000),
+                8_000,
+                &defaults,
+                "not_enough_memory",
+            ),
+            (
+                "committed memory limits scheduling",
+                host("h").memory_mb(8_192).committed_mb(4_096),
+                4_096,
+                &defaults,
+                "not_enough_schedulable_memory",
+            ),
+            (
+                "pending overcommit is subtracted",
+                host("h").memory_mb(8_192).pending_overcommit_mb(4_096),
+                4_096,
+                &defaults,
+                "not_enough_schedulable_memory",
+            ),
+            (
+                "overcommit ceiling above physical",
+                host("h")
+                    .memory_mb(8_192)
+                    .max_scheduling_mb(16_384)
+                    .committed_mb(8_000),
+                4_000,
+                &defaults,
+                "pass",
+            ),
         ];
         for (case, h, mem, params, expected) in cases {
-            let verdict = check::<MemoryFilter>(&s, params, &vm("v").memory_mb(mem).build(), &h.build());
+            let verdict =
+                check::<MemoryFilter>(&s, params, &vm("v").memory_mb(mem).build(), &h.build());
             assert_eq!(code(&verdict), expected, "{case}: {verdict:?}");
         }
     }
@@ -201,11 +272,41 @@ mod tests {
         let base = || host("h").cpu(2, 4, 2);
         let cases: Vec<(&str, &Snapshot, HostBuilder, u32, &str)> = vec![
             ("8 vCPUs on 8 cores", &by_cores, base(), 8, "pass"),
-            ("9 vCPUs on 8 cores", &by_cores, base(), 9, "not_enough_cores"),
-            ("16 vCPUs when threads count", &by_threads, base(), 16, "pass"),
-            ("dedicated CPUs are taken", &by_cores, base().dedicated_cpus([0, 1]), 7, "not_enough_cores"),
-            ("dedicated leave the rest", &by_cores, base().dedicated_cpus([0, 1]), 6, "pass"),
-            ("pending pins are taken", &by_cores, base().pending_pinned_cpus([4, 5, 6]), 6, "not_enough_cores"),
+            (
+                "9 vCPUs on 8 cores",
+                &by_cores,
+                base(),
+                9,
+                "not_enough_cores",
+            ),
+            (
+                "16 vCPUs when threads count",
+                &by_threads,
+                base(),
+                16,
+                "pass",
+            ),
+            (
+                "dedicated CPUs are taken",
+                &by_cores,
+                base().dedicated_cpus([0, 1]),
+                7,
+                "not_enough_cores",
+            ),
+            (
+                "dedicated leave the rest",
+                &by_cores,
+                base().dedicated_cpus([0, 1]),
+                6,
+                "pass",
+            ),
+            (
+                "pending pins are taken",
+                &by_cores,
+                base().pending_pinned_cpus([4, 5, 6]),
+                6,
+                "not_enough_cores",
+            ),
             (
                 "a pCPU both dedicated and pending counts once",
                 &by_cores,
@@ -240,8 +341,14 @@ mod tests {
 
         let ctx = Context::new(&s, &[], "free-memory");
         let roomy = host("a").memory_mb(64_000).build();
-        let pending = host("b").memory_mb(64_000).pending_overcommit_mb(40_000).build();
-        assert!(FreeMemoryWeight.penalty(&ctx, &v, &roomy) < FreeMemoryWeight.penalty(&ctx, &v, &pending));
+        let pending = host("b")
+            .memory_mb(64_000)
+            .pending_overcommit_mb(40_000)
+            .build();
+        assert!(
+            FreeMemoryWeight.penalty(&ctx, &v, &roomy)
+                < FreeMemoryWeight.penalty(&ctx, &v, &pending)
+        );
     }
 
     #[test]
@@ -254,7 +361,11 @@ mod tests {
         let set = units();
         let manifest = set.manifest();
         assert_eq!(
-            manifest.units.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+            manifest
+                .units
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>(),
             ["memory", "cpu", "cpu-load", "free-memory"]
         );
         let request = CallRequest {
@@ -266,7 +377,10 @@ mod tests {
         };
         match set.evaluate(&s, &request) {
             CallResponse::Verdicts(v) => {
-                assert_eq!(v.iter().map(code).collect::<Vec<_>>(), ["pass", "not_enough_memory", "pass"])
+                assert_eq!(
+                    v.iter().map(code).collect::<Vec<_>>(),
+                    ["pass", "not_enough_memory", "pass"]
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -60,7 +60,13 @@ mod tests {
         let snapshot = Snapshot::default();
         let params = vec![("max_vms".to_string(), policy_sdk::ParamValue::Int(3))];
         let ctx = Context::new(&snapshot, &params, MaxVmsPerHost::NAME);
-        let cases = [(0, 0, true), (2, 0, true), (3, 0, false), (2, 1, false), (1, 1, true)];
+        let cases = [
+            (0, 0, true),
+            (2, 0, true),
+            (3, 0, false),
+            (2, 1, false),
+            (1, 1, true),
+        ];
         for (running, pending, passes) in cases {
             let host = Host {
                 running_vms: running,
@@ -71,7 +77,11 @@ mod tests {
                 ..Default::default()
             };
             let verdict = MaxVmsPerHost.check(&ctx, &Vm::default(), &host);
-            assert_eq!(verdict.is_pass(), passes, "running {running}, pending {pending}");
+            assert_eq!(
+                verdict.is_pass(),
+                passes,
+                "running {running}, pending {pending}"
+            );
         }
     }
 }

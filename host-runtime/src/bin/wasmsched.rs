@@ -13,7 +13,11 @@ const DEMO_VMS: &str = include_str!("../../../examples/demo/vms.json");
 const EXIT_NO_HOST: u8 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "wasmsched", version, about = "Scheduling-policy engine with WebAssembly policy units")]
+#[command(
+    name = "wasmsched",
+    version,
+    about = "Scheduling-policy engine with WebAssembly policy units"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -223,9 +227,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn demo(g: &Global) -> anyhow::Result<ExitCode> {
     let runtime = runtime(g, true)?;
     let policy = Policy::builtin_default(&runtime)?;
-    let snapshot = files::parse_document(DEMO_CLUSTER, files::Format::Json, "examples/demo/cluster.json")?;
+    let snapshot = files::parse_document(
+        DEMO_CLUSTER,
+        files::Format::Json,
+        "examples/demo/cluster.json",
+    )?;
     let cluster = Cluster::new(snapshot, "examples/demo/cluster.json")?;
-    let vms: Vec<Vm> = files::parse_document(DEMO_VMS, files::Format::Json, "examples/demo/vms.json")?;
+    let vms: Vec<Vm> =
+        files::parse_document(DEMO_VMS, files::Format::Json, "examples/demo/vms.json")?;
     let mut decisions = Vec::new();
     if !g.json {
         println!(

@@ -10,8 +10,8 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use policy_sdk::{
-    Balance, BalanceAction, Context, Filter, Host, HostIndex, ParamSpec, Penalty, UnitSet,
-    Verdict, Vm, Weight,
+    Balance, BalanceAction, Context, Filter, Host, HostIndex, ParamSpec, Penalty, UnitSet, Verdict,
+    Vm, Weight,
 };
 
 const MODES: &[&str] = &[
@@ -66,7 +66,13 @@ impl Filter for Chaos {
     fn check(&self, _ctx: &Context<'_>, _vm: &Vm, _host: &Host) -> Verdict {
         Verdict::Pass
     }
-    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Vec<Verdict>) {
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
         let mode = ctx.str("mode");
         misbehave(mode);
         out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
@@ -83,7 +89,12 @@ pub struct ChaosWeight;
 impl Weight for ChaosWeight {
     const NAME: &'static str = "chaos-weight";
     fn params() -> Vec<ParamSpec> {
-        vec![ParamSpec::choice("mode", "pass", &["pass", "trap"], "How to misbehave")]
+        vec![ParamSpec::choice(
+            "mode",
+            "pass",
+            &["pass", "trap"],
+            "How to misbehave",
+        )]
     }
     fn penalty(&self, ctx: &Context<'_>, _vm: &Vm, _host: &Host) -> Penalty {
         misbehave(ctx.str("mode"));
