@@ -143,7 +143,10 @@ impl HostBuilder {
     }
     /// Adds pending memory on a host NUMA node, in MiB.
     pub fn pending_numa_mb(mut self, node: u32, memory_mb: u64) -> Self {
-        self.0.pending.numa_memory.push(NodeMemory { node, memory_mb });
+        self.0
+            .pending
+            .numa_memory
+            .push(NodeMemory { node, memory_mb });
         self
     }
     /// Number of pending VMs.
@@ -359,7 +362,11 @@ mod tests {
 
     #[test]
     fn memory_mb_keeps_committed_and_swap_set_earlier() {
-        let h = host("h").committed_mb(1_000).swap_mb(500).memory_mb(8_192).build();
+        let h = host("h")
+            .committed_mb(1_000)
+            .swap_mb(500)
+            .memory_mb(8_192)
+            .build();
         assert_eq!(
             h.memory,
             HostMemory {

@@ -3,14 +3,55 @@
 //!
 //! Compiled to wasm by the host's build and embedded in the `wasmsched` binary; compiled
 //! natively for these tests and for the benchmarks' native baseline.
+//!
+//! Reject codes: `not_enough_memory`, `not_enough_schedulable_memory` (filter `memory`),
+//! `not_enough_cores` (filter `cpu`).
 
-use policy_sdk::{Context, Filter, Host, ParamSpec, Penalty, Verdict, Vm, Weight};
+use policy_sdk::{Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Vm, Weight};
 
-/// Memory the host can still give, counting pending memory: the physical check (free +
-/// swap - pending) and the overcommit-aware check (max scheduling - committed - pending
-/// overcommit).
+/// Memory the host can still give, pending memory included: the physical check (free +
+/// swap - pending memory) and the overcommit-aware check (max scheduling - committed -
+/// pending overcommit memory) must both hold the VM's memory plus `overhead_mb`.
 #[derive(Debug, Default)]
 pub struct MemoryFilter;
+
+impl MemoryFilter {
+    fn check_with(overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
+        let need = vm.memory_mb.saturating_add(overhead_mb);
+        let m = &host.memory;
+        let pending = &host.pending;
+        let physical = m
+            .free_mb
+            .saturating_add(m.swap_free_mb)
+            .saturating_sub(pending.memory_mb);
+        if physical < need {
+            return Verdict::reject(
+                "not_enough_memory",
+                format!(
+                    "{physical} MiB available ({} free + {} swap - {} pending), \
+                     {need} MiB needed ({} + {overhead_mb} overhead)",
+                    m.free_mb, m.swap_free_mb, pending.memory_mb, vm.memory_mb
+                ),
+            );
+        }
+        let schedulable = schedulable_memory(host);
+        if schedulable < need {
+            return Verdict::reject(
+                "not_enough_schedulable_memory",
+                format!(
+                    "{schedulable} MiB schedulable ({} max - {} committed - {} pending), \
+                     {need} MiB needed ({} + {overhead_mb} overhead)",
+                    m.max_scheduling_mb, m.committed_mb, pending.overcommit_memory_mb, vm.memory_mb
+                ),
+            );
+        }
+        Verdict::Pass
+    }
+}
+
+fn overhead_mb(ctx: &Context<'_>) -> u64 {
+    ctx.int("overhead_mb").max(0) as u64
+}
 
 impl Filter for MemoryFilter {
     const NAME: &'static str = "memory";
@@ -28,38 +69,26 @@ impl Filter for MemoryFilter {
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        let need = vm
-            .memory_mb
-            .saturating_add(ctx.int("overhead_mb").max(0) as u64);
-        let physical = host
-            .memory
-            .free_mb
-            .saturating_add(host.memory.swap_free_mb)
-            .saturating_sub(host.pending.memory_mb);
-        if physical < need {
-            return Verdict::reject(
-                "not_enough_memory",
-                format!(
-                    "{physical} MiB free after {} MiB pending, {need} MiB needed",
-                    host.pending.memory_mb
-                ),
-            );
-        }
-        let schedulable = schedulable_memory(host);
-        if schedulable < need {
-            return Verdict::reject(
-                "not_enough_schedulable_memory",
-                format!(
-                    "{schedulable} MiB schedulable after {} MiB committed and {} MiB pending, {need} MiB needed",
-                    host.memory.committed_mb, host.pending.overcommit_memory_mb
-                ),
-            );
-        }
-        Verdict::Pass
+        Self::check_with(overhead_mb(ctx), vm, host)
+    }
+
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
+        let overhead = overhead_mb(ctx);
+        out.extend(
+            candidates
+                .iter()
+                .map(|&i| Self::check_with(overhead, vm, ctx.host(i))),
+        );
     }
 }
 
-/// Overcommit-aware memory left for scheduling, counting pending overcommit memory.
+/// Overcommit-aware memory left for scheduling, pending overcommit memory included.
 fn schedulable_memory(host: &Host) -> u64 {
     host.memory
         .max_scheduling_mb
@@ -67,8 +96,17 @@ fn schedulable_memory(host: &Host) -> u64 {
         .saturating_sub(host.pending.overcommit_memory_mb)
 }
 
-/// The host must have at least as many usable CPUs as the VM has vCPUs (cores, or threads
-/// when the cluster counts threads as cores; minus dedicated and pending pinned pCPUs).
+/// Ids in `ids` that are neither in `exclude` nor repeated earlier in `ids`
+/// (quadratic but allocation-free; the lists are a few dozen ids at most).
+fn distinct_count(ids: &[u32], exclude: &[u32]) -> u32 {
+    ids.iter()
+        .enumerate()
+        .filter(|&(i, id)| !exclude.contains(id) && !ids[..i].contains(id))
+        .count() as u32
+}
+
+/// The host must have at least as many usable CPUs as the VM has vCPUs: cores (threads
+/// when the cluster counts threads as cores) minus dedicated and pending pinned pCPUs.
 #[derive(Debug, Default)]
 pub struct CpuFilter;
 
@@ -80,29 +118,21 @@ impl Filter for CpuFilter {
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         let threads_as_cores = ctx.snapshot().cluster.count_threads_as_cores;
         let total = host.schedulable_cpus(threads_as_cores);
-        let pending_extra = host
-            .pending
-            .pinned_cpus
-            .iter()
-            .enumerate()
-            .filter(|(i, cpu)| {
-                !host.dedicated_cpus.contains(cpu) && !host.pending.pinned_cpus[..*i].contains(cpu)
-            })
-            .count() as u32;
-        let taken = (host.dedicated_cpus.len() as u32).saturating_add(pending_extra);
-        let usable = total.saturating_sub(taken);
+        let dedicated = distinct_count(&host.dedicated_cpus, &[]);
+        let pending = distinct_count(&host.pending.pinned_cpus, &host.dedicated_cpus);
+        let usable = total.saturating_sub(dedicated).saturating_sub(pending);
         let need = vm.vcpus();
         if usable >= need {
-            Verdict::Pass
-        } else {
-            let unit = if threads_as_cores { "threads" } else { "cores" };
-            Verdict::reject(
-                "not_enough_cores",
-                format!(
-                    "{usable} {unit} available ({taken} dedicated or pending), {need} vCPUs needed"
-                ),
-            )
+            return Verdict::Pass;
         }
+        let unit = if threads_as_cores { "threads" } else { "cores" };
+        Verdict::reject(
+            "not_enough_cores",
+            format!(
+                "{usable} {unit} available, {need} vCPUs needed \
+                 ({total} {unit}, {dedicated} dedicated, {pending} pending pinned)"
+            ),
+        )
     }
 }
 
@@ -113,13 +143,13 @@ pub struct CpuLoadWeight;
 impl Weight for CpuLoadWeight {
     const NAME: &'static str = "cpu-load";
     const DESCRIPTION: &'static str =
-        "Even distribution: CPU usage plus pending CPU load (lower is better)";
+        "Even distribution: CPU usage plus pending CPU load, in percent (lower is better)";
 
     fn params() -> Vec<ParamSpec> {
         vec![ParamSpec::bool(
             "count_pending",
             true,
-            "Add pending CPU load to the current usage",
+            "Add the pending CPU load of VMs placed but not yet running",
         )]
     }
 
@@ -129,11 +159,11 @@ impl Weight for CpuLoadWeight {
         } else {
             0
         };
-        host.cpu_usage_percent as Penalty + pending as Penalty
+        Penalty::from(host.cpu_usage_percent) + Penalty::from(pending)
     }
 }
 
-/// Prefers hosts with the most schedulable memory left (pending included).
+/// Prefers hosts with the most schedulable memory left, pending memory included.
 #[derive(Debug, Default)]
 pub struct FreeMemoryWeight;
 
@@ -143,7 +173,7 @@ impl Weight for FreeMemoryWeight {
         "Prefers hosts with more schedulable memory left after committed and pending memory";
 
     fn penalty(&self, _ctx: &Context<'_>, _vm: &Vm, host: &Host) -> Penalty {
-        -(schedulable_memory(host).min(i64::MAX as u64) as Penalty)
+        -Penalty::try_from(schedulable_memory(host)).unwrap_or(Penalty::MAX)
     }
 }
 
@@ -158,18 +188,17 @@ mod tests {
     use super::*;
     use policy_sdk::abi::{CallRequest, CallResponse};
     use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, HostBuilder};
-    use policy_sdk::{ParamValue, Snapshot};
+    use policy_sdk::{ParamType, ParamValue, Snapshot};
 
     type Params = Vec<(String, ParamValue)>;
 
     fn check<F: Filter>(
-        snapshot: &Snapshot,
+        s: &Snapshot,
         params: &[(String, ParamValue)],
         v: &Vm,
         h: &Host,
     ) -> Verdict {
-        let ctx = Context::new(snapshot, params, F::NAME);
-        F::default().check(&ctx, v, h)
+        F::default().check(&Context::new(s, params, F::NAME), v, h)
     }
 
     fn code(verdict: &Verdict) -> &str {
@@ -179,210 +208,357 @@ mod tests {
         }
     }
 
-    #[test]
-    fn memory_filter_subtracts_pending_and_counts_overhead() {
+    /// Runs the memory filter with default parameters over a table of
+    /// `(case, host, vm memory, expected code)`.
+    fn memory_cases(cases: Vec<(&str, HostBuilder, u64, &str)>) {
         let s = snapshot().build();
-        let defaults = params_of(&MemoryFilter::params());
-        let no_overhead = with_param(defaults.clone(), "overhead_mb", ParamValue::Int(0));
-        // (case, host, vm memory, params, expected code)
-        let cases: Vec<(&str, HostBuilder, u64, &Params, &str)> = vec![
-            (
-                "fits with overhead",
-                host("h").memory_mb(8_192),
-                8_000,
-                &defaults,
-                "pass",
-            ),
-            (
-                "exact fit passes",
-                host("h").memory_mb(8_192),
-                8_128,
-                &defaults,
-                "pass",
-            ),
-            (
-                "overhead tips it over",
-                host("h").memory_mb(8_192),
-                8_129,
-                &defaults,
-                "not_enough_memory",
-            ),
-            (
-                "without overhead it fits",
-                host("h").memory_mb(8_192),
-                8_192,
-                &no_overhead,
-                "pass",
-            ),
-            (
-                "swap counts as free",
-                host("h")
-                    .memory_mb(8_192)
-                    .free_mb(4_000)
-                    .swap_mb(5_000)
-                    .max_scheduling_mb(20_000),
-                8_000,
-                &defaults,
-                "pass",
-            ),
-            (
-                "pending memory is subtracted",
-                host("h").memory_mb(8_192).pending_memory_mb(1_000),
-                8_000,
-                &defaults,
-                "not_enough_memory",
-            ),
-            (
-                "committed memory limits scheduling",
-                host("h").memory_mb(8_192).committed_mb(4_096),
-                4_096,
-                &defaults,
-                "not_enough_schedulable_memory",
-            ),
-            (
-                "pending overcommit is subtracted",
-                host("h").memory_mb(8_192).pending_overcommit_mb(4_096),
-                4_096,
-                &defaults,
-                "not_enough_schedulable_memory",
-            ),
-            (
-                "overcommit ceiling above physical",
-                host("h")
-                    .memory_mb(8_192)
-                    .max_scheduling_mb(16_384)
-                    .committed_mb(8_000),
-                4_000,
-                &defaults,
-                "pass",
-            ),
-        ];
-        for (case, h, mem, params, expected) in cases {
-            let verdict =
-                check::<MemoryFilter>(&s, params, &vm("v").memory_mb(mem).build(), &h.build());
+        let params = params_of(&MemoryFilter::params());
+        for (case, h, mem, expected) in cases {
+            let v = vm("v").memory_mb(mem).build();
+            let verdict = check::<MemoryFilter>(&s, &params, &v, &h.build());
             assert_eq!(code(&verdict), expected, "{case}: {verdict:?}");
         }
     }
 
-    #[test]
-    fn cpu_filter_counts_cores_or_threads_and_excludes_dedicated_and_pending_pins() {
-        let by_cores = snapshot().build();
-        let by_threads = snapshot().count_threads_as_cores(true).build();
-        // 2 sockets x 4 cores x 2 threads: 8 cores, 16 threads.
-        let base = || host("h").cpu(2, 4, 2);
-        let cases: Vec<(&str, &Snapshot, HostBuilder, u32, &str)> = vec![
-            ("8 vCPUs on 8 cores", &by_cores, base(), 8, "pass"),
-            (
-                "9 vCPUs on 8 cores",
-                &by_cores,
-                base(),
-                9,
-                "not_enough_cores",
-            ),
-            (
-                "16 vCPUs when threads count",
-                &by_threads,
-                base(),
-                16,
-                "pass",
-            ),
-            (
-                "dedicated CPUs are taken",
-                &by_cores,
-                base().dedicated_cpus([0, 1]),
-                7,
-                "not_enough_cores",
-            ),
-            (
-                "dedicated leave the rest",
-                &by_cores,
-                base().dedicated_cpus([0, 1]),
-                6,
-                "pass",
-            ),
-            (
-                "pending pins are taken",
-                &by_cores,
-                base().pending_pinned_cpus([4, 5, 6]),
-                6,
-                "not_enough_cores",
-            ),
-            (
-                "a pCPU both dedicated and pending counts once",
-                &by_cores,
-                base().dedicated_cpus([0, 1]).pending_pinned_cpus([1, 2, 2]),
-                5,
-                "pass",
-            ),
-        ];
-        for (case, s, h, vcpus, expected) in cases {
-            let verdict = check::<CpuFilter>(s, &[], &vm("v").vcpus(vcpus).build(), &h.build());
-            assert_eq!(code(&verdict), expected, "{case}: {verdict:?}");
-        }
-    }
-
-    #[test]
-    fn weights_prefer_idle_hosts_and_free_memory_counting_pending() {
+    /// Host ids ordered by penalty, best (lowest) first; ties keep table order.
+    fn order<W: Weight>(params: &[(String, ParamValue)], hosts: &[Host]) -> Vec<String> {
         let s = snapshot().build();
+        let ctx = Context::new(&s, params, W::NAME);
         let v = vm("v").build();
-        let params = params_of(&CpuLoadWeight::params());
-        let ctx = Context::new(&s, &params, "cpu-load");
-        let busy = host("busy").cpu_usage(70).build();
-        let idle_but_pending = host("pend").cpu_usage(10).pending_cpu_load(30).build();
-        let idle = host("idle").cpu_usage(20).build();
-        let penalties: Vec<Penalty> = [&busy, &idle_but_pending, &idle]
+        let mut ranked: Vec<(Penalty, &str)> = hosts
             .iter()
-            .map(|h| CpuLoadWeight.penalty(&ctx, &v, h))
+            .map(|h| (W::default().penalty(&ctx, &v, h), h.id.as_str()))
             .collect();
-        assert_eq!(penalties, vec![70, 40, 20]);
-        let ignore_pending = with_param(params.clone(), "count_pending", ParamValue::Bool(false));
-        let ctx = Context::new(&s, &ignore_pending, "cpu-load");
-        assert_eq!(CpuLoadWeight.penalty(&ctx, &v, &idle_but_pending), 10);
+        ranked.sort_by_key(|&(p, _)| p);
+        ranked.into_iter().map(|(_, id)| id.to_string()).collect()
+    }
 
-        let ctx = Context::new(&s, &[], "free-memory");
-        let roomy = host("a").memory_mb(64_000).build();
-        let pending = host("b")
-            .memory_mb(64_000)
-            .pending_overcommit_mb(40_000)
-            .build();
-        assert!(
-            FreeMemoryWeight.penalty(&ctx, &v, &roomy)
-                < FreeMemoryWeight.penalty(&ctx, &v, &pending)
+    #[test]
+    fn memory_filter_subtracts_pending_memory_and_pending_overcommit() {
+        // 8 GiB host, default 64 MiB overhead: a 4 GiB VM needs 4160 MiB.
+        let h = || host("h").memory_mb(8_192);
+        memory_cases(vec![
+            ("no pending", h(), 4_096, "pass"),
+            (
+                "pending memory eats free memory",
+                h().pending_memory_mb(4_033),
+                4_096,
+                "not_enough_memory",
+            ),
+            (
+                "pending memory leaves just enough",
+                h().pending_memory_mb(4_032),
+                4_096,
+                "pass",
+            ),
+            (
+                "pending memory is subtracted after swap is added",
+                h().free_mb(3_000).swap_mb(3_000).pending_memory_mb(1_841),
+                4_096,
+                "not_enough_memory",
+            ),
+            (
+                "pending overcommit eats schedulable memory",
+                h().pending_overcommit_mb(4_033),
+                4_096,
+                "not_enough_schedulable_memory",
+            ),
+            (
+                "pending overcommit and committed add up",
+                h().committed_mb(2_000).pending_overcommit_mb(2_033),
+                4_096,
+                "not_enough_schedulable_memory",
+            ),
+            (
+                "pending larger than the host saturates to zero",
+                h().pending_memory_mb(1 << 40),
+                0,
+                "not_enough_memory",
+            ),
+            (
+                "pending overcommit larger than the host saturates to zero",
+                h().pending_overcommit_mb(1 << 40),
+                0,
+                "not_enough_schedulable_memory",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn memory_filter_passes_an_exact_fit_and_rejects_one_mib_more() {
+        // Physical limit: 8192 free; schedulable limit: 6000 max scheduling on a bigger host.
+        let physical = || host("h").memory_mb(8_192);
+        let schedulable = || host("h").memory_mb(16_384).max_scheduling_mb(6_000);
+        memory_cases(vec![
+            ("free memory exact fit", physical(), 8_128, "pass"),
+            (
+                "free memory one over",
+                physical(),
+                8_129,
+                "not_enough_memory",
+            ),
+            (
+                "swap exact fit",
+                physical().free_mb(4_000).swap_mb(4_128),
+                8_064,
+                "pass",
+            ),
+            ("schedulable exact fit", schedulable(), 5_936, "pass"),
+            (
+                "schedulable one over",
+                schedulable(),
+                5_937,
+                "not_enough_schedulable_memory",
+            ),
+            (
+                "overcommit ceiling above physical memory",
+                physical().max_scheduling_mb(16_384).committed_mb(8_192),
+                8_128,
+                "pass",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn memory_filter_respects_the_overhead_parameter() {
+        let spec = &MemoryFilter::params()[0];
+        assert_eq!(spec.name, "overhead_mb");
+        assert_eq!(spec.default, ParamValue::Int(64));
+        assert_eq!(
+            spec.ty,
+            ParamType::Int {
+                min: 0,
+                max: 65_536
+            }
+        );
+
+        let s = snapshot().build();
+        let h = host("h").memory_mb(8_192).build();
+        let defaults = params_of(&MemoryFilter::params());
+        let overhead = |mb| with_param(defaults.clone(), "overhead_mb", ParamValue::Int(mb));
+        // (overhead, vm memory, expected)
+        let cases: Vec<(Params, u64, &str)> = vec![
+            (overhead(0), 8_192, "pass"),
+            (overhead(0), 8_193, "not_enough_memory"),
+            (defaults.clone(), 8_128, "pass"),
+            (defaults.clone(), 8_129, "not_enough_memory"),
+            (overhead(1_024), 7_168, "pass"),
+            (overhead(1_024), 7_169, "not_enough_memory"),
+        ];
+        for (params, mem, expected) in cases {
+            let verdict = check::<MemoryFilter>(&s, &params, &vm("v").memory_mb(mem).build(), &h);
+            assert_eq!(
+                code(&verdict),
+                expected,
+                "{params:?}, {mem} MiB: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn memory_filter_reject_details_name_the_numbers() {
+        let s = snapshot().build();
+        let params = params_of(&MemoryFilter::params());
+        let v = vm("v").memory_mb(4_096).build();
+        let physical = host("h")
+            .memory_mb(4_000)
+            .swap_mb(100)
+            .pending_memory_mb(50);
+        let schedulable = host("h")
+            .memory_mb(16_384)
+            .max_scheduling_mb(6_000)
+            .committed_mb(1_000)
+            .pending_overcommit_mb(1_000);
+        let cases = [
+            (
+                physical,
+                "4050 MiB available (4000 free + 100 swap - 50 pending), \
+                 4160 MiB needed (4096 + 64 overhead)",
+            ),
+            (
+                schedulable,
+                "4000 MiB schedulable (6000 max - 1000 committed - 1000 pending), \
+                 4160 MiB needed (4096 + 64 overhead)",
+            ),
+        ];
+        for (h, expected) in cases {
+            match check::<MemoryFilter>(&s, &params, &v, &h.build()) {
+                Verdict::Reject { detail, .. } => assert_eq!(detail, expected),
+                Verdict::Pass => panic!("expected a rejection: {expected}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_filter_counts_threads_only_when_the_cluster_says_so() {
+        // 2 sockets x 4 cores x 2 threads: 8 cores, 16 threads.
+        let h = host("h").cpu(2, 4, 2).build();
+        // (threads as cores, vCPUs, expected)
+        let cases = [
+            (false, 8, "pass"),
+            (false, 9, "not_enough_cores"),
+            (false, 16, "not_enough_cores"),
+            (true, 16, "pass"),
+            (true, 17, "not_enough_cores"),
+        ];
+        for (threads, vcpus, expected) in cases {
+            let s = snapshot().count_threads_as_cores(threads).build();
+            let verdict = check::<CpuFilter>(&s, &[], &vm("v").vcpus(vcpus).build(), &h);
+            assert_eq!(code(&verdict), expected, "threads={threads}, {vcpus} vCPUs");
+        }
+        let s = snapshot().build();
+        let verdict = check::<CpuFilter>(&s, &[], &vm("v").cpu(2, 4, 2).build(), &h);
+        assert_eq!(
+            verdict,
+            Verdict::reject(
+                "not_enough_cores",
+                "8 cores available, 16 vCPUs needed (8 cores, 0 dedicated, 0 pending pinned)"
+            )
         );
     }
 
     #[test]
-    fn evaluate_returns_one_verdict_per_candidate_in_candidate_order() {
+    fn cpu_filter_does_not_double_count_dedicated_and_pending_pinned_cpus() {
+        let s = snapshot().build();
+        // 8 cores. (dedicated, pending pinned, usable cores)
+        let cases: [(&[u32], &[u32], u32); 6] = [
+            (&[], &[], 8),
+            (&[0, 1], &[], 6),
+            (&[], &[4, 5, 6], 5),
+            (&[0, 1], &[1, 2], 5),
+            (&[0, 1], &[2, 2, 2], 5),
+            (&[0, 1], &[0, 1], 6),
+        ];
+        for (dedicated, pending, usable) in cases {
+            let h = host("h")
+                .cpu(2, 4, 2)
+                .dedicated_cpus(dedicated.iter().copied())
+                .pending_pinned_cpus(pending.iter().copied())
+                .build();
+            let fits = check::<CpuFilter>(&s, &[], &vm("v").vcpus(usable).build(), &h);
+            let over = check::<CpuFilter>(&s, &[], &vm("v").vcpus(usable + 1).build(), &h);
+            let case = format!("dedicated {dedicated:?}, pending {pending:?}");
+            assert_eq!(code(&fits), "pass", "{case}: {fits:?}");
+            assert_eq!(code(&over), "not_enough_cores", "{case}: {over:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_filter_needs_the_vms_vcpus_not_a_sum_over_running_vms() {
         let s = snapshot()
-            .host(host("small").memory_mb(2_048))
-            .host(host("big").memory_mb(65_536))
-            .host(host("mid").memory_mb(8_192))
+            .host(host("h").cpu(1, 4, 1).running_vms(3))
+            .vm(vm("a").vcpus(4).current_host("h"))
+            .vm(vm("b").vcpus(4).current_host("h"))
+            .vm(vm("c").vcpus(4).current_host("h"))
+            .build();
+        let verdict = check::<CpuFilter>(&s, &[], &vm("v").vcpus(4).build(), &s.hosts[0]);
+        assert_eq!(verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn cpu_load_weight_orders_hosts_by_usage_plus_pending_load() {
+        let hosts = [
+            host("busy").cpu_usage(70).build(),
+            host("pending").cpu_usage(10).pending_cpu_load(30).build(),
+            host("idle").cpu_usage(20).build(),
+            host("quiet").cpu_usage(5).build(),
+        ];
+        let defaults = params_of(&CpuLoadWeight::params());
+        let ignore_pending = with_param(defaults.clone(), "count_pending", ParamValue::Bool(false));
+        // (params, expected order, best first)
+        let cases = [
+            (&defaults, ["quiet", "idle", "pending", "busy"]),
+            (&ignore_pending, ["quiet", "pending", "idle", "busy"]),
+        ];
+        for (params, expected) in cases {
+            assert_eq!(
+                order::<CpuLoadWeight>(params, &hosts),
+                expected,
+                "{params:?}"
+            );
+        }
+        let s = snapshot().build();
+        let ctx = Context::new(&s, &defaults, CpuLoadWeight::NAME);
+        assert_eq!(CpuLoadWeight.penalty(&ctx, &vm("v").build(), &hosts[1]), 40);
+    }
+
+    #[test]
+    fn free_memory_weight_orders_hosts_by_schedulable_memory_left() {
+        let hosts = [
+            host("full").memory_mb(8_192).committed_mb(9_000).build(),
+            host("roomy").memory_mb(64_000).build(),
+            host("pending")
+                .memory_mb(64_000)
+                .pending_overcommit_mb(40_000)
+                .build(),
+            host("committed")
+                .memory_mb(64_000)
+                .committed_mb(30_000)
+                .build(),
+            host("overcommit")
+                .memory_mb(32_000)
+                .max_scheduling_mb(48_000)
+                .build(),
+        ];
+        assert_eq!(
+            order::<FreeMemoryWeight>(&[], &hosts),
+            ["roomy", "overcommit", "committed", "pending", "full"]
+        );
+        let s = snapshot().build();
+        let ctx = Context::new(&s, &[], FreeMemoryWeight::NAME);
+        let v = vm("v").build();
+        let penalties: Vec<Penalty> = hosts
+            .iter()
+            .map(|h| FreeMemoryWeight.penalty(&ctx, &v, h))
+            .collect();
+        assert_eq!(penalties, [0, -64_000, -24_000, -34_000, -48_000]);
+    }
+
+    #[test]
+    fn manifest_declares_the_four_units_in_export_order() {
+        let manifest = units().manifest();
+        manifest.validate().unwrap();
+        assert_eq!(manifest.module, "basic");
+        let names: Vec<&str> = manifest.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["memory", "cpu", "cpu-load", "free-memory"]);
+        assert!(manifest.units.iter().all(|u| !u.description.is_empty()));
+    }
+
+    #[test]
+    fn evaluate_returns_one_result_per_candidate_in_candidate_order() {
+        let s = snapshot()
+            .host(host("small").memory_mb(2_048).cpu_usage(10))
+            .host(host("big").memory_mb(65_536).cpu_usage(50))
+            .host(host("mid").memory_mb(8_192).cpu(1, 2, 1).cpu_usage(30))
             .build();
         let set = units();
         let manifest = set.manifest();
-        assert_eq!(
-            manifest
-                .units
-                .iter()
-                .map(|u| u.name.as_str())
-                .collect::<Vec<_>>(),
-            ["memory", "cpu", "cpu-load", "free-memory"]
-        );
-        let request = CallRequest {
-            unit: 0,
-            epoch: s.epoch,
-            params: params_of(&manifest.units[0].params),
-            vm: Some(vm("v").memory_mb(4_096).build()),
-            candidates: vec![2, 0, 1],
+        let v = vm("v").memory_mb(4_096).vcpus(4).build();
+        let call = |unit: u32| {
+            let request = CallRequest {
+                unit,
+                epoch: s.epoch,
+                params: params_of(&manifest.units[unit as usize].params),
+                vm: Some(v.clone()),
+                candidates: vec![2, 0, 1],
+            };
+            set.evaluate(&s, &request)
         };
-        match set.evaluate(&s, &request) {
-            CallResponse::Verdicts(v) => {
-                assert_eq!(
-                    v.iter().map(code).collect::<Vec<_>>(),
-                    ["pass", "not_enough_memory", "pass"]
-                )
+        let codes = |response: CallResponse| -> Vec<String> {
+            match response {
+                CallResponse::Verdicts(v) => v.iter().map(|v| code(v).to_string()).collect(),
+                other => panic!("expected verdicts, got {other:?}"),
             }
-            other => panic!("unexpected {other:?}"),
-        }
+        };
+        let penalties = |response: CallResponse| match response {
+            CallResponse::Penalties(p) => p,
+            other => panic!("expected penalties, got {other:?}"),
+        };
+        let memory: Vec<String> = codes(call(0));
+        assert_eq!(memory, ["pass", "not_enough_memory", "pass"]);
+        let cpu: Vec<String> = codes(call(1));
+        assert_eq!(cpu, ["not_enough_cores", "pass", "pass"]);
+        assert_eq!(penalties(call(2)), [30, 10, 50]);
+        assert_eq!(penalties(call(3)), [-8_192, -2_048, -65_536]);
     }
 }
