@@ -3,6 +3,7 @@
 //! lengths are bounds-checked, sizes capped, and decoded results validated by the caller.
 
 use crate::error::UnitFault;
+use crate::module::CallLimits;
 use policy_sdk::abi::{self as guest_abi, export, import, Change, LogLevel, HOST_MODULE};
 use policy_sdk::codec::{self, MAX_MESSAGE_BYTES};
 use policy_sdk::Snapshot;
@@ -25,6 +26,8 @@ pub(crate) struct StoreData {
     pub limiter: MemoryLimiter,
     /// Module file name, for log lines.
     pub module: Arc<str>,
+    /// Deadline of the current call, for fault reports.
+    pub deadline_ms: u64,
     /// Last error-level log line of the current call (a Rust guest's panic message).
     pub last_error: Option<String>,
     /// Log lines seen in the current call.
@@ -32,13 +35,14 @@ pub(crate) struct StoreData {
 }
 
 impl StoreData {
-    pub fn new(module: Arc<str>, max_memory_bytes: usize) -> Self {
+    pub fn new(module: Arc<str>, limits: CallLimits) -> Self {
         Self {
             limiter: MemoryLimiter {
-                max_bytes: max_memory_bytes,
+                max_bytes: (limits.memory_limit_mb as usize) << 20,
                 hit: false,
             },
             module,
+            deadline_ms: limits.deadline_ms,
             last_error: None,
             log_lines: 0,
         }
@@ -320,7 +324,9 @@ fn classify(store: &mut Store<StoreData>, error: wasmtime::Error) -> UnitFault {
         };
     }
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-        return UnitFault::Deadline { ms: 0 };
+        return UnitFault::Deadline {
+            ms: data.deadline_ms,
+        };
     }
     let trap = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),

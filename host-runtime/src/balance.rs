@@ -3,8 +3,7 @@
 use crate::cluster::Cluster;
 use crate::error::{Error, Result, UnitFault};
 use crate::policy::{FailureMode, Policy};
-use crate::scheduler::{variant, UnitFailure};
-use policy_sdk::abi::{CallRequest, CallResponse};
+use crate::scheduler::{unit_call, UnitFailure};
 use policy_sdk::{BalanceAction, HostIndex, MigrationMode, PowerAction, Snapshot};
 use serde::Serialize;
 
@@ -74,27 +73,20 @@ impl Policy {
         let Some(unit) = &self.balance else {
             return Ok(plan);
         };
-        let request = CallRequest {
-            unit: unit.handle.index,
-            epoch: view.epoch(),
-            params: unit.params.clone(),
-            vm: None,
-            candidates: (0..snapshot.hosts.len() as HostIndex).collect(),
-        };
+        let candidates: Vec<HostIndex> = (0..snapshot.hosts.len() as HostIndex).collect();
         let result = unit
             .handle
             .module
-            .call(&view, &request, unit.limits)
-            .and_then(|response| match response {
-                CallResponse::Actions(actions) => actions
+            .balance(
+                &view,
+                unit_call(unit, &view, None, &candidates),
+                unit.limits,
+            )
+            .and_then(|actions| {
+                actions
                     .into_iter()
                     .map(|a| resolve(snapshot, a))
-                    .collect::<Result<Vec<_>, _>>(),
-                CallResponse::Failed(m) => Err(UnitFault::GuestError(m)),
-                other => Err(UnitFault::BadOutput(format!(
-                    "expected balance actions, got {}",
-                    variant(&other)
-                ))),
+                    .collect::<Result<Vec<_>, _>>()
             });
         let actions = match result {
             Ok(actions) => actions,

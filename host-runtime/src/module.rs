@@ -4,9 +4,9 @@ use crate::abi::{GuestFns, StoreData};
 use crate::cluster::ClusterView;
 use crate::error::UnitFault;
 use crate::runtime::EngineShared;
-use policy_sdk::abi::{CallRequest, CallResponse, SyncResponse};
+use policy_sdk::abi::{Call, CallResponse, SyncResponse};
 use policy_sdk::codec;
-use policy_sdk::{Manifest, UnitDescriptor, UnitKind, UnitSet};
+use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdict};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::{InstancePre, Store};
@@ -95,10 +95,7 @@ impl Instance {
         file: &str,
         limits: CallLimits,
     ) -> Result<Self, UnitFault> {
-        let mut store = Store::new(
-            &engine.engine,
-            StoreData::new(Arc::from(file), (limits.memory_limit_mb as usize) << 20),
-        );
+        let mut store = Store::new(&engine.engine, StoreData::new(Arc::from(file), limits));
         store.limiter(|data| &mut data.limiter);
         store.set_epoch_deadline(limits.deadline_ms.max(1));
         let instance = pre.instantiate(&mut store).map_err(|e| {
@@ -121,8 +118,10 @@ impl Instance {
     }
 
     fn set_limits(&mut self, limits: CallLimits) {
-        self.store.data_mut().limiter.max_bytes = (limits.memory_limit_mb as usize) << 20;
-        self.store.data_mut().limiter.hit = false;
+        let data = self.store.data_mut();
+        data.limiter.max_bytes = (limits.memory_limit_mb as usize) << 20;
+        data.limiter.hit = false;
+        data.deadline_ms = limits.deadline_ms;
         self.store.set_epoch_deadline(limits.deadline_ms.max(1));
     }
 
@@ -185,12 +184,12 @@ impl Instance {
     fn call(
         &mut self,
         view: &ClusterView,
-        request: &CallRequest,
+        call: Call<'_>,
         stats: &SyncCounters,
     ) -> Result<CallResponse, UnitFault> {
         self.ensure_synced(view, stats)?;
         let mut scratch = std::mem::take(&mut self.scratch);
-        codec::encode_into(request, &mut scratch)
+        codec::encode_into(&call, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
         let result = self
             .fns
@@ -280,86 +279,100 @@ impl LoadedModule {
         }
     }
 
-    /// Runs one unit call against a cluster view. On a fault the instance is discarded and
-    /// the next call gets a fresh one.
-    pub(crate) fn call(
+    /// Runs a filter over the call's candidates: one verdict per candidate.
+    pub(crate) fn filter(
         &self,
         view: &ClusterView,
-        request: &CallRequest,
+        call: Call<'_>,
         limits: CallLimits,
-    ) -> Result<CallResponse, UnitFault> {
-        match &self.backend {
-            Backend::Native(units) => Ok(units.evaluate(view.snapshot(), request)),
-            Backend::Wasm(wasm) => {
-                let pooled = wasm.pool.lock().unwrap().pop();
-                let mut instance = match pooled {
-                    Some(instance) => instance,
-                    None => {
-                        wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
-                        Instance::new(&wasm.engine, &wasm.pre, &self.file, limits)?
-                    }
-                };
-                instance.set_limits(limits);
-                let result = instance
-                    .call(view, request, &wasm.stats)
-                    .and_then(|response| self.check_shape(request, response));
-                if result.is_err() {
-                    wasm.stats
-                        .instances_discarded
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                match &result {
-                    Ok(CallResponse::Failed(_)) => {
-                        // The guest is healthy but may hold a state we did not expect.
-                        instance.synced = None;
-                        self.release(wasm, instance);
-                    }
-                    Ok(_) => self.release(wasm, instance),
-                    Err(UnitFault::Deadline { .. }) => {
-                        return Err(UnitFault::Deadline {
-                            ms: limits.deadline_ms,
-                        })
-                    }
-                    Err(_) => {} // dropped: a trapped instance is never reused
-                }
-                result
-            }
-        }
+    ) -> Result<Vec<Verdict>, UnitFault> {
+        self.call(view, call, limits, "verdicts", true, |r| match r {
+            CallResponse::Verdicts(v) => Ok(v),
+            other => Err(other),
+        })
     }
 
-    /// A response must match the unit's kind and hold one result per candidate; anything
-    /// else is a broken guest, whose instance is then discarded.
-    fn check_shape(
+    /// Runs a weight over the call's candidates: one penalty per candidate.
+    pub(crate) fn weigh(
         &self,
-        request: &CallRequest,
-        response: CallResponse,
-    ) -> Result<CallResponse, UnitFault> {
-        let kind = self.unit(request.unit).map(|u| u.kind);
-        let expected = request.candidates.len();
-        let count = match (&response, kind) {
-            (CallResponse::Failed(_), _) => return Ok(response),
-            (CallResponse::Verdicts(v), Some(UnitKind::Filter)) => v.len(),
-            (CallResponse::Penalties(p), Some(UnitKind::Weight)) => p.len(),
-            (CallResponse::Actions(_), Some(UnitKind::Balance)) => return Ok(response),
-            (other, kind) => {
-                return Err(UnitFault::BadOutput(format!(
-                    "a {} unit answered with {}",
-                    kind.map(|k| k.as_str()).unwrap_or("unknown"),
-                    crate::scheduler::variant(other)
-                )))
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+    ) -> Result<Vec<Penalty>, UnitFault> {
+        self.call(view, call, limits, "penalties", true, |r| match r {
+            CallResponse::Penalties(p) => Ok(p),
+            other => Err(other),
+        })
+    }
+
+    /// Runs a balance unit.
+    pub(crate) fn balance(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+    ) -> Result<Vec<BalanceAction>, UnitFault> {
+        self.call(view, call, limits, "balance actions", false, |r| match r {
+            CallResponse::Actions(a) => Ok(a),
+            other => Err(other),
+        })
+    }
+
+    /// Runs one unit call and checks the answer's shape (the expected variant and, for
+    /// filters and weights, one result per candidate). A broken guest (trap, deadline,
+    /// memory cap, bad output) loses its instance; the next call gets a fresh one.
+    fn call<T>(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+        expected: &str,
+        per_candidate: bool,
+        take: impl FnOnce(CallResponse) -> Result<Vec<T>, CallResponse>,
+    ) -> Result<Vec<T>, UnitFault> {
+        let shape = |response: CallResponse| match response {
+            CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
+            response => match take(response) {
+                Ok(out) if !per_candidate || out.len() == call.candidates.len() => Ok(out),
+                Ok(out) => Err(UnitFault::BadOutput(format!(
+                    "{} {expected} for {} candidate hosts",
+                    out.len(),
+                    call.candidates.len()
+                ))),
+                Err(other) => Err(UnitFault::BadOutput(format!(
+                    "expected {expected}, got {}",
+                    variant(&other)
+                ))),
+            },
+        };
+        let wasm = match &self.backend {
+            Backend::Native(units) => return shape(units.evaluate(view.snapshot(), call)),
+            Backend::Wasm(wasm) => wasm,
+        };
+        let pooled = wasm.pool.lock().unwrap().pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => {
+                wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                Instance::new(&wasm.engine, &wasm.pre, &self.file, limits)?
             }
         };
-        if count != expected {
-            let what = if kind == Some(UnitKind::Filter) {
-                "verdicts"
-            } else {
-                "penalties"
-            };
-            return Err(UnitFault::BadOutput(format!(
-                "{count} {what} for {expected} candidate hosts"
-            )));
+        instance.set_limits(limits);
+        let result = instance.call(view, call, &wasm.stats).and_then(shape);
+        match &result {
+            Ok(_) => self.release(wasm, instance),
+            Err(UnitFault::GuestError(_)) => {
+                // The guest is healthy but may hold a state we did not expect.
+                instance.synced = None;
+                self.release(wasm, instance);
+            }
+            Err(_) => {
+                wasm.stats
+                    .instances_discarded
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
-        Ok(response)
+        result
     }
 
     fn release(&self, wasm: &WasmBackend, instance: Instance) {
@@ -367,5 +380,15 @@ impl LoadedModule {
         if pool.len() < MAX_IDLE_INSTANCES {
             pool.push(instance);
         }
+    }
+}
+
+/// Name of a response variant, for error messages.
+fn variant(response: &CallResponse) -> &'static str {
+    match response {
+        CallResponse::Verdicts(_) => "verdicts",
+        CallResponse::Penalties(_) => "penalties",
+        CallResponse::Actions(_) => "balance actions",
+        CallResponse::Failed(_) => "a failure",
     }
 }

@@ -3,7 +3,7 @@
 use crate::cluster::{Cluster, ClusterView};
 use crate::error::{Error, Result, UnitFault};
 use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
-use policy_sdk::abi::{CallRequest, CallResponse};
+use policy_sdk::abi::Call;
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -177,8 +177,11 @@ impl Policy {
             if survivors.is_empty() {
                 break;
             }
-            let response = call(filter, view, &request.vm, &survivors);
-            let verdicts = match response.and_then(|r| expect_verdicts(r, survivors.len())) {
+            let verdicts = match filter.handle.module.filter(
+                view,
+                unit_call(filter, view, Some(&request.vm), &survivors),
+                filter.limits,
+            ) {
                 Ok(v) => v,
                 Err(fault) => {
                     handle_fault(filter, fault, &mut failures)?;
@@ -205,8 +208,11 @@ impl Policy {
         let mut columns: Vec<(&PolicyUnit, Vec<Penalty>)> = Vec::new();
         if survivors.len() > 1 {
             for weight in &self.weights {
-                let response = call(weight, view, &request.vm, &survivors);
-                match response.and_then(|r| expect_penalties(r, survivors.len())) {
+                match weight.handle.module.weigh(
+                    view,
+                    unit_call(weight, view, Some(&request.vm), &survivors),
+                    weight.limits,
+                ) {
                     Ok(p) => columns.push((weight, p)),
                     Err(fault) => handle_fault(weight, fault, &mut failures)?,
                 }
@@ -298,58 +304,19 @@ fn validate_vm(vm: &Vm) -> Result<()> {
     Ok(())
 }
 
-fn call(
-    unit: &PolicyUnit,
+/// The call of one unit over the candidates, borrowing everything it sends.
+pub(crate) fn unit_call<'a>(
+    unit: &'a PolicyUnit,
     view: &ClusterView,
-    vm: &Vm,
-    candidates: &[HostIndex],
-) -> Result<CallResponse, UnitFault> {
-    let request = CallRequest {
+    vm: Option<&'a Vm>,
+    candidates: &'a [HostIndex],
+) -> Call<'a> {
+    Call {
         unit: unit.handle.index,
         epoch: view.epoch(),
-        params: unit.params.clone(),
-        vm: Some(vm.clone()),
-        candidates: candidates.to_vec(),
-    };
-    unit.handle.module.call(view, &request, unit.limits)
-}
-
-fn expect_verdicts(response: CallResponse, expected: usize) -> Result<Vec<Verdict>, UnitFault> {
-    match response {
-        CallResponse::Verdicts(v) if v.len() == expected => Ok(v),
-        CallResponse::Verdicts(v) => Err(UnitFault::BadOutput(format!(
-            "{} verdicts for {expected} candidate hosts",
-            v.len()
-        ))),
-        CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
-        other => Err(UnitFault::BadOutput(format!(
-            "expected verdicts, got {}",
-            variant(&other)
-        ))),
-    }
-}
-
-fn expect_penalties(response: CallResponse, expected: usize) -> Result<Vec<Penalty>, UnitFault> {
-    match response {
-        CallResponse::Penalties(p) if p.len() == expected => Ok(p),
-        CallResponse::Penalties(p) => Err(UnitFault::BadOutput(format!(
-            "{} penalties for {expected} candidate hosts",
-            p.len()
-        ))),
-        CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
-        other => Err(UnitFault::BadOutput(format!(
-            "expected penalties, got {}",
-            variant(&other)
-        ))),
-    }
-}
-
-pub(crate) fn variant(response: &CallResponse) -> &'static str {
-    match response {
-        CallResponse::Verdicts(_) => "verdicts",
-        CallResponse::Penalties(_) => "penalties",
-        CallResponse::Actions(_) => "balance actions",
-        CallResponse::Failed(_) => "a failure",
+        params: &unit.params,
+        vm,
+        candidates,
     }
 }
 

@@ -238,6 +238,37 @@ pub struct CallRequest {
     pub candidates: Vec<HostIndex>,
 }
 
+impl CallRequest {
+    /// The borrowed form of this request, as [`UnitSet::evaluate`](crate::UnitSet::evaluate)
+    /// takes it.
+    pub fn as_call(&self) -> Call<'_> {
+        Call {
+            unit: self.unit,
+            epoch: self.epoch,
+            params: &self.params,
+            vm: self.vm.as_ref(),
+            candidates: &self.candidates,
+        }
+    }
+}
+
+/// A [`CallRequest`] that borrows its parts: what the host encodes (the same bytes as the
+/// owned request, without cloning parameters, VM or candidate list) and what native callers
+/// pass to [`UnitSet::evaluate`](crate::UnitSet::evaluate).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Call<'a> {
+    /// Index of the unit in the manifest.
+    pub unit: u32,
+    /// The snapshot epoch the call is about.
+    pub epoch: u64,
+    /// Every declared parameter, defaults filled in.
+    pub params: &'a [(String, ParamValue)],
+    /// The VM being scheduled; `None` for balance units.
+    pub vm: Option<&'a Vm>,
+    /// Candidate host indices.
+    pub candidates: &'a [HostIndex],
+}
+
 /// A unit's answer to a [`CallRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CallResponse {
@@ -384,11 +415,32 @@ pub mod guest {
                     ))
                 }
                 Ok(request) => match state.units.as_ref() {
-                    Some(units) => units.evaluate(&state.snapshot, &request),
+                    Some(units) => units.evaluate(&state.snapshot, request.as_call()),
                     None => CallResponse::Failed("module not initialized".into()),
                 },
             };
             respond(state, &response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::testing::vm;
+
+    #[test]
+    fn borrowed_call_encodes_to_the_bytes_of_the_owned_request() {
+        let request = CallRequest {
+            unit: 3,
+            epoch: 42,
+            params: alloc::vec![("overhead_mb".into(), ParamValue::Int(64))],
+            vm: Some(vm("v").memory_mb(2_048).build()),
+            candidates: alloc::vec![7, 1, 300],
+        };
+        let borrowed = codec::encode(&request.as_call()).unwrap();
+        assert_eq!(borrowed, codec::encode(&request).unwrap());
+        assert_eq!(codec::decode::<CallRequest>(&borrowed).unwrap(), request);
     }
 }

@@ -4,7 +4,7 @@
 //! The same unit code runs natively (tests, benchmarks) and in wasm: [`UnitSet::evaluate`]
 //! is the single dispatch both use.
 
-use crate::abi::{CallRequest, CallResponse, LogLevel};
+use crate::abi::{Call, CallResponse, LogLevel};
 use crate::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::{Host, HostIndex, Snapshot, Vm};
 use crate::verdict::{BalanceAction, Penalty, Verdict};
@@ -373,33 +373,28 @@ impl UnitSet {
 
     /// Runs one unit over all candidates: the dispatch behind `wasmsched_call`, also used
     /// natively by hosts and tests.
-    pub fn evaluate(&self, snapshot: &Snapshot, request: &CallRequest) -> CallResponse {
-        let Some((descriptor, unit)) = self.units.get(request.unit as usize) else {
+    pub fn evaluate(&self, snapshot: &Snapshot, call: Call<'_>) -> CallResponse {
+        let Some((descriptor, unit)) = self.units.get(call.unit as usize) else {
             return CallResponse::Failed(format!(
                 "unit index {} out of range (module has {})",
-                request.unit,
+                call.unit,
                 self.units.len()
             ));
         };
-        let ctx = Context::new(snapshot, &request.params, &descriptor.name);
-        match unit {
-            AnyUnit::Filter(f) => match &request.vm {
-                Some(vm) => {
-                    let mut out = Vec::with_capacity(request.candidates.len());
-                    f.check_all(&ctx, vm, &request.candidates, &mut out);
-                    CallResponse::Verdicts(out)
-                }
-                None => CallResponse::Failed("filter called without a VM".into()),
-            },
-            AnyUnit::Weight(w) => match &request.vm {
-                Some(vm) => {
-                    let mut out = Vec::with_capacity(request.candidates.len());
-                    w.penalty_all(&ctx, vm, &request.candidates, &mut out);
-                    CallResponse::Penalties(out)
-                }
-                None => CallResponse::Failed("weight called without a VM".into()),
-            },
-            AnyUnit::Balance(b) => CallResponse::Actions(b.balance(&ctx, &request.candidates)),
+        let ctx = Context::new(snapshot, call.params, &descriptor.name);
+        match (unit, call.vm) {
+            (AnyUnit::Filter(f), Some(vm)) => {
+                let mut out = Vec::with_capacity(call.candidates.len());
+                f.check_all(&ctx, vm, call.candidates, &mut out);
+                CallResponse::Verdicts(out)
+            }
+            (AnyUnit::Weight(w), Some(vm)) => {
+                let mut out = Vec::with_capacity(call.candidates.len());
+                w.penalty_all(&ctx, vm, call.candidates, &mut out);
+                CallResponse::Penalties(out)
+            }
+            (AnyUnit::Balance(b), _) => CallResponse::Actions(b.balance(&ctx, call.candidates)),
+            (_, None) => CallResponse::Failed(format!("{} called without a VM", descriptor.kind)),
         }
     }
 }

@@ -542,7 +542,7 @@ mod tests {
                 vm: Some(v.clone()),
                 candidates: vec![2, 0, 1],
             };
-            set.evaluate(&s, &request)
+            set.evaluate(&s, request.as_call())
         };
         let codes = |response: CallResponse| -> Vec<String> {
             match response {
