@@ -180,7 +180,9 @@ impl Cluster {
         }
         let snapshot = Arc::make_mut(&mut state.snapshot);
         for change in &changes {
+            // The log keeps the original for deltas; the snapshot gets a copy.
             change
+                .clone()
                 .apply(snapshot)
                 .map_err(|e| Error::Request(format!("cannot apply change: {e}")))?;
         }

@@ -155,30 +155,24 @@ fn host_mut(snapshot: &mut Snapshot, host: HostIndex) -> Result<&mut Host, Strin
 }
 
 impl Change {
-    /// Applies this change to `snapshot`. Fails (without changing anything) when the change
-    /// names a host index the snapshot lacks.
-    pub fn apply(&self, snapshot: &mut Snapshot) -> Result<(), String> {
+    /// Applies this change to `snapshot`, moving its data in. Fails (without changing
+    /// anything) when the change names a host index the snapshot lacks.
+    pub fn apply(self, snapshot: &mut Snapshot) -> Result<(), String> {
         match self {
-            Change::SetPending { host, pending } => {
-                host_mut(snapshot, *host)?.pending = pending.clone();
-            }
-            Change::SetHostStatus { host, status } => {
-                host_mut(snapshot, *host)?.status = *status;
-            }
-            Change::ReplaceHost { host, value } => {
-                *host_mut(snapshot, *host)? = value.clone();
-            }
-            Change::AddHost(host) => snapshot.hosts.push(host.clone()),
+            Change::SetPending { host, pending } => host_mut(snapshot, host)?.pending = pending,
+            Change::SetHostStatus { host, status } => host_mut(snapshot, host)?.status = status,
+            Change::ReplaceHost { host, value } => *host_mut(snapshot, host)? = value,
+            Change::AddHost(host) => snapshot.hosts.push(host),
             Change::UpsertVm(vm) => match snapshot.vms.iter_mut().find(|v| v.id == vm.id) {
-                Some(existing) => *existing = vm.clone(),
-                None => snapshot.vms.push(vm.clone()),
+                Some(existing) => *existing = vm,
+                None => snapshot.vms.push(vm),
             },
             Change::RemoveVm(id) => {
-                if let Some(pos) = snapshot.vms.iter().position(|v| &v.id == id) {
+                if let Some(pos) = snapshot.vms.iter().position(|v| v.id == id) {
                     snapshot.vms.remove(pos);
                 }
             }
-            Change::SetCluster(info) => snapshot.cluster = info.clone(),
+            Change::SetCluster(info) => snapshot.cluster = info,
         }
         Ok(())
     }
@@ -202,7 +196,7 @@ pub fn apply_sync(snapshot: &mut Snapshot, message: SyncMessage) -> Result<(), S
                     snapshot.epoch
                 ));
             }
-            for change in &changes {
+            for change in changes {
                 change.apply(snapshot)?;
             }
             snapshot.epoch = to_epoch;
