@@ -3,24 +3,19 @@
 //! shipped, and the same unit code compiled natively into the host, in the same run.
 //!
 //! `cargo bench -p wasmsched --bench decision`; the ratio wasm/native is the isolation cost.
-//! The `delta` group measures a decision right after one host's pending aggregate changed
+//! The `decision-after-pending-change` group measures a decision right after one host's pending aggregate changed
 //! (one small delta sync per module instead of a full snapshot).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use policy_sdk::testing::{host, snapshot, vm};
+use policy_sdk::testing::{host, snapshot, vm, XorShift};
 use policy_sdk::{PendingAggregate, Snapshot};
 use std::hint::black_box;
 use std::time::Duration;
 use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
 
 fn cluster(hosts: usize) -> Snapshot {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m
-    };
+    let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move |bound: u64| rng.below(bound);
     snapshot()
         .hosts((0..hosts).map(|i| {
             let total = 262_144;
@@ -56,53 +51,58 @@ fn runtimes() -> (Policy, Policy) {
     )
 }
 
-fn decision(c: &mut Criterion) {
-    let (wasm, native) = runtimes();
+/// One benchmark group: a decision per iteration, wasm and native, at each cluster size;
+/// `before_each` runs inside the measured iteration, just before the decision.
+fn group(
+    c: &mut Criterion,
+    name: &str,
+    policies: [(&str, &Policy); 2],
+    mut before_each: impl FnMut(&Cluster, u64),
+) {
     let request = ScheduleRequest::new(vm("bench").memory_mb(4_096).vcpus(4).build());
-    let mut group = c.benchmark_group("decision");
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(30)
         .measurement_time(Duration::from_secs(4));
     for hosts in [1_000usize, 10_000] {
         let cluster = Cluster::new(cluster(hosts), "<bench>").unwrap();
-        for (name, policy) in [("wasm", &wasm), ("native", &native)] {
+        for (backend, policy) in policies {
             // The first call syncs the snapshot into the instances; the measured ones don't.
             assert!(policy
                 .schedule(&cluster, &request)
                 .unwrap()
                 .chosen
                 .is_some());
-            group.bench_with_input(BenchmarkId::new(name, hosts), &hosts, |b, _| {
-                b.iter(|| black_box(policy.schedule(&cluster, &request).unwrap()))
-            });
-        }
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("decision-after-pending-change");
-    group
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(4));
-    for hosts in [1_000usize, 10_000] {
-        let cluster = Cluster::new(cluster(hosts), "<bench>").unwrap();
-        for (name, policy) in [("wasm", &wasm), ("native", &native)] {
-            policy.schedule(&cluster, &request).unwrap();
-            let mut n = 0u64;
-            group.bench_with_input(BenchmarkId::new(name, hosts), &hosts, |b, _| {
+            let mut iteration = 0u64;
+            group.bench_with_input(BenchmarkId::new(backend, hosts), &hosts, |b, _| {
                 b.iter(|| {
-                    n += 1;
-                    let pending = PendingAggregate {
-                        memory_mb: n % 1_024,
-                        vms: 1,
-                        ..Default::default()
-                    };
-                    cluster.set_pending("host-00007", pending).unwrap();
+                    iteration += 1;
+                    before_each(&cluster, iteration);
                     black_box(policy.schedule(&cluster, &request).unwrap())
                 })
             });
         }
     }
     group.finish();
+}
+
+fn decision(c: &mut Criterion) {
+    let (wasm, native) = runtimes();
+    let policies = [("wasm", &wasm), ("native", &native)];
+    group(c, "decision", policies, |_, _| {});
+    group(
+        c,
+        "decision-after-pending-change",
+        policies,
+        |cluster, n| {
+            let pending = PendingAggregate {
+                memory_mb: n % 1_024,
+                vms: 1,
+                ..Default::default()
+            };
+            cluster.set_pending("host-00007", pending).unwrap();
+        },
+    );
 }
 
 criterion_group!(benches, decision);

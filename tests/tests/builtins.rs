@@ -1,7 +1,7 @@
 //! The builtin modules, compiled to wasm by the build, driven through the runtime.
 
 use integration_tests::{policy, runtime};
-use policy_sdk::testing::{host, snapshot, vm};
+use policy_sdk::testing::{host, snapshot, vm, XorShift};
 use policy_sdk::{HostStatus, PendingAggregate, Snapshot, UnitKind};
 use wasmsched::{Cluster, Outcome, Policy, Runtime, ScheduleRequest};
 
@@ -267,13 +267,8 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
     let wasm_policy = Policy::builtin_default(&wasm).unwrap();
     let native_policy = Policy::builtin_default(&native).unwrap();
     // A deterministic pseudo-random cluster.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m
-    };
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
+    let mut next = move |bound: u64| rng.below(bound);
     for round in 0..10 {
         let s = snapshot()
             .hosts((0..50).map(|i| {

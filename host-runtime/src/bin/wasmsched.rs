@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmsched::sdk::{ParamValue, Vm};
+use wasmsched::sdk::Vm;
 use wasmsched::{files, Cluster, Policy, Runtime, ScheduleRequest};
 
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
@@ -179,10 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for p in &u.params {
                         println!(
                             "    - {} = {} ({}): {}",
-                            p.name,
-                            show(&p.default),
-                            p.ty,
-                            p.description
+                            p.name, p.default, p.ty, p.description
                         );
                     }
                 }
@@ -209,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for u in &m.units {
                     println!("  {:<8} {:<20} {}", u.kind, u.name, u.description);
                     for p in &u.params {
-                        println!("           - {} = {} ({})", p.name, show(&p.default), p.ty);
+                        println!("           - {} = {} ({})", p.name, p.default, p.ty);
                     }
                 }
             }
@@ -261,8 +258,4 @@ fn demo(g: &Global) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&decisions)?);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn show(value: &ParamValue) -> String {
-    value.to_string()
 }
