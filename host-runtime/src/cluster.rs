@@ -73,18 +73,18 @@ impl ClusterView {
         let to = self.snapshot.epoch;
         if let Some(from) = from.filter(|&f| f < to) {
             let state = self.shared.state.read().unwrap();
-            let changes: Vec<&Change> = state
-                .log
-                .iter()
-                .filter(|e| e.epoch > from && e.epoch <= to)
-                .flat_map(|e| e.changes.iter())
-                .collect();
             let contiguous = state
                 .log
                 .front()
                 .is_some_and(|first| first.epoch <= from + 1)
                 && state.log.iter().any(|e| e.epoch == to);
             if contiguous {
+                let changes = state
+                    .log
+                    .iter()
+                    .filter(|e| e.epoch > from && e.epoch <= to)
+                    .flat_map(|e| e.changes.iter())
+                    .collect();
                 let message = SyncMessageRef::Delta {
                     from_epoch: from,
                     to_epoch: to,
