@@ -4,10 +4,16 @@
 use guest_build::Guest;
 use std::path::PathBuf;
 
-const BUILTINS: &[Guest] = &[Guest {
-    package: "builtin-basic",
-    dir: "builtin-policies/basic",
-}];
+const BUILTINS: &[Guest] = &[
+    Guest {
+        package: "builtin-basic",
+        dir: "builtin-policies/basic",
+    },
+    Guest {
+        package: "builtin-affinity",
+        dir: "builtin-policies/affinity",
+    },
+];
 
 /// Built alongside for the CLI tests (not embedded).
 const EXAMPLES: &[Guest] = &[Guest {

@@ -1,17 +1,23 @@
-//! A cluster's live state: the current snapshot, its epoch, and a bounded log of recent
+//! A cluster's live state: the current snapshot, its epoch, a bounded log of recent
 //! changes so that unit instances can catch up with small deltas instead of re-decoding the
-//! whole snapshot (see "Snapshot sync" in `policy-sdk/ABI.md`).
+//! whole snapshot (see "Snapshot sync" in `policy-sdk/ABI.md`), and the cluster's pending
+//! resources (see [`crate::pending`] and the lifecycle methods in `lifecycle.rs`).
+//!
+//! Every mutation goes through one per-cluster lock (the *ledger*): it orders the pending
+//! records and the snapshot epochs, so the aggregate published for a host is always the sum
+//! of its records. Readers never take it: a decision works on an immutable [`ClusterView`].
 
 use crate::abi::SyncMessageRef;
 use crate::error::{Error, Result};
 use crate::files;
+use crate::lifecycle::Ledger;
 use policy_sdk::abi::Change;
 use policy_sdk::codec;
-use policy_sdk::{HostIndex, HostStatus, PendingAggregate, Snapshot};
-use std::collections::{HashSet, VecDeque};
+use policy_sdk::{HostIndex, HostStatus, Snapshot};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Epoch batches kept for delta sync; an instance further behind gets a full snapshot.
 const LOG_CAPACITY: usize = 1024;
@@ -30,12 +36,26 @@ pub(crate) struct ClusterShared {
     uid: u64,
     state: RwLock<State>,
     full_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Serializes every mutation; holds the pending resources. Lock order: ledger, then
+    /// state.
+    ledger: Mutex<Ledger>,
 }
 
 #[derive(Debug)]
 struct State {
     snapshot: Arc<Snapshot>,
     log: VecDeque<LogEntry>,
+    /// Host id -> index, kept in step with the snapshot's host list.
+    index: HashMap<String, HostIndex>,
+}
+
+fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
+    snapshot
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.id.clone(), i as HostIndex))
+        .collect()
 }
 
 #[derive(Debug)]
@@ -111,21 +131,47 @@ impl ClusterView {
 }
 
 impl Cluster {
-    /// A cluster from a snapshot, after checking it (unique host ids, VMs on known hosts).
-    /// `source` names the snapshot in errors (a file name, or `<inline>`).
+    /// A cluster from a snapshot, after checking it (unique host ids, VMs on known hosts,
+    /// no hand-written pending aggregates). `source` names the snapshot in errors (a file
+    /// name, or `<inline>`).
+    ///
+    /// VMs listed with status `wait_for_launch` and a current host are taken as placed but
+    /// not started: their pending resources are recorded on that host.
     pub fn new(mut snapshot: Snapshot, source: &str) -> Result<Self> {
         validate(&snapshot, source)?;
         snapshot.epoch = snapshot.epoch.max(1);
-        Ok(Self {
+        let waiting: Vec<policy_sdk::Vm> = snapshot
+            .vms
+            .iter()
+            .filter(|vm| vm.status == policy_sdk::VmStatus::WaitForLaunch)
+            .filter(|vm| vm.current_host.is_some())
+            .cloned()
+            .collect();
+        let cluster = Self {
             shared: Arc::new(ClusterShared {
                 uid: NEXT_CLUSTER_UID.fetch_add(1, Ordering::Relaxed),
                 state: RwLock::new(State {
+                    index: index_hosts(&snapshot),
                     snapshot: Arc::new(snapshot),
                     log: VecDeque::new(),
                 }),
                 full_cache: Mutex::new(None),
+                ledger: Mutex::new(Ledger::default()),
             }),
-        })
+        };
+        for vm in waiting {
+            let host = vm.current_host.clone().unwrap_or_default();
+            cluster
+                .reserve(&vm, &host, crate::lifecycle::PlacementKind::Start)
+                .map_err(|e| {
+                    Error::input(
+                        source,
+                        Some(format!("vms[id={}]", vm.id)),
+                        format!("cannot record it as pending: {e}"),
+                    )
+                })?;
+        }
+        Ok(cluster)
     }
 
     /// Reads a cluster file (JSON, or TOML by extension).
@@ -155,39 +201,115 @@ impl Cluster {
 
     /// Applies a batch of changes as one new epoch and returns it. The batch is checked
     /// first; on error nothing changes.
-    pub fn apply(&self, changes: Vec<Change>) -> Result<u64> {
-        let mut state = self.shared.state.write().unwrap();
-        let hosts = state.snapshot.hosts.len();
-        let mut added = 0usize;
-        for change in &changes {
-            let index = match change {
-                Change::SetPending { host, .. }
-                | Change::SetHostStatus { host, .. }
-                | Change::ReplaceHost { host, .. } => Some(*host),
-                Change::AddHost(_) => {
-                    added += 1;
-                    None
+    ///
+    /// Pending aggregates belong to the pending resource manager: `SetPending` is refused,
+    /// and a host given by `ReplaceHost`/`AddHost` gets its aggregate from the records.
+    /// Remove hosts with [`Cluster::remove_host`], which also clears their records.
+    pub fn apply(&self, mut changes: Vec<Change>) -> Result<u64> {
+        let ledger = self.ledger();
+        let snapshot = self.snapshot();
+        for change in &mut changes {
+            match change {
+                Change::SetPending { .. } => {
+                    return Err(Error::Request(
+                        "pending aggregates are computed from pending records; record them \
+                         with Cluster::reserve or Cluster::add_pending"
+                            .into(),
+                    ))
                 }
-                _ => None,
-            };
-            if let Some(index) = index {
-                if index as usize >= hosts + added {
-                    return Err(Error::Request(format!(
-                        "change names host index {index}, the cluster has {hosts} hosts"
-                    )));
+                Change::RemoveHost { .. } => {
+                    return Err(Error::Request(
+                        "remove hosts with Cluster::remove_host (it clears their pending \
+                         resources)"
+                            .into(),
+                    ))
                 }
+                Change::ReplaceHost { host, value } => {
+                    if let Some(old) = snapshot.host(*host) {
+                        if old.id != value.id {
+                            return Err(Error::Request(format!(
+                                "ReplaceHost cannot change a host's id ({:?} -> {:?}); remove \
+                                 the host and add the new one",
+                                old.id, value.id
+                            )));
+                        }
+                    }
+                    value.pending = ledger.pending.host_aggregate(&value.id);
+                }
+                Change::AddHost(value) => {
+                    value.pending = ledger.pending.host_aggregate(&value.id);
+                }
+                _ => {}
             }
         }
+        self.commit(&ledger, changes)
+    }
+
+    /// Takes the per-cluster mutation lock.
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.shared.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies changes as one epoch. The caller holds the ledger lock (the guard is passed
+    /// to prove it).
+    pub(crate) fn commit(
+        &self,
+        _ledger: &MutexGuard<'_, Ledger>,
+        changes: Vec<Change>,
+    ) -> Result<u64> {
+        let mut state = self.shared.state.write().unwrap();
+        // Check every host index against the host count at that point of the batch, so
+        // that applying cannot fail halfway.
+        let hosts = state.snapshot.hosts.len();
+        let mut count = hosts;
+        let mut ids: Option<HashSet<String>> = None;
+        for change in &changes {
+            match change {
+                Change::SetPending { host, .. }
+                | Change::SetHostStatus { host, .. }
+                | Change::ReplaceHost { host, .. }
+                | Change::RemoveHost { host } => {
+                    if *host as usize >= count {
+                        return Err(Error::Request(format!(
+                            "change names host index {host}, the cluster has {count} hosts"
+                        )));
+                    }
+                    if matches!(change, Change::RemoveHost { .. }) {
+                        count -= 1;
+                        ids = None;
+                    }
+                }
+                Change::AddHost(host) => {
+                    let ids = ids.get_or_insert_with(|| state.index.keys().cloned().collect());
+                    if host.id.is_empty() || !ids.insert(host.id.clone()) {
+                        return Err(Error::Request(format!(
+                            "AddHost: host id {:?} is empty or already in the cluster",
+                            host.id
+                        )));
+                    }
+                    count += 1;
+                }
+                _ => {}
+            }
+        }
+        let reindex = changes
+            .iter()
+            .any(|c| matches!(c, Change::AddHost(_) | Change::RemoveHost { .. }));
+        let state = &mut *state;
+        // In place when no view holds the snapshot, else copy-on-write.
         let snapshot = Arc::make_mut(&mut state.snapshot);
         for change in &changes {
             // The log keeps the original for deltas; the snapshot gets a copy.
             change
                 .clone()
                 .apply(snapshot)
-                .map_err(|e| Error::Request(format!("cannot apply change: {e}")))?;
+                .expect("host indices were checked above");
         }
         snapshot.epoch += 1;
         let epoch = snapshot.epoch;
+        if reindex {
+            state.index = index_hosts(snapshot);
+        }
         state.log.push_back(LogEntry { epoch, changes });
         while state.log.len() > LOG_CAPACITY {
             state.log.pop_front();
@@ -201,8 +323,9 @@ impl Cluster {
             .state
             .read()
             .unwrap()
-            .snapshot
-            .host_index(host_id)
+            .index
+            .get(host_id)
+            .copied()
     }
 
     /// Sets a host's status (a new epoch).
@@ -211,13 +334,7 @@ impl Cluster {
         self.apply(vec![Change::SetHostStatus { host, status }])
     }
 
-    /// Sets a host's pending aggregate (a new epoch).
-    pub fn set_pending(&self, host_id: &str, pending: PendingAggregate) -> Result<u64> {
-        let host = self.require_host(host_id)?;
-        self.apply(vec![Change::SetPending { host, pending }])
-    }
-
-    fn require_host(&self, host_id: &str) -> Result<HostIndex> {
+    pub(crate) fn require_host(&self, host_id: &str) -> Result<HostIndex> {
         self.host_index(host_id)
             .ok_or_else(|| Error::Request(format!("unknown host {host_id:?}")))
     }
@@ -226,6 +343,15 @@ impl Cluster {
 fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
     let mut ids = HashSet::new();
     for (i, host) in snapshot.hosts.iter().enumerate() {
+        if !host.pending.is_empty() {
+            return Err(Error::input(
+                source,
+                Some(format!("hosts[{i}].pending")),
+                "pending aggregates are computed by the engine from pending records; remove \
+                 the field (VMs in `wait_for_launch` with a `current_host` are recorded as \
+                 pending there)",
+            ));
+        }
         if host.id.is_empty() {
             return Err(Error::input(
                 source,

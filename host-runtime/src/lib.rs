@@ -8,7 +8,11 @@
 //! * [`LoadedModule`]: a validated module (manifest, compiled code, pooled instances).
 //! * [`Policy`]: a validated cluster policy (filters, weights with factors, balance unit,
 //!   selector, parameters). It holds the modules it resolved.
-//! * [`Cluster`]: a cluster's snapshot over time (epochs); [`ClusterView`] is one epoch.
+//! * [`Cluster`]: a cluster's snapshot over time (epochs) and its pending resources: what
+//!   placed-but-not-started VMs hold on their hosts ([`pending`]); [`ClusterView`] is one
+//!   epoch. Lifecycle: [`Policy::schedule`] reserves on the chosen host;
+//!   [`Cluster::vm_started`], [`Cluster::vm_failed`], [`Cluster::migration_finished`],
+//!   [`Cluster::migration_failed`] and [`Cluster::remove_host`] release.
 //! * [`Decision`]: the answer to one [`ScheduleRequest`], explaining itself.
 //!
 //! ```no_run
@@ -31,7 +35,9 @@ pub mod builtin;
 mod cluster;
 mod error;
 pub mod files;
+mod lifecycle;
 mod module;
+pub mod pending;
 mod policy;
 mod runtime;
 mod scheduler;
@@ -39,7 +45,11 @@ mod scheduler;
 pub use balance::{BalancePlan, PlannedAction, RefusedAction};
 pub use cluster::{Cluster, ClusterView};
 pub use error::{Error, Result, UnitFault};
+pub use lifecycle::{
+    HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule, Reservation, VmFailed,
+};
 pub use module::{CallLimits, LoadedModule, ModuleStats};
+pub use pending::{PendingRecord, PendingResource};
 pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, DEFAULT_POLICY_TOML};
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
 pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};

@@ -2,6 +2,7 @@
 
 use crate::cluster::{Cluster, ClusterView};
 use crate::error::{Error, Result, UnitFault};
+use crate::lifecycle::{PlacementKind, Reservation};
 use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use policy_sdk::abi::Call;
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
@@ -18,16 +19,36 @@ pub struct ScheduleRequest {
     pub blacklist: Vec<String>,
     /// When set, only these hosts may be chosen.
     pub whitelist: Option<Vec<String>>,
+    /// Start or migration (decides the pending CPU load and what the lifecycle releases).
+    pub kind: PlacementKind,
 }
 
 impl ScheduleRequest {
-    /// A request for a VM, any Up host allowed.
+    /// A request to start a VM, any Up host allowed.
     pub fn new(vm: Vm) -> Self {
         Self {
             vm,
             blacklist: Vec::new(),
             whitelist: None,
+            kind: PlacementKind::Start,
         }
+    }
+
+    /// A request to migrate a running VM away from its current host (which is
+    /// blacklisted). Fails when the VM has no current host.
+    pub fn migration(vm: Vm) -> Result<Self> {
+        let Some(source) = vm.current_host.clone() else {
+            return Err(Error::Request(format!(
+                "VM {:?}: current_host: a migration needs the host the VM runs on",
+                vm.id
+            )));
+        };
+        Ok(Self {
+            blacklist: vec![source.clone()],
+            whitelist: None,
+            kind: PlacementKind::Migration { source },
+            vm,
+        })
     }
 
     /// Excludes these hosts.
@@ -66,6 +87,9 @@ pub struct Decision {
     pub hosts: Vec<HostOutcome>,
     /// Units that failed and were skipped (fail-open).
     pub unit_failures: Vec<UnitFailure>,
+    /// The pending resources recorded on the chosen host ([`Policy::schedule`]); `None`
+    /// for [`Policy::evaluate`] and when no host was chosen.
+    pub reservation: Option<Reservation>,
 }
 
 /// What happened to one host.
@@ -133,17 +157,114 @@ pub struct UnitFailure {
     pub applied: FailureMode,
 }
 
+/// Optimistic rounds (decide on a view, re-check the host under the ledger lock) before a
+/// decision is made entirely under the lock.
+const OPTIMISTIC_ROUNDS: usize = 4;
+
 impl Policy {
-    /// Schedules one VM on the cluster's current snapshot.
+    /// Schedules one VM on the cluster and reserves its pending resources on the chosen
+    /// host, so the next decision sees them. Safe to call from many threads on one
+    /// cluster: no host is ever over-committed (see "Concurrency" in the lifecycle docs:
+    /// optimistic decisions, re-checked under a per-cluster lock when the cluster moved).
     ///
     /// Returns `Err` only when the request itself is invalid or a fail-closed unit faulted
     /// (the error names the unit). "No host available" is a normal [`Decision`].
+    ///
+    /// A VM that is already placed (and not started) is placed anew: its current pending
+    /// resources are released first, so they do not count against it.
     pub fn schedule(&self, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
-        self.schedule_on(&cluster.view(), request)
+        validate_vm(&request.vm)?;
+        cluster.unplace(&request.vm.id)?;
+        for _ in 0..OPTIMISTIC_ROUNDS {
+            let view = cluster.view();
+            let mut decision = self.evaluate(&view, request)?;
+            let Some(host) = decision.chosen.clone() else {
+                return Ok(decision);
+            };
+            let epoch = view.epoch();
+            // Let the snapshot be updated in place if no one else holds it.
+            drop(view);
+            let reserved = cluster.reserve_decided(
+                epoch,
+                &request.vm,
+                &host,
+                request.kind.clone(),
+                |latest| self.still_fits(latest, request, &host),
+            )?;
+            if let Some(reservation) = reserved {
+                decision.reservation = Some(reservation);
+                return Ok(decision);
+            }
+            tracing::debug!(
+                vm = request.vm.id,
+                host,
+                "host no longer fits; deciding again"
+            );
+        }
+        let mut ledger = cluster.ledger();
+        let mut decision = self.evaluate(&cluster.view(), request)?;
+        if let Some(host) = decision.chosen.clone() {
+            decision.reservation = Some(cluster.reserve_locked(
+                &mut ledger,
+                &request.vm,
+                &host,
+                request.kind.clone(),
+                true,
+            )?);
+        }
+        Ok(decision)
     }
 
-    /// Schedules one VM on a given view (a fixed epoch).
-    pub fn schedule_on(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
+    /// Places VMs one after another (a mass start), each decision seeing the pending
+    /// resources of the previous ones. One result per request, in order; an invalid
+    /// request or a unit fault fails only its own entry.
+    pub fn schedule_batch(
+        &self,
+        cluster: &Cluster,
+        requests: &[ScheduleRequest],
+    ) -> Vec<Result<Decision>> {
+        requests
+            .iter()
+            .map(|request| self.schedule(cluster, request))
+            .collect()
+    }
+
+    /// Whether `host` is still a candidate that passes every filter on `view`.
+    fn still_fits(
+        &self,
+        view: &ClusterView,
+        request: &ScheduleRequest,
+        host: &str,
+    ) -> Result<bool> {
+        let snapshot = view.snapshot();
+        let Some(index) = snapshot.host_index(host) else {
+            return Ok(false);
+        };
+        if snapshot.hosts[index as usize].status != HostStatus::Up {
+            return Ok(false);
+        }
+        let candidates = [index];
+        let mut failures = Vec::new();
+        for filter in &self.filters {
+            match filter.handle.module.filter(
+                view,
+                unit_call(filter, view, Some(&request.vm), &candidates),
+                filter.limits,
+            ) {
+                Ok(verdicts) => {
+                    if verdicts.iter().any(|v| !v.is_pass()) {
+                        return Ok(false);
+                    }
+                }
+                Err(fault) => handle_fault(filter, fault, &mut failures)?,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decides where one VM would go on a given view (a fixed epoch), without reserving
+    /// anything: a what-if.
+    pub fn evaluate(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
         validate_vm(&request.vm)?;
         let snapshot = view.snapshot();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; snapshot.hosts.len()];
@@ -269,6 +390,7 @@ impl Policy {
             summary,
             hosts,
             unit_failures: failures,
+            reservation: None,
         })
     }
 }
@@ -298,10 +420,10 @@ fn validate_vm(vm: &Vm) -> Result<()> {
     {
         return bad("cpu", "more than 4096 vCPUs");
     }
-    if vm.memory_mb > 1 << 40 {
+    if vm.memory_mb > crate::pending::MAX_MEMORY_MB {
         return bad("memory_mb", "larger than 1 EiB");
     }
-    Ok(())
+    crate::lifecycle::check_vm_amounts(vm)
 }
 
 /// The call of one unit over the candidates, borrowing everything it sends.
@@ -469,6 +591,17 @@ impl fmt::Display for Decision {
             "VM {}: {}  [policy {}, epoch {}]",
             self.vm, self.summary, self.policy, self.epoch
         )?;
+        if let Some(r) = &self.reservation {
+            let what: Vec<String> = r.resources.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "  reserved on {} at epoch {}{}: {}",
+                r.host,
+                r.epoch,
+                if r.revalidated { " (re-checked)" } else { "" },
+                what.join(", ")
+            )?;
+        }
         for failure in &self.unit_failures {
             writeln!(
                 f,

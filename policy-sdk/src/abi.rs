@@ -138,6 +138,11 @@ pub enum Change {
     },
     /// A host joined the cluster (appended; existing indices stay valid).
     AddHost(Host),
+    /// A host left the cluster (later hosts move down one index).
+    RemoveHost {
+        /// Host index.
+        host: HostIndex,
+    },
     /// A VM was added or changed (matched by id; appended when new).
     UpsertVm(Vm),
     /// A VM left the cluster (by id; later VMs move down one index).
@@ -163,6 +168,10 @@ impl Change {
             Change::SetHostStatus { host, status } => host_mut(snapshot, host)?.status = status,
             Change::ReplaceHost { host, value } => *host_mut(snapshot, host)? = value,
             Change::AddHost(host) => snapshot.hosts.push(host),
+            Change::RemoveHost { host } => {
+                host_mut(snapshot, host)?;
+                snapshot.hosts.remove(host as usize);
+            }
             Change::UpsertVm(vm) => match snapshot.vms.iter_mut().find(|v| v.id == vm.id) {
                 Some(existing) => *existing = vm,
                 None => snapshot.vms.push(vm),
@@ -306,6 +315,7 @@ pub mod guest {
                         cpu_flags: Vec::new(),
                         memory_overcommit_percent: 100,
                         count_threads_as_cores: false,
+                        affinity_groups: Vec::new(),
                     },
                     hosts: Vec::new(),
                     vms: Vec::new(),

@@ -70,6 +70,41 @@ pub struct ClusterInfo {
     pub memory_overcommit_percent: u32,
     /// Count host threads as cores when checking CPU capacity.
     pub count_threads_as_cores: bool,
+    /// Affinity groups between VMs.
+    pub affinity_groups: Vec<AffinityGroup>,
+}
+
+/// Whether an affinity group wants its VMs together or apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityPolarity {
+    /// The group's VMs should run on the same host.
+    #[default]
+    Positive,
+    /// The group's VMs should run on different hosts.
+    Negative,
+}
+
+/// A VM affinity group: VMs that should run together (positive) or apart (negative).
+/// Enforcing groups are hard rules (a filter); soft ones only steer the choice (a weight).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AffinityGroup {
+    /// Group name (shown in reject details).
+    pub name: String,
+    /// Together or apart.
+    pub polarity: AffinityPolarity,
+    /// Hard rule (true) or preference (false).
+    pub enforcing: bool,
+    /// Ids of the member VMs.
+    pub vms: Vec<String>,
+}
+
+impl AffinityGroup {
+    /// Whether the VM with this id is a member.
+    pub fn contains(&self, vm_id: &str) -> bool {
+        self.vms.iter().any(|v| v == vm_id)
+    }
 }
 
 impl Default for ClusterInfo {
@@ -81,6 +116,7 @@ impl Default for ClusterInfo {
             cpu_flags: Vec::new(),
             memory_overcommit_percent: 100,
             count_threads_as_cores: false,
+            affinity_groups: Vec::new(),
         }
     }
 }
@@ -213,7 +249,7 @@ pub struct PowerManagement {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PendingAggregate {
-    /// Pending memory (per-VM static overheads) in MiB.
+    /// Pending memory (per-VM static overheads, the reference's `PendingMemory`) in MiB.
     pub memory_mb: u64,
     /// Pending overcommit memory (guest memory + overheads) in MiB.
     pub overcommit_memory_mb: u64,
@@ -227,8 +263,8 @@ pub struct PendingAggregate {
     pub hugepages: Vec<HugePages>,
     /// Pending memory per host NUMA node.
     pub numa_memory: Vec<NodeMemory>,
-    /// Number of pending VMs.
-    pub vms: u32,
+    /// Ids of the VMs pending on this host (placed, not running yet), sorted.
+    pub vms: Vec<String>,
     /// Open-ended pending amounts (devices, SR-IOV VFs...).
     pub custom: Vec<CustomAmount>,
 }
@@ -254,12 +290,26 @@ impl PendingAggregate {
 
     /// Pending amount of a custom kind.
     pub fn custom_of(&self, kind: &str) -> u64 {
-        self.custom
-            .iter()
-            .filter(|c| c.kind == kind)
-            .map(|c| c.amount)
-            .sum()
+        amount_of(&self.custom, kind)
     }
+
+    /// Whether the VM with this id is pending here.
+    pub fn has_vm(&self, vm_id: &str) -> bool {
+        self.vms.iter().any(|v| v == vm_id)
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The amount of `kind` in a list of custom amounts (summed if repeated).
+pub fn amount_of(amounts: &[CustomAmount], kind: &str) -> u64 {
+    amounts
+        .iter()
+        .filter(|c| c.kind == kind)
+        .fold(0u64, |sum, c| sum.saturating_add(c.amount))
 }
 
 /// Memory on one host NUMA node.
@@ -318,6 +368,8 @@ pub struct Host {
     pub dedicated_cpus: Vec<u32>,
     /// Power management state.
     pub power: PowerManagement,
+    /// Free amounts of custom resource kinds (GPUs, SR-IOV VFs...), before pending ones.
+    pub custom_resources: Vec<CustomAmount>,
     /// Pending resources on this host (filled by the engine).
     pub pending: PendingAggregate,
 }
@@ -330,6 +382,11 @@ impl Host {
         } else {
             self.cpu.cores()
         }
+    }
+
+    /// Free amount of a custom resource kind, before pending amounts.
+    pub fn custom_free(&self, kind: &str) -> u64 {
+        amount_of(&self.custom_resources, kind)
     }
 }
 
@@ -474,6 +531,9 @@ pub struct Vm {
     pub cpu_usage_percent: u32,
     /// Custom properties.
     pub custom_properties: Vec<Property>,
+    /// Amounts of custom resource kinds the VM needs on its host (e.g. `gpu`: 1). They
+    /// become pending custom records on the chosen host.
+    pub custom_resources: Vec<CustomAmount>,
 }
 
 impl Vm {
@@ -488,5 +548,22 @@ impl Vm {
             .iter()
             .find(|p| p.name == name)
             .map(|p| p.value.as_str())
+    }
+
+    /// The amount of a custom resource kind this VM needs.
+    pub fn custom_need(&self, kind: &str) -> u64 {
+        amount_of(&self.custom_resources, kind)
+    }
+
+    /// Whether the VM occupies its current host (running, starting or migrating away).
+    pub fn is_running(&self) -> bool {
+        self.current_host.is_some()
+            && matches!(
+                self.status,
+                VmStatus::WaitForLaunch
+                    | VmStatus::PoweringUp
+                    | VmStatus::Up
+                    | VmStatus::MigratingFrom
+            )
     }
 }

@@ -149,9 +149,9 @@ impl HostBuilder {
             .push(NodeMemory { node, memory_mb });
         self
     }
-    /// Number of pending VMs.
-    pub fn pending_vms(mut self, n: u32) -> Self {
-        self.0.pending.vms = n;
+    /// VMs pending on this host, by id.
+    pub fn pending_vms<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
+        self.0.pending.vms = ids.into_iter().map(Into::into).collect();
         self
     }
     /// A pending custom amount.
@@ -181,6 +181,14 @@ impl HostBuilder {
     /// Adds free hugepages of a size (KiB), host-wide.
     pub fn hugepages(mut self, size_kb: u64, count: u64) -> Self {
         self.0.free_hugepages.push(HugePages { size_kb, count });
+        self
+    }
+    /// Free amount of a custom resource kind.
+    pub fn custom_free(mut self, kind: &str, amount: u64) -> Self {
+        self.0.custom_resources.push(CustomAmount {
+            kind: kind.to_string(),
+            amount,
+        });
         self
     }
     /// Power management state.
@@ -269,6 +277,14 @@ impl VmBuilder {
         self.0.name = name.to_string();
         self
     }
+    /// Needs this amount of a custom resource kind on its host.
+    pub fn needs(mut self, kind: &str, amount: u64) -> Self {
+        self.0.custom_resources.push(CustomAmount {
+            kind: kind.to_string(),
+            amount,
+        });
+        self
+    }
     /// Runtime status (after [`VmBuilder::current_host`], which sets `Up`).
     pub fn status(mut self, status: VmStatus) -> Self {
         self.0.status = status;
@@ -327,6 +343,22 @@ impl SnapshotBuilder {
     /// Cluster memory overcommit in percent (default 100).
     pub fn overcommit_percent(mut self, percent: u32) -> Self {
         self.0.cluster.memory_overcommit_percent = percent;
+        self
+    }
+    /// Adds an affinity group over these VM ids.
+    pub fn affinity_group(
+        mut self,
+        name: &str,
+        polarity: AffinityPolarity,
+        enforcing: bool,
+        vms: &[&str],
+    ) -> Self {
+        self.0.cluster.affinity_groups.push(AffinityGroup {
+            name: name.to_string(),
+            polarity,
+            enforcing,
+            vms: vms.iter().map(|v| v.to_string()).collect(),
+        });
         self
     }
     /// The finished snapshot.

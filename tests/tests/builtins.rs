@@ -2,8 +2,8 @@
 
 use integration_tests::{policy, runtime};
 use policy_sdk::testing::{host, snapshot, vm, XorShift};
-use policy_sdk::{HostStatus, PendingAggregate, Snapshot, UnitKind};
-use wasmsched::{Cluster, Outcome, Policy, Runtime, ScheduleRequest};
+use policy_sdk::{AffinityPolarity, HostStatus, Snapshot, UnitKind};
+use wasmsched::{Cluster, Outcome, PlacementKind, Policy, Runtime, ScheduleRequest};
 
 fn cluster(s: Snapshot) -> Cluster {
     Cluster::new(s, "<test>").unwrap()
@@ -21,11 +21,23 @@ fn builtins_are_embedded_and_registered_by_name() {
             ("cpu-load", UnitKind::Weight),
             ("free-memory", UnitKind::Weight),
             ("memory", UnitKind::Filter),
+            ("vm-affinity", UnitKind::Filter),
+            ("vm-affinity-weight", UnitKind::Weight),
         ]
     );
-    assert!(units
-        .iter()
-        .all(|u| u.file == "builtin:basic.wasm" && u.module == "basic"));
+    for u in &units {
+        let module = if u.name.starts_with("vm-affinity") {
+            "affinity"
+        } else {
+            "basic"
+        };
+        assert_eq!(
+            (u.file.as_str(), u.module.as_str()),
+            (format!("builtin:{module}.wasm").as_str(), module),
+            "{}",
+            u.name
+        );
+    }
     assert!(rt.modules().iter().all(|m| !m.is_native()));
 }
 
@@ -97,7 +109,11 @@ fn rank_selector_prefers_idle_roomy_hosts_and_reports_each_weight() {
     // cpu-load: idle and full tie for best (rank 1 of 0..1), x2; free-memory: idle ties busy for best (rank 1), x1.
     assert_eq!(
         weights,
-        [("cpu-load", 5, 2, 2.0), ("free-memory", -65_536, 1, 1.0)]
+        [
+            ("cpu-load", 5, 2, 2.0),
+            ("free-memory", -65_536, 1, 1.0),
+            ("vm-affinity-weight", 0, 1, 0.0)
+        ]
     );
     assert_eq!(idle.score, Some(3.0));
 }
@@ -114,10 +130,10 @@ fn ties_are_broken_by_host_id_so_decisions_are_deterministic() {
             .build(),
     );
     let request = ScheduleRequest::new(vm("v").build());
-    let first = policy.schedule(&c, &request).unwrap();
+    let first = policy.evaluate(&c.view(), &request).unwrap();
     assert_eq!(first.chosen.as_deref(), Some("h-a"));
     for _ in 0..5 {
-        let again = policy.schedule(&c, &request).unwrap();
+        let again = policy.evaluate(&c.view(), &request).unwrap();
         assert_eq!(
             serde_json::to_value(&again).unwrap(),
             serde_json::to_value(&first).unwrap()
@@ -200,20 +216,13 @@ fn pending_aggregates_reach_the_wasm_units_through_delta_sync() {
     let module = rt.modules().into_iter().next().unwrap();
     let before = module.stats();
 
-    c.set_pending(
-        "a",
-        PendingAggregate {
-            memory_mb: 6_064,
-            overcommit_memory_mb: 6_064,
-            vms: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // The first decision reserved 6,000 + 64 MiB on "a": the next VM no longer fits there.
+    let request = ScheduleRequest::new(vm("w").memory_mb(6_000).build());
     let d = policy.schedule(&c, &request).unwrap();
     assert_eq!(d.chosen.as_deref(), Some("b"), "{d}");
     assert!(
-        matches!(&d.hosts[0].outcome, Outcome::Rejected { code, .. } if code == "not_enough_memory")
+        matches!(&d.hosts[0].outcome, Outcome::Rejected { code, .. } if code == "not_enough_schedulable_memory"),
+        "{d}"
     );
     let after = module.stats();
     assert_eq!(
@@ -264,6 +273,9 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
     native
         .add_native("native:basic", builtin_basic::units())
         .unwrap();
+    native
+        .add_native("native:affinity", builtin_affinity::units())
+        .unwrap();
     let wasm_policy = Policy::builtin_default(&wasm).unwrap();
     let native_policy = Policy::builtin_default(&native).unwrap();
     // A deterministic pseudo-random cluster.
@@ -277,24 +289,41 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
                     .memory_mb(4_096 + next(60_000))
                     .committed_mb(next(4_000))
                     .cpu_usage(next(100) as u32)
-                    .pending_memory_mb(next(2_000))
             }))
+            .affinity_group(
+                "apart",
+                AffinityPolarity::Negative,
+                next(2) == 0,
+                &["p0", "p1", "p2", "request"],
+            )
+            .affinity_group(
+                "together",
+                AffinityPolarity::Positive,
+                false,
+                &["p3", "request"],
+            )
             .build();
         let c = Cluster::new(s, "<random>").unwrap();
+        for p in 0..6 {
+            let pending = vm(&format!("p{p}")).memory_mb(next(2_000)).build();
+            c.reserve(&pending, &format!("h{}", next(50)), PlacementKind::Start)
+                .unwrap();
+        }
         let request = ScheduleRequest::new(
-            vm(&format!("v{round}"))
+            vm("request")
                 .memory_mb(1_000 + next(30_000))
                 .vcpus(1 + next(12) as u32)
                 .build(),
         );
-        let a = serde_json::to_value(wasm_policy.schedule(&c, &request).unwrap()).unwrap();
-        let b = serde_json::to_value(native_policy.schedule(&c, &request).unwrap()).unwrap();
+        let view = c.view();
+        let a = serde_json::to_value(wasm_policy.evaluate(&view, &request).unwrap()).unwrap();
+        let b = serde_json::to_value(native_policy.evaluate(&view, &request).unwrap()).unwrap();
         assert_eq!(a, b, "round {round}");
     }
 }
 
 #[test]
-fn runtime_is_shared_across_threads_and_decisions_run_in_parallel() {
+fn runtime_is_shared_across_threads_and_evaluations_run_in_parallel() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
     let c = cluster(
@@ -308,7 +337,10 @@ fn runtime_is_shared_across_threads_and_decisions_run_in_parallel() {
             scope.spawn(move || {
                 for i in 0..25 {
                     let d = policy
-                        .schedule(c, &ScheduleRequest::new(vm(&format!("v{t}-{i}")).build()))
+                        .evaluate(
+                            &c.view(),
+                            &ScheduleRequest::new(vm(&format!("v{t}-{i}")).build()),
+                        )
                         .unwrap();
                     assert_eq!(d.chosen.as_deref(), Some("h000"));
                 }

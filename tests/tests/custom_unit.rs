@@ -3,7 +3,7 @@
 
 use integration_tests::{max_vms_wasm, policy, runtime};
 use policy_sdk::testing::{host, snapshot, vm};
-use wasmsched::{Cluster, Outcome, ScheduleRequest};
+use wasmsched::{Cluster, Outcome, PlacementKind, ScheduleRequest};
 
 #[test]
 fn custom_unit_from_a_directory_filters_on_running_and_pending_vms() {
@@ -20,18 +20,15 @@ fn custom_unit_from_a_directory_filters_on_running_and_pending_vms() {
         snapshot()
             .host(host("full").running_vms(3))
             .host(host("almost").running_vms(2).cpu_usage(50))
-            .host(
-                host("pending")
-                    .running_vms(1)
-                    .pending(policy_sdk::PendingAggregate {
-                        vms: 2,
-                        ..Default::default()
-                    }),
-            )
+            .host(host("pending").running_vms(1))
             .build(),
         "<t>",
     )
     .unwrap();
+    for starting in ["s1", "s2"] {
+        c.reserve(&vm(starting).build(), "pending", PlacementKind::Start)
+            .unwrap();
+    }
     let d = p
         .schedule(&c, &ScheduleRequest::new(vm("v").build()))
         .unwrap();

@@ -32,7 +32,7 @@ impl Filter for MaxVmsPerHost {
 
     fn check(&self, ctx: &Context<'_>, _vm: &Vm, host: &Host) -> Verdict {
         let max = ctx.int("max_vms").max(0) as u64;
-        let count = host.running_vms as u64 + host.pending.vms as u64;
+        let count = host.running_vms as u64 + host.pending.vms.len() as u64;
         if count < max {
             Verdict::Pass
         } else {
@@ -71,7 +71,7 @@ mod tests {
             let host = Host {
                 running_vms: running,
                 pending: PendingAggregate {
-                    vms: pending,
+                    vms: (0..pending).map(|i| format!("pending-{i}")).collect(),
                     ..Default::default()
                 },
                 ..Default::default()
