@@ -15,6 +15,10 @@ fn main() {
             package: "misbehave-guest",
             dir: "tests/guests/misbehave",
         },
+        Guest {
+            package: "device-filter-guest",
+            dir: "tests/guests/device-filter",
+        },
     ];
     for built in guest_build::build(&manifest_dir, &guests) {
         let var = built.package.to_uppercase().replace('-', "_");

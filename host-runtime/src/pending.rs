@@ -534,3 +534,234 @@ fn aggregate_of<'a>(
         .collect();
     Ok(agg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(host: &str, vm: &str, resource: PendingResource) -> PendingRecord {
+        PendingRecord {
+            host: host.into(),
+            vm: vm.into(),
+            resource,
+        }
+    }
+
+    fn mem(mb: u64) -> PendingResource {
+        PendingResource::OvercommitMemory { mb }
+    }
+
+    /// Both indexes agree, and every host aggregate equals a fresh sum of its records.
+    fn assert_consistent(p: &PendingResources) {
+        for (host, vms) in &p.by_host {
+            assert!(!vms.is_empty(), "empty host entry {host}");
+            for (vm, records) in vms {
+                assert!(!records.is_empty(), "empty VM entry {vm} on {host}");
+                assert!(p.hosts_of_vm[vm].contains(host));
+                for (key, r) in records {
+                    assert_eq!(&r.key(), key);
+                }
+            }
+        }
+        for (vm, hosts) in &p.hosts_of_vm {
+            for host in hosts {
+                assert!(p.by_host[host].contains_key(vm), "{vm} not on {host}");
+            }
+        }
+    }
+
+    #[test]
+    fn double_release_leaves_other_records_intact_and_aggregates_exact() {
+        let mut p = PendingResources::new();
+        p.add_all(vec![
+            rec("h1", "a", mem(1_000)),
+            rec("h1", "a", PendingResource::Vm),
+            rec("h1", "b", mem(2_000)),
+            rec("h1", "b", PendingResource::Vm),
+            rec("h2", "c", mem(4_000)),
+        ])
+        .unwrap();
+        for round in 0..2 {
+            let removed = p.clear_vm("a");
+            assert_eq!(
+                removed.len(),
+                if round == 0 { 2 } else { 0 },
+                "round {round}"
+            );
+            let h1 = p.host_aggregate("h1");
+            assert_eq!(h1.overcommit_memory_mb, 2_000, "round {round}");
+            assert_eq!(h1.vms, ["b"], "round {round}");
+            assert_eq!(p.host_aggregate("h2").overcommit_memory_mb, 4_000);
+            assert_eq!(p.len(), 3);
+            assert_consistent(&p);
+        }
+        for round in 0..2 {
+            let removed = p.clear_host("h1");
+            assert_eq!(
+                removed.len(),
+                if round == 0 { 2 } else { 0 },
+                "round {round}"
+            );
+            assert_eq!(p.host_aggregate("h1"), PendingAggregate::default());
+            assert_eq!(p.vm_aggregate("c").overcommit_memory_mb, 4_000);
+            assert_consistent(&p);
+        }
+        assert!(p.clear_vm("never-seen").is_empty());
+        assert!(p.clear_host("never-seen").is_empty());
+    }
+
+    #[test]
+    fn an_equal_record_replaces_the_old_one_wherever_it_was() {
+        // (records added in order, expected aggregate on h1, on h2, record count)
+        type Case = (&'static str, Vec<PendingRecord>, u64, u64, usize);
+        let cases: Vec<Case> = vec![
+            (
+                "same kind and VM on the same host",
+                vec![rec("h1", "a", mem(100)), rec("h1", "a", mem(300))],
+                300,
+                0,
+                1,
+            ),
+            (
+                "same kind and VM on another host moves it",
+                vec![rec("h1", "a", mem(100)), rec("h2", "a", mem(300))],
+                0,
+                300,
+                1,
+            ),
+            (
+                "same kind, other VM: both count",
+                vec![rec("h1", "a", mem(100)), rec("h1", "b", mem(300))],
+                400,
+                0,
+                2,
+            ),
+            (
+                "other kind, same VM: both kept",
+                vec![
+                    rec("h1", "a", mem(100)),
+                    rec("h1", "a", PendingResource::Memory { mb: 64 }),
+                ],
+                100,
+                0,
+                2,
+            ),
+        ];
+        for (name, records, h1, h2, count) in cases {
+            let mut p = PendingResources::new();
+            for r in records {
+                p.add(r).unwrap();
+            }
+            assert_eq!(p.host_aggregate("h1").overcommit_memory_mb, h1, "{name}");
+            assert_eq!(p.host_aggregate("h2").overcommit_memory_mb, h2, "{name}");
+            assert_eq!(p.len(), count, "{name}");
+            assert_consistent(&p);
+        }
+    }
+
+    #[test]
+    fn hugepages_numa_and_custom_records_are_keyed_by_size_node_and_name() {
+        let mut p = PendingResources::new();
+        let pages = |size_kb, count| PendingResource::Hugepages { size_kb, count };
+        let numa = |node, mb| PendingResource::NumaMemory { node, mb };
+        let custom = |name: &str, amount| PendingResource::Custom {
+            name: name.into(),
+            amount,
+        };
+        p.add_all(vec![
+            rec("h", "a", pages(2_048, 10)),
+            rec("h", "a", pages(1_048_576, 2)),
+            rec("h", "a", pages(2_048, 12)), // replaces the 10
+            rec("h", "b", pages(2_048, 5)),
+            rec("h", "a", numa(0, 1_000)),
+            rec("h", "a", numa(1, 500)),
+            rec("h", "b", numa(1, 250)),
+            rec("h", "a", custom("gpu", 1)),
+            rec("h", "b", custom("gpu", 2)),
+            rec("h", "b", custom("sriov_vf", 4)),
+            rec("h", "b", custom("gpu", 1)), // replaces b's 2
+            rec("h", "a", PendingResource::PinnedCpus { cpus: vec![3, 1] }),
+            rec("h", "b", PendingResource::PinnedCpus { cpus: vec![1, 7] }),
+        ])
+        .unwrap();
+        let agg = p.host_aggregate("h");
+        assert_eq!(agg.hugepages_of(2_048), 17);
+        assert_eq!(agg.hugepages_of(1_048_576), 2);
+        assert_eq!(agg.numa_memory_of(0), 1_000);
+        assert_eq!(agg.numa_memory_of(1), 750);
+        assert_eq!(agg.custom_of("gpu"), 2);
+        assert_eq!(agg.custom_of("sriov_vf"), 4);
+        assert_eq!(agg.pinned_cpus, [1, 3, 7]);
+        assert!(agg.vms.is_empty(), "no VM records were added");
+        let a = p.vm_aggregate("a");
+        assert_eq!((a.hugepages_of(2_048), a.custom_of("gpu")), (12, 1));
+        assert_consistent(&p);
+    }
+
+    #[test]
+    fn bad_amounts_are_refused_naming_the_field_and_change_nothing() {
+        let cases: Vec<(Vec<PendingRecord>, &str)> = vec![
+            (
+                vec![rec("h", "a", PendingResource::Memory { mb: u64::MAX })],
+                "memory.mb: 18446744073709551615 is too large",
+            ),
+            (
+                vec![rec(
+                    "h",
+                    "a",
+                    PendingResource::Hugepages {
+                        size_kb: 0,
+                        count: 1,
+                    },
+                )],
+                "hugepages.size_kb: must not be 0",
+            ),
+            (
+                vec![rec(
+                    "h",
+                    "a",
+                    PendingResource::Custom {
+                        name: String::new(),
+                        amount: 1,
+                    },
+                )],
+                "custom.name: must not be empty",
+            ),
+            (
+                vec![rec("", "a", PendingResource::Vm)],
+                "host and VM ids must not be empty",
+            ),
+            (
+                vec![
+                    rec("h", "a", PendingResource::CpuCores { count: u32::MAX }),
+                    rec("h", "b", PendingResource::CpuCores { count: 1 }),
+                ],
+                "cpu_cores.count: the host's total overflows",
+            ),
+        ];
+        for (records, expected) in cases {
+            let mut p = PendingResources::new();
+            p.add(rec("h", "z", mem(7))).unwrap();
+            let err = p.add_all(records).unwrap_err().to_string();
+            assert!(err.contains(expected), "got {err:?}, want {expected:?}");
+            assert_eq!(p.len(), 1, "{expected}: nothing may change");
+            assert_eq!(p.host_aggregate("h").overcommit_memory_mb, 7);
+        }
+    }
+
+    #[test]
+    fn a_replacement_is_not_counted_twice_when_checking_sums() {
+        let mut p = PendingResources::new();
+        p.add(rec("h", "a", PendingResource::CpuCores { count: u32::MAX }))
+            .unwrap();
+        // Replacing a's record with a smaller one must not be seen as an overflow.
+        p.add(rec("h", "a", PendingResource::CpuCores { count: 5 }))
+            .unwrap();
+        assert_eq!(p.host_aggregate("h").cpu_cores, 5);
+        // Replacing every record of a VM (as a new placement does) neither.
+        p.add(rec("h", "a", PendingResource::CpuCores { count: u32::MAX }))
+            .unwrap();
+        let again = [rec("h", "a", PendingResource::CpuCores { count: u32::MAX })];
+        assert!(p.check_add(&again, Some("a")).is_ok());
+    }
+}

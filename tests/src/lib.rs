@@ -15,6 +15,11 @@ pub fn misbehave_wasm() -> PathBuf {
     PathBuf::from(env!("WASM_MISBEHAVE_GUEST"))
 }
 
+/// The custom-resource filter fixture (unit `devices`), compiled to wasm by the build.
+pub fn device_filter_wasm() -> PathBuf {
+    PathBuf::from(env!("WASM_DEVICE_FILTER_GUEST"))
+}
+
 /// A runtime with the builtins and no compiled-module cache.
 pub fn runtime() -> Runtime {
     Runtime::builder()
