@@ -2,6 +2,7 @@
 //! rejected module never replaces or disturbs a working one.
 
 use integration_tests::{max_vms_wasm, runtime, wat, wat_module};
+use policy_sdk::abi::ABI_VERSION;
 use policy_sdk::testing::{host, snapshot, vm};
 use wasmsched::files::{parse_document, Format};
 use wasmsched::{Cluster, Error, Policy, ScheduleRequest};
@@ -117,28 +118,29 @@ fn bad_modules_are_rejected_at_load_with_the_file_name_and_reason() {
     let builtin_units = rt.units().len();
     // A manifest that is not bincode: pointer 2048, 8 bytes of 0xff.
     let bad_manifest = wat_module(
-        1,
+        ABI_VERSION,
         (2048u64 << 32) | 8,
         r#"(data (i32.const 2048) "\ff\ff\ff\ff\ff\ff\ff\ff")"#,
     );
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("notes.wasm", b"plain text, not wasm".to_vec(), "module notes.wasm: not a WebAssembly module"),
         ("truncated.wasm", b"\0asm\x01\0\0\0\x01".to_vec(), "module truncated.wasm: does not compile"),
-        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 1..=1"),
+        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 2..=2"),
+        ("abi1.wasm", wat_module(1, 0, ""), "module abi1.wasm: ABI version 1 is not supported; this host accepts 2..=2"),
         ("empty.wasm", wat("(module (memory (export \"memory\") 1))"), "module empty.wasm: missing export `wasmsched_abi_version`"),
         ("nomem.wasm", wat("(module)"), "module nomem.wasm: missing export `memory`"),
         (
             "wasi.wasm",
-            wat_module(1, 0, r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#),
+            wat_module(ABI_VERSION, 0, r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#),
             "module wasi.wasm: imports `wasi_snapshot_preview1::fd_write`, which the host does not provide",
         ),
         (
             "badlog.wasm",
-            wat_module(1, 0, r#"(import "wasmsched" "log" (func (param i32)))"#),
+            wat_module(ABI_VERSION, 0, r#"(import "wasmsched" "log" (func (param i32)))"#),
             "module badlog.wasm: imports `wasmsched::log`",
         ),
         ("manifest.wasm", bad_manifest, "module manifest.wasm: manifest: bad output: result does not decode"),
-        ("outside.wasm", wat_module(1, (0xffff_0000u64 << 32) | 16, ""), "module outside.wasm: manifest: bad output: result at 0xffff0000"),
+        ("outside.wasm", wat_module(ABI_VERSION, (0xffff_0000u64 << 32) | 16, ""), "module outside.wasm: manifest: bad output: result at 0xffff0000"),
         (
             "wrongtype.wasm",
             wat("(module (memory (export \"memory\") 1) (func (export \"wasmsched_abi_version\") (result i64) i64.const 1))"),
