@@ -242,6 +242,7 @@ impl Cluster {
                 _ => {}
             }
         }
+        drop(snapshot); // let the commit update it in place
         self.commit(&ledger, changes)
     }
 

@@ -316,13 +316,17 @@ impl Cluster {
         kind: PlacementKind,
         revalidated: bool,
     ) -> Result<Reservation> {
-        let snapshot = self.snapshot();
         let index = self.require_host(host_id)?;
-        let host = &snapshot.hosts[index as usize];
-        let resources =
-            ledger
-                .rules
-                .resources_for(vm, host, &kind, snapshot.cluster.count_threads_as_cores);
+        let resources = {
+            // Scoped: holding the snapshot while committing would force a copy of it.
+            let snapshot = self.snapshot();
+            ledger.rules.resources_for(
+                vm,
+                &snapshot.hosts[index as usize],
+                &kind,
+                snapshot.cluster.count_threads_as_cores,
+            )
+        };
         let records: Vec<PendingRecord> = resources
             .iter()
             .map(|r| PendingRecord {
@@ -470,6 +474,7 @@ impl Cluster {
                 }
             }
         }
+        drop(snapshot); // let the commit update it in place
         let mut vm = placement.vm;
         vm.status = VmStatus::Up;
         vm.current_host = Some(placement.host);

@@ -1,11 +1,13 @@
 //! Embedding the wasmsched runtime in a Rust program: build a runtime with the builtin
-//! units, load a policy, describe a cluster in code, schedule VMs, and feed changes to the
-//! cluster (each change is a new epoch; unit instances catch up with small deltas).
+//! units, load a policy, describe a cluster in code, schedule VMs (each decision reserves
+//! the VM's pending resources on its host), report what happened to them (started, failed),
+//! and feed changes to the cluster (each change is a new epoch; unit instances catch up with
+//! small deltas).
 //!
 //! Run with `cargo run -p embed-example`.
 
 use wasmsched::sdk::{CpuTopology, Host, HostMemory, HostStatus, Snapshot, Vm};
-use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
+use wasmsched::{Cluster, Policy, Reschedule, Runtime, ScheduleRequest};
 
 fn host(id: &str, free_mb: u64, usage: u32) -> Host {
     Host {
@@ -58,12 +60,32 @@ fn main() -> anyhow::Result<()> {
 
     let first = policy.schedule(&cluster, &ScheduleRequest::new(vm.clone()))?;
     println!("{first}");
-
-    // The engine reports that the chosen host went to maintenance: a new epoch.
     let chosen = first.chosen.clone().expect("a host fits");
-    cluster.set_host_status(&chosen, HostStatus::Maintenance)?;
-    let second = policy.schedule(&cluster, &ScheduleRequest::new(vm))?;
+    println!(
+        "pending on {chosen}: {:?}\n",
+        cluster.pending_on_host(&chosen)
+    );
+
+    // The VM failed to start there: release its pending resources and try again elsewhere
+    // (the failed host is blacklisted).
+    let failed = cluster.vm_failed(&vm.id, Some(&policy))?;
+    let Reschedule::Decided(second) = failed.reschedule else {
+        anyhow::bail!("expected a new decision, got {:?}", failed.reschedule);
+    };
     println!("{second}");
-    assert_ne!(second.chosen, Some(chosen));
+    assert_ne!(second.chosen, Some(chosen.clone()));
+
+    // It came up: the pending resources become the host's usage.
+    cluster.vm_started(&vm.id)?;
+
+    // The engine reports that a host went to maintenance: a new epoch.
+    cluster.set_host_status(&chosen, HostStatus::Maintenance)?;
+    let other = Vm {
+        id: "app-2".into(),
+        ..vm
+    };
+    let third = policy.schedule(&cluster, &ScheduleRequest::new(other))?;
+    println!("{third}");
+    assert_ne!(third.chosen, Some(chosen));
     Ok(())
 }
