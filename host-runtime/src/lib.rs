@@ -41,6 +41,7 @@ pub mod pending;
 mod policy;
 mod runtime;
 mod scheduler;
+pub mod simulate;
 
 pub use balance::{BalancePlan, PlannedAction, RefusedAction};
 pub use cluster::{Cluster, ClusterView};

@@ -163,3 +163,113 @@ fn schedule_names_file_and_field_of_a_malformed_cluster() {
         "{err}"
     );
 }
+
+const MASS_START: [&str; 5] = [
+    "simulate",
+    "--cluster",
+    "examples/mass-start/cluster.json",
+    "--events",
+    "examples/mass-start/events.json",
+];
+
+#[test]
+fn simulate_replays_the_mass_start_example() {
+    let out = wasmsched(&MASS_START);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("#0 start web-1, web-2, "), "{text}");
+    // Each web VM of the enforcing negative group gets a host of its own, one by one.
+    assert!(text.contains("  web-1 -> host-"), "{text}");
+    assert!(text.contains("(1/8 hosts available)"), "{text}");
+    // One VM fits nowhere once the others' pending memory counts; that is not an error.
+    assert!(
+        text.contains("  batch-big: no host: 0/8 hosts available: "),
+        "{text}"
+    );
+    assert!(text.contains("scheduled again without "), "{text}");
+    assert!(text.contains("  pending: "), "{text}");
+    assert!(text.contains("\nsummary: "), "{text}");
+    assert!(text.contains("1 not placed (batch-big)"), "{text}");
+}
+
+#[test]
+fn simulate_json_puts_the_eight_web_vms_on_eight_hosts() {
+    let mut args = MASS_START.to_vec();
+    args.push("--json");
+    let out = wasmsched(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let outcomes = value["outcomes"].as_array().expect("outcomes");
+    let start = &outcomes[0];
+    assert_eq!(start["event"]["event"], "start");
+    let web: Vec<&serde_json::Value> = start["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["vm"].as_str().unwrap().starts_with("web-"))
+        .collect();
+    assert_eq!(web.len(), 8);
+    let hosts: std::collections::BTreeSet<&str> = web
+        .iter()
+        .map(|d| d["chosen"].as_str().expect("every web VM is placed"))
+        .collect();
+    assert_eq!(hosts.len(), 8, "{hosts:?}");
+    // Every host has something pending after the mass start.
+    assert_eq!(start["pending"].as_array().unwrap().len(), 8);
+    let summary = &value["summary"];
+    assert_eq!(summary["not_placed"], serde_json::json!(["batch-big"]));
+    assert_eq!(summary["events"], outcomes.len());
+    assert_eq!(summary["hosts"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn simulate_names_the_event_of_an_unknown_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo-events.json");
+    std::fs::write(
+        &path,
+        r#"{"events": [{"event": "start", "vms": ["web-1"]}, {"event": "vm_up", "vm": "web-11"}]}"#,
+    )
+    .unwrap();
+    let out = wasmsched(&[
+        "simulate",
+        "--cluster",
+        "examples/mass-start/cluster.json",
+        "--events",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("typo-events.json")
+            && err.contains("events[1].vm")
+            && err.contains("\"web-11\""),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
+fn simulate_reads_toml_events_and_names_an_unknown_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.toml");
+    std::fs::write(
+        &path,
+        "[[events]]\nevent = \"start\"\nvms = [\"web-1\"]\n\n\
+         [[events]]\nevent = \"host_down\"\nhost = \"host-80\"\n",
+    )
+    .unwrap();
+    let out = wasmsched(&[
+        "simulate",
+        "--cluster",
+        "examples/mass-start/cluster.json",
+        "--events",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("events.toml: events[1].host: unknown host \"host-80\""),
+        "{err}"
+    );
+}

@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wasmsched::sdk::Vm;
-use wasmsched::{files, Cluster, Policy, Runtime, ScheduleRequest};
+use wasmsched::{files, simulate, Cluster, Policy, Runtime, ScheduleRequest};
 
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
 const DEMO_VMS: &str = include_str!("../../../examples/demo/vms.json");
@@ -68,6 +68,19 @@ enum Command {
         /// Only these hosts (ids) may be chosen.
         #[arg(long, value_name = "HOST", value_delimiter = ',')]
         whitelist: Option<Vec<String>>,
+    },
+    /// Replay lifecycle events (a mass start, VMs coming up or failing, migrations, hosts
+    /// going down) on a cluster: every decision and the pending resources after each event.
+    Simulate {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The scenario: `events` and optional extra `vms` (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Cluster policy (default: the builtin default policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// List the loaded units with kind, module, version and parameters.
     Units,
@@ -162,6 +175,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_NO_HOST)
             })
         }
+        Command::Simulate {
+            cluster,
+            events,
+            policy: policy_file,
+        } => simulate(g, cluster, events, policy_file.as_deref()),
         Command::Units => {
             let runtime = runtime(g, true)?;
             let units = runtime.units();
@@ -219,6 +237,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn simulate(
+    g: &Global,
+    cluster: &Path,
+    events: &Path,
+    policy_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    // Check the inputs before loading any module.
+    let cluster = Cluster::from_file(cluster)?;
+    let scenario = simulate::Scenario::from_file(events)?;
+    simulate::validate(
+        &scenario,
+        &cluster.snapshot(),
+        &events.display().to_string(),
+    )?;
+    let runtime = runtime(g, true)?;
+    let policy = policy(&runtime, policy_file)?;
+    let outcomes = simulate::run(&policy, &cluster, &scenario)?;
+    let summary = simulate::Summary::of(&outcomes, &cluster);
+    if g.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            outcomes: &'a [simulate::EventOutcome],
+            summary: &'a simulate::Summary,
+        }
+        let report = Report {
+            outcomes: &outcomes,
+            summary: &summary,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for outcome in &outcomes {
+            print!("{outcome}");
+        }
+        println!();
+        print!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn demo(g: &Global) -> anyhow::Result<ExitCode> {
