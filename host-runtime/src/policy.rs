@@ -10,6 +10,7 @@ use policy_sdk::{ParamValue, UnitKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The default policy shipped with the builtins.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("default_policy.toml");
@@ -97,6 +98,8 @@ impl From<&RawParam> for ParamValue {
 #[derive(Debug, Clone)]
 pub struct PolicyUnit {
     pub(crate) handle: UnitHandle,
+    /// The unit name, shared by every per-host outcome and score that names it.
+    pub(crate) label: Arc<str>,
     /// Every declared parameter, validated, defaults filled in.
     pub(crate) params: Vec<(String, ParamValue)>,
     /// Weight factor (1 for filters and balance).
@@ -259,6 +262,7 @@ impl Policy {
                 _ => FailureMode::Closed,
             });
             Ok(PolicyUnit {
+                label: Arc::from(handle.descriptor().name.as_str()),
                 handle,
                 params,
                 factor,

@@ -9,6 +9,7 @@ use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 /// What to schedule and where it may go.
 #[derive(Debug, Clone)]
@@ -118,7 +119,7 @@ pub enum Outcome {
     /// Removed by a filter.
     Rejected {
         /// Filter unit.
-        unit: String,
+        unit: Arc<str>,
         /// Reason code.
         code: String,
         /// Detail.
@@ -135,7 +136,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct WeightScore {
     /// Weight unit.
-    pub unit: String,
+    pub unit: Arc<str>,
     /// Raw penalty the unit returned (lower is better).
     pub raw: Penalty,
     /// The policy's factor.
@@ -315,7 +316,7 @@ impl Policy {
                     Verdict::Pass => kept.push(host),
                     Verdict::Reject { code, detail } => {
                         outcomes[host as usize] = Some(Outcome::Rejected {
-                            unit: filter.name().to_string(),
+                            unit: filter.label.clone(),
                             code,
                             detail,
                         })
@@ -349,7 +350,7 @@ impl Policy {
                 .iter()
                 .enumerate()
                 .map(|(c, (unit, penalties))| WeightScore {
-                    unit: unit.name().to_string(),
+                    unit: unit.label.clone(),
                     raw: penalties[pos],
                     factor: unit.factor,
                     contribution: contributions[c][pos],

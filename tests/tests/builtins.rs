@@ -70,10 +70,7 @@ fn decision_explains_rejections_per_host_and_in_the_summary() {
     );
     match &d.hosts[0].outcome {
         Outcome::Rejected { unit, code, detail } => {
-            assert_eq!(
-                (unit.as_str(), code.as_str()),
-                ("memory", "not_enough_memory")
-            );
+            assert_eq!((&**unit, code.as_str()), ("memory", "not_enough_memory"));
             assert!(detail.contains("8256 MiB needed"), "{detail}");
         }
         other => panic!("unexpected {other:?}"),
@@ -104,7 +101,7 @@ fn rank_selector_prefers_idle_roomy_hosts_and_reports_each_weight() {
     let weights: Vec<(&str, i64, i64, f64)> = idle
         .weights
         .iter()
-        .map(|w| (w.unit.as_str(), w.raw, w.factor, w.contribution))
+        .map(|w| (&*w.unit, w.raw, w.factor, w.contribution))
         .collect();
     // cpu-load: idle and full tie for best (rank 1 of 0..1), x2; free-memory: idle ties busy for best (rank 1), x1.
     assert_eq!(

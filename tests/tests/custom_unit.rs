@@ -35,7 +35,7 @@ fn custom_unit_from_a_directory_filters_on_running_and_pending_vms() {
     assert_eq!(d.chosen.as_deref(), Some("almost"));
     for i in [0, 2] {
         assert!(
-            matches!(&d.hosts[i].outcome, Outcome::Rejected { unit, code, .. } if unit == "max-vms-per-host" && code == "too_many_vms"),
+            matches!(&d.hosts[i].outcome, Outcome::Rejected { unit, code, .. } if &**unit == "max-vms-per-host" && code == "too_many_vms"),
             "{:?}",
             d.hosts[i]
         );

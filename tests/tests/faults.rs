@@ -118,7 +118,7 @@ fn a_trapping_weight_fails_open_by_default_and_drops_out_of_the_sum() {
     assert_eq!(d.chosen.as_deref(), Some("a"));
     assert_eq!(d.unit_failures.len(), 1);
     assert_eq!(d.unit_failures[0].unit, "chaos-weight");
-    assert!(d.hosts[0].weights.iter().all(|w| w.unit == "cpu-load"));
+    assert!(d.hosts[0].weights.iter().all(|w| &*w.unit == "cpu-load"));
 }
 
 #[test]

@@ -152,7 +152,7 @@ fn negative_affinity_mass_start_spreads_the_group_over_distinct_hosts() {
     for h in &d.hosts {
         assert!(
             matches!(&h.outcome, Outcome::Rejected { unit, code, detail }
-                if unit == "vm-affinity" && code == "negative_affinity" && detail.contains("pending here")),
+                if &**unit == "vm-affinity" && code == "negative_affinity" && detail.contains("pending here")),
             "{h:?}"
         );
     }
@@ -225,10 +225,7 @@ fn a_custom_kind_is_aggregated_and_filtered_on_by_a_wasm_unit() {
     assert_eq!(d.chosen, None);
     match &d.hosts[0].outcome {
         Outcome::Rejected { unit, code, detail } => {
-            assert_eq!(
-                (unit.as_str(), code.as_str()),
-                ("devices", "not_enough_devices")
-            );
+            assert_eq!((&**unit, code.as_str()), ("devices", "not_enough_devices"));
             assert_eq!(detail, "0 gpu available (2 free - 2 pending), 1 needed");
         }
         other => panic!("{other:?}"),
