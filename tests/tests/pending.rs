@@ -7,7 +7,8 @@ use policy_sdk::testing::{host, snapshot, vm, VmBuilder};
 use policy_sdk::{AffinityPolarity, HostStatus, Snapshot, Vm, VmStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use wasmsched::{
-    Cluster, Outcome, PendingRecord, PendingResource, Policy, Reschedule, ScheduleRequest,
+    Cluster, Outcome, PendingRecord, PendingResource, PlacementKind, Policy, Reschedule,
+    ScheduleRequest,
 };
 
 fn cluster(s: Snapshot) -> Cluster {
@@ -403,8 +404,10 @@ fn removing_a_host_releases_its_records_and_hands_back_its_pending_vms() {
     );
     let d = policy.schedule(&c, &start(vm("new"))).unwrap();
     assert_eq!(d.chosen.as_deref(), Some("a"));
-    policy.schedule(&c, &start(vm("other"))).unwrap();
+    c.reserve(&vm("on-b").build(), "b", PlacementKind::Start)
+        .unwrap();
     let before_b = c.pending_on_host("b");
+    assert_eq!(before_b.vms, ["on-b"]);
 
     let removed = c.remove_host("a").unwrap();
     assert!(removed.displaced.iter().any(|v| v.id == "new"));
