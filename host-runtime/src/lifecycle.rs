@@ -198,18 +198,25 @@ pub enum Reschedule {
         /// Hosts tried, in order.
         tried: Vec<String>,
     },
-    /// A new decision (with every tried host blacklisted); it reserved on its host if it
-    /// chose one.
-    Decided(Box<Decision>),
+    /// A new decision; it reserved on its host if it chose one.
+    Decided {
+        /// The decision.
+        decision: Box<Decision>,
+        /// The hosts it was tried on before, blacklisted for this decision.
+        avoided: Vec<String>,
+    },
 }
 
 /// The result of [`Cluster::vm_failed`].
 #[derive(Debug, Clone, Serialize)]
 pub struct VmFailed {
+    /// The VM id.
+    pub vm: String,
+    /// Where it was placed (the host it failed on, start or migration); `None` when it
+    /// was not placed.
+    pub placement: Option<Placement>,
     /// The pending resources released.
     pub release: Release,
-    /// The host it failed on.
-    pub failed_host: Option<String>,
     /// What happened next.
     pub reschedule: Reschedule,
 }
@@ -219,8 +226,9 @@ pub struct VmFailed {
 pub struct HostRemoved {
     /// The host's pending records, released.
     pub release: Release,
-    /// VMs that were placed there and had not started: they need a new decision.
-    pub displaced: Vec<Vm>,
+    /// Placements there that had not finished (starts, incoming migrations), by VM id:
+    /// they need a new decision.
+    pub displaced: Vec<Placement>,
     /// VMs that ran there (now down, without a host).
     pub stopped: Vec<String>,
 }
@@ -335,15 +343,7 @@ impl Cluster {
                 resource: r.clone(),
             })
             .collect();
-        // Check before touching anything: the amounts and the host's sums.
-        ledger.pending.check_add(&records, Some(&vm.id))?;
-        let mut touched: BTreeSet<String> = ledger
-            .pending
-            .clear_vm(&vm.id)
-            .into_iter()
-            .map(|r| r.host)
-            .collect();
-        touched.extend(ledger.pending.add_all(records)?);
+        let touched = ledger.pending.replace_vm(&vm.id, records)?;
         if kind == PlacementKind::Start {
             let tried = ledger.attempts.entry(vm.id.clone()).or_default();
             tried.push(host_id.to_string());
@@ -374,7 +374,6 @@ impl Cluster {
         for record in &records {
             self.require_host(&record.host)?;
         }
-        ledger.pending.check_add(&records, None)?;
         let touched = ledger.pending.add_all(records)?;
         self.publish(&mut ledger, touched, Vec::new())
     }
@@ -440,38 +439,31 @@ impl Cluster {
         let snapshot = self.snapshot();
         let mut hosts: BTreeSet<String> = records.iter().map(|r| r.host.clone()).collect();
         let mut changes = Vec::new();
-        if ledger.rules.account_started_vms {
-            if let Some(index) = self.host_index(&placement.host) {
+        // A host whose usage figures change: replaced whole, its aggregate included.
+        let mut replace = |host_id: &str, update: &dyn Fn(&mut Host)| {
+            if let Some(index) = self.host_index(host_id) {
                 let mut host = snapshot.hosts[index as usize].clone();
-                let mine: Vec<&PendingResource> = records
-                    .iter()
-                    .filter(|r| r.host == placement.host)
-                    .map(|r| &r.resource)
-                    .collect();
-                add_usage(&mut host, &mine);
-                host.pending = ledger.pending.host_aggregate(&host.id);
-                hosts.remove(&host.id);
+                update(&mut host);
+                host.pending = ledger.pending.host_aggregate(host_id);
+                hosts.remove(host_id);
                 changes.push(Change::ReplaceHost {
                     host: index,
                     value: host,
                 });
             }
+        };
+        if ledger.rules.account_started_vms {
+            let mine: Vec<&PendingResource> = records
+                .iter()
+                .filter(|r| r.host == placement.host)
+                .map(|r| &r.resource)
+                .collect();
+            replace(&placement.host, &|host| add_usage(host, &mine));
             if let PlacementKind::Migration { source } = &placement.kind {
-                if let Some(index) = self.host_index(source) {
-                    let mut host = snapshot.hosts[index as usize].clone();
-                    remove_usage(
-                        &mut host,
-                        &placement.vm,
-                        &ledger.rules,
-                        snapshot.cluster.count_threads_as_cores,
-                    );
-                    host.pending = ledger.pending.host_aggregate(&host.id);
-                    hosts.remove(&host.id);
-                    changes.push(Change::ReplaceHost {
-                        host: index,
-                        value: host,
-                    });
-                }
+                let threads_as_cores = snapshot.cluster.count_threads_as_cores;
+                replace(source, &|host| {
+                    remove_usage(host, &placement.vm, &ledger.rules, threads_as_cores)
+                });
             }
         }
         drop(snapshot); // let the commit update it in place
@@ -491,64 +483,59 @@ impl Cluster {
         let mut ledger = self.ledger();
         let placement = ledger.placements.remove(vm_id);
         let mut extra = Vec::new();
-        if let Some(p) = &placement {
-            if p.kind == PlacementKind::Start {
-                // A VM the snapshot lists as waiting for launch goes back to down.
-                if let Some(mut vm) = self.snapshot().vms.iter().find(|v| v.id == vm_id).cloned() {
-                    if vm.status == VmStatus::WaitForLaunch {
-                        vm.status = VmStatus::Down;
-                        vm.current_host = None;
-                        extra.push(Change::UpsertVm(vm));
-                    }
-                }
+        if placement
+            .as_ref()
+            .is_some_and(|p| p.kind == PlacementKind::Start)
+        {
+            // A VM the snapshot lists as waiting for launch goes back to down.
+            let waiting = self.snapshot().vms.iter().find(|v| v.id == vm_id).cloned();
+            if let Some(mut vm) = waiting.filter(|v| v.status == VmStatus::WaitForLaunch) {
+                vm.status = VmStatus::Down;
+                vm.current_host = None;
+                extra.push(Change::UpsertVm(vm));
             }
-        } else {
+        } else if placement.is_none() {
             tracing::debug!(vm = vm_id, "vm_failed: the VM has no placement");
         }
         let release = self.release_locked(&mut ledger, vm_id, extra)?;
-        let failed_host = placement.as_ref().map(|p| p.host.clone());
-        let Some(placement) = placement else {
-            ledger.attempts.remove(vm_id);
-            return Ok(VmFailed {
-                release,
-                failed_host,
-                reschedule: Reschedule::NotPlaced,
-            });
+        let tried = match placement.as_ref().map(|p| &p.kind) {
+            Some(PlacementKind::Start) if reschedule.is_some() => {
+                ledger.attempts.get(vm_id).cloned().unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
-        if placement.kind != PlacementKind::Start {
-            return Ok(VmFailed {
-                release,
-                failed_host,
-                reschedule: Reschedule::MigrationAbandoned,
-            });
-        }
-        let Some(policy) = reschedule else {
-            ledger.attempts.remove(vm_id);
-            return Ok(VmFailed {
-                release,
-                failed_host,
-                reschedule: Reschedule::NotRequested,
-            });
+        let next = match (&placement, reschedule) {
+            (None, _) => Reschedule::NotPlaced,
+            (Some(p), _) if p.kind != PlacementKind::Start => Reschedule::MigrationAbandoned,
+            (Some(_), None) => Reschedule::NotRequested,
+            (Some(_), Some(_)) if tried.len() >= ledger.rules.max_start_attempts as usize => {
+                Reschedule::GaveUp { tried }
+            }
+            (Some(p), Some(policy)) => {
+                drop(ledger);
+                let request = crate::ScheduleRequest::new(p.vm.clone()).blacklist(tried.clone());
+                let decision = policy.schedule(self, &request)?;
+                ledger = self.ledger();
+                if decision.chosen.is_none() {
+                    ledger.attempts.remove(vm_id);
+                }
+                Reschedule::Decided {
+                    decision: Box::new(decision),
+                    avoided: tried,
+                }
+            }
         };
-        let tried = ledger.attempts.get(vm_id).cloned().unwrap_or_default();
-        if tried.len() >= ledger.rules.max_start_attempts as usize {
+        if !matches!(
+            next,
+            Reschedule::Decided { .. } | Reschedule::MigrationAbandoned
+        ) {
             ledger.attempts.remove(vm_id);
-            return Ok(VmFailed {
-                release,
-                failed_host,
-                reschedule: Reschedule::GaveUp { tried },
-            });
-        }
-        drop(ledger);
-        let request = crate::ScheduleRequest::new(placement.vm).blacklist(tried);
-        let decision = policy.schedule(self, &request)?;
-        if decision.chosen.is_none() {
-            self.ledger().attempts.remove(vm_id);
         }
         Ok(VmFailed {
+            vm: vm_id.to_string(),
+            placement,
             release,
-            failed_host,
-            reschedule: Reschedule::Decided(Box::new(decision)),
+            reschedule: next,
         })
     }
 
@@ -585,10 +572,10 @@ impl Cluster {
             if let Some(p) = ledger.placements.remove(id) {
                 // Its records elsewhere (if any) go too: the placement is void.
                 ledger.pending.clear_vm(id);
-                displaced.push(p.vm);
+                displaced.push(p);
             }
         }
-        displaced.sort_by(|a, b| a.id.cmp(&b.id));
+        displaced.sort_by(|a, b| a.vm.id.cmp(&b.vm.id));
         let mut changes = vec![Change::RemoveHost { host: index }];
         let mut stopped = Vec::new();
         for vm in self.snapshot().vms.iter() {

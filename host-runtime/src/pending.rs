@@ -223,6 +223,27 @@ impl PendingResources {
     /// Returns the hosts whose aggregates changed, sorted.
     pub fn add_all(&mut self, records: Vec<PendingRecord>) -> Result<Vec<String>> {
         self.check_add(&records, None)?;
+        Ok(self.insert_all(records))
+    }
+
+    /// Replaces every record of `vm` with `records` (a new placement of the VM). All or
+    /// nothing, like [`PendingResources::add_all`]. Returns the hosts whose aggregates
+    /// changed (where the VM was and where it goes), sorted.
+    pub fn replace_vm(&mut self, vm: &str, records: Vec<PendingRecord>) -> Result<Vec<String>> {
+        if let Some(other) = records.iter().find(|r| r.vm != vm) {
+            return Err(Error::Request(format!(
+                "a placement of VM {vm:?} cannot hold a record of VM {:?}",
+                other.vm
+            )));
+        }
+        self.check_add(&records, Some(vm))?;
+        let mut changed: BTreeSet<String> = self.clear_vm(vm).into_iter().map(|r| r.host).collect();
+        changed.extend(self.insert_all(records));
+        Ok(changed.into_iter().collect())
+    }
+
+    /// Inserts checked records in order; returns the hosts whose aggregates changed.
+    fn insert_all(&mut self, records: Vec<PendingRecord>) -> Vec<String> {
         let mut changed = BTreeSet::new();
         for PendingRecord { host, vm, resource } in records {
             let key = resource.key();
@@ -241,13 +262,13 @@ impl PendingResources {
             self.hosts_of_vm.entry(vm).or_default().insert(host.clone());
             changed.insert(host);
         }
-        Ok(changed.into_iter().collect())
+        changed.into_iter().collect()
     }
 
     /// Checks that `records` could be added: ids present, amounts in range, and no host
     /// sum overflowing once they replace their equal records (and, with `replacing_vm`,
     /// once every record of that VM is gone). The error names the VM, host and field.
-    pub fn check_add(&self, records: &[PendingRecord], replacing_vm: Option<&str>) -> Result<()> {
+    fn check_add(&self, records: &[PendingRecord], replacing_vm: Option<&str>) -> Result<()> {
         let mut new: BTreeMap<(&str, &str, ResourceKey), &PendingResource> = BTreeMap::new();
         for PendingRecord { host, vm, resource } in records {
             let context = || format!("pending resource of VM {vm:?} on host {host:?}");
@@ -436,9 +457,14 @@ impl PendingResources {
 
     /// Sum of a VM's records over every host, by kind.
     pub fn vm_aggregate(&self, vm: &str) -> PendingAggregate {
-        let records = self.records_of_vm(vm);
-        aggregate_of(records.iter().map(|r| (&r.vm, &r.resource)))
-            .expect("a VM's sums are bounded by its hosts' sums")
+        let records = self
+            .hosts_of_vm
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .filter_map(|host| self.by_host.get(host)?.get_key_value(vm))
+            .flat_map(|(vm, records)| records.values().map(move |r| (vm, r)));
+        aggregate_of(records).expect("a VM's sums are bounded by its hosts' sums")
     }
 
     /// Number of records.
@@ -761,7 +787,8 @@ mod tests {
         // Replacing every record of a VM (as a new placement does) neither.
         p.add(rec("h", "a", PendingResource::CpuCores { count: u32::MAX }))
             .unwrap();
-        let again = [rec("h", "a", PendingResource::CpuCores { count: u32::MAX })];
-        assert!(p.check_add(&again, Some("a")).is_ok());
+        let again = vec![rec("h", "a", PendingResource::CpuCores { count: u32::MAX })];
+        assert_eq!(p.replace_vm("a", again).unwrap(), ["h"]);
+        assert_eq!(p.host_aggregate("h").cpu_cores, u32::MAX);
     }
 }

@@ -178,7 +178,7 @@ impl Policy {
         cluster.unplace(&request.vm.id)?;
         for _ in 0..OPTIMISTIC_ROUNDS {
             let view = cluster.view();
-            let mut decision = self.evaluate(&view, request)?;
+            let mut decision = self.decide(&view, request)?;
             let Some(host) = decision.chosen.clone() else {
                 return Ok(decision);
             };
@@ -203,7 +203,7 @@ impl Policy {
             );
         }
         let mut ledger = cluster.ledger();
-        let mut decision = self.evaluate(&cluster.view(), request)?;
+        let mut decision = self.decide(&cluster.view(), request)?;
         if let Some(host) = decision.chosen.clone() {
             decision.reservation = Some(cluster.reserve_locked(
                 &mut ledger,
@@ -244,20 +244,13 @@ impl Policy {
         if snapshot.hosts[index as usize].status != HostStatus::Up {
             return Ok(false);
         }
-        let candidates = [index];
         let mut failures = Vec::new();
         for filter in &self.filters {
-            match filter.handle.module.filter(
-                view,
-                unit_call(filter, view, Some(&request.vm), &candidates),
-                filter.limits,
-            ) {
-                Ok(verdicts) => {
-                    if verdicts.iter().any(|v| !v.is_pass()) {
-                        return Ok(false);
-                    }
+            if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)?
+            {
+                if verdicts.iter().any(|v| !v.is_pass()) {
+                    return Ok(false);
                 }
-                Err(fault) => handle_fault(filter, fault, &mut failures)?,
             }
         }
         Ok(true)
@@ -267,6 +260,11 @@ impl Policy {
     /// anything: a what-if.
     pub fn evaluate(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
         validate_vm(&request.vm)?;
+        self.decide(view, request)
+    }
+
+    /// [`Policy::evaluate`] for a request already validated.
+    fn decide(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
         let snapshot = view.snapshot();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; snapshot.hosts.len()];
         let blacklist: HashSet<&str> = request.blacklist.iter().map(String::as_str).collect();
@@ -299,16 +297,9 @@ impl Policy {
             if survivors.is_empty() {
                 break;
             }
-            let verdicts = match filter.handle.module.filter(
-                view,
-                unit_call(filter, view, Some(&request.vm), &survivors),
-                filter.limits,
-            ) {
-                Ok(v) => v,
-                Err(fault) => {
-                    handle_fault(filter, fault, &mut failures)?;
-                    continue;
-                }
+            let Some(verdicts) = run_filter(filter, view, &request.vm, &survivors, &mut failures)?
+            else {
+                continue;
             };
             let mut kept = Vec::with_capacity(survivors.len());
             for (&host, verdict) in survivors.iter().zip(verdicts) {
@@ -440,6 +431,25 @@ pub(crate) fn unit_call<'a>(
         params: &unit.params,
         vm,
         candidates,
+    }
+}
+
+/// Runs one filter over the candidates. `None`: the unit failed and fails open (recorded
+/// in `failures`); a fail-closed fault is the error.
+fn run_filter(
+    filter: &PolicyUnit,
+    view: &ClusterView,
+    vm: &Vm,
+    candidates: &[HostIndex],
+    failures: &mut Vec<UnitFailure>,
+) -> Result<Option<Vec<Verdict>>> {
+    match filter.handle.module.filter(
+        view,
+        unit_call(filter, view, Some(vm), candidates),
+        filter.limits,
+    ) {
+        Ok(verdicts) => Ok(Some(verdicts)),
+        Err(fault) => handle_fault(filter, fault, failures).map(|()| None),
     }
 }
 

@@ -31,7 +31,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::lifecycle::{PlacementKind, Reschedule, VmFailed};
-use crate::scheduler::{Decision, Outcome, ScheduleRequest};
+use crate::scheduler::{Decision, ScheduleRequest};
 use crate::Policy;
 use policy_sdk::{HostStatus, PendingAggregate, Snapshot, Vm, VmStatus};
 use serde::{Deserialize, Serialize};
@@ -757,14 +757,14 @@ impl Runner<'_> {
                 });
             }
             Event::VmFailed { vm, reschedule } => {
-                let Some(placement) = cluster.placement(vm) else {
+                if cluster.placement(vm).is_none() {
                     out.effects.push(self.skipped(vm));
                     return Ok(());
-                };
+                }
                 let failed = cluster
                     .vm_failed(vm, reschedule.then_some(self.policy))
                     .map_err(fail)?;
-                self.record_failure(vm, source_of(&placement.kind), failed, out);
+                self.record_failure(failed, out);
             }
             Event::Migrate { vm } => {
                 let snapshot = cluster.snapshot();
@@ -800,17 +800,6 @@ impl Runner<'_> {
                 });
             }
             Event::HostDown { host, reschedule } => {
-                // The VMs `host_down` fails, in its order: placed there, by id.
-                let mut placed: Vec<(String, Option<String>)> = cluster
-                    .pending_on_host(host)
-                    .vms
-                    .into_iter()
-                    .filter_map(|id| {
-                        let p = cluster.placement(&id).filter(|p| p.host == *host)?;
-                        Some((id, source_of(&p.kind)))
-                    })
-                    .collect();
-                placed.sort();
                 let failures = cluster
                     .host_down(host, HostStatus::Down, reschedule.then_some(self.policy))
                     .map_err(fail)?;
@@ -818,8 +807,8 @@ impl Runner<'_> {
                     host: host.clone(),
                     status: HostStatus::Down,
                 });
-                for ((vm, source), failed) in placed.into_iter().zip(failures) {
-                    self.record_failure(&vm, source, failed, out);
+                for failed in failures {
+                    self.record_failure(failed, out);
                 }
             }
             Event::HostUp { host } => {
@@ -842,23 +831,18 @@ impl Runner<'_> {
                 out.effects.push(Effect::HostRemoved {
                     host: host.clone(),
                     released,
-                    displaced: removed.displaced.iter().map(|v| v.id.clone()).collect(),
+                    displaced: removed.displaced.iter().map(|p| p.vm.id.clone()).collect(),
                     stopped: removed.stopped.clone(),
                 });
-                let snapshot = cluster.snapshot();
                 let mut requests = Vec::with_capacity(removed.displaced.len());
-                for vm in removed.displaced {
-                    let migrating = vm.current_host.is_some()
-                        && snapshot.vms.iter().any(|v| v.id == vm.id && v.is_running());
-                    let id = vm.id.clone();
-                    requests.push(if migrating {
-                        ScheduleRequest::migration(vm)
-                            .map_err(|e| at(here(), event, Some(&id), e))?
-                    } else {
-                        ScheduleRequest::new(vm)
+                for placement in removed.displaced {
+                    let id = placement.vm.id.clone();
+                    requests.push(match placement.kind {
+                        PlacementKind::Start => ScheduleRequest::new(placement.vm),
+                        PlacementKind::Migration { .. } => ScheduleRequest::migration(placement.vm)
+                            .map_err(|e| at(here(), event, Some(&id), e))?,
                     });
                 }
-                drop(snapshot);
                 let results = self.policy.schedule_batch(cluster, &requests);
                 for (result, request) in results.into_iter().zip(&requests) {
                     out.decisions
@@ -881,29 +865,18 @@ impl Runner<'_> {
         }
     }
 
-    fn record_failure(
-        &mut self,
-        vm: &str,
-        source: Option<String>,
-        failed: VmFailed,
-        out: &mut EventOutcome,
-    ) {
+    fn record_failure(&mut self, failed: VmFailed, out: &mut EventOutcome) {
+        let vm = failed.vm.as_str();
+        let (host, source) = match &failed.placement {
+            Some(p) => (Some(p.host.clone()), source_of(&p.kind)),
+            None => (None, None),
+        };
         let released = failed.release.records.len();
         out.released += released;
         let next = match failed.reschedule {
-            Reschedule::Decided(decision) => {
-                let without = decision
-                    .hosts
-                    .iter()
-                    .filter(|h| {
-                        failed.failed_host.as_deref() == Some(h.host.as_str())
-                            || matches!(&h.outcome,
-                                Outcome::NotCandidate { reason } if reason == "blacklisted")
-                    })
-                    .map(|h| h.host.clone())
-                    .collect();
+            Reschedule::Decided { decision, avoided } => {
                 out.decisions.push(*decision);
-                AfterFailure::Rescheduled { without }
+                AfterFailure::Rescheduled { without: avoided }
             }
             Reschedule::NotRequested => {
                 self.unplaced
@@ -922,7 +895,7 @@ impl Runner<'_> {
         };
         out.effects.push(Effect::Failed {
             vm: vm.to_string(),
-            host: failed.failed_host,
+            host,
             released,
             next,
         });
@@ -1303,7 +1276,7 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Runtime;
+    use crate::{Outcome, Runtime};
     use policy_sdk::testing::{host, snapshot, vm};
     use policy_sdk::AffinityPolarity;
     use std::sync::OnceLock;

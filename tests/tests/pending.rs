@@ -300,11 +300,16 @@ fn a_failed_start_is_rescheduled_on_untried_hosts_until_attempts_run_out() {
     let mut tried = vec![first.chosen.unwrap()];
     for attempt in 2..=3 {
         let failed = c.vm_failed("v", Some(&policy)).unwrap();
-        assert_eq!(failed.failed_host.as_ref(), tried.last());
+        assert_eq!(failed.placement.as_ref().map(|p| &p.host), tried.last());
         assert_eq!(failed.release.records.len(), 5, "attempt {attempt}");
-        let Reschedule::Decided(d) = failed.reschedule else {
+        let Reschedule::Decided {
+            decision: d,
+            avoided,
+        } = failed.reschedule
+        else {
             panic!("attempt {attempt}: {:?}", failed.reschedule)
         };
+        assert_eq!(avoided, tried);
         let host = d.chosen.clone().unwrap();
         assert!(!tried.contains(&host), "{host} was tried already");
         for t in &tried {
@@ -410,7 +415,7 @@ fn removing_a_host_releases_its_records_and_hands_back_its_pending_vms() {
     assert_eq!(before_b.vms, ["on-b"]);
 
     let removed = c.remove_host("a").unwrap();
-    assert!(removed.displaced.iter().any(|v| v.id == "new"));
+    assert!(removed.displaced.iter().any(|p| p.vm.id == "new"));
     assert_eq!(removed.stopped, ["old"]);
     assert!(c.pending_on_host("a").is_empty());
     assert_eq!(
@@ -455,7 +460,9 @@ fn a_host_going_down_fails_and_reschedules_the_vms_placed_on_it() {
     assert_eq!(failed.len(), 2);
     for f in &failed {
         match &f.reschedule {
-            Reschedule::Decided(d) => assert_eq!(d.chosen.as_deref(), Some("b")),
+            Reschedule::Decided { decision, .. } => {
+                assert_eq!(decision.chosen.as_deref(), Some("b"))
+            }
             other => panic!("{other:?}"),
         }
     }

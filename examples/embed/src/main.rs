@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
     // The VM failed to start there: release its pending resources and try again elsewhere
     // (the failed host is blacklisted).
     let failed = cluster.vm_failed(&vm.id, Some(&policy))?;
-    let Reschedule::Decided(second) = failed.reschedule else {
+    let Reschedule::Decided {
+        decision: second, ..
+    } = failed.reschedule
+    else {
         anyhow::bail!("expected a new decision, got {:?}", failed.reschedule);
     };
     println!("{second}");
