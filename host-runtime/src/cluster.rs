@@ -93,16 +93,15 @@ impl ClusterView {
         let to = self.snapshot.epoch;
         if let Some(from) = from.filter(|&f| f < to) {
             let state = self.shared.state.read().unwrap();
-            let contiguous = state
-                .log
-                .front()
-                .is_some_and(|first| first.epoch <= from + 1)
-                && state.log.iter().any(|e| e.epoch == to);
-            if contiguous {
+            // The log holds consecutive epochs: the batches after `from` up to `to` are a
+            // range of it, found by arithmetic rather than a scan.
+            let first = state.log.front().map_or(u64::MAX, |e| e.epoch);
+            let last = state.log.back().map_or(0, |e| e.epoch);
+            if first <= from + 1 && to <= last {
+                let range = (from + 1 - first) as usize..(to - first + 1) as usize;
                 let changes = state
                     .log
-                    .iter()
-                    .filter(|e| e.epoch > from && e.epoch <= to)
+                    .range(range)
                     .flat_map(|e| e.changes.iter())
                     .collect();
                 let message = SyncMessageRef::Delta {
@@ -311,6 +310,7 @@ impl Cluster {
         if reindex {
             state.index = index_hosts(snapshot);
         }
+        debug_assert!(state.log.back().is_none_or(|e| e.epoch + 1 == epoch));
         state.log.push_back(LogEntry { epoch, changes });
         while state.log.len() > LOG_CAPACITY {
             state.log.pop_front();
