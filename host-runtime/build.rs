@@ -13,6 +13,10 @@ const BUILTINS: &[Guest] = &[
         package: "builtin-affinity",
         dir: "builtin-policies/affinity",
     },
+    Guest {
+        package: "builtin-high-performance",
+        dir: "builtin-policies/high-performance",
+    },
 ];
 
 /// Built alongside for the CLI tests (not embedded).

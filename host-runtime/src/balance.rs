@@ -157,7 +157,7 @@ fn resolve(
                 .into_iter()
                 .map(host_id)
                 .collect::<Result<Vec<_>, _>>()?;
-            let refusal = match the_vm.migration {
+            let refusal = match the_vm.migration_mode() {
                 MigrationMode::Migratable => None,
                 MigrationMode::ManualOnly => {
                     Some("VM migration mode manual_only forbids automatic migration".into())

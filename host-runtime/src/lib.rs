@@ -36,6 +36,7 @@ mod cluster;
 mod error;
 pub mod files;
 mod lifecycle;
+pub mod migration;
 mod module;
 pub mod pending;
 mod policy;
@@ -47,8 +48,10 @@ pub use balance::{BalancePlan, PlannedAction, RefusedAction};
 pub use cluster::{Cluster, ClusterView};
 pub use error::{Error, Result, UnitFault};
 pub use lifecycle::{
-    HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule, Reservation, VmFailed,
+    numa_assignment, HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule,
+    Reservation, VmFailed,
 };
+pub use migration::{Migration, MigrationTrigger};
 pub use module::{CallLimits, LoadedModule, ModuleStats};
 pub use pending::{PendingRecord, PendingResource};
 pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, DEFAULT_POLICY_TOML};

@@ -18,8 +18,10 @@ use crate::pending::{PendingRecord, PendingResource, PendingResources};
 use crate::scheduler::Decision;
 use crate::Policy;
 use policy_sdk::abi::Change;
+use policy_sdk::topology::{self, CpuPinning, NodePlacement, NumaFit};
 use policy_sdk::{Host, HostStatus, Vm, VmStatus};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::MutexGuard;
 
@@ -71,8 +73,10 @@ impl PendingRules {
     /// The pending resources of placing `vm` on `host`: the VM itself, its vCPUs, static
     /// overhead memory, guest memory plus overhead (overcommit memory), expected CPU load
     /// (per-vCPU start load, or the VM's current usage when migrating), hugepages (pages of
-    /// the VM's size, rounded up), memory on host NUMA nodes its vNUMA nodes are pinned to
-    /// (a vNUMA node pinned to exactly one host node), and its custom resource amounts.
+    /// the VM's size, rounded up), the pCPUs a dedicated or isolate-threads VM takes (see
+    /// [`topology::allocate_dedicated`]), memory on the host NUMA nodes its pinned vNUMA
+    /// nodes are assigned to (see [`numa_assignment`]), and its custom resource amounts.
+    /// `host.pending` must not include this VM's own records.
     pub fn resources_for(
         &self,
         vm: &Vm,
@@ -108,14 +112,15 @@ impl PendingRules {
                 count: vm.memory_mb.saturating_mul(1024).div_ceil(size_kb),
             });
         }
-        let mut numa: BTreeMap<u32, u64> = BTreeMap::new();
-        for node in &vm.numa_nodes {
-            if let [host_node] = node.pinned_host_nodes[..] {
-                if host.numa_nodes.iter().any(|n| n.index == host_node) {
-                    let sum = numa.entry(host_node).or_default();
-                    *sum = sum.saturating_add(node.memory_mb);
-                }
+        if let Ok(cpus) = topology::allocate_dedicated(host, vm) {
+            if !cpus.is_empty() {
+                out.push(PendingResource::PinnedCpus { cpus });
             }
+        }
+        let mut numa: BTreeMap<u32, u64> = BTreeMap::new();
+        for placed in numa_assignment(vm, host) {
+            let sum = numa.entry(placed.host_node).or_default();
+            *sum = sum.saturating_add(placed.memory_mb);
         }
         out.extend(
             numa.into_iter()
@@ -139,6 +144,23 @@ impl PendingRules {
     }
 }
 
+/// The host NUMA nodes a VM's pinned vNUMA nodes take on `host`: the assignment the
+/// `cpu-and-numa-pinning` weight looks for (memory fits and CPU pinning agrees), else one
+/// where only the memory fits, else none (a loose tune mode without room, or a host the
+/// `numa` filter would reject). The same search as the builtin units, so the memory the
+/// `numa` filter saw free is the memory recorded as pending.
+pub fn numa_assignment(vm: &Vm, host: &Host) -> Vec<NodePlacement> {
+    if let Ok(Some(pinning)) = CpuPinning::of_vm(vm) {
+        if let NumaFit::Fits(placed) = topology::find_numa_assignment(vm, host, Some(&pinning)) {
+            return placed;
+        }
+    }
+    match topology::find_numa_assignment(vm, host, None) {
+        NumaFit::Fits(placed) => placed,
+        _ => Vec::new(),
+    }
+}
+
 /// A VM placed on a host and not yet started (or not yet migrated).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Placement {
@@ -148,6 +170,31 @@ pub struct Placement {
     pub host: String,
     /// Start or migration.
     pub kind: PlacementKind,
+}
+
+/// `host` with the NUMA memory and pinned pCPUs of `records` on it taken out of its pending
+/// aggregate (what the placement logic reads).
+fn without_records(host: &Host, records: &[PendingRecord]) -> Host {
+    let mut host = host.clone();
+    for record in records.iter().filter(|r| r.host == host.id) {
+        match &record.resource {
+            PendingResource::NumaMemory { node, mb } => {
+                if let Some(n) = host
+                    .pending
+                    .numa_memory
+                    .iter_mut()
+                    .find(|n| n.node == *node)
+                {
+                    n.memory_mb = n.memory_mb.saturating_sub(*mb);
+                }
+            }
+            PendingResource::PinnedCpus { cpus } => {
+                host.pending.pinned_cpus.retain(|c| !cpus.contains(c));
+            }
+            _ => {}
+        }
+    }
+    host
 }
 
 /// The per-cluster state behind the mutation lock.
@@ -328,12 +375,17 @@ impl Cluster {
         let resources = {
             // Scoped: holding the snapshot while committing would force a copy of it.
             let snapshot = self.snapshot();
-            ledger.rules.resources_for(
-                vm,
-                &snapshot.hosts[index as usize],
-                &kind,
-                snapshot.cluster.count_threads_as_cores,
-            )
+            let host = &snapshot.hosts[index as usize];
+            let own = ledger.pending.records_of_vm(&vm.id);
+            let host = if own.iter().any(|r| r.host == host_id) {
+                // Re-placed on the same host: its own records must not count against it.
+                Cow::Owned(without_records(host, &own))
+            } else {
+                Cow::Borrowed(host)
+            };
+            ledger
+                .rules
+                .resources_for(vm, &host, &kind, snapshot.cluster.count_threads_as_cores)
         };
         let records: Vec<PendingRecord> = resources
             .iter()

@@ -5,6 +5,7 @@ use crate::error::{Error, Result, UnitFault};
 use crate::lifecycle::{PlacementKind, Reservation};
 use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use policy_sdk::abi::Call;
+use policy_sdk::topology::{self, CpuPinning};
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -272,6 +273,12 @@ impl Policy {
             .whitelist
             .as_ref()
             .map(|w| w.iter().map(String::as_str).collect());
+        let dedicated: HashSet<&str> = request
+            .vm
+            .dedicated_hosts
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut survivors: Vec<HostIndex> = Vec::with_capacity(snapshot.hosts.len());
         for (i, host) in snapshot.hosts.iter().enumerate() {
             let reason = if host.status != HostStatus::Up {
@@ -283,6 +290,8 @@ impl Policy {
                 .is_some_and(|w| !w.contains(host.id.as_str()))
             {
                 Some("not in whitelist".to_string())
+            } else if !dedicated.is_empty() && !dedicated.contains(host.id.as_str()) {
+                Some("not one of the VM's dedicated hosts".to_string())
             } else {
                 None
             };
@@ -414,6 +423,36 @@ fn validate_vm(vm: &Vm) -> Result<()> {
     }
     if vm.memory_mb > crate::pending::MAX_MEMORY_MB {
         return bad("memory_mb", "larger than 1 EiB");
+    }
+    if let Some(text) = &vm.cpu_pinning {
+        let checked = CpuPinning::parse(text).and_then(|p| p.check_vcpus(text, vm.vcpus()));
+        if let Err(e) = checked {
+            return bad("cpu_pinning", &e.message);
+        }
+    }
+    if vm.numa_nodes.len() > topology::MAX_VNUMA_NODES {
+        return bad(
+            "numa_nodes",
+            &format!("more than {} vNUMA nodes", topology::MAX_VNUMA_NODES),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, node) in vm.numa_nodes.iter().enumerate() {
+        if !seen.insert(node.index) {
+            return bad(
+                &format!("numa_nodes[{i}].index"),
+                &format!("vNUMA node {} is listed twice", node.index),
+            );
+        }
+        if node.memory_mb > crate::pending::MAX_MEMORY_MB {
+            return bad(&format!("numa_nodes[{i}].memory_mb"), "larger than 1 EiB");
+        }
+        if let Some(cpu) = node.cpus.iter().find(|&&c| c >= vm.vcpus()) {
+            return bad(
+                &format!("numa_nodes[{i}].cpus"),
+                &format!("vCPU {cpu} does not exist (the VM has {})", vm.vcpus()),
+            );
+        }
     }
     crate::lifecycle::check_vm_amounts(vm)
 }

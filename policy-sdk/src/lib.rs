@@ -6,6 +6,8 @@
 //! * [`verdict`]: what units return (verdicts, penalties, balance actions);
 //! * [`manifest`]: what a module declares about its units and their parameters;
 //! * [`abi`]: the versioned guest ABI (see `ABI.md`) and [`codec`], the wire codec;
+//! * [`topology`]: CPU pinning strings, dedicated pCPU allocation and the vNUMA assignment
+//!   search, shared by the builtin high-performance units and the engine;
 //! * [`guest`]: for unit authors, one trait per unit kind ([`Filter`], [`Weight`],
 //!   [`Balance`]), a [`Context`], and the [`export_units!`] macro.
 //!
@@ -46,6 +48,7 @@ pub mod guest;
 pub mod manifest;
 pub mod model;
 pub mod testing;
+pub mod topology;
 pub mod verdict;
 
 pub use abi::LogLevel;

@@ -521,8 +521,8 @@ pub struct Vm {
     pub numa_nodes: Vec<VNumaNode>,
     /// NUMA tune mode.
     pub numa_tune: NumaTuneMode,
-    /// Migration mode.
-    pub migration: MigrationMode,
+    /// Migration mode as configured; absent means the default, see [`Vm::migration_mode`].
+    pub migration: Option<MigrationMode>,
     /// Hosts this VM may run on (pinned VMs); empty = any.
     pub dedicated_hosts: Vec<String>,
     /// Id of the host it runs on, if any.
@@ -540,6 +540,20 @@ impl Vm {
     /// Number of vCPUs.
     pub fn vcpus(&self) -> u32 {
         self.cpu.threads()
+    }
+
+    /// The migration mode in force: the configured one, else manual-only for
+    /// high-performance and pinned VMs (see [`topology::is_hp_or_pinned`]) and migratable
+    /// for the rest.
+    ///
+    /// [`topology::is_hp_or_pinned`]: crate::topology::is_hp_or_pinned
+    pub fn migration_mode(&self) -> MigrationMode {
+        self.migration
+            .unwrap_or(if crate::topology::is_hp_or_pinned(self) {
+                MigrationMode::ManualOnly
+            } else {
+                MigrationMode::Migratable
+            })
     }
 
     /// A custom property's value.

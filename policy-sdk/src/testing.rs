@@ -178,6 +178,27 @@ impl HostBuilder {
         });
         self
     }
+    /// Adds free hugepages of a size (KiB) on the NUMA node with this index (added before).
+    pub fn node_hugepages(mut self, node: u32, size_kb: u64, count: u64) -> Self {
+        let n = self
+            .0
+            .numa_nodes
+            .iter_mut()
+            .find(|n| n.index == node)
+            .expect("node_hugepages: add the NUMA node first");
+        n.free_hugepages.push(HugePages { size_kb, count });
+        self
+    }
+    /// Online CPU ids (default: all of the topology's threads).
+    pub fn online_cpus(mut self, cpus: impl IntoIterator<Item = u32>) -> Self {
+        self.0.online_cpus = cpus.into_iter().collect();
+        self
+    }
+    /// CPU flags.
+    pub fn cpu_flags(mut self, flags: &[&str]) -> Self {
+        self.0.cpu_flags = flags.iter().map(|f| f.to_string()).collect();
+        self
+    }
     /// Adds free hugepages of a size (KiB), host-wide.
     pub fn hugepages(mut self, size_kb: u64, count: u64) -> Self {
         self.0.free_hugepages.push(HugePages { size_kb, count });
@@ -259,7 +280,7 @@ impl VmBuilder {
     }
     /// Migration mode.
     pub fn migration(mut self, mode: MigrationMode) -> Self {
-        self.0.migration = mode;
+        self.0.migration = Some(mode);
         self
     }
     /// Guest memory backed by hugepages of this size (KiB).
@@ -283,6 +304,53 @@ impl VmBuilder {
             kind: kind.to_string(),
             amount,
         });
+        self
+    }
+    /// CPU pinning string, e.g. `0#1-3_1#4`.
+    pub fn pinning(mut self, text: &str) -> Self {
+        self.0.cpu_pinning = Some(text.to_string());
+        self
+    }
+    /// Pinning policy.
+    pub fn pinning_policy(mut self, policy: PinningPolicy) -> Self {
+        self.0.cpu_pinning_policy = policy;
+        self
+    }
+    /// Host CPU passthrough.
+    pub fn passthrough(mut self) -> Self {
+        self.0.cpu_passthrough = true;
+        self
+    }
+    /// Required CPU flags (for a running passthrough VM: its current CPU's flags).
+    pub fn cpu_flags(mut self, flags: &[&str]) -> Self {
+        self.0.cpu_flags = flags.iter().map(|f| f.to_string()).collect();
+        self
+    }
+    /// Adds a vNUMA node with this memory and these vCPUs, pinned to these host nodes
+    /// (none: not pinned).
+    pub fn vnuma(
+        mut self,
+        index: u32,
+        memory_mb: u64,
+        cpus: impl IntoIterator<Item = u32>,
+        pinned_host_nodes: &[u32],
+    ) -> Self {
+        self.0.numa_nodes.push(VNumaNode {
+            index,
+            memory_mb,
+            cpus: cpus.into_iter().collect(),
+            pinned_host_nodes: pinned_host_nodes.to_vec(),
+        });
+        self
+    }
+    /// NUMA tune mode.
+    pub fn numa_tune(mut self, mode: NumaTuneMode) -> Self {
+        self.0.numa_tune = mode;
+        self
+    }
+    /// Hosts the VM may run on.
+    pub fn dedicated_hosts(mut self, hosts: &[&str]) -> Self {
+        self.0.dedicated_hosts = hosts.iter().map(|h| h.to_string()).collect();
         self
     }
     /// Runtime status (after [`VmBuilder::current_host`], which sets `Up`).
@@ -343,6 +411,12 @@ impl SnapshotBuilder {
     /// Cluster memory overcommit in percent (default 100).
     pub fn overcommit_percent(mut self, percent: u32) -> Self {
         self.0.cluster.memory_overcommit_percent = percent;
+        self
+    }
+    /// The cluster CPU model and its flags.
+    pub fn cluster_cpu(mut self, model: &str, flags: &[&str]) -> Self {
+        self.0.cluster.cpu_model = model.to_string();
+        self.0.cluster.cpu_flags = flags.iter().map(|f| f.to_string()).collect();
         self
     }
     /// Adds an affinity group over these VM ids.

@@ -273,6 +273,9 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
     native
         .add_native("native:affinity", builtin_affinity::units())
         .unwrap();
+    native
+        .add_native("native:high-performance", builtin_high_performance::units())
+        .unwrap();
     let wasm_policy = Policy::builtin_default(&wasm).unwrap();
     let native_policy = Policy::builtin_default(&native).unwrap();
     // A deterministic pseudo-random cluster.

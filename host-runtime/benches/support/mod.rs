@@ -42,6 +42,9 @@ pub fn policies() -> (Policy, Policy) {
     native
         .add_native("native:affinity", builtin_affinity::units())
         .unwrap();
+    native
+        .add_native("native:high-performance", builtin_high_performance::units())
+        .unwrap();
     (
         Policy::builtin_default(&wasm).unwrap(),
         Policy::builtin_default(&native).unwrap(),

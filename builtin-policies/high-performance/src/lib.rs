@@ -1,0 +1,547 @@
+//! Builtin module `high-performance`: the units for high-performance and pinned VMs, after
+//! the reference scheduler's CpuLevel, CpuPinning, Numa and HugePages filters and its
+//! CpuAndNumaPinning and HighPerformanceCpu weights.
+//!
+//! The placement logic (pinning strings, dedicated pCPU allocation, the vNUMA assignment
+//! search) lives in [`policy_sdk::topology`], so the engine can turn the same assignment into
+//! pending resources after a decision.
+//!
+//! | unit | kind | reject codes |
+//! |---|---|---|
+//! | `cpu-level` | filter | `missing_cpu_flags` |
+//! | `cpu-pinning` | filter | `invalid_pinning`, `pcpu_offline`, `pcpu_dedicated`, `not_enough_free_pcpus`, `resize_needs_numa` |
+//! | `numa` | filter | `no_numa_support`, `numa_node_missing`, `not_enough_numa_memory`, `numa_search_limit` |
+//! | `hugepages` | filter | `not_enough_hugepages` |
+//! | `cpu-and-numa-pinning` | weight | 1 when a vNUMA assignment that respects CPU pinning exists, else 1000 |
+//! | `high-performance-cpu` | weight | 1 when the host's topology holds the VM's, else 1000 |
+//!
+//! Every unit works out what it needs from the VM once per call (flags, pinning, whether it
+//! applies at all) and passes every candidate without per-host work when the VM does not
+//! use the feature it checks.
+
+use policy_sdk::topology::{self, CpuPinning, NumaFit};
+use policy_sdk::{Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Vm, Weight};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+/// The penalty of a host that fits (the reference's "good").
+pub const FITS: i64 = 1;
+/// The penalty of a host that does not fit (the reference's "bad").
+pub const DOES_NOT_FIT: i64 = 1000;
+
+/// How many items a reject detail lists before summing up the rest.
+const DETAIL_LIST_LIMIT: usize = 8;
+
+/// CPU flags the VM needs on its host, or `None` when any host will do:
+///
+/// * a passthrough VM that is not running (a start) passes everywhere;
+/// * a running passthrough VM (a migration) needs the flags of its current CPU: its
+///   `cpu_flags`, or when it has none, those of the host it runs on;
+/// * other VMs need the flags of their CPU model: their `cpu_flags`, else the cluster's.
+pub fn required_flags<'a>(s: &'a Snapshot, vm: &'a Vm) -> Option<Vec<&'a str>> {
+    let flags: &'a [String] = if vm.cpu_passthrough {
+        if !vm.is_running() {
+            return None;
+        }
+        if vm.cpu_flags.is_empty() {
+            let source = vm.current_host.as_deref()?;
+            &s.hosts.iter().find(|h| h.id == source)?.cpu_flags
+        } else {
+            &vm.cpu_flags
+        }
+    } else if vm.cpu_flags.is_empty() {
+        &s.cluster.cpu_flags
+    } else {
+        &vm.cpu_flags
+    };
+    if flags.is_empty() {
+        return None;
+    }
+    let set: BTreeSet<&str> = flags.iter().map(String::as_str).collect();
+    Some(set.into_iter().collect())
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().take(DETAIL_LIST_LIMIT).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{item}");
+    }
+    if items.len() > DETAIL_LIST_LIMIT {
+        let _ = write!(out, " and {} more", items.len() - DETAIL_LIST_LIMIT);
+    }
+    out
+}
+
+/// The host must have every CPU flag the VM needs (see [`required_flags`]).
+#[derive(Debug, Default)]
+pub struct CpuLevelFilter;
+
+impl CpuLevelFilter {
+    fn verdict(required: &[&str], vm: &Vm, host: &Host) -> Verdict {
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|r| !host.cpu_flags.iter().any(|f| f == r))
+            .collect();
+        if missing.is_empty() {
+            return Verdict::Pass;
+        }
+        let what = if vm.cpu_passthrough {
+            "the VM's current CPU".to_string()
+        } else {
+            match &vm.cpu_model {
+                Some(model) => format!("CPU model {model}"),
+                None => "the cluster CPU model".to_string(),
+            }
+        };
+        Verdict::reject(
+            "missing_cpu_flags",
+            format!("missing flags of {what}: {}", list(&missing)),
+        )
+    }
+}
+
+impl Filter for CpuLevelFilter {
+    const NAME: &'static str = "cpu-level";
+    const DESCRIPTION: &'static str =
+        "The host has every CPU flag of the VM's CPU model (a migrating passthrough VM: of its \
+         current CPU)";
+
+    fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        match required_flags(ctx.snapshot(), vm) {
+            Some(required) => Self::verdict(&required, vm, host),
+            None => Verdict::Pass,
+        }
+    }
+
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
+        match required_flags(ctx.snapshot(), vm) {
+            Some(required) => out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::verdict(&required, vm, ctx.host(i))),
+            ),
+            None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
+        }
+    }
+}
+
+/// What the CPU pinning filter checks for one VM, worked out once per call.
+enum PinningNeeds {
+    /// Nothing to check.
+    None,
+    /// The pinning string is malformed (a VM that skipped request validation).
+    Invalid(String),
+    /// Check the pinned pCPUs and/or an exclusive allocation.
+    Check {
+        pcpus: Vec<u32>,
+        exclusive: bool,
+        resize: bool,
+    },
+}
+
+impl PinningNeeds {
+    fn of(vm: &Vm) -> Self {
+        let pinning = match CpuPinning::of_vm(vm) {
+            Ok(p) => p,
+            Err(e) => return PinningNeeds::Invalid(e.to_string()),
+        };
+        if let (Some(p), Some(text)) = (&pinning, &vm.cpu_pinning) {
+            if let Err(e) = p.check_vcpus(text, vm.vcpus()) {
+                return PinningNeeds::Invalid(e.to_string());
+            }
+        }
+        let exclusive = topology::is_exclusive(vm.cpu_pinning_policy);
+        let resize = vm.cpu_pinning_policy == PinningPolicy::ResizeAndPinNuma;
+        match pinning {
+            None if !exclusive && !resize => PinningNeeds::None,
+            p => PinningNeeds::Check {
+                pcpus: p.map(|p| p.all_pcpus()).unwrap_or_default(),
+                exclusive,
+                resize,
+            },
+        }
+    }
+}
+
+/// CPU pinning: every pCPU of the VM's pinning string must exist, be online and not be
+/// dedicated to another VM (running or pending); a VM with an exclusive pinning policy
+/// (dedicated, isolate-threads) needs a free allocation of pCPUs or whole cores (see
+/// [`topology::allocate_dedicated`]); resize-and-pin-NUMA needs a host with NUMA.
+#[derive(Debug, Default)]
+pub struct CpuPinningFilter;
+
+impl CpuPinningFilter {
+    fn verdict(needs: &PinningNeeds, vm: &Vm, host: &Host) -> Verdict {
+        let (pcpus, exclusive, resize) = match needs {
+            PinningNeeds::None => return Verdict::Pass,
+            PinningNeeds::Invalid(message) => {
+                return Verdict::reject("invalid_pinning", message.clone())
+            }
+            PinningNeeds::Check {
+                pcpus,
+                exclusive,
+                resize,
+            } => (pcpus, *exclusive, *resize),
+        };
+        if resize && host.numa_nodes.is_empty() {
+            return Verdict::reject(
+                "resize_needs_numa",
+                "resize-and-pin-NUMA needs a host with NUMA support",
+            );
+        }
+        if !pcpus.is_empty() {
+            let threads = host.cpu.threads();
+            let offline: Vec<u32> = pcpus
+                .iter()
+                .copied()
+                .filter(|&c| {
+                    c >= threads || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
+                })
+                .collect();
+            if !offline.is_empty() {
+                return Verdict::reject(
+                    "pcpu_offline",
+                    format!("pinned pCPU(s) {} offline or absent", list(&offline)),
+                );
+            }
+            let running: Vec<u32> = pcpus
+                .iter()
+                .copied()
+                .filter(|c| host.dedicated_cpus.contains(c))
+                .collect();
+            let pending: Vec<u32> = pcpus
+                .iter()
+                .copied()
+                .filter(|c| !running.contains(c) && host.pending.pinned_cpus.contains(c))
+                .collect();
+            if !running.is_empty() || !pending.is_empty() {
+                let mut detail = String::from("pinned pCPU(s) dedicated to another VM: ");
+                if !running.is_empty() {
+                    let _ = write!(detail, "{} (running)", list(&running));
+                }
+                if !pending.is_empty() {
+                    if !running.is_empty() {
+                        detail.push_str(", ");
+                    }
+                    let _ = write!(detail, "{} (pending)", list(&pending));
+                }
+                return Verdict::reject("pcpu_dedicated", detail);
+            }
+        }
+        if exclusive {
+            if let Err(short) = topology::allocate_dedicated(host, vm) {
+                return Verdict::reject("not_enough_free_pcpus", short.to_string());
+            }
+        }
+        Verdict::Pass
+    }
+}
+
+impl Filter for CpuPinningFilter {
+    const NAME: &'static str = "cpu-pinning";
+    const DESCRIPTION: &'static str =
+        "Pinned pCPUs online and not dedicated to other VMs (running or pending); a free \
+         allocation for dedicated and isolate-threads VMs";
+
+    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        Self::verdict(&PinningNeeds::of(vm), vm, host)
+    }
+
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
+        let needs = PinningNeeds::of(vm);
+        if matches!(needs, PinningNeeds::None) {
+            out.extend(candidates.iter().map(|_| Verdict::Pass));
+        } else {
+            out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i))),
+            );
+        }
+    }
+}
+
+fn has_pinned_vnuma(vm: &Vm) -> bool {
+    vm.numa_nodes
+        .iter()
+        .any(|n| !n.pinned_host_nodes.is_empty())
+}
+
+/// NUMA: the VM's vNUMA nodes pinned to host nodes must have an assignment to those host
+/// nodes with room for their memory, after pending NUMA memory (free hugepages of the VM's
+/// size for a hugepage-backed VM); see [`topology::find_numa_assignment`]. A host without
+/// NUMA support, or without one of the pinned node indices, fails.
+#[derive(Debug, Default)]
+pub struct NumaFilter;
+
+impl NumaFilter {
+    fn verdict(vm: &Vm, host: &Host) -> Verdict {
+        match topology::find_numa_assignment(vm, host, None) {
+            NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
+            NumaFit::NoNumaSupport => Verdict::reject(
+                "no_numa_support",
+                "the VM has pinned vNUMA nodes; the host has no NUMA support",
+            ),
+            NumaFit::MissingHostNode { vnode, host_node } => Verdict::reject(
+                "numa_node_missing",
+                format!(
+                    "vNUMA node {vnode} is pinned to host node {host_node}, which the host lacks"
+                ),
+            ),
+            NumaFit::PinningMismatch { vnode } => Verdict::reject(
+                "numa_pinning_mismatch",
+                format!("vNUMA node {vnode}: its CPU pinning has no pCPU on its allowed nodes"),
+            ),
+            NumaFit::NoRoom {
+                resource,
+                needed,
+                free,
+            } => {
+                let unit = if resource == "memory" {
+                    " MiB"
+                } else {
+                    " pages"
+                };
+                let pending: u64 = host.pending.numa_memory.iter().map(|n| n.memory_mb).sum();
+                let mut detail = format!(
+                    "no assignment of the pinned vNUMA nodes fits: {resource} needed \
+                     {needed}{unit}, the allowed nodes have {free}{unit} free"
+                );
+                if pending > 0 && resource == "memory" {
+                    let _ = write!(detail, " after {pending} MiB pending");
+                }
+                Verdict::reject("not_enough_numa_memory", detail)
+            }
+            NumaFit::SearchLimit => Verdict::reject(
+                "numa_search_limit",
+                format!(
+                    "no assignment found within {} steps",
+                    topology::NUMA_SEARCH_STEP_LIMIT
+                ),
+            ),
+        }
+    }
+}
+
+impl Filter for NumaFilter {
+    const NAME: &'static str = "numa";
+    const DESCRIPTION: &'static str =
+        "Pinned vNUMA nodes have an assignment to their allowed host nodes with room for \
+         their memory (after pending NUMA memory)";
+
+    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        Self::verdict(vm, host)
+    }
+
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
+        if has_pinned_vnuma(vm) {
+            out.extend(candidates.iter().map(|&i| Self::verdict(vm, ctx.host(i))));
+        } else {
+            out.extend(candidates.iter().map(|_| Verdict::Pass));
+        }
+    }
+}
+
+/// Hugepages: a VM backed by hugepages needs `ceil(memory / page size)` free pages of its
+/// page size on the host, minus the pending pages of that size.
+#[derive(Debug, Default)]
+pub struct HugePagesFilter;
+
+impl HugePagesFilter {
+    fn verdict(size_kb: u64, needed: u64, host: &Host) -> Verdict {
+        let free: u64 = host
+            .free_hugepages
+            .iter()
+            .filter(|p| p.size_kb == size_kb)
+            .map(|p| p.count)
+            .sum();
+        let pending = host.pending.hugepages_of(size_kb);
+        let available = free.saturating_sub(pending);
+        if available >= needed {
+            Verdict::Pass
+        } else {
+            Verdict::reject(
+                "not_enough_hugepages",
+                format!(
+                    "needs {needed} pages of {size_kb} KiB; {available} available ({free} free, \
+                     {pending} pending)"
+                ),
+            )
+        }
+    }
+
+    fn need(vm: &Vm) -> Option<(u64, u64)> {
+        let size = vm.hugepage_size_kb.filter(|&s| s > 0)?;
+        Some((size, vm.memory_mb.saturating_mul(1024).div_ceil(size)))
+    }
+}
+
+impl Filter for HugePagesFilter {
+    const NAME: &'static str = "hugepages";
+    const DESCRIPTION: &'static str =
+        "Free hugepages of the VM's page size, minus pending pages, cover its memory";
+
+    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        match Self::need(vm) {
+            Some((size, needed)) => Self::verdict(size, needed, host),
+            None => Verdict::Pass,
+        }
+    }
+
+    fn check_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Verdict>,
+    ) {
+        match Self::need(vm) {
+            Some((size, needed)) => out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::verdict(size, needed, ctx.host(i))),
+            ),
+            None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
+        }
+    }
+}
+
+/// CPU and NUMA pinning agree: [`FITS`] when an assignment of the VM's pinned vNUMA nodes
+/// exists in which every pinned vCPU of a vNUMA node has one of its pCPUs on the host node
+/// (and the memory fits), else [`DOES_NOT_FIT`]; a host without NUMA scores
+/// [`DOES_NOT_FIT`]; VMs without pinned vNUMA nodes score [`FITS`] everywhere. A malformed
+/// pinning string is ignored here (the `cpu-pinning` filter rejects it).
+#[derive(Debug, Default)]
+pub struct CpuAndNumaPinningWeight;
+
+impl CpuAndNumaPinningWeight {
+    fn penalty_with(vm: &Vm, pinning: Option<&CpuPinning>, host: &Host) -> i64 {
+        match topology::find_numa_assignment(vm, host, pinning) {
+            NumaFit::NotPinned | NumaFit::Fits(_) => FITS,
+            _ => DOES_NOT_FIT,
+        }
+    }
+}
+
+impl Weight for CpuAndNumaPinningWeight {
+    const NAME: &'static str = "cpu-and-numa-pinning";
+    const DESCRIPTION: &'static str =
+        "Prefers hosts where the VM's vNUMA pinning has an assignment that also respects its \
+         CPU pinning (1 good, 1000 bad)";
+
+    fn penalty(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> i64 {
+        let pinning = CpuPinning::of_vm(vm).ok().flatten();
+        Self::penalty_with(vm, pinning.as_ref(), host)
+    }
+
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<i64>,
+    ) {
+        if !has_pinned_vnuma(vm) {
+            out.extend(candidates.iter().map(|_| FITS));
+            return;
+        }
+        let pinning = CpuPinning::of_vm(vm).ok().flatten();
+        out.extend(
+            candidates
+                .iter()
+                .map(|&i| Self::penalty_with(vm, pinning.as_ref(), ctx.host(i))),
+        );
+    }
+}
+
+/// High-performance CPU topology: for high-performance and pinned VMs (see
+/// [`topology::is_hp_or_pinned`]), [`FITS`] when the host has at least the VM's sockets,
+/// cores per socket and threads per core, else [`DOES_NOT_FIT`]. Other VMs score [`FITS`]
+/// everywhere.
+#[derive(Debug, Default)]
+pub struct HighPerformanceCpuWeight;
+
+impl HighPerformanceCpuWeight {
+    fn penalty_for(vm: &Vm, host: &Host) -> i64 {
+        let (v, h) = (&vm.cpu, &host.cpu);
+        if v.sockets <= h.sockets
+            && v.cores_per_socket <= h.cores_per_socket
+            && v.threads_per_core <= h.threads_per_core
+        {
+            FITS
+        } else {
+            DOES_NOT_FIT
+        }
+    }
+}
+
+impl Weight for HighPerformanceCpuWeight {
+    const NAME: &'static str = "high-performance-cpu";
+    const DESCRIPTION: &'static str =
+        "Prefers hosts whose CPU topology holds a high-performance or pinned VM's sockets, \
+         cores and threads (1 good, 1000 bad)";
+
+    fn penalty(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> i64 {
+        if topology::is_hp_or_pinned(vm) {
+            Self::penalty_for(vm, host)
+        } else {
+            FITS
+        }
+    }
+
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<i64>,
+    ) {
+        if topology::is_hp_or_pinned(vm) {
+            out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::penalty_for(vm, ctx.host(i))),
+            );
+        } else {
+            out.extend(candidates.iter().map(|_| FITS));
+        }
+    }
+}
+
+policy_sdk::export_units! {
+    module: "high-performance",
+    version: env!("CARGO_PKG_VERSION"),
+    units: [
+        filter CpuLevelFilter,
+        filter CpuPinningFilter,
+        filter NumaFilter,
+        filter HugePagesFilter,
+        weight CpuAndNumaPinningWeight,
+        weight HighPerformanceCpuWeight,
+    ],
+}
+
+#[cfg(test)]
+mod tests;

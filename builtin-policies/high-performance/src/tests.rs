@@ -1,0 +1,534 @@
+use super::*;
+use policy_sdk::testing::{host, snapshot, vm, HostBuilder, VmBuilder, XorShift};
+use policy_sdk::{NumaTuneMode, VmType};
+
+fn code(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Pass => "pass".to_string(),
+        Verdict::Reject { code, detail } => format!("{code}: {detail}"),
+    }
+}
+
+/// Runs a filter over `(case, snapshot, vm, host, expected)` rows; `expected` is `pass` or
+/// the start of `code: detail`.
+fn filter_cases<F: Filter>(cases: Vec<(&str, Snapshot, Vm, Host, &str)>) {
+    for (case, s, v, h, want) in cases {
+        let ctx = Context::new(&s, &[], F::NAME);
+        let got = code(&F::default().check(&ctx, &v, &h));
+        assert!(got.starts_with(want), "{case}: got `{got}`, want `{want}`");
+    }
+}
+
+fn plain() -> Snapshot {
+    snapshot().build()
+}
+
+fn s_flags(flags: &[&str]) -> Snapshot {
+    snapshot().cluster_cpu("Skylake", flags).build()
+}
+
+#[test]
+fn cpu_level_cases() {
+    let cluster = s_flags(&["sse4_2", "avx2", "aes"]);
+    let with_source = snapshot()
+        .cluster_cpu("Skylake", &["sse4_2"])
+        .host(host("src").cpu_flags(&["sse4_2", "avx512f"]))
+        .build();
+    filter_cases::<CpuLevelFilter>(vec![
+        (
+            "host has every cluster flag",
+            cluster.clone(),
+            vm("v").build(),
+            host("h")
+                .cpu_flags(&["aes", "avx2", "sse4_2", "vmx"])
+                .build(),
+            "pass",
+        ),
+        (
+            "missing flags are listed",
+            cluster.clone(),
+            vm("v").build(),
+            host("h").cpu_flags(&["sse4_2"]).build(),
+            "missing_cpu_flags: missing flags of the cluster CPU model: aes, avx2",
+        ),
+        (
+            "VM's own flags replace the cluster's",
+            cluster.clone(),
+            vm("v").cpu_flags(&["sse4_2"]).build(),
+            host("h").cpu_flags(&["sse4_2"]).build(),
+            "pass",
+        ),
+        (
+            "starting passthrough VM passes anywhere",
+            cluster.clone(),
+            vm("v").passthrough().build(),
+            host("h").build(),
+            "pass",
+        ),
+        (
+            "migrating passthrough VM needs its current CPU's flags",
+            cluster.clone(),
+            vm("v")
+                .passthrough()
+                .cpu_flags(&["avx512f", "sse4_2"])
+                .current_host("src")
+                .build(),
+            host("h").cpu_flags(&["sse4_2", "aes", "avx2"]).build(),
+            "missing_cpu_flags: missing flags of the VM's current CPU: avx512f",
+        ),
+        (
+            "migrating passthrough VM without flags takes its source host's",
+            with_source.clone(),
+            vm("v").passthrough().current_host("src").build(),
+            host("h").cpu_flags(&["sse4_2"]).build(),
+            "missing_cpu_flags: missing flags of the VM's current CPU: avx512f",
+        ),
+        (
+            "migrating passthrough VM fits a host with its source's flags",
+            with_source,
+            vm("v").passthrough().current_host("src").build(),
+            host("h").cpu_flags(&["avx512f", "sse4_2", "x"]).build(),
+            "pass",
+        ),
+        (
+            "no flags required anywhere",
+            plain(),
+            vm("v").build(),
+            host("h").build(),
+            "pass",
+        ),
+    ]);
+}
+
+fn hp_host() -> HostBuilder {
+    // 2 sockets x 2 cores x 2 threads: pCPUs 0-7; NUMA node 0 = socket 0, node 1 = socket 1.
+    host("h")
+        .cpu(2, 2, 2)
+        .numa_node(0, [0, 1, 2, 3], 8_192)
+        .numa_node(1, [4, 5, 6, 7], 8_192)
+}
+
+fn pinned(text: &str) -> VmBuilder {
+    vm("v").vcpus(2).pinning(text)
+}
+
+#[test]
+fn cpu_pinning_cases() {
+    filter_cases::<CpuPinningFilter>(vec![
+        (
+            "unpinned VM",
+            plain(),
+            vm("v").build(),
+            hp_host().build(),
+            "pass",
+        ),
+        (
+            "pins online and free",
+            plain(),
+            pinned("0#1-3_1#4").build(),
+            hp_host().build(),
+            "pass",
+        ),
+        (
+            "malformed pinning is rejected, not treated as empty",
+            plain(),
+            pinned("0#1-3_1").build(),
+            hp_host().build(),
+            "invalid_pinning: pinning `0#1-3_1`: entry 2 `1` has no `#`",
+        ),
+        (
+            "pinning a vCPU the VM lacks",
+            plain(),
+            pinned("0#1_5#2").build(),
+            hp_host().build(),
+            "invalid_pinning: pinning `0#1_5#2`: vCPU 5 is pinned but the VM has 2 vCPU(s)",
+        ),
+        (
+            "offline pCPU",
+            plain(),
+            pinned("0#1_1#5").build(),
+            hp_host().online_cpus([0, 1, 2, 3, 4, 6, 7]).build(),
+            "pcpu_offline: pinned pCPU(s) 5 offline or absent",
+        ),
+        (
+            "pCPU beyond the host's topology",
+            plain(),
+            pinned("0#1_1#37").build(),
+            hp_host().build(),
+            "pcpu_offline: pinned pCPU(s) 37 offline or absent",
+        ),
+        (
+            "pCPU dedicated to a running VM",
+            plain(),
+            pinned("0#1-3").build(),
+            hp_host().dedicated_cpus([2]).build(),
+            "pcpu_dedicated: pinned pCPU(s) dedicated to another VM: 2 (running)",
+        ),
+        (
+            "pCPU dedicated to a pending VM",
+            plain(),
+            pinned("0#1-3").build(),
+            hp_host().pending_pinned_cpus([3]).build(),
+            "pcpu_dedicated: pinned pCPU(s) dedicated to another VM: 3 (pending)",
+        ),
+        (
+            "dedicated VM fits the free pCPUs",
+            plain(),
+            vm("v")
+                .vcpus(4)
+                .pinning_policy(PinningPolicy::Dedicated)
+                .build(),
+            hp_host()
+                .dedicated_cpus([0, 1])
+                .pending_pinned_cpus([2, 3])
+                .build(),
+            "pass",
+        ),
+        (
+            "dedicated VM: pending pins leave too few",
+            plain(),
+            vm("v")
+                .vcpus(5)
+                .pinning_policy(PinningPolicy::Dedicated)
+                .build(),
+            hp_host()
+                .dedicated_cpus([0, 1])
+                .pending_pinned_cpus([2, 3])
+                .build(),
+            "not_enough_free_pcpus: needs 5 free online pCPU(s), host has 4",
+        ),
+        (
+            "isolate-threads needs whole cores",
+            plain(),
+            vm("v")
+                .vcpus(3)
+                .pinning_policy(PinningPolicy::IsolateThreads)
+                .build(),
+            hp_host().pending_pinned_cpus([1, 5]).build(),
+            "not_enough_free_pcpus: needs 3 whole free core(s), host has 2",
+        ),
+        (
+            "resize-and-pin-NUMA on a host without NUMA",
+            plain(),
+            vm("v")
+                .pinning_policy(PinningPolicy::ResizeAndPinNuma)
+                .build(),
+            host("h").build(),
+            "resize_needs_numa",
+        ),
+    ]);
+}
+
+#[test]
+fn numa_cases() {
+    let two_nodes = |v: VmBuilder| {
+        v.vcpus(2)
+            .vnuma(0, 4_096, [0], &[0])
+            .vnuma(1, 4_096, [1], &[1])
+    };
+    filter_cases::<NumaFilter>(vec![
+        (
+            "no vNUMA",
+            plain(),
+            vm("v").build(),
+            host("h").build(),
+            "pass",
+        ),
+        (
+            "unpinned vNUMA is not checked",
+            plain(),
+            vm("v").vnuma(0, 1 << 20, [0], &[]).build(),
+            host("h").build(),
+            "pass",
+        ),
+        (
+            "pinned nodes fit",
+            plain(),
+            two_nodes(vm("v")).build(),
+            hp_host().build(),
+            "pass",
+        ),
+        (
+            "host without NUMA support",
+            plain(),
+            two_nodes(vm("v")).build(),
+            host("h").build(),
+            "no_numa_support",
+        ),
+        (
+            "pinned index missing on the host",
+            plain(),
+            vm("v").vnuma(0, 1_024, [0], &[3]).build(),
+            hp_host().build(),
+            "numa_node_missing: vNUMA node 0 is pinned to host node 3, which the host lacks",
+        ),
+        (
+            "pending NUMA memory makes a node too small",
+            plain(),
+            two_nodes(vm("v")).build(),
+            hp_host().pending_numa_mb(1, 5_000).build(),
+            "not_enough_numa_memory: no assignment of the pinned vNUMA nodes fits: memory \
+             needed 8192 MiB, the allowed nodes have 11384 MiB free after 5000 MiB pending",
+        ),
+        (
+            "backtracking finds the assignment the first choice misses",
+            plain(),
+            vm("v")
+                .vcpus(2)
+                .vnuma(0, 3_000, [0], &[0, 1])
+                .vnuma(1, 7_000, [1], &[0, 1])
+                .build(),
+            hp_host().pending_numa_mb(0, 3_000).build(),
+            "pass",
+        ),
+        (
+            "hugepage-backed VM counts free pages of its size on the node",
+            plain(),
+            vm("v")
+                .hugepages(1_048_576)
+                .vnuma(0, 2_048, [0], &[0])
+                .build(),
+            hp_host()
+                .node_hugepages(0, 2_048, 1_000_000)
+                .node_hugepages(0, 1_048_576, 1)
+                .build(),
+            "not_enough_numa_memory: no assignment of the pinned vNUMA nodes fits: 1048576 KiB \
+             hugepages needed 2 pages, the allowed nodes have 1 pages free",
+        ),
+        (
+            "interleave mode passes when the nodes exist",
+            plain(),
+            two_nodes(vm("v"))
+                .numa_tune(NumaTuneMode::Interleave)
+                .build(),
+            hp_host().pending_numa_mb(1, 8_000).build(),
+            "pass",
+        ),
+    ]);
+}
+
+#[test]
+fn hugepages_cases() {
+    filter_cases::<HugePagesFilter>(vec![
+        ("VM without hugepages", plain(), vm("v").build(), host("h").build(), "pass"),
+        (
+            "enough pages of the VM's size",
+            plain(),
+            vm("v").memory_mb(4_096).hugepages(1_048_576).build(),
+            host("h").hugepages(1_048_576, 4).build(),
+            "pass",
+        ),
+        (
+            "pages are rounded up",
+            plain(),
+            vm("v").memory_mb(4_097).hugepages(1_048_576).build(),
+            host("h").hugepages(1_048_576, 4).build(),
+            "not_enough_hugepages: needs 5 pages of 1048576 KiB; 4 available (4 free, 0 pending)",
+        ),
+        (
+            "pending pages of the same size count",
+            plain(),
+            vm("v").memory_mb(2_048).hugepages(2_048).build(),
+            host("h").hugepages(2_048, 1_500).pending_hugepages(2_048, 600).build(),
+            "not_enough_hugepages: needs 1024 pages of 2048 KiB; 900 available (1500 free, 600 pending)",
+        ),
+        (
+            "hugepage sizes are not mixed up: many 2 MiB pages do not hold 1 GiB pages",
+            plain(),
+            vm("v").memory_mb(1_024).hugepages(1_048_576).build(),
+            host("h").hugepages(2_048, 100_000).build(),
+            "not_enough_hugepages: needs 1 pages of 1048576 KiB; 0 available",
+        ),
+        (
+            "hugepage sizes are not mixed up: pending 2 MiB pages do not take 1 GiB pages",
+            plain(),
+            vm("v").memory_mb(1_024).hugepages(1_048_576).build(),
+            host("h")
+                .hugepages(1_048_576, 1)
+                .pending_hugepages(2_048, 1_000)
+                .build(),
+            "pass",
+        ),
+    ]);
+}
+
+fn penalties<W: Weight>(v: &Vm, hosts: &[Host]) -> Vec<i64> {
+    let s = snapshot().hosts(hosts.to_vec()).build();
+    let ctx = Context::new(&s, &[], W::NAME);
+    let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).collect();
+    let mut out = Vec::new();
+    W::default().penalty_all(&ctx, v, &candidates, &mut out);
+    // Per-host and all-at-once agree.
+    for (h, p) in hosts.iter().zip(&out) {
+        assert_eq!(W::default().penalty(&ctx, v, h), *p, "{}", h.id);
+    }
+    out
+}
+
+#[test]
+fn cpu_and_numa_pinning_weight_cases() {
+    let numa = hp_host().build();
+    let no_numa = host("flat").cpu(2, 2, 2).build();
+    let cases: Vec<(&str, Vm, Vec<i64>)> = vec![
+        (
+            "no pinned vNUMA: 1 everywhere",
+            vm("v").build(),
+            vec![FITS, FITS],
+        ),
+        (
+            "CPU pinning agrees with a node assignment",
+            vm("v")
+                .vcpus(2)
+                .pinning("0#4_1#0")
+                .vnuma(0, 1_024, [0], &[0, 1])
+                .vnuma(1, 1_024, [1], &[0, 1])
+                .build(),
+            vec![FITS, DOES_NOT_FIT],
+        ),
+        (
+            "vCPU pinned away from the only allowed node",
+            vm("v")
+                .vcpus(1)
+                .pinning("0#5")
+                .vnuma(0, 1_024, [0], &[0])
+                .build(),
+            vec![DOES_NOT_FIT, DOES_NOT_FIT],
+        ),
+        (
+            "NUMA pinning without CPU pinning: memory decides",
+            vm("v").vnuma(0, 9_000, [0], &[0, 1]).build(),
+            vec![DOES_NOT_FIT, DOES_NOT_FIT],
+        ),
+    ];
+    for (case, v, want) in cases {
+        assert_eq!(
+            penalties::<CpuAndNumaPinningWeight>(&v, &[numa.clone(), no_numa.clone()]),
+            want,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn high_performance_cpu_weight_cases() {
+    let big = host("big").cpu(2, 8, 2).build();
+    let small = host("small").cpu(1, 4, 1).build();
+    let cases: Vec<(&str, Vm, Vec<i64>)> = vec![
+        (
+            "plain VM: 1 everywhere",
+            vm("v").cpu(2, 8, 2).build(),
+            vec![FITS, FITS],
+        ),
+        (
+            "HP VM fits the bigger topology only",
+            vm("v")
+                .vm_type(VmType::HighPerformance)
+                .cpu(2, 2, 1)
+                .build(),
+            vec![FITS, DOES_NOT_FIT],
+        ),
+        (
+            "threads per core count",
+            vm("v").passthrough().cpu(1, 2, 2).build(),
+            vec![FITS, DOES_NOT_FIT],
+        ),
+        (
+            "pinned VM within both",
+            vm("v").pinning("0#1").cpu(1, 1, 1).build(),
+            vec![FITS, FITS],
+        ),
+        (
+            "NUMA-pinned VM",
+            vm("v").vnuma(0, 1, [0], &[0]).cpu(1, 16, 1).build(),
+            vec![DOES_NOT_FIT, DOES_NOT_FIT],
+        ),
+    ];
+    for (case, v, want) in cases {
+        assert_eq!(
+            penalties::<HighPerformanceCpuWeight>(&v, &[big.clone(), small.clone()]),
+            want,
+            "{case}"
+        );
+    }
+}
+
+/// `check_all` over random hosts equals `check` host by host, for every filter.
+#[test]
+fn check_all_matches_per_host_check() {
+    let mut rng = XorShift::new(11);
+    let flags = ["sse4_2", "avx2", "aes", "avx512f"];
+    for round in 0..300 {
+        let mut hosts = Vec::new();
+        for i in 0..6 {
+            let mut h = hp_host()
+                .cpu_flags(&flags[..rng.below(5) as usize])
+                .hugepages(2_048, rng.below(3_000))
+                .pending_hugepages(2_048, rng.below(1_000))
+                .pending_numa_mb(rng.below(2) as u32, rng.below(8_000));
+            if rng.below(3) == 0 {
+                h = h.dedicated_cpus([rng.below(8) as u32]);
+            }
+            if rng.below(3) == 0 {
+                h = h.pending_pinned_cpus([rng.below(8) as u32]);
+            }
+            let mut h = h.build();
+            h.id = format!("h{i}");
+            hosts.push(h);
+        }
+        let s = snapshot()
+            .cluster_cpu("m", &flags[..rng.below(4) as usize])
+            .hosts(hosts.clone())
+            .build();
+        let mut v = vm("v").vcpus(2).memory_mb(1_024 + rng.below(4_000));
+        if rng.below(2) == 0 {
+            v = v.pinning(["0#1_1#2", "0#4-5", "0#1-3_1", "0#6_1#7"][rng.below(4) as usize]);
+        }
+        if rng.below(2) == 0 {
+            v = v.vnuma(0, rng.below(8_000), [0], &[rng.below(3) as u32]);
+        }
+        if rng.below(2) == 0 {
+            v = v.hugepages(2_048);
+        }
+        if rng.below(3) == 0 {
+            v = v.pinning_policy(PinningPolicy::Dedicated);
+        }
+        let v = v.build();
+        let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).collect();
+        fn compare<F: Filter>(s: &Snapshot, v: &Vm, candidates: &[HostIndex], round: usize) {
+            let ctx = Context::new(s, &[], F::NAME);
+            let mut all = Vec::new();
+            F::default().check_all(&ctx, v, candidates, &mut all);
+            let one: Vec<Verdict> = s
+                .hosts
+                .iter()
+                .map(|h| F::default().check(&ctx, v, h))
+                .collect();
+            assert_eq!(all, one, "{} round {round}", F::NAME);
+        }
+        compare::<CpuLevelFilter>(&s, &v, &candidates, round);
+        compare::<CpuPinningFilter>(&s, &v, &candidates, round);
+        compare::<NumaFilter>(&s, &v, &candidates, round);
+        compare::<HugePagesFilter>(&s, &v, &candidates, round);
+    }
+}
+
+#[test]
+fn manifest_lists_every_unit() {
+    let names: Vec<String> = units()
+        .manifest()
+        .units
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cpu-level",
+            "cpu-pinning",
+            "numa",
+            "hugepages",
+            "cpu-and-numa-pinning",
+            "high-performance-cpu"
+        ]
+    );
+}

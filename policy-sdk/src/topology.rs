@@ -1,0 +1,1103 @@
+//! Placement logic for high-performance VMs, shared by the builtin units (compiled to wasm)
+//! and by the engine (which turns a decision's vNUMA assignment and dedicated pCPUs into
+//! pending resources): CPU pinning strings, host CPU numbering, dedicated pCPU allocation and
+//! the vNUMA-to-host-node assignment search.
+//!
+//! ## Host CPU numbering
+//!
+//! A host's CPU ids follow its [`CpuTopology`] linearly: CPU `c` is thread
+//! `c % threads_per_core` of core `(c / threads_per_core) % cores_per_socket` of socket
+//! `c / (threads_per_core * cores_per_socket)`. [`Host::online_cpus`] lists the CPUs that
+//! are online (empty: all of them); [`Host::dedicated_cpus`] and the pending
+//! [`PendingAggregate::pinned_cpus`](crate::PendingAggregate::pinned_cpus) are taken by
+//! exclusively pinned VMs.
+
+use crate::model::{CpuTopology, Host, NumaTuneMode, PinningPolicy, Vm};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+/// The highest pCPU id a pinning string may name.
+pub const MAX_CPU_ID: u32 = 16_383;
+
+/// The most vNUMA nodes a VM may have.
+pub const MAX_VNUMA_NODES: usize = 128;
+
+/// How many partial assignments the vNUMA search may try before giving up (a pathological
+/// VM fails the host with [`NumaFit::SearchLimit`] instead of hanging the scheduler).
+pub const NUMA_SEARCH_STEP_LIMIT: u32 = 10_000;
+
+/// One vCPU's entry in a pinning string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedVcpu {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// The pCPUs it may run on, sorted, without duplicates, never empty.
+    pub pcpus: Vec<u32>,
+}
+
+/// A parsed CPU pinning string such as `0#1-3_1#4,^2` (vCPU 0 on pCPUs 1, 2 and 3; vCPU 1
+/// on pCPU 4).
+///
+/// Grammar: entries separated by `_`; an entry is `vcpu#spec`; a spec is a comma list of
+/// `N` (one pCPU), `a-b` with `a < b` (a range, both ends included) and `^N` (exclude one
+/// pCPU from what the other items name). Spaces around numbers are allowed. The empty string
+/// means no pinning. Anything else is an error naming the entry at fault, never an empty
+/// pinning.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CpuPinning {
+    entries: Vec<PinnedVcpu>,
+}
+
+/// Why a pinning string was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinningError {
+    /// The string as given.
+    pub text: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for PinningError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pinning `{}`: {}", self.text, self.message)
+    }
+}
+
+impl std::error::Error for PinningError {}
+
+impl CpuPinning {
+    /// Parses a pinning string (see the type's documentation for the grammar).
+    pub fn parse(text: &str) -> Result<Self, PinningError> {
+        let fail = |message: String| PinningError {
+            text: text.to_string(),
+            message,
+        };
+        let mut entries: Vec<PinnedVcpu> = Vec::new();
+        if text.trim().is_empty() {
+            return Ok(Self { entries });
+        }
+        for (position, entry) in text.split('_').enumerate() {
+            let n = position + 1;
+            let Some((vcpu, spec)) = entry.split_once('#') else {
+                return Err(fail(format!(
+                    "entry {n} `{entry}` has no `#` (expected `vcpu#pcpus`)"
+                )));
+            };
+            let vcpu = number(vcpu).map_err(|m| fail(format!("entry {n}: vCPU {m}")))?;
+            if entries.iter().any(|e| e.vcpu == vcpu) {
+                return Err(fail(format!("entry {n}: vCPU {vcpu} is pinned twice")));
+            }
+            let mut included = BTreeSet::new();
+            let mut excluded = BTreeSet::new();
+            for item in spec.split(',') {
+                let item = item.trim();
+                if let Some(rest) = item.strip_prefix('^') {
+                    let cpu = pcpu(rest).map_err(|m| {
+                        fail(format!(
+                            "entry {n}: exclusion `{item}`: {m} (one pCPU per `^`)"
+                        ))
+                    })?;
+                    excluded.insert(cpu);
+                } else if let Some((a, b)) = item.split_once('-') {
+                    let a = pcpu(a).map_err(|m| fail(format!("entry {n}: range `{item}`: {m}")))?;
+                    let b = pcpu(b).map_err(|m| fail(format!("entry {n}: range `{item}`: {m}")))?;
+                    if a >= b {
+                        return Err(fail(format!(
+                            "entry {n}: range `{item}` must go upwards (a-b with a < b)"
+                        )));
+                    }
+                    included.extend(a..=b);
+                } else {
+                    let cpu = pcpu(item).map_err(|m| fail(format!("entry {n}: pCPU {m}")))?;
+                    included.insert(cpu);
+                }
+            }
+            let pcpus: Vec<u32> = included.difference(&excluded).copied().collect();
+            if pcpus.is_empty() {
+                return Err(fail(format!(
+                    "entry {n}: vCPU {vcpu} is left with no pCPU to run on"
+                )));
+            }
+            entries.push(PinnedVcpu { vcpu, pcpus });
+        }
+        entries.sort_by_key(|e| e.vcpu);
+        Ok(Self { entries })
+    }
+
+    /// The pinning of a VM: its pinning string parsed, when it has one.
+    pub fn of_vm(vm: &Vm) -> Result<Option<Self>, PinningError> {
+        match vm.cpu_pinning.as_deref() {
+            Some(text) if !text.trim().is_empty() => Self::parse(text).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks that every pinned vCPU exists in a VM with `vcpus` vCPUs.
+    pub fn check_vcpus(&self, text: &str, vcpus: u32) -> Result<(), PinningError> {
+        match self.entries.iter().find(|e| e.vcpu >= vcpus) {
+            Some(e) => Err(PinningError {
+                text: text.to_string(),
+                message: format!(
+                    "vCPU {} is pinned but the VM has {vcpus} vCPU(s) (0..{vcpus})",
+                    e.vcpu
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The entries, by vCPU.
+    pub fn entries(&self) -> &[PinnedVcpu] {
+        &self.entries
+    }
+
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The pCPUs a vCPU is pinned to, if it is pinned.
+    pub fn pcpus_of(&self, vcpu: u32) -> Option<&[u32]> {
+        self.entries
+            .binary_search_by_key(&vcpu, |e| e.vcpu)
+            .ok()
+            .map(|i| self.entries[i].pcpus.as_slice())
+    }
+
+    /// Every pCPU named, sorted, without duplicates.
+    pub fn all_pcpus(&self) -> Vec<u32> {
+        let set: BTreeSet<u32> = self
+            .entries
+            .iter()
+            .flat_map(|e| e.pcpus.iter().copied())
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+fn number(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("is missing".to_string());
+    }
+    if !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{t}` is not a number"));
+    }
+    t.parse::<u32>().map_err(|_| format!("`{t}` is too large"))
+}
+
+fn pcpu(text: &str) -> Result<u32, String> {
+    let n = number(text)?;
+    if n > MAX_CPU_ID {
+        return Err(format!("{n} is above the highest pCPU id {MAX_CPU_ID}"));
+    }
+    Ok(n)
+}
+
+/// Where a CPU id sits in a topology (see the module documentation for the numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuLocation {
+    /// Socket.
+    pub socket: u32,
+    /// Core within the socket.
+    pub core: u32,
+    /// Thread within the core.
+    pub thread: u32,
+}
+
+/// The location of CPU `cpu` in `topology`, if the topology has it.
+pub fn cpu_location(topology: &CpuTopology, cpu: u32) -> Option<CpuLocation> {
+    if cpu >= topology.threads() || topology.threads_per_core == 0 {
+        return None;
+    }
+    let tpc = topology.threads_per_core;
+    let cores = topology.cores_per_socket.max(1);
+    Some(CpuLocation {
+        socket: cpu / (tpc * cores),
+        core: (cpu / tpc) % cores,
+        thread: cpu % tpc,
+    })
+}
+
+/// The host's online CPUs, sorted: [`Host::online_cpus`], or every CPU of its topology when
+/// that list is empty.
+pub fn online_cpus(host: &Host) -> Vec<u32> {
+    if host.online_cpus.is_empty() {
+        (0..host.cpu.threads()).collect()
+    } else {
+        let set: BTreeSet<u32> = host.online_cpus.iter().copied().collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The host's pCPUs taken by exclusively pinned VMs, running or pending, sorted.
+pub fn taken_cpus(host: &Host) -> BTreeSet<u32> {
+    host.dedicated_cpus
+        .iter()
+        .chain(&host.pending.pinned_cpus)
+        .copied()
+        .collect()
+}
+
+/// Whether a VM's pinning policy takes pCPUs for itself alone.
+pub fn is_exclusive(policy: PinningPolicy) -> bool {
+    matches!(
+        policy,
+        PinningPolicy::Dedicated | PinningPolicy::IsolateThreads
+    )
+}
+
+/// Why no dedicated pCPUs could be allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationShortfall {
+    /// What the VM needs, e.g. `4 whole free cores`.
+    pub needed: String,
+    /// What the host has free, e.g. `3 whole free cores`.
+    pub free: String,
+}
+
+impl fmt::Display for AllocationShortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "needs {}, host has {}", self.needed, self.free)
+    }
+}
+
+/// The pCPUs an exclusively pinned VM would take on `host`, after every pCPU taken by
+/// running and pending exclusive VMs and every offline one:
+///
+/// * [`PinningPolicy::Dedicated`]: one free online pCPU per vCPU;
+/// * [`PinningPolicy::IsolateThreads`]: one whole core per vCPU (every thread of the core
+///   online and free); all of the core's threads are taken.
+///
+/// Sockets with the most free pCPUs are filled first (socket index breaks ties), cores in
+/// ascending order, so a VM spans as few sockets as it can and the choice is deterministic.
+/// Returns `Ok(empty)` for other policies.
+pub fn allocate_dedicated(host: &Host, vm: &Vm) -> Result<Vec<u32>, AllocationShortfall> {
+    if !is_exclusive(vm.cpu_pinning_policy) {
+        return Ok(Vec::new());
+    }
+    let taken = taken_cpus(host);
+    let topo = &host.cpu;
+    // Free pCPUs grouped by (socket, core), in core order.
+    let mut cores: std::collections::BTreeMap<(u32, u32), Vec<u32>> = Default::default();
+    let online = online_cpus(host);
+    for &cpu in &online {
+        if let Some(loc) = cpu_location(topo, cpu) {
+            if !taken.contains(&cpu) {
+                cores.entry((loc.socket, loc.core)).or_default().push(cpu);
+            }
+        }
+    }
+    let want = vm.vcpus() as usize;
+    let isolate = vm.cpu_pinning_policy == PinningPolicy::IsolateThreads;
+    let tpc = topo.threads_per_core.max(1) as usize;
+    if isolate {
+        cores.retain(|_, cpus| cpus.len() == tpc);
+    }
+    let mut free_per_socket: HashMap<u32, usize> = HashMap::new();
+    for (&(socket, _), cpus) in &cores {
+        *free_per_socket.entry(socket).or_default() += if isolate { 1 } else { cpus.len() };
+    }
+    let total: usize = free_per_socket.values().sum();
+    if total < want {
+        let unit = if isolate {
+            "whole free core(s)"
+        } else {
+            "free online pCPU(s)"
+        };
+        return Err(AllocationShortfall {
+            needed: format!("{want} {unit}"),
+            free: format!("{total}"),
+        });
+    }
+    let mut sockets: Vec<(u32, usize)> = free_per_socket.into_iter().collect();
+    sockets.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut chosen = Vec::new();
+    let mut units = 0;
+    'outer: for (socket, _) in sockets {
+        for (_, cpus) in cores.range((socket, 0)..=(socket, u32::MAX)) {
+            if isolate {
+                chosen.extend_from_slice(cpus);
+                units += 1;
+                if units == want {
+                    break 'outer;
+                }
+            } else {
+                for &cpu in cpus {
+                    chosen.push(cpu);
+                    units += 1;
+                    if units == want {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+/// One vNUMA node placed on one host node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// The VM's vNUMA node index.
+    pub vnode: u32,
+    /// The host node index.
+    pub host_node: u32,
+    /// The vNUMA node's memory in MiB.
+    pub memory_mb: u64,
+}
+
+/// The outcome of matching a VM's pinned vNUMA nodes to a host's NUMA nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumaFit {
+    /// The VM has no vNUMA node pinned to host nodes: nothing to check.
+    NotPinned,
+    /// Every pinned vNUMA node has a host node with room (strict mode, or a loose mode that
+    /// also found room): the assignment, in vNUMA node order.
+    Fits(Vec<NodePlacement>),
+    /// Interleave/preferred tune mode: the pinned nodes exist, but their free memory does
+    /// not hold the VM (the kernel may take memory elsewhere). No assignment is recorded.
+    FitsLoosely,
+    /// The host has no NUMA support.
+    NoNumaSupport,
+    /// A vNUMA node is pinned to a host node index the host does not have.
+    MissingHostNode {
+        /// The vNUMA node.
+        vnode: u32,
+        /// The missing host node index.
+        host_node: u32,
+    },
+    /// A vNUMA node's CPU pinning has no pCPU on any of its allowed host nodes.
+    PinningMismatch {
+        /// The vNUMA node.
+        vnode: u32,
+    },
+    /// No assignment gives every vNUMA node enough memory. `largest_free_mb` is the most
+    /// free memory (or free pages, for hugepage-backed VMs) on one allowed node.
+    NoRoom {
+        /// What was compared, e.g. `memory` or `2048 KiB hugepages`.
+        resource: String,
+        /// Total demand of the pinned vNUMA nodes (MiB or pages).
+        needed: u64,
+        /// Free amount on the allowed host nodes, summed (MiB or pages).
+        free: u64,
+    },
+    /// The search tried [`NUMA_SEARCH_STEP_LIMIT`] partial assignments without an answer.
+    SearchLimit,
+}
+
+impl NumaFit {
+    /// Whether the host passes (fits, loosely fits, or nothing to check).
+    pub fn passes(&self) -> bool {
+        matches!(
+            self,
+            NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely
+        )
+    }
+}
+
+/// Matches the VM's pinned vNUMA nodes to host nodes: every vNUMA node with
+/// [`pinned_host_nodes`](crate::VNumaNode::pinned_host_nodes) is assigned one of those host
+/// nodes, such that each host node holds the memory of the vNUMA nodes assigned to it. A
+/// host node's room is its free memory minus the pending NUMA memory recorded on it; for a
+/// hugepage-backed VM, its free pages of the VM's page size.
+///
+/// When `pinning` is given, a vNUMA node may only go to a host node holding, for each of its
+/// pinned vCPUs, at least one of that vCPU's pCPUs (the CPU-and-NUMA-pinning rule).
+///
+/// In [`NumaTuneMode::Strict`] the memory must fit; in the other modes a host whose pinned
+/// nodes exist passes, with the assignment when one fits and [`NumaFit::FitsLoosely`]
+/// otherwise.
+///
+/// The search is exact (backtracking), with three bounds that keep it fast: vNUMA nodes go
+/// largest first; host nodes that are interchangeable (same remaining room, allowed for the
+/// same vNUMA nodes) are tried once per level; states already known to fail are remembered.
+/// After [`NUMA_SEARCH_STEP_LIMIT`] steps it answers [`NumaFit::SearchLimit`].
+pub fn find_numa_assignment(vm: &Vm, host: &Host, pinning: Option<&CpuPinning>) -> NumaFit {
+    let pinned: Vec<&crate::VNumaNode> = vm
+        .numa_nodes
+        .iter()
+        .filter(|n| !n.pinned_host_nodes.is_empty())
+        .collect();
+    if pinned.is_empty() {
+        return NumaFit::NotPinned;
+    }
+    if host.numa_nodes.is_empty() {
+        return NumaFit::NoNumaSupport;
+    }
+    for v in &pinned {
+        if let Some(&missing) = v
+            .pinned_host_nodes
+            .iter()
+            .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
+        {
+            return NumaFit::MissingHostNode {
+                vnode: v.index,
+                host_node: missing,
+            };
+        }
+    }
+    // Host nodes in play, with their room.
+    let page_kb = vm.hugepage_size_kb.filter(|&s| s > 0);
+    let mut node_ids: Vec<u32> = pinned
+        .iter()
+        .flat_map(|v| v.pinned_host_nodes.iter().copied())
+        .collect();
+    node_ids.sort_unstable();
+    node_ids.dedup();
+    let room: Vec<u64> = node_ids
+        .iter()
+        .map(|&id| {
+            let node = host
+                .numa_nodes
+                .iter()
+                .find(|n| n.index == id)
+                .expect("checked above");
+            match page_kb {
+                Some(size) => node
+                    .free_hugepages
+                    .iter()
+                    .filter(|p| p.size_kb == size)
+                    .map(|p| p.count)
+                    .sum(),
+                None => node
+                    .free_memory_mb
+                    .saturating_sub(host.pending.numa_memory_of(id)),
+            }
+        })
+        .collect();
+    // Demands and allowed node positions, largest demand first.
+    struct Item {
+        vnode: u32,
+        memory_mb: u64,
+        demand: u64,
+        allowed: Vec<usize>,
+    }
+    let mut items = Vec::with_capacity(pinned.len());
+    for v in &pinned {
+        let demand = match page_kb {
+            Some(size) => v.memory_mb.saturating_mul(1024).div_ceil(size),
+            None => v.memory_mb,
+        };
+        let mut allowed: Vec<usize> = v
+            .pinned_host_nodes
+            .iter()
+            .map(|h| node_ids.binary_search(h).expect("collected above"))
+            .collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        if let Some(pinning) = pinning {
+            allowed.retain(|&pos| {
+                let node = host
+                    .numa_nodes
+                    .iter()
+                    .find(|n| n.index == node_ids[pos])
+                    .expect("checked above");
+                v.cpus.iter().all(|&vcpu| match pinning.pcpus_of(vcpu) {
+                    Some(pcpus) => pcpus.iter().any(|p| node.cpus.contains(p)),
+                    None => true,
+                })
+            });
+            if allowed.is_empty() {
+                return NumaFit::PinningMismatch { vnode: v.index };
+            }
+        }
+        items.push(Item {
+            vnode: v.index,
+            memory_mb: v.memory_mb,
+            demand,
+            allowed,
+        });
+    }
+    items.sort_by(|a, b| b.demand.cmp(&a.demand).then(a.vnode.cmp(&b.vnode)));
+
+    // Host nodes allowed for the same set of vNUMA nodes are interchangeable.
+    let mut class_of: Vec<Vec<usize>> = vec![Vec::new(); node_ids.len()];
+    for (i, item) in items.iter().enumerate() {
+        for &pos in &item.allowed {
+            class_of[pos].push(i);
+        }
+    }
+    let mut class_ids: HashMap<&Vec<usize>, usize> = HashMap::new();
+    let class: Vec<usize> = class_of
+        .iter()
+        .map(|c| {
+            let next = class_ids.len();
+            *class_ids.entry(c).or_insert(next)
+        })
+        .collect();
+
+    let demands: Vec<u64> = items.iter().map(|i| i.demand).collect();
+    let allowed: Vec<&[usize]> = items.iter().map(|i| i.allowed.as_slice()).collect();
+    let mut search = Search::new(&demands, &allowed, &class);
+    let mut remaining = room.clone();
+    let strict = vm.numa_tune == NumaTuneMode::Strict;
+    match search.run(0, &mut remaining) {
+        Some(true) => {
+            let mut out: Vec<NodePlacement> = items
+                .iter()
+                .zip(&search.chosen)
+                .map(|(item, &pos)| NodePlacement {
+                    vnode: item.vnode,
+                    host_node: node_ids[pos],
+                    memory_mb: item.memory_mb,
+                })
+                .collect();
+            out.sort_by_key(|p| p.vnode);
+            NumaFit::Fits(out)
+        }
+        _ if !strict => NumaFit::FitsLoosely,
+        Some(false) => NumaFit::NoRoom {
+            resource: match page_kb {
+                Some(size) => format!("{size} KiB hugepages"),
+                None => "memory".to_string(),
+            },
+            needed: demands.iter().sum(),
+            free: room.iter().sum(),
+        },
+        None => NumaFit::SearchLimit,
+    }
+}
+
+struct Search<'a> {
+    demands: &'a [u64],
+    allowed: &'a [&'a [usize]],
+    class: &'a [usize],
+    /// For each level, the host nodes that level's and the later items may use.
+    usable_from: Vec<Vec<usize>>,
+    /// For each level, the remaining-room states known to have no answer.
+    failed: Vec<HashSet<Vec<u64>>>,
+    steps: u32,
+    chosen: Vec<usize>,
+}
+
+impl<'a> Search<'a> {
+    fn new(demands: &'a [u64], allowed: &'a [&'a [usize]], class: &'a [usize]) -> Self {
+        let mut usable_from = vec![Vec::new(); demands.len()];
+        let mut seen = BTreeSet::new();
+        for i in (0..demands.len()).rev() {
+            seen.extend(allowed[i].iter().copied());
+            usable_from[i] = seen.iter().copied().collect();
+        }
+        Self {
+            demands,
+            allowed,
+            class,
+            usable_from,
+            failed: vec![HashSet::new(); demands.len()],
+            steps: 0,
+            chosen: vec![0; demands.len()],
+        }
+    }
+
+    /// `Some(true)`: found (in `chosen`); `Some(false)`: none exists; `None`: step limit.
+    fn run(&mut self, i: usize, remaining: &mut Vec<u64>) -> Option<bool> {
+        if i == self.demands.len() {
+            return Some(true);
+        }
+        self.steps += 1;
+        if self.steps > NUMA_SEARCH_STEP_LIMIT {
+            return None;
+        }
+        // Room left on the nodes the remaining items may use must cover their demand.
+        let rest: u64 = self.demands[i..].iter().sum();
+        let room: u64 = self.usable_from[i].iter().map(|&pos| remaining[pos]).sum();
+        if room < rest || self.failed[i].contains(remaining.as_slice()) {
+            return Some(false);
+        }
+        let demand = self.demands[i];
+        let mut tried: Vec<(usize, u64)> = Vec::new();
+        for &pos in self.allowed[i] {
+            if remaining[pos] < demand {
+                continue;
+            }
+            let signature = (self.class[pos], remaining[pos]);
+            if tried.contains(&signature) {
+                continue;
+            }
+            tried.push(signature);
+            remaining[pos] -= demand;
+            self.chosen[i] = pos;
+            let found = self.run(i + 1, remaining);
+            remaining[pos] += demand;
+            match found {
+                Some(true) => return Some(true),
+                Some(false) => {}
+                None => return None,
+            }
+        }
+        self.failed[i].insert(remaining.clone());
+        Some(false)
+    }
+}
+
+/// Whether the VM counts as high-performance or pinned for the HP units and for its default
+/// migration mode: a high-performance VM, or one with host CPU passthrough, a CPU pinning
+/// string, an exclusive pinning policy, or vNUMA nodes pinned to host nodes.
+pub fn is_hp_or_pinned(vm: &Vm) -> bool {
+    vm.vm_type == crate::VmType::HighPerformance
+        || vm.cpu_passthrough
+        || vm
+            .cpu_pinning
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
+        || vm.cpu_pinning_policy != PinningPolicy::None
+        || vm
+            .numa_nodes
+            .iter()
+            .any(|n| !n.pinned_host_nodes.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{host, vm, XorShift};
+
+    #[test]
+    fn pinning_strings_parse_to_vcpu_sets() {
+        let cases: &[(&str, &[(u32, &[u32])])] = &[
+            ("0#1-3_1#4", &[(0, &[1, 2, 3]), (1, &[4])]),
+            ("0#0,2,4", &[(0, &[0, 2, 4])]),
+            ("0#0-7,^3,^5", &[(0, &[0, 1, 2, 4, 6, 7])]),
+            ("1#5_0#6", &[(0, &[6]), (1, &[5])]),
+            (" 0 # 1 - 2 ", &[(0, &[1, 2])]),
+            ("0#3,3,2-3", &[(0, &[2, 3])]),
+            ("", &[]),
+        ];
+        for (text, want) in cases {
+            let p = CpuPinning::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let got: Vec<(u32, Vec<u32>)> = p
+                .entries()
+                .iter()
+                .map(|e| (e.vcpu, e.pcpus.clone()))
+                .collect();
+            let want: Vec<(u32, Vec<u32>)> = want.iter().map(|(v, c)| (*v, c.to_vec())).collect();
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_pinning_strings_are_errors_naming_the_entry() {
+        let cases = [
+            ("0#1_1", "entry 2 `1` has no `#`"),
+            ("0#", "entry 1: pCPU is missing"),
+            ("#3", "entry 1: vCPU is missing"),
+            ("0#a", "entry 1: pCPU `a` is not a number"),
+            ("0#3-1", "entry 1: range `3-1` must go upwards"),
+            ("0#2-2", "entry 1: range `2-2` must go upwards"),
+            ("0#1_0#2", "entry 2: vCPU 0 is pinned twice"),
+            ("0#1,^1", "entry 1: vCPU 0 is left with no pCPU"),
+            ("0#^1", "entry 1: vCPU 0 is left with no pCPU"),
+            ("0#^1-3", "exclusion `^1-3`"),
+            ("0#0-99999", "99999 is above the highest pCPU id"),
+            ("0#1,,2", "entry 1: pCPU is missing"),
+            ("0#-1", "entry 1: range `-1`: is missing"),
+            ("x#1", "entry 1: vCPU `x` is not a number"),
+            ("0#1__1#2", "entry 2 `` has no `#`"),
+        ];
+        for (text, want) in cases {
+            let err = CpuPinning::parse(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.starts_with(&format!("pinning `{text}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn pinning_of_a_vcpu_the_vm_lacks_is_an_error() {
+        let p = CpuPinning::parse("0#1_3#2").unwrap();
+        assert!(p.check_vcpus("0#1_3#2", 4).is_ok());
+        let err = p.check_vcpus("0#1_3#2", 2).unwrap_err().to_string();
+        assert!(
+            err.contains("vCPU 3 is pinned but the VM has 2 vCPU(s)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cpu_locations_follow_the_linear_numbering() {
+        let h = host("h").cpu(2, 4, 2).build();
+        let cases = [
+            (0, (0, 0, 0)),
+            (1, (0, 0, 1)),
+            (2, (0, 1, 0)),
+            (7, (0, 3, 1)),
+            (8, (1, 0, 0)),
+            (15, (1, 3, 1)),
+        ];
+        for (cpu, (socket, core, thread)) in cases {
+            assert_eq!(
+                cpu_location(&h.cpu, cpu),
+                Some(CpuLocation {
+                    socket,
+                    core,
+                    thread
+                }),
+                "cpu {cpu}"
+            );
+        }
+        assert_eq!(cpu_location(&h.cpu, 16), None);
+    }
+
+    #[test]
+    fn dedicated_allocation_skips_offline_dedicated_and_pending_pcpus() {
+        // 2 sockets x 2 cores x 2 threads = 8 CPUs.
+        let cases: &[(&str, Host, PinningPolicy, u32, Result<Vec<u32>, &str>)] = &[
+            (
+                "dedicated fills the freest socket first",
+                host("h").cpu(2, 2, 2).dedicated_cpus([0]).build(),
+                PinningPolicy::Dedicated,
+                3,
+                Ok(vec![4, 5, 6]),
+            ),
+            (
+                "pending pins count as taken",
+                host("h")
+                    .cpu(2, 2, 2)
+                    .pending_pinned_cpus([4, 5, 6])
+                    .build(),
+                PinningPolicy::Dedicated,
+                4,
+                Ok(vec![0, 1, 2, 3]),
+            ),
+            (
+                "offline pCPUs are never allocated",
+                host("h").cpu(1, 2, 2).online_cpus([0, 1, 3]).build(),
+                PinningPolicy::Dedicated,
+                4,
+                Err("needs 4 free online pCPU(s), host has 3"),
+            ),
+            (
+                "isolate-threads takes whole cores",
+                host("h").cpu(2, 2, 2).dedicated_cpus([1]).build(),
+                PinningPolicy::IsolateThreads,
+                2,
+                Ok(vec![4, 5, 6, 7]),
+            ),
+            (
+                "isolate-threads skips a core with an offline sibling",
+                host("h").cpu(1, 3, 2).online_cpus([0, 1, 2, 4, 5]).build(),
+                PinningPolicy::IsolateThreads,
+                2,
+                Ok(vec![0, 1, 4, 5]),
+            ),
+            (
+                "isolate-threads counts whole cores only",
+                host("h").cpu(1, 2, 2).pending_pinned_cpus([0]).build(),
+                PinningPolicy::IsolateThreads,
+                2,
+                Err("needs 2 whole free core(s), host has 1"),
+            ),
+            (
+                "shared policies take nothing",
+                host("h").cpu(1, 2, 2).build(),
+                PinningPolicy::Manual,
+                2,
+                Ok(vec![]),
+            ),
+        ];
+        for (name, h, policy, vcpus, want) in cases {
+            let v = vm("v").vcpus(*vcpus).pinning_policy(*policy).build();
+            let got = allocate_dedicated(h, &v).map_err(|e| e.to_string());
+            match want {
+                Ok(cpus) => assert_eq!(got.as_ref(), Ok(cpus), "{name}"),
+                Err(msg) => assert_eq!(got.unwrap_err(), *msg, "{name}"),
+            }
+        }
+    }
+
+    fn numa_host() -> crate::testing::HostBuilder {
+        host("h")
+            .cpu(2, 4, 1)
+            .numa_node(0, [0, 1, 2, 3], 8_192)
+            .numa_node(1, [4, 5, 6, 7], 8_192)
+    }
+
+    fn assignment(fit: &NumaFit) -> Vec<(u32, u32)> {
+        match fit {
+            NumaFit::Fits(p) => p.iter().map(|p| (p.vnode, p.host_node)).collect(),
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numa_assignment_cases() {
+        let cases: Vec<(&str, Host, Vm, Result<Vec<(u32, u32)>, &str>)> = vec![
+            (
+                "one node each",
+                numa_host().build(),
+                vm("v")
+                    .vnuma(0, 6_000, [0], &[0, 1])
+                    .vnuma(1, 6_000, [1], &[0, 1])
+                    .build(),
+                Ok(vec![(0, 0), (1, 1)]),
+            ),
+            (
+                "backtracking: the big node needs node 1, so the small one moves",
+                numa_host().pending_numa_mb(0, 4_000).build(),
+                vm("v")
+                    .vnuma(0, 2_000, [0], &[0, 1])
+                    .vnuma(1, 7_000, [1], &[0, 1])
+                    .build(),
+                Ok(vec![(0, 0), (1, 1)]),
+            ),
+            (
+                "pending NUMA memory makes a node too small",
+                numa_host().pending_numa_mb(1, 3_000).build(),
+                vm("v").vnuma(0, 6_000, [0], &[1]).build(),
+                Err("NoRoom"),
+            ),
+            (
+                "two vnodes on one host node add up",
+                numa_host().build(),
+                vm("v")
+                    .vnuma(0, 5_000, [0], &[0])
+                    .vnuma(1, 5_000, [1], &[0])
+                    .build(),
+                Err("NoRoom"),
+            ),
+            (
+                "host without NUMA",
+                host("h").build(),
+                vm("v").vnuma(0, 1_000, [0], &[0]).build(),
+                Err("NoNumaSupport"),
+            ),
+            (
+                "pinned index missing on the host",
+                numa_host().build(),
+                vm("v").vnuma(0, 1_000, [0], &[0, 2]).build(),
+                Err("MissingHostNode { vnode: 0, host_node: 2 }"),
+            ),
+            (
+                "unpinned vnodes are not checked",
+                host("h").build(),
+                vm("v").vnuma(0, 100_000, [0], &[]).build(),
+                Err("NotPinned"),
+            ),
+            (
+                "hugepages: free pages of the VM's size on the node",
+                numa_host()
+                    .node_hugepages(0, 1_048_576, 2)
+                    .node_hugepages(1, 2_048, 100_000)
+                    .node_hugepages(1, 1_048_576, 4)
+                    .build(),
+                vm("v")
+                    .hugepages(1_048_576)
+                    .vnuma(0, 3_072, [0], &[0, 1])
+                    .build(),
+                Ok(vec![(0, 1)]),
+            ),
+            (
+                "hugepages of another size do not count",
+                numa_host().node_hugepages(0, 2_048, 1_000_000).build(),
+                vm("v")
+                    .hugepages(1_048_576)
+                    .vnuma(0, 1_024, [0], &[0])
+                    .build(),
+                Err("NoRoom"),
+            ),
+        ];
+        for (name, h, v, want) in cases {
+            let fit = find_numa_assignment(&v, &h, None);
+            match want {
+                Ok(a) => assert_eq!(assignment(&fit), a, "{name}"),
+                Err(variant) => assert!(format!("{fit:?}").starts_with(variant), "{name}: {fit:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn loose_tune_modes_pass_without_room() {
+        let h = numa_host().pending_numa_mb(0, 8_000).build();
+        let v = vm("v").vnuma(0, 4_000, [0], &[0]);
+        assert!(matches!(
+            find_numa_assignment(&v.clone().build(), &h, None),
+            NumaFit::NoRoom { .. }
+        ));
+        for mode in [NumaTuneMode::Interleave, NumaTuneMode::Preferred] {
+            let fit = find_numa_assignment(&v.clone().numa_tune(mode).build(), &h, None);
+            assert_eq!(fit, NumaFit::FitsLoosely, "{mode:?}");
+            assert!(fit.passes());
+        }
+    }
+
+    #[test]
+    fn cpu_pinning_restricts_the_host_nodes_a_vnode_may_take() {
+        let h = numa_host().build();
+        // vCPU 0 pinned to pCPU 5 (node 1): vnode 0 must go to node 1.
+        let v = vm("v")
+            .vcpus(2)
+            .pinning("0#5_1#0")
+            .vnuma(0, 1_000, [0], &[0, 1])
+            .vnuma(1, 1_000, [1], &[0, 1])
+            .build();
+        let pinning = CpuPinning::of_vm(&v).unwrap().unwrap();
+        let fit = find_numa_assignment(&v, &h, Some(&pinning));
+        assert_eq!(assignment(&fit), vec![(0, 1), (1, 0)]);
+        // Without the pinning rule the first fit is node 0.
+        assert_eq!(
+            assignment(&find_numa_assignment(&v, &h, None)),
+            vec![(0, 0), (1, 0)]
+        );
+        let v = vm("v")
+            .vcpus(1)
+            .pinning("0#5")
+            .vnuma(0, 1_000, [0], &[0])
+            .build();
+        let pinning = CpuPinning::of_vm(&v).unwrap().unwrap();
+        assert_eq!(
+            find_numa_assignment(&v, &h, Some(&pinning)),
+            NumaFit::PinningMismatch { vnode: 0 }
+        );
+    }
+
+    /// A search that must prove there is no answer over many nodes (every node is short by a
+    /// little, but the sums fit) finishes instead of trying every permutation.
+    #[test]
+    fn numa_search_is_bounded_with_many_nodes() {
+        let mut h = host("h").cpu(2, 16, 2);
+        for n in 0..16 {
+            h = h.numa_node(n, [n * 4, n * 4 + 1, n * 4 + 2, n * 4 + 3], 10_000);
+        }
+        let h = h.build();
+        // 32 vnodes of 6,000 MiB: the sum (192,000) fits in 160,000? No, so use 24 vnodes of
+        // 6,000 = 144,000 < 160,000: only one fits per node, so 16 fit and 8 do not.
+        let all: Vec<u32> = (0..16).collect();
+        let mut v = vm("v").vcpus(24);
+        for i in 0..24 {
+            v = v.vnuma(i, 6_000, [i], &all);
+        }
+        let fit = find_numa_assignment(&v.build(), &h, None);
+        assert!(matches!(fit, NumaFit::NoRoom { .. }), "{fit:?}");
+
+        // Distinct node sizes and distinct demands defeat the symmetry rule; the failure
+        // memo and the step limit still bound it.
+        let mut h = host("h").cpu(2, 16, 2);
+        for n in 0..16u32 {
+            h = h.numa_node(n, [n], 10_000 + u64::from(n) * 7);
+        }
+        let h = h.build();
+        let mut v = vm("v").vcpus(24);
+        for i in 0..24u32 {
+            v = v.vnuma(i, 5_001 + u64::from(i) * 11, [i], &all);
+        }
+        let fit = find_numa_assignment(&v.build(), &h, None);
+        assert!(
+            matches!(fit, NumaFit::NoRoom { .. } | NumaFit::SearchLimit),
+            "{fit:?}"
+        );
+    }
+
+    /// Brute force over every assignment agrees with the search on small random cases.
+    #[test]
+    fn numa_search_agrees_with_brute_force() {
+        let mut rng = XorShift::new(7);
+        for case in 0..500 {
+            let nodes = 1 + rng.below(4) as u32;
+            let mut h = host("h").cpu(1, 8, 1);
+            for n in 0..nodes {
+                h = h.numa_node(n, [n], 1_000 + rng.below(4) * 1_000);
+            }
+            for n in 0..nodes {
+                if rng.below(2) == 0 {
+                    h = h.pending_numa_mb(n, rng.below(3) * 500);
+                }
+            }
+            let h = h.build();
+            let vnodes = 1 + rng.below(5) as u32;
+            let mut v = vm("v").vcpus(vnodes);
+            let mut allowed_sets = Vec::new();
+            let mut sizes = Vec::new();
+            for i in 0..vnodes {
+                let allowed: Vec<u32> = (0..nodes).filter(|_| rng.below(3) > 0).collect();
+                let allowed = if allowed.is_empty() { vec![0] } else { allowed };
+                let size = 500 + rng.below(6) * 500;
+                v = v.vnuma(i, size, [i], &allowed);
+                allowed_sets.push(allowed);
+                sizes.push(size);
+            }
+            let v = v.build();
+            let room: Vec<u64> = h
+                .numa_nodes
+                .iter()
+                .map(|n| n.free_memory_mb - h.pending.numa_memory_of(n.index).min(n.free_memory_mb))
+                .collect();
+            let brute = brute_force(&sizes, &allowed_sets, &mut room.clone(), 0);
+            let fit = find_numa_assignment(&v, &h, None);
+            assert_eq!(fit.passes(), brute, "case {case}: {fit:?}");
+            if let NumaFit::Fits(placements) = fit {
+                let mut used = vec![0u64; nodes as usize];
+                for p in &placements {
+                    assert!(allowed_sets[p.vnode as usize].contains(&p.host_node));
+                    used[p.host_node as usize] += p.memory_mb;
+                }
+                for n in 0..nodes as usize {
+                    assert!(used[n] <= room[n], "case {case}: node {n} overfilled");
+                }
+            }
+        }
+    }
+
+    fn brute_force(sizes: &[u64], allowed: &[Vec<u32>], room: &mut [u64], i: usize) -> bool {
+        if i == sizes.len() {
+            return true;
+        }
+        for &n in &allowed[i] {
+            let n = n as usize;
+            if room[n] >= sizes[i] {
+                room[n] -= sizes[i];
+                let ok = brute_force(sizes, allowed, room, i + 1);
+                room[n] += sizes[i];
+                if ok {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn hp_or_pinned_vms_default_to_manual_migration() {
+        let cases = [
+            ("plain", vm("v").build(), MigrationMode::Migratable),
+            (
+                "high performance",
+                vm("v").vm_type(crate::VmType::HighPerformance).build(),
+                MigrationMode::ManualOnly,
+            ),
+            (
+                "passthrough",
+                vm("v").passthrough().build(),
+                MigrationMode::ManualOnly,
+            ),
+            (
+                "pinning string",
+                vm("v").pinning("0#1").build(),
+                MigrationMode::ManualOnly,
+            ),
+            (
+                "dedicated",
+                vm("v").pinning_policy(PinningPolicy::Dedicated).build(),
+                MigrationMode::ManualOnly,
+            ),
+            (
+                "numa pinned",
+                vm("v").vnuma(0, 1, [0], &[0]).build(),
+                MigrationMode::ManualOnly,
+            ),
+            (
+                "explicit mode wins",
+                vm("v")
+                    .passthrough()
+                    .migration(MigrationMode::Migratable)
+                    .build(),
+                MigrationMode::Migratable,
+            ),
+        ];
+        for (name, v, want) in cases {
+            assert_eq!(v.migration_mode(), want, "{name}");
+        }
+    }
+
+    use crate::MigrationMode;
+}
