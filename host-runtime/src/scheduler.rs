@@ -427,7 +427,7 @@ fn validate_vm(vm: &Vm) -> Result<()> {
     if let Some(text) = &vm.cpu_pinning {
         let checked = CpuPinning::parse(text).and_then(|p| p.check_vcpus(text, vm.vcpus()));
         if let Err(e) = checked {
-            return bad("cpu_pinning", &e.message);
+            return bad("cpu_pinning", &e.to_string());
         }
     }
     if vm.numa_nodes.len() > topology::MAX_VNUMA_NODES {

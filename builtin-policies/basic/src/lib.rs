@@ -107,6 +107,9 @@ fn distinct_count(ids: &[u32], exclude: &[u32]) -> u32 {
 
 /// The host must have at least as many usable CPUs as the VM has vCPUs: cores (threads
 /// when the cluster counts threads as cores) minus dedicated and pending pinned pCPUs.
+/// Applies to VMs sharing their pCPUs; a VM with an exclusive pinning policy (dedicated,
+/// isolate-threads) passes here, and the `cpu-pinning` filter checks that the host has the
+/// free pCPUs (or whole cores) it takes.
 #[derive(Debug, Default)]
 pub struct CpuFilter;
 
@@ -116,6 +119,9 @@ impl Filter for CpuFilter {
         "Usable host CPUs (minus dedicated and pending pinned pCPUs) must cover the VM's vCPUs";
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
+            return Verdict::Pass;
+        }
         let threads_as_cores = ctx.snapshot().cluster.count_threads_as_cores;
         let total = host.schedulable_cpus(threads_as_cores);
         let dedicated = distinct_count(&host.dedicated_cpus, &[]);
@@ -415,6 +421,27 @@ mod tests {
                 "8 cores available, 16 vCPUs needed (8 cores, 0 dedicated, 0 pending pinned)"
             )
         );
+    }
+
+    /// Exclusive VMs are the `cpu-pinning` filter's business: counting their vCPUs against
+    /// cores here would refuse a dedicated VM that fits the free threads.
+    #[test]
+    fn cpu_filter_leaves_exclusively_pinned_vms_to_the_pinning_filter() {
+        let s = snapshot().build();
+        let h = host("h").cpu(1, 4, 2).dedicated_cpus([0, 1]).build();
+        for (policy, expected) in [
+            (policy_sdk::PinningPolicy::None, "not_enough_cores"),
+            (policy_sdk::PinningPolicy::Manual, "not_enough_cores"),
+            (policy_sdk::PinningPolicy::Dedicated, "pass"),
+            (policy_sdk::PinningPolicy::IsolateThreads, "pass"),
+        ] {
+            let v = vm("v").vcpus(6).pinning_policy(policy).build();
+            assert_eq!(
+                code(&check::<CpuFilter>(&s, &[], &v, &h)),
+                expected,
+                "{policy:?}"
+            );
+        }
     }
 
     #[test]
