@@ -1,7 +1,10 @@
-//! Cost of one scheduling decision with the builtin default policy (memory, CPU and
-//! VM-affinity filters; CPU-load, free-memory and VM-affinity weights; rank selector) at
-//! 1,000 and 10,000 hosts: the wasm modules as shipped, and the same unit code compiled
-//! natively into the host, in the same run.
+//! Cost of one scheduling decision with the builtin default policy (memory, CPU, CPU-level,
+//! CPU-pinning, hugepages, NUMA and VM-affinity filters; CPU-load, free-memory, VM-affinity,
+//! high-performance-CPU and CPU-and-NUMA-pinning weights; rank selector) at 1,000 and
+//! 10,000 hosts: the wasm modules as shipped, and the same unit code compiled natively into
+//! the host, in the same run. `decision` places a plain VM; `decision-hp` a
+//! high-performance VM with CPU pinning, two pinned vNUMA nodes and hugepages, so every
+//! unit does its per-host work.
 //!
 //! `cargo bench -p wasmsched --bench decision`; the ratio wasm/native is the isolation cost.
 //! The decisions are what-ifs ([`Policy::evaluate`]): nothing is reserved, so every
@@ -16,7 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use policy_sdk::testing::vm;
 use std::hint::black_box;
 use std::time::Duration;
-use support::{cluster, policies};
+use support::{cluster, hp_vm, policies};
 use wasmsched::{Cluster, PlacementKind, Policy, ScheduleRequest};
 
 /// One benchmark group: a decision per iteration, wasm and native, at each cluster size;
@@ -24,10 +27,10 @@ use wasmsched::{Cluster, PlacementKind, Policy, ScheduleRequest};
 fn group(
     c: &mut Criterion,
     name: &str,
+    request: &ScheduleRequest,
     policies: [(&str, &Policy); 2],
     mut before_each: impl FnMut(&Cluster, u64),
 ) {
-    let request = ScheduleRequest::new(vm("bench").memory_mb(4_096).vcpus(4).build());
     let mut group = c.benchmark_group(name);
     group
         .sample_size(30)
@@ -37,7 +40,7 @@ fn group(
         for (backend, policy) in policies {
             // The first call syncs the snapshot into the instances; the measured ones don't.
             assert!(policy
-                .evaluate(&cluster.view(), &request)
+                .evaluate(&cluster.view(), request)
                 .unwrap()
                 .chosen
                 .is_some());
@@ -46,7 +49,7 @@ fn group(
                 b.iter(|| {
                     iteration += 1;
                     before_each(&cluster, iteration);
-                    black_box(policy.evaluate(&cluster.view(), &request).unwrap())
+                    black_box(policy.evaluate(&cluster.view(), request).unwrap())
                 })
             });
         }
@@ -57,10 +60,19 @@ fn group(
 fn decision(c: &mut Criterion) {
     let (wasm, native) = policies();
     let policies = [("wasm", &wasm), ("native", &native)];
-    group(c, "decision", policies, |_, _| {});
+    let plain = ScheduleRequest::new(vm("bench").memory_mb(4_096).vcpus(4).build());
+    group(c, "decision", &plain, policies, |_, _| {});
+    group(
+        c,
+        "decision-hp",
+        &ScheduleRequest::new(hp_vm()),
+        policies,
+        |_, _| {},
+    );
     group(
         c,
         "decision-after-pending-change",
+        &plain,
         policies,
         |cluster, n| {
             let starting = vm(&format!("starting-{}", n % 2))

@@ -81,6 +81,75 @@ pub enum Migration {
     },
 }
 
+impl std::fmt::Display for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Migration::NotAllowed {
+                vm,
+                mode,
+                trigger,
+                reason,
+            } => writeln!(
+                f,
+                "VM {vm} stays: {} migration of a {} VM is not allowed: {reason}",
+                trigger.as_str(),
+                mode_str(*mode)
+            ),
+            Migration::Scheduled {
+                source,
+                mode,
+                trigger,
+                decision,
+                fallback,
+                warnings,
+            } => {
+                match &decision.chosen {
+                    Some(to) => writeln!(
+                        f,
+                        "VM {} ({}, {} migration): {source} -> {to}",
+                        decision.vm,
+                        mode_str(*mode),
+                        trigger.as_str()
+                    )?,
+                    None => writeln!(
+                        f,
+                        "VM {} ({}, {} migration): no destination, stays on {source}",
+                        decision.vm,
+                        mode_str(*mode),
+                        trigger.as_str()
+                    )?,
+                }
+                if let Some(why) = fallback {
+                    writeln!(f, "  fallback: {why}")?;
+                }
+                for w in warnings {
+                    writeln!(f, "  warning: {w}")?;
+                }
+                write!(f, "{decision}")
+            }
+        }
+    }
+}
+
+fn mode_str(mode: MigrationMode) -> &'static str {
+    match mode {
+        MigrationMode::Migratable => "migratable",
+        MigrationMode::ManualOnly => "manual-only",
+        MigrationMode::PinnedToHost => "pinned-to-host",
+    }
+}
+
+impl MigrationTrigger {
+    /// Lower-case name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationTrigger::Automatic => "automatic",
+            MigrationTrigger::UserForced => "user-forced",
+            MigrationTrigger::HostMaintenance => "host-maintenance",
+        }
+    }
+}
+
 impl Migration {
     /// The destination, when one was chosen.
     pub fn destination(&self) -> Option<&str> {

@@ -273,3 +273,78 @@ fn simulate_reads_toml_events_and_names_an_unknown_host() {
         "{err}"
     );
 }
+
+#[test]
+fn schedule_places_the_hp_examples_with_numa_and_pinning_reservations() {
+    let out = wasmsched(&[
+        "schedule",
+        "--cluster",
+        "examples/hp/cluster.json",
+        "--vm",
+        "examples/hp/vms/db-numa.json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "64 hugepages of 1048576 KiB, 32768 MiB on NUMA node 0, 32768 MiB on NUMA node 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("hugepages: not_enough_hugepages"), "{text}");
+    let out = wasmsched(&[
+        "schedule",
+        "--cluster",
+        "examples/hp/cluster.json",
+        "--vm",
+        "examples/hp/vms/ml-train.json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("cpu-pinning: pcpu_offline: pinned pCPU(s) 18 offline or absent"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn migrate_honours_migration_modes_and_host_maintenance() {
+    let args = |extra: &[&str]| {
+        let mut a = vec!["migrate", "--cluster", "examples/hp/cluster.json"];
+        a.extend_from_slice(extra);
+        wasmsched(&a)
+    };
+    let out = args(&["--vm", "trading-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("VM trading-1 (manual-only, user-forced migration): hp-1 -> hp-2"),
+        "{}",
+        stdout(&out)
+    );
+    let out = args(&["--vm", "trading-1", "--trigger", "automatic"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("automatic migration of a manual-only VM is not allowed"));
+    let out = args(&["--host", "hp-1", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "pinned-to-host VM stays: {}",
+        stderr(&out)
+    );
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let kinds: Vec<&str> = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["scheduled", "scheduled", "not_allowed"]);
+    assert_eq!(plans[0]["warnings"].as_array().unwrap().len(), 1);
+    let out = args(&["--vm", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("\"nope\": not in the cluster"),
+        "{}",
+        stderr(&out)
+    );
+}

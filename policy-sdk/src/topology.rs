@@ -650,6 +650,7 @@ pub fn is_hp_or_pinned(vm: &Vm) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // the case tables spell out their rows
 mod tests {
     use super::*;
     use crate::testing::{host, vm, XorShift};

@@ -4,7 +4,9 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wasmsched::sdk::Vm;
-use wasmsched::{files, simulate, Cluster, Policy, Runtime, ScheduleRequest};
+use wasmsched::{
+    files, simulate, Cluster, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest,
+};
 
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
 const DEMO_VMS: &str = include_str!("../../../examples/demo/vms.json");
@@ -69,6 +71,31 @@ enum Command {
         #[arg(long, value_name = "HOST", value_delimiter = ',')]
         whitelist: Option<Vec<String>>,
     },
+    /// Choose a destination for a running VM (`--vm`), or for every VM on a host going to
+    /// maintenance (`--host`), honouring migration modes.
+    Migrate {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The running VM to move (its id).
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "host",
+            required_unless_present = "host"
+        )]
+        vm: Option<String>,
+        /// Move every VM running on this host (host maintenance).
+        #[arg(long, value_name = "ID")]
+        host: Option<String>,
+        /// Why the VM moves (decides which migration modes may move it); `--host` implies
+        /// `host-maintenance`.
+        #[arg(long, value_enum, default_value = "user-forced")]
+        trigger: TriggerArg,
+        /// Cluster policy (default: the builtin default policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
     /// Replay lifecycle events (a mass start, VMs coming up or failing, migrations, hosts
     /// going down) on a cluster: every decision and the pending resources after each event.
     Simulate {
@@ -95,6 +122,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+/// Migration triggers on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TriggerArg {
+    /// Balancing or host trouble: only migratable VMs move.
+    Automatic,
+    /// A user asked: migratable and manual-only VMs move.
+    UserForced,
+    /// The host goes to maintenance: migratable and manual-only VMs move.
+    HostMaintenance,
+}
+
+impl From<TriggerArg> for MigrationTrigger {
+    fn from(t: TriggerArg) -> Self {
+        match t {
+            TriggerArg::Automatic => MigrationTrigger::Automatic,
+            TriggerArg::UserForced => MigrationTrigger::UserForced,
+            TriggerArg::HostMaintenance => MigrationTrigger::HostMaintenance,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,6 +221,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_NO_HOST)
+            })
+        }
+        Command::Migrate {
+            cluster,
+            vm,
+            host,
+            trigger,
+            policy: policy_file,
+        } => {
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let cluster = Cluster::from_file(cluster)?;
+            let migrations = match (vm, host) {
+                (Some(vm), _) => vec![policy.migrate(&cluster, vm, (*trigger).into())?],
+                (None, Some(host)) => policy.evacuate_host(&cluster, host)?,
+                (None, None) => unreachable!("clap requires --vm or --host"),
+            };
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&migrations)?);
+            } else {
+                for m in &migrations {
+                    print!("{m}");
+                }
+            }
+            let stuck = migrations.iter().any(|m| match m {
+                Migration::NotAllowed { .. } => true,
+                Migration::Scheduled { decision, .. } => decision.chosen.is_none(),
+            });
+            Ok(if stuck {
+                ExitCode::from(EXIT_NO_HOST)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Command::Simulate {
