@@ -73,8 +73,9 @@ impl PendingRules {
     /// The pending resources of placing `vm` on `host`: the VM itself, its vCPUs, static
     /// overhead memory, guest memory plus overhead (overcommit memory), expected CPU load
     /// (per-vCPU start load, or the VM's current usage when migrating), hugepages (pages of
-    /// the VM's size, rounded up), the pCPUs a dedicated or isolate-threads VM takes (see
-    /// [`topology::allocate_dedicated`]), memory on the host NUMA nodes its pinned vNUMA
+    /// the VM's size, rounded up), the pCPUs a dedicated or isolate-threads VM takes, on the host
+    /// nodes its vNUMA nodes were assigned to when it can (see
+    /// [`topology::allocate_dedicated_on_nodes`]), memory on the host NUMA nodes its pinned vNUMA
     /// nodes are assigned to (see [`numa_assignment`]), and its custom resource amounts.
     /// `host.pending` must not include this VM's own records.
     pub fn resources_for(
@@ -112,13 +113,14 @@ impl PendingRules {
                 count: vm.memory_mb.saturating_mul(1024).div_ceil(size_kb),
             });
         }
-        if let Ok(cpus) = topology::allocate_dedicated(host, vm) {
+        let placements = numa_assignment(vm, host);
+        if let Ok(cpus) = topology::allocate_dedicated_on_nodes(host, vm, &placements) {
             if !cpus.is_empty() {
                 out.push(PendingResource::PinnedCpus { cpus });
             }
         }
         let mut numa: BTreeMap<u32, u64> = BTreeMap::new();
-        for placed in numa_assignment(vm, host) {
+        for placed in placements {
             let sum = numa.entry(placed.host_node).or_default();
             *sum = sum.saturating_add(placed.memory_mb);
         }

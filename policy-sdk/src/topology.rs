@@ -276,20 +276,78 @@ pub fn allocate_dedicated(host: &Host, vm: &Vm) -> Result<Vec<u32>, AllocationSh
     if !is_exclusive(vm.cpu_pinning_policy) {
         return Ok(Vec::new());
     }
-    let taken = taken_cpus(host);
+    allocate(
+        host,
+        vm.cpu_pinning_policy,
+        vm.vcpus(),
+        &taken_cpus(host),
+        |_| true,
+    )
+}
+
+/// Like [`allocate_dedicated`], with the vCPUs of each placed vNUMA node taken from the CPUs
+/// of the host node it was assigned to (the VM's other vCPUs anywhere), so a dedicated VM's
+/// pCPUs sit with its memory. Falls back to [`allocate_dedicated`] when the nodes lack the
+/// free pCPUs.
+pub fn allocate_dedicated_on_nodes(
+    host: &Host,
+    vm: &Vm,
+    placements: &[NodePlacement],
+) -> Result<Vec<u32>, AllocationShortfall> {
+    if !is_exclusive(vm.cpu_pinning_policy) || placements.is_empty() {
+        return allocate_dedicated(host, vm);
+    }
+    let mut taken = taken_cpus(host);
+    let mut chosen = Vec::new();
+    let mut placed_vcpus = 0u32;
+    for p in placements {
+        let Some(vnode) = vm.numa_nodes.iter().find(|n| n.index == p.vnode) else {
+            continue;
+        };
+        let Some(node) = host.numa_nodes.iter().find(|n| n.index == p.host_node) else {
+            continue;
+        };
+        let want = vnode.cpus.len() as u32;
+        let Ok(cpus) = allocate(host, vm.cpu_pinning_policy, want, &taken, |c| {
+            node.cpus.contains(&c)
+        }) else {
+            return allocate_dedicated(host, vm);
+        };
+        taken.extend(cpus.iter().copied());
+        chosen.extend(cpus);
+        placed_vcpus += want;
+    }
+    let rest = vm.vcpus().saturating_sub(placed_vcpus);
+    match allocate(host, vm.cpu_pinning_policy, rest, &taken, |_| true) {
+        Ok(cpus) => chosen.extend(cpus),
+        Err(_) => return allocate_dedicated(host, vm),
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+/// `want` vCPUs' worth of free online pCPUs (or whole cores, for isolate-threads) among
+/// those `allowed`, none of them in `taken`.
+fn allocate(
+    host: &Host,
+    policy: PinningPolicy,
+    want: u32,
+    taken: &BTreeSet<u32>,
+    allowed: impl Fn(u32) -> bool,
+) -> Result<Vec<u32>, AllocationShortfall> {
     let topo = &host.cpu;
-    // Free pCPUs grouped by (socket, core), in core order.
+    let isolate = policy == PinningPolicy::IsolateThreads;
+    // Free pCPUs grouped by (socket, core), in core order. For isolate-threads a core counts
+    // only when all its threads are online, allowed and free.
     let mut cores: std::collections::BTreeMap<(u32, u32), Vec<u32>> = Default::default();
-    let online = online_cpus(host);
-    for &cpu in &online {
+    for cpu in online_cpus(host) {
         if let Some(loc) = cpu_location(topo, cpu) {
-            if !taken.contains(&cpu) {
+            if !taken.contains(&cpu) && allowed(cpu) {
                 cores.entry((loc.socket, loc.core)).or_default().push(cpu);
             }
         }
     }
-    let want = vm.vcpus() as usize;
-    let isolate = vm.cpu_pinning_policy == PinningPolicy::IsolateThreads;
+    let want = want as usize;
     let tpc = topo.threads_per_core.max(1) as usize;
     if isolate {
         cores.retain(|_, cpus| cpus.len() == tpc);
@@ -314,20 +372,22 @@ pub fn allocate_dedicated(host: &Host, vm: &Vm) -> Result<Vec<u32>, AllocationSh
     sockets.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut chosen = Vec::new();
     let mut units = 0;
-    'outer: for (socket, _) in sockets {
-        for (_, cpus) in cores.range((socket, 0)..=(socket, u32::MAX)) {
-            if isolate {
-                chosen.extend_from_slice(cpus);
-                units += 1;
-                if units == want {
-                    break 'outer;
-                }
-            } else {
-                for &cpu in cpus {
-                    chosen.push(cpu);
+    if want > 0 {
+        'outer: for (socket, _) in sockets {
+            for (_, cpus) in cores.range((socket, 0)..=(socket, u32::MAX)) {
+                if isolate {
+                    chosen.extend_from_slice(cpus);
                     units += 1;
                     if units == want {
                         break 'outer;
+                    }
+                } else {
+                    for &cpu in cpus {
+                        chosen.push(cpu);
+                        units += 1;
+                        if units == want {
+                            break 'outer;
+                        }
                     }
                 }
             }
@@ -805,6 +865,43 @@ mod tests {
                 Err(msg) => assert_eq!(got.unwrap_err(), *msg, "{name}"),
             }
         }
+    }
+
+    #[test]
+    fn dedicated_pcpus_follow_the_vnuma_assignment() {
+        // Node 0 = pCPUs 0-3 (socket 0), node 1 = 4-7 (socket 1); socket 1 is freer, so
+        // without the assignment the VM would go there whole.
+        let h = host("h")
+            .cpu(2, 4, 1)
+            .numa_node(0, [0, 1, 2, 3], 8_192)
+            .numa_node(1, [4, 5, 6, 7], 8_192)
+            .dedicated_cpus([0])
+            .build();
+        let v = vm("v")
+            .vcpus(3)
+            .pinning_policy(PinningPolicy::Dedicated)
+            .vnuma(0, 1_024, [0, 1], &[0])
+            .vnuma(1, 1_024, [2], &[1])
+            .build();
+        assert_eq!(allocate_dedicated(&h, &v), Ok(vec![4, 5, 6]));
+        let NumaFit::Fits(placements) = find_numa_assignment(&v, &h, None) else {
+            panic!("fits")
+        };
+        assert_eq!(
+            allocate_dedicated_on_nodes(&h, &v, &placements),
+            Ok(vec![1, 2, 4])
+        );
+        // Node 0 has too few free pCPUs for vNUMA 0: fall back to anywhere.
+        let crowded = host("h")
+            .cpu(2, 4, 1)
+            .numa_node(0, [0, 1, 2, 3], 8_192)
+            .numa_node(1, [4, 5, 6, 7], 8_192)
+            .dedicated_cpus([0, 1, 2])
+            .build();
+        assert_eq!(
+            allocate_dedicated_on_nodes(&crowded, &v, &placements),
+            allocate_dedicated(&crowded, &v)
+        );
     }
 
     fn numa_host() -> crate::testing::HostBuilder {
