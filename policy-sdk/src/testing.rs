@@ -285,6 +285,43 @@ impl VmBuilder {
         });
         self
     }
+    /// Adds a hot-plugged DIMM of `size_mb` on guest node 0 (id `dimmN`, N its position).
+    pub fn dimm(self, size_mb: u64) -> Self {
+        self.dimm_on(size_mb, 0)
+    }
+    /// Adds a hot-plugged DIMM of `size_mb` on guest node `node` (id `dimmN`).
+    pub fn dimm_on(mut self, size_mb: u64, node: u32) -> Self {
+        let id = alloc::format!("dimm{}", self.0.memory_devices.len());
+        self.0.memory_devices.push(MemoryDevice {
+            id,
+            size_mb,
+            node,
+            hotplugged: true,
+            unplugging: false,
+        });
+        self
+    }
+    /// Adds a memory device as given.
+    pub fn memory_device(mut self, device: MemoryDevice) -> Self {
+        self.0.memory_devices.push(device);
+        self
+    }
+    /// Guaranteed (minimum) memory, in MiB.
+    pub fn min_guaranteed_mb(mut self, mb: u64) -> Self {
+        self.0.min_guaranteed_memory_mb = mb;
+        self
+    }
+    /// Adds a vNUMA node with this memory, pinned to these host nodes (empty: unpinned).
+    pub fn vnuma_node(mut self, memory_mb: u64, pinned_host_nodes: &[u32]) -> Self {
+        let index = self.0.numa_nodes.len() as u32;
+        self.0.numa_nodes.push(VNumaNode {
+            index,
+            memory_mb,
+            cpus: Vec::new(),
+            pinned_host_nodes: pinned_host_nodes.to_vec(),
+        });
+        self
+    }
     /// Runtime status (after [`VmBuilder::current_host`], which sets `Up`).
     pub fn status(mut self, status: VmStatus) -> Self {
         self.0.status = status;
@@ -343,6 +380,16 @@ impl SnapshotBuilder {
     /// Cluster memory overcommit in percent (default 100).
     pub fn overcommit_percent(mut self, percent: u32) -> Self {
         self.0.cluster.memory_overcommit_percent = percent;
+        self
+    }
+    /// Cluster CPU architecture (default x86-64).
+    pub fn architecture(mut self, arch: Architecture) -> Self {
+        self.0.cluster.architecture = arch;
+        self
+    }
+    /// Memory slots per VM (default 16).
+    pub fn max_memory_slots(mut self, slots: u32) -> Self {
+        self.0.cluster.max_memory_slots = slots;
         self
     }
     /// Adds an affinity group over these VM ids.
