@@ -735,23 +735,22 @@ fn probe_snapshot(
     let host = &mut probe.hosts[host_index as usize];
     let footprint = vm.memory_mb.saturating_add(rules.memory_overhead_mb);
     host.memory.committed_mb = host.memory.committed_mb.saturating_sub(footprint);
-    match vm.hugepage_size_kb.filter(|&s| s > 0) {
-        Some(size_kb) => {
-            let pages = vm.memory_mb.saturating_mul(1024).div_ceil(size_kb);
-            match host
-                .free_hugepages
-                .iter_mut()
-                .find(|h| h.size_kb == size_kb)
-            {
-                Some(h) => h.count = h.count.saturating_add(pages),
-                None => host.free_hugepages.push(policy_sdk::HugePages {
-                    size_kb,
-                    count: pages,
-                }),
-            }
-            host.memory.free_mb = host.memory.free_mb.saturating_add(rules.memory_overhead_mb);
+    // A started VM's guest memory and overhead leave the host's free memory (as the
+    // lifecycle accounts it, hugepage-backed or not); its pages leave the free pages.
+    host.memory.free_mb = host.memory.free_mb.saturating_add(footprint);
+    if let Some(size_kb) = vm.hugepage_size_kb.filter(|&s| s > 0) {
+        let pages = vm.memory_mb.saturating_mul(1024).div_ceil(size_kb);
+        match host
+            .free_hugepages
+            .iter_mut()
+            .find(|h| h.size_kb == size_kb)
+        {
+            Some(h) => h.count = h.count.saturating_add(pages),
+            None => host.free_hugepages.push(policy_sdk::HugePages {
+                size_kb,
+                count: pages,
+            }),
         }
-        None => host.memory.free_mb = host.memory.free_mb.saturating_add(footprint),
     }
     for node in &vm.numa_nodes {
         if let Some(h) = strict_host_node(vm, host, node.index) {
