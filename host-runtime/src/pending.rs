@@ -855,6 +855,46 @@ mod tests {
     }
 
     #[test]
+    fn a_hotplug_record_adds_memory_pages_and_node_without_a_pending_vm_and_goes_alone() {
+        let plug = |mb, node, hugepage_size_kb| PendingResource::HotplugMemory {
+            mb,
+            node,
+            hugepage_size_kb,
+        };
+        let mut p = PendingResources::new();
+        p.add_all(vec![
+            rec("h", "new", mem(1_088)),
+            rec("h", "new", PendingResource::Vm),
+            rec("h", "running", PendingResource::CpuCores { count: 2 }),
+            rec("h", "running", plug(2_048, Some(1), None)),
+            rec("h", "paged", plug(1_024, None, Some(2_048))),
+        ])
+        .unwrap();
+        let agg = p.host_aggregate("h");
+        // Regular memory: free now and under the ceiling; hugepage memory: pages.
+        assert_eq!(agg.memory_mb, 2_048);
+        assert_eq!(agg.overcommit_memory_mb, 1_088 + 2_048 + 1_024);
+        assert_eq!(agg.hugepages_of(2_048), 512);
+        assert_eq!(agg.numa_memory_of(1), 2_048);
+        assert_eq!(agg.vms, ["new"], "a hot plug does not make its VM pending");
+        // Removing the plug by key leaves the VM's other records; twice removes nothing.
+        let removed = p.remove("running", &ResourceKey::HotplugMemory).unwrap();
+        assert_eq!(removed.resource, plug(2_048, Some(1), None));
+        assert!(p.remove("running", &ResourceKey::HotplugMemory).is_none());
+        assert_eq!(p.records_of_vm("running").len(), 1);
+        assert_eq!(p.host_aggregate("h").memory_mb, 0);
+        assert_consistent(&p);
+        let err = p
+            .add(rec("h", "x", plug(1, None, Some(0))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hotplug_memory.hugepage_size_kb: must not be 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_replacement_is_not_counted_twice_when_checking_sums() {
         let mut p = PendingResources::new();
         p.add(rec("h", "a", PendingResource::CpuCores { count: u32::MAX }))
