@@ -86,6 +86,26 @@ impl ClusterView {
         self.shared.uid
     }
 
+    /// A view of a what-if snapshot that belongs to no cluster (a fresh cluster uid, no
+    /// change log): instances get it as a full snapshot and never mistake it for an epoch
+    /// of a real cluster. Used to run filters over a hypothetical state (a VM grown by a
+    /// memory hot plug).
+    pub(crate) fn detached(snapshot: Snapshot) -> Self {
+        ClusterView {
+            shared: Arc::new(ClusterShared {
+                uid: NEXT_CLUSTER_UID.fetch_add(1, Ordering::Relaxed),
+                state: RwLock::new(State {
+                    index: index_hosts(&snapshot),
+                    snapshot: Arc::new(Snapshot::default()),
+                    log: VecDeque::new(),
+                }),
+                full_cache: Mutex::new(None),
+                ledger: Mutex::new(Ledger::default()),
+            }),
+            snapshot: Arc::new(snapshot),
+        }
+    }
+
     /// The encoded sync message that brings an instance holding `from` (this cluster's
     /// epoch, if it holds this cluster at all) to this view's epoch. Returns the bytes and
     /// whether they are a full snapshot.

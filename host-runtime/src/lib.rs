@@ -13,6 +13,9 @@
 //!   epoch. Lifecycle: [`Policy::schedule`] reserves on the chosen host;
 //!   [`Cluster::vm_started`], [`Cluster::vm_failed`], [`Cluster::migration_finished`],
 //!   [`Cluster::migration_failed`] and [`Cluster::remove_host`] release.
+//! * [`MemoryPlan`]: a memory hot plug or unplug of a running VM
+//!   ([`Cluster::hot_set_memory`], then [`Cluster::confirm_memory_change`] or
+//!   [`Cluster::fail_memory_change`]; see [`memory`]).
 //! * [`Decision`]: the answer to one [`ScheduleRequest`], explaining itself.
 //!
 //! ```no_run
@@ -36,6 +39,7 @@ mod cluster;
 mod error;
 pub mod files;
 mod lifecycle;
+pub mod memory;
 pub mod migration;
 mod module;
 pub mod pending;
@@ -51,6 +55,7 @@ pub use lifecycle::{
     numa_assignment, HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule,
     Reservation, VmFailed,
 };
+pub use memory::{MemoryChange, MemoryChangeDone, MemoryPlan, PlannedDimm, Reduction};
 pub use migration::{Migration, MigrationTrigger};
 pub use module::{CallLimits, LoadedModule, ModuleStats};
 pub use pending::{PendingRecord, PendingResource};

@@ -207,6 +207,8 @@ pub(crate) struct Ledger {
     /// Hosts each starting VM was placed on, in order (for the retry blacklist).
     pub(crate) attempts: HashMap<String, Vec<String>>,
     pub(crate) rules: PendingRules,
+    /// Memory hot plugs and unplugs in flight, by VM id.
+    pub(crate) memory: HashMap<String, crate::memory::InFlight>,
 }
 
 /// Pending resources recorded for a decision.
@@ -680,7 +682,7 @@ impl Cluster {
 
     /// Publishes the aggregates of `hosts` (ids; unknown ones skipped) plus `extra` changes
     /// as one epoch. `None` when there was nothing to publish.
-    fn publish(
+    pub(crate) fn publish(
         &self,
         ledger: &mut MutexGuard<'_, Ledger>,
         hosts: impl IntoIterator<Item = String>,
@@ -708,6 +710,14 @@ impl Cluster {
 fn add_usage(host: &mut Host, resources: &[&PendingResource]) {
     host.running_vms = host.running_vms.saturating_add(1);
     for resource in resources {
+        add_resource_usage(host, resource);
+    }
+}
+
+/// Moves one pending amount into the host's usage figures (memory committed and no longer
+/// free, pages and devices taken...).
+pub(crate) fn add_resource_usage(host: &mut Host, resource: &PendingResource) {
+    {
         match resource {
             PendingResource::OvercommitMemory { mb } => {
                 host.memory.committed_mb = host.memory.committed_mb.saturating_add(*mb);
@@ -741,6 +751,35 @@ fn add_usage(host: &mut Host, resources: &[&PendingResource]) {
             PendingResource::Custom { name, amount } => {
                 if let Some(c) = host.custom_resources.iter_mut().find(|c| c.kind == *name) {
                     c.amount = c.amount.saturating_sub(*amount);
+                }
+            }
+            PendingResource::HotplugMemory {
+                mb,
+                node,
+                hugepage_size_kb,
+            } => {
+                host.memory.committed_mb = host.memory.committed_mb.saturating_add(*mb);
+                match hugepage_size_kb {
+                    Some(size_kb) => {
+                        let count = mb.saturating_mul(1024).div_ceil((*size_kb).max(1));
+                        add_resource_usage(
+                            host,
+                            &PendingResource::Hugepages {
+                                size_kb: *size_kb,
+                                count,
+                            },
+                        );
+                    }
+                    None => host.memory.free_mb = host.memory.free_mb.saturating_sub(*mb),
+                }
+                if let Some(node) = node {
+                    add_resource_usage(
+                        host,
+                        &PendingResource::NumaMemory {
+                            node: *node,
+                            mb: *mb,
+                        },
+                    );
                 }
             }
             PendingResource::Memory { .. }

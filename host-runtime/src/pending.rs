@@ -70,6 +70,19 @@ pub enum PendingResource {
     },
     /// The pending VM itself (counted by affinity and power saving).
     Vm,
+    /// Memory being hot plugged into a VM that already runs on the host, until the plug is
+    /// confirmed or fails (see [`crate::memory`]). It counts as memory that must be free
+    /// now and against the overcommit ceiling (or, for a hugepage-backed VM, as pages of
+    /// its size), and on the host NUMA node the DIMM is bound to; it does not make the VM
+    /// a pending VM.
+    HotplugMemory {
+        /// MiB.
+        mb: u64,
+        /// Host NUMA node the DIMM's memory is bound to, if any.
+        node: Option<u32>,
+        /// Hugepage size backing the DIMM (KiB), if any.
+        hugepage_size_kb: Option<u64>,
+    },
     /// An open-ended named amount (GPUs, SR-IOV VFs...): new kinds need no code here.
     Custom {
         /// Kind name, e.g. `gpu`.
@@ -99,6 +112,8 @@ pub enum ResourceKey {
     NumaMemory(u32),
     /// [`PendingResource::Vm`].
     Vm,
+    /// [`PendingResource::HotplugMemory`] (one plug in flight per VM).
+    HotplugMemory,
     /// [`PendingResource::Custom`] of a kind name.
     Custom(String),
 }
@@ -115,6 +130,7 @@ impl PendingResource {
             PendingResource::Hugepages { size_kb, .. } => ResourceKey::Hugepages(*size_kb),
             PendingResource::NumaMemory { node, .. } => ResourceKey::NumaMemory(*node),
             PendingResource::Vm => ResourceKey::Vm,
+            PendingResource::HotplugMemory { .. } => ResourceKey::HotplugMemory,
             PendingResource::Custom { name, .. } => ResourceKey::Custom(name.clone()),
         }
     }
@@ -155,6 +171,16 @@ impl PendingResource {
                 too_large("numa_memory.mb", *mb, MAX_MEMORY_MB)
             }
             PendingResource::Vm => Ok(()),
+            PendingResource::HotplugMemory {
+                mb,
+                hugepage_size_kb,
+                ..
+            } => {
+                if *hugepage_size_kb == Some(0) {
+                    return Err("hotplug_memory.hugepage_size_kb: must not be 0".into());
+                }
+                too_large("hotplug_memory.mb", *mb, MAX_MEMORY_MB)
+            }
             PendingResource::Custom { name, amount } => {
                 if name.is_empty() {
                     return Err("custom.name: must not be empty".into());
@@ -178,6 +204,20 @@ impl fmt::Display for PendingResource {
             }
             PendingResource::NumaMemory { node, mb } => write!(f, "{mb} MiB on NUMA node {node}"),
             PendingResource::Vm => write!(f, "the VM"),
+            PendingResource::HotplugMemory {
+                mb,
+                node,
+                hugepage_size_kb,
+            } => {
+                write!(f, "hot-plugged memory {mb} MiB")?;
+                if let Some(size) = hugepage_size_kb {
+                    write!(f, " in {size} KiB hugepages")?;
+                }
+                match node {
+                    Some(node) => write!(f, " on NUMA node {node}"),
+                    None => Ok(()),
+                }
+            }
             PendingResource::Custom { name, amount } => write!(f, "{amount} {name}"),
         }
     }
@@ -346,6 +386,19 @@ impl PendingResources {
         if vms.is_empty() {
             self.by_host.remove(host);
         }
+    }
+
+    /// Removes the record of `vm` with this key, wherever it is, and returns it (`None` the
+    /// second time). The VM's other records stay.
+    pub fn remove(&mut self, vm: &str, key: &ResourceKey) -> Option<PendingRecord> {
+        let host = self.host_holding(vm, key)?;
+        let resource = self.by_host.get(&host)?.get(vm)?.get(key)?.clone();
+        self.remove_one(&host, vm, key);
+        Some(PendingRecord {
+            host,
+            vm: vm.to_string(),
+            resource,
+        })
     }
 
     /// Removes every record of a VM and returns them (none the second time).
@@ -535,6 +588,32 @@ fn aggregate_of<'a>(
             }
             PendingResource::Vm => {
                 vms.insert(vm.clone());
+            }
+            PendingResource::HotplugMemory {
+                mb,
+                node,
+                hugepage_size_kb,
+            } => {
+                add_u64(
+                    &mut agg.overcommit_memory_mb,
+                    *mb,
+                    "hotplug_memory.mb (overcommit)",
+                )?;
+                match hugepage_size_kb {
+                    Some(size_kb) => add_u64(
+                        hugepages.entry(*size_kb).or_default(),
+                        mb.saturating_mul(1024).div_ceil((*size_kb).max(1)),
+                        "hotplug_memory.hugepages",
+                    )?,
+                    None => add_u64(&mut agg.memory_mb, *mb, "hotplug_memory.mb")?,
+                }
+                if let Some(node) = node {
+                    add_u64(
+                        numa.entry(*node).or_default(),
+                        *mb,
+                        "hotplug_memory.mb (node)",
+                    )?
+                }
             }
             PendingResource::Custom { name, amount } => {
                 add_u64(custom.entry(name).or_default(), *amount, "custom.amount")?
@@ -773,6 +852,46 @@ mod tests {
             assert_eq!(p.len(), 1, "{expected}: nothing may change");
             assert_eq!(p.host_aggregate("h").overcommit_memory_mb, 7);
         }
+    }
+
+    #[test]
+    fn a_hotplug_record_adds_memory_pages_and_node_without_a_pending_vm_and_goes_alone() {
+        let plug = |mb, node, hugepage_size_kb| PendingResource::HotplugMemory {
+            mb,
+            node,
+            hugepage_size_kb,
+        };
+        let mut p = PendingResources::new();
+        p.add_all(vec![
+            rec("h", "new", mem(1_088)),
+            rec("h", "new", PendingResource::Vm),
+            rec("h", "running", PendingResource::CpuCores { count: 2 }),
+            rec("h", "running", plug(2_048, Some(1), None)),
+            rec("h", "paged", plug(1_024, None, Some(2_048))),
+        ])
+        .unwrap();
+        let agg = p.host_aggregate("h");
+        // Regular memory: free now and under the ceiling; hugepage memory: pages.
+        assert_eq!(agg.memory_mb, 2_048);
+        assert_eq!(agg.overcommit_memory_mb, 1_088 + 2_048 + 1_024);
+        assert_eq!(agg.hugepages_of(2_048), 512);
+        assert_eq!(agg.numa_memory_of(1), 2_048);
+        assert_eq!(agg.vms, ["new"], "a hot plug does not make its VM pending");
+        // Removing the plug by key leaves the VM's other records; twice removes nothing.
+        let removed = p.remove("running", &ResourceKey::HotplugMemory).unwrap();
+        assert_eq!(removed.resource, plug(2_048, Some(1), None));
+        assert!(p.remove("running", &ResourceKey::HotplugMemory).is_none());
+        assert_eq!(p.records_of_vm("running").len(), 1);
+        assert_eq!(p.host_aggregate("h").memory_mb, 0);
+        assert_consistent(&p);
+        let err = p
+            .add(rec("h", "x", plug(1, None, Some(0))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hotplug_memory.hugepage_size_kb: must not be 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -257,6 +257,29 @@ impl Policy {
         Ok(true)
     }
 
+    /// The rejections of `host` (an index of `view`) by the policy's filters for `vm`, as
+    /// (unit, code, detail); empty when every filter passes it. Fail-open faults are
+    /// skipped (listed in `failures`); a fail-closed fault is the error.
+    pub(crate) fn host_rejections(
+        &self,
+        view: &ClusterView,
+        vm: &Vm,
+        host: HostIndex,
+        failures: &mut Vec<UnitFailure>,
+    ) -> Result<Vec<(String, String, String)>> {
+        let mut rejections = Vec::new();
+        for filter in &self.filters {
+            if let Some(verdicts) = run_filter(filter, view, vm, &[host], failures)? {
+                for verdict in verdicts {
+                    if let Verdict::Reject { code, detail } = verdict {
+                        rejections.push((filter.label.to_string(), code, detail));
+                    }
+                }
+            }
+        }
+        Ok(rejections)
+    }
+
     /// Decides where one VM would go on a given view (a fixed epoch), without reserving
     /// anything: a what-if.
     pub fn evaluate(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {

@@ -348,3 +348,69 @@ fn migrate_honours_migration_modes_and_host_maintenance() {
         stderr(&out)
     );
 }
+
+#[test]
+fn memory_plans_a_plug_an_exact_unplug_and_names_bad_sizes() {
+    let run = |to: &str, json: bool| {
+        let mut args = vec![
+            "memory",
+            "--cluster",
+            "examples/memory/cluster.json",
+            "--vm",
+            "db-1",
+            "--to",
+            to,
+        ];
+        if json {
+            args.push("--json");
+        }
+        wasmsched(&args)
+    };
+    // Grow 10752 -> 12 GiB: one 1536 MiB DIMM, pending on h1.
+    let out = run("12G", false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("plug dimm4: 1536 MiB on guest node 0"),
+        "{text}"
+    );
+    assert!(text.contains("<size unit='KiB'>1572864</size>"), "{text}");
+    assert!(
+        text.contains("pending on h1 until confirmed or failed: hot-plugged memory 1536 MiB"),
+        "{text}"
+    );
+    // Shrink by 1024 MiB over DIMMs 768, 512, 512, 768: the two 512s (greedy would take
+    // a 768 and stop short).
+    let out = run("9728M", true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(plan["change"]["kind"], "unplug");
+    let ids: Vec<&str> = plan["change"]["dimms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dimm1", "dimm2"]);
+    // 256 MiB less has no exact subset: exit code 3 and the nearest sizes.
+    let out = run("10496", false);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("no exact unplug"), "{text}");
+    assert!(
+        text.contains("nearest above: -512 MiB (to 10240 MiB)"),
+        "{text}"
+    );
+    // Bad sizes name the value.
+    for (to, expected) in [
+        (
+            "10000",
+            "changes the memory by 752 MiB, which is not a multiple of 128 MiB",
+        ),
+        ("1.5G", "--to: memory size \"1.5G\": unknown suffix"),
+    ] {
+        let out = run(to, false);
+        assert_eq!(out.status.code(), Some(1), "{to}");
+        assert!(stderr(&out).contains(expected), "{to}: {}", stderr(&out));
+    }
+}

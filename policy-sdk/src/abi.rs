@@ -316,6 +316,8 @@ pub mod guest {
                         memory_overcommit_percent: 100,
                         count_threads_as_cores: false,
                         affinity_groups: Vec::new(),
+                        architecture: crate::model::Architecture::X86_64,
+                        max_memory_slots: crate::model::DEFAULT_MAX_MEMORY_SLOTS,
                     },
                     hosts: Vec::new(),
                     vms: Vec::new(),

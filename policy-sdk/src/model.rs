@@ -72,6 +72,44 @@ pub struct ClusterInfo {
     pub count_threads_as_cores: bool,
     /// Affinity groups between VMs.
     pub affinity_groups: Vec<AffinityGroup>,
+    /// CPU architecture of the cluster's hosts; decides the memory hot plug size factor.
+    pub architecture: Architecture,
+    /// Memory slots a VM has for DIMM devices (libvirt `maxMemory slots`); every memory
+    /// device of a VM, hot-plugged or not, takes one. Default 16.
+    pub max_memory_slots: u32,
+}
+
+/// Default number of memory slots of a VM ([`ClusterInfo::max_memory_slots`]).
+pub const DEFAULT_MAX_MEMORY_SLOTS: u32 = 16;
+
+/// CPU architecture of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// x86-64: memory is hot plugged in multiples of 128 MiB.
+    #[default]
+    X86_64,
+    /// 64-bit POWER: memory is hot plugged in multiples of 256 MiB.
+    Ppc64,
+}
+
+impl Architecture {
+    /// The size every hot-plugged DIMM (and every hot set change) must be a multiple of,
+    /// in MiB: 128 on x86-64, 256 on POWER.
+    pub fn memory_hotplug_factor_mb(self) -> u64 {
+        match self {
+            Architecture::X86_64 => 128,
+            Architecture::Ppc64 => 256,
+        }
+    }
+
+    /// Lower-case name, as in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Ppc64 => "ppc64",
+        }
+    }
 }
 
 /// Whether an affinity group wants its VMs together or apart.
@@ -117,6 +155,8 @@ impl Default for ClusterInfo {
             memory_overcommit_percent: 100,
             count_threads_as_cores: false,
             affinity_groups: Vec::new(),
+            architecture: Architecture::X86_64,
+            max_memory_slots: DEFAULT_MAX_MEMORY_SLOTS,
         }
     }
 }
@@ -534,6 +574,25 @@ pub struct Vm {
     /// Amounts of custom resource kinds the VM needs on its host (e.g. `gpu`: 1). They
     /// become pending custom records on the chosen host.
     pub custom_resources: Vec<CustomAmount>,
+    /// Memory devices (DIMMs) of the VM, each taking one memory slot. Their sizes are
+    /// part of [`Vm::memory_mb`]; only hot-plugged ones can be hot unplugged.
+    pub memory_devices: Vec<MemoryDevice>,
+}
+
+/// One memory device (a DIMM) of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryDevice {
+    /// Device id (unique within the VM), e.g. the libvirt alias `dimm0`.
+    pub id: String,
+    /// Size in MiB.
+    pub size_mb: u64,
+    /// Guest (vNUMA) node the DIMM is attached to.
+    pub node: u32,
+    /// Added to the running VM by a hot plug (only those can be hot unplugged).
+    pub hotplugged: bool,
+    /// A hot unplug of this device was requested and has not finished.
+    pub unplugging: bool,
 }
 
 impl Vm {

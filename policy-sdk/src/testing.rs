@@ -353,6 +353,32 @@ impl VmBuilder {
         self.0.dedicated_hosts = hosts.iter().map(|h| h.to_string()).collect();
         self
     }
+    /// Adds a hot-plugged DIMM of `size_mb` on guest node 0 (id `dimmN`, N its position).
+    pub fn dimm(self, size_mb: u64) -> Self {
+        self.dimm_on(size_mb, 0)
+    }
+    /// Adds a hot-plugged DIMM of `size_mb` on guest node `node` (id `dimmN`).
+    pub fn dimm_on(mut self, size_mb: u64, node: u32) -> Self {
+        let id = alloc::format!("dimm{}", self.0.memory_devices.len());
+        self.0.memory_devices.push(MemoryDevice {
+            id,
+            size_mb,
+            node,
+            hotplugged: true,
+            unplugging: false,
+        });
+        self
+    }
+    /// Adds a memory device as given.
+    pub fn memory_device(mut self, device: MemoryDevice) -> Self {
+        self.0.memory_devices.push(device);
+        self
+    }
+    /// Guaranteed (minimum) memory, in MiB.
+    pub fn min_guaranteed_mb(mut self, mb: u64) -> Self {
+        self.0.min_guaranteed_memory_mb = mb;
+        self
+    }
     /// Runtime status (after [`VmBuilder::current_host`], which sets `Up`).
     pub fn status(mut self, status: VmStatus) -> Self {
         self.0.status = status;
@@ -417,6 +443,16 @@ impl SnapshotBuilder {
     pub fn cluster_cpu(mut self, model: &str, flags: &[&str]) -> Self {
         self.0.cluster.cpu_model = model.to_string();
         self.0.cluster.cpu_flags = flags.iter().map(|f| f.to_string()).collect();
+        self
+    }
+    /// Cluster CPU architecture (default x86-64).
+    pub fn architecture(mut self, arch: Architecture) -> Self {
+        self.0.cluster.architecture = arch;
+        self
+    }
+    /// Memory slots per VM (default 16).
+    pub fn max_memory_slots(mut self, slots: u32) -> Self {
+        self.0.cluster.max_memory_slots = slots;
         self
     }
     /// Adds an affinity group over these VM ids.

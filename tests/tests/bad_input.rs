@@ -84,7 +84,7 @@ fn inconsistent_clusters_are_rejected_naming_the_field() {
 fn invalid_policies_name_the_file_and_field() {
     let rt = runtime();
     let cases: &[(&str, &str)] = &[
-        ("name = \"p\"\n[[filters]]\nunit = \"memroy\"\n", "p.toml: filters[0].unit: no filter unit named \"memroy\" is loaded (known filters: cpu, memory, vm-affinity)"),
+        ("name = \"p\"\n[[filters]]\nunit = \"memroy\"\n", "p.toml: filters[0].unit: no filter unit named \"memroy\" is loaded (known filters: cpu, cpu-level, cpu-pinning, hugepages, memory, numa, vm-affinity)"),
         ("name = \"p\"\n[[filters]]\nunit = \"cpu-load\"\n", "p.toml: filters[0].unit: unit \"cpu-load\" is a weight, not a filter"),
         ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = \"big\"\n", "p.toml: filters[0].params.overhead_mb: expected integer in 0..=65536, got \"big\""),
         ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = 100000\n", "p.toml: filters[0].params.overhead_mb: expected integer in 0..=65536, got 100000"),

@@ -18,18 +18,24 @@ fn builtins_are_embedded_and_registered_by_name() {
         kinds,
         [
             ("cpu", UnitKind::Filter),
+            ("cpu-and-numa-pinning", UnitKind::Weight),
+            ("cpu-level", UnitKind::Filter),
             ("cpu-load", UnitKind::Weight),
+            ("cpu-pinning", UnitKind::Filter),
             ("free-memory", UnitKind::Weight),
+            ("high-performance-cpu", UnitKind::Weight),
+            ("hugepages", UnitKind::Filter),
             ("memory", UnitKind::Filter),
+            ("numa", UnitKind::Filter),
             ("vm-affinity", UnitKind::Filter),
             ("vm-affinity-weight", UnitKind::Weight),
         ]
     );
     for u in &units {
-        let module = if u.name.starts_with("vm-affinity") {
-            "affinity"
-        } else {
-            "basic"
+        let module = match u.name.as_str() {
+            n if n.starts_with("vm-affinity") => "affinity",
+            "cpu" | "memory" | "cpu-load" | "free-memory" => "basic",
+            _ => "high-performance",
         };
         assert_eq!(
             (u.file.as_str(), u.module.as_str()),
@@ -109,7 +115,10 @@ fn rank_selector_prefers_idle_roomy_hosts_and_reports_each_weight() {
         [
             ("cpu-load", 5, 2, 2.0),
             ("free-memory", -65_536, 1, 1.0),
-            ("vm-affinity-weight", 0, 1, 0.0)
+            ("vm-affinity-weight", 0, 1, 0.0),
+            // A plain VM: the high-performance weights score every host alike.
+            ("high-performance-cpu", 1, 4, 0.0),
+            ("cpu-and-numa-pinning", 1, 5, 0.0)
         ]
     );
     assert_eq!(idle.score, Some(3.0));

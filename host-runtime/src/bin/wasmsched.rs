@@ -11,7 +11,8 @@ use wasmsched::{
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
 const DEMO_VMS: &str = include_str!("../../../examples/demo/vms.json");
 
-/// Exit code when a decision found no host.
+/// Exit code when a decision found no host (or a memory hot set is not possible: the host
+/// cannot take it, or no set of DIMMs adds up to the reduction).
 const EXIT_NO_HOST: u8 = 3;
 
 #[derive(Parser, Debug)]
@@ -106,6 +107,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         events: PathBuf,
         /// Cluster policy (default: the builtin default policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Plan a memory hot plug or hot unplug of a running VM: the DIMM devices with their
+    /// libvirt XML and the pending memory change on its host.
+    Memory {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Id of the running VM.
+        #[arg(long, value_name = "ID")]
+        vm: String,
+        /// New memory size: MiB, or with a binary suffix M, G or T (4096, 4096M, 4G).
+        #[arg(long, value_name = "SIZE")]
+        to: String,
+        /// Cluster policy whose filters check the host (default: the builtin default).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
@@ -260,6 +277,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
             policy: policy_file,
         } => simulate(g, cluster, events, policy_file.as_deref()),
+        Command::Memory {
+            cluster,
+            vm,
+            to,
+            policy: policy_file,
+        } => {
+            // Check the inputs before loading any module.
+            let new_mb =
+                wasmsched::memory::parse_size_mb(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            let cluster = Cluster::from_file(cluster)?;
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let plan = cluster.hot_set_memory(vm, new_mb, &policy)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+            Ok(if plan.is_possible() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO_HOST)
+            })
+        }
         Command::Units => {
             let runtime = runtime(g, true)?;
             let units = runtime.units();
