@@ -308,6 +308,7 @@ pub mod guest {
                 units: None,
                 snapshot: Snapshot {
                     epoch: 0,
+                    time_unix: 0,
                     cluster: ClusterInfo {
                         id: String::new(),
                         name: String::new(),
