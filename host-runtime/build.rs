@@ -13,6 +13,10 @@ const BUILTINS: &[Guest] = &[
         package: "builtin-affinity",
         dir: "builtin-policies/affinity",
     },
+    Guest {
+        package: "builtin-balance",
+        dir: "builtin-policies/balance",
+    },
 ];
 
 /// Built alongside for the CLI tests (not embedded).
