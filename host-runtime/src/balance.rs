@@ -159,7 +159,11 @@ impl Policy {
         };
         for (mut action, refusal) in actions {
             let power = action.is_power();
-            let taken = plan.actions.iter().filter(|a| a.is_power() == power).count();
+            let taken = plan
+                .actions
+                .iter()
+                .filter(|a| a.is_power() == power)
+                .count();
             let refusal = if let Some(why) = refusal {
                 Some(why)
             } else if plan.actions.len() >= self.max_balance_actions as usize {
@@ -206,7 +210,8 @@ impl Policy {
         let Some(the_vm) = snapshot.vms.iter().find(|v| v.id == *vm) else {
             return Ok(Some(format!("VM {vm:?} is not in the cluster")));
         };
-        let request = ScheduleRequest::migration(the_vm.clone())?.whitelist(candidate_hosts.clone());
+        let request =
+            ScheduleRequest::migration(the_vm.clone())?.whitelist(candidate_hosts.clone());
         let decision = self.evaluate(view, &request)?;
         Ok(match decision.chosen {
             Some(host) => {

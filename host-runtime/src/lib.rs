@@ -46,7 +46,8 @@ pub mod simulate;
 pub mod timeline;
 
 pub use balance::{
-    BalancePlan, PlannedAction, RefusedAction, MAX_MIGRATIONS_PER_CYCLE, MAX_POWER_ACTIONS_PER_CYCLE,
+    BalancePlan, PlannedAction, RefusedAction, MAX_MIGRATIONS_PER_CYCLE,
+    MAX_POWER_ACTIONS_PER_CYCLE,
 };
 pub use cluster::{Cluster, ClusterView};
 pub use error::{Error, Result, UnitFault};

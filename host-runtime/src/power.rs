@@ -90,9 +90,11 @@ pub fn wake_up_for(snapshot: &Snapshot, vm: &Vm) -> Option<WakeUp> {
             format!("{} is in maintenance", h.id),
         ));
     }
-    if let Some(h) = hosts.iter().filter(usable).find(|h| {
-        h.status == HostStatus::Down && h.power.enabled && !backoff(snapshot, h)
-    }) {
+    if let Some(h) = hosts
+        .iter()
+        .filter(usable)
+        .find(|h| h.status == HostStatus::Down && h.power.enabled && !backoff(snapshot, h))
+    {
         return Some(wake(h, PowerAction::PowerUp, format!("{} is down", h.id)));
     }
     let why: Vec<String> = if hosts.is_empty() {

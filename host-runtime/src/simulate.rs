@@ -38,13 +38,13 @@
 use crate::balance::{action_name, PlannedAction};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::power::{wake_up_for, WakeUp};
-use crate::timeline::{self, Clock, CycleReport, Sample};
-use policy_sdk::abi::Change;
 use crate::files;
 use crate::lifecycle::{PlacementKind, Reschedule, VmFailed};
+use crate::power::{wake_up_for, WakeUp};
 use crate::scheduler::{Decision, ScheduleRequest};
+use crate::timeline::{self, Clock, CycleReport, Sample};
 use crate::Policy;
+use policy_sdk::abi::Change;
 use policy_sdk::{HostStatus, PendingAggregate, Snapshot, Vm, VmStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -855,7 +855,8 @@ impl Runner<'_> {
                                 at(format!("events[{i}].vms[{j}]"), event, Some(id), e)
                             })?;
                         }
-                        self.unplaced.insert(id.clone(), format!("it waits: {wake}"));
+                        self.unplaced
+                            .insert(id.clone(), format!("it waits: {wake}"));
                         out.effects.push(Effect::WakeUp(wake));
                         continue;
                     }
@@ -1393,10 +1394,18 @@ impl fmt::Display for EventOutcome {
                 writeln!(f, "    {}", describe(action))?;
             }
             for refused in &cycle.refused {
-                writeln!(f, "    refused: {} ({})", describe(&refused.action), refused.why)?;
+                writeln!(
+                    f,
+                    "    refused: {} ({})",
+                    describe(&refused.action),
+                    refused.why
+                )?;
             }
             for vm in &cycle.failed_migrations {
-                writeln!(f, "    migration of {vm} failed: its destination no longer fits")?;
+                writeln!(
+                    f,
+                    "    migration of {vm} failed: its destination no longer fits"
+                )?;
             }
         }
         for d in &self.decisions {

@@ -107,12 +107,12 @@ fn report(snapshot: &Snapshot, host: &Host, minutes: u32, last_load: Option<u32>
         _ => 0,
     };
     h.status_minutes = h.status_minutes.saturating_add(minutes);
-    h.empty_minutes = if h.status == HostStatus::Up && running.is_empty() && h.pending.vms.is_empty()
-    {
-        h.empty_minutes.saturating_add(minutes)
-    } else {
-        0
-    };
+    h.empty_minutes =
+        if h.status == HostStatus::Up && running.is_empty() && h.pending.vms.is_empty() {
+            h.empty_minutes.saturating_add(minutes)
+        } else {
+            0
+        };
     if h.status == HostStatus::PoweringDown && h.status_minutes >= SHUTDOWN_MINUTES {
         set_status(&mut h, HostStatus::Down);
     } else if h.status == HostStatus::PoweringUp && h.status_minutes >= BOOT_MINUTES {
@@ -305,7 +305,9 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
     // One column per sample, from its minute to the next sample's.
     for (i, s) in samples.iter().enumerate() {
         let x0 = x(s.minute);
-        let x1 = samples.get(i + 1).map_or(x0 + plot_w / samples.len().max(1) as f64, |n| x(n.minute));
+        let x1 = samples
+            .get(i + 1)
+            .map_or(x0 + plot_w / samples.len().max(1) as f64, |n| x(n.minute));
         let mut base = 0.0;
         for (_, color, count) in &layers {
             let n = f64::from(count(s));

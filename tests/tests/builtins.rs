@@ -19,8 +19,12 @@ fn builtins_are_embedded_and_registered_by_name() {
         [
             ("cpu", UnitKind::Filter),
             ("cpu-load", UnitKind::Weight),
+            ("evenly-distributed", UnitKind::Balance),
             ("free-memory", UnitKind::Weight),
             ("memory", UnitKind::Filter),
+            ("power-saving", UnitKind::Balance),
+            ("power-saving-cpu", UnitKind::Weight),
+            ("power-saving-memory", UnitKind::Weight),
             ("vm-affinity", UnitKind::Filter),
             ("vm-affinity-weight", UnitKind::Weight),
         ]
@@ -28,6 +32,8 @@ fn builtins_are_embedded_and_registered_by_name() {
     for u in &units {
         let module = if u.name.starts_with("vm-affinity") {
             "affinity"
+        } else if u.name.starts_with("power-saving") || u.name == "evenly-distributed" {
+            "balance"
         } else {
             "basic"
         };
