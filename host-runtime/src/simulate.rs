@@ -1510,6 +1510,37 @@ impl fmt::Display for Summary {
     }
 }
 
+/// One line for a planned action.
+pub fn describe(action: &PlannedAction) -> String {
+    match action {
+        PlannedAction::Migrate {
+            vm,
+            source,
+            destination,
+            candidate_hosts,
+            reason,
+        } => format!(
+            "migrate {vm}: {} -> {} (of {}): {reason}",
+            source.as_deref().unwrap_or("?"),
+            destination.as_deref().unwrap_or("?"),
+            list(candidate_hosts)
+        ),
+        PlannedAction::Power {
+            host,
+            action,
+            reason,
+        } => format!("{} {host}: {reason}", action_name(*action)),
+    }
+}
+
+/// The samples of every balance cycle of a run, in order (for [`timeline::svg`]).
+pub fn samples(outcomes: &[EventOutcome]) -> Vec<Sample> {
+    outcomes
+        .iter()
+        .flat_map(|o| o.cycles.iter().map(|c| c.sample))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1962,35 +1993,4 @@ mod tests {
             assert_eq!(thousands(n), want);
         }
     }
-}
-
-/// One line for a planned action.
-pub fn describe(action: &PlannedAction) -> String {
-    match action {
-        PlannedAction::Migrate {
-            vm,
-            source,
-            destination,
-            candidate_hosts,
-            reason,
-        } => format!(
-            "migrate {vm}: {} -> {} (of {}): {reason}",
-            source.as_deref().unwrap_or("?"),
-            destination.as_deref().unwrap_or("?"),
-            list(candidate_hosts)
-        ),
-        PlannedAction::Power {
-            host,
-            action,
-            reason,
-        } => format!("{} {host}: {reason}", action_name(*action)),
-    }
-}
-
-/// The samples of every balance cycle of a run, in order (for [`timeline::svg`]).
-pub fn samples(outcomes: &[EventOutcome]) -> Vec<Sample> {
-    outcomes
-        .iter()
-        .flat_map(|o| o.cycles.iter().map(|c| c.sample))
-        .collect()
 }

@@ -295,7 +295,7 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
         W / 2.0,
         escape(title)
     );
-    let layers: [(&str, &str, fn(&Sample) -> u32); 5] = [
+    let layers: [Layer; 5] = [
         ("up, running VMs", "#2e7d32", |s| s.up - s.free),
         ("up, free", "#81c784", |s| s.free),
         ("maintenance", "#fbc02d", |s| s.maintenance),
@@ -410,6 +410,9 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
     out.push_str("</svg>\n");
     out
 }
+
+/// A stacked layer of the chart: label, colour, count per sample.
+type Layer = (&'static str, &'static str, fn(&Sample) -> u32);
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
