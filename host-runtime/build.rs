@@ -17,6 +17,10 @@ const BUILTINS: &[Guest] = &[
         package: "builtin-high-performance",
         dir: "builtin-policies/high-performance",
     },
+    Guest {
+        package: "builtin-balance",
+        dir: "builtin-policies/balance",
+    },
 ];
 
 /// Built alongside for the CLI tests (not embedded).

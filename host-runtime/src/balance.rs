@@ -1,26 +1,35 @@
 //! Running a policy's balance unit and enforcing the safety rules no unit can override.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterView};
 use crate::error::{Error, Result, UnitFault};
 use crate::policy::{FailureMode, Policy};
-use crate::scheduler::{unit_call, UnitFailure};
-use policy_sdk::{BalanceAction, HostIndex, MigrationMode, PowerAction, Snapshot};
+use crate::scheduler::{unit_call, ScheduleRequest, UnitFailure};
+use policy_sdk::{
+    BalanceAction, Host, HostIndex, HostStatus, MigrationMode, PowerAction, Snapshot, VmStatus,
+};
 use serde::Serialize;
 
 /// An action from the balance unit, with ids instead of indices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum PlannedAction {
-    /// Migrate a VM to one of the candidate hosts.
+    /// Migrate a VM. The unit proposes `candidate_hosts`; the engine picks the
+    /// `destination` among them with the policy's filters and weights.
     Migrate {
         /// VM id.
         vm: String,
-        /// Acceptable destination host ids.
+        /// The host it runs on.
+        source: Option<String>,
+        /// Destinations the unit proposed (host ids).
         candidate_hosts: Vec<String>,
+        /// The destination the policy's filters and weights chose; `None` when refused
+        /// before or by that decision.
+        destination: Option<String>,
         /// Why.
         reason: String,
     },
-    /// Change a host's power state.
+    /// Change a host's power state. Returned to the caller to carry out; the engine never
+    /// executes it.
     Power {
         /// Host id.
         host: String,
@@ -31,7 +40,14 @@ pub enum PlannedAction {
     },
 }
 
-/// An action the host refused, and why.
+impl PlannedAction {
+    /// Whether this is a power action.
+    pub fn is_power(&self) -> bool {
+        matches!(self, PlannedAction::Power { .. })
+    }
+}
+
+/// An action the host refused (a safety veto), and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedAction {
     /// The action.
@@ -40,26 +56,58 @@ pub struct RefusedAction {
     pub why: String,
 }
 
-/// The result of one balance cycle.
+/// The result of one balance cycle. Nothing in it has been carried out: migrations and
+/// power actions are the caller's to execute.
 #[derive(Debug, Clone, Serialize)]
 pub struct BalancePlan {
     /// Policy name.
     pub policy: String,
     /// Snapshot epoch.
     pub epoch: u64,
-    /// Actions to carry out.
+    /// Actions to carry out, in the unit's order.
     pub actions: Vec<PlannedAction>,
-    /// Actions refused by the safety rules.
+    /// Actions refused by the safety rules, each with its reason.
     pub refused: Vec<RefusedAction>,
     /// The balance unit's failure, when it failed open.
     pub unit_failure: Option<UnitFailure>,
 }
 
+impl BalancePlan {
+    /// The power actions of the plan.
+    pub fn power_actions(&self) -> impl Iterator<Item = &PlannedAction> {
+        self.actions.iter().filter(|a| a.is_power())
+    }
+
+    /// The migrations of the plan.
+    pub fn migrations(&self) -> impl Iterator<Item = &PlannedAction> {
+        self.actions.iter().filter(|a| !a.is_power())
+    }
+}
+
+/// Power actions per cycle, whatever the policy's action cap.
+pub const MAX_POWER_ACTIONS_PER_CYCLE: usize = 1;
+
+/// Migrations per cycle (the reference's balance loop stops after the first migration).
+pub const MAX_MIGRATIONS_PER_CYCLE: usize = 1;
+
 impl Policy {
-    /// Runs the balance unit over the cluster's current snapshot. Safety rules applied by
-    /// the host: VMs whose migration mode is not `migratable` are never migrated; the SPM
-    /// host and hosts excluded from automatic power management are never moved to
-    /// maintenance or powered down; at most `max_balance_actions` actions per cycle.
+    /// Runs the balance unit over the cluster's current snapshot and checks its proposals.
+    ///
+    /// Safety rules applied by the engine, whatever the unit says (a refused action is
+    /// reported in [`BalancePlan::refused`] with its reason):
+    /// * migrations: only `migratable` VMs that are up; the destination is chosen among
+    ///   the unit's candidates by the policy's filters and weights (a migration decision
+    ///   on the same snapshot), and refused when none passes;
+    /// * power actions: never on a host excluded from automatic power management or not
+    ///   under policy control; never move to maintenance or power down the SPM host or a
+    ///   host with running or pending VMs; never move to maintenance, power down or power
+    ///   up a host whose power management is not OK; the host's status must fit the
+    ///   action (maintenance from up, power down or activate from maintenance, power up
+    ///   from down or powering down);
+    /// * at most [`MAX_MIGRATIONS_PER_CYCLE`] migration, [`MAX_POWER_ACTIONS_PER_CYCLE`]
+    ///   power action and `max_balance_actions` actions in all per cycle.
+    ///
+    /// Nothing is executed: the plan is returned to the caller.
     pub fn balance(&self, cluster: &Cluster) -> Result<BalancePlan> {
         let view = cluster.view();
         let snapshot = view.snapshot();
@@ -109,22 +157,72 @@ impl Policy {
                 };
             }
         };
-        for (action, refusal) in actions {
-            if let Some(why) = refusal {
-                plan.refused.push(RefusedAction { action, why });
+        for (mut action, refusal) in actions {
+            let power = action.is_power();
+            let taken = plan
+                .actions
+                .iter()
+                .filter(|a| a.is_power() == power)
+                .count();
+            let refusal = if let Some(why) = refusal {
+                Some(why)
             } else if plan.actions.len() >= self.max_balance_actions as usize {
-                plan.refused.push(RefusedAction {
-                    action,
-                    why: format!(
-                        "over the limit of {} action(s) per cycle",
-                        self.max_balance_actions
-                    ),
-                });
+                Some(format!(
+                    "over the limit of {} action(s) per cycle",
+                    self.max_balance_actions
+                ))
+            } else if power && taken >= MAX_POWER_ACTIONS_PER_CYCLE {
+                Some(format!(
+                    "over the limit of {MAX_POWER_ACTIONS_PER_CYCLE} power action per cycle"
+                ))
+            } else if !power && taken >= MAX_MIGRATIONS_PER_CYCLE {
+                Some(format!(
+                    "over the limit of {MAX_MIGRATIONS_PER_CYCLE} migration per cycle"
+                ))
             } else {
-                plan.actions.push(action);
+                self.confirm_destination(&view, &mut action)?
+            };
+            match refusal {
+                Some(why) => plan.refused.push(RefusedAction { action, why }),
+                None => plan.actions.push(action),
             }
         }
         Ok(plan)
+    }
+
+    /// Picks a proposed migration's destination with the policy's filters and weights;
+    /// returns why it is refused when no candidate passes.
+    fn confirm_destination(
+        &self,
+        view: &ClusterView,
+        action: &mut PlannedAction,
+    ) -> Result<Option<String>> {
+        let PlannedAction::Migrate {
+            vm,
+            candidate_hosts,
+            destination,
+            ..
+        } = action
+        else {
+            return Ok(None);
+        };
+        let snapshot = view.snapshot();
+        let Some(the_vm) = snapshot.vms.iter().find(|v| v.id == *vm) else {
+            return Ok(Some(format!("VM {vm:?} is not in the cluster")));
+        };
+        let request =
+            ScheduleRequest::migration(the_vm.clone())?.whitelist(candidate_hosts.clone());
+        let decision = self.evaluate(view, &request)?;
+        Ok(match decision.chosen {
+            Some(host) => {
+                *destination = Some(host);
+                None
+            }
+            None => Some(format!(
+                "no proposed destination passes the policy's filters: {}",
+                decision.summary
+            )),
+        })
     }
 }
 
@@ -158,6 +256,13 @@ fn resolve(
                 .map(host_id)
                 .collect::<Result<Vec<_>, _>>()?;
             let refusal = match the_vm.migration_mode() {
+                MigrationMode::Migratable if the_vm.status != VmStatus::Up => Some(format!(
+                    "VM is {:?}, not up: only running VMs are balanced",
+                    the_vm.status
+                )),
+                MigrationMode::Migratable if candidate_hosts.is_empty() => {
+                    Some("no candidate destination proposed".into())
+                }
                 MigrationMode::Migratable => None,
                 MigrationMode::ManualOnly => {
                     Some("VM migration mode manual_only forbids automatic migration".into())
@@ -169,7 +274,9 @@ fn resolve(
             (
                 PlannedAction::Migrate {
                     vm: the_vm.id.clone(),
+                    source: the_vm.current_host.clone(),
                     candidate_hosts,
+                    destination: None,
                     reason,
                 },
                 refusal,
@@ -181,15 +288,7 @@ fn resolve(
             reason,
         } => {
             let id = host_id(host)?;
-            let h = &snapshot.hosts[host as usize];
-            let shutting = matches!(action, PowerAction::PowerDown | PowerAction::ToMaintenance);
-            let refusal = if shutting && h.spm {
-                Some("the SPM host is never powered down or moved to maintenance".into())
-            } else if h.power.excluded_from_automatic {
-                Some("host is excluded from automatic power management".into())
-            } else {
-                None
-            };
+            let refusal = power_veto(snapshot, &snapshot.hosts[host as usize], action);
             (
                 PlannedAction::Power {
                     host: id,
@@ -200,4 +299,65 @@ fn resolve(
             )
         }
     })
+}
+
+/// Why the engine refuses a power action on `host`, if it does.
+fn power_veto(snapshot: &Snapshot, host: &Host, action: PowerAction) -> Option<String> {
+    let shutting = matches!(action, PowerAction::PowerDown | PowerAction::ToMaintenance);
+    let running = snapshot
+        .vms_on(&host.id)
+        .filter(|v| v.is_running())
+        .count()
+        .max(host.running_vms as usize);
+    let needs_fencing = !matches!(action, PowerAction::Activate);
+    let status_fits = match action {
+        PowerAction::ToMaintenance => host.status == HostStatus::Up,
+        PowerAction::PowerDown | PowerAction::Activate => host.status == HostStatus::Maintenance,
+        PowerAction::PowerUp => {
+            matches!(host.status, HostStatus::Down | HostStatus::PoweringDown)
+        }
+    };
+    if host.power.excluded_from_automatic {
+        Some("host is excluded from automatic power management".into())
+    } else if !host.power.controlled_by_policy {
+        Some(
+            "host is not under power-policy control (controlled_by_policy is cleared by a \
+             user power action and set again when the host comes up)"
+                .into(),
+        )
+    } else if shutting && host.spm {
+        Some("the SPM host is never powered down or moved to maintenance".into())
+    } else if shutting && running > 0 {
+        Some(format!("host has {running} running VM(s)"))
+    } else if shutting && !host.pending.vms.is_empty() {
+        Some(format!(
+            "host has pending VM(s): {}",
+            host.pending.vms.join(", ")
+        ))
+    } else if needs_fencing && !host.power.enabled {
+        Some("host power management is not OK (no working power agent)".into())
+    } else if !status_fits {
+        Some(format!(
+            "host is {}; {} needs it {}",
+            host.status.as_str(),
+            action_name(action),
+            match action {
+                PowerAction::ToMaintenance => "up",
+                PowerAction::PowerDown | PowerAction::Activate => "in maintenance",
+                PowerAction::PowerUp => "down (or powering down)",
+            }
+        ))
+    } else {
+        None
+    }
+}
+
+/// The action's name as in files and reports (`to_maintenance`, `power_down`...).
+pub fn action_name(action: PowerAction) -> &'static str {
+    match action {
+        PowerAction::ToMaintenance => "to_maintenance",
+        PowerAction::PowerDown => "power_down",
+        PowerAction::Activate => "activate",
+        PowerAction::PowerUp => "power_up",
+    }
 }

@@ -355,6 +355,11 @@ impl Cluster {
         self.apply(vec![Change::SetHostStatus { host, status }])
     }
 
+    /// Sets the snapshot's wall-clock time in Unix seconds (a new epoch).
+    pub fn set_time(&self, time_unix: u64) -> Result<u64> {
+        self.apply(vec![Change::SetTime { time_unix }])
+    }
+
     pub(crate) fn require_host(&self, host_id: &str) -> Result<HostIndex> {
         self.host_index(host_id)
             .ok_or_else(|| Error::Request(format!("unknown host {host_id:?}")))

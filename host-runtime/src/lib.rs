@@ -44,11 +44,16 @@ pub mod migration;
 mod module;
 pub mod pending;
 mod policy;
+pub mod power;
 mod runtime;
 mod scheduler;
 pub mod simulate;
+pub mod timeline;
 
-pub use balance::{BalancePlan, PlannedAction, RefusedAction};
+pub use balance::{
+    BalancePlan, PlannedAction, RefusedAction, MAX_MIGRATIONS_PER_CYCLE,
+    MAX_POWER_ACTIONS_PER_CYCLE,
+};
 pub use cluster::{Cluster, ClusterView};
 pub use error::{Error, Result, UnitFault};
 pub use lifecycle::{
@@ -59,7 +64,9 @@ pub use memory::{MemoryChange, MemoryChangeDone, MemoryPlan, PlannedDimm, Reduct
 pub use migration::{Migration, MigrationTrigger};
 pub use module::{CallLimits, LoadedModule, ModuleStats};
 pub use pending::{PendingRecord, PendingResource};
-pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, DEFAULT_POLICY_TOML};
+pub use policy::{
+    FailureMode, Policy, PolicyUnit, SelectorKind, BUILTIN_POLICIES, DEFAULT_POLICY_TOML,
+};
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
 pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};
 

@@ -15,6 +15,19 @@ use std::sync::Arc;
 /// The default policy shipped with the builtins.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("default_policy.toml");
 
+/// The builtin named cluster policies, `(name, TOML)`, selectable by name with
+/// [`Policy::builtin`]: `default`, and the reference's `none`, `evenly_distributed` and
+/// `power_saving`.
+pub const BUILTIN_POLICIES: &[(&str, &str)] = &[
+    ("default", DEFAULT_POLICY_TOML),
+    ("none", include_str!("policies/none.toml")),
+    (
+        "evenly_distributed",
+        include_str!("policies/evenly_distributed.toml"),
+    ),
+    ("power_saving", include_str!("policies/power_saving.toml")),
+];
+
 /// How weights are turned into a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,6 +169,24 @@ impl Policy {
             DEFAULT_POLICY_TOML,
             Format::Toml,
             "builtin:default_policy.toml",
+        )
+    }
+
+    /// A builtin named policy (see [`BUILTIN_POLICIES`]); an unknown name is an error that
+    /// lists the known ones.
+    pub fn builtin(runtime: &Runtime, name: &str) -> Result<Self> {
+        let Some((_, text)) = BUILTIN_POLICIES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = BUILTIN_POLICIES.iter().map(|(n, _)| *n).collect();
+            return Err(Error::Request(format!(
+                "no builtin policy named {name:?} (known: {})",
+                known.join(", ")
+            )));
+        };
+        Self::parse(
+            runtime,
+            text,
+            Format::Toml,
+            &format!("builtin:policies/{name}.toml"),
         )
     }
 

@@ -19,6 +19,14 @@
 //! }
 //! ```
 //!
+//! Balance cycles over time: `{ "event": "balance", "cycles": 12, "minutes": 5 }` runs the
+//! policy's balance unit once per cycle, after advancing a simulated clock and sending
+//! every host's report (usage recomputed from its VMs), and carries the plan out (see
+//! [`crate::timeline`]); `{ "event": "load", "vms": [...], "cpu_usage_percent": 40 }`
+//! changes VMs' CPU usage and `{ "event": "stop", "vms": [...] }` shuts VMs down. A VM that
+//! may only run on hosts that are not up is not scheduled by `start`: the engine requests
+//! the wake-up of one of them ([`Effect::WakeUp`]) and the simulated manager carries it out.
+//!
 //! [`validate`] checks the whole scenario against the cluster before anything runs: every
 //! VM and host an event names must exist, and every event must make sense after the ones
 //! before it, assuming every decision finds a host (starting a running VM, `vm_up` for a
@@ -27,12 +35,16 @@
 //! VM that found no host) is not an error: [`run`] reports the event as skipped for that
 //! VM ([`Effect::Skipped`]) and goes on.
 
+use crate::balance::{action_name, PlannedAction};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::lifecycle::{PlacementKind, Reschedule, VmFailed};
+use crate::power::{wake_up_for, WakeUp};
 use crate::scheduler::{Decision, ScheduleRequest};
+use crate::timeline::{self, Clock, CycleReport, Sample};
 use crate::Policy;
+use policy_sdk::abi::Change;
 use policy_sdk::{HostStatus, PendingAggregate, Snapshot, Vm, VmStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -124,6 +136,36 @@ pub enum Event {
         /// Host id.
         host: String,
     },
+    /// Balance cycles over time: each advances the clock by `minutes`, sends the host
+    /// reports, runs the policy's balance unit and carries its plan out.
+    Balance {
+        /// Number of cycles (default 1).
+        #[serde(default = "one")]
+        cycles: u32,
+        /// Minutes per cycle (default 5).
+        #[serde(default = "five")]
+        minutes: u32,
+    },
+    /// The CPU usage of running VMs changes (the next host reports show it).
+    Load {
+        /// VM ids.
+        vms: Vec<String>,
+        /// New CPU usage, in percent of each VM's vCPUs.
+        cpu_usage_percent: u32,
+    },
+    /// Running VMs shut down and leave their hosts.
+    Stop {
+        /// VM ids.
+        vms: Vec<String>,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn five() -> u32 {
+    5
 }
 
 impl Event {
@@ -139,6 +181,9 @@ impl Event {
             Event::HostDown { .. } => "host_down",
             Event::HostUp { .. } => "host_up",
             Event::RemoveHost { .. } => "remove_host",
+            Event::Balance { .. } => "balance",
+            Event::Load { .. } => "load",
+            Event::Stop { .. } => "stop",
         }
     }
 }
@@ -181,6 +226,14 @@ impl fmt::Display for Event {
                 Ok(())
             }
             Event::HostUp { host } | Event::RemoveHost { host } => write!(f, " {host}"),
+            Event::Balance { cycles, minutes } => {
+                write!(f, " {cycles} cycle(s) of {minutes} min")
+            }
+            Event::Load {
+                vms,
+                cpu_usage_percent,
+            } => write!(f, " {} at {cpu_usage_percent}%", list(vms)),
+            Event::Stop { vms } => write!(f, " {}", list(vms)),
         }
     }
 }
@@ -465,6 +518,64 @@ pub fn validate(scenario: &Scenario, snapshot: &Snapshot, file: &str) -> Result<
                 }
                 removed.insert(host.as_str(), i);
             }
+            Event::Balance { cycles, minutes } => {
+                if *cycles == 0 || *cycles > 100_000 {
+                    return Err(err(
+                        format!("events[{i}].cycles"),
+                        format!("must be in 1..=100000, got {cycles}"),
+                    ));
+                }
+                if *minutes == 0 || *minutes > 1_440 {
+                    return Err(err(
+                        format!("events[{i}].minutes"),
+                        format!("must be in 1..=1440, got {minutes}"),
+                    ));
+                }
+                // Balancing moves running VMs to hosts the decisions choose.
+                for s in vms.values_mut() {
+                    if let Expected::Running { host, .. } = s {
+                        *host = None;
+                    }
+                }
+            }
+            Event::Load {
+                vms: list,
+                cpu_usage_percent,
+            } => {
+                if *cpu_usage_percent > 100 {
+                    return Err(err(
+                        format!("events[{i}].cpu_usage_percent"),
+                        format!("must be in 0..=100, got {cpu_usage_percent}"),
+                    ));
+                }
+                for (j, id) in list.iter().enumerate() {
+                    lookup(&mut vms, id, &format!("events[{i}].vms[{j}]"), file)?;
+                }
+            }
+            Event::Stop { vms: list } => {
+                for (j, id) in list.iter().enumerate() {
+                    let field = format!("events[{i}].vms[{j}]");
+                    let s = lookup(&mut vms, id, &field, file)?;
+                    match s {
+                        Expected::Down => {
+                            return Err(err(
+                                field,
+                                format!("VM {id:?} is not running: nothing to stop"),
+                            ))
+                        }
+                        Expected::Starting { .. } | Expected::Migrating { .. } => {
+                            return Err(err(
+                                field,
+                                format!(
+                                    "VM {id:?} is being started or migrated; send vm_up, \
+                                     vm_failed or migration_finished first"
+                                ),
+                            ))
+                        }
+                        Expected::Running { .. } | Expected::Unknown => *s = Expected::Down,
+                    }
+                }
+            }
         }
     }
     Ok(())
@@ -565,6 +676,16 @@ pub enum Effect {
         /// VMs that ran there: now down.
         stopped: Vec<String>,
     },
+    /// A VM may only run on hosts that are not up: the engine requested a wake-up (or
+    /// says why none is possible) instead of scheduling it.
+    WakeUp(WakeUp),
+    /// A running VM shut down and left its host.
+    Stopped {
+        /// VM id.
+        vm: String,
+        /// The host it ran on.
+        host: String,
+    },
     /// The event did nothing for this VM, because of what earlier decisions did (e.g. a
     /// `vm_up` for a VM that found no host).
     Skipped {
@@ -605,6 +726,9 @@ pub struct EventOutcome {
     pub pending_changed: Vec<String>,
     /// The cluster's epoch after the event.
     pub epoch: u64,
+    /// Balance cycles run by a `balance` event, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cycles: Vec<CycleReport>,
 }
 
 /// Replays a scenario on a cluster with a policy, one event after another, and reports
@@ -621,6 +745,7 @@ pub fn run(policy: &Policy, cluster: &Cluster, scenario: &Scenario) -> Result<Ve
         cluster,
         defined: scenario.vms.iter().map(|vm| (vm.id.as_str(), vm)).collect(),
         unplaced: HashMap::new(),
+        clock: Clock::default(),
     };
     let mut outcomes = Vec::with_capacity(scenario.events.len());
     let mut before: BTreeMap<String, PendingAggregate> =
@@ -635,6 +760,7 @@ pub fn run(policy: &Policy, cluster: &Cluster, scenario: &Scenario) -> Result<Ve
             pending: Vec::new(),
             pending_changed: Vec::new(),
             epoch: 0,
+            cycles: Vec::new(),
         };
         runner.apply(index, event, &mut outcome)?;
         for decision in &outcome.decisions {
@@ -674,6 +800,8 @@ struct Runner<'a> {
     defined: HashMap<&'a str, &'a Vm>,
     /// Why a VM has no placement, when a decision or failure left it without one.
     unplaced: HashMap<String, String>,
+    /// The simulated time of balance cycles.
+    clock: Clock,
 }
 
 /// A runtime error of event `index`, naming the field (`events[i]`, `events[i].vms[j]`).
@@ -719,6 +847,17 @@ impl Runner<'_> {
                                 vm.current_host.as_deref().unwrap_or("?")
                             ),
                         });
+                        continue;
+                    }
+                    if let Some(wake) = wake_up_for(&snapshot, vm) {
+                        if let (Some(host), Some(action)) = (&wake.host, wake.action) {
+                            timeline::execute_power(cluster, host, action).map_err(|e| {
+                                at(format!("events[{i}].vms[{j}]"), event, Some(id), e)
+                            })?;
+                        }
+                        self.unplaced
+                            .insert(id.clone(), format!("it waits: {wake}"));
+                        out.effects.push(Effect::WakeUp(wake));
                         continue;
                     }
                     requests.push(ScheduleRequest::new((*vm).clone()));
@@ -849,6 +988,67 @@ impl Runner<'_> {
                         .push(result.map_err(|e| at(here(), event, Some(&request.vm.id), e))?);
                 }
             }
+            Event::Balance { cycles, minutes } => {
+                self.balance(*cycles, *minutes, out).map_err(fail)?;
+            }
+            Event::Load {
+                vms,
+                cpu_usage_percent,
+            } => {
+                let snapshot = cluster.snapshot();
+                let mut changes = Vec::new();
+                for (j, id) in vms.iter().enumerate() {
+                    match snapshot.vms.iter().find(|v| v.id == *id) {
+                        Some(vm) => {
+                            let mut vm = vm.clone();
+                            vm.cpu_usage_percent = *cpu_usage_percent;
+                            changes.push(Change::UpsertVm(vm));
+                        }
+                        None => {
+                            return Err(at(
+                                format!("events[{i}].vms[{j}]"),
+                                event,
+                                Some(id),
+                                Error::Request(format!(
+                                    "VM {id:?} is not in the cluster (start it first)"
+                                )),
+                            ))
+                        }
+                    }
+                }
+                drop(snapshot);
+                cluster.apply(changes).map_err(fail)?;
+            }
+            Event::Stop { vms } => {
+                let snapshot = cluster.snapshot();
+                let mut changes = Vec::new();
+                for id in vms {
+                    match snapshot.vms.iter().find(|v| v.id == *id && v.is_running()) {
+                        Some(vm) => {
+                            out.effects.push(Effect::Stopped {
+                                vm: id.clone(),
+                                host: vm.current_host.clone().unwrap_or_default(),
+                            });
+                            let mut vm = vm.clone();
+                            vm.status = VmStatus::Down;
+                            vm.current_host = None;
+                            changes.push(Change::UpsertVm(vm));
+                        }
+                        None => out.effects.push(self.skipped(id)),
+                    }
+                }
+                drop(snapshot);
+                cluster.apply(changes).map_err(fail)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn balance(&mut self, cycles: u32, minutes: u32, out: &mut EventOutcome) -> Result<()> {
+        for _ in 0..cycles {
+            timeline::advance(self.cluster, &mut self.clock, minutes)?;
+            out.cycles
+                .push(timeline::cycle(self.policy, self.cluster, &self.clock)?);
         }
         Ok(())
     }
@@ -1156,6 +1356,8 @@ impl fmt::Display for Effect {
                 list(stopped)
             ),
             Effect::Skipped { vm, reason } => write!(f, "{vm}: skipped, {reason}"),
+            Effect::WakeUp(wake) => write!(f, "{wake}"),
+            Effect::Stopped { vm, host } => write!(f, "{vm} stopped on {host}"),
         }
     }
 }
@@ -1170,6 +1372,41 @@ impl fmt::Display for EventOutcome {
         writeln!(f, "#{} {}", self.index, self.event)?;
         for effect in &self.effects {
             writeln!(f, "  {effect}")?;
+        }
+        for cycle in &self.cycles {
+            let s = &cycle.sample;
+            if cycle.actions.is_empty() && cycle.refused.is_empty() {
+                continue;
+            }
+            writeln!(
+                f,
+                "  {:02}:{:02} ({} up, {} free, {} maintenance, {} powering, {} down; load {:.0}%)",
+                s.minute / 60 % 24,
+                s.minute % 60,
+                s.up,
+                s.free,
+                s.maintenance,
+                s.transitioning,
+                s.down,
+                s.load_percent
+            )?;
+            for action in &cycle.actions {
+                writeln!(f, "    {}", describe(action))?;
+            }
+            for refused in &cycle.refused {
+                writeln!(
+                    f,
+                    "    refused: {} ({})",
+                    describe(&refused.action),
+                    refused.why
+                )?;
+            }
+            for vm in &cycle.failed_migrations {
+                writeln!(
+                    f,
+                    "    migration of {vm} failed: its destination no longer fits"
+                )?;
+            }
         }
         for d in &self.decisions {
             match &d.chosen {
@@ -1271,6 +1508,37 @@ impl fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+/// One line for a planned action.
+pub fn describe(action: &PlannedAction) -> String {
+    match action {
+        PlannedAction::Migrate {
+            vm,
+            source,
+            destination,
+            candidate_hosts,
+            reason,
+        } => format!(
+            "migrate {vm}: {} -> {} (of {}): {reason}",
+            source.as_deref().unwrap_or("?"),
+            destination.as_deref().unwrap_or("?"),
+            list(candidate_hosts)
+        ),
+        PlannedAction::Power {
+            host,
+            action,
+            reason,
+        } => format!("{} {host}: {reason}", action_name(*action)),
+    }
+}
+
+/// The samples of every balance cycle of a run, in order (for [`timeline::svg`]).
+pub fn samples(outcomes: &[EventOutcome]) -> Vec<Sample> {
+    outcomes
+        .iter()
+        .flat_map(|o| o.cycles.iter().map(|c| c.sample))
+        .collect()
 }
 
 #[cfg(test)]

@@ -149,6 +149,11 @@ pub enum Change {
     RemoveVm(String),
     /// Cluster settings changed.
     SetCluster(ClusterInfo),
+    /// The snapshot's wall-clock time ([`Snapshot::time_unix`]) moved.
+    SetTime {
+        /// Unix seconds.
+        time_unix: u64,
+    },
 }
 
 fn host_mut(snapshot: &mut Snapshot, host: HostIndex) -> Result<&mut Host, String> {
@@ -182,6 +187,7 @@ impl Change {
                 }
             }
             Change::SetCluster(info) => snapshot.cluster = info,
+            Change::SetTime { time_unix } => snapshot.time_unix = time_unix,
         }
         Ok(())
     }
@@ -308,6 +314,7 @@ pub mod guest {
                 units: None,
                 snapshot: Snapshot {
                     epoch: 0,
+                    time_unix: 0,
                     cluster: ClusterInfo {
                         id: String::new(),
                         name: String::new(),

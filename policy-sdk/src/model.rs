@@ -24,6 +24,9 @@ pub type VmIndex = u32;
 pub struct Snapshot {
     /// Monotonic version of this snapshot; bumped by the host on every change.
     pub epoch: u64,
+    /// Wall-clock time of the snapshot in Unix seconds; 0 when unknown. Power units
+    /// compare it with [`PowerManagement::last_failed_power_up`].
+    pub time_unix: u64,
     /// Cluster-wide settings.
     pub cluster: ClusterInfo,
     /// Every host of the cluster, whatever its status.
@@ -402,6 +405,11 @@ pub struct Host {
     pub cpu_usage_percent: u32,
     /// Minutes the CPU usage has stayed on its side of the utilization thresholds.
     pub cpu_usage_duration_minutes: u32,
+    /// Minutes the host has been in its current `status` (a shutdown that has run longer
+    /// than the policy's timeout is taken as failed).
+    pub status_minutes: u32,
+    /// Minutes the host has had no running, migrating or pending VM (0 when it has one).
+    pub empty_minutes: u32,
     /// Number of VMs running on the host.
     pub running_vms: u32,
     /// pCPUs exclusively pinned to running VMs.

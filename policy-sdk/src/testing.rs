@@ -217,6 +217,28 @@ impl HostBuilder {
         self.0.power = power;
         self
     }
+    /// Power management that works and is under the power policy's control (the usual
+    /// state of a host the policy may shut down or wake up).
+    pub fn policy_controlled(mut self) -> Self {
+        self.0.power.enabled = true;
+        self.0.power.controlled_by_policy = true;
+        self
+    }
+    /// Minutes the host has had no VM.
+    pub fn empty_minutes(mut self, minutes: u32) -> Self {
+        self.0.empty_minutes = minutes;
+        self
+    }
+    /// Minutes the host has been in its current status.
+    pub fn status_minutes(mut self, minutes: u32) -> Self {
+        self.0.status_minutes = minutes;
+        self
+    }
+    /// Minutes the CPU usage has stayed on its side of the thresholds.
+    pub fn cpu_usage_minutes(mut self, minutes: u32) -> Self {
+        self.0.cpu_usage_duration_minutes = minutes;
+        self
+    }
     /// The finished host.
     pub fn build(self) -> Host {
         self.0
@@ -409,6 +431,11 @@ pub fn snapshot() -> SnapshotBuilder {
 pub struct SnapshotBuilder(Snapshot);
 
 impl SnapshotBuilder {
+    /// Wall-clock time of the snapshot, in Unix seconds.
+    pub fn time_unix(mut self, seconds: u64) -> Self {
+        self.0.time_unix = seconds;
+        self
+    }
     /// Adds a host.
     pub fn host(mut self, host: impl Into<Host>) -> Self {
         self.0.hosts.push(host.into());

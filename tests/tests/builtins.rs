@@ -22,11 +22,15 @@ fn builtins_are_embedded_and_registered_by_name() {
             ("cpu-level", UnitKind::Filter),
             ("cpu-load", UnitKind::Weight),
             ("cpu-pinning", UnitKind::Filter),
+            ("evenly-distributed", UnitKind::Balance),
             ("free-memory", UnitKind::Weight),
             ("high-performance-cpu", UnitKind::Weight),
             ("hugepages", UnitKind::Filter),
             ("memory", UnitKind::Filter),
             ("numa", UnitKind::Filter),
+            ("power-saving", UnitKind::Balance),
+            ("power-saving-cpu", UnitKind::Weight),
+            ("power-saving-memory", UnitKind::Weight),
             ("vm-affinity", UnitKind::Filter),
             ("vm-affinity-weight", UnitKind::Weight),
         ]
@@ -34,6 +38,7 @@ fn builtins_are_embedded_and_registered_by_name() {
     for u in &units {
         let module = match u.name.as_str() {
             n if n.starts_with("vm-affinity") => "affinity",
+            n if n.starts_with("power-saving") || n == "evenly-distributed" => "balance",
             "cpu" | "memory" | "cpu-load" | "free-memory" => "basic",
             _ => "high-performance",
         };

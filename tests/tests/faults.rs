@@ -142,9 +142,18 @@ fn balance_actions_naming_unknown_hosts_or_vms_are_errors_naming_the_unit() {
             other => panic!("{mode}: expected a bad-output fault, got {other:?}"),
         }
     }
+    // In range, the action is no fault: it reaches the engine's checks, which refuse it
+    // because its only candidate is the VM's own host.
     let ok = policy(&rt, "name = \"b\"\n[balance]\nunit = \"chaos-balance\"\n");
     let plan = ok.balance(&c).unwrap();
-    assert_eq!(plan.actions.len(), 1, "{plan:?}");
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(plan.refused.len(), 1, "{plan:?}");
+    assert!(
+        plan.refused[0]
+            .why
+            .contains("no proposed destination passes"),
+        "{plan:?}"
+    );
 }
 
 #[test]

@@ -3,9 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use wasmsched::power::StartOutcome;
 use wasmsched::sdk::Vm;
 use wasmsched::{
     files, simulate, Cluster, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest,
+    BUILTIN_POLICIES,
 };
 
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
@@ -62,8 +64,9 @@ enum Command {
         /// The VM to place (JSON or TOML).
         #[arg(long, value_name = "FILE")]
         vm: PathBuf,
-        /// Cluster policy (default: the builtin default policy).
-        #[arg(long, value_name = "FILE")]
+        /// Cluster policy: a file, or a builtin name (default, none, evenly_distributed,
+        /// power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
         policy: Option<PathBuf>,
         /// Hosts (ids) that must not be chosen.
         #[arg(long, value_name = "HOST", value_delimiter = ',')]
@@ -106,8 +109,22 @@ enum Command {
         /// The scenario: `events` and optional extra `vms` (JSON or TOML).
         #[arg(long, value_name = "FILE")]
         events: PathBuf,
-        /// Cluster policy (default: the builtin default policy).
+        /// Cluster policy: a file, or a builtin name (default, none, evenly_distributed,
+        /// power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
+        policy: Option<PathBuf>,
+        /// Draw the balance cycles (hosts by status, cluster load) as an SVG file.
         #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Run one balance cycle: the proposed migrations and power actions with their reasons,
+    /// and the actions the engine vetoed. Nothing is carried out.
+    Balance {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Cluster policy: a file, or a builtin name (default: power_saving).
+        #[arg(long, value_name = "FILE|NAME")]
         policy: Option<PathBuf>,
     },
     /// Plan a memory hot plug or hot unplug of a running VM: the DIMM devices with their
@@ -202,8 +219,17 @@ fn runtime(global: &Global, builtins: bool) -> anyhow::Result<Runtime> {
     Ok(runtime)
 }
 
+/// A policy file, or (when no such file exists) a builtin policy by name.
 fn policy(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Policy> {
     Ok(match path {
+        Some(path) if !path.exists() => {
+            let name = path.to_string_lossy();
+            if BUILTIN_POLICIES.iter().any(|(n, _)| *n == name) {
+                Policy::builtin(runtime, &name)?
+            } else {
+                Policy::from_file(runtime, path)?
+            }
+        }
         Some(path) => Policy::from_file(runtime, path)?,
         None => Policy::builtin_default(runtime)?,
     })
@@ -228,7 +254,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(w) = whitelist {
                 request = request.whitelist(w.iter().cloned());
             }
-            let decision = policy.schedule(&cluster, &request)?;
+            let decision = match policy.schedule_or_wake(&cluster, &request)? {
+                StartOutcome::Scheduled(decision) => decision,
+                StartOutcome::WakeUp(wake) => {
+                    if g.json {
+                        println!("{}", serde_json::to_string_pretty(&wake)?);
+                    } else {
+                        println!("{wake}");
+                    }
+                    return Ok(ExitCode::from(EXIT_NO_HOST));
+                }
+            };
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&decision)?);
             } else {
@@ -276,7 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
             events,
             policy: policy_file,
-        } => simulate(g, cluster, events, policy_file.as_deref()),
+            svg,
+        } => simulate(g, cluster, events, policy_file.as_deref(), svg.as_deref()),
         Command::Memory {
             cluster,
             vm,
@@ -300,6 +337,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_NO_HOST)
             })
+        }
+        Command::Balance {
+            cluster,
+            policy: policy_file,
+        } => {
+            let cluster = Cluster::from_file(cluster)?;
+            let runtime = runtime(g, true)?;
+            let policy = match policy_file {
+                Some(p) => policy(&runtime, Some(p))?,
+                None => Policy::builtin(&runtime, "power_saving")?,
+            };
+            let plan = policy.balance(&cluster)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                println!(
+                    "balance: policy {:?}, epoch {}: {} action(s), {} refused",
+                    plan.policy,
+                    plan.epoch,
+                    plan.actions.len(),
+                    plan.refused.len()
+                );
+                for action in &plan.actions {
+                    println!("  {}", simulate::describe(action));
+                }
+                for refused in &plan.refused {
+                    println!(
+                        "  refused: {} ({})",
+                        simulate::describe(&refused.action),
+                        refused.why
+                    );
+                }
+                if let Some(failure) = &plan.unit_failure {
+                    println!(
+                        "  unit {} failed and was skipped: {}",
+                        failure.unit, failure.error
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Units => {
             let runtime = runtime(g, true)?;
@@ -365,8 +442,10 @@ fn simulate(
     cluster: &Path,
     events: &Path,
     policy_file: Option<&Path>,
+    svg: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     // Check the inputs before loading any module.
+    let cluster_label = cluster.display().to_string();
     let cluster = Cluster::from_file(cluster)?;
     let scenario = simulate::Scenario::from_file(events)?;
     simulate::validate(
@@ -378,6 +457,26 @@ fn simulate(
     let policy = policy(&runtime, policy_file)?;
     let outcomes = simulate::run(&policy, &cluster, &scenario)?;
     let summary = simulate::Summary::of(&outcomes, &cluster);
+    if let Some(svg) = svg {
+        let samples = simulate::samples(&outcomes);
+        if samples.is_empty() {
+            anyhow::bail!(
+                "--svg {}: the scenario has no balance event, so there is nothing to draw",
+                svg.display()
+            );
+        }
+        let title = format!(
+            "wasmsched simulate: policy {} on {} ({} balance cycles)",
+            policy.name,
+            cluster_label,
+            samples.len()
+        );
+        std::fs::write(svg, wasmsched::timeline::svg(&samples, &title))
+            .map_err(|e| anyhow::anyhow!("--svg {}: cannot write: {e}", svg.display()))?;
+        if !g.json {
+            eprintln!("wrote {}", svg.display());
+        }
+    }
     if g.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
