@@ -61,6 +61,11 @@ impl Policy {
     /// host and hosts excluded from automatic power management are never moved to
     /// maintenance or powered down; at most `max_balance_actions` actions per cycle.
     pub fn balance(&self, cluster: &Cluster) -> Result<BalancePlan> {
+        self.live().balance_resolved(cluster)
+    }
+
+    /// [`Policy::balance`] with the units as resolved now.
+    fn balance_resolved(&self, cluster: &Cluster) -> Result<BalancePlan> {
         let view = cluster.view();
         let snapshot = view.snapshot();
         let mut plan = BalancePlan {

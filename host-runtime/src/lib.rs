@@ -39,6 +39,7 @@ mod lifecycle;
 mod module;
 pub mod pending;
 mod policy;
+mod reload;
 mod runtime;
 mod scheduler;
 pub mod simulate;
@@ -49,9 +50,15 @@ pub use error::{Error, Result, UnitFault};
 pub use lifecycle::{
     HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule, Reservation, VmFailed,
 };
-pub use module::{CallLimits, LoadedModule, ModuleStats};
+pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
+pub use reload::{
+    FileError, FileProblem, ModuleStatsView, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode,
+    WatchOptions, WatchStatus,
+};
 pub use pending::{PendingRecord, PendingResource};
-pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, DEFAULT_POLICY_TOML};
+pub use policy::{
+    FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit, DEFAULT_POLICY_TOML,
+};
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
 pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};
 
