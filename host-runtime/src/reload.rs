@@ -214,6 +214,9 @@ struct FileState {
     pending: Option<(Stamp, Instant)>,
     /// Rejection of the newest content.
     error: Option<FileError>,
+    /// Generation of the module set when the content was refused because another module
+    /// held one of its unit names: tried again once the set changes.
+    conflict_at: Option<u64>,
 }
 
 /// What the runtime knows about its policy directory.
@@ -472,15 +475,18 @@ impl Runtime {
             let d = d.max(Duration::from_millis(10));
             recheck_in = Some(recheck_in.map_or(d, |r: Duration| r.min(d)));
         };
+        let generation = self.generation();
         let mut fresh: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
         let mut rejected: Vec<(PathBuf, Stamp, Error)> = Vec::new();
+        let mut conflicts: Vec<(PathBuf, Stamp, Error)> = Vec::new();
         for path in &present {
             let file = path.display().to_string();
             let Ok(stamp) = Stamp::of(path) else {
                 continue; // gone between listing and stat: the next scan sees it
             };
             let entry = state.files.entry(path.clone()).or_default();
-            if entry.processed == Some(stamp) {
+            let retry = entry.conflict_at.is_some_and(|g| g != generation);
+            if entry.processed == Some(stamp) && !retry {
                 entry.pending = None;
                 continue;
             }
@@ -554,13 +560,14 @@ impl Runtime {
                             *registry = trial;
                             published.push((path, module, stamp));
                         }
-                        Err(e) => rejected.push((path, stamp, e)),
+                        Err(e) => conflicts.push((path, stamp, e)),
                     }
                 }
                 Ok(())
             });
             result?;
         }
+        let generation = self.generation();
         for path in gone {
             let file = path.display().to_string();
             if let Some(old) = state.files.remove(&path) {
@@ -589,9 +596,24 @@ impl Runtime {
             entry.processed = Some(stamp);
             entry.pending = None;
             entry.error = None;
+            entry.conflict_at = None;
             report.loaded.push(file);
         }
-        for (path, stamp, error) in rejected {
+        let conflicted: Vec<PathBuf> = conflicts.iter().map(|(p, _, _)| p.clone()).collect();
+        if report.changed()
+            && state
+                .files
+                .iter()
+                .any(|(p, s)| s.conflict_at.is_some() && !conflicted.contains(p))
+        {
+            // A unit name may have been freed: try the refused files again.
+            wait(Duration::ZERO);
+        }
+        let rejected = rejected
+            .into_iter()
+            .map(|r| (r, false))
+            .chain(conflicts.into_iter().map(|r| (r, true)));
+        for ((path, stamp, error), conflict) in rejected {
             let entry = state.files.entry(path.clone()).or_default();
             let reason = match &error {
                 Error::Module { reason, .. } => reason.clone(),
@@ -605,6 +627,7 @@ impl Runtime {
             );
             entry.processed = Some(stamp);
             entry.pending = None;
+            entry.conflict_at = conflict.then_some(generation);
             entry.error = Some(FileError {
                 file: path.display().to_string(),
                 reason,
