@@ -51,13 +51,11 @@ pub use lifecycle::{
     HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule, Reservation, VmFailed,
 };
 pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
+pub use pending::{PendingRecord, PendingResource};
+pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit, DEFAULT_POLICY_TOML};
 pub use reload::{
     FileError, FileProblem, ModuleStatsView, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode,
     WatchOptions, WatchStatus,
-};
-pub use pending::{PendingRecord, PendingResource};
-pub use policy::{
-    FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit, DEFAULT_POLICY_TOML,
 };
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
 pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};

@@ -365,6 +365,11 @@ impl LoadedModule {
         &self.file
     }
 
+    /// The hash [`LoadedModule::hash`] reports for a module made of `bytes`.
+    pub fn hash_of(bytes: &[u8]) -> String {
+        crate::runtime::sha256_hex(bytes)
+    }
+
     /// SHA-256 of the module bytes (hex), or `native`.
     pub fn hash(&self) -> &str {
         &self.hash

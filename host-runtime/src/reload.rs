@@ -308,9 +308,7 @@ impl Runtime {
         let watch_err =
             |e: notify::Error| Error::Request(format!("{}: cannot watch: {e}", dir.display()));
         let mut watcher: Box<dyn notify::Watcher + Send> = match options.mode {
-            WatchMode::Native => {
-                Box::new(notify::recommended_watcher(handler).map_err(watch_err)?)
-            }
+            WatchMode::Native => Box::new(notify::recommended_watcher(handler).map_err(watch_err)?),
             WatchMode::Poll(interval) => Box::new(
                 notify::PollWatcher::new(
                     handler,
@@ -453,7 +451,12 @@ impl Runtime {
 
     /// One scan of the bound directory. `force` reads changed files even if they have not
     /// settled; `renamed` are files known to have been renamed into place (complete).
-    fn scan(&self, force: bool, settle: Duration, renamed: &HashSet<PathBuf>) -> Result<ScanOutcome> {
+    fn scan(
+        &self,
+        force: bool,
+        settle: Duration,
+        renamed: &HashSet<PathBuf>,
+    ) -> Result<ScanOutcome> {
         let mut guard = self.state.dir.lock().unwrap();
         let state = guard.as_mut().expect("scan of a bound directory");
         let entries = std::fs::read_dir(&state.dir).map_err(|e| {
@@ -510,7 +513,11 @@ impl Runtime {
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,
                 Err(e) => {
-                    rejected.push((path.clone(), stamp, Error::module(&file, format!("cannot read: {e}"))));
+                    rejected.push((
+                        path.clone(),
+                        stamp,
+                        Error::module(&file, format!("cannot read: {e}")),
+                    ));
                     continue;
                 }
             };

@@ -595,7 +595,10 @@ fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Resu
             CallResponse::Penalties(p) if unit.kind == UnitKind::Weight && p.is_empty() => {}
             CallResponse::Actions(_) if unit.kind == UnitKind::Balance => {}
             CallResponse::Failed(message) => {
-                tracing::debug!(unit = unit.name, "smoke call answered with an error: {message}")
+                tracing::debug!(
+                    unit = unit.name,
+                    "smoke call answered with an error: {message}"
+                )
             }
             CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter => {
                 return Err(fail(format!("{} verdicts for 0 candidate hosts", v.len())))

@@ -134,7 +134,11 @@ pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra:
 /// Polls `check` every 20 ms until it returns `Some` or `timeout` passes (then panics
 /// with `what`). For hot-reload tests: file events and reloads take an unknown time on a
 /// loaded machine, so tests wait for the state, never for a fixed time.
-pub fn wait_for<T>(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = std::time::Instant::now();
     loop {
         if let Some(value) = check() {

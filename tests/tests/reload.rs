@@ -3,7 +3,9 @@
 //! hostile hand-written modules, each refused with a clear error while the engine keeps
 //! serving. Every wait polls for the expected state with a generous timeout.
 
-use integration_tests::{max_vms_wasm, policy, wait_for, wat, wat_guest, wat_module, with_custom_section};
+use integration_tests::{
+    max_vms_wasm, policy, wait_for, wat, wat_guest, wat_module, with_custom_section,
+};
 use policy_sdk::testing::{host, snapshot, vm};
 use policy_sdk::UnitKind;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,8 @@ use wasmsched::{
 
 const LONG: Duration = Duration::from_secs(20);
 const UNIT: &str = "max-vms-per-host";
-const POLICY: &str = "name = \"p\"\n[[filters]]\nunit = \"max-vms-per-host\"\n[[weights]]\nunit = \"cpu-load\"\n";
+const POLICY: &str =
+    "name = \"p\"\n[[filters]]\nunit = \"max-vms-per-host\"\n[[weights]]\nunit = \"cpu-load\"\n";
 
 fn cluster() -> Cluster {
     Cluster::new(
@@ -66,7 +69,11 @@ fn serving_hash(rt: &Runtime, unit: &str) -> Option<String> {
 }
 
 fn sha(bytes: &[u8]) -> String {
-    let rt = Runtime::builder().builtins(false).cache_dir(None).build().unwrap();
+    let rt = Runtime::builder()
+        .builtins(false)
+        .cache_dir(None)
+        .build()
+        .unwrap();
     rt.load_module("x.wasm", bytes).unwrap().hash().to_string()
 }
 
@@ -104,7 +111,10 @@ fn a_new_module_dropped_into_the_directory_becomes_usable() {
         .expect("status lists the module");
     assert_eq!(m.hash.len(), 64);
     assert!(m.loaded_at_unix_ms > 0);
-    assert!(status.watch.as_ref().is_some_and(|w| w.running && w.mode == WatchMode::Native));
+    assert!(status
+        .watch
+        .as_ref()
+        .is_some_and(|w| w.running && w.mode == WatchMode::Native));
     assert!(rt.stop_watching());
     assert!(!rt.stop_watching(), "a second stop finds nothing to stop");
 }
@@ -133,8 +143,15 @@ fn a_module_replaced_by_rename_serves_new_decisions_while_old_handles_keep_the_o
     let d = decide(&p);
     assert_eq!(d.chosen.as_deref(), Some("a"));
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
-    assert!(v2.stats().full_syncs >= 1, "the policy parsed before the reload now runs v2");
-    assert_eq!(v1.stats().full_syncs, v1_syncs, "v1 no longer called by new decisions");
+    assert!(
+        v2.stats().full_syncs >= 1,
+        "the policy parsed before the reload now runs v2"
+    );
+    assert_eq!(
+        v1.stats().full_syncs,
+        v1_syncs,
+        "v1 no longer called by new decisions"
+    );
     // Whoever still holds v1 (a decision in flight) finishes on it.
     assert_eq!(v1.hash(), sha(&good_wasm()));
     assert!(p.stale_units().is_empty());
@@ -180,7 +197,11 @@ fn a_module_copied_slowly_in_chunks_is_never_loaded_half_written() {
     });
     stop.store(true, Ordering::Relaxed);
     let seen = seen.join().unwrap();
-    assert_eq!(seen, vec![full_hash], "only the complete file was ever published");
+    assert_eq!(
+        seen,
+        vec![full_hash],
+        "only the complete file was ever published"
+    );
     assert!(
         problem(&rt.status(), &file).is_none(),
         "no error was reported for the partial file"
@@ -220,8 +241,7 @@ fn a_broken_replacement_is_refused_and_the_old_version_keeps_serving() {
 }
 
 #[test]
-fn a_deleted_module_is_unpublished_and_a_policy_using_it_keeps_its_last_good_version_and_says_so(
-) {
+fn a_deleted_module_is_unpublished_and_a_policy_using_it_keeps_its_last_good_version_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("max.wasm");
     std::fs::write(&file, good_wasm()).unwrap();
@@ -229,11 +249,21 @@ fn a_deleted_module_is_unpublished_and_a_policy_using_it_keeps_its_last_good_ver
     rt.watch(dir.path(), options()).unwrap();
     let p = policy(&rt, POLICY);
     std::fs::remove_file(&file).unwrap();
-    wait_for("the unit to disappear", LONG, || rt.unit(UNIT).is_none().then_some(()));
-    assert!(!rt.status().modules.iter().any(|m| m.file.ends_with("max.wasm")));
+    wait_for("the unit to disappear", LONG, || {
+        rt.unit(UNIT).is_none().then_some(())
+    });
+    assert!(!rt
+        .status()
+        .modules
+        .iter()
+        .any(|m| m.file.ends_with("max.wasm")));
     // A new policy cannot use it...
     let err = Policy::parse(&rt, POLICY, wasmsched::files::Format::Toml, "p.toml").unwrap_err();
-    assert!(err.to_string().contains("no filter unit named \"max-vms-per-host\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no filter unit named \"max-vms-per-host\""),
+        "{err}"
+    );
     // ...the existing one keeps deciding with the last good version and says so.
     let d = decide(&p);
     assert_eq!(d.chosen.as_deref(), Some("a"));
@@ -262,7 +292,11 @@ fn a_renamed_module_keeps_its_units_published() {
     wait_for("the unit to be served from the new name", LONG, || {
         (rt.unit(UNIT)?.module().file() == file).then_some(())
     });
-    assert!(rt.status().problems.is_empty(), "{:?}", rt.status().problems);
+    assert!(
+        rt.status().problems.is_empty(),
+        "{:?}",
+        rt.status().problems
+    );
 }
 
 #[test]
@@ -311,7 +345,11 @@ fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
     }
     stop.store(true, Ordering::Relaxed);
     let errors = scheduler.join().unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed decisions: {errors:?}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed decisions: {errors:?}"
+    );
     assert!(ok.load(Ordering::Relaxed) >= 50);
     assert!(rt.status().problems.is_empty());
 }
@@ -320,10 +358,15 @@ fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
 fn the_polling_watcher_picks_up_changes_too() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    rt.watch(dir.path(), WatchOptions::polling(Duration::from_millis(100)))
-        .unwrap();
+    rt.watch(
+        dir.path(),
+        WatchOptions::polling(Duration::from_millis(100)),
+    )
+    .unwrap();
     install(&dir.path().join("max.wasm"), &good_wasm());
-    wait_for("the module to be published by polling", LONG, || rt.unit(UNIT));
+    wait_for("the module to be published by polling", LONG, || {
+        rt.unit(UNIT)
+    });
     std::fs::remove_file(dir.path().join("max.wasm")).unwrap();
     wait_for("the module to be unpublished by polling", LONG, || {
         rt.unit(UNIT).is_none().then_some(())
@@ -344,9 +387,26 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
     let recurse_fn = "(func $deep (param i32) (result i32) (i32.add (call $deep (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))";
     let filter = UnitKind::Filter;
     let corpus: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("infinite-loop", wat_guest("spin", filter, LOOP, ""), "smoke call of filter unit \"spin\": deadline of 300 ms exceeded"),
-        ("memory-bomb", wat_guest("bomb", filter, "call $grow i64.const 0", bomb_fn), "smoke call of filter unit \"bomb\": memory cap of 64 MiB exceeded"),
-        ("deep-recursion", wat_guest("deep", filter, "(drop (call $deep (i32.const 0))) i64.const 0", recurse_fn), "smoke call of filter unit \"deep\": trap: wasm trap: call stack exhausted"),
+        (
+            "infinite-loop",
+            wat_guest("spin", filter, LOOP, ""),
+            "smoke call of filter unit \"spin\": deadline of 300 ms exceeded",
+        ),
+        (
+            "memory-bomb",
+            wat_guest("bomb", filter, "call $grow i64.const 0", bomb_fn),
+            "smoke call of filter unit \"bomb\": memory cap of 64 MiB exceeded",
+        ),
+        (
+            "deep-recursion",
+            wat_guest(
+                "deep",
+                filter,
+                "(drop (call $deep (i32.const 0))) i64.const 0",
+                recurse_fn,
+            ),
+            "smoke call of filter unit \"deep\": trap: wasm trap: call stack exhausted",
+        ),
         (
             "trap-everywhere",
             wat(r#"(module (memory (export "memory") 1)
@@ -357,20 +417,49 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
                 (func (export "wasmsched_call") (param i32) (result i64) unreachable))"#),
             "wasmsched_abi_version: trap: wasm trap: wasm `unreachable` instruction executed",
         ),
-        ("huge-result", wat_guest("huge", filter, "i64.const 0x00001000ffffffff", ""), "exceeds the output cap"),
-        ("oob-pointer", wat_guest("oob", filter, "i64.const 0xfffff00000000010", ""), "result at 0xfffff000 (+16) is outside guest memory"),
-        ("wrong-abi", wat_module(99, 0, ""), "ABI version 99 is not supported"),
+        (
+            "huge-result",
+            wat_guest("huge", filter, "i64.const 0x00001000ffffffff", ""),
+            "exceeds the output cap",
+        ),
+        (
+            "oob-pointer",
+            wat_guest("oob", filter, "i64.const 0xfffff00000000010", ""),
+            "result at 0xfffff000 (+16) is outside guest memory",
+        ),
+        (
+            "wrong-abi",
+            wat_module(99, 0, ""),
+            "ABI version 99 is not supported",
+        ),
         (
             "wasi-import",
-            wat_module(3, 0, r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#),
+            wat_module(
+                3,
+                0,
+                r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            ),
             "imports `wasi_snapshot_preview1::fd_write`, which the host does not provide",
         ),
-        ("unknown-import", wat_module(3, 0, r#"(import "env" "steal_secrets" (func))"#), "imports `env::steal_secrets`"),
-        ("no-memory", wat("(module (func (export \"wasmsched_abi_version\") (result i32) i32.const 3))"), "missing export `memory`"),
+        (
+            "unknown-import",
+            wat_module(3, 0, r#"(import "env" "steal_secrets" (func))"#),
+            "imports `env::steal_secrets`",
+        ),
+        (
+            "no-memory",
+            wat("(module (func (export \"wasmsched_abi_version\") (result i32) i32.const 3))"),
+            "missing export `memory`",
+        ),
         (
             "lying-manifest",
             // Declares a filter, answers with penalties (the bytes of `Penalties([])`).
-            wat_guest("liar", filter, "i64.const 0x0000500000000002", r#"(data (i32.const 20480) "\01\00")"#),
+            wat_guest(
+                "liar",
+                filter,
+                "i64.const 0x0000500000000002",
+                r#"(data (i32.const 20480) "\01\00")"#,
+            ),
             "the manifest declares a filter, but it answered with penalties",
         ),
     ];
@@ -387,10 +476,21 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
             problem(&rt.status(), &file)
         });
         assert!(reason.contains(expected), "{name}: {reason}");
-        assert!(reason.len() < 600, "{name}: the reason stays readable: {reason}");
-        assert_eq!(decide(&p).chosen.as_deref(), Some("a"), "{name}: engine still serves");
+        assert!(
+            reason.len() < 600,
+            "{name}: the reason stays readable: {reason}"
+        );
+        assert_eq!(
+            decide(&p).chosen.as_deref(),
+            Some("a"),
+            "{name}: engine still serves"
+        );
     }
-    assert_eq!(rt.generation(), generation, "no hostile module was ever published");
+    assert_eq!(
+        rt.generation(),
+        generation,
+        "no hostile module was ever published"
+    );
     assert_eq!(
         rt.status().problems.len(),
         corpus.len(),
@@ -423,14 +523,21 @@ fn repeated_faults_trip_the_circuit_breaker_which_applies_the_failure_mode_and_r
     for _ in 0..3 {
         assert!(matches!(
             trap.evaluate(&c.view(), &request),
-            Err(Error::Unit { fault: UnitFault::Trap(_), .. })
+            Err(Error::Unit {
+                fault: UnitFault::Trap(_),
+                ..
+            })
         ));
     }
     assert!(module.breaker().open, "{:?}", module.breaker());
     let discarded = module.stats().instances_discarded;
     // Open: even a healthy call is not made; the unit's failure mode applies.
     match chaos("pass", "closed").evaluate(&c.view(), &request) {
-        Err(Error::Unit { unit, fault: UnitFault::CircuitOpen { failures: 3, .. }, .. }) => {
+        Err(Error::Unit {
+            unit,
+            fault: UnitFault::CircuitOpen { failures: 3, .. },
+            ..
+        }) => {
             assert_eq!(unit, "chaos")
         }
         other => panic!("expected an open breaker, got {other:?}"),
@@ -438,9 +545,17 @@ fn repeated_faults_trip_the_circuit_breaker_which_applies_the_failure_mode_and_r
     let open = chaos("pass", "open").evaluate(&c.view(), &request).unwrap();
     assert_eq!(open.unit_failures.len(), 1);
     assert!(open.unit_failures[0].error.contains("circuit breaker open"));
-    assert_eq!(module.stats().instances_discarded, discarded, "the guest was not called");
+    assert_eq!(
+        module.stats().instances_discarded,
+        discarded,
+        "the guest was not called"
+    );
     let status = rt.status();
-    let m = status.modules.iter().find(|m| m.module == "misbehave").unwrap();
+    let m = status
+        .modules
+        .iter()
+        .find(|m| m.module == "misbehave")
+        .unwrap();
     assert!(m.breaker.open && m.breaker.trips == 1, "{:?}", m.breaker);
     // After the back-off a trial call goes through; success closes the breaker.
     let d = wait_for("the breaker to let a trial call through", LONG, || {
@@ -461,7 +576,9 @@ fn sync_dir_loads_reports_by_file_and_refuses_a_second_directory() {
     let report = rt.sync_dir(dir.path()).unwrap();
     assert_eq!(report.loaded.len(), 1);
     assert_eq!(report.rejected.len(), 1);
-    assert!(report.rejected[0].to_string().contains("bad.wasm: not a WebAssembly module"));
+    assert!(report.rejected[0]
+        .to_string()
+        .contains("bad.wasm: not a WebAssembly module"));
     assert!(rt.unit(UNIT).is_some());
     let other: PathBuf = tempfile::tempdir().unwrap().path().to_path_buf();
     assert!(rt.sync_dir(&other).is_err());

@@ -457,7 +457,11 @@ fn watch(
     println!(
         "watching {} ({}): {} modules loaded, {} rejected, {} still being written",
         dir.display(),
-        if poll_ms.is_some() { "polling" } else { "native events" },
+        if poll_ms.is_some() {
+            "polling"
+        } else {
+            "native events"
+        },
         first.loaded.len(),
         first.rejected.len(),
         first.pending.len()
