@@ -87,6 +87,14 @@ fn problem(status: &RuntimeStatus, file: &Path) -> Option<String> {
         .map(|e| e.reason.clone())
 }
 
+/// Waits for the module written just before the watcher started: a file younger than the
+/// settle time is loaded once it has settled.
+fn loaded(rt: &Runtime) {
+    wait_for("the module present at start to be loaded", LONG, || {
+        rt.unit(UNIT)
+    });
+}
+
 fn decide(policy: &Policy) -> wasmsched::Decision {
     policy
         .evaluate(&cluster().view(), &ScheduleRequest::new(vm("v").build()))
@@ -126,8 +134,9 @@ fn a_module_replaced_by_rename_serves_new_decisions_while_old_handles_keep_the_o
     std::fs::write(&file, good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let p = policy(&rt, POLICY);
-    let v1 = rt.unit(UNIT).expect("loaded at start").module().clone();
+    let v1 = rt.unit(UNIT).unwrap().module().clone();
     decide(&p);
     let v1_syncs = v1.stats().full_syncs;
     assert!(v1_syncs >= 1, "the first decision ran on v1");
@@ -215,6 +224,7 @@ fn a_broken_replacement_is_refused_and_the_old_version_keeps_serving() {
     std::fs::write(&file, good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let p = policy(&rt, POLICY);
     let good = serving_hash(&rt, UNIT).unwrap();
     let generation = rt.generation();
@@ -247,6 +257,7 @@ fn a_deleted_module_is_unpublished_and_a_policy_using_it_keeps_its_last_good_ver
     std::fs::write(&file, good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let p = policy(&rt, POLICY);
     std::fs::remove_file(&file).unwrap();
     wait_for("the unit to disappear", LONG, || {
@@ -286,6 +297,7 @@ fn a_renamed_module_keeps_its_units_published() {
     std::fs::write(&old, good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let new = dir.path().join("b.wasm");
     std::fs::rename(&old, &new).unwrap();
     let file = new.display().to_string();
@@ -306,6 +318,7 @@ fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
     std::fs::write(&file, good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let p = policy(&rt, POLICY);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -467,6 +480,7 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
     std::fs::write(dir.path().join("good.wasm"), good_wasm()).unwrap();
     let rt = runtime();
     rt.watch(dir.path(), options()).unwrap();
+    loaded(&rt);
     let p = policy(&rt, POLICY);
     let generation = rt.generation();
     for (name, bytes, expected) in &corpus {
