@@ -32,6 +32,8 @@ pub(crate) struct StoreData {
     pub last_error: Option<String>,
     /// Log lines seen in the current call.
     pub log_lines: u32,
+    /// Largest result the guest may hand back in the current call, in bytes.
+    pub max_output_bytes: usize,
 }
 
 impl StoreData {
@@ -45,6 +47,7 @@ impl StoreData {
             deadline_ms: limits.deadline_ms,
             last_error: None,
             log_lines: 0,
+            max_output_bytes: limits.max_output_bytes(),
         }
     }
 }
@@ -294,10 +297,9 @@ impl GuestFns {
     ) -> Result<T, UnitFault> {
         let (ptr, len) = guest_abi::unpack(packed);
         let (ptr, len) = (ptr as usize, len as usize);
-        if len > MAX_MESSAGE_BYTES {
-            return Err(UnitFault::BadOutput(format!(
-                "result length {len} exceeds the {MAX_MESSAGE_BYTES} byte limit"
-            )));
+        let cap = store.data().max_output_bytes.min(MAX_MESSAGE_BYTES);
+        if len > cap {
+            return Err(UnitFault::OutputCap { bytes: len, cap });
         }
         let data = self.memory.data(&*store);
         let bytes = ptr

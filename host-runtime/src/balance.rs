@@ -109,6 +109,11 @@ impl Policy {
     ///
     /// Nothing is executed: the plan is returned to the caller.
     pub fn balance(&self, cluster: &Cluster) -> Result<BalancePlan> {
+        self.live().balance_resolved(cluster)
+    }
+
+    /// [`Policy::balance`] with the units as resolved now.
+    fn balance_resolved(&self, cluster: &Cluster) -> Result<BalancePlan> {
         let view = cluster.view();
         let snapshot = view.snapshot();
         let mut plan = BalancePlan {

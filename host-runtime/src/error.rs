@@ -91,6 +91,37 @@ pub enum UnitFault {
     BadOutput(String),
     /// The guest reported that it could not run the call.
     GuestError(String),
+    /// The guest's result is larger than the unit's output cap.
+    OutputCap {
+        /// Length the guest claimed, in bytes.
+        bytes: usize,
+        /// The cap in bytes.
+        cap: usize,
+    },
+    /// The module's circuit breaker is open after repeated faults: the unit was not
+    /// called, and its failure mode applies.
+    CircuitOpen {
+        /// Consecutive faults that tripped the breaker.
+        failures: u32,
+        /// Time until the next trial call, in milliseconds.
+        retry_in_ms: u64,
+    },
+}
+
+impl UnitFault {
+    /// Whether the fault says the module is unhealthy (it counts towards its circuit
+    /// breaker): traps, deadlines, memory and output caps, broken ABI output. A guest
+    /// that reports an error cleanly is healthy.
+    pub fn is_sandbox_fault(&self) -> bool {
+        matches!(
+            self,
+            UnitFault::Trap(_)
+                | UnitFault::Deadline { .. }
+                | UnitFault::MemoryCap { .. }
+                | UnitFault::BadOutput(_)
+                | UnitFault::OutputCap { .. }
+        )
+    }
 }
 
 impl fmt::Display for UnitFault {
@@ -101,6 +132,16 @@ impl fmt::Display for UnitFault {
             UnitFault::MemoryCap { mb } => write!(f, "memory cap of {mb} MiB exceeded"),
             UnitFault::BadOutput(msg) => write!(f, "bad output: {msg}"),
             UnitFault::GuestError(msg) => write!(f, "guest error: {msg}"),
+            UnitFault::OutputCap { bytes, cap } => {
+                write!(f, "result of {bytes} bytes exceeds the output cap of {cap} bytes")
+            }
+            UnitFault::CircuitOpen {
+                failures,
+                retry_in_ms,
+            } => write!(
+                f,
+                "circuit breaker open after {failures} consecutive faults; not called (next trial in {retry_in_ms} ms)"
+            ),
         }
     }
 }

@@ -45,6 +45,7 @@ mod module;
 pub mod pending;
 mod policy;
 pub mod power;
+mod reload;
 mod runtime;
 mod scheduler;
 pub mod simulate;
@@ -62,10 +63,14 @@ pub use lifecycle::{
 };
 pub use memory::{MemoryChange, MemoryChangeDone, MemoryPlan, PlannedDimm, Reduction};
 pub use migration::{Migration, MigrationTrigger};
-pub use module::{CallLimits, LoadedModule, ModuleStats};
+pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
 pub use pending::{PendingRecord, PendingResource};
 pub use policy::{
-    FailureMode, Policy, PolicyUnit, SelectorKind, BUILTIN_POLICIES, DEFAULT_POLICY_TOML,
+    FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit, BUILTIN_POLICIES, DEFAULT_POLICY_TOML,
+};
+pub use reload::{
+    FileError, FileProblem, ModuleStatsView, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode,
+    WatchOptions, WatchStatus,
 };
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
 pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};

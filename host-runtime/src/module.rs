@@ -9,6 +9,7 @@ use policy_sdk::codec;
 use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdict};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{InstancePre, Store};
 
 /// Idle instances kept per module.
@@ -21,6 +22,118 @@ pub struct CallLimits {
     pub deadline_ms: u64,
     /// Linear-memory cap of the instance in MiB.
     pub memory_limit_mb: u64,
+    /// Largest result a call may return, in KiB (capped by the codec's message limit).
+    pub max_output_kb: u64,
+}
+
+impl CallLimits {
+    /// The output cap in bytes.
+    pub fn max_output_bytes(&self) -> usize {
+        usize::try_from(self.max_output_kb.saturating_mul(1024))
+            .unwrap_or(usize::MAX)
+            .min(policy_sdk::codec::MAX_MESSAGE_BYTES)
+    }
+}
+
+/// When a module's circuit breaker trips and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive sandbox faults (trap, deadline, memory or output cap, bad output) that
+    /// open the breaker; 0 disables it.
+    pub threshold: u32,
+    /// How long the breaker stays open the first time; doubled at each trip in a row.
+    pub base_backoff: Duration,
+    /// Upper bound of the back-off.
+    pub max_backoff: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A module's circuit breaker as [`LoadedModule::breaker`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BreakerStatus {
+    /// True while calls are refused.
+    pub open: bool,
+    /// Milliseconds until the next trial call (0 when closed or due).
+    pub retry_in_ms: u64,
+    /// Sandbox faults in a row (reset by a successful call).
+    pub consecutive_failures: u32,
+    /// Times the breaker opened since the module was loaded.
+    pub trips: u64,
+    /// The most recent fault, if any.
+    pub last_fault: Option<String>,
+}
+
+/// Per-module breaker state.
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive: u32,
+    open_until: Option<Instant>,
+    /// Back-off of the next trip.
+    next_backoff: Option<Duration>,
+    trips: u64,
+    last_fault: Option<String>,
+}
+
+impl Breaker {
+    /// `Err` when the breaker is open: the call must not be made.
+    fn admit(&self, now: Instant) -> Result<(), UnitFault> {
+        match self.open_until {
+            Some(until) if until > now => Err(UnitFault::CircuitOpen {
+                failures: self.consecutive,
+                retry_in_ms: (until - now).as_millis() as u64 + 1,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&mut self, config: &BreakerConfig, fault: Option<&UnitFault>, now: Instant) {
+        match fault {
+            None => {
+                self.consecutive = 0;
+                self.open_until = None;
+                self.next_backoff = None;
+            }
+            Some(fault) if fault.is_sandbox_fault() => {
+                self.consecutive = self.consecutive.saturating_add(1);
+                self.last_fault = Some(fault.to_string());
+                if config.threshold > 0 && self.consecutive >= config.threshold {
+                    // Trips at the threshold, then again at every failed trial call.
+                    let backoff = self
+                        .next_backoff
+                        .unwrap_or(config.base_backoff)
+                        .min(config.max_backoff);
+                    self.open_until = Some(now + backoff);
+                    self.next_backoff = Some((backoff * 2).min(config.max_backoff));
+                    self.trips += 1;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn status(&self, now: Instant) -> BreakerStatus {
+        let open = self.open_until.is_some_and(|u| u > now);
+        BreakerStatus {
+            open,
+            retry_in_ms: self
+                .open_until
+                .filter(|_| open)
+                .map(|u| (u - now).as_millis() as u64)
+                .unwrap_or(0),
+            consecutive_failures: self.consecutive,
+            trips: self.trips,
+            last_fault: self.last_fault.clone(),
+        }
+    }
 }
 
 /// A policy module after validation: its manifest and how to run it. Shared as
@@ -30,6 +143,8 @@ pub struct LoadedModule {
     file: String,
     hash: String,
     manifest: Manifest,
+    loaded_at: SystemTime,
+    breaker: Mutex<Breaker>,
     backend: Backend,
 }
 
@@ -122,6 +237,7 @@ impl Instance {
         data.limiter.max_bytes = (limits.memory_limit_mb as usize) << 20;
         data.limiter.hit = false;
         data.deadline_ms = limits.deadline_ms;
+        data.max_output_bytes = limits.max_output_bytes();
         self.store.set_epoch_deadline(limits.deadline_ms.max(1));
     }
 
@@ -136,6 +252,13 @@ impl Instance {
     /// Sends raw sync bytes; used at load for the smoke test.
     pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
         self.fns.exchange(&mut self.store, bytes, true)
+    }
+
+    /// Sends one unit call without syncing first; used at load for the smoke test.
+    pub(crate) fn call_raw(&mut self, call: &Call<'_>) -> Result<CallResponse, UnitFault> {
+        let bytes = codec::encode(call)
+            .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
+        self.fns.exchange(&mut self.store, &bytes, false)
     }
 
     /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
@@ -212,6 +335,8 @@ impl LoadedModule {
             file,
             hash,
             manifest,
+            loaded_at: SystemTime::now(),
+            breaker: Mutex::default(),
             backend: Backend::Wasm(WasmBackend {
                 engine,
                 pre,
@@ -229,6 +354,8 @@ impl LoadedModule {
             file,
             hash: String::from("native"),
             manifest: units.manifest(),
+            loaded_at: SystemTime::now(),
+            breaker: Mutex::default(),
             backend: Backend::Native(units),
         }
     }
@@ -238,9 +365,24 @@ impl LoadedModule {
         &self.file
     }
 
+    /// The hash [`LoadedModule::hash`] reports for a module made of `bytes`.
+    pub fn hash_of(bytes: &[u8]) -> String {
+        crate::runtime::sha256_hex(bytes)
+    }
+
     /// SHA-256 of the module bytes (hex), or `native`.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// When the module was loaded (validated and ready).
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The state of the module's circuit breaker.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.breaker.lock().unwrap().status(Instant::now())
     }
 
     /// The module's manifest.
@@ -349,6 +491,25 @@ impl LoadedModule {
             Backend::Native(units) => return shape(units.evaluate(view.snapshot(), call)),
             Backend::Wasm(wasm) => wasm,
         };
+        self.breaker.lock().unwrap().admit(Instant::now())?;
+        let result = self.call_wasm(wasm, view, call, limits, shape);
+        self.breaker.lock().unwrap().record(
+            &wasm.engine.breaker,
+            result.as_ref().err(),
+            Instant::now(),
+        );
+        result
+    }
+
+    /// [`LoadedModule::call`] on a pooled (or fresh) instance.
+    fn call_wasm<T>(
+        &self,
+        wasm: &WasmBackend,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+        shape: impl FnOnce(CallResponse) -> Result<Vec<T>, UnitFault>,
+    ) -> Result<Vec<T>, UnitFault> {
         let pooled = wasm.pool.lock().unwrap().pop();
         let mut instance = match pooled {
             Some(instance) => instance,

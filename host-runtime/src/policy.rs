@@ -5,12 +5,13 @@
 use crate::error::{Error, Result};
 use crate::files::{self, Format};
 use crate::module::CallLimits;
-use crate::runtime::{Runtime, UnitHandle};
-use policy_sdk::{ParamValue, UnitKind};
+use crate::runtime::{Registry, Runtime, UnitHandle};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use policy_sdk::{ParamValue, UnitDescriptor, UnitKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The default policy shipped with the builtins.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("default_policy.toml");
@@ -84,6 +85,8 @@ struct UnitEntry {
     #[serde(default)]
     memory_limit_mb: Option<u64>,
     #[serde(default)]
+    max_output_kb: Option<u64>,
+    #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
 
@@ -115,6 +118,10 @@ pub struct PolicyUnit {
     pub(crate) label: Arc<str>,
     /// Every declared parameter, validated, defaults filled in.
     pub(crate) params: Vec<(String, ParamValue)>,
+    /// The parameters the policy sets, to validate again against a new module version.
+    pub(crate) explicit: Arc<BTreeMap<String, ParamValue>>,
+    /// The kind the policy uses the unit as.
+    pub(crate) kind: UnitKind,
     /// Weight factor (1 for filters and balance).
     pub factor: i64,
     /// What a failure of this unit means.
@@ -138,10 +145,164 @@ impl PolicyUnit {
     pub fn params(&self) -> &[(String, ParamValue)] {
         &self.params
     }
+
+    /// SHA-256 of the module version the unit resolves to.
+    pub fn module_hash(&self) -> &str {
+        self.handle.module.hash()
+    }
+
+    /// The unit resolved against the published module set: the newest version when it
+    /// still fits the policy, else this one (the last good) with the reason.
+    fn resolved_against(&self, registry: &Registry) -> (PolicyUnit, Option<StaleUnit>) {
+        let stale = |reason: String| {
+            (
+                self.clone(),
+                Some(StaleUnit {
+                    unit: self.name().to_string(),
+                    module_file: self.module_file().to_string(),
+                    hash: self.module_hash().to_string(),
+                    reason,
+                }),
+            )
+        };
+        let Some(handle) = registry.units.get(self.name()) else {
+            return stale(format!(
+                "no loaded module provides the unit any more; keeping the last good version from {} (sha256 {}) until the policy is reloaded",
+                self.module_file(),
+                short(self.module_hash())
+            ));
+        };
+        if Arc::ptr_eq(&handle.module, &self.handle.module) && handle.index == self.handle.index {
+            return (self.clone(), None);
+        }
+        let descriptor = handle.descriptor();
+        if descriptor.kind != self.kind {
+            return stale(format!(
+                "the new version in {} makes it a {}, the policy uses it as a {}; keeping the last good version (sha256 {})",
+                handle.module.file(),
+                descriptor.kind,
+                self.kind,
+                short(self.module_hash())
+            ));
+        }
+        match resolve_params(descriptor, &self.explicit) {
+            Ok(params) => (
+                PolicyUnit {
+                    handle: handle.clone(),
+                    params,
+                    ..self.clone()
+                },
+                None,
+            ),
+            Err((name, message)) => stale(format!(
+                "the new version in {} does not accept parameter {name}: {message}; keeping the last good version (sha256 {})",
+                handle.module.file(),
+                short(self.module_hash())
+            )),
+        }
+    }
 }
 
-/// A validated cluster policy. Holds the modules it resolved, so decisions made with it
-/// keep working on those module versions even if the registry changes.
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// A unit a policy still runs in an older version because the published set no longer
+/// holds a version the policy can use (the module was deleted, or its new version changed
+/// the unit's kind or parameters). Reported by [`Policy::stale_units`] and in every
+/// [`Decision`](crate::Decision)'s warnings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleUnit {
+    /// Unit name.
+    pub unit: String,
+    /// File of the module version still in use.
+    pub module_file: String,
+    /// Its hash.
+    pub hash: String,
+    /// Why the newest version is not used.
+    pub reason: String,
+}
+
+impl std::fmt::Display for StaleUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unit {:?}: {}", self.unit, self.reason)
+    }
+}
+
+/// Every declared parameter of a unit: the policy's value, checked, or the default.
+/// `Err((parameter, message))`.
+fn resolve_params(
+    descriptor: &UnitDescriptor,
+    explicit: &BTreeMap<String, ParamValue>,
+) -> Result<Vec<(String, ParamValue)>, (String, String)> {
+    for name in explicit.keys() {
+        if !descriptor.params.iter().any(|p| &p.name == name) {
+            let known: Vec<&str> = descriptor.params.iter().map(|p| p.name.as_str()).collect();
+            return Err((
+                name.clone(),
+                format!(
+                    "unit {:?} has no parameter {name:?} (it has: {})",
+                    descriptor.name,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    let mut params = Vec::with_capacity(descriptor.params.len());
+    for spec in &descriptor.params {
+        let value = match explicit.get(&spec.name) {
+            Some(value) => spec
+                .ty
+                .check(value)
+                .map_err(|e| (spec.name.clone(), e.to_string()))?,
+            None => spec.default.clone(),
+        };
+        params.push((spec.name.clone(), value));
+    }
+    Ok(params)
+}
+
+/// A policy's link to the runtime's published module set.
+struct LiveLink {
+    registry: Arc<ArcSwap<Registry>>,
+    /// The newest resolution (None: the policy as parsed is current).
+    current: ArcSwapOption<Policy>,
+    resolving: Mutex<()>,
+}
+
+impl std::fmt::Debug for LiveLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveLink").finish_non_exhaustive()
+    }
+}
+
+/// The policy a decision runs with: the parsed one, or a newer resolution.
+pub(crate) enum LivePolicy<'a> {
+    Parsed(&'a Policy),
+    Resolved(Arc<Policy>),
+}
+
+impl std::ops::Deref for LivePolicy<'_> {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        match self {
+            LivePolicy::Parsed(p) => p,
+            LivePolicy::Resolved(p) => p,
+        }
+    }
+}
+
+/// A validated cluster policy. The unit fields are the resolution made when the policy was
+/// parsed. Each decision resolves the units again against the runtime's published module
+/// set when that set changed (hot reload): a unit whose module was replaced runs in the
+/// new version, while a decision already running finishes on the version it started
+/// with. A unit that disappeared (or whose new version no longer fits the policy) keeps
+/// its last good version until the policy is parsed again, and says so
+/// ([`Policy::stale_units`], [`Decision::warnings`](crate::Decision::warnings)).
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Policy name.
@@ -158,6 +319,12 @@ pub struct Policy {
     pub balance: Option<PolicyUnit>,
     /// At most this many balance actions per cycle.
     pub max_balance_actions: u32,
+    /// Generation of the module set the units were resolved against.
+    generation: u64,
+    /// Units kept in an older version (see [`StaleUnit`]).
+    pub(crate) stale: Vec<StaleUnit>,
+    /// Follows the runtime's module set (absent in resolutions).
+    live: Option<Arc<LiveLink>>,
 }
 
 impl Policy {
@@ -202,16 +369,17 @@ impl Policy {
     pub fn parse(runtime: &Runtime, text: &str, format: Format, label: &str) -> Result<Self> {
         let file: PolicyFile = files::parse_document(text, format, label)?;
         let defaults = runtime.default_limits();
+        let registry = runtime.registry();
         let resolve = |entry: &UnitEntry, field: String, kind: UnitKind| -> Result<PolicyUnit> {
             let err = |sub: &str, message: String| {
                 Error::input(label, Some(format!("{field}{sub}")), message)
             };
-            let handle = runtime.unit(&entry.unit).ok_or_else(|| {
-                let known: Vec<String> = runtime
-                    .units()
-                    .into_iter()
-                    .filter(|u| u.kind == kind)
-                    .map(|u| u.name)
+            let handle = registry.units.get(&entry.unit).cloned().ok_or_else(|| {
+                let known: Vec<String> = registry
+                    .units
+                    .iter()
+                    .filter(|(_, h)| h.descriptor().kind == kind)
+                    .map(|(name, _)| name.clone())
                     .collect();
                 err(
                     ".unit",
@@ -245,35 +413,13 @@ impl Policy {
                 (_, Some(_)) => return Err(err(".factor", "only weights take a factor".into())),
                 (_, None) => 1,
             };
-            for name in entry.params.keys() {
-                if !descriptor.params.iter().any(|p| &p.name == name) {
-                    let known: Vec<&str> =
-                        descriptor.params.iter().map(|p| p.name.as_str()).collect();
-                    return Err(err(
-                        &format!(".params.{name}"),
-                        format!(
-                            "unit {:?} has no parameter {name:?} (it has: {})",
-                            entry.unit,
-                            if known.is_empty() {
-                                "none".into()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ));
-                }
-            }
-            let mut params = Vec::with_capacity(descriptor.params.len());
-            for spec in &descriptor.params {
-                let value = match entry.params.get(&spec.name) {
-                    Some(raw) => spec
-                        .ty
-                        .check(&ParamValue::from(raw))
-                        .map_err(|e| err(&format!(".params.{}", spec.name), e))?,
-                    None => spec.default.clone(),
-                };
-                params.push((spec.name.clone(), value));
-            }
+            let explicit: BTreeMap<String, ParamValue> = entry
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), ParamValue::from(v)))
+                .collect();
+            let params = resolve_params(&descriptor, &explicit)
+                .map_err(|(name, message)| err(&format!(".params.{name}"), message))?;
             let deadline_ms = entry.deadline_ms.unwrap_or(defaults.deadline_ms);
             if !(1..=600_000).contains(&deadline_ms) {
                 return Err(err(
@@ -288,6 +434,14 @@ impl Policy {
                     format!("must be in 1..=4096, got {memory_limit_mb}"),
                 ));
             }
+            let max_output_kb = entry.max_output_kb.unwrap_or(defaults.max_output_kb);
+            let cap_kb = (policy_sdk::codec::MAX_MESSAGE_BYTES / 1024) as u64;
+            if !(1..=cap_kb).contains(&max_output_kb) {
+                return Err(err(
+                    ".max_output_kb",
+                    format!("must be in 1..={cap_kb}, got {max_output_kb}"),
+                ));
+            }
             let failure = entry.failure.unwrap_or(match kind {
                 UnitKind::Weight => FailureMode::Open,
                 _ => FailureMode::Closed,
@@ -296,11 +450,14 @@ impl Policy {
                 label: Arc::from(handle.descriptor().name.as_str()),
                 handle,
                 params,
+                explicit: Arc::new(explicit),
+                kind,
                 factor,
                 failure,
                 limits: CallLimits {
                     deadline_ms,
                     memory_limit_mb,
+                    max_output_kb,
                 },
             })
         };
@@ -347,6 +504,78 @@ impl Policy {
             weights,
             balance,
             max_balance_actions: file.max_balance_actions.unwrap_or(1),
+            generation: registry.generation,
+            stale: Vec::new(),
+            live: Some(Arc::new(LiveLink {
+                registry: runtime.state.registry.clone(),
+                current: ArcSwapOption::empty(),
+                resolving: Mutex::new(()),
+            })),
         })
+    }
+
+    /// Units this policy runs in an older version than the published one, or that no
+    /// loaded module provides any more, with the reason (empty when every unit is
+    /// current).
+    pub fn stale_units(&self) -> Vec<StaleUnit> {
+        self.live().stale.clone()
+    }
+
+    /// The policy as decisions run it now: re-resolved when the runtime's published
+    /// module set changed since the last resolution.
+    pub(crate) fn live(&self) -> LivePolicy<'_> {
+        let Some(link) = &self.live else {
+            return LivePolicy::Parsed(self);
+        };
+        let generation = link.registry.load().generation;
+        match link.current.load_full() {
+            Some(current) if current.generation == generation => {
+                return LivePolicy::Resolved(current)
+            }
+            None if self.generation == generation => return LivePolicy::Parsed(self),
+            _ => {}
+        }
+        let _one_at_a_time = link.resolving.lock().unwrap();
+        let registry = link.registry.load_full();
+        let base = link.current.load_full();
+        if let Some(current) = &base {
+            if current.generation == registry.generation {
+                return LivePolicy::Resolved(current.clone());
+            }
+        }
+        let base: &Policy = base.as_deref().unwrap_or(self);
+        let next = Arc::new(base.resolved_against(&registry));
+        for stale in &next.stale {
+            if !base.stale.contains(stale) {
+                tracing::warn!(policy = next.name, "{stale}");
+            }
+        }
+        link.current.store(Some(next.clone()));
+        LivePolicy::Resolved(next)
+    }
+
+    /// A copy with every unit resolved against `registry`.
+    fn resolved_against(&self, registry: &Registry) -> Policy {
+        let mut stale = Vec::new();
+        let mut resolve = |unit: &PolicyUnit| {
+            let (unit, why) = unit.resolved_against(registry);
+            stale.extend(why);
+            unit
+        };
+        let filters = self.filters.iter().map(&mut resolve).collect();
+        let weights = self.weights.iter().map(&mut resolve).collect();
+        let balance = self.balance.as_ref().map(&mut resolve);
+        Policy {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            selector: self.selector,
+            filters,
+            weights,
+            balance,
+            max_balance_actions: self.max_balance_actions,
+            generation: registry.generation,
+            stale,
+            live: None,
+        }
     }
 }

@@ -4,9 +4,12 @@
 use crate::abi::{self, StoreData};
 use crate::builtin;
 use crate::error::{Error, Result};
-use crate::module::{CallLimits, Instance, LoadedModule};
+use crate::module::{BreakerConfig, CallLimits, Instance, LoadedModule};
+use crate::reload::{DirState, WatchHandle};
+use arc_swap::ArcSwap;
 use policy_sdk::abi::{
-    SyncMessage, SyncResponse, MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION,
+    Call, CallResponse, SyncMessage, SyncResponse, MAX_SUPPORTED_ABI_VERSION,
+    MIN_SUPPORTED_ABI_VERSION,
 };
 use policy_sdk::codec;
 use policy_sdk::{Snapshot, UnitDescriptor, UnitKind, UnitSet};
@@ -15,7 +18,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::{Engine, Linker, Module};
 
@@ -29,6 +32,7 @@ pub struct RuntimeBuilder {
     cache_dir: Option<PathBuf>,
     builtins: bool,
     policy_dirs: Vec<PathBuf>,
+    breaker: BreakerConfig,
 }
 
 impl Default for RuntimeBuilder {
@@ -37,10 +41,12 @@ impl Default for RuntimeBuilder {
             limits: CallLimits {
                 deadline_ms: 1000,
                 memory_limit_mb: 512,
+                max_output_kb: (policy_sdk::codec::MAX_MESSAGE_BYTES / 1024) as u64,
             },
             cache_dir: dirs::cache_dir().map(|d| d.join("wasmsched").join("modules")),
             builtins: true,
             policy_dirs: Vec::new(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -55,6 +61,20 @@ impl RuntimeBuilder {
     /// Default memory cap of an instance in MiB (policies may set their own per unit).
     pub fn default_memory_limit_mb(mut self, mb: u64) -> Self {
         self.limits.memory_limit_mb = mb.max(1);
+        self
+    }
+
+    /// Default cap of a unit's result in KiB (policies may set their own per unit); at
+    /// most the codec's message limit of 64 MiB.
+    pub fn default_max_output_kb(mut self, kb: u64) -> Self {
+        self.limits.max_output_kb = kb.max(1);
+        self
+    }
+
+    /// When a module's circuit breaker opens and for how long (default: 5 sandbox faults
+    /// in a row; 1 s, doubling up to 60 s).
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
         self
     }
 
@@ -96,8 +116,14 @@ impl RuntimeBuilder {
                 limits: self.limits,
                 cache_dir: self.cache_dir,
                 stop_ticker: stop,
+                breaker: self.breaker,
             }),
-            registry: Arc::new(RwLock::new(Registry::default())),
+            state: Arc::new(RuntimeState {
+                registry: Arc::new(ArcSwap::from_pointee(Registry::default())),
+                write: Mutex::new(()),
+                dir: Mutex::new(None),
+                watch: Mutex::new(None),
+            }),
         };
         if self.builtins {
             for (file, bytes) in builtin::BUILTIN_MODULES {
@@ -122,6 +148,7 @@ pub(crate) struct EngineShared {
     pub limits: CallLimits,
     cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
+    pub breaker: BreakerConfig,
 }
 
 impl Drop for EngineShared {
@@ -169,10 +196,63 @@ impl UnitHandle {
     }
 }
 
-#[derive(Debug, Default)]
-struct Registry {
-    modules: Vec<Arc<LoadedModule>>,
-    units: BTreeMap<String, UnitHandle>,
+/// One published set of modules. Never changed in place: an update builds a new set and
+/// swaps it in atomically, so a reader sees the old set or the new one, never a mix.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Registry {
+    pub(crate) modules: Vec<Arc<LoadedModule>>,
+    pub(crate) units: BTreeMap<String, UnitHandle>,
+    /// Bumped at every publish.
+    pub(crate) generation: u64,
+}
+
+impl Registry {
+    /// Adds a module's units; fails, changing nothing, when a name is taken.
+    pub(crate) fn insert(&mut self, module: Arc<LoadedModule>) -> Result<()> {
+        for unit in &module.manifest().units {
+            if let Some(existing) = self.units.get(&unit.name) {
+                return Err(Error::module(
+                    module.file(),
+                    format!(
+                        "unit {:?} is already provided by {}",
+                        unit.name,
+                        existing.module.file()
+                    ),
+                ));
+            }
+        }
+        for (index, unit) in module.manifest().units.iter().enumerate() {
+            self.units.insert(
+                unit.name.clone(),
+                UnitHandle {
+                    module: module.clone(),
+                    index: index as u32,
+                },
+            );
+        }
+        self.modules.push(module);
+        Ok(())
+    }
+
+    /// Removes the module loaded from `file`.
+    pub(crate) fn remove(&mut self, file: &str) -> bool {
+        let before = self.modules.len();
+        self.modules.retain(|m| m.file() != file);
+        self.units.retain(|_, h| h.module.file() != file);
+        before != self.modules.len()
+    }
+}
+
+/// Mutable state of a runtime, shared by its clones.
+pub(crate) struct RuntimeState {
+    /// The published module set (lock-free reads).
+    pub(crate) registry: Arc<ArcSwap<Registry>>,
+    /// Serializes writers (read-copy-update of `registry`).
+    pub(crate) write: Mutex<()>,
+    /// The policy directory kept in sync by [`Runtime::sync_dir`] or the watcher.
+    pub(crate) dir: Mutex<Option<DirState>>,
+    /// The running watcher, if any.
+    pub(crate) watch: Mutex<Option<WatchHandle>>,
 }
 
 /// What [`Runtime::load_dir`] loaded and what it rejected.
@@ -199,6 +279,8 @@ pub struct UnitInfo {
     pub version: String,
     /// File the module came from.
     pub file: String,
+    /// SHA-256 of the module bytes (hex), or `native`.
+    pub hash: String,
     /// Parameters.
     pub params: Vec<policy_sdk::ParamSpec>,
 }
@@ -208,12 +290,12 @@ pub struct UnitInfo {
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) shared: Arc<EngineShared>,
-    registry: Arc<RwLock<Registry>>,
+    pub(crate) state: Arc<RuntimeState>,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let registry = self.registry.read().unwrap();
+        let registry = self.state.registry.load();
         f.debug_struct("Runtime")
             .field("modules", &registry.modules.len())
             .field("units", &registry.units.keys().collect::<Vec<_>>())
@@ -249,7 +331,7 @@ impl Runtime {
                 "not a WebAssembly module (no \\0asm header)",
             ));
         }
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = sha256_hex(bytes);
         let module = self.compile(file, &hash, bytes)?;
         abi::check_imports(&module).map_err(|e| Error::module(file, e))?;
         abi::check_exports(&module).map_err(|e| Error::module(file, e))?;
@@ -296,6 +378,7 @@ impl Runtime {
             }
             Err(e) => return Err(Error::module(file, format!("smoke sync failed: {e}"))),
         }
+        smoke_calls(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
         Ok(Arc::new(LoadedModule::new_wasm(
             file.to_string(),
             hash,
@@ -359,54 +442,52 @@ impl Runtime {
     /// Registers a loaded module's units. Fails, changing nothing, when a unit name is
     /// already taken by another module.
     pub fn add_module(&self, module: Arc<LoadedModule>) -> Result<()> {
-        let mut registry = self.registry.write().unwrap();
-        for unit in &module.manifest().units {
-            if let Some(existing) = registry.units.get(&unit.name) {
-                return Err(Error::module(
-                    module.file(),
-                    format!(
-                        "unit {:?} is already provided by {}",
-                        unit.name,
-                        existing.module.file()
-                    ),
-                ));
-            }
-        }
-        for (index, unit) in module.manifest().units.iter().enumerate() {
-            registry.units.insert(
-                unit.name.clone(),
-                UnitHandle {
-                    module: module.clone(),
-                    index: index as u32,
-                },
-            );
-        }
-        registry.modules.push(module);
-        Ok(())
+        self.update(|registry| registry.insert(module))
     }
 
-    /// Removes the units of the module loaded from `file`; decisions in flight keep it.
+    /// Removes the units of the module loaded from `file`; decisions in flight keep it,
+    /// and policies that use its units keep their last good version (see
+    /// [`Policy::status`](crate::Policy::status)).
     pub fn remove_module(&self, file: &str) -> bool {
-        let mut registry = self.registry.write().unwrap();
-        let before = registry.modules.len();
-        registry.modules.retain(|m| m.file() != file);
-        registry.units.retain(|_, h| h.module.file() != file);
-        before != registry.modules.len()
+        self.update(|registry| Ok(registry.remove(file)))
+            .unwrap_or(false)
+    }
+
+    /// Read-copy-update of the published set: `change` edits a copy, which is published
+    /// atomically when it returns `Ok` (and dropped otherwise).
+    pub(crate) fn update<T>(&self, change: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        let _writer = self.state.write.lock().unwrap();
+        let mut next = Registry::clone(&self.state.registry.load());
+        let out = change(&mut next)?;
+        next.generation += 1;
+        self.state.registry.store(Arc::new(next));
+        Ok(out)
+    }
+
+    /// The published set of modules (a consistent snapshot).
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.state.registry.load_full()
+    }
+
+    /// How many times the published module set has changed (every add, remove or
+    /// reload bumps it).
+    pub fn generation(&self) -> u64 {
+        self.state.registry.load().generation
     }
 
     /// A unit by name.
     pub fn unit(&self, name: &str) -> Option<UnitHandle> {
-        self.registry.read().unwrap().units.get(name).cloned()
+        self.state.registry.load().units.get(name).cloned()
     }
 
     /// Loaded modules, in load order.
     pub fn modules(&self) -> Vec<Arc<LoadedModule>> {
-        self.registry.read().unwrap().modules.clone()
+        self.state.registry.load().modules.clone()
     }
 
     /// Every registered unit, sorted by name.
     pub fn units(&self) -> Vec<UnitInfo> {
-        let registry = self.registry.read().unwrap();
+        let registry = self.state.registry.load();
         registry
             .units
             .values()
@@ -420,6 +501,7 @@ impl Runtime {
                     module: m.module.clone(),
                     version: m.version.clone(),
                     file: h.module.file().to_string(),
+                    hash: h.module.hash().to_string(),
                     params: d.params.clone(),
                 }
             })
@@ -471,6 +553,72 @@ fn write_cache(path: &Path, module: &Module) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SHA-256 of `bytes`, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Calls every unit once with no candidate hosts, under the default limits: a unit that
+/// traps, loops, blows its memory or output cap, or answers with the wrong kind of result
+/// (a manifest that lies about its units) is refused before it is published. A unit that
+/// reports an error cleanly is accepted: it may need a real VM or snapshot.
+fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Result<(), String> {
+    let vm = policy_sdk::Vm {
+        id: "wasmsched-smoke-test".into(),
+        ..Default::default()
+    };
+    for (index, unit) in manifest.units.iter().enumerate() {
+        let params: Vec<(String, policy_sdk::ParamValue)> = unit
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.default.clone()))
+            .collect();
+        let call = Call {
+            unit: index as u32,
+            epoch: 0,
+            params: &params,
+            vm: (unit.kind != UnitKind::Balance).then_some(&vm),
+            candidates: &[],
+        };
+        let expected = match unit.kind {
+            UnitKind::Filter => "verdicts",
+            UnitKind::Weight => "penalties",
+            UnitKind::Balance => "balance actions",
+        };
+        let fail = |why: String| format!("smoke call of {} unit {:?}: {why}", unit.kind, unit.name);
+        match instance.call_raw(&call).map_err(|e| fail(e.to_string()))? {
+            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter && v.is_empty() => {}
+            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight && p.is_empty() => {}
+            CallResponse::Actions(_) if unit.kind == UnitKind::Balance => {}
+            CallResponse::Failed(message) => {
+                tracing::debug!(
+                    unit = unit.name,
+                    "smoke call answered with an error: {message}"
+                )
+            }
+            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter => {
+                return Err(fail(format!("{} verdicts for 0 candidate hosts", v.len())))
+            }
+            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight => {
+                return Err(fail(format!("{} penalties for 0 candidate hosts", p.len())))
+            }
+            other => {
+                let got = match other {
+                    CallResponse::Verdicts(_) => "verdicts",
+                    CallResponse::Penalties(_) => "penalties",
+                    CallResponse::Actions(_) => "balance actions",
+                    CallResponse::Failed(_) => "a failure",
+                };
+                return Err(fail(format!(
+                    "the manifest declares a {}, but it answered with {got} (expected {expected})",
+                    unit.kind
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -92,6 +92,9 @@ pub struct Decision {
     /// The pending resources recorded on the chosen host ([`Policy::schedule`]); `None`
     /// for [`Policy::evaluate`] and when no host was chosen.
     pub reservation: Option<Reservation>,
+    /// Things the operator should know, e.g. a unit that runs in its last good version
+    /// because its module disappeared (see [`Policy::stale_units`]).
+    pub warnings: Vec<String>,
 }
 
 /// What happened to one host.
@@ -175,6 +178,11 @@ impl Policy {
     /// A VM that is already placed (and not started) is placed anew: its current pending
     /// resources are released first, so they do not count against it.
     pub fn schedule(&self, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
+        self.live().schedule_resolved(cluster, request)
+    }
+
+    /// [`Policy::schedule`] with the units as resolved now.
+    fn schedule_resolved(&self, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
         validate_vm(&request.vm)?;
         cluster.unplace(&request.vm.id)?;
         for _ in 0..OPTIMISTIC_ROUNDS {
@@ -284,7 +292,7 @@ impl Policy {
     /// anything: a what-if.
     pub fn evaluate(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
         validate_vm(&request.vm)?;
-        self.decide(view, request)
+        self.live().decide(view, request)
     }
 
     /// [`Policy::evaluate`] for a request already validated.
@@ -415,6 +423,7 @@ impl Policy {
             hosts,
             unit_failures: failures,
             reservation: None,
+            warnings: self.stale.iter().map(ToString::to_string).collect(),
         })
     }
 }
@@ -674,6 +683,9 @@ impl fmt::Display for Decision {
                 if r.revalidated { " (re-checked)" } else { "" },
                 what.join(", ")
             )?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "  ! {warning}")?;
         }
         for failure in &self.unit_failures {
             writeln!(

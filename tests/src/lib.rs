@@ -61,3 +61,92 @@ pub fn wat_module(abi_version: u32, manifest_packed: u64, extra: &str) -> Vec<u8
             (func (export "wasmsched_call") (param i32) (result i64) i64.const 0))"#
     ))
 }
+
+/// `wasm` with a custom section appended: the same behaviour, different bytes and hash (a
+/// new "version" of a module for reload tests).
+pub fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"wasmsched-test-version";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Bytes as a WAT string literal.
+fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A hand-written guest that passes every load-time check until its `wasmsched_call`
+/// runs: it declares one filter unit `name` (or `kind`), answers the smoke sync, and runs
+/// `call_body` (which must leave an i64 packed result) for every call. `extra` is spliced
+/// into the module (helper functions, globals).
+pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra: &str) -> Vec<u8> {
+    use policy_sdk::abi::{pack, SyncResponse, ABI_VERSION};
+    use policy_sdk::{codec, Manifest, UnitDescriptor};
+    let manifest = codec::encode(&Some(Manifest {
+        abi_version: ABI_VERSION,
+        module: format!("hostile-{unit}"),
+        version: "0.0.1".into(),
+        units: vec![UnitDescriptor {
+            name: unit.into(),
+            kind,
+            description: "hand-written test guest".into(),
+            params: Vec::new(),
+        }],
+    }))
+    .unwrap();
+    let synced = codec::encode(&SyncResponse::Synced { epoch: 0 }).unwrap();
+    wat(&format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (data (i32.const 4096) "{m}")
+            (data (i32.const 8192) "{s}")
+            {extra}
+            (func (export "wasmsched_abi_version") (result i32) i32.const {ABI_VERSION})
+            (func (export "wasmsched_input") (param i32) (result i32) i32.const 16384)
+            (func (export "wasmsched_manifest") (result i64) i64.const {mp})
+            (func (export "wasmsched_sync") (param i32) (result i64) i64.const {sp})
+            (func (export "wasmsched_call") (param i32) (result i64) {call_body}))"#,
+        m = wat_bytes(&manifest),
+        s = wat_bytes(&synced),
+        mp = pack(4096, manifest.len() as u32),
+        sp = pack(8192, synced.len() as u32),
+    ))
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes (then panics
+/// with `what`). For hot-reload tests: file events and reloads take an unknown time on a
+/// loaded machine, so tests wait for the state, never for a fixed time.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -3,11 +3,12 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use wasmsched::power::StartOutcome;
 use wasmsched::sdk::Vm;
 use wasmsched::{
     files, simulate, Cluster, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest,
-    BUILTIN_POLICIES,
+    WatchOptions, BUILTIN_POLICIES,
 };
 
 const DEMO_CLUSTER: &str = include_str!("../../../examples/demo/cluster.json");
@@ -150,6 +151,24 @@ enum Command {
         /// The module file.
         module: PathBuf,
     },
+    /// Watch the policy directory (`--policies DIR`) and hot-reload modules as they are
+    /// added, replaced or removed, logging every reload and rejection. Runs until
+    /// interrupted (Ctrl-C).
+    Watch {
+        /// Poll the directory at this interval (milliseconds) instead of using native
+        /// file events (for network filesystems).
+        #[arg(long, value_name = "MS")]
+        poll_ms: Option<u64>,
+        /// Quiet time after the last event before re-scanning (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 50)]
+        debounce_ms: u64,
+        /// How long a written file must stay unchanged before it is loaded (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 300)]
+        settle_ms: u64,
+        /// Stop after this many seconds (for scripts and tests).
+        #[arg(long, value_name = "SECS")]
+        exit_after: Option<u64>,
+    },
     /// Write the builtin modules to a directory.
     Builtins {
         /// Target directory.
@@ -181,7 +200,13 @@ impl From<TriggerArg> for MigrationTrigger {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.global.log.as_deref());
+    // `watch` exists to log reloads (info level); other commands only warn by default.
+    let default = if matches!(cli.command, Command::Watch { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.global.log.as_deref(), default);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -191,11 +216,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>, default: &str) {
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
+        .unwrap_or_else(|| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -211,8 +236,8 @@ fn runtime(global: &Global, builtins: bool) -> anyhow::Result<Runtime> {
     }
     let runtime = builder.build()?;
     if let Some(dir) = &global.policies {
-        let report = runtime.load_dir(dir)?;
-        for error in &report.errors {
+        let report = runtime.sync_dir(dir)?;
+        for error in &report.rejected {
             eprintln!("warning: skipped {error}");
         }
     }
@@ -381,9 +406,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Units => {
             let runtime = runtime(g, true)?;
             let units = runtime.units();
+            let status = runtime.status();
             if g.json {
-                println!("{}", serde_json::to_string_pretty(&units)?);
+                #[derive(serde::Serialize)]
+                struct Report<'a> {
+                    units: &'a [wasmsched::UnitInfo],
+                    status: &'a wasmsched::RuntimeStatus,
+                }
+                let report = Report {
+                    units: &units,
+                    status: &status,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                print_modules(&status);
+                println!();
                 for u in &units {
                     println!(
                         "{:<20} {:<8} {} {} ({})",
@@ -428,6 +465,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watch {
+            poll_ms,
+            debounce_ms,
+            settle_ms,
+            exit_after,
+        } => watch(g, *poll_ms, *debounce_ms, *settle_ms, *exit_after),
         Command::Builtins { out } => {
             for path in wasmsched::builtin::write_builtins(out)? {
                 println!("{}", path.display());
@@ -533,6 +576,128 @@ fn demo(g: &Global) -> anyhow::Result<ExitCode> {
     }
     if g.json {
         println!("{}", serde_json::to_string_pretty(&decisions)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_modules(status: &wasmsched::RuntimeStatus) {
+    println!("modules:");
+    for m in &status.modules {
+        println!(
+            "  {}  {} {}  sha256 {}  loaded {}",
+            m.file,
+            m.module,
+            m.version,
+            &m.hash[..m.hash.len().min(16)],
+            utc(m.loaded_at_unix_ms)
+        );
+        if m.breaker.open || m.breaker.trips > 0 {
+            println!(
+                "    circuit breaker: {} ({} trips, {} faults in a row{})",
+                if m.breaker.open { "OPEN" } else { "closed" },
+                m.breaker.trips,
+                m.breaker.consecutive_failures,
+                m.breaker
+                    .last_fault
+                    .as_deref()
+                    .map(|f| format!("; last: {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(e) = &m.last_error {
+            println!(
+                "    last error ({}): {} (this version keeps serving)",
+                utc(e.at_unix_ms),
+                e.reason
+            );
+        }
+    }
+    for p in &status.problems {
+        match (&p.error, &p.serving_hash) {
+            // Listed under the module that keeps serving.
+            (Some(_), Some(_)) => {}
+            (Some(e), None) => println!(
+                "  {}  REJECTED ({}): {}",
+                p.file,
+                utc(e.at_unix_ms),
+                e.reason
+            ),
+            (None, _) => println!("  {}  still being written", p.file),
+        }
+    }
+}
+
+/// `2026-01-31T12:34:56Z` from milliseconds since the Unix epoch (UTC, proleptic
+/// Gregorian).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn watch(
+    g: &Global,
+    poll_ms: Option<u64>,
+    debounce_ms: u64,
+    settle_ms: u64,
+    exit_after: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let Some(dir) = &g.policies else {
+        anyhow::bail!("watch needs --policies DIR");
+    };
+    let mut builder = Runtime::builder().builtins(!g.no_builtins);
+    if g.no_cache {
+        builder = builder.cache_dir(None);
+    } else if let Some(cache) = &g.cache_dir {
+        builder = builder.cache_dir(Some(cache.clone()));
+    }
+    let runtime = builder.build()?;
+    let mut options = match poll_ms {
+        Some(ms) => WatchOptions::polling(Duration::from_millis(ms.max(1))),
+        None => WatchOptions::default(),
+    };
+    options.debounce = Duration::from_millis(debounce_ms);
+    options.settle = Duration::from_millis(settle_ms);
+    let first = runtime.watch(dir, options)?;
+    println!(
+        "watching {} ({}): {} modules loaded, {} rejected, {} still being written",
+        dir.display(),
+        if poll_ms.is_some() {
+            "polling"
+        } else {
+            "native events"
+        },
+        first.loaded.len(),
+        first.rejected.len(),
+        first.pending.len()
+    );
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if exit_after.is_some_and(|secs| started.elapsed() >= Duration::from_secs(secs)) {
+            break;
+        }
+    }
+    runtime.stop_watching();
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&runtime.status())?);
+    } else {
+        print_modules(&runtime.status());
     }
     Ok(ExitCode::SUCCESS)
 }
