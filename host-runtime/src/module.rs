@@ -6,7 +6,7 @@ use crate::error::UnitFault;
 use crate::runtime::EngineShared;
 use policy_sdk::abi::{Call, CallResponse, SyncResponse};
 use policy_sdk::codec;
-use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdict};
+use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdicts};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -421,16 +421,22 @@ impl LoadedModule {
         }
     }
 
-    /// Runs a filter over the call's candidates: one verdict per candidate.
+    /// Runs a filter over the call's candidates: its verdicts (compact).
     pub(crate) fn filter(
         &self,
         view: &ClusterView,
         call: Call<'_>,
         limits: CallLimits,
-    ) -> Result<Vec<Verdict>, UnitFault> {
-        self.call(view, call, limits, "verdicts", true, |r| match r {
-            CallResponse::Verdicts(v) => Ok(v),
-            other => Err(other),
+    ) -> Result<Verdicts, UnitFault> {
+        self.call(view, call, limits, "verdicts", |r| match r {
+            CallResponse::Verdicts(v) => match v.check() {
+                Ok(()) => Taken::Answer {
+                    count: Some(v.len()),
+                    value: v,
+                },
+                Err(why) => Taken::Broken(why),
+            },
+            other => Taken::Other(other),
         })
     }
 
@@ -441,9 +447,12 @@ impl LoadedModule {
         call: Call<'_>,
         limits: CallLimits,
     ) -> Result<Vec<Penalty>, UnitFault> {
-        self.call(view, call, limits, "penalties", true, |r| match r {
-            CallResponse::Penalties(p) => Ok(p),
-            other => Err(other),
+        self.call(view, call, limits, "penalties", |r| match r {
+            CallResponse::Penalties(p) => Taken::Answer {
+                count: Some(p.len()),
+                value: p,
+            },
+            other => Taken::Other(other),
         })
     }
 
@@ -454,34 +463,39 @@ impl LoadedModule {
         call: Call<'_>,
         limits: CallLimits,
     ) -> Result<Vec<BalanceAction>, UnitFault> {
-        self.call(view, call, limits, "balance actions", false, |r| match r {
-            CallResponse::Actions(a) => Ok(a),
-            other => Err(other),
+        self.call(view, call, limits, "balance actions", |r| match r {
+            CallResponse::Actions(a) => Taken::Answer {
+                count: None,
+                value: a,
+            },
+            other => Taken::Other(other),
         })
     }
 
     /// Runs one unit call and checks the answer's shape (the expected variant and, for
     /// filters and weights, one result per candidate). A broken guest (trap, deadline,
     /// memory cap, bad output) loses its instance; the next call gets a fresh one.
-    fn call<T>(
+    fn call<R>(
         &self,
         view: &ClusterView,
         call: Call<'_>,
         limits: CallLimits,
         expected: &str,
-        per_candidate: bool,
-        take: impl FnOnce(CallResponse) -> Result<Vec<T>, CallResponse>,
-    ) -> Result<Vec<T>, UnitFault> {
+        take: impl FnOnce(CallResponse) -> Taken<R>,
+    ) -> Result<R, UnitFault> {
+        let candidates = call.candidates.len();
         let shape = |response: CallResponse| match response {
             CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
             response => match take(response) {
-                Ok(out) if !per_candidate || out.len() == call.candidates.len() => Ok(out),
-                Ok(out) => Err(UnitFault::BadOutput(format!(
-                    "{} {expected} for {} candidate hosts",
-                    out.len(),
-                    call.candidates.len()
+                Taken::Answer { value, count } if count.is_none_or(|n| n == candidates) => {
+                    Ok(value)
+                }
+                Taken::Answer { count, .. } => Err(UnitFault::BadOutput(format!(
+                    "{} {expected} for {candidates} candidate hosts",
+                    count.unwrap_or_default()
                 ))),
-                Err(other) => Err(UnitFault::BadOutput(format!(
+                Taken::Broken(why) => Err(UnitFault::BadOutput(why)),
+                Taken::Other(other) => Err(UnitFault::BadOutput(format!(
                     "expected {expected}, got {}",
                     variant(&other)
                 ))),
@@ -502,14 +516,14 @@ impl LoadedModule {
     }
 
     /// [`LoadedModule::call`] on a pooled (or fresh) instance.
-    fn call_wasm<T>(
+    fn call_wasm<R>(
         &self,
         wasm: &WasmBackend,
         view: &ClusterView,
         call: Call<'_>,
         limits: CallLimits,
-        shape: impl FnOnce(CallResponse) -> Result<Vec<T>, UnitFault>,
-    ) -> Result<Vec<T>, UnitFault> {
+        shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
+    ) -> Result<R, UnitFault> {
         let pooled = wasm.pool.lock().unwrap().pop();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -542,6 +556,16 @@ impl LoadedModule {
             pool.push(instance);
         }
     }
+}
+
+/// What a unit call's answer turned out to be.
+enum Taken<R> {
+    /// The expected variant; `count` results, to match the candidates when it is `Some`.
+    Answer { value: R, count: Option<usize> },
+    /// The expected variant, malformed (why).
+    Broken(String),
+    /// Another variant.
+    Other(CallResponse),
 }
 
 /// Name of a response variant, for error messages.

@@ -6,7 +6,7 @@ use crate::lifecycle::{PlacementKind, Reservation};
 use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use policy_sdk::abi::Call;
 use policy_sdk::topology::{self, CpuPinning};
-use policy_sdk::{HostIndex, HostStatus, Penalty, Verdict, Vm};
+use policy_sdk::{HostIndex, HostStatus, Penalty, Verdicts, Vm};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -257,7 +257,7 @@ impl Policy {
         for filter in &self.filters {
             if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)?
             {
-                if verdicts.iter().any(|v| !v.is_pass()) {
+                if !verdicts.all_pass() {
                     return Ok(false);
                 }
             }
@@ -278,10 +278,12 @@ impl Policy {
         let mut rejections = Vec::new();
         for filter in &self.filters {
             if let Some(verdicts) = run_filter(filter, view, vm, &[host], failures)? {
-                for verdict in verdicts {
-                    if let Verdict::Reject { code, detail } = verdict {
-                        rejections.push((filter.label.to_string(), code, detail));
-                    }
+                for r in &verdicts.rejected {
+                    rejections.push((
+                        filter.label.to_string(),
+                        verdicts.code_of(r).to_string(),
+                        r.detail.clone(),
+                    ));
                 }
             }
         }
@@ -341,19 +343,23 @@ impl Policy {
             else {
                 continue;
             };
-            let mut kept = Vec::with_capacity(survivors.len());
-            for (&host, verdict) in survivors.iter().zip(verdicts) {
-                match verdict {
-                    Verdict::Pass => kept.push(host),
-                    Verdict::Reject { code, detail } => {
-                        outcomes[host as usize] = Some(Outcome::Rejected {
-                            unit: filter.label.clone(),
-                            code,
-                            detail,
-                        })
-                    }
-                }
+            if verdicts.all_pass() {
+                continue;
             }
+            let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
+            let mut from = 0;
+            for r in verdicts.rejected {
+                let position = r.position as usize;
+                kept.extend_from_slice(&survivors[from..position]);
+                from = position + 1;
+                let host = survivors[position];
+                outcomes[host as usize] = Some(Outcome::Rejected {
+                    unit: filter.label.clone(),
+                    code: verdicts.codes[r.code as usize].clone(),
+                    detail: r.detail,
+                });
+            }
+            kept.extend_from_slice(&survivors[from..]);
             survivors = kept;
         }
 
@@ -513,7 +519,7 @@ fn run_filter(
     vm: &Vm,
     candidates: &[HostIndex],
     failures: &mut Vec<UnitFailure>,
-) -> Result<Option<Vec<Verdict>>> {
+) -> Result<Option<Verdicts>> {
     match filter.handle.module.filter(
         view,
         unit_call(filter, view, Some(vm), candidates),

@@ -11,7 +11,7 @@
 
 use crate::manifest::ParamValue;
 use crate::model::{ClusterInfo, Host, HostIndex, HostStatus, PendingAggregate, Snapshot, Vm};
-use crate::verdict::{BalanceAction, Penalty, Verdict};
+use crate::verdict::{BalanceAction, Penalty, Verdicts};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -243,7 +243,8 @@ pub struct CallRequest {
     pub params: Vec<(String, ParamValue)>,
     /// The VM being scheduled (filters and weights); `None` for balance units.
     pub vm: Option<Vm>,
-    /// Candidate host indices, unique and in range.
+    /// Candidate host indices, unique and in range (packed little-endian `u32`s).
+    #[serde(with = "crate::verdict::packed::u32s")]
     pub candidates: Vec<HostIndex>,
 }
 
@@ -274,17 +275,18 @@ pub struct Call<'a> {
     pub params: &'a [(String, ParamValue)],
     /// The VM being scheduled; `None` for balance units.
     pub vm: Option<&'a Vm>,
-    /// Candidate host indices.
+    /// Candidate host indices (packed little-endian `u32`s).
+    #[serde(serialize_with = "crate::verdict::packed::u32s::serialize")]
     pub candidates: &'a [HostIndex],
 }
 
 /// A unit's answer to a [`CallRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CallResponse {
-    /// Filter: one verdict per candidate, in candidate order.
-    Verdicts(Vec<Verdict>),
-    /// Weight: one penalty per candidate, in candidate order.
-    Penalties(Vec<Penalty>),
+    /// Filter: the verdicts over the candidates, compact (only the rejected ones).
+    Verdicts(Verdicts),
+    /// Weight: one penalty per candidate, in candidate order (packed little-endian `i64`s).
+    Penalties(#[serde(with = "crate::verdict::packed::i64s")] Vec<Penalty>),
     /// Balance: proposed actions.
     Actions(Vec<BalanceAction>),
     /// The guest could not run the call (bad unit index, stale epoch, missing VM...).

@@ -7,7 +7,7 @@
 use crate::abi::{Call, CallResponse, LogLevel};
 use crate::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::{Host, HostIndex, Snapshot, Vm};
-use crate::verdict::{BalanceAction, Penalty, Verdict};
+use crate::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -386,7 +386,7 @@ impl UnitSet {
             (AnyUnit::Filter(f), Some(vm)) => {
                 let mut out = Vec::with_capacity(call.candidates.len());
                 f.check_all(&ctx, vm, call.candidates, &mut out);
-                CallResponse::Verdicts(out)
+                CallResponse::Verdicts(Verdicts::from_verdicts(out))
             }
             (AnyUnit::Weight(w), Some(vm)) => {
                 let mut out = Vec::with_capacity(call.candidates.len());

@@ -55,4 +55,4 @@ pub use abi::LogLevel;
 pub use guest::{Balance, Context, Filter, UnitSet, Weight};
 pub use manifest::{Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind};
 pub use model::*;
-pub use verdict::{BalanceAction, Penalty, PowerAction, Verdict};
+pub use verdict::{BalanceAction, Penalty, PowerAction, Rejection, Verdict, Verdicts};

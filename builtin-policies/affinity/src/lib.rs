@@ -1149,6 +1149,7 @@ mod tests {
         };
         match call(0) {
             CallResponse::Verdicts(v) => {
+                let v = v.into_verdicts();
                 let got: Vec<&str> = v.iter().map(code).collect();
                 assert_eq!(got, ["pass", "negative_affinity", "negative_affinity"]);
             }

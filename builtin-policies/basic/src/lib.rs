@@ -573,7 +573,11 @@ mod tests {
         };
         let codes = |response: CallResponse| -> Vec<String> {
             match response {
-                CallResponse::Verdicts(v) => v.iter().map(|v| code(v).to_string()).collect(),
+                CallResponse::Verdicts(v) => v
+                    .into_verdicts()
+                    .iter()
+                    .map(|v| code(v).to_string())
+                    .collect(),
                 other => panic!("expected verdicts, got {other:?}"),
             }
         };
