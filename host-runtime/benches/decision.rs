@@ -2,9 +2,11 @@
 //! CPU-pinning, hugepages, NUMA and VM-affinity filters; CPU-load, free-memory, VM-affinity,
 //! high-performance-CPU and CPU-and-NUMA-pinning weights; rank selector) at 1,000 and
 //! 10,000 hosts: the wasm modules as shipped, and the same unit code compiled natively into
-//! the host, in the same run. `decision` places a plain VM; `decision-hp` a
-//! high-performance VM with CPU pinning, two pinned vNUMA nodes and hugepages, so every
-//! unit does its per-host work.
+//! the host, in the same run. `decision` places a plain VM with a full report (every host's
+//! outcome and weights); `decision-summary` the same VM with [`Detail::Summary`] (the
+//! chosen host and the best runners-up: what an engine placing VMs asks for);
+//! `decision-hp-summary` a high-performance VM with CPU pinning, two pinned vNUMA nodes and
+//! hugepages, so every unit does its per-host work.
 //!
 //! `cargo bench -p wasmsched --bench decision`; the ratio wasm/native is the isolation cost.
 //! The decisions are what-ifs ([`Policy::evaluate`]): nothing is reserved, so every
@@ -20,7 +22,7 @@ use policy_sdk::testing::vm;
 use std::hint::black_box;
 use std::time::Duration;
 use support::{cluster, hp_vm, policies};
-use wasmsched::{Cluster, PlacementKind, Policy, ScheduleRequest};
+use wasmsched::{Cluster, Detail, PlacementKind, Policy, ScheduleRequest};
 
 /// One benchmark group: a decision per iteration, wasm and native, at each cluster size;
 /// `before_each` runs inside the measured iteration, just before the decision.

@@ -73,7 +73,10 @@ pub use reload::{
     WatchOptions, WatchStatus,
 };
 pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
-pub use scheduler::{Decision, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore};
+pub use scheduler::{
+    Decision, Detail, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore,
+    SUMMARY_HOSTS,
+};
 
 /// Re-export of the shared model and ABI crate.
 pub use policy_sdk as sdk;

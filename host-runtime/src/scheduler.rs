@@ -7,7 +7,7 @@ use crate::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use policy_sdk::abi::Call;
 use policy_sdk::topology::{self, CpuPinning};
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdicts, Vm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub struct ScheduleRequest {
     pub whitelist: Option<Vec<String>>,
     /// Start or migration (decides the pending CPU load and what the lifecycle releases).
     pub kind: PlacementKind,
+    /// How much the decision reports about the hosts not chosen (default: every host).
+    pub detail: Detail,
 }
 
 impl ScheduleRequest {
@@ -33,6 +35,7 @@ impl ScheduleRequest {
             blacklist: Vec::new(),
             whitelist: None,
             kind: PlacementKind::Start,
+            detail: Detail::Full,
         }
     }
 
@@ -49,6 +52,7 @@ impl ScheduleRequest {
             blacklist: vec![source.clone()],
             whitelist: None,
             kind: PlacementKind::Migration { source },
+            detail: Detail::Full,
             vm,
         })
     }
@@ -56,6 +60,13 @@ impl ScheduleRequest {
     /// Excludes these hosts.
     pub fn blacklist<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
         self.blacklist.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
+    /// How much the decision reports about the hosts not chosen ([`Detail::Summary`]: the
+    /// chosen host and the best runners-up, for engines placing many VMs).
+    pub fn detail(mut self, detail: Detail) -> Self {
+        self.detail = detail;
         self
     }
 
@@ -300,7 +311,14 @@ impl Policy {
     /// [`Policy::evaluate`] for a request already validated.
     fn decide(&self, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
         let snapshot = view.snapshot();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; snapshot.hosts.len()];
+        let full = request.detail == Detail::Full;
+        // Per-host outcomes are only kept for a full report; the summary's counts always.
+        let mut outcomes: Vec<Option<Outcome>> = if full {
+            vec![None; snapshot.hosts.len()]
+        } else {
+            Vec::new()
+        };
+        let mut turned_away = TurnedAway::default();
         let blacklist: HashSet<&str> = request.blacklist.iter().map(String::as_str).collect();
         let whitelist: Option<HashSet<&str>> = request
             .whitelist
@@ -315,21 +333,28 @@ impl Policy {
         let mut survivors: Vec<HostIndex> = Vec::with_capacity(snapshot.hosts.len());
         for (i, host) in snapshot.hosts.iter().enumerate() {
             let reason = if host.status != HostStatus::Up {
-                Some(format!("host is {}", host.status.as_str()))
+                Some(NotCandidate::Status(host.status))
             } else if blacklist.contains(host.id.as_str()) {
-                Some("blacklisted".to_string())
+                Some(NotCandidate::Blacklisted)
             } else if whitelist
                 .as_ref()
                 .is_some_and(|w| !w.contains(host.id.as_str()))
             {
-                Some("not in whitelist".to_string())
+                Some(NotCandidate::NotWhitelisted)
             } else if !dedicated.is_empty() && !dedicated.contains(host.id.as_str()) {
-                Some("not one of the VM's dedicated hosts".to_string())
+                Some(NotCandidate::NotDedicated)
             } else {
                 None
             };
             match reason {
-                Some(reason) => outcomes[i] = Some(Outcome::NotCandidate { reason }),
+                Some(reason) => {
+                    turned_away.count(GroupKey::NotCandidate(reason), i, 1);
+                    if full {
+                        outcomes[i] = Some(Outcome::NotCandidate {
+                            reason: reason.to_string(),
+                        });
+                    }
+                }
                 None => survivors.push(i as HostIndex),
             }
         }
@@ -346,6 +371,8 @@ impl Policy {
             if verdicts.all_pass() {
                 continue;
             }
+            // Count each code once per call (first host, number of hosts).
+            let mut per_code: Vec<(usize, usize)> = vec![(usize::MAX, 0); verdicts.codes.len()];
             let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
             let mut from = 0;
             for r in verdicts.rejected {
@@ -353,14 +380,24 @@ impl Policy {
                 kept.extend_from_slice(&survivors[from..position]);
                 from = position + 1;
                 let host = survivors[position];
-                outcomes[host as usize] = Some(Outcome::Rejected {
-                    unit: filter.label.clone(),
-                    code: verdicts.codes[r.code as usize].clone(),
-                    detail: r.detail,
-                });
+                let slot = &mut per_code[r.code as usize];
+                slot.0 = slot.0.min(host as usize);
+                slot.1 += 1;
+                if full {
+                    outcomes[host as usize] = Some(Outcome::Rejected {
+                        unit: filter.label.clone(),
+                        code: verdicts.codes[r.code as usize].clone(),
+                        detail: r.detail,
+                    });
+                }
             }
             kept.extend_from_slice(&survivors[from..]);
             survivors = kept;
+            for (code, (first, n)) in verdicts.codes.into_iter().zip(per_code) {
+                if n > 0 {
+                    turned_away.count(GroupKey::Rejected(filter.label.clone(), code), first, n);
+                }
+            }
         }
 
         // Weights: one penalty column per unit that answered.
@@ -379,10 +416,7 @@ impl Policy {
         }
         let (totals, contributions) = select(self.selector, &columns, survivors.len());
         let best = pick_best(self.selector, &totals, &survivors, snapshot);
-
-        let mut hosts = Vec::with_capacity(snapshot.hosts.len());
-        let mut scores: Vec<Option<(f64, Vec<WeightScore>)>> = vec![None; snapshot.hosts.len()];
-        for (pos, &host) in survivors.iter().enumerate() {
+        let scored = |pos: usize| {
             let weights = columns
                 .iter()
                 .enumerate()
@@ -393,30 +427,77 @@ impl Policy {
                     contribution: contributions[c][pos],
                 })
                 .collect();
-            scores[host as usize] = Some((totals[pos], weights));
-            outcomes[host as usize] = Some(if Some(host) == best {
+            (totals[pos], weights)
+        };
+        let outcome_of = |host: HostIndex| {
+            if Some(host) == best {
                 Outcome::Chosen
             } else {
                 Outcome::Available
-            });
-        }
-        for (i, host) in snapshot.hosts.iter().enumerate() {
-            let (score, weights) = match scores[i].take() {
-                Some((s, w)) => (Some(s), w),
-                None => (None, Vec::new()),
+            }
+        };
+
+        let hosts = if full {
+            let mut scores: Vec<Option<(f64, Vec<WeightScore>)>> = vec![None; snapshot.hosts.len()];
+            for (pos, &host) in survivors.iter().enumerate() {
+                scores[host as usize] = Some(scored(pos));
+                outcomes[host as usize] = Some(outcome_of(host));
+            }
+            let mut hosts = Vec::with_capacity(snapshot.hosts.len());
+            for (i, host) in snapshot.hosts.iter().enumerate() {
+                let (score, weights) = match scores[i].take() {
+                    Some((s, w)) => (Some(s), w),
+                    None => (None, Vec::new()),
+                };
+                hosts.push(HostOutcome {
+                    host: host.id.clone(),
+                    name: host.name.clone(),
+                    outcome: outcomes[i].take().unwrap_or(Outcome::NotCandidate {
+                        reason: "not evaluated".into(),
+                    }),
+                    score,
+                    weights,
+                });
+            }
+            hosts
+        } else {
+            // The chosen host first, then the best-scored runners-up.
+            let mut order: Vec<usize> = (0..survivors.len()).collect();
+            let keep = SUMMARY_HOSTS.min(order.len());
+            let better = |a: &usize, b: &usize| {
+                compare_totals(self.selector, totals[*a], totals[*b]).then_with(|| {
+                    snapshot.hosts[survivors[*a] as usize]
+                        .id
+                        .cmp(&snapshot.hosts[survivors[*b] as usize].id)
+                })
             };
-            hosts.push(HostOutcome {
-                host: host.id.clone(),
-                name: host.name.clone(),
-                outcome: outcomes[i].take().unwrap_or(Outcome::NotCandidate {
-                    reason: "not evaluated".into(),
-                }),
-                score,
-                weights,
-            });
-        }
+            if keep < order.len() && keep > 0 {
+                order.select_nth_unstable_by(keep - 1, better);
+                order.truncate(keep);
+            }
+            order.sort_by(better);
+            order
+                .into_iter()
+                .map(|pos| {
+                    let index = survivors[pos];
+                    let host = &snapshot.hosts[index as usize];
+                    let (score, weights) = scored(pos);
+                    HostOutcome {
+                        host: host.id.clone(),
+                        name: host.name.clone(),
+                        outcome: outcome_of(index),
+                        score: Some(score),
+                        weights,
+                    }
+                })
+                .collect()
+        };
         let chosen = best.map(|i| &snapshot.hosts[i as usize]);
-        let summary = summarize(&hosts, chosen.map(|h| h.name.as_str()), survivors.len());
+        let summary = turned_away.summary(
+            snapshot.hosts.len(),
+            chosen.map(|h| h.name.as_str()),
+            survivors.len(),
+        );
         Ok(Decision {
             vm: request.vm.id.clone(),
             policy: self.name.clone(),
@@ -431,6 +512,101 @@ impl Policy {
             reservation: None,
             warnings: self.stale.iter().map(ToString::to_string).collect(),
         })
+    }
+}
+
+/// How many hosts a [`Detail::Summary`] decision lists (the chosen one and the runners-up).
+pub const SUMMARY_HOSTS: usize = 10;
+
+/// How much a [`Decision`] reports about the hosts it did not choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// Every host of the cluster in snapshot order, with its outcome (the rejecting filter,
+    /// code and detail), score and each weight's contribution: for what-if tools and the CLI.
+    #[default]
+    Full,
+    /// The chosen host and the best-scored runners-up (at most [`SUMMARY_HOSTS`], best
+    /// first) with scores and weights; hosts turned away appear only as counts in
+    /// [`Decision::summary`]. For engines placing many VMs on large clusters: the decision
+    /// is the same, without building an outcome for every host.
+    Summary,
+}
+
+/// Why a host was not a candidate at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotCandidate {
+    Status(HostStatus),
+    Blacklisted,
+    NotWhitelisted,
+    NotDedicated,
+}
+
+impl fmt::Display for NotCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotCandidate::Status(status) => write!(f, "host is {}", status.as_str()),
+            NotCandidate::Blacklisted => f.write_str("blacklisted"),
+            NotCandidate::NotWhitelisted => f.write_str("not in whitelist"),
+            NotCandidate::NotDedicated => f.write_str("not one of the VM's dedicated hosts"),
+        }
+    }
+}
+
+/// A group of hosts turned away for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GroupKey {
+    NotCandidate(NotCandidate),
+    /// Filter unit and reject code.
+    Rejected(Arc<str>, String),
+}
+
+/// Counts of the hosts turned away, by reason, with the first host of each group (the
+/// summary lists groups largest first, ties in host order).
+#[derive(Debug, Default)]
+struct TurnedAway {
+    groups: Vec<(GroupKey, usize, usize)>,
+}
+
+impl TurnedAway {
+    fn count(&mut self, key: GroupKey, first_host: usize, n: usize) {
+        match self.groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, first, count)) => {
+                *first = (*first).min(first_host);
+                *count += n;
+            }
+            None => self.groups.push((key, first_host, n)),
+        }
+    }
+
+    /// One line, e.g. `0/40 hosts available: 25 numa: not enough numa memory, ...`.
+    fn summary(mut self, total: usize, chosen: Option<&str>, available: usize) -> String {
+        let mut head = format!("{available}/{total} hosts available");
+        if let Some(name) = chosen {
+            head.push_str(&format!(", chose {name}"));
+        }
+        if self.groups.is_empty() {
+            return head;
+        }
+        self.groups
+            .sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+        let parts: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(key, _, n)| match key {
+                GroupKey::NotCandidate(reason) => format!("{n} {reason}"),
+                GroupKey::Rejected(unit, code) => {
+                    format!("{n} {unit}: {}", code.replace('_', " "))
+                }
+            })
+            .collect();
+        head.push_str(if chosen.is_some() {
+            "; not available: "
+        } else {
+            ": "
+        });
+        head.push_str(&parts.join(", "));
+        head
     }
 }
 
@@ -601,6 +777,11 @@ pub(crate) fn select(
 /// Rank of each penalty: the number of candidates with a strictly worse (higher) penalty,
 /// so the best of n distinct penalties gets n-1 and ties share a rank.
 pub(crate) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
+    // A unit that scores every host alike (common: a VM the unit does not apply to) ranks
+    // them all 0 without sorting.
+    if penalties.windows(2).all(|w| w[0] == w[1]) {
+        return vec![0; penalties.len()];
+    }
     let mut sorted: Vec<Penalty> = penalties.to_vec();
     sorted.sort_unstable();
     penalties
@@ -609,24 +790,29 @@ pub(crate) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
         .collect()
 }
 
+/// Orders two selector totals best first (`Less` = `a` is better): higher wins for the
+/// rank selector, lower for the sums.
+fn compare_totals(selector: SelectorKind, a: f64, b: f64) -> std::cmp::Ordering {
+    if selector == SelectorKind::Rank {
+        b.total_cmp(&a)
+    } else {
+        a.total_cmp(&b)
+    }
+}
+
 fn pick_best(
     selector: SelectorKind,
     totals: &[f64],
     survivors: &[HostIndex],
     snapshot: &policy_sdk::Snapshot,
 ) -> Option<HostIndex> {
-    let higher_wins = selector == SelectorKind::Rank;
     let mut best: Option<(usize, f64)> = None;
     for (pos, &total) in totals.iter().enumerate() {
         let better = match best {
             None => true,
             Some((b, bt)) => {
-                let ord = if higher_wins {
-                    total.total_cmp(&bt)
-                } else {
-                    bt.total_cmp(&total)
-                };
-                ord.is_gt()
+                let ord = compare_totals(selector, total, bt);
+                ord.is_lt()
                     || (ord.is_eq()
                         && snapshot.hosts[survivors[pos] as usize].id
                             < snapshot.hosts[survivors[b] as usize].id)
@@ -637,39 +823,6 @@ fn pick_best(
         }
     }
     best.map(|(pos, _)| survivors[pos])
-}
-
-fn summarize(hosts: &[HostOutcome], chosen: Option<&str>, available: usize) -> String {
-    let total = hosts.len();
-    let mut head = format!("{available}/{total} hosts available");
-    if let Some(name) = chosen {
-        head.push_str(&format!(", chose {name}"));
-    }
-    // Group the hosts that were turned away by (unit, reason), largest group first.
-    let mut groups: Vec<(String, usize)> = Vec::new();
-    for h in hosts {
-        let key = match &h.outcome {
-            Outcome::Rejected { unit, code, .. } => format!("{unit}: {}", code.replace('_', " ")),
-            Outcome::NotCandidate { reason } => reason.clone(),
-            _ => continue,
-        };
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => groups.push((key, 1)),
-        }
-    }
-    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
-    if groups.is_empty() {
-        return head;
-    }
-    let parts: Vec<String> = groups.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    head.push_str(if chosen.is_some() {
-        "; not available: "
-    } else {
-        ": "
-    });
-    head.push_str(&parts.join(", "));
-    head
 }
 
 impl fmt::Display for Decision {

@@ -3,7 +3,7 @@
 use integration_tests::{policy, runtime};
 use policy_sdk::testing::{host, snapshot, vm, XorShift};
 use policy_sdk::{AffinityPolarity, HostStatus, Snapshot, UnitKind};
-use wasmsched::{Cluster, Outcome, PlacementKind, Policy, Runtime, ScheduleRequest};
+use wasmsched::{Cluster, Detail, Outcome, PlacementKind, Policy, Runtime, ScheduleRequest};
 
 fn cluster(s: Snapshot) -> Cluster {
     Cluster::new(s, "<test>").unwrap()
@@ -361,4 +361,61 @@ fn runtime_is_shared_across_threads_and_evaluations_run_in_parallel() {
             });
         }
     });
+}
+
+/// A summary decision is the same decision as a full one (host, summary line, counts) and
+/// lists the chosen host and the best runners-up with the scores the full one gives them.
+#[test]
+fn summary_detail_decides_like_full_and_lists_the_best_hosts() {
+    let mut rng = XorShift::new(99);
+    let s = snapshot()
+        .hosts((0..60).map(|i| {
+            let h = host(&format!("h{i:02}"))
+                .memory_mb(2_048 + rng.below(16) * 1_024)
+                .cpu_usage(rng.below(100) as u32);
+            if i % 7 == 0 {
+                h.status(HostStatus::Maintenance)
+            } else {
+                h
+            }
+        }))
+        .build();
+    let c = cluster(s);
+    let policy = Policy::builtin_default(&runtime()).unwrap();
+    for memory in [1_024, 6_144, 12_288, 100_000] {
+        let request = ScheduleRequest::new(vm("v").memory_mb(memory).build());
+        let full = policy.evaluate(&c.view(), &request).unwrap();
+        let summary = policy
+            .evaluate(&c.view(), &request.clone().detail(Detail::Summary))
+            .unwrap();
+        assert_eq!(summary.chosen, full.chosen, "{memory}");
+        assert_eq!(summary.summary, full.summary, "{memory}");
+        assert_eq!(summary.available, full.available);
+        assert_eq!(full.hosts.len(), 60);
+        assert_eq!(
+            summary.hosts.len(),
+            full.available.min(wasmsched::SUMMARY_HOSTS)
+        );
+        if let Some(chosen) = &full.chosen {
+            assert_eq!(&summary.hosts[0].host, chosen);
+            assert_eq!(summary.hosts[0].outcome, Outcome::Chosen);
+        }
+        for pair in summary.hosts.windows(2) {
+            assert!(pair[0].score >= pair[1].score, "best first: {pair:?}");
+        }
+        for h in &summary.hosts {
+            let same = full.hosts.iter().find(|f| f.host == h.host).unwrap();
+            assert_eq!(h.score, same.score, "{}", h.host);
+            assert_eq!(h.weights.len(), same.weights.len());
+        }
+        // No listed host is worse than one left out.
+        if let Some(last) = summary.hosts.last() {
+            let listed: Vec<&str> = summary.hosts.iter().map(|h| h.host.as_str()).collect();
+            for f in &full.hosts {
+                if f.score.is_some() && !listed.contains(&f.host.as_str()) {
+                    assert!(f.score <= last.score, "{} left out", f.host);
+                }
+            }
+        }
+    }
 }
