@@ -64,13 +64,10 @@ fn decision(c: &mut Criterion) {
     let policies = [("wasm", &wasm), ("native", &native)];
     let plain = ScheduleRequest::new(vm("bench").memory_mb(4_096).vcpus(4).build());
     group(c, "decision", &plain, policies, |_, _| {});
-    group(
-        c,
-        "decision-hp",
-        &ScheduleRequest::new(hp_vm()),
-        policies,
-        |_, _| {},
-    );
+    let summary = plain.clone().detail(Detail::Summary);
+    group(c, "decision-summary", &summary, policies, |_, _| {});
+    let hp = ScheduleRequest::new(hp_vm()).detail(Detail::Summary);
+    group(c, "decision-hp-summary", &hp, policies, |_, _| {});
     group(
         c,
         "decision-after-pending-change",
