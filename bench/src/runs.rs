@@ -485,8 +485,11 @@ pub struct Scaling {
     pub pending: Vec<PendingPoint>,
 }
 
+/// A policy of the units series: filter names, and weight names with their factors.
+type UnitPolicy = (Vec<&'static str>, Vec<(&'static str, u32)>);
+
 /// The policies of the units series: 2, 6 and 12 (the default policy) units.
-fn unit_policies() -> Vec<(Vec<&'static str>, Vec<(&'static str, u32)>)> {
+fn unit_policies() -> Vec<UnitPolicy> {
     vec![
         (vec!["memory"], vec![("cpu-load", 1)]),
         (
