@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::hint::black_box;
 use std::path::Path;
 use wasmsched::files::Format;
-use wasmsched::{Cluster, ClusterView, PlacementKind, Policy, Runtime, ScheduleRequest};
+use wasmsched::{Cluster, ClusterView, Detail, PlacementKind, Policy, Runtime, ScheduleRequest};
 
 /// The two runtimes of a run: builtin wasm modules, and the same unit crates linked natively.
 #[derive(Debug)]
@@ -107,10 +107,16 @@ pub struct SizeLatency {
     pub iterations: usize,
     /// Untimed decisions per kind and backend before measuring.
     pub warmup: usize,
-    /// Per VM kind.
+    /// Per VM kind, decisions with a full report ([`Detail::Full`]: every host's outcome
+    /// and weights).
     pub kinds: Vec<KindLatency>,
-    /// Every kind's samples together.
+    /// Every kind's samples together ([`Detail::Full`]).
     pub overall: Comparison,
+    /// Per VM kind, summary decisions ([`Detail::Summary`]: the chosen host and the best
+    /// runners-up, what an engine placing VMs asks for). Same hosts chosen.
+    pub summary_kinds: Vec<KindLatency>,
+    /// Every kind's samples together ([`Detail::Summary`]).
+    pub summary_overall: Comparison,
 }
 
 /// Timed decisions per kind and backend at a cluster size.
@@ -134,38 +140,46 @@ pub fn latency(backends: &Backends, hosts: usize, quick: bool) -> Result<SizeLat
     let (cluster, pending) = synth::realistic_cluster(hosts)?;
     let view = cluster.view();
     let (warmup, iterations) = latency_iterations(hosts, quick);
-    let mut kinds = Vec::new();
-    let (mut all_w, mut all_n) = (Vec::new(), Vec::new());
-    for kind in VmKind::ALL {
-        let request = ScheduleRequest::new(kind.vm(&format!("probe-{}", kind.name())));
-        let w = wasm.evaluate(&view, &request)?;
-        let n = native.evaluate(&view, &request)?;
-        if w.available != n.available || w.chosen != n.chosen {
-            bail!(
-                "{} at {hosts} hosts: wasm and native disagree ({:?} of {} vs {:?} of {})",
-                kind.name(),
-                w.chosen,
-                w.available,
-                n.chosen,
-                n.available
-            );
+    let measure = |detail: Detail| -> Result<(Vec<KindLatency>, Comparison)> {
+        let mut kinds = Vec::new();
+        let (mut all_w, mut all_n) = (Vec::new(), Vec::new());
+        for kind in VmKind::ALL {
+            let request =
+                ScheduleRequest::new(kind.vm(&format!("probe-{}", kind.name()))).detail(detail);
+            let w = wasm.evaluate(&view, &request)?;
+            let n = native.evaluate(&view, &request)?;
+            if w.available != n.available || w.chosen != n.chosen {
+                bail!(
+                    "{} at {hosts} hosts: wasm and native disagree ({:?} of {} vs {:?} of {})",
+                    kind.name(),
+                    w.chosen,
+                    w.available,
+                    n.chosen,
+                    n.available
+                );
+            }
+            let (ws, ns) = paired((&wasm, &native), &view, &request, warmup, iterations)?;
+            all_w.extend_from_slice(&ws);
+            all_n.extend_from_slice(&ns);
+            kinds.push(KindLatency {
+                kind,
+                available_hosts: w.available,
+                comparison: Comparison::of(&ws, &ns),
+            });
         }
-        let (ws, ns) = paired((&wasm, &native), &view, &request, warmup, iterations)?;
-        all_w.extend_from_slice(&ws);
-        all_n.extend_from_slice(&ns);
-        kinds.push(KindLatency {
-            kind,
-            available_hosts: w.available,
-            comparison: Comparison::of(&ws, &ns),
-        });
-    }
+        Ok((kinds, Comparison::of(&all_w, &all_n)))
+    };
+    let (summary_kinds, summary_overall) = measure(Detail::Summary)?;
+    let (kinds, overall) = measure(Detail::Full)?;
     Ok(SizeLatency {
         hosts,
         pending,
         iterations,
         warmup,
         kinds,
-        overall: Comparison::of(&all_w, &all_n),
+        overall,
+        summary_kinds,
+        summary_overall,
     })
 }
 
@@ -206,7 +220,7 @@ pub fn mass_start(backends: &Backends, vms: usize, hosts: usize, runs: usize) ->
     let (wasm, native) = backends.default_policies()?;
     let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "mass")
         .into_iter()
-        .map(ScheduleRequest::new)
+        .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
         .collect();
     let snapshot = synth::snapshot_of(hosts);
     let mut results: [(Vec<f64>, usize, usize); 2] = Default::default();

@@ -285,6 +285,58 @@ pub fn allocate_dedicated(host: &Host, vm: &Vm) -> Result<Vec<u32>, AllocationSh
     )
 }
 
+/// Whether [`allocate_dedicated`] would succeed on `host`, with the same shortfall, without
+/// building the allocation: counts free online pCPUs (or whole free cores) with a bitmap of
+/// the taken ones. What the `cpu-pinning` filter runs on every candidate.
+pub fn check_dedicated(host: &Host, vm: &Vm) -> Result<(), AllocationShortfall> {
+    if !is_exclusive(vm.cpu_pinning_policy) {
+        return Ok(());
+    }
+    let threads = host.cpu.threads() as usize;
+    let words = threads.div_ceil(64);
+    let mut usable = vec![0u64; words];
+    let mut set = |cpu: u32, on: bool| {
+        let cpu = cpu as usize;
+        if cpu < threads {
+            if on {
+                usable[cpu / 64] |= 1 << (cpu % 64);
+            } else {
+                usable[cpu / 64] &= !(1 << (cpu % 64));
+            }
+        }
+    };
+    if host.online_cpus.is_empty() {
+        (0..threads as u32).for_each(|c| set(c, true));
+    } else {
+        host.online_cpus.iter().for_each(|&c| set(c, true));
+    }
+    host.dedicated_cpus
+        .iter()
+        .chain(&host.pending.pinned_cpus)
+        .for_each(|&c| set(c, false));
+    let want = vm.vcpus() as usize;
+    let (free, unit) = if vm.cpu_pinning_policy == PinningPolicy::IsolateThreads {
+        let tpc = host.cpu.threads_per_core.max(1) as usize;
+        let whole = (0..threads / tpc)
+            .filter(|core| {
+                (core * tpc..core * tpc + tpc).all(|c| usable[c / 64] & (1 << (c % 64)) != 0)
+            })
+            .count();
+        (whole, "whole free core(s)")
+    } else {
+        let free = usable.iter().map(|w| w.count_ones() as usize).sum();
+        (free, "free online pCPU(s)")
+    };
+    if free >= want {
+        Ok(())
+    } else {
+        Err(AllocationShortfall {
+            needed: format!("{want} {unit}"),
+            free: format!("{free}"),
+        })
+    }
+}
+
 /// Like [`allocate_dedicated`], with the vCPUs of each placed vNUMA node taken from the CPUs
 /// of the host node it was assigned to (the VM's other vCPUs anywhere), so a dedicated VM's
 /// pCPUs sit with its memory. Falls back to [`allocate_dedicated`] when the nodes lack the
@@ -475,148 +527,238 @@ impl NumaFit {
 /// same vNUMA nodes) are tried once per level; states already known to fail are remembered.
 /// After [`NUMA_SEARCH_STEP_LIMIT`] steps it answers [`NumaFit::SearchLimit`].
 pub fn find_numa_assignment(vm: &Vm, host: &Host, pinning: Option<&CpuPinning>) -> NumaFit {
-    let pinned: Vec<&crate::VNumaNode> = vm
-        .numa_nodes
-        .iter()
-        .filter(|n| !n.pinned_host_nodes.is_empty())
-        .collect();
-    if pinned.is_empty() {
-        return NumaFit::NotPinned;
-    }
-    if host.numa_nodes.is_empty() {
-        return NumaFit::NoNumaSupport;
-    }
-    for v in &pinned {
-        if let Some(&missing) = v
-            .pinned_host_nodes
+    NumaRequest::new(vm, pinning).fit(host)
+}
+
+/// One pinned vNUMA node, as the search sees it.
+#[derive(Debug, Clone)]
+struct PinnedNode {
+    vnode: u32,
+    memory_mb: u64,
+    /// Memory in MiB, or pages of the VM's hugepage size.
+    demand: u64,
+    /// Allowed host node ids, sorted, without duplicates.
+    allowed: Vec<u32>,
+    /// The pinned pCPU sets of the node's vCPUs (for the CPU-pinning rule).
+    pinned_pcpus: Vec<Vec<u32>>,
+}
+
+/// [`find_numa_assignment`] prepared once per VM, for checking many hosts: what depends
+/// only on the VM (which vNUMA nodes are pinned, their demand, their allowed host nodes and
+/// CPU pinning) is worked out here, so [`NumaRequest::fit`] does per-host work only. When
+/// every pinned vNUMA node may go to exactly one host node there is nothing to search: the
+/// demand per host node is summed and compared with its room.
+#[derive(Debug, Clone)]
+pub struct NumaRequest {
+    /// Largest demand first.
+    items: Vec<PinnedNode>,
+    page_kb: Option<u64>,
+    strict: bool,
+    /// Apply the CPU-pinning rule.
+    pinned_cpus: bool,
+}
+
+impl NumaRequest {
+    /// Prepares the check of `vm`'s pinned vNUMA nodes, with the CPU-pinning rule when
+    /// `pinning` is given.
+    pub fn new(vm: &Vm, pinning: Option<&CpuPinning>) -> Self {
+        let page_kb = vm.hugepage_size_kb.filter(|&s| s > 0);
+        let mut items: Vec<PinnedNode> = vm
+            .numa_nodes
             .iter()
-            .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
-        {
-            return NumaFit::MissingHostNode {
-                vnode: v.index,
-                host_node: missing,
-            };
+            .filter(|n| !n.pinned_host_nodes.is_empty())
+            .map(|n| {
+                let mut allowed = n.pinned_host_nodes.clone();
+                allowed.sort_unstable();
+                allowed.dedup();
+                let pinned_pcpus = match pinning {
+                    Some(p) => n
+                        .cpus
+                        .iter()
+                        .filter_map(|&c| p.pcpus_of(c).map(<[u32]>::to_vec))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                PinnedNode {
+                    vnode: n.index,
+                    memory_mb: n.memory_mb,
+                    demand: match page_kb {
+                        Some(size) => n.memory_mb.saturating_mul(1024).div_ceil(size),
+                        None => n.memory_mb,
+                    },
+                    allowed,
+                    pinned_pcpus,
+                }
+            })
+            .collect();
+        // Missing-node and mismatch reports name the first vNUMA node in VM order, so keep
+        // that order for the checks and sort a copy for the search.
+        items.sort_by(|a, b| b.demand.cmp(&a.demand).then(a.vnode.cmp(&b.vnode)));
+        Self {
+            items,
+            page_kb,
+            strict: vm.numa_tune == NumaTuneMode::Strict,
+            pinned_cpus: pinning.is_some(),
         }
     }
-    // Host nodes in play, with their room.
-    let page_kb = vm.hugepage_size_kb.filter(|&s| s > 0);
-    let mut node_ids: Vec<u32> = pinned
-        .iter()
-        .flat_map(|v| v.pinned_host_nodes.iter().copied())
-        .collect();
-    node_ids.sort_unstable();
-    node_ids.dedup();
-    let room: Vec<u64> = node_ids
-        .iter()
-        .map(|&id| {
+
+    /// Whether the VM has any vNUMA node pinned to host nodes.
+    pub fn applies(&self) -> bool {
+        !self.items.is_empty()
+    }
+
+    /// The room of host node `id`: free memory minus pending NUMA memory, or free pages of
+    /// the VM's size. `None` when the host lacks the node.
+    fn room(&self, host: &Host, id: u32) -> Option<u64> {
+        let node = host.numa_nodes.iter().find(|n| n.index == id)?;
+        Some(match self.page_kb {
+            Some(size) => node
+                .free_hugepages
+                .iter()
+                .filter(|p| p.size_kb == size)
+                .map(|p| p.count)
+                .sum(),
+            None => node
+                .free_memory_mb
+                .saturating_sub(host.pending.numa_memory_of(id)),
+        })
+    }
+
+    /// Matches the pinned vNUMA nodes to `host`'s nodes (see [`find_numa_assignment`]).
+    pub fn fit(&self, host: &Host) -> NumaFit {
+        if self.items.is_empty() {
+            return NumaFit::NotPinned;
+        }
+        if host.numa_nodes.is_empty() {
+            return NumaFit::NoNumaSupport;
+        }
+        // Checks in vNUMA node order.
+        let mut by_vnode: Vec<&PinnedNode> = self.items.iter().collect();
+        by_vnode.sort_by_key(|i| i.vnode);
+        for item in &by_vnode {
+            if let Some(&missing) = item
+                .allowed
+                .iter()
+                .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
+            {
+                return NumaFit::MissingHostNode {
+                    vnode: item.vnode,
+                    host_node: missing,
+                };
+            }
+        }
+        // Allowed nodes per item on this host (the CPU-pinning rule depends on the host's
+        // node CPUs); a vNUMA node left with none is reported, first in vNUMA order.
+        let pins_agree = |item: &PinnedNode, id: u32| {
             let node = host
                 .numa_nodes
                 .iter()
                 .find(|n| n.index == id)
                 .expect("checked above");
-            match page_kb {
-                Some(size) => node
-                    .free_hugepages
-                    .iter()
-                    .filter(|p| p.size_kb == size)
-                    .map(|p| p.count)
-                    .sum(),
-                None => node
-                    .free_memory_mb
-                    .saturating_sub(host.pending.numa_memory_of(id)),
-            }
-        })
-        .collect();
-    // Demands and allowed node positions, largest demand first.
-    struct Item {
-        vnode: u32,
-        memory_mb: u64,
-        demand: u64,
-        allowed: Vec<usize>,
-    }
-    let mut items = Vec::with_capacity(pinned.len());
-    for v in &pinned {
-        let demand = match page_kb {
-            Some(size) => v.memory_mb.saturating_mul(1024).div_ceil(size),
-            None => v.memory_mb,
-        };
-        let mut allowed: Vec<usize> = v
-            .pinned_host_nodes
-            .iter()
-            .map(|h| node_ids.binary_search(h).expect("collected above"))
-            .collect();
-        allowed.sort_unstable();
-        allowed.dedup();
-        if let Some(pinning) = pinning {
-            allowed.retain(|&pos| {
-                let node = host
-                    .numa_nodes
-                    .iter()
-                    .find(|n| n.index == node_ids[pos])
-                    .expect("checked above");
-                v.cpus.iter().all(|&vcpu| match pinning.pcpus_of(vcpu) {
-                    Some(pcpus) => pcpus.iter().any(|p| node.cpus.contains(p)),
-                    None => true,
-                })
-            });
-            if allowed.is_empty() {
-                return NumaFit::PinningMismatch { vnode: v.index };
-            }
-        }
-        items.push(Item {
-            vnode: v.index,
-            memory_mb: v.memory_mb,
-            demand,
-            allowed,
-        });
-    }
-    items.sort_by(|a, b| b.demand.cmp(&a.demand).then(a.vnode.cmp(&b.vnode)));
-
-    // Host nodes allowed for the same set of vNUMA nodes are interchangeable.
-    let mut class_of: Vec<Vec<usize>> = vec![Vec::new(); node_ids.len()];
-    for (i, item) in items.iter().enumerate() {
-        for &pos in &item.allowed {
-            class_of[pos].push(i);
-        }
-    }
-    let mut class_ids: HashMap<&Vec<usize>, usize> = HashMap::new();
-    let class: Vec<usize> = class_of
-        .iter()
-        .map(|c| {
-            let next = class_ids.len();
-            *class_ids.entry(c).or_insert(next)
-        })
-        .collect();
-
-    let demands: Vec<u64> = items.iter().map(|i| i.demand).collect();
-    let allowed: Vec<&[usize]> = items.iter().map(|i| i.allowed.as_slice()).collect();
-    let mut search = Search::new(&demands, &allowed, &class);
-    let mut remaining = room.clone();
-    let strict = vm.numa_tune == NumaTuneMode::Strict;
-    match search.run(0, &mut remaining) {
-        Some(true) => {
-            let mut out: Vec<NodePlacement> = items
+            item.pinned_pcpus
                 .iter()
-                .zip(&search.chosen)
-                .map(|(item, &pos)| NodePlacement {
-                    vnode: item.vnode,
-                    host_node: node_ids[pos],
-                    memory_mb: item.memory_mb,
+                .all(|pcpus| pcpus.iter().any(|p| node.cpus.contains(p)))
+        };
+        if self.pinned_cpus {
+            if let Some(item) = by_vnode
+                .iter()
+                .find(|i| !i.allowed.iter().any(|&id| pins_agree(i, id)))
+            {
+                return NumaFit::PinningMismatch { vnode: item.vnode };
+            }
+        }
+        let allowed: Vec<Vec<u32>> = self
+            .items
+            .iter()
+            .map(|item| {
+                if self.pinned_cpus {
+                    item.allowed
+                        .iter()
+                        .copied()
+                        .filter(|&id| pins_agree(item, id))
+                        .collect()
+                } else {
+                    item.allowed.clone()
+                }
+            })
+            .collect();
+
+        // Host nodes in play and their room.
+        let mut node_ids: Vec<u32> = allowed.iter().flatten().copied().collect();
+        node_ids.sort_unstable();
+        node_ids.dedup();
+        let room: Vec<u64> = node_ids
+            .iter()
+            .map(|&id| self.room(host, id).expect("checked above"))
+            .collect();
+        let positions: Vec<Vec<usize>> = allowed
+            .iter()
+            .map(|a| {
+                a.iter()
+                    .map(|h| node_ids.binary_search(h).expect("collected above"))
+                    .collect()
+            })
+            .collect();
+        let demands: Vec<u64> = self.items.iter().map(|i| i.demand).collect();
+
+        let found = if positions.iter().all(|p| p.len() == 1) {
+            // Nothing to choose: each node's demand is summed and compared with its room.
+            let mut used = vec![0u64; node_ids.len()];
+            for (p, d) in positions.iter().zip(&demands) {
+                used[p[0]] = used[p[0]].saturating_add(*d);
+            }
+            let fits = used.iter().zip(&room).all(|(u, r)| u <= r);
+            Some(fits.then(|| positions.iter().map(|p| p[0]).collect::<Vec<usize>>()))
+        } else {
+            // Host nodes allowed for the same set of vNUMA nodes are interchangeable.
+            let mut class_of: Vec<Vec<usize>> = vec![Vec::new(); node_ids.len()];
+            for (i, p) in positions.iter().enumerate() {
+                for &pos in p {
+                    class_of[pos].push(i);
+                }
+            }
+            let class: Vec<usize> = (0..node_ids.len())
+                .map(|pos| {
+                    (0..=pos)
+                        .find(|&other| class_of[other] == class_of[pos])
+                        .expect("pos itself matches")
                 })
                 .collect();
-            out.sort_by_key(|p| p.vnode);
-            NumaFit::Fits(out)
-        }
-        _ if !strict => NumaFit::FitsLoosely,
-        Some(false) => NumaFit::NoRoom {
-            resource: match page_kb {
-                Some(size) => format!("{size} KiB hugepages"),
-                None => "memory".to_string(),
+            let allowed_refs: Vec<&[usize]> = positions.iter().map(Vec::as_slice).collect();
+            let mut search = Search::new(&demands, &allowed_refs, &class);
+            let mut remaining = room.clone();
+            match search.run(0, &mut remaining) {
+                Some(true) => Some(Some(search.chosen)),
+                Some(false) => Some(None),
+                None => None,
+            }
+        };
+        match found {
+            Some(Some(chosen)) => {
+                let mut out: Vec<NodePlacement> = self
+                    .items
+                    .iter()
+                    .zip(chosen)
+                    .map(|(item, pos)| NodePlacement {
+                        vnode: item.vnode,
+                        host_node: node_ids[pos],
+                        memory_mb: item.memory_mb,
+                    })
+                    .collect();
+                out.sort_by_key(|p| p.vnode);
+                NumaFit::Fits(out)
+            }
+            _ if !self.strict => NumaFit::FitsLoosely,
+            Some(None) => NumaFit::NoRoom {
+                resource: match self.page_kb {
+                    Some(size) => format!("{size} KiB hugepages"),
+                    None => "memory".to_string(),
+                },
+                needed: demands.iter().sum(),
+                free: room.iter().sum(),
             },
-            needed: demands.iter().sum(),
-            free: room.iter().sum(),
-        },
-        None => NumaFit::SearchLimit,
+            None => NumaFit::SearchLimit,
+        }
     }
 }
 
@@ -645,7 +787,7 @@ impl<'a> Search<'a> {
             allowed,
             class,
             usable_from,
-            failed: vec![HashSet::new(); demands.len()],
+            failed: (0..demands.len()).map(|_| HashSet::new()).collect(),
             steps: 0,
             chosen: vec![0; demands.len()],
         }
@@ -902,6 +1044,39 @@ mod tests {
             allocate_dedicated_on_nodes(&crowded, &v, &placements),
             allocate_dedicated(&crowded, &v)
         );
+    }
+
+    /// The filter's counting check agrees with the allocation on random hosts.
+    #[test]
+    fn check_dedicated_agrees_with_allocation() {
+        let mut rng = XorShift::new(5);
+        for case in 0..2_000 {
+            let (sockets, cores, tpc) = (
+                1 + rng.below(2) as u32,
+                1 + rng.below(4) as u32,
+                1 + rng.below(2) as u32,
+            );
+            let threads = sockets * cores * tpc;
+            let mut h = host("h").cpu(sockets, cores, tpc);
+            if rng.below(2) == 0 {
+                h = h.online_cpus((0..threads).filter(|_| rng.below(5) > 0));
+            }
+            let h = h
+                .dedicated_cpus((0..threads).filter(|_| rng.below(4) == 0))
+                .pending_pinned_cpus((0..threads + 2).filter(|_| rng.below(5) == 0))
+                .build();
+            let policy =
+                [PinningPolicy::Dedicated, PinningPolicy::IsolateThreads][rng.below(2) as usize];
+            let v = vm("v")
+                .vcpus(1 + rng.below(threads as u64 + 1) as u32)
+                .pinning_policy(policy)
+                .build();
+            assert_eq!(
+                check_dedicated(&h, &v),
+                allocate_dedicated(&h, &v).map(|_| ()),
+                "case {case}"
+            );
+        }
     }
 
     fn numa_host() -> crate::testing::HostBuilder {

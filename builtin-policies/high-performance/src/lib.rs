@@ -19,7 +19,7 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
-use policy_sdk::topology::{self, CpuPinning, NumaFit};
+use policy_sdk::topology::{self, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Vm, Weight};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -79,16 +79,95 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 #[derive(Debug, Default)]
 pub struct CpuLevelFilter;
 
+/// Flag names up to this many bytes are compared as one integer.
+const SHORT_FLAG: usize = 15;
+
+/// A short flag name as an integer: its length in the top byte, its bytes below. Equal
+/// keys mean equal names; the order is only used for binary search.
+fn flag_key(name: &str) -> Option<u128> {
+    let bytes = name.as_bytes();
+    if bytes.len() > SHORT_FLAG {
+        return None;
+    }
+    let mut buf = [0u8; 16];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[15] = bytes.len() as u8;
+    Some(u128::from_le_bytes(buf))
+}
+
+/// The required flags, prepared once per call: short names as sorted integer keys (a host
+/// flag costs one key and a binary search over integers, no string comparison), longer
+/// names compared as strings.
+struct RequiredFlags<'a> {
+    /// Sorted, without duplicates (for the reject detail).
+    names: Vec<&'a str>,
+    /// (key, index into `names`), sorted by key.
+    short: Vec<(u128, usize)>,
+    /// (name, index into `names`).
+    long: Vec<(&'a str, usize)>,
+}
+
+impl<'a> RequiredFlags<'a> {
+    fn new(names: Vec<&'a str>) -> Self {
+        let mut short = Vec::new();
+        let mut long = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match flag_key(name) {
+                Some(key) => short.push((key, i)),
+                None => long.push((*name, i)),
+            }
+        }
+        short.sort_unstable();
+        Self { names, short, long }
+    }
+}
+
 impl CpuLevelFilter {
-    fn verdict(required: &[&str], vm: &Vm, host: &Host) -> Verdict {
-        let missing: Vec<&str> = required
-            .iter()
-            .copied()
-            .filter(|r| !host.cpu_flags.iter().any(|f| f == r))
-            .collect();
-        if missing.is_empty() {
+    fn verdict(required: &RequiredFlags<'_>, vm: &Vm, host: &Host) -> Verdict {
+        // Marks each required flag the host has. The common case, a host with every flag,
+        // allocates nothing (up to 64 required flags).
+        let n = required.names.len();
+        let mut small = 0u64;
+        let mut large = if n > 64 { vec![false; n] } else { Vec::new() };
+        let mut mark = |i: usize| match large.get_mut(i) {
+            Some(seen) => *seen = true,
+            None => small |= 1 << i,
+        };
+        for flag in &host.cpu_flags {
+            match flag_key(flag) {
+                Some(key) => {
+                    if let Ok(at) = required.short.binary_search_by_key(&key, |&(k, _)| k) {
+                        mark(required.short[at].1);
+                    }
+                }
+                None => {
+                    if let Some(&(_, i)) = required.long.iter().find(|(name, _)| name == flag) {
+                        mark(i);
+                    }
+                }
+            }
+        }
+        let found = |i: usize| {
+            large
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| small & (1 << i) != 0)
+        };
+        let count = if large.is_empty() {
+            small.count_ones() as usize
+        } else {
+            large.iter().filter(|&&seen| seen).count()
+        };
+        if count == n {
             return Verdict::Pass;
         }
+        let missing: Vec<&str> = required
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !found(*i))
+            .map(|(_, r)| *r)
+            .collect();
         let what = if vm.cpu_passthrough {
             "the VM's current CPU".to_string()
         } else {
@@ -112,7 +191,7 @@ impl Filter for CpuLevelFilter {
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match required_flags(ctx.snapshot(), vm) {
-            Some(required) => Self::verdict(&required, vm, host),
+            Some(required) => Self::verdict(&RequiredFlags::new(required), vm, host),
             None => Verdict::Pass,
         }
     }
@@ -125,11 +204,14 @@ impl Filter for CpuLevelFilter {
         out: &mut Vec<Verdict>,
     ) {
         match required_flags(ctx.snapshot(), vm) {
-            Some(required) => out.extend(
-                candidates
-                    .iter()
-                    .map(|&i| Self::verdict(&required, vm, ctx.host(i))),
-            ),
+            Some(required) => {
+                let required = RequiredFlags::new(required);
+                out.extend(
+                    candidates
+                        .iter()
+                        .map(|&i| Self::verdict(&required, vm, ctx.host(i))),
+                )
+            }
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
     }
@@ -239,7 +321,7 @@ impl CpuPinningFilter {
             }
         }
         if exclusive {
-            if let Err(short) = topology::allocate_dedicated(host, vm) {
+            if let Err(short) = topology::check_dedicated(host, vm) {
                 return Verdict::reject("not_enough_free_pcpus", short.to_string());
             }
         }
@@ -291,8 +373,8 @@ fn has_pinned_vnuma(vm: &Vm) -> bool {
 pub struct NumaFilter;
 
 impl NumaFilter {
-    fn verdict(vm: &Vm, host: &Host) -> Verdict {
-        match topology::find_numa_assignment(vm, host, None) {
+    fn verdict(request: &NumaRequest, host: &Host) -> Verdict {
+        match request.fit(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
             NumaFit::NoNumaSupport => Verdict::reject(
                 "no_numa_support",
@@ -346,7 +428,7 @@ impl Filter for NumaFilter {
          their memory (after pending NUMA memory)";
 
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(vm, host)
+        Self::verdict(&NumaRequest::new(vm, None), host)
     }
 
     fn check_all(
@@ -357,7 +439,12 @@ impl Filter for NumaFilter {
         out: &mut Vec<Verdict>,
     ) {
         if has_pinned_vnuma(vm) {
-            out.extend(candidates.iter().map(|&i| Self::verdict(vm, ctx.host(i))));
+            let request = NumaRequest::new(vm, None);
+            out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::verdict(&request, ctx.host(i))),
+            );
         } else {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
         }
@@ -437,8 +524,8 @@ impl Filter for HugePagesFilter {
 pub struct CpuAndNumaPinningWeight;
 
 impl CpuAndNumaPinningWeight {
-    fn penalty_with(vm: &Vm, pinning: Option<&CpuPinning>, host: &Host) -> i64 {
-        match topology::find_numa_assignment(vm, host, pinning) {
+    fn penalty_with(request: &NumaRequest, host: &Host) -> i64 {
+        match request.fit(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) => FITS,
             _ => DOES_NOT_FIT,
         }
@@ -453,7 +540,7 @@ impl Weight for CpuAndNumaPinningWeight {
 
     fn penalty(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> i64 {
         let pinning = CpuPinning::of_vm(vm).ok().flatten();
-        Self::penalty_with(vm, pinning.as_ref(), host)
+        Self::penalty_with(&NumaRequest::new(vm, pinning.as_ref()), host)
     }
 
     fn penalty_all(
@@ -468,10 +555,11 @@ impl Weight for CpuAndNumaPinningWeight {
             return;
         }
         let pinning = CpuPinning::of_vm(vm).ok().flatten();
+        let request = NumaRequest::new(vm, pinning.as_ref());
         out.extend(
             candidates
                 .iter()
-                .map(|&i| Self::penalty_with(vm, pinning.as_ref(), ctx.host(i))),
+                .map(|&i| Self::penalty_with(&request, ctx.host(i))),
         );
     }
 }

@@ -532,3 +532,39 @@ fn manifest_lists_every_unit() {
         ]
     );
 }
+
+/// More required flags than the 64-bit fast path holds: the same answers.
+#[test]
+fn cpu_level_with_more_than_64_required_flags() {
+    let names: Vec<String> = (0..70).map(|i| format!("f{i:02}")).collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = s_flags(&all);
+    let without: Vec<&str> = all.iter().copied().filter(|f| *f != "f42").collect();
+    let ctx = Context::new(&s, &[], CpuLevelFilter::NAME);
+    let v = vm("v").build();
+    let full = host("h").cpu_flags(&all).build();
+    assert_eq!(CpuLevelFilter.check(&ctx, &v, &full), Verdict::Pass);
+    let short = host("h").cpu_flags(&without).build();
+    assert_eq!(
+        code(&CpuLevelFilter.check(&ctx, &v, &short)),
+        "missing_cpu_flags: missing flags of the cluster CPU model: f42"
+    );
+}
+
+/// Flag names longer than the integer fast path are compared as strings, with the same
+/// answers.
+#[test]
+fn cpu_level_with_long_flag_names() {
+    let s = s_flags(&["avx512_vp2intersect", "sse4_2", "amx_bf16_extended_x"]);
+    let ctx = Context::new(&s, &[], CpuLevelFilter::NAME);
+    let v = vm("v").build();
+    let has = host("h")
+        .cpu_flags(&["amx_bf16_extended_x", "sse4_2", "avx512_vp2intersect", "x"])
+        .build();
+    assert_eq!(CpuLevelFilter.check(&ctx, &v, &has), Verdict::Pass);
+    let lacks = host("h").cpu_flags(&["sse4_2", "avx512_vp2intersec"]).build();
+    assert_eq!(
+        code(&CpuLevelFilter.check(&ctx, &v, &lacks)),
+        "missing_cpu_flags: missing flags of the cluster CPU model: amx_bf16_extended_x, avx512_vp2intersect"
+    );
+}
