@@ -104,6 +104,10 @@ impl RuntimeBuilder {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("WASMSCHED_PERFMAP").is_some() {
+            // `perf` then names guest functions (writes /tmp/perf-<pid>.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         abi::link_host_functions(&mut linker).map_err(|e| Error::Engine(format!("{e:#}")))?;

@@ -82,17 +82,27 @@ pub struct CpuLevelFilter;
 /// Flag names up to this many bytes are compared as one integer.
 const SHORT_FLAG: usize = 15;
 
-/// A short flag name as an integer: its length in the top byte, its bytes below. Equal
-/// keys mean equal names; the order is only used for binary search.
-fn flag_key(name: &str) -> Option<u128> {
+/// A short flag name as two integers: its bytes, and its length in the top byte. Equal
+/// keys mean equal names; the order is only used for binary search. (Two `u64`s rather than
+/// a `u128`: wasm has no 128-bit shifts, they would be helper calls.)
+fn flag_key(name: &str) -> Option<(u64, u64)> {
     let bytes = name.as_bytes();
     if bytes.len() > SHORT_FLAG {
         return None;
     }
-    let mut buf = [0u8; 16];
-    buf[..bytes.len()].copy_from_slice(bytes);
-    buf[15] = bytes.len() as u8;
-    Some(u128::from_le_bytes(buf))
+    // Byte loops rather than slice copies: in wasm a variable-length copy is a call into
+    // the runtime, which would cost more than the whole comparison.
+    let split = bytes.len().min(8);
+    let mut lo = 0u64;
+    for &b in bytes[..split].iter().rev() {
+        lo = (lo << 8) | u64::from(b);
+    }
+    let mut hi = 0u64;
+    for &b in bytes[split..].iter().rev() {
+        hi = (hi << 8) | u64::from(b);
+    }
+    hi |= (bytes.len() as u64) << 56;
+    Some((lo, hi))
 }
 
 /// The required flags, prepared once per call: short names as sorted integer keys (a host
@@ -101,8 +111,11 @@ fn flag_key(name: &str) -> Option<u128> {
 struct RequiredFlags<'a> {
     /// Sorted, without duplicates (for the reject detail).
     names: Vec<&'a str>,
-    /// (key, index into `names`), sorted by key.
-    short: Vec<(u128, usize)>,
+    /// (key, index into `names`).
+    short: Vec<((u64, u64), usize)>,
+    /// Bit `n` set when a short required name has `n` bytes: host flags of other lengths
+    /// are skipped without building their key.
+    short_lengths: u16,
     /// (name, index into `names`).
     long: Vec<(&'a str, usize)>,
 }
@@ -111,14 +124,22 @@ impl<'a> RequiredFlags<'a> {
     fn new(names: Vec<&'a str>) -> Self {
         let mut short = Vec::new();
         let mut long = Vec::new();
+        let mut short_lengths = 0u16;
         for (i, name) in names.iter().enumerate() {
             match flag_key(name) {
-                Some(key) => short.push((key, i)),
+                Some(key) => {
+                    short.push((key, i));
+                    short_lengths |= 1 << name.len();
+                }
                 None => long.push((*name, i)),
             }
         }
-        short.sort_unstable();
-        Self { names, short, long }
+        Self {
+            names,
+            short,
+            short_lengths,
+            long,
+        }
     }
 }
 
@@ -129,22 +150,38 @@ impl CpuLevelFilter {
         let n = required.names.len();
         let mut small = 0u64;
         let mut large = if n > 64 { vec![false; n] } else { Vec::new() };
-        let mut mark = |i: usize| match large.get_mut(i) {
-            Some(seen) => *seen = true,
-            None => small |= 1 << i,
+        let mut count = 0;
+        let mut mark = |i: usize| {
+            let fresh = match large.get_mut(i) {
+                Some(seen) => !std::mem::replace(seen, true),
+                None => {
+                    let fresh = small & (1 << i) == 0;
+                    small |= 1 << i;
+                    fresh
+                }
+            };
+            fresh as usize
         };
         for flag in &host.cpu_flags {
+            if flag.len() <= SHORT_FLAG && required.short_lengths & (1 << flag.len()) == 0 {
+                continue;
+            }
             match flag_key(flag) {
                 Some(key) => {
-                    if let Ok(at) = required.short.binary_search_by_key(&key, |&(k, _)| k) {
-                        mark(required.short[at].1);
+                    // A linear scan: a dozen integer comparisons, predictable branches.
+                    if let Some(&(_, i)) = required.short.iter().find(|(k, _)| *k == key) {
+                        count += mark(i);
                     }
                 }
                 None => {
                     if let Some(&(_, i)) = required.long.iter().find(|(name, _)| name == flag) {
-                        mark(i);
+                        count += mark(i);
                     }
                 }
+            }
+            if count == n {
+                // Every required flag found: the host's other flags do not matter.
+                return Verdict::Pass;
             }
         }
         let found = |i: usize| {
@@ -153,14 +190,6 @@ impl CpuLevelFilter {
                 .copied()
                 .unwrap_or_else(|| small & (1 << i) != 0)
         };
-        let count = if large.is_empty() {
-            small.count_ones() as usize
-        } else {
-            large.iter().filter(|&&seen| seen).count()
-        };
-        if count == n {
-            return Verdict::Pass;
-        }
         let missing: Vec<&str> = required
             .names
             .iter()
