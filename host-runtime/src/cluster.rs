@@ -13,6 +13,7 @@ use crate::files;
 use crate::lifecycle::Ledger;
 use policy_sdk::abi::Change;
 use policy_sdk::codec;
+use policy_sdk::index::{SnapshotIndex, Touched};
 use policy_sdk::{HostIndex, HostStatus, Snapshot};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -47,6 +48,9 @@ struct State {
     log: VecDeque<LogEntry>,
     /// Host id -> index, kept in step with the snapshot's host list.
     index: HashMap<String, HostIndex>,
+    /// Data derived from the snapshot for native units (host CPU flags as bit sets), kept
+    /// in step like the guests keep theirs.
+    derived: Arc<SnapshotIndex>,
 }
 
 fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
@@ -69,12 +73,18 @@ struct LogEntry {
 pub struct ClusterView {
     pub(crate) shared: Arc<ClusterShared>,
     snapshot: Arc<Snapshot>,
+    derived: Arc<SnapshotIndex>,
 }
 
 impl ClusterView {
     /// The snapshot.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// Data derived from the snapshot (see [`policy_sdk::index`]), what native units get.
+    pub fn derived(&self) -> &SnapshotIndex {
+        &self.derived
     }
 
     /// The epoch of the snapshot.
@@ -98,10 +108,12 @@ impl ClusterView {
                     index: index_hosts(&snapshot),
                     snapshot: Arc::new(Snapshot::default()),
                     log: VecDeque::new(),
+                    derived: Arc::default(),
                 }),
                 full_cache: Mutex::new(None),
                 ledger: Mutex::new(Ledger::default()),
             }),
+            derived: Arc::new(SnapshotIndex::build(&snapshot)),
             snapshot: Arc::new(snapshot),
         }
     }
@@ -171,6 +183,7 @@ impl Cluster {
                 uid: NEXT_CLUSTER_UID.fetch_add(1, Ordering::Relaxed),
                 state: RwLock::new(State {
                     index: index_hosts(&snapshot),
+                    derived: Arc::new(SnapshotIndex::build(&snapshot)),
                     snapshot: Arc::new(snapshot),
                     log: VecDeque::new(),
                 }),
@@ -205,6 +218,7 @@ impl Cluster {
         ClusterView {
             shared: self.shared.clone(),
             snapshot: state.snapshot.clone(),
+            derived: state.derived.clone(),
         }
     }
 
@@ -329,6 +343,10 @@ impl Cluster {
         let epoch = snapshot.epoch;
         if reindex {
             state.index = index_hosts(snapshot);
+        }
+        let touched = Touched::of(&changes);
+        if touched.rebuild || !touched.replaced.is_empty() {
+            Arc::make_mut(&mut state.derived).refresh(snapshot, &touched);
         }
         debug_assert!(state.log.back().is_none_or(|e| e.epoch + 1 == epoch));
         state.log.push_back(LogEntry { epoch, changes });

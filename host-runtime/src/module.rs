@@ -502,7 +502,9 @@ impl LoadedModule {
             },
         };
         let wasm = match &self.backend {
-            Backend::Native(units) => return shape(units.evaluate(view.snapshot(), call)),
+            Backend::Native(units) => {
+                return shape(units.evaluate_indexed(view.snapshot(), Some(view.derived()), call))
+            }
             Backend::Wasm(wasm) => wasm,
         };
         self.breaker.lock().unwrap().admit(Instant::now())?;

@@ -305,6 +305,8 @@ pub mod guest {
     struct State {
         units: Option<UnitSet>,
         snapshot: Snapshot,
+        /// Derived from `snapshot`; `None` until the first full snapshot.
+        index: Option<crate::index::SnapshotIndex>,
         synced: bool,
         input: Vec<u8>,
         output: Vec<u8>,
@@ -331,6 +333,7 @@ pub mod guest {
                     hosts: Vec::new(),
                     vms: Vec::new(),
                 },
+                index: None,
                 synced: false,
                 input: Vec::new(),
                 output: Vec::new(),
@@ -398,8 +401,24 @@ pub mod guest {
                     if !full && !state.synced {
                         SyncResponse::Failed("delta before any full snapshot".into())
                     } else {
+                        let touched = match &message {
+                            SyncMessage::Delta { changes, .. } => {
+                                Some(crate::index::Touched::of(changes))
+                            }
+                            SyncMessage::Full(_) => None,
+                        };
                         match apply_sync(&mut state.snapshot, message) {
                             Ok(()) => {
+                                match (touched, state.index.as_mut()) {
+                                    (Some(touched), Some(index)) => {
+                                        index.refresh(&state.snapshot, &touched)
+                                    }
+                                    _ => {
+                                        state.index = Some(crate::index::SnapshotIndex::build(
+                                            &state.snapshot,
+                                        ))
+                                    }
+                                }
                                 state.synced = true;
                                 SyncResponse::Synced {
                                     epoch: state.snapshot.epoch,
@@ -430,7 +449,11 @@ pub mod guest {
                     ))
                 }
                 Ok(request) => match state.units.as_ref() {
-                    Some(units) => units.evaluate(&state.snapshot, request.as_call()),
+                    Some(units) => units.evaluate_indexed(
+                        &state.snapshot,
+                        state.index.as_ref(),
+                        request.as_call(),
+                    ),
                     None => CallResponse::Failed("module not initialized".into()),
                 },
             };

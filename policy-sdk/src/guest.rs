@@ -5,6 +5,7 @@
 //! is the single dispatch both use.
 
 use crate::abi::{Call, CallResponse, LogLevel};
+use crate::index::{CpuFlagIndex, SnapshotIndex};
 use crate::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::{Host, HostIndex, Snapshot, Vm};
 use crate::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -19,6 +20,7 @@ pub struct Context<'a> {
     snapshot: &'a Snapshot,
     params: &'a [(String, ParamValue)],
     unit: &'a str,
+    index: Option<&'a SnapshotIndex>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -38,7 +40,23 @@ impl<'a> Context<'a> {
             snapshot,
             params,
             unit,
+            index: None,
         }
+    }
+
+    /// The same context with the snapshot's derived indexes (what the runtime and the
+    /// guest glue pass; see [`crate::index`]).
+    pub fn with_index(mut self, index: &'a SnapshotIndex) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Every host's CPU flags as bit sets, when the caller keeps the index for this
+    /// snapshot; `None` otherwise (compare flag names then).
+    pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
+        self.index
+            .map(|i| &i.cpu_flags)
+            .filter(|f| f.host_count() == self.snapshot.hosts.len())
     }
 
     /// The cluster snapshot.
@@ -374,6 +392,17 @@ impl UnitSet {
     /// Runs one unit over all candidates: the dispatch behind `wasmsched_call`, also used
     /// natively by hosts and tests.
     pub fn evaluate(&self, snapshot: &Snapshot, call: Call<'_>) -> CallResponse {
+        self.evaluate_indexed(snapshot, None, call)
+    }
+
+    /// [`UnitSet::evaluate`] with the snapshot's derived indexes (see [`crate::index`]),
+    /// as the runtime and the guest glue call it.
+    pub fn evaluate_indexed(
+        &self,
+        snapshot: &Snapshot,
+        index: Option<&SnapshotIndex>,
+        call: Call<'_>,
+    ) -> CallResponse {
         let Some((descriptor, unit)) = self.units.get(call.unit as usize) else {
             return CallResponse::Failed(format!(
                 "unit index {} out of range (module has {})",
@@ -381,7 +410,10 @@ impl UnitSet {
                 self.units.len()
             ));
         };
-        let ctx = Context::new(snapshot, call.params, &descriptor.name);
+        let mut ctx = Context::new(snapshot, call.params, &descriptor.name);
+        if let Some(index) = index {
+            ctx = ctx.with_index(index);
+        }
         match (unit, call.vm) {
             (AnyUnit::Filter(f), Some(vm)) => {
                 let mut out = Vec::with_capacity(call.candidates.len());

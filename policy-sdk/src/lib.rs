@@ -8,6 +8,8 @@
 //! * [`abi`]: the versioned guest ABI (see `ABI.md`) and [`codec`], the wire codec;
 //! * [`topology`]: CPU pinning strings, dedicated pCPU allocation and the vNUMA assignment
 //!   search, shared by the builtin high-performance units and the engine;
+//! * [`index`]: data derived from a snapshot once (host CPU flags as bit sets), kept up to
+//!   date by the guest glue and the runtime;
 //! * [`guest`]: for unit authors, one trait per unit kind ([`Filter`], [`Weight`],
 //!   [`Balance`]), a [`Context`], and the [`export_units!`] macro.
 //!
@@ -45,6 +47,7 @@ extern crate alloc;
 pub mod abi;
 pub mod codec;
 pub mod guest;
+pub mod index;
 pub mod manifest;
 pub mod model;
 pub mod testing;

@@ -234,12 +234,16 @@ impl Filter for CpuLevelFilter {
     ) {
         match required_flags(ctx.snapshot(), vm) {
             Some(required) => {
+                // With the flag index, a host that has every flag is a few word operations;
+                // only hosts that lack one are compared by name (for the detail).
+                let mask = ctx
+                    .cpu_flags()
+                    .map(|index| (index, index.mask(required.iter().copied())));
                 let required = RequiredFlags::new(required);
-                out.extend(
-                    candidates
-                        .iter()
-                        .map(|&i| Self::verdict(&required, vm, ctx.host(i))),
-                )
+                out.extend(candidates.iter().map(|&i| match &mask {
+                    Some((index, mask)) if index.has_all(i, mask) => Verdict::Pass,
+                    _ => Self::verdict(&required, vm, ctx.host(i)),
+                }))
             }
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }

@@ -504,6 +504,12 @@ fn check_all_matches_per_host_check() {
                 .map(|h| F::default().check(&ctx, v, h))
                 .collect();
             assert_eq!(all, one, "{} round {round}", F::NAME);
+            // With the snapshot's derived index (as the runtime and the guests call it).
+            let index = policy_sdk::index::SnapshotIndex::build(s);
+            let indexed = Context::new(s, &[], F::NAME).with_index(&index);
+            let mut with_index = Vec::new();
+            F::default().check_all(&indexed, v, candidates, &mut with_index);
+            assert_eq!(with_index, one, "{} round {round}, indexed", F::NAME);
         }
         compare::<CpuLevelFilter>(&s, &v, &candidates, round);
         compare::<CpuPinningFilter>(&s, &v, &candidates, round);
@@ -562,7 +568,9 @@ fn cpu_level_with_long_flag_names() {
         .cpu_flags(&["amx_bf16_extended_x", "sse4_2", "avx512_vp2intersect", "x"])
         .build();
     assert_eq!(CpuLevelFilter.check(&ctx, &v, &has), Verdict::Pass);
-    let lacks = host("h").cpu_flags(&["sse4_2", "avx512_vp2intersec"]).build();
+    let lacks = host("h")
+        .cpu_flags(&["sse4_2", "avx512_vp2intersec"])
+        .build();
     assert_eq!(
         code(&CpuLevelFilter.check(&ctx, &v, &lacks)),
         "missing_cpu_flags: missing flags of the cluster CPU model: amx_bf16_extended_x, avx512_vp2intersect"
