@@ -777,10 +777,33 @@ pub(crate) fn select(
 /// Rank of each penalty: the number of candidates with a strictly worse (higher) penalty,
 /// so the best of n distinct penalties gets n-1 and ties share a rank.
 pub(crate) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
+    let n = penalties.len();
+    let (Some(&min), Some(&max)) = (penalties.iter().min(), penalties.iter().max()) else {
+        return Vec::new();
+    };
     // A unit that scores every host alike (common: a VM the unit does not apply to) ranks
-    // them all 0 without sorting.
-    if penalties.windows(2).all(|w| w[0] == w[1]) {
-        return vec![0; penalties.len()];
+    // them all 0.
+    if min == max {
+        return vec![0; n];
+    }
+    let span = (max as i128 - min as i128) as u128;
+    if span <= 4 * n as u128 {
+        // Few distinct values (loads in percent, 1/1000 scores): count each value, then
+        // the rank of a value is the number of penalties above it. No sort.
+        let mut above = vec![0usize; span as usize + 2];
+        for &p in penalties {
+            above[(p as i128 - min as i128) as usize] += 1;
+        }
+        let mut worse = 0;
+        for slot in above.iter_mut().rev() {
+            let here = *slot;
+            *slot = worse;
+            worse += here;
+        }
+        return penalties
+            .iter()
+            .map(|&p| above[(p as i128 - min as i128) as usize])
+            .collect();
     }
     let mut sorted: Vec<Penalty> = penalties.to_vec();
     sorted.sort_unstable();
@@ -913,5 +936,31 @@ mod tests {
         for (penalties, expected) in cases {
             assert_eq!(&ranks(penalties), expected, "penalties {penalties:?}");
         }
+    }
+
+    /// The counting path (few distinct values) and the sorting path (wide values) agree
+    /// with the definition: the number of strictly worse penalties.
+    #[test]
+    fn ranks_count_strictly_worse_penalties_on_both_paths() {
+        let mut rng = policy_sdk::testing::XorShift::new(3);
+        for case in 0..300 {
+            let n = 1 + rng.below(60) as usize;
+            let wide = case % 2 == 0;
+            let penalties: Vec<Penalty> = (0..n)
+                .map(|_| {
+                    if wide {
+                        rng.below(u64::MAX / 2) as i64 - (1 << 60)
+                    } else {
+                        rng.below(8) as i64 - 3
+                    }
+                })
+                .collect();
+            let want: Vec<usize> = penalties
+                .iter()
+                .map(|p| penalties.iter().filter(|q| *q > p).count())
+                .collect();
+            assert_eq!(ranks(&penalties), want, "case {case}: {penalties:?}");
+        }
+        assert_eq!(ranks(&[i64::MIN, i64::MAX]), [1, 0]);
     }
 }

@@ -167,6 +167,26 @@ impl Weight for CpuLoadWeight {
         };
         Penalty::from(host.cpu_usage_percent) + Penalty::from(pending)
     }
+
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        _vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    ) {
+        // The parameter is read once per call, not once per host.
+        let count_pending = ctx.bool("count_pending");
+        out.extend(candidates.iter().map(|&i| {
+            let host = ctx.host(i);
+            let pending = if count_pending {
+                host.pending.cpu_load_percent
+            } else {
+                0
+            };
+            Penalty::from(host.cpu_usage_percent) + Penalty::from(pending)
+        }));
+    }
 }
 
 /// Prefers hosts with the most schedulable memory left, pending memory included.
