@@ -447,10 +447,15 @@ impl LoadedModule {
         call: Call<'_>,
         limits: CallLimits,
     ) -> Result<Vec<Penalty>, UnitFault> {
+        let candidates = call.candidates.len();
         self.call(view, call, limits, "penalties", |r| match r {
             CallResponse::Penalties(p) => Taken::Answer {
                 count: Some(p.len()),
                 value: p,
+            },
+            CallResponse::SamePenalty(p) => Taken::Answer {
+                count: None,
+                value: vec![p; candidates],
             },
             other => Taken::Other(other),
         })
@@ -576,6 +581,7 @@ fn variant(response: &CallResponse) -> &'static str {
         CallResponse::Verdicts(_) => "verdicts",
         CallResponse::Penalties(_) => "penalties",
         CallResponse::Actions(_) => "balance actions",
+        CallResponse::SamePenalty(_) => "one penalty for all",
         CallResponse::Failed(_) => "a failure",
     }
 }

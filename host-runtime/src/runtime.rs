@@ -597,6 +597,7 @@ fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Resu
         match instance.call_raw(&call).map_err(|e| fail(e.to_string()))? {
             CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter && v.is_empty() => {}
             CallResponse::Penalties(p) if unit.kind == UnitKind::Weight && p.is_empty() => {}
+            CallResponse::SamePenalty(_) if unit.kind == UnitKind::Weight => {}
             CallResponse::Actions(_) if unit.kind == UnitKind::Balance => {}
             CallResponse::Failed(message) => {
                 tracing::debug!(
@@ -615,6 +616,7 @@ fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Resu
                     CallResponse::Verdicts(_) => "verdicts",
                     CallResponse::Penalties(_) => "penalties",
                     CallResponse::Actions(_) => "balance actions",
+                    CallResponse::SamePenalty(_) => "one penalty for all",
                     CallResponse::Failed(_) => "a failure",
                 };
                 return Err(fail(format!(

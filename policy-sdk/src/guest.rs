@@ -179,6 +179,12 @@ pub trait Filter: Default + Send + Sync + 'static {
     }
     /// The verdict for one host.
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict;
+    /// Whether the unit has anything to check for this VM. When `false`, every candidate
+    /// passes without a call to [`Filter::check_all`] and the answer is a few bytes (e.g. a
+    /// NUMA filter and a VM without pinned vNUMA nodes). Defaults to `true`.
+    fn applies(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
+        true
+    }
     /// Verdicts for all candidates, in order (one per candidate).
     fn check_all(
         &self,
@@ -208,6 +214,13 @@ pub trait Weight: Default + Send + Sync + 'static {
     }
     /// The penalty for one host.
     fn penalty(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Penalty;
+    /// The penalty every host gets when the unit does not tell hosts apart for this VM
+    /// (e.g. a topology weight and a VM that is not high-performance): the answer is then
+    /// that one number instead of one per candidate, and [`Weight::penalty_all`] is not
+    /// called. Defaults to `None`.
+    fn uniform(&self, _ctx: &Context<'_>, _vm: &Vm) -> Option<Penalty> {
+        None
+    }
     /// Penalties for all candidates, in order (one per candidate).
     fn penalty_all(
         &self,
@@ -243,6 +256,7 @@ pub trait Balance: Default + Send + Sync + 'static {
 }
 
 trait DynFilter: Send + Sync {
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool;
     fn check_all(
         &self,
         ctx: &Context<'_>,
@@ -252,6 +266,9 @@ trait DynFilter: Send + Sync {
     );
 }
 impl<T: Filter> DynFilter for T {
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
+        Filter::applies(self, ctx, vm)
+    }
     fn check_all(
         &self,
         ctx: &Context<'_>,
@@ -264,6 +281,7 @@ impl<T: Filter> DynFilter for T {
 }
 
 trait DynWeight: Send + Sync {
+    fn uniform(&self, ctx: &Context<'_>, vm: &Vm) -> Option<Penalty>;
     fn penalty_all(
         &self,
         ctx: &Context<'_>,
@@ -273,6 +291,9 @@ trait DynWeight: Send + Sync {
     );
 }
 impl<T: Weight> DynWeight for T {
+    fn uniform(&self, ctx: &Context<'_>, vm: &Vm) -> Option<Penalty> {
+        Weight::uniform(self, ctx, vm)
+    }
     fn penalty_all(
         &self,
         ctx: &Context<'_>,
@@ -415,16 +436,25 @@ impl UnitSet {
             ctx = ctx.with_index(index);
         }
         match (unit, call.vm) {
+            (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
+                CallResponse::Verdicts(Verdicts {
+                    len: call.candidates.len() as u32,
+                    ..Verdicts::default()
+                })
+            }
             (AnyUnit::Filter(f), Some(vm)) => {
                 let mut out = Vec::with_capacity(call.candidates.len());
                 f.check_all(&ctx, vm, call.candidates, &mut out);
                 CallResponse::Verdicts(Verdicts::from_verdicts(out))
             }
-            (AnyUnit::Weight(w), Some(vm)) => {
-                let mut out = Vec::with_capacity(call.candidates.len());
-                w.penalty_all(&ctx, vm, call.candidates, &mut out);
-                CallResponse::Penalties(out)
-            }
+            (AnyUnit::Weight(w), Some(vm)) => match w.uniform(&ctx, vm) {
+                Some(penalty) => CallResponse::SamePenalty(penalty),
+                None => {
+                    let mut out = Vec::with_capacity(call.candidates.len());
+                    w.penalty_all(&ctx, vm, call.candidates, &mut out);
+                    CallResponse::Penalties(out)
+                }
+            },
             (AnyUnit::Balance(b), _) => CallResponse::Actions(b.balance(&ctx, call.candidates)),
             (_, None) => CallResponse::Failed(format!("{} called without a VM", descriptor.kind)),
         }

@@ -48,6 +48,10 @@ impl Filter for VmAffinityFilter {
         "Enforcing VM affinity groups: apart for negative groups, together for positive ones \
          (running and pending members)";
 
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
+        !relevant_groups(ctx.snapshot(), vm, true, false).is_empty()
+    }
+
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         let s = ctx.snapshot();
         let groups = relevant_groups(s, vm, true, false);
@@ -95,6 +99,12 @@ impl Weight for VmAffinityWeight {
             false,
             "Also score enforcing groups (for policies without the vm-affinity filter)",
         )]
+    }
+
+    fn uniform(&self, ctx: &Context<'_>, vm: &Vm) -> Option<Penalty> {
+        relevant_groups(ctx.snapshot(), vm, false, ctx.bool("include_enforcing"))
+            .is_empty()
+            .then_some(0)
     }
 
     fn penalty(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Penalty {

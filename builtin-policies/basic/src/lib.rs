@@ -118,6 +118,10 @@ impl Filter for CpuFilter {
     const DESCRIPTION: &'static str =
         "Usable host CPUs (minus dedicated and pending pinned pCPUs) must cover the VM's vCPUs";
 
+    fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
+        !policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy)
+    }
+
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
             return Verdict::Pass;

@@ -218,6 +218,10 @@ impl Filter for CpuLevelFilter {
         "The host has every CPU flag of the VM's CPU model (a migrating passthrough VM: of its \
          current CPU)";
 
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
+        required_flags(ctx.snapshot(), vm).is_some()
+    }
+
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match required_flags(ctx.snapshot(), vm) {
             Some(required) => Self::verdict(&RequiredFlags::new(required), vm, host),
@@ -368,6 +372,10 @@ impl Filter for CpuPinningFilter {
         "Pinned pCPUs online and not dedicated to other VMs (running or pending); a free \
          allocation for dedicated and isolate-threads VMs";
 
+    fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
+        !matches!(PinningNeeds::of(vm), PinningNeeds::None)
+    }
+
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         Self::verdict(&PinningNeeds::of(vm), vm, host)
     }
@@ -460,6 +468,10 @@ impl Filter for NumaFilter {
         "Pinned vNUMA nodes have an assignment to their allowed host nodes with room for \
          their memory (after pending NUMA memory)";
 
+    fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
+        has_pinned_vnuma(vm)
+    }
+
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         Self::verdict(&NumaRequest::new(vm, None), host)
     }
@@ -523,6 +535,10 @@ impl Filter for HugePagesFilter {
     const DESCRIPTION: &'static str =
         "Free hugepages of the VM's page size, minus pending pages, cover its memory";
 
+    fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
+        Self::need(vm).is_some()
+    }
+
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match Self::need(vm) {
             Some((size, needed)) => Self::verdict(size, needed, host),
@@ -570,6 +586,10 @@ impl Weight for CpuAndNumaPinningWeight {
     const DESCRIPTION: &'static str =
         "Prefers hosts where the VM's vNUMA pinning has an assignment that also respects its \
          CPU pinning (1 good, 1000 bad)";
+
+    fn uniform(&self, _ctx: &Context<'_>, vm: &Vm) -> Option<i64> {
+        (!has_pinned_vnuma(vm)).then_some(FITS)
+    }
 
     fn penalty(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> i64 {
         let pinning = CpuPinning::of_vm(vm).ok().flatten();
@@ -623,6 +643,10 @@ impl Weight for HighPerformanceCpuWeight {
     const DESCRIPTION: &'static str =
         "Prefers hosts whose CPU topology holds a high-performance or pinned VM's sockets, \
          cores and threads (1 good, 1000 bad)";
+
+    fn uniform(&self, _ctx: &Context<'_>, vm: &Vm) -> Option<i64> {
+        (!topology::is_hp_or_pinned(vm)).then_some(FITS)
+    }
 
     fn penalty(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> i64 {
         if topology::is_hp_or_pinned(vm) {

@@ -358,9 +358,12 @@ fn penalties<W: Weight>(v: &Vm, hosts: &[Host]) -> Vec<i64> {
     let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).collect();
     let mut out = Vec::new();
     W::default().penalty_all(&ctx, v, &candidates, &mut out);
-    // Per-host and all-at-once agree.
+    // Per-host and all-at-once agree, and a uniform answer is what every host gets.
     for (h, p) in hosts.iter().zip(&out) {
         assert_eq!(W::default().penalty(&ctx, v, h), *p, "{}", h.id);
+    }
+    if let Some(same) = W::default().uniform(&ctx, v) {
+        assert!(out.iter().all(|p| *p == same), "{out:?} vs uniform {same}");
     }
     out
 }
@@ -510,6 +513,14 @@ fn check_all_matches_per_host_check() {
             let mut with_index = Vec::new();
             F::default().check_all(&indexed, v, candidates, &mut with_index);
             assert_eq!(with_index, one, "{} round {round}, indexed", F::NAME);
+            // A unit that says it does not apply passes every host.
+            if !F::default().applies(&ctx, v) {
+                assert!(
+                    one.iter().all(Verdict::is_pass),
+                    "{} round {round}",
+                    F::NAME
+                );
+            }
         }
         compare::<CpuLevelFilter>(&s, &v, &candidates, round);
         compare::<CpuPinningFilter>(&s, &v, &candidates, round);
