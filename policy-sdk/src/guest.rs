@@ -185,14 +185,9 @@ pub trait Filter: Default + Send + Sync + 'static {
     fn applies(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
         true
     }
-    /// Verdicts for all candidates, in order (one per candidate).
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    /// Verdicts for all candidates, in order (one per candidate): push them to `out`
+    /// ([`Verdicts::push`] or `extend`), which keeps only the rejections.
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
     }
 }
@@ -257,25 +252,13 @@ pub trait Balance: Default + Send + Sync + 'static {
 
 trait DynFilter: Send + Sync {
     fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool;
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    );
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts);
 }
 impl<T: Filter> DynFilter for T {
     fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
         Filter::applies(self, ctx, vm)
     }
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         Filter::check_all(self, ctx, vm, candidates, out)
     }
 }
@@ -443,9 +426,9 @@ impl UnitSet {
                 })
             }
             (AnyUnit::Filter(f), Some(vm)) => {
-                let mut out = Vec::with_capacity(call.candidates.len());
+                let mut out = Verdicts::default();
                 f.check_all(&ctx, vm, call.candidates, &mut out);
-                CallResponse::Verdicts(Verdicts::from_verdicts(out))
+                CallResponse::Verdicts(out)
             }
             (AnyUnit::Weight(w), Some(vm)) => match w.uniform(&ctx, vm) {
                 Some(penalty) => CallResponse::SamePenalty(penalty),

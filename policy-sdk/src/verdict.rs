@@ -93,6 +93,14 @@ pub struct Verdicts {
     pub rejected: Vec<Rejection>,
 }
 
+impl Extend<Verdict> for Verdicts {
+    fn extend<I: IntoIterator<Item = Verdict>>(&mut self, verdicts: I) {
+        for v in verdicts {
+            self.push(v);
+        }
+    }
+}
+
 /// One rejected candidate in [`Verdicts`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
@@ -107,28 +115,30 @@ pub struct Rejection {
 impl Verdicts {
     /// Compacts one verdict per candidate (moving the details, not copying them).
     pub fn from_verdicts(verdicts: Vec<Verdict>) -> Self {
-        let mut out = Verdicts {
-            len: verdicts.len() as u32,
-            codes: Vec::new(),
-            rejected: Vec::new(),
-        };
-        for (position, verdict) in verdicts.into_iter().enumerate() {
-            if let Verdict::Reject { code, detail } = verdict {
-                let index = match out.codes.iter().position(|c| *c == code) {
-                    Some(i) => i,
-                    None => {
-                        out.codes.push(code);
-                        out.codes.len() - 1
-                    }
-                };
-                out.rejected.push(Rejection {
-                    position: position as u32,
-                    code: index as u32,
-                    detail,
-                });
-            }
-        }
+        let mut out = Verdicts::default();
+        out.extend(verdicts);
         out
+    }
+
+    /// Appends the verdict of the next candidate: a pass only counts it; a rejection is
+    /// recorded with its code (each distinct code stored once).
+    #[inline]
+    pub fn push(&mut self, verdict: Verdict) {
+        if let Verdict::Reject { code, detail } = verdict {
+            let index = match self.codes.iter().position(|c| *c == code) {
+                Some(i) => i,
+                None => {
+                    self.codes.push(code);
+                    self.codes.len() - 1
+                }
+            };
+            self.rejected.push(Rejection {
+                position: self.len,
+                code: index as u32,
+                detail,
+            });
+        }
+        self.len += 1;
     }
 
     /// Number of candidates judged.

@@ -28,7 +28,7 @@
 
 use policy_sdk::{
     AffinityGroup, AffinityPolarity, Context, Filter, Host, HostIndex, ParamSpec, Penalty,
-    Snapshot, Verdict, Vm, Weight,
+    Snapshot, Verdict, Verdicts, Vm, Weight,
 };
 use std::fmt::Write as _;
 
@@ -61,13 +61,7 @@ impl Filter for VmAffinityFilter {
         }
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         let s = ctx.snapshot();
         let groups = relevant_groups(s, vm, true, false);
         match Placements::for_candidates(ctx, vm, groups, candidates) {
@@ -455,9 +449,9 @@ mod tests {
     /// The filter's verdicts over every host of `s`, through `check_all`.
     fn verdicts(s: &Snapshot, v: &Vm) -> Vec<Verdict> {
         let ctx = Context::new(s, &[], VmAffinityFilter::NAME);
-        let mut out = Vec::new();
+        let mut out = Verdicts::default();
         VmAffinityFilter.check_all(&ctx, v, &all(s), &mut out);
-        out
+        out.into_verdicts()
     }
 
     /// The filter's codes over every host of `s`.
@@ -738,8 +732,9 @@ mod tests {
             .build();
         let v = vm("v").build();
         let ctx = Context::new(&s, &[], VmAffinityFilter::NAME);
-        let mut out = Vec::new();
+        let mut out = Verdicts::default();
         VmAffinityFilter.check_all(&ctx, &v, &[2, 1], &mut out);
+        let out = out.into_verdicts();
         let got: Vec<&str> = out.iter().map(code).collect();
         assert_eq!(got, ["positive_affinity", "positive_affinity"]);
 
@@ -1094,8 +1089,9 @@ mod tests {
             candidates.truncate(1 + next(candidates.len() as u64) as usize);
 
             let ctx = Context::new(&s, &[], VmAffinityFilter::NAME);
-            let mut out = Vec::new();
+            let mut out = Verdicts::default();
             VmAffinityFilter.check_all(&ctx, &v, &candidates, &mut out);
+            let out = out.into_verdicts();
             let one_by_one: Vec<Verdict> = candidates
                 .iter()
                 .map(|&i| VmAffinityFilter.check(&ctx, &v, ctx.host(i)))

@@ -7,7 +7,9 @@
 //! Reject codes: `not_enough_memory`, `not_enough_schedulable_memory` (filter `memory`),
 //! `not_enough_cores` (filter `cpu`).
 
-use policy_sdk::{Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Vm, Weight};
+use policy_sdk::{
+    Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Verdicts, Vm, Weight,
+};
 
 /// Memory the host can still give, pending memory included: the physical check (free +
 /// swap - pending memory) and the overcommit-aware check (max scheduling - committed -
@@ -72,13 +74,7 @@ impl Filter for MemoryFilter {
         Self::check_with(overhead_mb(ctx), vm, host)
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         let overhead = overhead_mb(ctx);
         out.extend(
             candidates
@@ -126,12 +122,36 @@ impl Filter for CpuFilter {
         if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
             return Verdict::Pass;
         }
+        Self::verdict(
+            ctx.snapshot().cluster.count_threads_as_cores,
+            vm.vcpus(),
+            host,
+        )
+    }
+
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
+        if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
+            out.extend(candidates.iter().map(|_| Verdict::Pass));
+            return;
+        }
         let threads_as_cores = ctx.snapshot().cluster.count_threads_as_cores;
+        let need = vm.vcpus();
+        for &i in candidates {
+            out.push(Self::verdict(threads_as_cores, need, ctx.host(i)));
+        }
+    }
+}
+
+impl CpuFilter {
+    fn verdict(threads_as_cores: bool, need: u32, host: &Host) -> Verdict {
         let total = host.schedulable_cpus(threads_as_cores);
+        // Fast path: nothing pinned on the host.
+        if host.dedicated_cpus.is_empty() && host.pending.pinned_cpus.is_empty() && total >= need {
+            return Verdict::Pass;
+        }
         let dedicated = distinct_count(&host.dedicated_cpus, &[]);
         let pending = distinct_count(&host.pending.pinned_cpus, &host.dedicated_cpus);
         let usable = total.saturating_sub(dedicated).saturating_sub(pending);
-        let need = vm.vcpus();
         if usable >= need {
             return Verdict::Pass;
         }

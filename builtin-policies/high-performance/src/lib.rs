@@ -20,7 +20,9 @@
 //! use the feature it checks.
 
 use policy_sdk::topology::{self, CpuPinning, NumaFit, NumaRequest};
-use policy_sdk::{Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Vm, Weight};
+use policy_sdk::{
+    Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
+};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -229,13 +231,7 @@ impl Filter for CpuLevelFilter {
         }
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         match required_flags(ctx.snapshot(), vm) {
             Some(required) => {
                 // With the flag index, a host that has every flag is a few word operations;
@@ -380,13 +376,7 @@ impl Filter for CpuPinningFilter {
         Self::verdict(&PinningNeeds::of(vm), vm, host)
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         let needs = PinningNeeds::of(vm);
         if matches!(needs, PinningNeeds::None) {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
@@ -476,13 +466,7 @@ impl Filter for NumaFilter {
         Self::verdict(&NumaRequest::new(vm, None), host)
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         if has_pinned_vnuma(vm) {
             let request = NumaRequest::new(vm, None);
             out.extend(
@@ -546,13 +530,7 @@ impl Filter for HugePagesFilter {
         }
     }
 
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         match Self::need(vm) {
             Some((size, needed)) => out.extend(
                 candidates

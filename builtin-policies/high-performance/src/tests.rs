@@ -499,8 +499,9 @@ fn check_all_matches_per_host_check() {
         let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).collect();
         fn compare<F: Filter>(s: &Snapshot, v: &Vm, candidates: &[HostIndex], round: usize) {
             let ctx = Context::new(s, &[], F::NAME);
-            let mut all = Vec::new();
+            let mut all = Verdicts::default();
             F::default().check_all(&ctx, v, candidates, &mut all);
+            let all = all.into_verdicts();
             let one: Vec<Verdict> = s
                 .hosts
                 .iter()
@@ -510,8 +511,9 @@ fn check_all_matches_per_host_check() {
             // With the snapshot's derived index (as the runtime and the guests call it).
             let index = policy_sdk::index::SnapshotIndex::build(s);
             let indexed = Context::new(s, &[], F::NAME).with_index(&index);
-            let mut with_index = Vec::new();
+            let mut with_index = Verdicts::default();
             F::default().check_all(&indexed, v, candidates, &mut with_index);
+            let with_index = with_index.into_verdicts();
             assert_eq!(with_index, one, "{} round {round}, indexed", F::NAME);
             // A unit that says it does not apply passes every host.
             if !F::default().applies(&ctx, v) {

@@ -11,7 +11,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 use policy_sdk::{
     Balance, BalanceAction, Context, Filter, Host, HostIndex, ParamSpec, Penalty, UnitSet, Verdict,
-    Vm, Weight,
+    Verdicts, Vm, Weight,
 };
 
 const MODES: &[&str] = &[
@@ -66,13 +66,7 @@ impl Filter for Chaos {
     fn check(&self, _ctx: &Context<'_>, _vm: &Vm, _host: &Host) -> Verdict {
         Verdict::Pass
     }
-    fn check_all(
-        &self,
-        ctx: &Context<'_>,
-        vm: &Vm,
-        candidates: &[HostIndex],
-        out: &mut Vec<Verdict>,
-    ) {
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         let mode = ctx.str("mode");
         misbehave(mode);
         out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
