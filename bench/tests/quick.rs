@@ -105,8 +105,11 @@ fn quick_run_writes_a_complete_report() {
 
     let sizes = report["latency"].as_array().unwrap();
     assert_eq!(sizes.len(), 2);
-    for size in sizes {
-        let kinds = size["kinds"].as_array().unwrap();
+    for (size, detail) in sizes
+        .iter()
+        .flat_map(|s| [(s, "kinds"), (s, "summary_kinds")])
+    {
+        let kinds = size[detail].as_array().unwrap();
         let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
         assert_eq!(
             names,
@@ -123,6 +126,7 @@ fn quick_run_writes_a_complete_report() {
             assert!(kind["available_hosts"].as_u64().unwrap() > 0, "{kind}");
         }
         latency_is_complete(&size["overall"]);
+        latency_is_complete(&size["summary_overall"]);
     }
 
     let mass = &report["mass_start"];
@@ -144,7 +148,8 @@ fn quick_run_writes_a_complete_report() {
     assert_eq!(report["scaling_hosts"].as_array().unwrap().len(), 2);
 
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 5);
+    // Decision p50 and ratio for summary and full decisions, mass start, load, memory.
+    assert_eq!(targets.len(), 7);
     for t in targets {
         let status = t["status"].as_str().unwrap();
         assert!(
