@@ -556,6 +556,11 @@ pub struct NumaRequest {
     strict: bool,
     /// Apply the CPU-pinning rule.
     pinned_cpus: bool,
+    /// `items` positions in vNUMA node order (for reports that name the first node).
+    by_vnode: Vec<usize>,
+    /// Without the CPU-pinning rule and with every pinned vNUMA node allowed on exactly
+    /// one host node: the demand per host node, summed once (nothing to search).
+    single: Option<Vec<(u32, u64)>>,
 }
 
 impl NumaRequest {
@@ -594,11 +599,26 @@ impl NumaRequest {
         // Missing-node and mismatch reports name the first vNUMA node in VM order, so keep
         // that order for the checks and sort a copy for the search.
         items.sort_by(|a, b| b.demand.cmp(&a.demand).then(a.vnode.cmp(&b.vnode)));
+        let mut by_vnode: Vec<usize> = (0..items.len()).collect();
+        by_vnode.sort_by_key(|&i| items[i].vnode);
+        let single = (pinning.is_none() && items.iter().all(|i| i.allowed.len() == 1)).then(|| {
+            let mut sums: Vec<(u32, u64)> = Vec::new();
+            for item in &items {
+                let node = item.allowed[0];
+                match sums.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, sum)) => *sum = sum.saturating_add(item.demand),
+                    None => sums.push((node, item.demand)),
+                }
+            }
+            sums
+        });
         Self {
             items,
             page_kb,
             strict: vm.numa_tune == NumaTuneMode::Strict,
             pinned_cpus: pinning.is_some(),
+            by_vnode,
+            single,
         }
     }
 
@@ -624,6 +644,14 @@ impl NumaRequest {
         })
     }
 
+    /// What the room is counted in, for reports.
+    fn resource_name(&self) -> String {
+        match self.page_kb {
+            Some(size) => format!("{size} KiB hugepages"),
+            None => "memory".to_string(),
+        }
+    }
+
     /// Matches the pinned vNUMA nodes to `host`'s nodes (see [`find_numa_assignment`]).
     pub fn fit(&self, host: &Host) -> NumaFit {
         if self.items.is_empty() {
@@ -633,9 +661,8 @@ impl NumaRequest {
             return NumaFit::NoNumaSupport;
         }
         // Checks in vNUMA node order.
-        let mut by_vnode: Vec<&PinnedNode> = self.items.iter().collect();
-        by_vnode.sort_by_key(|i| i.vnode);
-        for item in &by_vnode {
+        let by_vnode = || self.by_vnode.iter().map(|&i| &self.items[i]);
+        for item in by_vnode() {
             if let Some(&missing) = item
                 .allowed
                 .iter()
@@ -646,6 +673,35 @@ impl NumaRequest {
                     host_node: missing,
                 };
             }
+        }
+        if let Some(sums) = &self.single {
+            // Nothing to choose: each host node's summed demand against its room.
+            let (mut needed, mut free, mut fits) = (0u64, 0u64, true);
+            for &(node, sum) in sums {
+                let room = self.room(host, node).expect("checked above");
+                fits &= sum <= room;
+                needed = needed.saturating_add(sum);
+                free = free.saturating_add(room);
+            }
+            return if fits {
+                NumaFit::Fits(
+                    by_vnode()
+                        .map(|item| NodePlacement {
+                            vnode: item.vnode,
+                            host_node: item.allowed[0],
+                            memory_mb: item.memory_mb,
+                        })
+                        .collect(),
+                )
+            } else if !self.strict {
+                NumaFit::FitsLoosely
+            } else {
+                NumaFit::NoRoom {
+                    resource: self.resource_name(),
+                    needed,
+                    free,
+                }
+            };
         }
         // Allowed nodes per item on this host (the CPU-pinning rule depends on the host's
         // node CPUs); a vNUMA node left with none is reported, first in vNUMA order.
@@ -660,9 +716,7 @@ impl NumaRequest {
                 .all(|pcpus| pcpus.iter().any(|p| node.cpus.contains(p)))
         };
         if self.pinned_cpus {
-            if let Some(item) = by_vnode
-                .iter()
-                .find(|i| !i.allowed.iter().any(|&id| pins_agree(i, id)))
+            if let Some(item) = by_vnode().find(|i| !i.allowed.iter().any(|&id| pins_agree(i, id)))
             {
                 return NumaFit::PinningMismatch { vnode: item.vnode };
             }
@@ -750,10 +804,7 @@ impl NumaRequest {
             }
             _ if !self.strict => NumaFit::FitsLoosely,
             Some(None) => NumaFit::NoRoom {
-                resource: match self.page_kb {
-                    Some(size) => format!("{size} KiB hugepages"),
-                    None => "memory".to_string(),
-                },
+                resource: self.resource_name(),
                 needed: demands.iter().sum(),
                 free: room.iter().sum(),
             },
