@@ -2,7 +2,8 @@
 //! rendering as plain or markdown tables.
 
 use crate::memory::Memory;
-use crate::runs::{HostsPoint, MassStart, ModuleLoad, Scaling, SizeLatency, Sync};
+use crate::runs::{HostsPoint, KindLatency, MassStart, ModuleLoad, Scaling, SizeLatency, Sync};
+use crate::stats::Comparison;
 use serde::Serialize;
 
 /// Where and how the numbers were taken.
@@ -171,6 +172,50 @@ pub fn targets(
     ]
 }
 
+/// One latency table: a row per cluster size and VM kind, then the size's "all" row, for the
+/// decision shape `pick` selects.
+fn latency_table(
+    title: &str,
+    sizes: &[SizeLatency],
+    pick: impl Fn(&SizeLatency) -> (&Vec<KindLatency>, &Comparison),
+) -> Table {
+    let mut t = Table::new(
+        title,
+        &[
+            "hosts",
+            "VM kind",
+            "available",
+            "wasm p50",
+            "wasm p99",
+            "native p50",
+            "native p99",
+            "ratio p50",
+            "samples",
+        ],
+    );
+    for size in sizes {
+        let (kinds, overall) = pick(size);
+        let rows = kinds
+            .iter()
+            .map(|k| (k.kind.name(), k.available_hosts.to_string(), &k.comparison))
+            .chain([("all", String::new(), overall)]);
+        for (kind, available, c) in rows {
+            t.row(vec![
+                size.hosts.to_string(),
+                kind.to_string(),
+                available,
+                n(c.wasm.p50_ms),
+                n(c.wasm.p99_ms),
+                n(c.native.p50_ms),
+                n(c.native.p99_ms),
+                format!("{:.2}x", c.ratio_p50),
+                c.wasm.samples.to_string(),
+            ]);
+        }
+    }
+    t
+}
+
 /// A table: a title, headers and rows of cells.
 #[derive(Debug)]
 pub struct Table {
@@ -276,93 +321,16 @@ impl Report {
         }
         tables.push(t);
 
-        let mut t = Table::new(
+        tables.push(latency_table(
             "Decision latency, summary decisions (Detail::Summary: chosen host and best runners-up), builtin default policy (12 units), what-if on a fixed view (ms)",
-            &[
-                "hosts",
-                "VM kind",
-                "available",
-                "wasm p50",
-                "wasm p99",
-                "native p50",
-                "native p99",
-                "ratio p50",
-                "samples",
-            ],
-        );
-        for size in &self.latency {
-            for k in &size.summary_kinds {
-                let c = &k.comparison;
-                t.row(vec![
-                    size.hosts.to_string(),
-                    k.kind.name().to_string(),
-                    k.available_hosts.to_string(),
-                    n(c.wasm.p50_ms),
-                    n(c.wasm.p99_ms),
-                    n(c.native.p50_ms),
-                    n(c.native.p99_ms),
-                    format!("{:.2}x", c.ratio_p50),
-                    c.wasm.samples.to_string(),
-                ]);
-            }
-            let c = &size.summary_overall;
-            t.row(vec![
-                size.hosts.to_string(),
-                "all".to_string(),
-                "".to_string(),
-                n(c.wasm.p50_ms),
-                n(c.wasm.p99_ms),
-                n(c.native.p50_ms),
-                n(c.native.p99_ms),
-                format!("{:.2}x", c.ratio_p50),
-                c.wasm.samples.to_string(),
-            ]);
-        }
-        tables.push(t);
-
-        let mut t = Table::new(
+            &self.latency,
+            |size| (&size.summary_kinds, &size.summary_overall),
+        ));
+        tables.push(latency_table(
             "Decision latency, full reports (Detail::Full: every host's outcome and weights), builtin default policy (12 units), what-if on a fixed view (ms)",
-            &[
-                "hosts",
-                "VM kind",
-                "available",
-                "wasm p50",
-                "wasm p99",
-                "native p50",
-                "native p99",
-                "ratio p50",
-                "samples",
-            ],
-        );
-        for size in &self.latency {
-            for k in &size.kinds {
-                let c = &k.comparison;
-                t.row(vec![
-                    size.hosts.to_string(),
-                    k.kind.name().to_string(),
-                    k.available_hosts.to_string(),
-                    n(c.wasm.p50_ms),
-                    n(c.wasm.p99_ms),
-                    n(c.native.p50_ms),
-                    n(c.native.p99_ms),
-                    format!("{:.2}x", c.ratio_p50),
-                    c.wasm.samples.to_string(),
-                ]);
-            }
-            let c = &size.overall;
-            t.row(vec![
-                size.hosts.to_string(),
-                "all".to_string(),
-                "".to_string(),
-                n(c.wasm.p50_ms),
-                n(c.wasm.p99_ms),
-                n(c.native.p50_ms),
-                n(c.native.p99_ms),
-                format!("{:.2}x", c.ratio_p50),
-                c.wasm.samples.to_string(),
-            ]);
-        }
-        tables.push(t);
+            &self.latency,
+            |size| (&size.kinds, &size.overall),
+        ));
 
         let m = &self.mass_start;
         let mut t = Table::new(
