@@ -107,11 +107,8 @@ impl PendingRules {
                 percent: load.min(u64::from(u32::MAX)) as u32,
             });
         }
-        if let Some(size_kb) = vm.hugepage_size_kb.filter(|&s| s > 0) {
-            out.push(PendingResource::Hugepages {
-                size_kb,
-                count: vm.memory_mb.saturating_mul(1024).div_ceil(size_kb),
-            });
+        if let Some((size_kb, count)) = vm.hugepages_needed() {
+            out.push(PendingResource::Hugepages { size_kb, count });
         }
         let placements = numa_assignment(vm, host);
         if let Ok(cpus) = topology::allocate_dedicated_on_nodes(host, vm, &placements) {
@@ -761,7 +758,7 @@ pub(crate) fn add_resource_usage(host: &mut Host, resource: &PendingResource) {
                 host.memory.committed_mb = host.memory.committed_mb.saturating_add(*mb);
                 match hugepage_size_kb {
                     Some(size_kb) => {
-                        let count = mb.saturating_mul(1024).div_ceil((*size_kb).max(1));
+                        let count = policy_sdk::HugePages::needed(*mb, *size_kb);
                         add_resource_usage(
                             host,
                             &PendingResource::Hugepages {

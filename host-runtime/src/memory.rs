@@ -738,8 +738,7 @@ fn probe_snapshot(
     // A started VM's guest memory and overhead leave the host's free memory (as the
     // lifecycle accounts it, hugepage-backed or not); its pages leave the free pages.
     host.memory.free_mb = host.memory.free_mb.saturating_add(footprint);
-    if let Some(size_kb) = vm.hugepage_size_kb.filter(|&s| s > 0) {
-        let pages = vm.memory_mb.saturating_mul(1024).div_ceil(size_kb);
+    if let Some((size_kb, pages)) = vm.hugepages_needed() {
         match host
             .free_hugepages
             .iter_mut()
@@ -759,7 +758,7 @@ fn probe_snapshot(
                 // A hugepage-backed guest node's pages return to its host node too (the
                 // `numa` filter counts a hugepage VM's node room in pages).
                 if let Some(size_kb) = vm.hugepage_size_kb.filter(|&s| s > 0) {
-                    let pages = node.memory_mb.saturating_mul(1024).div_ceil(size_kb);
+                    let pages = policy_sdk::HugePages::needed(node.memory_mb, size_kb);
                     match n.free_hugepages.iter_mut().find(|p| p.size_kb == size_kb) {
                         Some(p) => p.count = p.count.saturating_add(pages),
                         None => n.free_hugepages.push(policy_sdk::HugePages {

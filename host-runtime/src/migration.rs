@@ -165,12 +165,8 @@ impl Migration {
 /// have an assignment that also respects its CPU pinning (what the `high-performance-cpu`
 /// and `cpu-and-numa-pinning` weights score as good).
 pub fn fits_pinning_exactly(vm: &Vm, host: &Host) -> bool {
-    let (v, h) = (&vm.cpu, &host.cpu);
-    let topology_holds = v.sockets <= h.sockets
-        && v.cores_per_socket <= h.cores_per_socket
-        && v.threads_per_core <= h.threads_per_core;
     let pinning = CpuPinning::of_vm(vm).ok().flatten();
-    topology_holds
+    topology::topology_holds(&vm.cpu, &host.cpu)
         && matches!(
             topology::find_numa_assignment(vm, host, pinning.as_ref()),
             NumaFit::NotPinned | NumaFit::Fits(_)

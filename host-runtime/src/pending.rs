@@ -602,7 +602,7 @@ fn aggregate_of<'a>(
                 match hugepage_size_kb {
                     Some(size_kb) => add_u64(
                         hugepages.entry(*size_kb).or_default(),
-                        mb.saturating_mul(1024).div_ceil((*size_kb).max(1)),
+                        HugePages::needed(*mb, *size_kb),
                         "hotplug_memory.hugepages",
                     )?,
                     None => add_u64(&mut agg.memory_mb, *mb, "hotplug_memory.mb")?,

@@ -241,6 +241,14 @@ pub struct HugePages {
     pub count: u64,
 }
 
+impl HugePages {
+    /// Pages of `size_kb` KiB that hold `memory_mb` MiB (rounded up; a zero size counts as
+    /// 1 KiB so the result is never a division by zero).
+    pub fn needed(memory_mb: u64, size_kb: u64) -> u64 {
+        memory_mb.saturating_mul(1024).div_ceil(size_kb.max(1))
+    }
+}
+
 /// One host NUMA node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -621,6 +629,13 @@ impl Vm {
             } else {
                 MigrationMode::Migratable
             })
+    }
+
+    /// The VM's hugepage size and the pages of that size its guest memory needs, when it
+    /// is backed by hugepages.
+    pub fn hugepages_needed(&self) -> Option<(u64, u64)> {
+        let size = self.hugepage_size_kb.filter(|&s| s > 0)?;
+        Some((size, HugePages::needed(self.memory_mb, size)))
     }
 
     /// A custom property's value.

@@ -219,6 +219,14 @@ pub fn cpu_location(topology: &CpuTopology, cpu: u32) -> Option<CpuLocation> {
     })
 }
 
+/// Whether a host topology holds a VM's: at least its sockets, cores per socket and threads
+/// per core (the `high-performance-cpu` rule).
+pub fn topology_holds(vm: &CpuTopology, host: &CpuTopology) -> bool {
+    vm.sockets <= host.sockets
+        && vm.cores_per_socket <= host.cores_per_socket
+        && vm.threads_per_core <= host.threads_per_core
+}
+
 /// The host's online CPUs, sorted: [`Host::online_cpus`], or every CPU of its topology when
 /// that list is empty.
 pub fn online_cpus(host: &Host) -> Vec<u32> {
@@ -588,7 +596,7 @@ impl NumaRequest {
                     vnode: n.index,
                     memory_mb: n.memory_mb,
                     demand: match page_kb {
-                        Some(size) => n.memory_mb.saturating_mul(1024).div_ceil(size),
+                        Some(size) => crate::HugePages::needed(n.memory_mb, size),
                         None => n.memory_mb,
                     },
                     allowed,

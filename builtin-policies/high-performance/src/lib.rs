@@ -81,124 +81,18 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 #[derive(Debug, Default)]
 pub struct CpuLevelFilter;
 
-/// Flag names up to this many bytes are compared as one integer.
-const SHORT_FLAG: usize = 15;
-
-/// A short flag name as two integers: its bytes, and its length in the top byte. Equal
-/// keys mean equal names; the order is only used for binary search. (Two `u64`s rather than
-/// a `u128`: wasm has no 128-bit shifts, they would be helper calls.)
-fn flag_key(name: &str) -> Option<(u64, u64)> {
-    let bytes = name.as_bytes();
-    if bytes.len() > SHORT_FLAG {
-        return None;
-    }
-    // Byte loops rather than slice copies: in wasm a variable-length copy is a call into
-    // the runtime, which would cost more than the whole comparison.
-    let split = bytes.len().min(8);
-    let mut lo = 0u64;
-    for &b in bytes[..split].iter().rev() {
-        lo = (lo << 8) | u64::from(b);
-    }
-    let mut hi = 0u64;
-    for &b in bytes[split..].iter().rev() {
-        hi = (hi << 8) | u64::from(b);
-    }
-    hi |= (bytes.len() as u64) << 56;
-    Some((lo, hi))
-}
-
-/// The required flags, prepared once per call: short names as sorted integer keys (a host
-/// flag costs one key and a binary search over integers, no string comparison), longer
-/// names compared as strings.
-struct RequiredFlags<'a> {
-    /// Sorted, without duplicates (for the reject detail).
-    names: Vec<&'a str>,
-    /// (key, index into `names`).
-    short: Vec<((u64, u64), usize)>,
-    /// Bit `n` set when a short required name has `n` bytes: host flags of other lengths
-    /// are skipped without building their key.
-    short_lengths: u16,
-    /// (name, index into `names`).
-    long: Vec<(&'a str, usize)>,
-}
-
-impl<'a> RequiredFlags<'a> {
-    fn new(names: Vec<&'a str>) -> Self {
-        let mut short = Vec::new();
-        let mut long = Vec::new();
-        let mut short_lengths = 0u16;
-        for (i, name) in names.iter().enumerate() {
-            match flag_key(name) {
-                Some(key) => {
-                    short.push((key, i));
-                    short_lengths |= 1 << name.len();
-                }
-                None => long.push((*name, i)),
-            }
-        }
-        Self {
-            names,
-            short,
-            short_lengths,
-            long,
-        }
-    }
-}
-
 impl CpuLevelFilter {
-    fn verdict(required: &RequiredFlags<'_>, vm: &Vm, host: &Host) -> Verdict {
-        // Marks each required flag the host has. The common case, a host with every flag,
-        // allocates nothing (up to 64 required flags).
-        let n = required.names.len();
-        let mut small = 0u64;
-        let mut large = if n > 64 { vec![false; n] } else { Vec::new() };
-        let mut count = 0;
-        let mut mark = |i: usize| {
-            let fresh = match large.get_mut(i) {
-                Some(seen) => !std::mem::replace(seen, true),
-                None => {
-                    let fresh = small & (1 << i) == 0;
-                    small |= 1 << i;
-                    fresh
-                }
-            };
-            fresh as usize
-        };
-        for flag in &host.cpu_flags {
-            if flag.len() <= SHORT_FLAG && required.short_lengths & (1 << flag.len()) == 0 {
-                continue;
-            }
-            match flag_key(flag) {
-                Some(key) => {
-                    // A linear scan: a dozen integer comparisons, predictable branches.
-                    if let Some(&(_, i)) = required.short.iter().find(|(k, _)| *k == key) {
-                        count += mark(i);
-                    }
-                }
-                None => {
-                    if let Some(&(_, i)) = required.long.iter().find(|(name, _)| name == flag) {
-                        count += mark(i);
-                    }
-                }
-            }
-            if count == n {
-                // Every required flag found: the host's other flags do not matter.
-                return Verdict::Pass;
-            }
-        }
-        let found = |i: usize| {
-            large
-                .get(i)
-                .copied()
-                .unwrap_or_else(|| small & (1 << i) != 0)
-        };
+    /// The verdict by flag names: what hosts without the flag index, and hosts the index
+    /// says lack a flag (for the detail), go through.
+    fn verdict(required: &[&str], vm: &Vm, host: &Host) -> Verdict {
         let missing: Vec<&str> = required
-            .names
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !found(*i))
-            .map(|(_, r)| *r)
+            .copied()
+            .filter(|r| !host.cpu_flags.iter().any(|f| f == r))
             .collect();
+        if missing.is_empty() {
+            return Verdict::Pass;
+        }
         let what = if vm.cpu_passthrough {
             "the VM's current CPU".to_string()
         } else {
@@ -226,7 +120,7 @@ impl Filter for CpuLevelFilter {
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match required_flags(ctx.snapshot(), vm) {
-            Some(required) => Self::verdict(&RequiredFlags::new(required), vm, host),
+            Some(required) => Self::verdict(&required, vm, host),
             None => Verdict::Pass,
         }
     }
@@ -239,7 +133,6 @@ impl Filter for CpuLevelFilter {
                 let mask = ctx
                     .cpu_flags()
                     .map(|index| (index, index.mask(required.iter().copied())));
-                let required = RequiredFlags::new(required);
                 out.extend(candidates.iter().map(|&i| match &mask {
                     Some((index, mask)) if index.has_all(i, mask) => Verdict::Pass,
                     _ => Self::verdict(&required, vm, ctx.host(i)),
@@ -507,11 +400,6 @@ impl HugePagesFilter {
             )
         }
     }
-
-    fn need(vm: &Vm) -> Option<(u64, u64)> {
-        let size = vm.hugepage_size_kb.filter(|&s| s > 0)?;
-        Some((size, vm.memory_mb.saturating_mul(1024).div_ceil(size)))
-    }
 }
 
 impl Filter for HugePagesFilter {
@@ -520,18 +408,18 @@ impl Filter for HugePagesFilter {
         "Free hugepages of the VM's page size, minus pending pages, cover its memory";
 
     fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
-        Self::need(vm).is_some()
+        vm.hugepages_needed().is_some()
     }
 
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        match Self::need(vm) {
+        match vm.hugepages_needed() {
             Some((size, needed)) => Self::verdict(size, needed, host),
             None => Verdict::Pass,
         }
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
-        match Self::need(vm) {
+        match vm.hugepages_needed() {
             Some((size, needed)) => out.extend(
                 candidates
                     .iter()
@@ -604,11 +492,7 @@ pub struct HighPerformanceCpuWeight;
 
 impl HighPerformanceCpuWeight {
     fn penalty_for(vm: &Vm, host: &Host) -> i64 {
-        let (v, h) = (&vm.cpu, &host.cpu);
-        if v.sockets <= h.sockets
-            && v.cores_per_socket <= h.cores_per_socket
-            && v.threads_per_core <= h.threads_per_core
-        {
+        if topology::topology_holds(&vm.cpu, &host.cpu) {
             FITS
         } else {
             DOES_NOT_FIT

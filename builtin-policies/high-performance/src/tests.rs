@@ -552,40 +552,43 @@ fn manifest_lists_every_unit() {
     );
 }
 
-/// More required flags than the 64-bit fast path holds: the same answers.
+/// `check_all` with the snapshot's flag index (what the runtime passes) over hosts with more
+/// than 64 distinct flags (masks of several words) and long flag names: the same verdicts
+/// as comparing names host by host.
 #[test]
-fn cpu_level_with_more_than_64_required_flags() {
-    let names: Vec<String> = (0..70).map(|i| format!("f{i:02}")).collect();
+fn cpu_level_with_the_flag_index_over_many_and_long_flags() {
+    let names: Vec<String> = (0..70)
+        .map(|i| format!("f{i:02}"))
+        .chain(["avx512_vp2intersect".to_string()])
+        .collect();
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
-    let s = s_flags(&all);
-    let without: Vec<&str> = all.iter().copied().filter(|f| *f != "f42").collect();
-    let ctx = Context::new(&s, &[], CpuLevelFilter::NAME);
-    let v = vm("v").build();
-    let full = host("h").cpu_flags(&all).build();
-    assert_eq!(CpuLevelFilter.check(&ctx, &v, &full), Verdict::Pass);
-    let short = host("h").cpu_flags(&without).build();
-    assert_eq!(
-        code(&CpuLevelFilter.check(&ctx, &v, &short)),
-        "missing_cpu_flags: missing flags of the cluster CPU model: f42"
-    );
-}
-
-/// Flag names longer than the integer fast path are compared as strings, with the same
-/// answers.
-#[test]
-fn cpu_level_with_long_flag_names() {
-    let s = s_flags(&["avx512_vp2intersect", "sse4_2", "amx_bf16_extended_x"]);
-    let ctx = Context::new(&s, &[], CpuLevelFilter::NAME);
-    let v = vm("v").build();
-    let has = host("h")
-        .cpu_flags(&["amx_bf16_extended_x", "sse4_2", "avx512_vp2intersect", "x"])
+    let without =
+        |gone: &str| -> Vec<&str> { all.iter().copied().filter(|f| *f != gone).collect() };
+    let s = snapshot()
+        .cluster_cpu("m", &all)
+        .host(host("full").cpu_flags(&all))
+        .host(host("no-f42").cpu_flags(&without("f42")))
+        .host(host("no-long").cpu_flags(&without("avx512_vp2intersect")))
         .build();
-    assert_eq!(CpuLevelFilter.check(&ctx, &v, &has), Verdict::Pass);
-    let lacks = host("h")
-        .cpu_flags(&["sse4_2", "avx512_vp2intersec"])
-        .build();
+    let index = policy_sdk::index::SnapshotIndex::build(&s);
+    let v = vm("v").build();
+    let mut out = Verdicts::default();
+    let indexed = Context::new(&s, &[], CpuLevelFilter::NAME).with_index(&index);
+    CpuLevelFilter.check_all(&indexed, &v, &[0, 1, 2], &mut out);
+    let got: Vec<String> = out.into_verdicts().iter().map(code).collect();
     assert_eq!(
-        code(&CpuLevelFilter.check(&ctx, &v, &lacks)),
-        "missing_cpu_flags: missing flags of the cluster CPU model: amx_bf16_extended_x, avx512_vp2intersect"
+        got,
+        [
+            "pass",
+            "missing_cpu_flags: missing flags of the cluster CPU model: f42",
+            "missing_cpu_flags: missing flags of the cluster CPU model: avx512_vp2intersect",
+        ]
     );
+    let plain = Context::new(&s, &[], CpuLevelFilter::NAME);
+    let by_name: Vec<String> = s
+        .hosts
+        .iter()
+        .map(|h| code(&CpuLevelFilter.check(&plain, &v, h)))
+        .collect();
+    assert_eq!(got, by_name);
 }
