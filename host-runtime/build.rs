@@ -1,5 +1,5 @@
 //! Compiles the builtin policy modules to wasm from source and embeds them (see
-//! `src/builtin.rs`).
+//! `src/engine/builtin.rs`).
 
 use guest_build::Guest;
 use std::path::PathBuf;
@@ -23,27 +23,12 @@ const BUILTINS: &[Guest] = &[
     },
 ];
 
-/// Built alongside for the CLI tests (not embedded).
-const EXAMPLES: &[Guest] = &[Guest {
-    package: "max-vms-per-host",
-    dir: "examples/max-vms-per-host",
-}];
-
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let all: Vec<Guest> = BUILTINS.iter().chain(EXAMPLES).cloned().collect();
-    let built = guest_build::build(&manifest_dir, &all);
-    for example in &built[BUILTINS.len()..] {
-        let var = example.package.to_uppercase().replace('-', "_");
-        println!(
-            "cargo:rustc-env=WASM_EXAMPLE_{var}={}",
-            example.wasm.display()
-        );
-    }
-    let built = &built[..BUILTINS.len()];
+    let built = guest_build::build(&manifest_dir, BUILTINS);
     let mut table = String::from("/// Builtin modules: (file name, wasm bytes).\npub static BUILTIN_MODULES: &[(&str, &[u8])] = &[\n");
-    for b in built {
+    for b in &built {
         let name = b.package.trim_start_matches("builtin-");
         let dest = out_dir.join(format!("{name}.wasm"));
         std::fs::copy(&b.wasm, &dest).unwrap();

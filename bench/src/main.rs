@@ -12,7 +12,6 @@ mod memory;
 mod report;
 mod runs;
 mod stats;
-mod synth;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;

@@ -1,7 +1,7 @@
 //! Peak memory, measured in a child process of the harness so that the other measurements
 //! (and their clusters) do not inflate it.
 
-use crate::synth::{self, VmKind};
+use wasmsched_testkit::synth::{self, VmKind};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

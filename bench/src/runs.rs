@@ -2,14 +2,15 @@
 //! serializable section of the report.
 
 use crate::stats::{median, ms, timed, Comparison};
-use crate::synth::{self, host_id, PendingSetup, VmKind};
+use wasmsched_testkit::native;
+use wasmsched_testkit::synth::{self, host_id, PendingSetup, VmKind};
 use anyhow::{bail, Context as _, Result};
-use policy_sdk::abi::{Change, SyncMessage};
-use policy_sdk::codec;
+use policy_sdk::wire::sync::{Change, SyncMessage};
+use policy_sdk::wire::codec;
 use serde::Serialize;
 use std::hint::black_box;
 use std::path::Path;
-use wasmsched::files::Format;
+use wasmsched::Format;
 use wasmsched::{Cluster, ClusterView, Detail, PlacementKind, Policy, Runtime, ScheduleRequest};
 
 /// The two runtimes of a run: builtin wasm modules, and the same unit crates linked natively.
@@ -17,19 +18,17 @@ use wasmsched::{Cluster, ClusterView, Detail, PlacementKind, Policy, Runtime, Sc
 pub struct Backends {
     /// Builtin modules as shipped (wasm), compiled-module cache disabled.
     pub wasm: Runtime,
-    /// `builtin_basic`, `builtin_affinity` and `builtin_high_performance` linked natively.
+    /// The builtin unit crates linked natively ([`wasmsched_testkit::native::runtime`]).
     pub native: Runtime,
 }
 
 impl Backends {
     /// Creates both runtimes.
     pub fn new() -> Result<Backends> {
-        let wasm = Runtime::builder().cache_dir(None).build()?;
-        let native = Runtime::builder().builtins(false).cache_dir(None).build()?;
-        native.add_native("native:basic", builtin_basic::units())?;
-        native.add_native("native:affinity", builtin_affinity::units())?;
-        native.add_native("native:high-performance", builtin_high_performance::units())?;
-        Ok(Backends { wasm, native })
+        Ok(Backends {
+            wasm: native::wasm_runtime(),
+            native: native::runtime(),
+        })
     }
 
     /// The builtin default policy on both backends.
@@ -395,7 +394,7 @@ fn load_all(cache: &Path) -> Result<(f64, Vec<f64>)> {
             .cache_dir(Some(cache.to_path_buf()))
             .build()?;
         let mut per_module = Vec::new();
-        for (file, bytes) in wasmsched::builtin::BUILTIN_MODULES {
+        for (file, bytes) in Runtime::builtin_modules() {
             let (module, took) = timed(|| runtime.load_module(&format!("builtin:{file}"), bytes));
             runtime.add_module(module?)?;
             per_module.push(ms(took));
@@ -433,11 +432,11 @@ pub fn module_load(
     cold_runs: usize,
     cached_runs: usize,
 ) -> Result<(ModuleLoad, tempfile::TempDir)> {
-    let files: Vec<String> = wasmsched::builtin::BUILTIN_MODULES
+    let files: Vec<String> = Runtime::builtin_modules()
         .iter()
         .map(|(file, _)| file.to_string())
         .collect();
-    let wasm_bytes = wasmsched::builtin::BUILTIN_MODULES
+    let wasm_bytes = Runtime::builtin_modules()
         .iter()
         .map(|(_, bytes)| bytes.len())
         .sum();

@@ -111,8 +111,35 @@ fn check_target_installed() {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
     if let Some(sysroot) = sysroot {
         if !sysroot.join("lib/rustlib").join(TARGET).exists() {
-            panic!("the {TARGET} target is not installed; fix with: rustup target add {TARGET}");
+            install_target();
+            if !sysroot.join("lib/rustlib").join(TARGET).exists() {
+                panic!(
+                    "the {TARGET} target is not installed; fix with: rustup target add {TARGET}"
+                );
+            }
         }
+    }
+}
+
+/// Installs the wasm target for the toolchain running this build, when rustup is there.
+/// `RUSTUP_TOOLCHAIN` (set by rustup's proxies) names the active toolchain, so the target
+/// lands where this `rustc` looks for it; rustup only installs the targets listed in
+/// `rust-toolchain.toml` when it installs the toolchain itself, so a stable toolchain that
+/// was already there lacks it. Without rustup (or offline) the caller's one-line fix stands.
+fn install_target() {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", TARGET]);
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        cmd.args(["--toolchain", &toolchain]);
+    }
+    println!("cargo:warning=installing the {TARGET} target: rustup target add {TARGET}");
+    match cmd.output() {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => println!(
+            "cargo:warning=rustup target add {TARGET} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(e) => println!("cargo:warning=rustup is not available ({e})"),
     }
 }
 

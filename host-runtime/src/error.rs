@@ -7,19 +7,37 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the runtime. Policy verdicts (a host rejected, with a
 /// reason) are not errors; they are data in a [`Decision`](crate::Decision).
+///
+/// A surface maps an error by its [`Error::kind`]: HTTP 400/404/409/422/500, exit codes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An input file (cluster, VM, policy, events) could not be read or is invalid.
-    /// `field` is the path inside the document, e.g. `hosts[2].memory.free_mb`.
+    /// Invalid input: a file (cluster, VM, policy, events) or a request that is malformed
+    /// or makes no sense. `file` names the file (or a label such as `<inline>`, or the
+    /// request, e.g. `VM "web-1"`); `field` is the path inside it, e.g.
+    /// `hosts[2].memory.free_mb`.
     #[error("{file}: {}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
     Input {
-        /// File name (or a label such as `<inline>`).
+        /// File name, label (`<inline>`) or the request (`VM "web-1"`).
         file: String,
         /// Field path, when known.
         field: Option<String>,
         /// What is wrong.
         message: String,
     },
+    /// Something a request names does not exist (a VM, host, unit, builtin policy).
+    #[error("{message}")]
+    NotFound {
+        /// What kind of thing: `VM`, `host`, `unit`, `builtin policy`...
+        what: &'static str,
+        /// Its id or name.
+        id: String,
+        /// The whole message, e.g. `unknown VM "web-9"`.
+        message: String,
+    },
+    /// The request cannot follow the current state (a memory change already in flight, a
+    /// VM that is not running, a host id taken).
+    #[error("{0}")]
+    Conflict(String),
     /// A policy module was rejected at load.
     #[error("module {file}: {reason}")]
     Module {
@@ -28,7 +46,8 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
-    /// A unit failed at run time (trap, deadline, memory cap, bad ABI output).
+    /// A unit failed at run time (trap, deadline, memory cap, bad ABI output) and its
+    /// failure mode failed the request.
     #[error("unit {unit:?} (module {module}) failed: {fault}")]
     Unit {
         /// Unit name.
@@ -38,12 +57,36 @@ pub enum Error {
         /// The fault.
         fault: UnitFault,
     },
-    /// A request made no sense (unknown unit, duplicate unit name, bad VM...).
-    #[error("{0}")]
-    Request(String),
+    /// A file or directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// The wasm engine itself failed (out of resources at start-up...).
     #[error("engine: {0}")]
     Engine(String),
+}
+
+/// The kind of an [`Error`], for surfaces that map errors to statuses or exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// [`Error::Input`]: the caller's input is invalid (HTTP 400).
+    InvalidInput,
+    /// [`Error::NotFound`] (HTTP 404).
+    NotFound,
+    /// [`Error::Conflict`] (HTTP 409).
+    Conflict,
+    /// [`Error::Module`]: a module was rejected (HTTP 422).
+    ModuleRejected,
+    /// [`Error::Unit`]: a fail-closed unit faulted (HTTP 502: the policy, not the caller).
+    UnitFault,
+    /// [`Error::Io`].
+    Io,
+    /// [`Error::Engine`].
+    Engine,
 }
 
 impl Error {
@@ -60,11 +103,60 @@ impl Error {
         }
     }
 
+    /// Something named by a request does not exist: `unknown {what} "{id}"`.
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        let id = id.into();
+        Error::NotFound {
+            what,
+            message: format!("unknown {what} {id:?}"),
+            id,
+        }
+    }
+
+    /// Something named by a request does not exist, said in `message`.
+    pub fn not_found_because(
+        what: &'static str,
+        id: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::NotFound {
+            what,
+            id: id.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A request that cannot follow the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict(message.into())
+    }
+
     /// A module load error.
     pub fn module(file: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Module {
             file: file.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Io {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The kind of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Input { .. } => ErrorKind::InvalidInput,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::Module { .. } => ErrorKind::ModuleRejected,
+            Error::Unit { .. } => ErrorKind::UnitFault,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Engine(_) => ErrorKind::Engine,
         }
     }
 }

@@ -1,22 +1,27 @@
-//! # wasmsched host runtime
+//! # wasmsched
 //!
 //! Loads scheduling policy units compiled to WebAssembly and runs them over cluster
 //! snapshots. The nouns, and how long each lives:
 //!
 //! * [`Runtime`]: one per process. A wasmtime engine (epoch deadlines, memory caps, no
-//!   WASI) and a registry of units by name. Built with [`Runtime::builder`].
+//!   WASI) and a registry of units by name. Built with [`Runtime::builder`]; follows a
+//!   policy directory with [`Runtime::watch`] (hot reload, [`Runtime::status`]).
 //! * [`LoadedModule`]: a validated module (manifest, compiled code, pooled instances).
 //! * [`Policy`]: a validated cluster policy (filters, weights with factors, balance unit,
-//!   selector, parameters). It holds the modules it resolved.
+//!   selector, parameters). Every decision is one of its methods: [`Policy::schedule`]
+//!   (reserves on the chosen host), [`Policy::evaluate`] (a what-if), [`Policy::migrate`],
+//!   [`Policy::balance`], [`Policy::hot_set_memory`], [`Policy::vm_failed`].
 //! * [`Cluster`]: a cluster's snapshot over time (epochs) and its pending resources: what
-//!   placed-but-not-started VMs hold on their hosts ([`pending`]); [`ClusterView`] is one
-//!   epoch. Lifecycle: [`Policy::schedule`] reserves on the chosen host;
-//!   [`Cluster::vm_started`], [`Cluster::vm_failed`], [`Cluster::migration_finished`],
-//!   [`Cluster::migration_failed`] and [`Cluster::remove_host`] release.
-//! * [`MemoryPlan`]: a memory hot plug or unplug of a running VM
-//!   ([`Cluster::hot_set_memory`], then [`Cluster::confirm_memory_change`] or
-//!   [`Cluster::fail_memory_change`]; see [`memory`]).
+//!   placed-but-not-started VMs hold on their hosts; [`ClusterView`] is one epoch. The
+//!   engine reports what happened: [`Cluster::vm_started`], [`Cluster::vm_failed`],
+//!   [`Cluster::migration_finished`], [`Cluster::migration_failed`],
+//!   [`Cluster::remove_host`], [`Cluster::confirm_memory_change`].
 //! * [`Decision`]: the answer to one [`ScheduleRequest`], explaining itself.
+//! * [`Error`]: one error type; [`Error::kind`] tells a surface how to map it.
+//!
+//! The parts of these nouns live in modules named after them: [`decision`] (per-host
+//! outcomes, weight scores), [`plan`] (balance actions, memory changes, reschedules),
+//! [`pending`] (pending records) and [`status`] (modules, files, watcher, breaker).
 //!
 //! ```no_run
 //! use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
@@ -24,59 +29,68 @@
 //! let runtime = Runtime::builder().build()?;            // builtin units loaded
 //! let policy = Policy::builtin_default(&runtime)?;
 //! let cluster = Cluster::from_file("examples/clusters/small.json".as_ref())?;
-//! let vm = wasmsched::files::read_document("examples/vms/web.json".as_ref())?;
+//! let vm = wasmsched::read_document("examples/vms/web.json".as_ref())?;
 //! let decision = policy.schedule(&cluster, &ScheduleRequest::new(vm))?;
 //! println!("{decision}");
 //! # Ok(()) }
 //! ```
+//!
+//! ## Layers
+//!
+//! `state` (snapshots, the pending ledger, placements) knows neither the engine nor
+//! scheduling; `engine` (wasmtime, modules, the ABI, reload) reads state views;
+//! `scheduling` (policies, decisions, planning) uses both. `error` and `files` serve all
+//! three. A check in CI keeps the direction.
 
 #![warn(missing_docs)]
 
-mod abi;
-mod balance;
-pub mod builtin;
-mod cluster;
+mod engine;
 mod error;
-pub mod files;
-mod lifecycle;
-pub mod memory;
-pub mod migration;
-mod module;
-pub mod pending;
-mod policy;
-pub mod power;
-mod reload;
-mod runtime;
-mod scheduler;
-pub mod simulate;
-pub mod timeline;
+mod files;
+mod scheduling;
+mod state;
 
-pub use balance::{
-    BalancePlan, PlannedAction, RefusedAction, MAX_MIGRATIONS_PER_CYCLE,
-    MAX_POWER_ACTIONS_PER_CYCLE,
+pub use engine::{
+    BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder,
+    RuntimeStatus, UnitInfo, WatchMode, WatchOptions,
 };
-pub use cluster::{Cluster, ClusterView};
-pub use error::{Error, Result, UnitFault};
-pub use lifecycle::{
-    numa_assignment, HostRemoved, PendingRules, Placement, PlacementKind, Release, Reschedule,
-    Reservation, VmFailed,
+pub use error::{Error, ErrorKind, Result, UnitFault};
+pub use files::{parse_document, read_document, Format};
+pub use scheduling::{
+    BalancePlan, Decision, Detail, FailureMode, Migration, MigrationTrigger, MemoryPlan, Policy,
+    PolicyUnit, ScheduleRequest, SelectorKind, StaleUnit, StartOutcome, VmFailed,
 };
-pub use memory::{MemoryChange, MemoryChangeDone, MemoryPlan, PlannedDimm, Reduction};
-pub use migration::{Migration, MigrationTrigger};
-pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
-pub use pending::{PendingRecord, PendingResource};
-pub use policy::{
-    FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit, BUILTIN_POLICIES, DEFAULT_POLICY_TOML,
+pub use state::{
+    Cluster, ClusterView, FailedPlacement, HostRemoved, MemoryChangeDone, PendingRules,
+    Placement, PlacementKind, Release, Reservation,
 };
-pub use reload::{
-    FileError, FileProblem, ModuleStatsView, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode,
-    WatchOptions, WatchStatus,
-};
-pub use runtime::{DirReport, Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
-pub use scheduler::{
-    Decision, Detail, HostOutcome, Outcome, ScheduleRequest, UnitFailure, WeightScore,
-    SUMMARY_HOSTS,
-};
+
+/// The parts of a [`Decision`]: what happened to each host and why.
+pub mod decision {
+    pub use crate::scheduling::{HostOutcome, Outcome, UnitFailure, WeightScore};
+}
+
+/// The parts of plans and lifecycle results: balance actions, memory changes, what became
+/// of a failed start, the wake-up a VM waits for.
+pub mod plan {
+    pub use crate::scheduling::{
+        MemoryChange, PlannedAction, PlannedDimm, Reduction, RefusedAction, Reschedule, WakeUp,
+    };
+}
+
+/// Pending resources: what a placed-but-not-started VM holds on its host, one record per
+/// resource (see [`Cluster::pending_records_on_host`]).
+pub mod pending {
+    pub use crate::state::{PendingRecord, PendingResource};
+}
+
+/// The parts of [`RuntimeStatus`]: each module, the files that do not serve, the watcher
+/// and each module's circuit breaker.
+pub mod status {
+    pub use crate::engine::{
+        BreakerStatus, FileError, FileProblem, ModuleStats, ModuleStatus, WatchStatus,
+    };
+}
 
 /// Re-export of the shared model and ABI crate.
 pub use policy_sdk as sdk;

@@ -3,15 +3,17 @@
 //! Shared by the wasmsched host and by policy modules compiled to WebAssembly:
 //!
 //! * [`model`]: the cluster snapshot (hosts, VMs, pending aggregates) and the VM request;
-//! * [`verdict`]: what units return (verdicts, penalties, balance actions);
-//! * [`manifest`]: what a module declares about its units and their parameters;
-//! * [`abi`]: the versioned guest ABI (see `ABI.md`) and [`codec`], the wire codec;
-//! * [`topology`]: CPU pinning strings, dedicated pCPU allocation and the vNUMA assignment
-//!   search, shared by the builtin high-performance units and the engine;
-//! * [`index`]: data derived from a snapshot once (host CPU flags as bit sets), kept up to
-//!   date by the guest glue and the runtime;
+//!   what units return ([`model::verdict`]: verdicts, penalties, balance actions); what a
+//!   module declares about its units ([`model::manifest`]); CPU pinning strings, dedicated
+//!   pCPU allocation and the vNUMA assignment search ([`model::topology`], shared by the
+//!   builtin high-performance units and the engine); data derived from a snapshot once
+//!   ([`model::index`], host CPU flags as bit sets);
+//! * [`wire`]: the versioned guest ABI ([`wire::abi`], see `ABI.md`), snapshot sync
+//!   messages ([`wire::sync`]) and the codec ([`wire::codec`]);
 //! * [`guest`]: for unit authors, one trait per unit kind ([`Filter`], [`Weight`],
-//!   [`Balance`]), a [`Context`], and the [`export_units!`] macro.
+//!   [`Balance`]), a [`Context`], and the [`export_units!`] macro;
+//! * `testing` (the `testing` feature): fluent builders for hosts, VMs, NUMA nodes and
+//!   snapshots, for native unit tests.
 //!
 //! A minimal filter:
 //!
@@ -44,18 +46,16 @@
 
 extern crate alloc;
 
-pub mod abi;
-pub mod codec;
 pub mod guest;
-pub mod index;
-pub mod manifest;
 pub mod model;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod topology;
-pub mod verdict;
+pub mod wire;
 
-pub use abi::LogLevel;
 pub use guest::{Balance, Context, Filter, UnitSet, Weight};
-pub use manifest::{Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind};
+pub use model::manifest::{
+    Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind,
+};
+pub use model::verdict::{BalanceAction, Penalty, PowerAction, Rejection, Verdict, Verdicts};
 pub use model::*;
-pub use verdict::{BalanceAction, Penalty, PowerAction, Rejection, Verdict, Verdicts};
+pub use wire::abi::LogLevel;

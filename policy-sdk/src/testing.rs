@@ -11,7 +11,7 @@
 //! assert_eq!(v.vcpus(), 4);
 //! ```
 
-use crate::manifest::{ParamSpec, ParamValue};
+use crate::model::manifest::{ParamSpec, ParamValue};
 use crate::model::*;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

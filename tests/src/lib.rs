@@ -37,7 +37,7 @@ pub fn runtime_with_misbehave() -> Runtime {
 
 /// Parses a TOML policy against a runtime, panicking with the error.
 pub fn policy(rt: &Runtime, toml: &str) -> Policy {
-    Policy::parse(rt, toml, wasmsched::files::Format::Toml, "test-policy.toml")
+    Policy::parse(rt, toml, wasmsched::Format::Toml, "test-policy.toml")
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -98,8 +98,10 @@ fn wat_bytes(bytes: &[u8]) -> String {
 /// `call_body` (which must leave an i64 packed result) for every call. `extra` is spliced
 /// into the module (helper functions, globals).
 pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra: &str) -> Vec<u8> {
-    use policy_sdk::abi::{pack, SyncResponse, ABI_VERSION};
-    use policy_sdk::{codec, Manifest, UnitDescriptor};
+    use policy_sdk::wire::abi::{pack, ABI_VERSION};
+    use policy_sdk::wire::sync::SyncResponse;
+    use policy_sdk::wire::codec;
+    use policy_sdk::{Manifest, UnitDescriptor};
     let manifest = codec::encode(&Some(Manifest {
         abi_version: ABI_VERSION,
         module: format!("hostile-{unit}"),

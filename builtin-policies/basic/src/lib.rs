@@ -115,11 +115,11 @@ impl Filter for CpuFilter {
         "Usable host CPUs (minus dedicated and pending pinned pCPUs) must cover the VM's vCPUs";
 
     fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
-        !policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy)
+        !policy_sdk::model::topology::is_exclusive(vm.cpu_pinning_policy)
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
+        if policy_sdk::model::topology::is_exclusive(vm.cpu_pinning_policy) {
             return Verdict::Pass;
         }
         Self::verdict(
@@ -130,7 +130,7 @@ impl Filter for CpuFilter {
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
-        if policy_sdk::topology::is_exclusive(vm.cpu_pinning_policy) {
+        if policy_sdk::model::topology::is_exclusive(vm.cpu_pinning_policy) {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
             return;
         }
@@ -236,7 +236,7 @@ policy_sdk::export_units! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::abi::{CallRequest, CallResponse};
+    use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, HostBuilder};
     use policy_sdk::{ParamType, ParamValue, Snapshot};
 

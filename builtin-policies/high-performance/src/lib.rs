@@ -3,7 +3,7 @@
 //! CpuAndNumaPinning and HighPerformanceCpu weights.
 //!
 //! The placement logic (pinning strings, dedicated pCPU allocation, the vNUMA assignment
-//! search) lives in [`policy_sdk::topology`], so the engine can turn the same assignment into
+//! search) lives in [`policy_sdk::model::topology`], so the engine can turn the same assignment into
 //! pending resources after a decision.
 //!
 //! | unit | kind | reject codes |
@@ -19,7 +19,7 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
-use policy_sdk::topology::{self, CpuPinning, NumaFit, NumaRequest};
+use policy_sdk::model::topology::{self, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
     Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
 };

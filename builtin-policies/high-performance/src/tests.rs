@@ -509,7 +509,7 @@ fn check_all_matches_per_host_check() {
                 .collect();
             assert_eq!(all, one, "{} round {round}", F::NAME);
             // With the snapshot's derived index (as the runtime and the guests call it).
-            let index = policy_sdk::index::SnapshotIndex::build(s);
+            let index = policy_sdk::model::index::SnapshotIndex::build(s);
             let indexed = Context::new(s, &[], F::NAME).with_index(&index);
             let mut with_index = Verdicts::default();
             F::default().check_all(&indexed, v, candidates, &mut with_index);
@@ -570,7 +570,7 @@ fn cpu_level_with_the_flag_index_over_many_and_long_flags() {
         .host(host("no-f42").cpu_flags(&without("f42")))
         .host(host("no-long").cpu_flags(&without("avx512_vp2intersect")))
         .build();
-    let index = policy_sdk::index::SnapshotIndex::build(&s);
+    let index = policy_sdk::model::index::SnapshotIndex::build(&s);
     let v = vm("v").build();
     let mut out = Verdicts::default();
     let indexed = Context::new(&s, &[], CpuLevelFilter::NAME).with_index(&index);

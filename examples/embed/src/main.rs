@@ -7,7 +7,8 @@
 //! Run with `cargo run -p embed-example`.
 
 use wasmsched::sdk::{CpuTopology, Host, HostMemory, HostStatus, Snapshot, Vm};
-use wasmsched::{Cluster, Policy, Reschedule, Runtime, ScheduleRequest};
+use wasmsched::plan::Reschedule;
+use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
 
 fn host(id: &str, free_mb: u64, usage: u32) -> Host {
     Host {
@@ -68,7 +69,7 @@ fn main() -> anyhow::Result<()> {
 
     // The VM failed to start there: release its pending resources and try again elsewhere
     // (the failed host is blacklisted).
-    let failed = cluster.vm_failed(&vm.id, Some(&policy))?;
+    let failed = policy.vm_failed(&cluster, &vm.id)?;
     let Reschedule::Decided {
         decision: second, ..
     } = failed.reschedule

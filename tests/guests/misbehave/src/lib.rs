@@ -135,7 +135,8 @@ pub fn units() -> UnitSet {
 #[cfg(target_arch = "wasm32")]
 mod exports {
     use super::*;
-    use policy_sdk::abi::{guest, pack};
+    use policy_sdk::guest::exports as guest;
+    use policy_sdk::wire::abi::pack;
 
     static GARBAGE: [u8; 16] = [0xff; 16];
 

@@ -1,0 +1,129 @@
+//! Mass start: 10,000 VMs scheduled one after another onto 1,000 hosts, each decision
+//! reserving its pending resources so the next one sees them ([`Policy::schedule_batch`]),
+//! wasm modules as shipped vs the same unit code compiled natively. Throughput is reported
+//! in decisions per second (criterion's elements/s).
+//!
+//! The `pending-records` group shows how a decision's cost varies with the number of pending
+//! records in the cluster: one `schedule` (decide + reserve) and the release of its VM, and
+//! one `evaluate` (decide only), at 1,000 hosts, with 0, 1,000 and 10,000 other VMs pending
+//! (5 records each).
+//!
+//! `cargo bench -p wasmsched-bench --bench mass_start`
+
+#[path = "support/mod.rs"]
+#[allow(dead_code)] // the other benchmark's cluster generator
+mod support;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use policy_sdk::testing::{host, snapshot, vm, XorShift};
+use policy_sdk::Snapshot;
+use std::hint::black_box;
+use std::time::Duration;
+use wasmsched_testkit::native::default_policies as policies;
+use wasmsched::{Cluster, Detail, PlacementKind, ScheduleRequest};
+
+const HOSTS: usize = 1_000;
+const VMS: usize = 10_000;
+
+/// Hosts with room for about 16 VMs of the mix each: 10,000 VMs fit with some to spare.
+fn roomy_cluster(hosts: usize) -> Snapshot {
+    let mut rng = XorShift::new(0x5eed);
+    snapshot()
+        .hosts((0..hosts).map(|i| {
+            host(&format!("host-{i:05}"))
+                .cpu(2, 16, 2)
+                .memory_mb(98_304)
+                .cpu_usage(rng.below(60) as u32)
+                .running_vms(rng.below(10) as u32)
+        }))
+        .build()
+}
+
+/// A VM mix of 2 to 8 GiB and 1 to 4 vCPUs, asking for summary decisions (what an engine
+/// placing VMs needs: the chosen host, not an outcome for each of the 1,000 hosts).
+fn requests(n: usize) -> Vec<ScheduleRequest> {
+    let mut rng = XorShift::new(0xface);
+    (0..n)
+        .map(|i| {
+            ScheduleRequest::new(
+                vm(&format!("vm-{i:05}"))
+                    .memory_mb(2_048 * (1 + rng.below(4)))
+                    .vcpus(1 + rng.below(4) as u32)
+                    .build(),
+            )
+            .detail(Detail::Summary)
+        })
+        .collect()
+}
+
+fn mass_start(c: &mut Criterion) {
+    let (wasm, native) = policies();
+    let requests = requests(VMS);
+    let mut group = c.benchmark_group("mass-start");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .throughput(Throughput::Elements(VMS as u64));
+    for (backend, policy) in [("wasm", &wasm), ("native", &native)] {
+        // Every VM must find a host, or the benchmark measures something else.
+        let probe = Cluster::new(roomy_cluster(HOSTS), "<bench>").unwrap();
+        let placed = policy
+            .schedule_batch(&probe, &requests)
+            .into_iter()
+            .filter(|d| d.as_ref().unwrap().chosen.is_some())
+            .count();
+        assert_eq!(placed, VMS, "{backend}: every VM must be placed");
+        group.bench_function(
+            BenchmarkId::new(backend, format!("{VMS}-vms-onto-{HOSTS}-hosts")),
+            |b| {
+                b.iter_batched(
+                    || Cluster::new(roomy_cluster(HOSTS), "<bench>").unwrap(),
+                    |cluster| black_box(policy.schedule_batch(&cluster, &requests)),
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+fn pending_records(c: &mut Criterion) {
+    let (wasm, native) = policies();
+    let probe = ScheduleRequest::new(vm("probe").memory_mb(4_096).vcpus(2).build());
+    let mut group = c.benchmark_group("pending-records");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
+    for pending_vms in [0usize, 1_000, 10_000] {
+        let cluster = Cluster::new(roomy_cluster(HOSTS), "<bench>").unwrap();
+        for (i, request) in requests(pending_vms).iter().enumerate() {
+            let host = format!("host-{:05}", i % HOSTS);
+            cluster
+                .reserve(&request.vm, &host, PlacementKind::Start)
+                .unwrap();
+        }
+        let records = cluster.pending_record_count();
+        for (backend, policy) in [("wasm", &wasm), ("native", &native)] {
+            policy.schedule(&cluster, &probe).unwrap();
+            cluster.release_vm("probe").unwrap();
+            group.bench_function(
+                BenchmarkId::new(format!("{backend}-schedule"), format!("{records}-records")),
+                |b| {
+                    b.iter(|| {
+                        let decision = policy.schedule(&cluster, &probe).unwrap();
+                        cluster.release_vm("probe").unwrap();
+                        black_box(decision)
+                    })
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("{backend}-evaluate"), format!("{records}-records")),
+                |b| b.iter(|| black_box(policy.evaluate(&cluster.view(), &probe).unwrap())),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, mass_start, pending_records);
+criterion_main!(benches);

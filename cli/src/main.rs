@@ -1,0 +1,709 @@
+//! `wasmsched`: the command-line front end of the runtime.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use wasmsched::sdk::Vm;
+use wasmsched::{
+    Cluster, Format, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest, StartOutcome,
+    WatchOptions,
+};
+
+mod simulate;
+mod size;
+mod timeline;
+
+const DEMO_CLUSTER: &str = include_str!("../../examples/demo/cluster.json");
+const DEMO_VMS: &str = include_str!("../../examples/demo/vms.json");
+
+/// Exit code when a decision found no host (or a memory hot set is not possible: the host
+/// cannot take it, or no set of DIMMs adds up to the reduction).
+const EXIT_NO_HOST: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wasmsched",
+    version,
+    about = "Scheduling-policy engine with WebAssembly policy units"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Directory of operator policy modules (*.wasm) to load next to the builtins.
+    #[arg(long, global = true, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Do not load the builtin modules.
+    #[arg(long, global = true)]
+    no_builtins: bool,
+    /// Compiled-module cache directory (default: the user's cache dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Disable the compiled-module cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log level filter (e.g. `info`, `wasmsched=debug`); also RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the builtins and schedule a handful of VMs on the sample cluster.
+    Demo,
+    /// Schedule one VM on a cluster.
+    Schedule {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The VM to place (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        vm: PathBuf,
+        /// Cluster policy: a file, or a builtin name (default, none, evenly_distributed,
+        /// power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
+        policy: Option<PathBuf>,
+        /// Hosts (ids) that must not be chosen.
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        blacklist: Vec<String>,
+        /// Only these hosts (ids) may be chosen.
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        whitelist: Option<Vec<String>>,
+    },
+    /// Choose a destination for a running VM (`--vm`), or for every VM on a host going to
+    /// maintenance (`--host`), honouring migration modes.
+    Migrate {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The running VM to move (its id).
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "host",
+            required_unless_present = "host"
+        )]
+        vm: Option<String>,
+        /// Move every VM running on this host (host maintenance).
+        #[arg(long, value_name = "ID")]
+        host: Option<String>,
+        /// Why the VM moves (decides which migration modes may move it); `--host` implies
+        /// `host-maintenance`.
+        #[arg(long, value_enum, default_value = "user-forced")]
+        trigger: TriggerArg,
+        /// Cluster policy (default: the builtin default policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Replay lifecycle events (a mass start, VMs coming up or failing, migrations, hosts
+    /// going down) on a cluster: every decision and the pending resources after each event.
+    Simulate {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The scenario: `events` and optional extra `vms` (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Cluster policy: a file, or a builtin name (default, none, evenly_distributed,
+        /// power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
+        policy: Option<PathBuf>,
+        /// Draw the balance cycles (hosts by status, cluster load) as an SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Run one balance cycle: the proposed migrations and power actions with their reasons,
+    /// and the actions the engine vetoed. Nothing is carried out.
+    Balance {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Cluster policy: a file, or a builtin name (default: power_saving).
+        #[arg(long, value_name = "FILE|NAME")]
+        policy: Option<PathBuf>,
+    },
+    /// Plan a memory hot plug or hot unplug of a running VM: the DIMM devices with their
+    /// libvirt XML and the pending memory change on its host.
+    Memory {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Id of the running VM.
+        #[arg(long, value_name = "ID")]
+        vm: String,
+        /// New memory size: MiB, or with a binary suffix M, G or T (4096, 4096M, 4G).
+        #[arg(long, value_name = "SIZE")]
+        to: String,
+        /// Cluster policy whose filters check the host (default: the builtin default).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// List the loaded units with kind, module, version and parameters.
+    Units,
+    /// Validate a policy module and print its manifest.
+    Check {
+        /// The module file.
+        module: PathBuf,
+    },
+    /// Watch the policy directory (`--policies DIR`) and hot-reload modules as they are
+    /// added, replaced or removed, logging every reload and rejection. Runs until
+    /// interrupted (Ctrl-C).
+    Watch {
+        /// Poll the directory at this interval (milliseconds) instead of using native
+        /// file events (for network filesystems).
+        #[arg(long, value_name = "MS")]
+        poll_ms: Option<u64>,
+        /// Quiet time after the last event before re-scanning (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 50)]
+        debounce_ms: u64,
+        /// How long a written file must stay unchanged before it is loaded (milliseconds).
+        #[arg(long, value_name = "MS", default_value_t = 300)]
+        settle_ms: u64,
+        /// Stop after this many seconds (for scripts and tests).
+        #[arg(long, value_name = "SECS")]
+        exit_after: Option<u64>,
+    },
+    /// Write the builtin modules to a directory.
+    Builtins {
+        /// Target directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Migration triggers on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TriggerArg {
+    /// Balancing or host trouble: only migratable VMs move.
+    Automatic,
+    /// A user asked: migratable and manual-only VMs move.
+    UserForced,
+    /// The host goes to maintenance: migratable and manual-only VMs move.
+    HostMaintenance,
+}
+
+impl From<TriggerArg> for MigrationTrigger {
+    fn from(t: TriggerArg) -> Self {
+        match t {
+            TriggerArg::Automatic => MigrationTrigger::Automatic,
+            TriggerArg::UserForced => MigrationTrigger::UserForced,
+            TriggerArg::HostMaintenance => MigrationTrigger::HostMaintenance,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `watch` exists to log reloads (info level); other commands only warn by default.
+    let default = if matches!(cli.command, Command::Watch { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.global.log.as_deref(), default);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>, default: &str) {
+    let filter = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime(global: &Global, builtins: bool) -> anyhow::Result<Runtime> {
+    let mut builder = Runtime::builder().builtins(builtins && !global.no_builtins);
+    if global.no_cache {
+        builder = builder.cache_dir(None);
+    } else if let Some(dir) = &global.cache_dir {
+        builder = builder.cache_dir(Some(dir.clone()));
+    }
+    let runtime = builder.build()?;
+    if let Some(dir) = &global.policies {
+        let report = runtime.sync_dir(dir)?;
+        for error in &report.rejected {
+            eprintln!("warning: skipped {error}");
+        }
+    }
+    Ok(runtime)
+}
+
+/// A policy file, or (when no such file exists) a builtin policy by name.
+fn policy(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Policy> {
+    Ok(match path {
+        Some(path) if !path.exists() => {
+            let name = path.to_string_lossy();
+            if Policy::builtin_names().any(|n| n == name) {
+                Policy::builtin(runtime, &name)?
+            } else {
+                Policy::from_file(runtime, path)?
+            }
+        }
+        Some(path) => Policy::from_file(runtime, path)?,
+        None => Policy::builtin_default(runtime)?,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Demo => demo(g),
+        Command::Schedule {
+            cluster,
+            vm,
+            policy: policy_file,
+            blacklist,
+            whitelist,
+        } => {
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let cluster = Cluster::from_file(cluster)?;
+            let vm: Vm = wasmsched::read_document(vm)?;
+            let mut request = ScheduleRequest::new(vm).blacklist(blacklist.iter().cloned());
+            if let Some(w) = whitelist {
+                request = request.whitelist(w.iter().cloned());
+            }
+            let decision = match policy.schedule_or_wake(&cluster, &request)? {
+                StartOutcome::Scheduled(decision) => decision,
+                StartOutcome::WakeUp(wake) => {
+                    if g.json {
+                        println!("{}", serde_json::to_string_pretty(&wake)?);
+                    } else {
+                        println!("{wake}");
+                    }
+                    return Ok(ExitCode::from(EXIT_NO_HOST));
+                }
+            };
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&decision)?);
+            } else {
+                print!("{decision}");
+            }
+            Ok(if decision.chosen.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO_HOST)
+            })
+        }
+        Command::Migrate {
+            cluster,
+            vm,
+            host,
+            trigger,
+            policy: policy_file,
+        } => {
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let cluster = Cluster::from_file(cluster)?;
+            let migrations = match (vm, host) {
+                (Some(vm), _) => vec![policy.migrate(&cluster, vm, (*trigger).into())?],
+                (None, Some(host)) => policy.evacuate_host(&cluster, host)?,
+                (None, None) => unreachable!("clap requires --vm or --host"),
+            };
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&migrations)?);
+            } else {
+                for m in &migrations {
+                    print!("{m}");
+                }
+            }
+            let stuck = migrations.iter().any(|m| match m {
+                Migration::NotAllowed { .. } => true,
+                Migration::Scheduled { decision, .. } => decision.chosen.is_none(),
+            });
+            Ok(if stuck {
+                ExitCode::from(EXIT_NO_HOST)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Simulate {
+            cluster,
+            events,
+            policy: policy_file,
+            svg,
+        } => simulate(g, cluster, events, policy_file.as_deref(), svg.as_deref()),
+        Command::Memory {
+            cluster,
+            vm,
+            to,
+            policy: policy_file,
+        } => {
+            // Check the inputs before loading any module.
+            let new_mb =
+                size::parse_size_mb(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            let cluster = Cluster::from_file(cluster)?;
+            let runtime = runtime(g, true)?;
+            let policy = policy(&runtime, policy_file.as_deref())?;
+            let plan = policy.hot_set_memory(&cluster, vm, new_mb)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+            Ok(if plan.is_possible() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO_HOST)
+            })
+        }
+        Command::Balance {
+            cluster,
+            policy: policy_file,
+        } => {
+            let cluster = Cluster::from_file(cluster)?;
+            let runtime = runtime(g, true)?;
+            let policy = match policy_file {
+                Some(p) => policy(&runtime, Some(p))?,
+                None => Policy::builtin(&runtime, "power_saving")?,
+            };
+            let plan = policy.balance(&cluster)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                println!(
+                    "balance: policy {:?}, epoch {}: {} action(s), {} refused",
+                    plan.policy,
+                    plan.epoch,
+                    plan.actions.len(),
+                    plan.refused.len()
+                );
+                for action in &plan.actions {
+                    println!("  {}", simulate::describe(action));
+                }
+                for refused in &plan.refused {
+                    println!(
+                        "  refused: {} ({})",
+                        simulate::describe(&refused.action),
+                        refused.why
+                    );
+                }
+                if let Some(failure) = &plan.unit_failure {
+                    println!(
+                        "  unit {} failed and was skipped: {}",
+                        failure.unit, failure.error
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Units => {
+            let runtime = runtime(g, true)?;
+            let units = runtime.units();
+            let status = runtime.status();
+            if g.json {
+                #[derive(serde::Serialize)]
+                struct Report<'a> {
+                    units: &'a [wasmsched::UnitInfo],
+                    status: &'a wasmsched::RuntimeStatus,
+                }
+                let report = Report {
+                    units: &units,
+                    status: &status,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_modules(&status);
+                println!();
+                for u in &units {
+                    println!(
+                        "{:<20} {:<8} {} {} ({})",
+                        u.name, u.kind, u.module, u.version, u.file
+                    );
+                    if !u.description.is_empty() {
+                        println!("    {}", u.description);
+                    }
+                    for p in &u.params {
+                        println!(
+                            "    - {} = {} ({}): {}",
+                            p.name, p.default, p.ty, p.description
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { module } => {
+            let runtime = runtime(g, false)?;
+            let bytes = std::fs::read(module)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", module.display()))?;
+            let loaded = runtime.load_module(&module.display().to_string(), &bytes)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(loaded.manifest())?);
+            } else {
+                let m = loaded.manifest();
+                println!(
+                    "{}: ok — module {} {} (ABI {}), sha256 {}",
+                    module.display(),
+                    m.module,
+                    m.version,
+                    m.abi_version,
+                    loaded.hash()
+                );
+                for u in &m.units {
+                    println!("  {:<8} {:<20} {}", u.kind, u.name, u.description);
+                    for p in &u.params {
+                        println!("           - {} = {} ({})", p.name, p.default, p.ty);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch {
+            poll_ms,
+            debounce_ms,
+            settle_ms,
+            exit_after,
+        } => watch(g, *poll_ms, *debounce_ms, *settle_ms, *exit_after),
+        Command::Builtins { out } => {
+            std::fs::create_dir_all(out)?;
+            for (file, bytes) in Runtime::builtin_modules() {
+                let path = out.join(file);
+                std::fs::write(&path, bytes)?;
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn simulate(
+    g: &Global,
+    cluster: &Path,
+    events: &Path,
+    policy_file: Option<&Path>,
+    svg: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    // Check the inputs before loading any module.
+    let cluster_label = cluster.display().to_string();
+    let cluster = Cluster::from_file(cluster)?;
+    let scenario = simulate::Scenario::from_file(events)?;
+    simulate::validate(
+        &scenario,
+        &cluster.snapshot(),
+        &events.display().to_string(),
+    )?;
+    let runtime = runtime(g, true)?;
+    let policy = policy(&runtime, policy_file)?;
+    let outcomes = simulate::run(&policy, &cluster, &scenario)?;
+    let summary = simulate::Summary::of(&outcomes, &cluster);
+    if let Some(svg) = svg {
+        let samples = simulate::samples(&outcomes);
+        if samples.is_empty() {
+            anyhow::bail!(
+                "--svg {}: the scenario has no balance event, so there is nothing to draw",
+                svg.display()
+            );
+        }
+        let title = format!(
+            "wasmsched simulate: policy {} on {} ({} balance cycles)",
+            policy.name(),
+            cluster_label,
+            samples.len()
+        );
+        std::fs::write(svg, timeline::svg(&samples, &title))
+            .map_err(|e| anyhow::anyhow!("--svg {}: cannot write: {e}", svg.display()))?;
+        if !g.json {
+            eprintln!("wrote {}", svg.display());
+        }
+    }
+    if g.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            outcomes: &'a [simulate::EventOutcome],
+            summary: &'a simulate::Summary,
+        }
+        let report = Report {
+            outcomes: &outcomes,
+            summary: &summary,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for outcome in &outcomes {
+            print!("{outcome}");
+        }
+        println!();
+        print!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(g: &Global) -> anyhow::Result<ExitCode> {
+    let runtime = runtime(g, true)?;
+    let policy = Policy::builtin_default(&runtime)?;
+    let snapshot = wasmsched::parse_document(
+        DEMO_CLUSTER,
+        Format::Json,
+        "examples/demo/cluster.json",
+    )?;
+    let cluster = Cluster::new(snapshot, "examples/demo/cluster.json")?;
+    let vms: Vec<Vm> =
+        wasmsched::parse_document(DEMO_VMS, Format::Json, "examples/demo/vms.json")?;
+    let mut decisions = Vec::new();
+    if !g.json {
+        println!(
+            "wasmsched demo: policy {:?} ({}), {} hosts, units: {}\n",
+            policy.name(),
+            policy.description(),
+            cluster.snapshot().hosts.len(),
+            runtime
+                .units()
+                .iter()
+                .map(|u| format!("{} ({})", u.name, u.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for vm in vms {
+        let decision = policy.schedule(&cluster, &ScheduleRequest::new(vm))?;
+        if !g.json {
+            println!("{decision}");
+        }
+        decisions.push(decision);
+    }
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_modules(status: &wasmsched::RuntimeStatus) {
+    println!("modules:");
+    for m in &status.modules {
+        println!(
+            "  {}  {} {}  sha256 {}  loaded {}",
+            m.file,
+            m.module,
+            m.version,
+            &m.hash[..m.hash.len().min(16)],
+            utc(m.loaded_at_unix_ms)
+        );
+        if m.breaker.open || m.breaker.trips > 0 {
+            println!(
+                "    circuit breaker: {} ({} trips, {} faults in a row{})",
+                if m.breaker.open { "OPEN" } else { "closed" },
+                m.breaker.trips,
+                m.breaker.consecutive_failures,
+                m.breaker
+                    .last_fault
+                    .as_deref()
+                    .map(|f| format!("; last: {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(e) = &m.last_error {
+            println!(
+                "    last error ({}): {} (this version keeps serving)",
+                utc(e.at_unix_ms),
+                e.reason
+            );
+        }
+    }
+    for p in &status.problems {
+        match (&p.error, &p.serving_hash) {
+            // Listed under the module that keeps serving.
+            (Some(_), Some(_)) => {}
+            (Some(e), None) => println!(
+                "  {}  REJECTED ({}): {}",
+                p.file,
+                utc(e.at_unix_ms),
+                e.reason
+            ),
+            (None, _) => println!("  {}  still being written", p.file),
+        }
+    }
+}
+
+/// `2026-01-31T12:34:56Z` from milliseconds since the Unix epoch (UTC, proleptic
+/// Gregorian).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn watch(
+    g: &Global,
+    poll_ms: Option<u64>,
+    debounce_ms: u64,
+    settle_ms: u64,
+    exit_after: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let Some(dir) = &g.policies else {
+        anyhow::bail!("watch needs --policies DIR");
+    };
+    let mut builder = Runtime::builder().builtins(!g.no_builtins);
+    if g.no_cache {
+        builder = builder.cache_dir(None);
+    } else if let Some(cache) = &g.cache_dir {
+        builder = builder.cache_dir(Some(cache.clone()));
+    }
+    let runtime = builder.build()?;
+    let mut options = match poll_ms {
+        Some(ms) => WatchOptions::polling(Duration::from_millis(ms.max(1))),
+        None => WatchOptions::default(),
+    };
+    options.debounce = Duration::from_millis(debounce_ms);
+    options.settle = Duration::from_millis(settle_ms);
+    let first = runtime.watch(dir, options)?;
+    println!(
+        "watching {} ({}): {} modules loaded, {} rejected, {} still being written",
+        dir.display(),
+        if poll_ms.is_some() {
+            "polling"
+        } else {
+            "native events"
+        },
+        first.loaded.len(),
+        first.rejected.len(),
+        first.pending.len()
+    );
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if exit_after.is_some_and(|secs| started.elapsed() >= Duration::from_secs(secs)) {
+            break;
+        }
+    }
+    runtime.stop_watching();
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&runtime.status())?);
+    } else {
+        print_modules(&runtime.status());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,588 @@
+//! A loaded policy module: compiled code, its manifest, and a pool of instances.
+
+use crate::engine::abi::{self, GuestFns, StoreData};
+use crate::state::ClusterView;
+use crate::error::UnitFault;
+use crate::engine::runtime::EngineShared;
+use policy_sdk::wire::abi::{Call, CallResponse};
+use policy_sdk::wire::sync::SyncResponse;
+use policy_sdk::wire::codec;
+use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdicts};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime::{InstancePre, Store};
+
+/// Idle instances kept per module.
+const MAX_IDLE_INSTANCES: usize = 16;
+
+/// Run-time limits for one unit call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock deadline in milliseconds (epoch ticks of 1 ms).
+    pub deadline_ms: u64,
+    /// Linear-memory cap of the instance in MiB.
+    pub memory_limit_mb: u64,
+    /// Largest result a call may return, in KiB (capped by the codec's message limit).
+    pub max_output_kb: u64,
+}
+
+impl CallLimits {
+    /// The output cap in bytes.
+    pub fn max_output_bytes(&self) -> usize {
+        usize::try_from(self.max_output_kb.saturating_mul(1024))
+            .unwrap_or(usize::MAX)
+            .min(policy_sdk::wire::codec::MAX_MESSAGE_BYTES)
+    }
+}
+
+/// When a module's circuit breaker trips and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive sandbox faults (trap, deadline, memory or output cap, bad output) that
+    /// open the breaker; 0 disables it.
+    pub threshold: u32,
+    /// How long the breaker stays open the first time; doubled at each trip in a row.
+    pub base_backoff: Duration,
+    /// Upper bound of the back-off.
+    pub max_backoff: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A module's circuit breaker as [`LoadedModule::breaker`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BreakerStatus {
+    /// True while calls are refused.
+    pub open: bool,
+    /// Milliseconds until the next trial call (0 when closed or due).
+    pub retry_in_ms: u64,
+    /// Sandbox faults in a row (reset by a successful call).
+    pub consecutive_failures: u32,
+    /// Times the breaker opened since the module was loaded.
+    pub trips: u64,
+    /// The most recent fault, if any.
+    pub last_fault: Option<String>,
+}
+
+/// Per-module breaker state.
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive: u32,
+    open_until: Option<Instant>,
+    /// Back-off of the next trip.
+    next_backoff: Option<Duration>,
+    trips: u64,
+    last_fault: Option<String>,
+}
+
+impl Breaker {
+    /// `Err` when the breaker is open: the call must not be made.
+    fn admit(&self, now: Instant) -> Result<(), UnitFault> {
+        match self.open_until {
+            Some(until) if until > now => Err(UnitFault::CircuitOpen {
+                failures: self.consecutive,
+                retry_in_ms: (until - now).as_millis() as u64 + 1,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&mut self, config: &BreakerConfig, fault: Option<&UnitFault>, now: Instant) {
+        match fault {
+            None => {
+                self.consecutive = 0;
+                self.open_until = None;
+                self.next_backoff = None;
+            }
+            Some(fault) if fault.is_sandbox_fault() => {
+                self.consecutive = self.consecutive.saturating_add(1);
+                self.last_fault = Some(fault.to_string());
+                if config.threshold > 0 && self.consecutive >= config.threshold {
+                    // Trips at the threshold, then again at every failed trial call.
+                    let backoff = self
+                        .next_backoff
+                        .unwrap_or(config.base_backoff)
+                        .min(config.max_backoff);
+                    self.open_until = Some(now + backoff);
+                    self.next_backoff = Some((backoff * 2).min(config.max_backoff));
+                    self.trips += 1;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn status(&self, now: Instant) -> BreakerStatus {
+        let open = self.open_until.is_some_and(|u| u > now);
+        BreakerStatus {
+            open,
+            retry_in_ms: self
+                .open_until
+                .filter(|_| open)
+                .map(|u| (u - now).as_millis() as u64)
+                .unwrap_or(0),
+            consecutive_failures: self.consecutive,
+            trips: self.trips,
+            last_fault: self.last_fault.clone(),
+        }
+    }
+}
+
+/// A policy module after validation: its manifest and how to run it. Shared as
+/// `Arc<LoadedModule>`; a policy keeps the modules it resolved alive, so a decision in
+/// flight finishes on the module version it started with.
+pub struct LoadedModule {
+    file: String,
+    hash: String,
+    manifest: Manifest,
+    loaded_at: SystemTime,
+    breaker: Mutex<Breaker>,
+    backend: Backend,
+}
+
+enum Backend {
+    Wasm(WasmBackend),
+    Native(UnitSet),
+}
+
+struct WasmBackend {
+    engine: Arc<EngineShared>,
+    pre: InstancePre<StoreData>,
+    pool: Mutex<Vec<Instance>>,
+    stats: Arc<SyncCounters>,
+}
+
+/// Counters of snapshot syncs and instance churn of one module.
+#[derive(Debug, Default)]
+pub(crate) struct SyncCounters {
+    full: AtomicU64,
+    delta: AtomicU64,
+    instances_created: AtomicU64,
+    instances_discarded: AtomicU64,
+}
+
+/// How a module's instances have been kept in sync, and how many were replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ModuleStats {
+    /// Full snapshots sent.
+    pub full_syncs: u64,
+    /// Deltas sent.
+    pub delta_syncs: u64,
+    /// Instances created (including the one made at load).
+    pub instances_created: u64,
+    /// Instances thrown away after a fault.
+    pub instances_discarded: u64,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("file", &self.file)
+            .field("hash", &self.hash)
+            .field("module", &self.manifest.module)
+            .field("version", &self.manifest.version)
+            .field("native", &matches!(self.backend, Backend::Native(_)))
+            .finish()
+    }
+}
+
+/// One live wasm instance with its sync state.
+pub(crate) struct Instance {
+    store: Store<StoreData>,
+    fns: GuestFns,
+    /// (cluster uid, epoch) the guest holds.
+    synced: Option<(u64, u64)>,
+    scratch: Vec<u8>,
+}
+
+impl Instance {
+    pub(crate) fn new(
+        engine: &EngineShared,
+        pre: &InstancePre<StoreData>,
+        file: &str,
+        limits: CallLimits,
+    ) -> Result<Self, UnitFault> {
+        let mut store = Store::new(&engine.engine, StoreData::new(Arc::from(file), limits));
+        store.limiter(|data| &mut data.limiter);
+        store.set_epoch_deadline(limits.deadline_ms.max(1));
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            if store.data().limiter.hit {
+                UnitFault::MemoryCap {
+                    mb: limits.memory_limit_mb,
+                }
+            } else {
+                UnitFault::Trap(format!("instantiation failed: {e:#}"))
+            }
+        })?;
+        let fns = GuestFns::new(&mut store, &instance)
+            .map_err(|e| UnitFault::BadOutput(format!("{e:#}")))?;
+        Ok(Self {
+            store,
+            fns,
+            synced: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn set_limits(&mut self, limits: CallLimits) {
+        let data = self.store.data_mut();
+        data.limiter.max_bytes = (limits.memory_limit_mb as usize) << 20;
+        data.limiter.hit = false;
+        data.deadline_ms = limits.deadline_ms;
+        data.max_output_bytes = limits.max_output_bytes();
+        self.store.set_epoch_deadline(limits.deadline_ms.max(1));
+    }
+
+    pub(crate) fn abi_version(&mut self) -> Result<u32, UnitFault> {
+        self.fns.abi_version(&mut self.store)
+    }
+
+    pub(crate) fn manifest(&mut self) -> Result<Option<Manifest>, UnitFault> {
+        self.fns.manifest(&mut self.store)
+    }
+
+    /// Sends raw sync bytes; used at load for the smoke test.
+    pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
+        self.fns.exchange(&mut self.store, bytes, true)
+    }
+
+    /// Sends one unit call without syncing first; used at load for the smoke test.
+    pub(crate) fn call_raw(&mut self, call: &Call<'_>) -> Result<CallResponse, UnitFault> {
+        let bytes = codec::encode(call)
+            .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
+        self.fns.exchange(&mut self.store, &bytes, false)
+    }
+
+    /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
+    /// same cluster and the cluster still has the changes, a full snapshot otherwise.
+    fn ensure_synced(&mut self, view: &ClusterView, stats: &SyncCounters) -> Result<(), UnitFault> {
+        let target = (view.uid(), view.epoch());
+        if self.synced == Some(target) {
+            return Ok(());
+        }
+        let from = self
+            .synced
+            .filter(|(uid, _)| *uid == view.uid())
+            .map(|(_, epoch)| epoch);
+        let (bytes, full) = abi::sync_message(view, from);
+        let counter = if full { &stats.full } else { &stats.delta };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut response = self
+            .fns
+            .exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
+        if !full && !matches!(response, SyncResponse::Synced { .. }) {
+            let (bytes, _) = abi::sync_message(view, None);
+            stats.full.fetch_add(1, Ordering::Relaxed);
+            response = self.fns.exchange(&mut self.store, &bytes, true)?;
+        }
+        match response {
+            SyncResponse::Synced { epoch } if epoch == view.epoch() => {
+                self.synced = Some(target);
+                Ok(())
+            }
+            SyncResponse::Synced { epoch } => {
+                self.synced = None;
+                Err(UnitFault::BadOutput(format!(
+                    "guest synced to epoch {epoch}, expected {}",
+                    view.epoch()
+                )))
+            }
+            SyncResponse::Failed(message) => {
+                self.synced = None;
+                Err(UnitFault::GuestError(format!(
+                    "snapshot sync failed: {message}"
+                )))
+            }
+        }
+    }
+
+    fn call(
+        &mut self,
+        view: &ClusterView,
+        call: Call<'_>,
+        stats: &SyncCounters,
+    ) -> Result<CallResponse, UnitFault> {
+        self.ensure_synced(view, stats)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        codec::encode_into(&call, &mut scratch)
+            .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
+        let result = self
+            .fns
+            .exchange::<CallResponse>(&mut self.store, &scratch, false);
+        self.scratch = scratch;
+        result
+    }
+}
+
+impl LoadedModule {
+    pub(crate) fn new_wasm(
+        file: String,
+        hash: String,
+        manifest: Manifest,
+        engine: Arc<EngineShared>,
+        pre: InstancePre<StoreData>,
+        first: Instance,
+    ) -> Self {
+        Self {
+            file,
+            hash,
+            manifest,
+            loaded_at: SystemTime::now(),
+            breaker: Mutex::default(),
+            backend: Backend::Wasm(WasmBackend {
+                engine,
+                pre,
+                pool: Mutex::new(vec![first]),
+                stats: Arc::new(SyncCounters {
+                    instances_created: AtomicU64::new(1),
+                    ..Default::default()
+                }),
+            }),
+        }
+    }
+
+    pub(crate) fn new_native(file: String, units: UnitSet) -> Self {
+        Self {
+            file,
+            hash: String::from("native"),
+            manifest: units.manifest(),
+            loaded_at: SystemTime::now(),
+            breaker: Mutex::default(),
+            backend: Backend::Native(units),
+        }
+    }
+
+    /// File name (or label) the module was loaded from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The hash [`LoadedModule::hash`] reports for a module made of `bytes`.
+    pub fn hash_of(bytes: &[u8]) -> String {
+        crate::engine::cache::sha256_hex(bytes)
+    }
+
+    /// SHA-256 of the module bytes (hex), or `native`.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// When the module was loaded (validated and ready).
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The state of the module's circuit breaker.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.breaker.lock().unwrap().status(Instant::now())
+    }
+
+    /// The module's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The descriptor of unit `index`.
+    pub fn unit(&self, index: u32) -> Option<&UnitDescriptor> {
+        self.manifest.units.get(index as usize)
+    }
+
+    /// True for units compiled into the host (no sandbox).
+    pub fn is_native(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
+    }
+
+    /// Idle instances in the pool (wasm only).
+    pub fn idle_instances(&self) -> usize {
+        match &self.backend {
+            Backend::Wasm(w) => w.pool.lock().unwrap().len(),
+            Backend::Native(_) => 0,
+        }
+    }
+
+    /// Sync and instance counters (all zero for native modules).
+    pub fn stats(&self) -> ModuleStats {
+        match &self.backend {
+            Backend::Wasm(w) => ModuleStats {
+                full_syncs: w.stats.full.load(Ordering::Relaxed),
+                delta_syncs: w.stats.delta.load(Ordering::Relaxed),
+                instances_created: w.stats.instances_created.load(Ordering::Relaxed),
+                instances_discarded: w.stats.instances_discarded.load(Ordering::Relaxed),
+            },
+            Backend::Native(_) => ModuleStats::default(),
+        }
+    }
+
+    /// Runs a filter over the call's candidates: its verdicts (compact).
+    pub(crate) fn filter(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+    ) -> Result<Verdicts, UnitFault> {
+        self.call(view, call, limits, "verdicts", |r| match r {
+            CallResponse::Verdicts(v) => match v.check() {
+                Ok(()) => Taken::Answer {
+                    count: Some(v.len()),
+                    value: v,
+                },
+                Err(why) => Taken::Broken(why),
+            },
+            other => Taken::Other(other),
+        })
+    }
+
+    /// Runs a weight over the call's candidates: one penalty per candidate.
+    pub(crate) fn weigh(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+    ) -> Result<Vec<Penalty>, UnitFault> {
+        let candidates = call.candidates.len();
+        self.call(view, call, limits, "penalties", |r| match r {
+            CallResponse::Penalties(p) => Taken::Answer {
+                count: Some(p.len()),
+                value: p,
+            },
+            CallResponse::SamePenalty(p) => Taken::Answer {
+                count: None,
+                value: vec![p; candidates],
+            },
+            other => Taken::Other(other),
+        })
+    }
+
+    /// Runs a balance unit.
+    pub(crate) fn balance(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+    ) -> Result<Vec<BalanceAction>, UnitFault> {
+        self.call(view, call, limits, "balance actions", |r| match r {
+            CallResponse::Actions(a) => Taken::Answer {
+                count: None,
+                value: a,
+            },
+            other => Taken::Other(other),
+        })
+    }
+
+    /// Runs one unit call and checks the answer's shape (the expected variant and, for
+    /// filters and weights, one result per candidate). A broken guest (trap, deadline,
+    /// memory cap, bad output) loses its instance; the next call gets a fresh one.
+    fn call<R>(
+        &self,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+        expected: &str,
+        take: impl FnOnce(CallResponse) -> Taken<R>,
+    ) -> Result<R, UnitFault> {
+        let candidates = call.candidates.len();
+        let shape = |response: CallResponse| match response {
+            CallResponse::Failed(message) => Err(UnitFault::GuestError(message)),
+            response => match take(response) {
+                Taken::Answer { value, count } if count.is_none_or(|n| n == candidates) => {
+                    Ok(value)
+                }
+                Taken::Answer { count, .. } => Err(UnitFault::BadOutput(format!(
+                    "{} {expected} for {candidates} candidate hosts",
+                    count.unwrap_or_default()
+                ))),
+                Taken::Broken(why) => Err(UnitFault::BadOutput(why)),
+                Taken::Other(other) => Err(UnitFault::BadOutput(format!(
+                    "expected {expected}, got {}",
+                    variant(&other)
+                ))),
+            },
+        };
+        let wasm = match &self.backend {
+            Backend::Native(units) => {
+                return shape(units.evaluate_indexed(view.snapshot(), Some(view.derived()), call))
+            }
+            Backend::Wasm(wasm) => wasm,
+        };
+        self.breaker.lock().unwrap().admit(Instant::now())?;
+        let result = self.call_wasm(wasm, view, call, limits, shape);
+        self.breaker.lock().unwrap().record(
+            &wasm.engine.breaker,
+            result.as_ref().err(),
+            Instant::now(),
+        );
+        result
+    }
+
+    /// [`LoadedModule::call`] on a pooled (or fresh) instance.
+    fn call_wasm<R>(
+        &self,
+        wasm: &WasmBackend,
+        view: &ClusterView,
+        call: Call<'_>,
+        limits: CallLimits,
+        shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
+    ) -> Result<R, UnitFault> {
+        let pooled = wasm.pool.lock().unwrap().pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => {
+                wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                Instance::new(&wasm.engine, &wasm.pre, &self.file, limits)?
+            }
+        };
+        instance.set_limits(limits);
+        let result = instance.call(view, call, &wasm.stats).and_then(shape);
+        match &result {
+            Ok(_) => self.release(wasm, instance),
+            Err(UnitFault::GuestError(_)) => {
+                // The guest is healthy but may hold a state we did not expect.
+                instance.synced = None;
+                self.release(wasm, instance);
+            }
+            Err(_) => {
+                wasm.stats
+                    .instances_discarded
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn release(&self, wasm: &WasmBackend, instance: Instance) {
+        let mut pool = wasm.pool.lock().unwrap();
+        if pool.len() < MAX_IDLE_INSTANCES {
+            pool.push(instance);
+        }
+    }
+}
+
+/// What a unit call's answer turned out to be.
+enum Taken<R> {
+    /// The expected variant; `count` results, to match the candidates when it is `Some`.
+    Answer { value: R, count: Option<usize> },
+    /// The expected variant, malformed (why).
+    Broken(String),
+    /// Another variant.
+    Other(CallResponse),
+}
+
+/// Name of a response variant, for error messages.
+fn variant(response: &CallResponse) -> &'static str {
+    match response {
+        CallResponse::Verdicts(_) => "verdicts",
+        CallResponse::Penalties(_) => "penalties",
+        CallResponse::Actions(_) => "balance actions",
+        CallResponse::SamePenalty(_) => "one penalty for all",
+        CallResponse::Failed(_) => "a failure",
+    }
+}

@@ -1,0 +1,708 @@
+//! Hot reload of a policy directory: a scan that validates changed files off the request
+//! path and publishes the new module set in one atomic swap, a watcher thread that runs
+//! scans on `notify` events (native or polling), and the status of both.
+//!
+//! Events are only hints: every scan lists the directory and compares each `*.wasm`
+//! file's size and mtime with what was last processed. A changed file is read only once
+//! it has stopped changing (its mtime is at least `settle` old, or it did not change for
+//! `settle` between two scans) unless it was renamed into the directory, which editors
+//! and deploy tools do only with complete files. A file whose content changes while it is
+//! read is left for the next scan.
+
+use crate::error::{Error, Result};
+use crate::engine::module::{BreakerStatus, LoadedModule, ModuleStats};
+use crate::engine::runtime::{Runtime, RuntimeState};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the watcher learns about changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    /// The platform's file events (inotify, FSEvents, ReadDirectoryChangesW).
+    Native,
+    /// Polling the directory at this interval: for network filesystems and other places
+    /// where native events do not arrive.
+    Poll(Duration),
+}
+
+/// Options of [`Runtime::watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Native events or polling.
+    pub mode: WatchMode,
+    /// Quiet time after the last event before the directory is scanned (bursts of events
+    /// give one scan).
+    pub debounce: Duration,
+    /// How long a written (not renamed-in) file must stay unchanged before it is read.
+    pub settle: Duration,
+    /// The directory is also scanned this often without any event (events are hints and
+    /// can be lost, e.g. on queue overflow).
+    pub rescan_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            mode: WatchMode::Native,
+            debounce: Duration::from_millis(50),
+            settle: Duration::from_millis(300),
+            rescan_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WatchOptions {
+    /// Polling at `interval` instead of native events.
+    pub fn polling(interval: Duration) -> Self {
+        Self {
+            mode: WatchMode::Poll(interval),
+            ..Self::default()
+        }
+    }
+}
+
+/// What loading a policy directory did: one scan of a watched directory
+/// ([`Runtime::watch`], [`Runtime::sync_dir`]) or a one-off [`Runtime::load_dir`].
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Files whose new content was validated and published (new or replaced modules).
+    pub loaded: Vec<String>,
+    /// Files that disappeared; their modules were unpublished.
+    pub removed: Vec<String>,
+    /// Files whose content was rejected; a version that was serving keeps serving.
+    pub rejected: Vec<Error>,
+    /// Files still being written (left for a later scan).
+    pub pending: Vec<String>,
+}
+
+impl ReloadReport {
+    /// Whether the scan changed the published set.
+    pub fn changed(&self) -> bool {
+        !self.loaded.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// A rejected version of a module file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileError {
+    /// The file.
+    pub file: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// When (milliseconds since the Unix epoch).
+    pub at_unix_ms: u64,
+}
+
+/// A loaded module as [`Runtime::status`] reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleStatus {
+    /// File (or label) it was loaded from.
+    pub file: String,
+    /// Module name from the manifest.
+    pub module: String,
+    /// Module version from the manifest.
+    pub version: String,
+    /// SHA-256 of the bytes (hex), or `native`.
+    pub hash: String,
+    /// When this version was loaded (milliseconds since the Unix epoch).
+    pub loaded_at_unix_ms: u64,
+    /// Unit names.
+    pub units: Vec<String>,
+    /// The last rejected version of the same file, if the newest attempt failed (this
+    /// version keeps serving).
+    pub last_error: Option<FileError>,
+    /// The module's circuit breaker.
+    pub breaker: BreakerStatus,
+    /// Sync and instance counters.
+    pub stats: ModuleStats,
+}
+
+/// The watcher as [`Runtime::status`] reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchStatus {
+    /// Watched directory.
+    pub dir: String,
+    /// Native events or polling.
+    pub mode: WatchMode,
+    /// Whether the watcher thread is running.
+    pub running: bool,
+    /// Scans run since the watcher started (including the first).
+    pub scans: u64,
+    /// Last watcher error (event queue overflow, directory gone...).
+    pub last_error: Option<String>,
+}
+
+/// Everything [`Runtime::status`] knows: the published modules, files that were rejected
+/// or are still being written, and the watcher.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeStatus {
+    /// Generation of the published module set.
+    pub generation: u64,
+    /// Modules in the published set, in load order.
+    pub modules: Vec<ModuleStatus>,
+    /// Files of the policy directory whose newest content is not serving: rejected (with
+    /// the reason) or pending (still being written). A rejected file whose older version
+    /// serves is listed here and in `modules`.
+    pub problems: Vec<FileProblem>,
+    /// The watcher, when one was started.
+    pub watch: Option<WatchStatus>,
+}
+
+/// A file of the policy directory whose newest content is not serving.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileProblem {
+    /// The file.
+    pub file: String,
+    /// Hash of the version still serving from this file, if any.
+    pub serving_hash: Option<String>,
+    /// The rejection; `None` while the file is still being written.
+    pub error: Option<FileError>,
+}
+
+/// Size and modification time: what tells that a file changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: SystemTime,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            len: meta.len(),
+            mtime: meta.modified()?,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// The version published from this file.
+    serving: Option<Arc<LoadedModule>>,
+    /// Stamp of the content last processed (published or rejected).
+    processed: Option<Stamp>,
+    /// A newer stamp seen and when it was first seen (waiting for the file to settle).
+    pending: Option<(Stamp, Instant)>,
+    /// Rejection of the newest content.
+    error: Option<FileError>,
+    /// Generation of the module set when the content was refused because another module
+    /// held one of its unit names: tried again once the set changes.
+    conflict_at: Option<u64>,
+}
+
+/// What the runtime knows about its policy directory.
+#[derive(Debug)]
+pub(crate) struct DirState {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// A running watcher; dropping it stops the thread at its next wake-up.
+pub(crate) struct WatchHandle {
+    stop: mpsc::Sender<Msg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _watcher: Box<dyn notify::Watcher + Send>,
+    info: Arc<Mutex<WatchStatus>>,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHandle")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(Msg::Stop);
+    }
+}
+
+enum Msg {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn is_module_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wasm")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+}
+
+/// Result of one scan: the report and when to look again for files still settling.
+struct ScanOutcome {
+    report: ReloadReport,
+    recheck_in: Option<Duration>,
+}
+
+impl Runtime {
+    /// Loads, replaces and unloads modules so that the published set matches the `*.wasm`
+    /// files of `dir` (hidden files skipped), in one atomic swap; returns what changed.
+    /// Every file is read now, settled or not. A file that fails validation is reported
+    /// in [`ReloadReport::rejected`] and [`Runtime::status`]; a version of it that was
+    /// serving keeps serving. A runtime follows one policy directory: a second directory
+    /// is refused.
+    pub fn sync_dir(&self, dir: &Path) -> Result<ReloadReport> {
+        self.bind_dir(dir)?;
+        Ok(self.scan(true, Duration::ZERO, &HashSet::new())?.report)
+    }
+
+    /// Starts watching a policy directory (the directory, not its files): runs a first
+    /// [`Runtime::sync_dir`]-like scan now (files still being written are left for
+    /// later), then a thread re-scans after every burst of events and every
+    /// `rescan_interval`. Reloads and rejections are logged (`tracing`, target
+    /// `wasmsched::reload`) and visible in [`Runtime::status`]. Fails if a watcher is
+    /// already running or the directory cannot be watched.
+    pub fn watch(&self, dir: impl Into<PathBuf>, options: WatchOptions) -> Result<ReloadReport> {
+        let dir = dir.into();
+        let mut slot = self.state.watch.lock().unwrap();
+        if slot.is_some() {
+            return Err(Error::conflict(
+                "the runtime is already watching a policy directory",
+            ));
+        }
+        self.bind_dir(&dir)?;
+        let (tx, rx) = mpsc::channel();
+        let events = tx.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let _ = events.send(Msg::Event(event));
+        };
+        let watch_err =
+            |e: notify::Error| Error::io(dir.display().to_string(), format!("cannot watch: {e}"));
+        let mut watcher: Box<dyn notify::Watcher + Send> = match options.mode {
+            WatchMode::Native => Box::new(notify::recommended_watcher(handler).map_err(watch_err)?),
+            WatchMode::Poll(interval) => Box::new(
+                notify::PollWatcher::new(
+                    handler,
+                    notify::Config::default()
+                        .with_poll_interval(interval)
+                        .with_compare_contents(false),
+                )
+                .map_err(watch_err)?,
+            ),
+        };
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(watch_err)?;
+        let first = self.scan(false, options.settle, &HashSet::new())?;
+        let info = Arc::new(Mutex::new(WatchStatus {
+            dir: dir.display().to_string(),
+            mode: options.mode,
+            running: true,
+            scans: 1,
+            last_error: None,
+        }));
+        let thread = {
+            let state = Arc::downgrade(&self.state);
+            let shared = self.shared.clone();
+            let info = info.clone();
+            let recheck = first.recheck_in;
+            std::thread::Builder::new()
+                .name("wasmsched-watch".into())
+                .spawn(move || watch_loop(state, shared, rx, options, info, recheck))
+                .map_err(|e| Error::Engine(format!("cannot start the watcher thread: {e}")))?
+        };
+        tracing::info!(target: "wasmsched::reload", dir = %dir.display(), mode = ?options.mode, "watching");
+        *slot = Some(WatchHandle {
+            stop: tx,
+            thread: Some(thread),
+            _watcher: watcher,
+            info,
+        });
+        Ok(first.report)
+    }
+
+    /// Stops the watcher (waiting for a scan in progress to finish). The published modules
+    /// stay. Returns whether a watcher was running.
+    pub fn stop_watching(&self) -> bool {
+        let handle = self.state.watch.lock().unwrap().take();
+        let Some(mut handle) = handle else {
+            return false;
+        };
+        let _ = handle.stop.send(Msg::Stop);
+        if let Some(thread) = handle.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+        handle.info.lock().unwrap().running = false;
+        true
+    }
+
+    /// The published modules (hash, load time, last error, circuit breaker), the files
+    /// of the policy directory that are rejected or still being written, and the watcher.
+    pub fn status(&self) -> RuntimeStatus {
+        let registry = self.registry();
+        let dir = self.state.dir.lock().unwrap();
+        let file_error = |file: &str| -> Option<FileError> {
+            let dir = dir.as_ref()?;
+            dir.files
+                .iter()
+                .find(|(p, _)| p.display().to_string() == file)
+                .and_then(|(_, s)| s.error.clone())
+        };
+        let modules = registry
+            .modules
+            .iter()
+            .map(|m| ModuleStatus {
+                file: m.file().to_string(),
+                module: m.manifest().module.clone(),
+                version: m.manifest().version.clone(),
+                hash: m.hash().to_string(),
+                loaded_at_unix_ms: unix_ms(m.loaded_at()),
+                units: m.manifest().units.iter().map(|u| u.name.clone()).collect(),
+                last_error: file_error(m.file()),
+                breaker: m.breaker(),
+                stats: m.stats(),
+            })
+            .collect();
+        let problems = dir
+            .as_ref()
+            .map(|d| {
+                d.files
+                    .iter()
+                    .filter(|(_, s)| s.error.is_some() || s.pending.is_some())
+                    .map(|(p, s)| FileProblem {
+                        file: p.display().to_string(),
+                        serving_hash: s.serving.as_ref().map(|m| m.hash().to_string()),
+                        error: s.error.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let watch = self
+            .state
+            .watch
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|h| h.info.lock().unwrap().clone());
+        RuntimeStatus {
+            generation: registry.generation,
+            modules,
+            problems,
+            watch,
+        }
+    }
+
+    fn bind_dir(&self, dir: &Path) -> Result<()> {
+        let mut state = self.state.dir.lock().unwrap();
+        match &*state {
+            Some(d) if d.dir != dir => Err(Error::conflict(format!(
+                "the runtime already follows policy directory {}; cannot also follow {}",
+                d.dir.display(),
+                dir.display()
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                if !dir.is_dir() {
+                    return Err(Error::input(
+                        dir.display().to_string(),
+                        None,
+                        "not a directory",
+                    ));
+                }
+                *state = Some(DirState {
+                    dir: dir.to_path_buf(),
+                    files: BTreeMap::new(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// One scan of the bound directory. `force` reads changed files even if they have not
+    /// settled; `renamed` are files known to have been renamed into place (complete).
+    fn scan(
+        &self,
+        force: bool,
+        settle: Duration,
+        renamed: &HashSet<PathBuf>,
+    ) -> Result<ScanOutcome> {
+        let mut guard = self.state.dir.lock().unwrap();
+        let state = guard.as_mut().expect("scan of a bound directory");
+        let entries = std::fs::read_dir(&state.dir).map_err(|e| {
+            Error::input(
+                state.dir.display().to_string(),
+                None,
+                format!("cannot read directory: {e}"),
+            )
+        })?;
+        let mut present: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_module_file(p) && p.is_file())
+            .collect();
+        present.sort();
+        let now = Instant::now();
+        let mut report = ReloadReport::default();
+        let mut recheck_in: Option<Duration> = None;
+        let mut wait = |d: Duration| {
+            let d = d.max(Duration::from_millis(10));
+            recheck_in = Some(recheck_in.map_or(d, |r: Duration| r.min(d)));
+        };
+        let generation = self.generation();
+        let mut fresh: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
+        let mut rejected: Vec<(PathBuf, Stamp, Error)> = Vec::new();
+        let mut conflicts: Vec<(PathBuf, Stamp, Error)> = Vec::new();
+        for path in &present {
+            let file = path.display().to_string();
+            let Ok(stamp) = Stamp::of(path) else {
+                continue; // gone between listing and stat: the next scan sees it
+            };
+            let entry = state.files.entry(path.clone()).or_default();
+            let retry = entry.conflict_at.is_some_and(|g| g != generation);
+            if entry.processed == Some(stamp) && !retry {
+                entry.pending = None;
+                continue;
+            }
+            if !force && !renamed.contains(path) {
+                let age = SystemTime::now()
+                    .duration_since(stamp.mtime)
+                    .unwrap_or(Duration::ZERO);
+                let unchanged_for = match entry.pending {
+                    Some((s, since)) if s == stamp => now.duration_since(since),
+                    _ => {
+                        entry.pending = Some((stamp, now));
+                        Duration::ZERO
+                    }
+                };
+                if age < settle && unchanged_for < settle {
+                    wait(settle - age.max(unchanged_for));
+                    report.pending.push(file);
+                    continue;
+                }
+            }
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    rejected.push((
+                        path.clone(),
+                        stamp,
+                        Error::module(&file, format!("cannot read: {e}")),
+                    ));
+                    continue;
+                }
+            };
+            if Stamp::of(path).ok() != Some(stamp) || bytes.len() as u64 != stamp.len {
+                // Written to while we read it: look again once it settles.
+                entry.pending = Some((stamp, now));
+                wait(settle);
+                report.pending.push(file);
+                continue;
+            }
+            if let Some(serving) = &entry.serving {
+                let hash = crate::engine::cache::sha256_hex(&bytes);
+                if serving.hash() == hash {
+                    // Touched, same content.
+                    entry.processed = Some(stamp);
+                    entry.pending = None;
+                    entry.error = None;
+                    continue;
+                }
+            }
+            match self.load_module(&file, &bytes) {
+                Ok(module) => fresh.push((path.clone(), module, stamp)),
+                Err(e) => rejected.push((path.clone(), stamp, e)),
+            }
+        }
+        let gone: Vec<PathBuf> = state
+            .files
+            .keys()
+            .filter(|p| present.binary_search(p).is_err())
+            .cloned()
+            .collect();
+
+        // Publish everything in one swap: removals first (a rename frees the unit names
+        // for the new file), then each new version if its unit names are free.
+        let mut published: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
+        if !gone.is_empty() || !fresh.is_empty() {
+            let gone_files: Vec<String> = gone.iter().map(|p| p.display().to_string()).collect();
+            let result = self.update(|registry| {
+                for file in &gone_files {
+                    registry.remove(file);
+                }
+                for (path, module, stamp) in fresh.drain(..) {
+                    let mut trial = registry.clone();
+                    trial.remove(module.file());
+                    match trial.insert(module.clone()) {
+                        Ok(()) => {
+                            *registry = trial;
+                            published.push((path, module, stamp));
+                        }
+                        Err(e) => conflicts.push((path, stamp, e)),
+                    }
+                }
+                Ok(())
+            });
+            result?;
+        }
+        let generation = self.generation();
+        for path in gone {
+            let file = path.display().to_string();
+            if let Some(old) = state.files.remove(&path) {
+                if old.serving.is_some() {
+                    tracing::info!(target: "wasmsched::reload", file, "module removed; its units are gone (policies using them keep their last good version)");
+                    report.removed.push(file);
+                }
+            }
+        }
+        for (path, module, stamp) in published {
+            let file = path.display().to_string();
+            let entry = state.files.entry(path).or_default();
+            let m = module.manifest();
+            let units: Vec<&str> = m.units.iter().map(|u| u.name.as_str()).collect();
+            tracing::info!(
+                target: "wasmsched::reload",
+                file,
+                module = m.module,
+                version = m.version,
+                hash = &module.hash()[..12],
+                units = units.join(","),
+                "{}",
+                if entry.serving.is_some() { "module replaced" } else { "module loaded" }
+            );
+            entry.serving = Some(module);
+            entry.processed = Some(stamp);
+            entry.pending = None;
+            entry.error = None;
+            entry.conflict_at = None;
+            report.loaded.push(file);
+        }
+        let conflicted: Vec<PathBuf> = conflicts.iter().map(|(p, _, _)| p.clone()).collect();
+        if report.changed()
+            && state
+                .files
+                .iter()
+                .any(|(p, s)| s.conflict_at.is_some() && !conflicted.contains(p))
+        {
+            // A unit name may have been freed: try the refused files again.
+            wait(Duration::ZERO);
+        }
+        let rejected = rejected
+            .into_iter()
+            .map(|r| (r, false))
+            .chain(conflicts.into_iter().map(|r| (r, true)));
+        for ((path, stamp, error), conflict) in rejected {
+            let entry = state.files.entry(path.clone()).or_default();
+            let reason = match &error {
+                Error::Module { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            tracing::warn!(
+                target: "wasmsched::reload",
+                file = %path.display(),
+                serving = entry.serving.as_ref().map(|m| &m.hash()[..12]),
+                "module rejected: {reason}"
+            );
+            entry.processed = Some(stamp);
+            entry.pending = None;
+            entry.conflict_at = conflict.then_some(generation);
+            entry.error = Some(FileError {
+                file: path.display().to_string(),
+                reason,
+                at_unix_ms: unix_ms(SystemTime::now()),
+            });
+            report.rejected.push(error);
+        }
+        Ok(ScanOutcome { report, recheck_in })
+    }
+}
+
+/// Whether an event says a module file was renamed into place (so it is complete).
+fn renamed_into_place(event: &notify::Event) -> Vec<PathBuf> {
+    use notify::event::{ModifyKind, RenameMode};
+    match event.kind {
+        notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.clone(),
+        notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            event.paths.get(1).cloned().into_iter().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn watch_loop(
+    state: Weak<RuntimeState>,
+    shared: Arc<crate::engine::runtime::EngineShared>,
+    rx: mpsc::Receiver<Msg>,
+    options: WatchOptions,
+    info: Arc<Mutex<WatchStatus>>,
+    first_recheck: Option<Duration>,
+) {
+    let started = Instant::now();
+    // Next scan for files still settling, and next scan after a burst of events.
+    let mut recheck: Option<Instant> = first_recheck.map(|d| started + d);
+    let mut debounced: Option<Instant> = None;
+    // First event of the current burst: a steady stream of events still gets a scan
+    // every 20 debounce periods.
+    let mut burst_start: Option<Instant> = None;
+    let mut renamed: HashSet<PathBuf> = HashSet::new();
+    loop {
+        let now = Instant::now();
+        let due = match (recheck, debounced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = due
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(options.rescan_interval);
+        match rx.recv_timeout(timeout) {
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Msg::Event(Ok(event))) => {
+                let relevant = event.paths.is_empty()
+                    || event.need_rescan()
+                    || event.paths.iter().any(|p| is_module_file(p));
+                if !relevant {
+                    continue;
+                }
+                renamed.extend(renamed_into_place(&event));
+                let now = Instant::now();
+                let start = *burst_start.get_or_insert(now);
+                debounced = Some((now + options.debounce).min(start + options.debounce * 20));
+            }
+            Ok(Msg::Event(Err(e))) => {
+                tracing::warn!(target: "wasmsched::reload", "watcher error: {e}; re-scanning");
+                info.lock().unwrap().last_error = Some(e.to_string());
+                debounced = Some(Instant::now() + options.debounce);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let Some(state) = state.upgrade() else {
+                    break;
+                };
+                let runtime = Runtime {
+                    shared: shared.clone(),
+                    state,
+                };
+                burst_start = None;
+                debounced = None;
+                let hints = std::mem::take(&mut renamed);
+                match runtime.scan(false, options.settle, &hints) {
+                    Ok(outcome) => {
+                        recheck = outcome.recheck_in.map(|d| Instant::now() + d);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "wasmsched::reload", "scan failed: {e}");
+                        info.lock().unwrap().last_error = Some(e.to_string());
+                        recheck = None;
+                    }
+                }
+                info.lock().unwrap().scans += 1;
+            }
+        }
+    }
+    info.lock().unwrap().running = false;
+}

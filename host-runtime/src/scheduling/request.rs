@@ -1,0 +1,201 @@
+//! What a decision is asked: the VM, where it may go, why it is placed and how much the
+//! decision reports.
+
+use crate::error::{Error, Result};
+use crate::state::pending::MAX_MEMORY_MB;
+use crate::state::{check_vm_amounts, PlacementKind};
+use policy_sdk::model::topology::{self, CpuPinning};
+use policy_sdk::Vm;
+use serde::{Deserialize, Serialize};
+
+/// What to schedule and where it may go.
+///
+/// Deserializes from JSON such as `{"vm": {...}, "blacklist": ["h1"], "detail":
+/// "summary"}` (every field but `vm` optional) with the same validation as
+/// [`ScheduleRequest::validate`]: a request that deserializes is one a decision accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "RequestDocument")]
+pub struct ScheduleRequest {
+    /// The VM to place.
+    pub vm: Vm,
+    /// Hosts that must not be chosen (already tried; the source host of a migration).
+    pub blacklist: Vec<String>,
+    /// When set, only these hosts may be chosen.
+    pub whitelist: Option<Vec<String>>,
+    /// Start or migration (decides the pending CPU load and what the lifecycle releases).
+    pub kind: PlacementKind,
+    /// How much the decision reports about the hosts not chosen (default: every host).
+    pub detail: Detail,
+}
+
+impl ScheduleRequest {
+    /// A request to start a VM, any Up host allowed.
+    pub fn new(vm: Vm) -> Self {
+        Self {
+            vm,
+            blacklist: Vec::new(),
+            whitelist: None,
+            kind: PlacementKind::Start,
+            detail: Detail::Full,
+        }
+    }
+
+    /// A request to migrate a running VM away from its current host (which is
+    /// blacklisted). Fails when the VM has no current host.
+    pub fn migration(vm: Vm) -> Result<Self> {
+        let Some(source) = vm.current_host.clone() else {
+            return Err(Error::input(
+                format!("VM {:?}", vm.id),
+                Some("current_host".into()),
+                "a migration needs the host the VM runs on",
+            ));
+        };
+        Ok(Self {
+            blacklist: vec![source.clone()],
+            whitelist: None,
+            kind: PlacementKind::Migration { source },
+            detail: Detail::Full,
+            vm,
+        })
+    }
+
+    /// Excludes these hosts.
+    pub fn blacklist<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.blacklist.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
+    /// How much the decision reports about the hosts not chosen ([`Detail::Summary`]: the
+    /// chosen host and the best runners-up, for engines placing many VMs).
+    pub fn detail(mut self, detail: Detail) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// Allows only these hosts.
+    pub fn whitelist<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.whitelist = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Checks the request as every decision does before running a unit: the VM's id, CPU
+    /// topology (at most 4096 vCPUs), memory, pinning string, vNUMA nodes and custom
+    /// resource amounts. The error names the VM and the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        let vm = &self.vm;
+        let bad = |field: &str, message: &str| {
+            Err(Error::input(
+                format!("VM {:?}", vm.id),
+                Some(field.to_string()),
+                message,
+            ))
+        };
+        if vm.id.is_empty() {
+            return bad("id", "must not be empty");
+        }
+        if vm.cpu.sockets == 0 || vm.cpu.cores_per_socket == 0 || vm.cpu.threads_per_core == 0 {
+            return bad(
+                "cpu",
+                "sockets, cores_per_socket and threads_per_core must be at least 1",
+            );
+        }
+        if vm
+            .cpu
+            .sockets
+            .checked_mul(vm.cpu.cores_per_socket)
+            .and_then(|c| c.checked_mul(vm.cpu.threads_per_core))
+            .is_none_or(|v| v > 4096)
+        {
+            return bad("cpu", "more than 4096 vCPUs");
+        }
+        if vm.memory_mb > MAX_MEMORY_MB {
+            return bad("memory_mb", "larger than 1 EiB");
+        }
+        if let Some(text) = &vm.cpu_pinning {
+            let checked = CpuPinning::parse(text).and_then(|p| p.check_vcpus(text, vm.vcpus()));
+            if let Err(e) = checked {
+                return bad("cpu_pinning", &e.to_string());
+            }
+        }
+        if vm.numa_nodes.len() > topology::MAX_VNUMA_NODES {
+            return bad(
+                "numa_nodes",
+                &format!("more than {} vNUMA nodes", topology::MAX_VNUMA_NODES),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, node) in vm.numa_nodes.iter().enumerate() {
+            if !seen.insert(node.index) {
+                return bad(
+                    &format!("numa_nodes[{i}].index"),
+                    &format!("vNUMA node {} is listed twice", node.index),
+                );
+            }
+            if node.memory_mb > MAX_MEMORY_MB {
+                return bad(&format!("numa_nodes[{i}].memory_mb"), "larger than 1 EiB");
+            }
+            if let Some(cpu) = node.cpus.iter().find(|&&c| c >= vm.vcpus()) {
+                return bad(
+                    &format!("numa_nodes[{i}].cpus"),
+                    &format!("vCPU {cpu} does not exist (the VM has {})", vm.vcpus()),
+                );
+            }
+        }
+        check_vm_amounts(vm)
+    }
+
+}
+
+
+
+/// How much a [`Decision`] reports about the hosts it did not choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// Every host of the cluster in snapshot order, with its outcome (the rejecting filter,
+    /// code and detail), score and each weight's contribution: for what-if tools and the CLI.
+    #[default]
+    Full,
+    /// The chosen host and the best-scored runners-up (at most [`Detail::SUMMARY_HOSTS`], best
+    /// first) with scores and weights; hosts turned away appear only as counts in
+    /// [`Decision::summary`]. For engines placing many VMs on large clusters: the decision
+    /// is the same, without building an outcome for every host.
+    Summary,
+}
+
+impl Detail {
+    /// How many hosts a [`Detail::Summary`] decision lists (the chosen one and the
+    /// runners-up).
+    pub const SUMMARY_HOSTS: usize = 10;
+}
+
+/// The document form of a [`ScheduleRequest`], before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestDocument {
+    vm: Vm,
+    #[serde(default)]
+    blacklist: Vec<String>,
+    #[serde(default)]
+    whitelist: Option<Vec<String>>,
+    #[serde(default)]
+    kind: PlacementKind,
+    #[serde(default)]
+    detail: Detail,
+}
+
+impl TryFrom<RequestDocument> for ScheduleRequest {
+    type Error = Error;
+
+    fn try_from(doc: RequestDocument) -> Result<Self> {
+        let request = ScheduleRequest {
+            vm: doc.vm,
+            blacklist: doc.blacklist,
+            whitelist: doc.whitelist,
+            kind: doc.kind,
+            detail: doc.detail,
+        };
+        request.validate()?;
+        Ok(request)
+    }
+}

@@ -1,0 +1,393 @@
+//! Scheduling one VM: candidates -> filters -> weights -> selector -> [`Decision`], and the
+//! optimistic reservation of the chosen host (see "Concurrency" below).
+//!
+//! # Concurrency
+//!
+//! Decisions run in parallel on immutable views. Reserving is serialized per cluster (the
+//! ledger lock) and optimistic: a decision made on epoch E reserves at once when the cluster
+//! is still at E; otherwise the chosen host is re-checked, under the lock, with the policy's
+//! filters on the latest snapshot (one host, so cheap) and reserved only if it still fits.
+//! A host that no longer fits sends the decision back to be made again on the latest view;
+//! after a few such rounds the whole decision runs under the lock, so progress is
+//! guaranteed. A host can therefore never be over-committed by concurrent `schedule` calls:
+//! every reservation was checked by the filters against every reservation before it.
+
+use super::decision::{
+    Decision, GroupKey, HostOutcome, NotCandidate, Outcome, TurnedAway, UnitFailure, WeightScore,
+};
+use super::policy::{FailureMode, Policy, PolicyUnit};
+use super::request::{Detail, ScheduleRequest};
+use super::selector::{compare_totals, pick_best, select};
+use crate::error::{Error, Result, UnitFault};
+use crate::state::{Cluster, ClusterView};
+use policy_sdk::wire::abi::Call;
+use policy_sdk::{HostIndex, HostStatus, Penalty, Verdicts, Vm};
+use std::collections::HashSet;
+
+/// Optimistic rounds (decide on a view, re-check the host under the ledger lock) before a
+/// decision is made entirely under the lock.
+const OPTIMISTIC_ROUNDS: usize = 4;
+
+/// [`Policy::schedule`] with the units as resolved now.
+pub(super) fn schedule(
+    policy: &Policy, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
+    request.validate()?;
+    cluster.unplace(&request.vm.id)?;
+    for _ in 0..OPTIMISTIC_ROUNDS {
+        let view = cluster.view();
+        let mut decision = decide(policy, &view, request)?;
+        let Some(host) = decision.chosen.clone() else {
+            return Ok(decision);
+        };
+        let epoch = view.epoch();
+        // Let the snapshot be updated in place if no one else holds it.
+        drop(view);
+        let reserved = cluster.reserve_decided(
+            epoch,
+            &request.vm,
+            &host,
+            request.kind.clone(),
+            |latest| still_fits(policy, latest, request, &host),
+        )?;
+        if let Some(reservation) = reserved {
+            decision.reservation = Some(reservation);
+            return Ok(decision);
+        }
+        tracing::debug!(
+            vm = request.vm.id,
+            host,
+            "host no longer fits; deciding again"
+        );
+    }
+    let mut ledger = cluster.ledger();
+    let mut decision = decide(policy, &cluster.view(), request)?;
+    if let Some(host) = decision.chosen.clone() {
+        decision.reservation = Some(cluster.reserve_locked(
+            &mut ledger,
+            &request.vm,
+            &host,
+            request.kind.clone(),
+            true,
+        )?);
+    }
+    Ok(decision)
+}
+
+/// Whether `host` is still a candidate that passes every filter on `view`.
+pub(super) fn still_fits(policy: &Policy, view: &ClusterView,
+    request: &ScheduleRequest,
+    host: &str,
+) -> Result<bool> {
+    let snapshot = view.snapshot();
+    let Some(index) = snapshot.host_index(host) else {
+        return Ok(false);
+    };
+    if snapshot.hosts[index as usize].status != HostStatus::Up {
+        return Ok(false);
+    }
+    let mut failures = Vec::new();
+    for filter in &policy.filters {
+        if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)?
+        {
+            if !verdicts.all_pass() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The rejections of `host` (an index of `view`) by the policy's filters for `vm`, as
+/// (unit, code, detail); empty when every filter passes it. Fail-open faults are
+/// skipped (listed in `failures`); a fail-closed fault is the error.
+pub(super) fn host_rejections(policy: &Policy, view: &ClusterView,
+    vm: &Vm,
+    host: HostIndex,
+    failures: &mut Vec<UnitFailure>,
+) -> Result<Vec<(String, String, String)>> {
+    let mut rejections = Vec::new();
+    for filter in &policy.filters {
+        if let Some(verdicts) = run_filter(filter, view, vm, &[host], failures)? {
+            for r in &verdicts.rejected {
+                rejections.push((
+                    filter.label.to_string(),
+                    verdicts.code_of(r).to_string(),
+                    r.detail.clone(),
+                ));
+            }
+        }
+    }
+    Ok(rejections)
+}
+
+/// [`Policy::evaluate`] for a request already validated.
+pub(super) fn decide(policy: &Policy, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
+    let snapshot = view.snapshot();
+    let full = request.detail == Detail::Full;
+    // Per-host outcomes are only kept for a full report; the summary's counts always.
+    let mut outcomes: Vec<Option<Outcome>> = if full {
+        vec![None; snapshot.hosts.len()]
+    } else {
+        Vec::new()
+    };
+    let mut turned_away = TurnedAway::default();
+    let blacklist: HashSet<&str> = request.blacklist.iter().map(String::as_str).collect();
+    let whitelist: Option<HashSet<&str>> = request
+        .whitelist
+        .as_ref()
+        .map(|w| w.iter().map(String::as_str).collect());
+    let dedicated: HashSet<&str> = request
+        .vm
+        .dedicated_hosts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut survivors: Vec<HostIndex> = Vec::with_capacity(snapshot.hosts.len());
+    for (i, host) in snapshot.hosts.iter().enumerate() {
+        let reason = if host.status != HostStatus::Up {
+            Some(NotCandidate::Status(host.status))
+        } else if blacklist.contains(host.id.as_str()) {
+            Some(NotCandidate::Blacklisted)
+        } else if whitelist
+            .as_ref()
+            .is_some_and(|w| !w.contains(host.id.as_str()))
+        {
+            Some(NotCandidate::NotWhitelisted)
+        } else if !dedicated.is_empty() && !dedicated.contains(host.id.as_str()) {
+            Some(NotCandidate::NotDedicated)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                turned_away.count(GroupKey::NotCandidate(reason), i, 1);
+                if full {
+                    outcomes[i] = Some(Outcome::NotCandidate {
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            None => survivors.push(i as HostIndex),
+        }
+    }
+
+    let mut failures = Vec::new();
+    for filter in &policy.filters {
+        if survivors.is_empty() {
+            break;
+        }
+        let Some(verdicts) = run_filter(filter, view, &request.vm, &survivors, &mut failures)?
+        else {
+            continue;
+        };
+        if verdicts.all_pass() {
+            continue;
+        }
+        // Count each code once per call (first host, number of hosts).
+        let mut per_code: Vec<(usize, usize)> = vec![(usize::MAX, 0); verdicts.codes.len()];
+        let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
+        let mut from = 0;
+        for r in verdicts.rejected {
+            let position = r.position as usize;
+            kept.extend_from_slice(&survivors[from..position]);
+            from = position + 1;
+            let host = survivors[position];
+            let slot = &mut per_code[r.code as usize];
+            slot.0 = slot.0.min(host as usize);
+            slot.1 += 1;
+            if full {
+                outcomes[host as usize] = Some(Outcome::Rejected {
+                    unit: filter.label.clone(),
+                    code: verdicts.codes[r.code as usize].clone(),
+                    detail: r.detail,
+                });
+            }
+        }
+        kept.extend_from_slice(&survivors[from..]);
+        survivors = kept;
+        for (code, (first, n)) in verdicts.codes.into_iter().zip(per_code) {
+            if n > 0 {
+                turned_away.count(GroupKey::Rejected(filter.label.clone(), code), first, n);
+            }
+        }
+    }
+
+    // Weights: one penalty column per unit that answered.
+    let mut columns: Vec<(&PolicyUnit, Vec<Penalty>)> = Vec::new();
+    if survivors.len() > 1 {
+        for weight in &policy.weights {
+            match weight.handle.module.weigh(
+                view,
+                unit_call(weight, view, Some(&request.vm), &survivors),
+                weight.limits,
+            ) {
+                Ok(p) => columns.push((weight, p)),
+                Err(fault) => handle_fault(weight, fault, &mut failures)?,
+            }
+        }
+    }
+    let (totals, contributions) = select(policy.selector, &columns, survivors.len());
+    let best = pick_best(policy.selector, &totals, &survivors, snapshot);
+    let scored = |pos: usize| {
+        let weights = columns
+            .iter()
+            .enumerate()
+            .map(|(c, (unit, penalties))| WeightScore {
+                unit: unit.label.clone(),
+                raw: penalties[pos],
+                factor: unit.factor,
+                contribution: contributions[c][pos],
+            })
+            .collect();
+        (totals[pos], weights)
+    };
+    let outcome_of = |host: HostIndex| {
+        if Some(host) == best {
+            Outcome::Chosen
+        } else {
+            Outcome::Available
+        }
+    };
+
+    let hosts = if full {
+        let mut scores: Vec<Option<(f64, Vec<WeightScore>)>> = vec![None; snapshot.hosts.len()];
+        for (pos, &host) in survivors.iter().enumerate() {
+            scores[host as usize] = Some(scored(pos));
+            outcomes[host as usize] = Some(outcome_of(host));
+        }
+        let mut hosts = Vec::with_capacity(snapshot.hosts.len());
+        for (i, host) in snapshot.hosts.iter().enumerate() {
+            let (score, weights) = match scores[i].take() {
+                Some((s, w)) => (Some(s), w),
+                None => (None, Vec::new()),
+            };
+            hosts.push(HostOutcome {
+                host: host.id.clone(),
+                name: host.name.clone(),
+                outcome: outcomes[i].take().unwrap_or(Outcome::NotCandidate {
+                    reason: "not evaluated".into(),
+                }),
+                score,
+                weights,
+            });
+        }
+        hosts
+    } else {
+        // The chosen host first, then the best-scored runners-up.
+        let mut order: Vec<usize> = (0..survivors.len()).collect();
+        let keep = Detail::SUMMARY_HOSTS.min(order.len());
+        let better = |a: &usize, b: &usize| {
+            compare_totals(policy.selector, totals[*a], totals[*b]).then_with(|| {
+                snapshot.hosts[survivors[*a] as usize]
+                    .id
+                    .cmp(&snapshot.hosts[survivors[*b] as usize].id)
+            })
+        };
+        if keep < order.len() && keep > 0 {
+            order.select_nth_unstable_by(keep - 1, better);
+            order.truncate(keep);
+        }
+        order.sort_by(better);
+        order
+            .into_iter()
+            .map(|pos| {
+                let index = survivors[pos];
+                let host = &snapshot.hosts[index as usize];
+                let (score, weights) = scored(pos);
+                HostOutcome {
+                    host: host.id.clone(),
+                    name: host.name.clone(),
+                    outcome: outcome_of(index),
+                    score: Some(score),
+                    weights,
+                }
+            })
+            .collect()
+    };
+    let chosen = best.map(|i| &snapshot.hosts[i as usize]);
+    let summary = turned_away.summary(
+        snapshot.hosts.len(),
+        chosen.map(|h| h.name.as_str()),
+        survivors.len(),
+    );
+    Ok(Decision {
+        vm: request.vm.id.clone(),
+        policy: policy.name.clone(),
+        epoch: view.epoch(),
+        chosen: chosen.map(|h| h.id.clone()),
+        chosen_name: chosen.map(|h| h.name.clone()),
+        total_hosts: snapshot.hosts.len(),
+        available: survivors.len(),
+        summary,
+        hosts,
+        unit_failures: failures,
+        reservation: None,
+        warnings: policy.stale.iter().map(ToString::to_string).collect(),
+    })
+}
+
+
+
+/// The call of one unit over the candidates, borrowing everything it sends.
+pub(crate) fn unit_call<'a>(
+    unit: &'a PolicyUnit,
+    view: &ClusterView,
+    vm: Option<&'a Vm>,
+    candidates: &'a [HostIndex],
+) -> Call<'a> {
+    Call {
+        unit: unit.handle.index,
+        epoch: view.epoch(),
+        params: &unit.params,
+        vm,
+        candidates,
+    }
+}
+
+/// Runs one filter over the candidates. `None`: the unit failed and fails open (recorded
+/// in `failures`); a fail-closed fault is the error.
+fn run_filter(
+    filter: &PolicyUnit,
+    view: &ClusterView,
+    vm: &Vm,
+    candidates: &[HostIndex],
+    failures: &mut Vec<UnitFailure>,
+) -> Result<Option<Verdicts>> {
+    match filter.handle.module.filter(
+        view,
+        unit_call(filter, view, Some(vm), candidates),
+        filter.limits,
+    ) {
+        Ok(verdicts) => Ok(Some(verdicts)),
+        Err(fault) => handle_fault(filter, fault, failures).map(|()| None),
+    }
+}
+
+fn handle_fault(
+    unit: &PolicyUnit,
+    fault: UnitFault,
+    failures: &mut Vec<UnitFailure>,
+) -> Result<()> {
+    tracing::warn!(
+        unit = unit.name(),
+        module = unit.module_file(),
+        "unit failed: {fault}"
+    );
+    match unit.failure {
+        FailureMode::Closed => Err(Error::Unit {
+            unit: unit.name().to_string(),
+            module: unit.module_file().to_string(),
+            fault,
+        }),
+        FailureMode::Open => {
+            failures.push(UnitFailure {
+                unit: unit.name().to_string(),
+                module: unit.module_file().to_string(),
+                error: fault.to_string(),
+                applied: FailureMode::Open,
+            });
+            Ok(())
+        }
+    }
+}
+

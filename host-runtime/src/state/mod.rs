@@ -1,0 +1,23 @@
+//! The state layer: a cluster's snapshots over epochs, the pending ledger (records,
+//! placements, start attempts), lifecycle releases and memory-change records.
+//!
+//! It knows neither the wasm engine nor scheduling: everything here is plain data and the
+//! transitions between its states. The engine reads [`ClusterView`]s to sync guests; the
+//! scheduling layer decides and then records its choices here.
+
+mod cluster;
+mod ledger;
+mod memory_change;
+pub(crate) mod pending;
+mod placement;
+
+pub use cluster::{Cluster, ClusterView};
+pub use memory_change::MemoryChangeDone;
+pub use pending::{PendingRecord, PendingResource};
+pub(crate) use placement::{check_vm_amounts, Retry};
+pub use placement::{
+    FailedPlacement, HostRemoved, PendingRules, Placement, PlacementKind, Release, Reservation,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! State transitions of a cluster, without the engine or a policy: reservations and what
+//! each lifecycle report releases, the usage it accounts, the attempt history, the change
+//! log deltas are cut from, memory-change records, and the batches `apply` refuses.
+
+use super::*;
+use policy_sdk::testing::{host, snapshot, vm};
+use policy_sdk::wire::sync::Change;
+use policy_sdk::{HostStatus, MemoryDevice, Snapshot, Vm, VmStatus};
+
+/// Three idle hosts of 64 GiB (`a`, `b`, `c`) and a running VM `run` on `c`.
+fn cluster() -> Cluster {
+    Cluster::new(base(), "<test>").unwrap()
+}
+
+fn base() -> Snapshot {
+    snapshot()
+        .host(host("a").memory_mb(65_536))
+        .host(host("b").memory_mb(65_536))
+        .host(host("c").memory_mb(65_536).running_vms(1))
+        .vm(vm("run").memory_mb(4_096).vcpus(2).current_host("c").build())
+        .build()
+}
+
+fn small(id: &str) -> Vm {
+    vm(id).memory_mb(2_048).vcpus(2).build()
+}
+
+fn host_of<'s>(snapshot: &'s Snapshot, id: &str) -> &'s policy_sdk::Host {
+    snapshot.hosts.iter().find(|h| h.id == id).unwrap()
+}
+
+/// One lifecycle step and what must hold after it.
+enum Step {
+    Reserve(&'static str, &'static str),
+    Started(&'static str),
+    Failed(&'static str),
+    Released(&'static str),
+}
+
+#[test]
+fn lifecycle_sequences_leave_exactly_the_records_of_placed_vms() {
+    use Step::*;
+    // (name, steps, pending VMs per host afterwards, placed VMs afterwards)
+    let cases: &[(&str, &[Step], &[(&str, &[&str])], &[&str])] = &[
+        (
+            "a reservation is pending on its host",
+            &[Reserve("v", "a")],
+            &[("a", &["v"]), ("b", &[])],
+            &["v"],
+        ),
+        (
+            "a VM placed again moves its records",
+            &[Reserve("v", "a"), Reserve("v", "b")],
+            &[("a", &[]), ("b", &["v"])],
+            &["v"],
+        ),
+        (
+            "a started VM holds nothing pending",
+            &[Reserve("v", "a"), Started("v")],
+            &[("a", &[])],
+            &[],
+        ),
+        (
+            "a failed VM holds nothing pending",
+            &[Reserve("v", "a"), Reserve("w", "a"), Failed("v")],
+            &[("a", &["w"])],
+            &["w"],
+        ),
+        (
+            "releasing twice releases nothing the second time",
+            &[Reserve("v", "a"), Reserve("w", "a"), Released("v"), Released("v")],
+            &[("a", &["w"])],
+            &["w"],
+        ),
+        (
+            "reports about unknown VMs change nothing",
+            &[Reserve("w", "b"), Started("ghost"), Failed("ghost"), Released("ghost")],
+            &[("b", &["w"])],
+            &["w"],
+        ),
+    ];
+    for (name, steps, pending, placed) in cases {
+        let c = cluster();
+        for step in *steps {
+            match step {
+                Reserve(v, h) => drop(c.reserve(&small(v), h, PlacementKind::Start).unwrap()),
+                Started(v) => drop(c.vm_started(v).unwrap()),
+                Failed(v) => drop(c.vm_failed(v).unwrap()),
+                Released(v) => drop(c.release_vm(v).unwrap()),
+            }
+        }
+        for (h, vms) in *pending {
+            let aggregate = c.pending_on_host(h);
+            assert_eq!(aggregate.vms, *vms, "{name}: pending VMs on {h}");
+            // The aggregate published in the snapshot is the sum of the records.
+            assert_eq!(host_of(&c.snapshot(), h).pending, aggregate, "{name}: {h}");
+        }
+        let mut now: Vec<String> = ["v", "w"]
+            .iter()
+            .filter(|v| c.placement(v).is_some())
+            .map(|v| v.to_string())
+            .collect();
+        now.sort();
+        assert_eq!(now, *placed, "{name}: placed VMs");
+    }
+}
+
+#[test]
+fn a_started_vm_moves_its_pending_amounts_into_the_hosts_usage() {
+    let c = cluster();
+    let before = host_of(&c.snapshot(), "a").clone();
+    let reservation = c.reserve(&small("v"), "a", PlacementKind::Start).unwrap();
+    assert!(reservation.epoch > 1);
+    let release = c.vm_started("v").unwrap();
+    assert!(!release.records.is_empty());
+    let snapshot = c.snapshot();
+    let after = host_of(&snapshot, "a");
+    assert_eq!(after.running_vms, before.running_vms + 1);
+    // Guest memory plus the 64 MiB overhead is committed and no longer free.
+    assert_eq!(after.memory.committed_mb, before.memory.committed_mb + 2_048 + 64);
+    assert_eq!(after.memory.free_mb, before.memory.free_mb - 2_048 - 64);
+    let vm = snapshot.vms.iter().find(|v| v.id == "v").unwrap();
+    assert_eq!((vm.status, vm.current_host.as_deref()), (VmStatus::Up, Some("a")));
+    // Without accounting, the host's figures wait for the next report.
+    let c = cluster();
+    c.set_pending_rules(PendingRules {
+        account_started_vms: false,
+        ..PendingRules::default()
+    });
+    c.reserve(&small("v"), "a", PlacementKind::Start).unwrap();
+    c.vm_started("v").unwrap();
+    assert_eq!(host_of(&c.snapshot(), "a").memory, before.memory);
+}
+
+#[test]
+fn a_finished_migration_moves_usage_from_source_to_destination() {
+    let c = cluster();
+    let running = c.snapshot().vms[0].clone();
+    let source_before = host_of(&c.snapshot(), "c").clone();
+    let kind = PlacementKind::Migration { source: "c".into() };
+    c.reserve(&running, "a", kind.clone()).unwrap();
+    c.migration_finished("run").unwrap();
+    let snapshot = c.snapshot();
+    let source = host_of(&snapshot, "c");
+    assert_eq!(source.running_vms, source_before.running_vms - 1);
+    assert_eq!(host_of(&snapshot, "a").running_vms, 1);
+    assert_eq!(snapshot.vms[0].current_host.as_deref(), Some("a"));
+    // A failed migration leaves the VM where it was and releases the destination.
+    let c = cluster();
+    c.reserve(&running, "b", kind).unwrap();
+    let failed = c.vm_failed("run").unwrap();
+    assert!(matches!(
+        failed.placement.map(|p| p.kind),
+        Some(PlacementKind::Migration { .. })
+    ));
+    assert!(c.pending_on_host("b").vms.is_empty());
+    assert_eq!(c.snapshot().vms[0].current_host.as_deref(), Some("c"));
+}
+
+#[test]
+fn a_failed_start_may_be_retried_until_it_runs_out_of_attempts() {
+    let c = cluster();
+    c.set_pending_rules(PendingRules {
+        max_start_attempts: 2,
+        ..PendingRules::default()
+    });
+    c.reserve(&small("v"), "a", PlacementKind::Start).unwrap();
+    let (_, retry) = c.fail_placement("v", true).unwrap();
+    assert_eq!(retry, Retry::Allowed(vec!["a".into()]));
+    c.reserve(&small("v"), "b", PlacementKind::Start).unwrap();
+    let (failed, retry) = c.fail_placement("v", true).unwrap();
+    assert_eq!(retry, Retry::GaveUp(vec!["a".into(), "b".into()]));
+    assert_eq!(failed.placement.unwrap().host, "b");
+    // Giving up forgets the history: a new start begins counting again.
+    c.reserve(&small("v"), "c", PlacementKind::Start).unwrap();
+    let (_, retry) = c.fail_placement("v", true).unwrap();
+    assert_eq!(retry, Retry::Allowed(vec!["c".into()]));
+    // A failure reported without a retry forgets it too.
+    c.reserve(&small("v"), "a", PlacementKind::Start).unwrap();
+    c.vm_failed("v").unwrap();
+    c.reserve(&small("v"), "b", PlacementKind::Start).unwrap();
+    let (_, retry) = c.fail_placement("v", true).unwrap();
+    assert_eq!(retry, Retry::Allowed(vec!["b".into()]));
+}
+
+#[test]
+fn vms_waiting_for_launch_are_pending_from_the_start_and_go_down_when_they_fail() {
+    let mut s = base();
+    let mut waiting = small("w");
+    waiting.status = VmStatus::WaitForLaunch;
+    waiting.current_host = Some("b".into());
+    s.vms.push(waiting);
+    let c = Cluster::new(s, "<test>").unwrap();
+    assert_eq!(c.pending_on_host("b").vms, ["w"]);
+    c.vm_failed("w").unwrap();
+    let vm = c.snapshot().vms.iter().find(|v| v.id == "w").cloned().unwrap();
+    assert_eq!((vm.status, vm.current_host), (VmStatus::Down, None));
+    assert!(c.pending_on_host("b").vms.is_empty());
+}
+
+#[test]
+fn removing_a_host_displaces_its_placements_and_stops_its_vms() {
+    let c = cluster();
+    c.reserve(&small("v"), "c", PlacementKind::Start).unwrap();
+    c.reserve(&small("w"), "a", PlacementKind::Start).unwrap();
+    let removed = c.remove_host("c").unwrap();
+    let displaced: Vec<&str> = removed.displaced.iter().map(|p| p.vm.id.as_str()).collect();
+    assert_eq!(displaced, ["v"]);
+    assert_eq!(removed.stopped, ["run"]);
+    assert!(c.placement("v").is_none());
+    assert!(c.placement("w").is_some());
+    assert!(c.host_index("c").is_none());
+    // Removing it again is a no-op.
+    assert!(c.remove_host("c").unwrap().displaced.is_empty());
+}
+
+#[test]
+fn a_host_going_down_fails_its_placements_in_vm_order() {
+    let c = cluster();
+    for id in ["z", "m", "b"] {
+        c.reserve(&small(id), "a", PlacementKind::Start).unwrap();
+    }
+    c.reserve(&small("other"), "b", PlacementKind::Start).unwrap();
+    let failed = c.host_down("a", HostStatus::Down).unwrap();
+    let order: Vec<&str> = failed.iter().map(|f| f.vm.as_str()).collect();
+    assert_eq!(order, ["b", "m", "z"]);
+    assert_eq!(host_of(&c.snapshot(), "a").status, HostStatus::Down);
+    assert!(c.pending_on_host("a").vms.is_empty());
+    assert_eq!(c.pending_on_host("b").vms, ["other"]);
+}
+
+#[test]
+fn apply_refuses_bad_batches_whole_and_names_what_is_wrong() {
+    let c = cluster();
+    let epoch = c.epoch();
+    let mut renamed = host_of(&c.snapshot(), "a").clone();
+    renamed.id = "a2".into();
+    let cases: Vec<(Vec<Change>, &str)> = vec![
+        (
+            vec![Change::SetPending {
+                host: 0,
+                pending: Default::default(),
+            }],
+            "pending aggregates are computed from pending records",
+        ),
+        (vec![Change::RemoveHost { host: 0 }], "Cluster::remove_host"),
+        (
+            vec![Change::ReplaceHost {
+                host: 0,
+                value: renamed,
+            }],
+            "cannot change a host's id",
+        ),
+        (
+            vec![
+                Change::SetHostStatus {
+                    host: 0,
+                    status: HostStatus::Maintenance,
+                },
+                Change::AddHost(host("b").build()),
+            ],
+            "already in the cluster",
+        ),
+        (
+            vec![Change::SetHostStatus {
+                host: 9,
+                status: HostStatus::Down,
+            }],
+            "host index 9",
+        ),
+    ];
+    for (changes, expected) in cases {
+        let err = c.apply(changes).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert_eq!(c.epoch(), epoch, "{expected}: nothing applied");
+        assert_eq!(host_of(&c.snapshot(), "a").status, HostStatus::Up);
+    }
+}
+
+#[test]
+fn deltas_are_cut_from_the_change_log_while_it_holds_them() {
+    let c = cluster();
+    let start = c.epoch();
+    for status in [HostStatus::Maintenance, HostStatus::Up, HostStatus::Maintenance] {
+        c.set_host_status("a", status).unwrap();
+    }
+    let view = c.view();
+    assert_eq!(view.epoch(), start + 3);
+    let counted = view.with_changes_since(start, |changes| changes.len());
+    assert_eq!(counted, Some(3));
+    assert_eq!(view.with_changes_since(start + 2, |changes| changes.len()), Some(1));
+    // Nothing to catch up, or a copy from before the log: no delta.
+    assert_eq!(view.with_changes_since(start + 3, |c| c.len()), None);
+    assert_eq!(view.with_changes_since(0, |c| c.len()), None);
+    // The full form is made once per epoch.
+    let made = std::cell::Cell::new(0);
+    for _ in 0..3 {
+        view.full_encoding(|_| {
+            made.set(made.get() + 1);
+            std::sync::Arc::new(vec![1])
+        });
+    }
+    assert_eq!(made.get(), 1);
+}
+
+#[test]
+fn a_memory_plug_is_pending_until_confirmed_or_failed() {
+    for confirm in [true, false] {
+        let c = cluster();
+        let device = MemoryDevice {
+            id: "dimm1".into(),
+            size_mb: 1_024,
+            node: 0,
+            hotplugged: true,
+            unplugging: false,
+        };
+        let pending = PendingResource::HotplugMemory {
+            mb: 1_024,
+            node: None,
+            hugepage_size_kb: None,
+        };
+        {
+            let mut ledger = c.ledger();
+            c.record_memory_plug(&mut ledger, "run", "c", device, pending)
+                .unwrap();
+        }
+        assert_eq!(c.pending_on_host("c").memory_mb, 1_024);
+        assert_eq!(c.memory_changes_in_flight().len(), 1);
+        let done = if confirm {
+            c.confirm_memory_change("run")
+        } else {
+            c.fail_memory_change("run")
+        }
+        .unwrap()
+        .unwrap();
+        let grown = if confirm { 4_096 + 1_024 } else { 4_096 };
+        assert_eq!(done.memory_mb, grown, "confirm {confirm}");
+        assert_eq!(c.pending_on_host("c").memory_mb, 0);
+        assert!(c.memory_changes_in_flight().is_empty());
+        // A second report finds nothing in flight.
+        assert!(c.confirm_memory_change("run").unwrap().is_none());
+    }
+}

@@ -1,0 +1,448 @@
+//! Writing policy units: one trait per unit kind, a [`Context`] with typed parameters and
+//! logging, and [`UnitSet`], the table that [`export_units!`](crate::export_units) builds.
+//!
+//! The same unit code runs natively (tests, benchmarks) and in wasm: [`UnitSet::evaluate`]
+//! is the single dispatch both use.
+
+#[doc(hidden)]
+pub mod exports;
+
+use crate::wire::abi::{Call, CallResponse, LogLevel};
+use crate::model::index::{CpuFlagIndex, SnapshotIndex};
+use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
+use crate::model::{Host, HostIndex, Snapshot, Vm};
+use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// What a unit can see and use during one call: the snapshot, its parameters, logging.
+pub struct Context<'a> {
+    snapshot: &'a Snapshot,
+    params: &'a [(String, ParamValue)],
+    unit: &'a str,
+    index: Option<&'a SnapshotIndex>,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("unit", &self.unit)
+            .field("epoch", &self.snapshot.epoch)
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+impl<'a> Context<'a> {
+    /// A context over a snapshot with the given parameters (for native tests and hosts).
+    pub fn new(snapshot: &'a Snapshot, params: &'a [(String, ParamValue)], unit: &'a str) -> Self {
+        Self {
+            snapshot,
+            params,
+            unit,
+            index: None,
+        }
+    }
+
+    /// The same context with the snapshot's derived indexes (what the runtime and the
+    /// guest glue pass; see [`crate::model::index`]).
+    pub fn with_index(mut self, index: &'a SnapshotIndex) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Every host's CPU flags as bit sets, when the caller keeps the index for this
+    /// snapshot; `None` otherwise (compare flag names then).
+    pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
+        self.index
+            .map(|i| &i.cpu_flags)
+            .filter(|f| f.host_count() == self.snapshot.hosts.len())
+    }
+
+    /// The cluster snapshot.
+    pub fn snapshot(&self) -> &'a Snapshot {
+        self.snapshot
+    }
+
+    /// The host at a candidate index. Candidate indices come from the host and are in range.
+    pub fn host(&self, index: HostIndex) -> &'a Host {
+        &self.snapshot.hosts[index as usize]
+    }
+
+    /// The name of the unit being called.
+    pub fn unit_name(&self) -> &'a str {
+        self.unit
+    }
+
+    fn param(&self, name: &str) -> &'a ParamValue {
+        match self.params.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => v,
+            None => panic!(
+                "unit {:?} read parameter {name:?}, which it does not declare",
+                self.unit
+            ),
+        }
+    }
+
+    /// An integer parameter. Panics (a trap, reported with this message) if the unit did not
+    /// declare `name` as an integer: the host always sends every declared parameter.
+    pub fn int(&self, name: &str) -> i64 {
+        match self.param(name) {
+            ParamValue::Int(v) => *v,
+            other => panic!("parameter {name:?} is {other:?}, not an integer"),
+        }
+    }
+
+    /// A float parameter (see [`Context::int`]).
+    pub fn float(&self, name: &str) -> f64 {
+        match self.param(name) {
+            ParamValue::Float(v) => *v,
+            ParamValue::Int(v) => *v as f64,
+            other => panic!("parameter {name:?} is {other:?}, not a number"),
+        }
+    }
+
+    /// A boolean parameter (see [`Context::int`]).
+    pub fn bool(&self, name: &str) -> bool {
+        match self.param(name) {
+            ParamValue::Bool(v) => *v,
+            other => panic!("parameter {name:?} is {other:?}, not a boolean"),
+        }
+    }
+
+    /// A string or choice parameter (see [`Context::int`]).
+    pub fn str(&self, name: &str) -> &'a str {
+        match self.param(name) {
+            ParamValue::Str(v) => v,
+            other => panic!("parameter {name:?} is {other:?}, not a string"),
+        }
+    }
+
+    /// Logs a message through the host (tagged with the module and unit by the host).
+    pub fn log(&self, level: LogLevel, message: &str) {
+        log(level, message);
+    }
+
+    /// Logs at debug level.
+    pub fn debug(&self, message: &str) {
+        log(LogLevel::Debug, message);
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: &str) {
+        log(LogLevel::Info, message);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: &str) {
+        log(LogLevel::Warn, message);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "wasmsched")]
+unsafe extern "C" {
+    #[link_name = "log"]
+    fn host_log(level: u32, ptr: *const u8, len: u32);
+}
+
+/// Sends a log line to the host. Natively (tests, benchmarks) logging is a no-op.
+pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: the pointer and length describe a live UTF-8 buffer for the whole call;
+        // the host only reads it.
+        unsafe { host_log(level as u32, message.as_ptr(), message.len() as u32) }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (level, message);
+    }
+}
+
+/// A filter unit: for each candidate host, pass or reject with a reason.
+///
+/// Implement [`Filter::check`]; override [`Filter::check_all`] when the unit wants to work
+/// out something once per decision rather than once per host.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is exported as a filter but does not implement `policy_sdk::Filter`",
+    note = "add `impl policy_sdk::Filter for {Self}` with `const NAME` and `fn check`"
+)]
+pub trait Filter: Default + Send + Sync + 'static {
+    /// Unit name used in policy files; unique in the engine.
+    const NAME: &'static str;
+    /// One-line description.
+    const DESCRIPTION: &'static str = "";
+    /// Declared parameters.
+    fn params() -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// The verdict for one host.
+    fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict;
+    /// Whether the unit has anything to check for this VM. When `false`, every candidate
+    /// passes without a call to [`Filter::check_all`] and the answer is a few bytes (e.g. a
+    /// NUMA filter and a VM without pinned vNUMA nodes). Defaults to `true`.
+    fn applies(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
+        true
+    }
+    /// Verdicts for all candidates, in order (one per candidate): push them to `out`
+    /// ([`Verdicts::push`] or `extend`), which keeps only the rejections.
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
+        out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
+    }
+}
+
+/// A weight unit: a raw penalty per candidate host, lower is better. The engine ranks or
+/// normalizes penalties and applies the policy's factor.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is exported as a weight but does not implement `policy_sdk::Weight`",
+    note = "add `impl policy_sdk::Weight for {Self}` with `const NAME` and `fn penalty`"
+)]
+pub trait Weight: Default + Send + Sync + 'static {
+    /// Unit name used in policy files; unique in the engine.
+    const NAME: &'static str;
+    /// One-line description.
+    const DESCRIPTION: &'static str = "";
+    /// Declared parameters.
+    fn params() -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// The penalty for one host.
+    fn penalty(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Penalty;
+    /// The penalty every host gets when the unit does not tell hosts apart for this VM
+    /// (e.g. a topology weight and a VM that is not high-performance): the answer is then
+    /// that one number instead of one per candidate, and [`Weight::penalty_all`] is not
+    /// called. Defaults to `None`.
+    fn uniform(&self, _ctx: &Context<'_>, _vm: &Vm) -> Option<Penalty> {
+        None
+    }
+    /// Penalties for all candidates, in order (one per candidate).
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    ) {
+        out.extend(
+            candidates
+                .iter()
+                .map(|&i| self.penalty(ctx, vm, ctx.host(i))),
+        );
+    }
+}
+
+/// A balance unit: proposes migrations and power actions for the cluster.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is exported as a balance unit but does not implement `policy_sdk::Balance`",
+    note = "add `impl policy_sdk::Balance for {Self}` with `const NAME` and `fn balance`"
+)]
+pub trait Balance: Default + Send + Sync + 'static {
+    /// Unit name used in policy files; unique in the engine.
+    const NAME: &'static str;
+    /// One-line description.
+    const DESCRIPTION: &'static str = "";
+    /// Declared parameters.
+    fn params() -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// Actions for the cluster; `candidates` are the hosts the engine lets the unit consider.
+    fn balance(&self, ctx: &Context<'_>, candidates: &[HostIndex]) -> Vec<BalanceAction>;
+}
+
+trait DynFilter: Send + Sync {
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool;
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts);
+}
+impl<T: Filter> DynFilter for T {
+    fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
+        Filter::applies(self, ctx, vm)
+    }
+    fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
+        Filter::check_all(self, ctx, vm, candidates, out)
+    }
+}
+
+trait DynWeight: Send + Sync {
+    fn uniform(&self, ctx: &Context<'_>, vm: &Vm) -> Option<Penalty>;
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    );
+}
+impl<T: Weight> DynWeight for T {
+    fn uniform(&self, ctx: &Context<'_>, vm: &Vm) -> Option<Penalty> {
+        Weight::uniform(self, ctx, vm)
+    }
+    fn penalty_all(
+        &self,
+        ctx: &Context<'_>,
+        vm: &Vm,
+        candidates: &[HostIndex],
+        out: &mut Vec<Penalty>,
+    ) {
+        Weight::penalty_all(self, ctx, vm, candidates, out)
+    }
+}
+
+trait DynBalance: Send + Sync {
+    fn balance(&self, ctx: &Context<'_>, candidates: &[HostIndex]) -> Vec<BalanceAction>;
+}
+impl<T: Balance> DynBalance for T {
+    fn balance(&self, ctx: &Context<'_>, candidates: &[HostIndex]) -> Vec<BalanceAction> {
+        Balance::balance(self, ctx, candidates)
+    }
+}
+
+enum AnyUnit {
+    Filter(Box<dyn DynFilter>),
+    Weight(Box<dyn DynWeight>),
+    Balance(Box<dyn DynBalance>),
+}
+
+/// The units of one module, in manifest order. Built by
+/// [`export_units!`](crate::export_units) (as the module's `units()` function) and used both
+/// by the wasm exports and by native callers.
+pub struct UnitSet {
+    module: &'static str,
+    version: &'static str,
+    units: Vec<(UnitDescriptor, AnyUnit)>,
+}
+
+impl fmt::Debug for UnitSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnitSet")
+            .field("module", &self.module)
+            .field("version", &self.version)
+            .field(
+                "units",
+                &self.units.iter().map(|(d, _)| &d.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl UnitSet {
+    /// An empty set for a module.
+    pub fn new(module: &'static str, version: &'static str) -> Self {
+        Self {
+            module,
+            version,
+            units: Vec::new(),
+        }
+    }
+
+    fn descriptor(
+        name: &str,
+        kind: UnitKind,
+        description: &str,
+        params: Vec<ParamSpec>,
+    ) -> UnitDescriptor {
+        UnitDescriptor {
+            name: name.to_string(),
+            kind,
+            description: description.to_string(),
+            params,
+        }
+    }
+
+    /// Adds a filter unit.
+    pub fn filter<T: Filter>(mut self) -> Self {
+        let d = Self::descriptor(T::NAME, UnitKind::Filter, T::DESCRIPTION, T::params());
+        self.units
+            .push((d, AnyUnit::Filter(Box::new(T::default()))));
+        self
+    }
+
+    /// Adds a weight unit.
+    pub fn weight<T: Weight>(mut self) -> Self {
+        let d = Self::descriptor(T::NAME, UnitKind::Weight, T::DESCRIPTION, T::params());
+        self.units
+            .push((d, AnyUnit::Weight(Box::new(T::default()))));
+        self
+    }
+
+    /// Adds a balance unit.
+    pub fn balance<T: Balance>(mut self) -> Self {
+        let d = Self::descriptor(T::NAME, UnitKind::Balance, T::DESCRIPTION, T::params());
+        self.units
+            .push((d, AnyUnit::Balance(Box::new(T::default()))));
+        self
+    }
+
+    /// The manifest describing these units.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            abi_version: crate::wire::abi::ABI_VERSION,
+            module: self.module.to_string(),
+            version: self.version.to_string(),
+            units: self.units.iter().map(|(d, _)| d.clone()).collect(),
+        }
+    }
+
+    /// Number of units.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// True when the set holds no unit.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// Runs one unit over all candidates: the dispatch behind `wasmsched_call`, also used
+    /// natively by hosts and tests.
+    pub fn evaluate(&self, snapshot: &Snapshot, call: Call<'_>) -> CallResponse {
+        self.evaluate_indexed(snapshot, None, call)
+    }
+
+    /// [`UnitSet::evaluate`] with the snapshot's derived indexes (see [`crate::model::index`]),
+    /// as the runtime and the guest glue call it.
+    pub fn evaluate_indexed(
+        &self,
+        snapshot: &Snapshot,
+        index: Option<&SnapshotIndex>,
+        call: Call<'_>,
+    ) -> CallResponse {
+        let Some((descriptor, unit)) = self.units.get(call.unit as usize) else {
+            return CallResponse::Failed(format!(
+                "unit index {} out of range (module has {})",
+                call.unit,
+                self.units.len()
+            ));
+        };
+        let mut ctx = Context::new(snapshot, call.params, &descriptor.name);
+        if let Some(index) = index {
+            ctx = ctx.with_index(index);
+        }
+        match (unit, call.vm) {
+            (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
+                CallResponse::Verdicts(Verdicts {
+                    len: call.candidates.len() as u32,
+                    ..Verdicts::default()
+                })
+            }
+            (AnyUnit::Filter(f), Some(vm)) => {
+                let mut out = Verdicts::default();
+                f.check_all(&ctx, vm, call.candidates, &mut out);
+                CallResponse::Verdicts(out)
+            }
+            (AnyUnit::Weight(w), Some(vm)) => match w.uniform(&ctx, vm) {
+                Some(penalty) => CallResponse::SamePenalty(penalty),
+                None => {
+                    let mut out = Vec::with_capacity(call.candidates.len());
+                    w.penalty_all(&ctx, vm, call.candidates, &mut out);
+                    CallResponse::Penalties(out)
+                }
+            },
+            (AnyUnit::Balance(b), _) => CallResponse::Actions(b.balance(&ctx, call.candidates)),
+            (_, None) => CallResponse::Failed(format!("{} called without a VM", descriptor.kind)),
+        }
+    }
+}

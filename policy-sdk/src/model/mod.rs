@@ -1,0 +1,670 @@
+//! The cluster snapshot model shared by the host and the guests.
+//!
+//! Every type here derives serde so it crosses the ABI through the codec ([`crate::wire::codec`])
+//! and can be read from operator-written JSON/TOML files. Struct fields default when absent
+//! so that files stay short; unknown fields are rejected so that typos are reported.
+//!
+//! Units of measure: memory in MiB (`_mb`), hugepage sizes in KiB (`_kb`), CPU load in
+//! percent.
+
+pub mod index;
+pub mod manifest;
+pub mod topology;
+pub mod verdict;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Index of a host in [`Snapshot::hosts`]. Candidate lists and balance actions use indices,
+/// not ids, so that they are compact on the wire; the host maps them back to ids.
+pub type HostIndex = u32;
+
+/// Index of a VM in [`Snapshot::vms`].
+pub type VmIndex = u32;
+
+/// A point-in-time view of one cluster: what every unit sees.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Snapshot {
+    /// Monotonic version of this snapshot; bumped by the host on every change.
+    pub epoch: u64,
+    /// Wall-clock time of the snapshot in Unix seconds; 0 when unknown. Power units
+    /// compare it with [`PowerManagement::last_failed_power_up`].
+    pub time_unix: u64,
+    /// Cluster-wide settings.
+    pub cluster: ClusterInfo,
+    /// Every host of the cluster, whatever its status.
+    pub hosts: Vec<Host>,
+    /// VMs known to the cluster (running, migrating, or starting).
+    pub vms: Vec<Vm>,
+}
+
+impl Snapshot {
+    /// The host at `index`, if it exists.
+    pub fn host(&self, index: HostIndex) -> Option<&Host> {
+        self.hosts.get(index as usize)
+    }
+
+    /// The index of the host with this id (a linear scan).
+    pub fn host_index(&self, id: &str) -> Option<HostIndex> {
+        self.hosts
+            .iter()
+            .position(|h| h.id == id)
+            .map(|i| i as HostIndex)
+    }
+
+    /// The VMs whose current host is `host_id`.
+    pub fn vms_on<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a Vm> + 'a {
+        self.vms
+            .iter()
+            .filter(move |vm| vm.current_host.as_deref() == Some(host_id))
+    }
+}
+
+/// Cluster-wide scheduling settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterInfo {
+    /// Stable cluster id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// The cluster CPU model (VMs without their own model use it).
+    pub cpu_model: String,
+    /// CPU flags of the cluster CPU model.
+    pub cpu_flags: Vec<String>,
+    /// Memory overcommit in percent (100 = none, 150 = 1.5x).
+    pub memory_overcommit_percent: u32,
+    /// Count host threads as cores when checking CPU capacity.
+    pub count_threads_as_cores: bool,
+    /// Affinity groups between VMs.
+    pub affinity_groups: Vec<AffinityGroup>,
+    /// CPU architecture of the cluster's hosts; decides the memory hot plug size factor.
+    pub architecture: Architecture,
+    /// Memory slots a VM has for DIMM devices (libvirt `maxMemory slots`); every memory
+    /// device of a VM, hot-plugged or not, takes one. Default 16.
+    pub max_memory_slots: u32,
+}
+
+/// Default number of memory slots of a VM ([`ClusterInfo::max_memory_slots`]).
+pub const DEFAULT_MAX_MEMORY_SLOTS: u32 = 16;
+
+/// CPU architecture of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// x86-64: memory is hot plugged in multiples of 128 MiB.
+    #[default]
+    X86_64,
+    /// 64-bit POWER: memory is hot plugged in multiples of 256 MiB.
+    Ppc64,
+}
+
+impl Architecture {
+    /// The size every hot-plugged DIMM (and every hot set change) must be a multiple of,
+    /// in MiB: 128 on x86-64, 256 on POWER.
+    pub fn memory_hotplug_factor_mb(self) -> u64 {
+        match self {
+            Architecture::X86_64 => 128,
+            Architecture::Ppc64 => 256,
+        }
+    }
+
+    /// Lower-case name, as in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Ppc64 => "ppc64",
+        }
+    }
+}
+
+/// Whether an affinity group wants its VMs together or apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityPolarity {
+    /// The group's VMs should run on the same host.
+    #[default]
+    Positive,
+    /// The group's VMs should run on different hosts.
+    Negative,
+}
+
+/// A VM affinity group: VMs that should run together (positive) or apart (negative).
+/// Enforcing groups are hard rules (a filter); soft ones only steer the choice (a weight).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AffinityGroup {
+    /// Group name (shown in reject details).
+    pub name: String,
+    /// Together or apart.
+    pub polarity: AffinityPolarity,
+    /// Hard rule (true) or preference (false).
+    pub enforcing: bool,
+    /// Ids of the member VMs.
+    pub vms: Vec<String>,
+}
+
+impl AffinityGroup {
+    /// Whether the VM with this id is a member.
+    pub fn contains(&self, vm_id: &str) -> bool {
+        self.vms.iter().any(|v| v == vm_id)
+    }
+}
+
+impl Default for ClusterInfo {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            name: String::new(),
+            cpu_model: String::new(),
+            cpu_flags: Vec::new(),
+            memory_overcommit_percent: 100,
+            count_threads_as_cores: false,
+            affinity_groups: Vec::new(),
+            architecture: Architecture::X86_64,
+            max_memory_slots: DEFAULT_MAX_MEMORY_SLOTS,
+        }
+    }
+}
+
+/// Lifecycle status of a host. Only `Up` hosts are scheduling candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// Running and accepting VMs.
+    #[default]
+    Up,
+    /// In maintenance.
+    Maintenance,
+    /// Powered off (or unreachable and fenced).
+    Down,
+    /// Being powered up.
+    PoweringUp,
+    /// Being shut down (told apart from `Down`).
+    PoweringDown,
+    /// Up but failing a cluster requirement.
+    NonOperational,
+}
+
+impl HostStatus {
+    /// Lower-case name, as in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Up => "up",
+            HostStatus::Maintenance => "maintenance",
+            HostStatus::Down => "down",
+            HostStatus::PoweringUp => "powering_up",
+            HostStatus::PoweringDown => "powering_down",
+            HostStatus::NonOperational => "non_operational",
+        }
+    }
+}
+
+/// CPU topology: of a host (physical) or of a VM (virtual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuTopology {
+    /// Sockets.
+    pub sockets: u32,
+    /// Cores in each socket.
+    pub cores_per_socket: u32,
+    /// Threads in each core.
+    pub threads_per_core: u32,
+}
+
+impl Default for CpuTopology {
+    fn default() -> Self {
+        Self {
+            sockets: 1,
+            cores_per_socket: 1,
+            threads_per_core: 1,
+        }
+    }
+}
+
+impl CpuTopology {
+    /// Sockets x cores per socket.
+    pub fn cores(&self) -> u32 {
+        self.sockets.saturating_mul(self.cores_per_socket)
+    }
+
+    /// Sockets x cores x threads.
+    pub fn threads(&self) -> u32 {
+        self.cores().saturating_mul(self.threads_per_core)
+    }
+}
+
+/// Free hugepages of one page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HugePages {
+    /// Page size in KiB (2048, 1048576).
+    pub size_kb: u64,
+    /// Number of pages.
+    pub count: u64,
+}
+
+impl HugePages {
+    /// Pages of `size_kb` KiB that hold `memory_mb` MiB (rounded up; a zero size counts as
+    /// 1 KiB so the result is never a division by zero).
+    pub fn needed(memory_mb: u64, size_kb: u64) -> u64 {
+        memory_mb.saturating_mul(1024).div_ceil(size_kb.max(1))
+    }
+}
+
+/// One host NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NumaNode {
+    /// Node index as the host reports it.
+    pub index: u32,
+    /// CPUs of this node.
+    pub cpus: Vec<u32>,
+    /// Total memory of the node in MiB.
+    pub total_memory_mb: u64,
+    /// Free memory of the node in MiB.
+    pub free_memory_mb: u64,
+    /// Free hugepages on this node, by page size.
+    pub free_hugepages: Vec<HugePages>,
+}
+
+/// Host memory figures, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostMemory {
+    /// Physical memory.
+    pub physical_mb: u64,
+    /// Free memory reported by the host.
+    pub free_mb: u64,
+    /// Memory committed to VMs already on the host (guest memory + overheads).
+    pub committed_mb: u64,
+    /// Overcommit-aware ceiling for committed memory.
+    pub max_scheduling_mb: u64,
+    /// Free swap.
+    pub swap_free_mb: u64,
+}
+
+/// Power management state of a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PowerManagement {
+    /// A fence/power agent is configured and works.
+    pub enabled: bool,
+    /// Set when the host comes up; cleared by any user-triggered power action.
+    pub controlled_by_policy: bool,
+    /// The operator excluded this host from automatic power management for good.
+    pub excluded_from_automatic: bool,
+    /// Unix seconds of the last failed power-up, if any.
+    pub last_failed_power_up: Option<u64>,
+}
+
+/// Pending resources on a host, summed over the pending records of VMs that were placed
+/// there but are not running yet. Filled by the host's pending resource manager.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PendingAggregate {
+    /// Pending memory (per-VM static overheads, the reference's `PendingMemory`) in MiB.
+    pub memory_mb: u64,
+    /// Pending overcommit memory (guest memory + overheads) in MiB.
+    pub overcommit_memory_mb: u64,
+    /// Pending vCPU count.
+    pub cpu_cores: u32,
+    /// Pending CPU load, in percent of the host's total capacity.
+    pub cpu_load_percent: u32,
+    /// pCPUs claimed by pending exclusively-pinned VMs.
+    pub pinned_cpus: Vec<u32>,
+    /// Pending hugepages, by page size.
+    pub hugepages: Vec<HugePages>,
+    /// Pending memory per host NUMA node.
+    pub numa_memory: Vec<NodeMemory>,
+    /// Ids of the VMs pending on this host (placed, not running yet), sorted.
+    pub vms: Vec<String>,
+    /// Open-ended pending amounts (devices, SR-IOV VFs...).
+    pub custom: Vec<CustomAmount>,
+}
+
+impl PendingAggregate {
+    /// Pending pages of the given size.
+    pub fn hugepages_of(&self, size_kb: u64) -> u64 {
+        self.hugepages
+            .iter()
+            .filter(|h| h.size_kb == size_kb)
+            .map(|h| h.count)
+            .sum()
+    }
+
+    /// Pending memory on a host NUMA node.
+    pub fn numa_memory_of(&self, node: u32) -> u64 {
+        self.numa_memory
+            .iter()
+            .filter(|n| n.node == node)
+            .map(|n| n.memory_mb)
+            .sum()
+    }
+
+    /// Pending amount of a custom kind.
+    pub fn custom_of(&self, kind: &str) -> u64 {
+        amount_of(&self.custom, kind)
+    }
+
+    /// Whether the VM with this id is pending here.
+    pub fn has_vm(&self, vm_id: &str) -> bool {
+        self.vms.iter().any(|v| v == vm_id)
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The amount of `kind` in a list of custom amounts (summed if repeated).
+pub fn amount_of(amounts: &[CustomAmount], kind: &str) -> u64 {
+    amounts
+        .iter()
+        .filter(|c| c.kind == kind)
+        .fold(0u64, |sum, c| sum.saturating_add(c.amount))
+}
+
+/// Memory on one host NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeMemory {
+    /// Host node index.
+    pub node: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+}
+
+/// A named amount of an open-ended resource kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomAmount {
+    /// Kind name, e.g. `sriov_vf` or `gpu`.
+    pub kind: String,
+    /// Amount.
+    pub amount: u64,
+}
+
+/// One hypervisor host.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Host {
+    /// Stable unique id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Lifecycle status.
+    pub status: HostStatus,
+    /// Holds the storage pool manager role (never powered down automatically).
+    pub spm: bool,
+    /// Physical CPU topology.
+    pub cpu: CpuTopology,
+    /// Online CPU ids; empty means "all of the topology's threads".
+    pub online_cpus: Vec<u32>,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// CPU flags.
+    pub cpu_flags: Vec<String>,
+    /// NUMA nodes; empty when the host has no NUMA support.
+    pub numa_nodes: Vec<NumaNode>,
+    /// Memory figures.
+    pub memory: HostMemory,
+    /// Free hugepages, by size, over the whole host.
+    pub free_hugepages: Vec<HugePages>,
+    /// Current CPU usage in percent.
+    pub cpu_usage_percent: u32,
+    /// Minutes the CPU usage has stayed on its side of the utilization thresholds.
+    pub cpu_usage_duration_minutes: u32,
+    /// Minutes the host has been in its current `status` (a shutdown that has run longer
+    /// than the policy's timeout is taken as failed).
+    pub status_minutes: u32,
+    /// Minutes the host has had no running, migrating or pending VM (0 when it has one).
+    pub empty_minutes: u32,
+    /// Number of VMs running on the host.
+    pub running_vms: u32,
+    /// pCPUs exclusively pinned to running VMs.
+    pub dedicated_cpus: Vec<u32>,
+    /// Power management state.
+    pub power: PowerManagement,
+    /// Free amounts of custom resource kinds (GPUs, SR-IOV VFs...), before pending ones.
+    pub custom_resources: Vec<CustomAmount>,
+    /// Pending resources on this host (filled by the engine).
+    pub pending: PendingAggregate,
+}
+
+impl Host {
+    /// CPUs available for scheduling: cores, or threads when the cluster counts threads.
+    pub fn schedulable_cpus(&self, count_threads_as_cores: bool) -> u32 {
+        if count_threads_as_cores {
+            self.cpu.threads()
+        } else {
+            self.cpu.cores()
+        }
+    }
+
+    /// Free amount of a custom resource kind, before pending amounts.
+    pub fn custom_free(&self, kind: &str) -> u64 {
+        amount_of(&self.custom_resources, kind)
+    }
+}
+
+/// Kind of VM workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmType {
+    /// Desktop VM.
+    Desktop,
+    /// Server VM.
+    #[default]
+    Server,
+    /// High-performance VM.
+    HighPerformance,
+}
+
+/// CPU pinning policy of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinningPolicy {
+    /// No pinning.
+    #[default]
+    None,
+    /// The pinning string is applied as written.
+    Manual,
+    /// Resize the VM to the host and pin NUMA.
+    ResizeAndPinNuma,
+    /// Exclusively dedicated pCPUs.
+    Dedicated,
+    /// Dedicated whole cores, one vCPU per core.
+    IsolateThreads,
+}
+
+/// Which migrations are allowed for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    /// The engine may migrate it on its own.
+    #[default]
+    Migratable,
+    /// Only a user-forced migration (or host maintenance) moves it.
+    ManualOnly,
+    /// Never migrates; runs only on its dedicated hosts.
+    PinnedToHost,
+}
+
+/// NUMA tune mode of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumaTuneMode {
+    /// Memory only from the pinned nodes.
+    #[default]
+    Strict,
+    /// Interleave over the pinned nodes.
+    Interleave,
+    /// Prefer the pinned nodes.
+    Preferred,
+}
+
+/// One virtual NUMA node of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VNumaNode {
+    /// vNUMA node index.
+    pub index: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// vCPUs in this node.
+    pub cpus: Vec<u32>,
+    /// Host nodes this node may be placed on; empty = not pinned.
+    pub pinned_host_nodes: Vec<u32>,
+}
+
+/// Runtime status of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    /// Not running.
+    #[default]
+    Down,
+    /// Placed, waiting for launch.
+    WaitForLaunch,
+    /// Powering up.
+    PoweringUp,
+    /// Running.
+    Up,
+    /// Migrating away from its current host.
+    MigratingFrom,
+}
+
+/// A key/value custom property of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Property {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A VM: either one in the cluster, or the one being scheduled (the request).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vm {
+    /// Stable unique id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Workload type.
+    pub vm_type: VmType,
+    /// Runtime status.
+    pub status: VmStatus,
+    /// Guest memory in MiB.
+    pub memory_mb: u64,
+    /// Guaranteed (minimum) memory in MiB.
+    pub min_guaranteed_memory_mb: u64,
+    /// Hugepage size in KiB backing the guest memory, if any.
+    pub hugepage_size_kb: Option<u64>,
+    /// Virtual CPU topology.
+    pub cpu: CpuTopology,
+    /// CPU pinning string, e.g. `0#1-3_1#4`.
+    pub cpu_pinning: Option<String>,
+    /// Pinning policy.
+    pub cpu_pinning_policy: PinningPolicy,
+    /// Host CPU passthrough.
+    pub cpu_passthrough: bool,
+    /// Required CPU model (the cluster's when absent).
+    pub cpu_model: Option<String>,
+    /// Required CPU flags (for a running passthrough VM: the flags of its current CPU).
+    pub cpu_flags: Vec<String>,
+    /// vNUMA nodes.
+    pub numa_nodes: Vec<VNumaNode>,
+    /// NUMA tune mode.
+    pub numa_tune: NumaTuneMode,
+    /// Migration mode as configured; absent means the default, see [`Vm::migration_mode`].
+    pub migration: Option<MigrationMode>,
+    /// Hosts this VM may run on (pinned VMs); empty = any.
+    pub dedicated_hosts: Vec<String>,
+    /// Id of the host it runs on, if any.
+    pub current_host: Option<String>,
+    /// CPU usage in percent of its vCPUs.
+    pub cpu_usage_percent: u32,
+    /// Custom properties.
+    pub custom_properties: Vec<Property>,
+    /// Amounts of custom resource kinds the VM needs on its host (e.g. `gpu`: 1). They
+    /// become pending custom records on the chosen host.
+    pub custom_resources: Vec<CustomAmount>,
+    /// Memory devices (DIMMs) of the VM, each taking one memory slot. Their sizes are
+    /// part of [`Vm::memory_mb`]; only hot-plugged ones can be hot unplugged.
+    pub memory_devices: Vec<MemoryDevice>,
+}
+
+/// One memory device (a DIMM) of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryDevice {
+    /// Device id (unique within the VM), e.g. the libvirt alias `dimm0`.
+    pub id: String,
+    /// Size in MiB.
+    pub size_mb: u64,
+    /// Guest (vNUMA) node the DIMM is attached to.
+    pub node: u32,
+    /// Added to the running VM by a hot plug (only those can be hot unplugged).
+    pub hotplugged: bool,
+    /// A hot unplug of this device was requested and has not finished.
+    pub unplugging: bool,
+}
+
+impl Vm {
+    /// Number of vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.cpu.threads()
+    }
+
+    /// The migration mode in force: the configured one, else manual-only for
+    /// high-performance and pinned VMs (see [`topology::is_hp_or_pinned`]) and migratable
+    /// for the rest.
+    ///
+    /// [`topology::is_hp_or_pinned`]: crate::model::topology::is_hp_or_pinned
+    pub fn migration_mode(&self) -> MigrationMode {
+        self.migration
+            .unwrap_or(if crate::model::topology::is_hp_or_pinned(self) {
+                MigrationMode::ManualOnly
+            } else {
+                MigrationMode::Migratable
+            })
+    }
+
+    /// The VM's hugepage size and the pages of that size its guest memory needs, when it
+    /// is backed by hugepages.
+    pub fn hugepages_needed(&self) -> Option<(u64, u64)> {
+        let size = self.hugepage_size_kb.filter(|&s| s > 0)?;
+        Some((size, HugePages::needed(self.memory_mb, size)))
+    }
+
+    /// A custom property's value.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.custom_properties
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.as_str())
+    }
+
+    /// The amount of a custom resource kind this VM needs.
+    pub fn custom_need(&self, kind: &str) -> u64 {
+        amount_of(&self.custom_resources, kind)
+    }
+
+    /// Whether the VM occupies its current host (running, starting or migrating away).
+    pub fn is_running(&self) -> bool {
+        self.current_host.is_some()
+            && matches!(
+                self.status,
+                VmStatus::WaitForLaunch
+                    | VmStatus::PoweringUp
+                    | VmStatus::Up
+                    | VmStatus::MigratingFrom
+            )
+    }
+}

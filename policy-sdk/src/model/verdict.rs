@@ -1,0 +1,386 @@
+//! What units return: filter verdicts, weight penalties, balance actions.
+//!
+//! Verdicts are data, not errors: a rejected host is a normal outcome with a reason.
+
+use crate::model::{HostIndex, VmIndex};
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// A filter unit's answer for one candidate host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The host may run the VM.
+    Pass,
+    /// The host may not run the VM.
+    Reject {
+        /// Stable machine-readable reason, e.g. `not_enough_memory`. Decisions group
+        /// rejections by unit and code.
+        code: String,
+        /// Human detail for this host, e.g. `1024 MiB free, 4096 MiB needed`.
+        detail: String,
+    },
+}
+
+impl Verdict {
+    /// A rejection with a code and a detail.
+    pub fn reject(code: impl Into<String>, detail: impl Into<String>) -> Self {
+        Verdict::Reject {
+            code: code.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// True for [`Verdict::Pass`].
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+}
+
+/// A weight unit's raw penalty for one host: lower is better. The engine, not the unit,
+/// turns penalties into ranks or normalized scores and applies factors.
+pub type Penalty = i64;
+
+/// Power actions a balance unit may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    /// Move an empty host to maintenance.
+    ToMaintenance,
+    /// Power a host down.
+    PowerDown,
+    /// Activate a host in maintenance.
+    Activate,
+    /// Power a down host up.
+    PowerUp,
+}
+
+impl PowerAction {
+    /// The action's name in reports: `to_maintenance`, `power_down`, `activate`, `power_up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerAction::ToMaintenance => "to_maintenance",
+            PowerAction::PowerDown => "power_down",
+            PowerAction::Activate => "activate",
+            PowerAction::PowerUp => "power_up",
+        }
+    }
+}
+
+/// An action proposed by a balance unit. The host enforces safety rules no unit can
+/// override (migration modes, SPM and excluded hosts, actions per cycle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BalanceAction {
+    /// Migrate a VM to one of the candidate hosts (the engine picks with the policy's
+    /// filters and weights).
+    Migrate {
+        /// The VM to move.
+        vm: VmIndex,
+        /// Acceptable destinations.
+        candidate_hosts: Vec<HostIndex>,
+        /// Why.
+        reason: String,
+    },
+    /// Change a host's power state.
+    Power {
+        /// The host.
+        host: HostIndex,
+        /// What to do.
+        action: PowerAction,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A filter's verdicts over its candidate list, as they cross the ABI: the number of
+/// candidates and only the rejected ones (every other candidate passed), with each distinct
+/// reject code sent once. A filter that passes 10,000 hosts answers with a few bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Verdicts {
+    /// Number of candidates judged.
+    pub len: u32,
+    /// Distinct reject codes; [`Rejection::code`] indexes this list.
+    pub codes: Vec<String>,
+    /// The rejected candidates, in strictly increasing position order.
+    pub rejected: Vec<Rejection>,
+}
+
+impl Extend<Verdict> for Verdicts {
+    fn extend<I: IntoIterator<Item = Verdict>>(&mut self, verdicts: I) {
+        for v in verdicts {
+            self.push(v);
+        }
+    }
+}
+
+/// One rejected candidate in [`Verdicts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Position in the candidate list.
+    pub position: u32,
+    /// Index into [`Verdicts::codes`].
+    pub code: u32,
+    /// Human detail for this host.
+    pub detail: String,
+}
+
+impl Verdicts {
+    /// Compacts one verdict per candidate (moving the details, not copying them).
+    pub fn from_verdicts(verdicts: Vec<Verdict>) -> Self {
+        let mut out = Verdicts::default();
+        out.extend(verdicts);
+        out
+    }
+
+    /// Appends the verdict of the next candidate: a pass only counts it; a rejection is
+    /// recorded with its code (each distinct code stored once).
+    #[inline]
+    pub fn push(&mut self, verdict: Verdict) {
+        if let Verdict::Reject { code, detail } = verdict {
+            let index = match self.codes.iter().position(|c| *c == code) {
+                Some(i) => i,
+                None => {
+                    self.codes.push(code);
+                    self.codes.len() - 1
+                }
+            };
+            self.rejected.push(Rejection {
+                position: self.len,
+                code: index as u32,
+                detail,
+            });
+        }
+        self.len += 1;
+    }
+
+    /// Number of candidates judged.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether no candidate was judged.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether every candidate passed.
+    pub fn all_pass(&self) -> bool {
+        self.rejected.is_empty()
+    }
+
+    /// The code of a rejection.
+    pub fn code_of(&self, rejection: &Rejection) -> &str {
+        self.codes
+            .get(rejection.code as usize)
+            .map_or("", String::as_str)
+    }
+
+    /// Checks what a guest could get wrong: positions in range and strictly increasing,
+    /// code indices in range. The message says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let mut next = 0u32;
+        for r in &self.rejected {
+            if r.position < next || r.position >= self.len {
+                return Err(alloc::format!(
+                    "rejected position {} out of order or range (candidates: {})",
+                    r.position,
+                    self.len
+                ));
+            }
+            if r.code as usize >= self.codes.len() {
+                return Err(alloc::format!(
+                    "reject code index {} out of range ({} codes)",
+                    r.code,
+                    self.codes.len()
+                ));
+            }
+            next = r.position + 1;
+        }
+        Ok(())
+    }
+
+    /// One verdict per candidate (for tests and callers that want the long form).
+    pub fn into_verdicts(self) -> Vec<Verdict> {
+        let mut out: Vec<Verdict> = (0..self.len).map(|_| Verdict::Pass).collect();
+        for r in self.rejected {
+            let code = self.codes.get(r.code as usize).cloned().unwrap_or_default();
+            if let Some(slot) = out.get_mut(r.position as usize) {
+                *slot = Verdict::Reject {
+                    code,
+                    detail: r.detail,
+                };
+            }
+        }
+        out
+    }
+}
+
+/// Serde adapters that send integer arrays as packed little-endian bytes (one length, then
+/// a memcpy) instead of one variable-length integer per element: candidate lists and
+/// penalties are the large arrays of every call.
+pub mod packed {
+    use alloc::vec::Vec;
+    use core::fmt;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    macro_rules! packed_array {
+        ($module:ident, $ty:ty, $size:literal) => {
+            /// Packed little-endian array of this element type.
+            pub mod $module {
+                use super::*;
+
+                /// Serializes as packed bytes.
+                pub fn serialize<S: Serializer>(values: &[$ty], s: S) -> Result<S::Ok, S::Error> {
+                    let mut bytes = Vec::with_capacity(values.len() * $size);
+                    for v in values {
+                        bytes.extend_from_slice(&v.to_le_bytes());
+                    }
+                    s.serialize_bytes(&bytes)
+                }
+
+                /// Deserializes packed bytes.
+                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<$ty>, D::Error> {
+                    struct V;
+                    impl<'de> Visitor<'de> for V {
+                        type Value = Vec<$ty>;
+                        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                            f.write_str(concat!("packed ", stringify!($ty), " bytes"))
+                        }
+                        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+                            if bytes.len() % $size != 0 {
+                                return Err(E::custom(alloc::format!(
+                                    "{} bytes is not a whole number of {}-byte values",
+                                    bytes.len(),
+                                    $size
+                                )));
+                            }
+                            Ok(bytes
+                                .chunks_exact($size)
+                                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("exact chunk")))
+                                .collect())
+                        }
+                        fn visit_borrowed_bytes<E: Error>(
+                            self,
+                            bytes: &'de [u8],
+                        ) -> Result<Self::Value, E> {
+                            self.visit_bytes(bytes)
+                        }
+                        fn visit_byte_buf<E: Error>(
+                            self,
+                            bytes: Vec<u8>,
+                        ) -> Result<Self::Value, E> {
+                            self.visit_bytes(&bytes)
+                        }
+                        fn visit_seq<A: SeqAccess<'de>>(
+                            self,
+                            mut seq: A,
+                        ) -> Result<Self::Value, A::Error> {
+                            // Self-describing formats (JSON) give the bytes as a list.
+                            let mut bytes = Vec::new();
+                            while let Some(b) = seq.next_element::<u8>()? {
+                                bytes.push(b);
+                            }
+                            self.visit_bytes(&bytes)
+                        }
+                    }
+                    d.deserialize_bytes(V)
+                }
+            }
+        };
+    }
+
+    packed_array!(u32s, u32, 4);
+    packed_array!(i64s, i64, 8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::abi::{CallRequest, CallResponse};
+    use crate::wire::codec;
+
+    #[test]
+    fn verdicts_keep_only_rejections_with_each_code_once() {
+        let long = alloc::vec![
+            Verdict::Pass,
+            Verdict::reject("no_room", "1 MiB"),
+            Verdict::Pass,
+            Verdict::reject("offline", "pCPU 3"),
+            Verdict::reject("no_room", "2 MiB"),
+        ];
+        let compact = Verdicts::from_verdicts(long.clone());
+        assert_eq!(compact.len(), 5);
+        assert_eq!(compact.codes, ["no_room", "offline"]);
+        let positions: Vec<(u32, u32)> = compact
+            .rejected
+            .iter()
+            .map(|r| (r.position, r.code))
+            .collect();
+        assert_eq!(positions, [(1, 0), (3, 1), (4, 0)]);
+        assert!(compact.check().is_ok());
+        assert_eq!(compact.into_verdicts(), long);
+        assert!(Verdicts::from_verdicts(alloc::vec![Verdict::Pass; 3]).all_pass());
+    }
+
+    #[test]
+    fn malformed_verdicts_are_caught_naming_the_problem() {
+        let reject = |position, code| Rejection {
+            position,
+            code,
+            detail: String::new(),
+        };
+        let cases = [
+            (
+                alloc::vec![reject(5, 0)],
+                "rejected position 5 out of order or range",
+            ),
+            (
+                alloc::vec![reject(2, 0), reject(1, 0)],
+                "rejected position 1 out of order",
+            ),
+            (
+                alloc::vec![reject(1, 0), reject(1, 0)],
+                "rejected position 1 out of order",
+            ),
+            (
+                alloc::vec![reject(0, 1)],
+                "reject code index 1 out of range (1 codes)",
+            ),
+        ];
+        for (rejected, want) in cases {
+            let v = Verdicts {
+                len: 3,
+                codes: alloc::vec!["c".into()],
+                rejected,
+            };
+            let err = v.check().unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn packed_arrays_round_trip_and_refuse_ragged_bytes() {
+        let request = CallRequest {
+            unit: 1,
+            epoch: 2,
+            params: alloc::vec![],
+            vm: None,
+            candidates: (0..10_000).chain([u32::MAX]).collect(),
+        };
+        let bytes = codec::encode(&request).unwrap();
+        // 10,001 x 4 bytes plus a few header bytes: no per-element varints.
+        assert!(bytes.len() < 10_001 * 4 + 16, "{}", bytes.len());
+        assert_eq!(codec::decode::<CallRequest>(&bytes).unwrap(), request);
+        let penalties = CallResponse::Penalties(alloc::vec![i64::MIN, -1, 0, 1, i64::MAX]);
+        let bytes = codec::encode(&penalties).unwrap();
+        assert_eq!(codec::decode::<CallResponse>(&bytes).unwrap(), penalties);
+        // Variant 1 (penalties), 3 bytes: not a whole number of i64s.
+        let err = codec::decode::<CallResponse>(&[1, 3, 0, 0, 0]).unwrap_err();
+        assert!(
+            err.0
+                .contains("3 bytes is not a whole number of 8-byte values"),
+            "{err}"
+        );
+    }
+}
