@@ -14,14 +14,13 @@
 //! decision right after a VM was reserved on one host (one small delta sync per module
 //! instead of a full snapshot).
 
-
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use policy_sdk::testing::vm;
 use std::hint::black_box;
 use std::time::Duration;
+use wasmsched::{Cluster, Detail, PlacementKind, Policy, ScheduleRequest};
 use wasmsched_testkit::native::default_policies as policies;
 use wasmsched_testkit::synth::{snapshot_of as cluster, VmKind};
-use wasmsched::{Cluster, Detail, PlacementKind, Policy, ScheduleRequest};
 
 /// One benchmark group: a decision per iteration, wasm and native, at each cluster size;
 /// `before_each` runs inside the measured iteration, just before the decision.

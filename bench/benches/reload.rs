@@ -8,9 +8,6 @@
 //!
 //! `cargo bench -p wasmsched-bench --bench reload` (add `-- --quick` for a short run).
 
-#[allow(dead_code)]
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

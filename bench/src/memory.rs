@@ -1,12 +1,12 @@
 //! Peak memory, measured in a child process of the harness so that the other measurements
 //! (and their clusters) do not inflate it.
 
-use wasmsched_testkit::synth::{self, VmKind};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::Command;
 use wasmsched::{Policy, Runtime, ScheduleRequest};
+use wasmsched_testkit::synth::{self, VmKind};
 
 /// Resident memory after one step of the child.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,16 +2,16 @@
 //! serializable section of the report.
 
 use crate::stats::{median, ms, timed, Comparison};
-use wasmsched_testkit::native;
-use wasmsched_testkit::synth::{self, host_id, PendingSetup, VmKind};
 use anyhow::{bail, Context as _, Result};
-use policy_sdk::wire::sync::{Change, SyncMessage};
 use policy_sdk::wire::codec;
+use policy_sdk::wire::sync::{Change, SyncMessage};
 use serde::Serialize;
 use std::hint::black_box;
 use std::path::Path;
 use wasmsched::Format;
 use wasmsched::{Cluster, ClusterView, Detail, PlacementKind, Policy, Runtime, ScheduleRequest};
+use wasmsched_testkit::native;
+use wasmsched_testkit::synth::{self, host_id, PendingSetup, VmKind};
 
 /// The two runtimes of a run: builtin wasm modules, and the same unit crates linked natively.
 #[derive(Debug)]

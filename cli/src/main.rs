@@ -349,8 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy: policy_file,
         } => {
             // Check the inputs before loading any module.
-            let new_mb =
-                size::parse_size_mb(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            let new_mb = size::parse_size_mb(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
             let cluster = Cluster::from_file(cluster)?;
             let runtime = runtime(g, true)?;
             let policy = policy(&runtime, policy_file.as_deref())?;
@@ -550,14 +549,10 @@ fn simulate(
 fn demo(g: &Global) -> anyhow::Result<ExitCode> {
     let runtime = runtime(g, true)?;
     let policy = Policy::builtin_default(&runtime)?;
-    let snapshot = wasmsched::parse_document(
-        DEMO_CLUSTER,
-        Format::Json,
-        "examples/demo/cluster.json",
-    )?;
+    let snapshot =
+        wasmsched::parse_document(DEMO_CLUSTER, Format::Json, "examples/demo/cluster.json")?;
     let cluster = Cluster::new(snapshot, "examples/demo/cluster.json")?;
-    let vms: Vec<Vm> =
-        wasmsched::parse_document(DEMO_VMS, Format::Json, "examples/demo/vms.json")?;
+    let vms: Vec<Vm> = wasmsched::parse_document(DEMO_VMS, Format::Json, "examples/demo/vms.json")?;
     let mut decisions = Vec::new();
     if !g.json {
         println!(

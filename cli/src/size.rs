@@ -3,7 +3,6 @@
 /// Largest memory size accepted, in MiB (1 EiB, the engine's limit for a memory amount).
 const MAX_MEMORY_MB: u64 = 1 << 40;
 
-
 /// Parses a memory size for the CLI: a whole number of MiB, optionally with a binary
 /// suffix (`M`/`MiB`/`MB` = MiB, `G`/`GiB`/`GB` = 1024 MiB, `T`/`TiB`/`TB` = 1024 GiB;
 /// case-insensitive). `4096`, `4096M` and `4G` are the same size.

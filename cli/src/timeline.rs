@@ -9,13 +9,13 @@
 //! down; `power_up` leaves it `powering_up` for [`BOOT_MINUTES`] before it is up (and
 //! under policy control again).
 
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use wasmsched::plan::{PlannedAction, RefusedAction};
 use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, PowerAction, Snapshot};
 use wasmsched::{Cluster, Error, Policy, Result, ScheduleRequest};
-use serde::Serialize;
-use std::collections::HashMap;
-use std::fmt::Write as _;
 
 /// Minutes a simulated host takes to boot.
 pub const BOOT_MINUTES: u32 = 10;

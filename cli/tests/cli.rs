@@ -74,11 +74,7 @@ fn demo_json_is_a_list_of_decisions() {
 #[test]
 fn schedule_uses_a_custom_unit_dropped_into_a_directory() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        example_unit(),
-        dir.path().join("max_vms_per_host.wasm"),
-    )
-    .unwrap();
+    std::fs::copy(example_unit(), dir.path().join("max_vms_per_host.wasm")).unwrap();
     let policies = dir.path().to_str().unwrap();
     let out = wasmsched(&[
         "schedule",

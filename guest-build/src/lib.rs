@@ -42,11 +42,10 @@ pub fn build(manifest_dir: &Path, guests: &[Guest]) -> Vec<Built> {
     println!("cargo:rerun-if-env-changed=WASMSCHED_GUEST_TARGET_DIR");
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    check_target_installed();
-
     let target_dir = std::env::var_os("WASMSCHED_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| outer_target_dir(&workspace).join("wasm-guests"));
+    ensure_target_installed(&target_dir);
 
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&workspace)
@@ -101,24 +100,41 @@ pub fn build(manifest_dir: &Path, guests: &[Guest]) -> Vec<Built> {
         .collect()
 }
 
-fn check_target_installed() {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc)
-        .arg("--print")
-        .arg("sysroot")
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
-    if let Some(sysroot) = sysroot {
-        if !sysroot.join("lib/rustlib").join(TARGET).exists() {
-            install_target();
-            if !sysroot.join("lib/rustlib").join(TARGET).exists() {
-                panic!(
-                    "the {TARGET} target is not installed; fix with: rustup target add {TARGET}"
-                );
-            }
-        }
+/// Makes sure the wasm target is installed, installing it when rustup can; panics with the
+/// one-line fix otherwise. Build scripts of several crates may get here at once: the
+/// install runs under a file lock in the guests' target directory, once.
+fn ensure_target_installed(target_dir: &Path) {
+    let Some(sysroot) = sysroot() else {
+        return; // no rustc to ask: the guest build itself will say what is wrong
+    };
+    let installed = || sysroot.join("lib/rustlib").join(TARGET).exists();
+    if installed() {
+        return;
     }
+    let lock = std::fs::create_dir_all(target_dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(target_dir.join(".install-target.lock"))
+    });
+    let lock = lock.and_then(|file| file.lock().map(|()| file));
+    if !installed() {
+        install_target();
+    }
+    drop(lock);
+    if !installed() {
+        panic!("the {TARGET} target is not installed; fix with: rustup target add {TARGET}");
+    }
+}
+
+fn sysroot() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(&rustc).arg("--print").arg("sysroot").output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim().to_string()))
 }
 
 /// Installs the wasm target for the toolchain running this build, when rustup is there.

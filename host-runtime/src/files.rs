@@ -28,7 +28,7 @@ impl Format {
 pub fn read_document<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::input(&label, None, format!("cannot read: {e}")))?;
+        .map_err(|e| Error::io(&label, format!("cannot read: {e}")))?;
     parse_document(&text, Format::of(path), &label)
 }
 

@@ -51,18 +51,18 @@ mod scheduling;
 mod state;
 
 pub use engine::{
-    BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder,
-    RuntimeStatus, UnitInfo, WatchMode, WatchOptions,
+    BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder, RuntimeStatus,
+    UnitInfo, WatchMode, WatchOptions,
 };
 pub use error::{Error, ErrorKind, Result, UnitFault};
 pub use files::{parse_document, read_document, Format};
 pub use scheduling::{
-    BalancePlan, Decision, Detail, FailureMode, Migration, MigrationTrigger, MemoryPlan, Policy,
+    BalancePlan, Decision, Detail, FailureMode, MemoryPlan, Migration, MigrationTrigger, Policy,
     PolicyUnit, ScheduleRequest, SelectorKind, StaleUnit, StartOutcome, VmFailed,
 };
 pub use state::{
-    Cluster, ClusterView, FailedPlacement, HostRemoved, MemoryChangeDone, PendingRules,
-    Placement, PlacementKind, Release, Reservation,
+    Cluster, ClusterView, FailedPlacement, HostRemoved, MemoryChangeDone, PendingRules, Placement,
+    PlacementKind, Release, Reservation,
 };
 
 /// The parts of a [`Decision`]: what happened to each host and why.

@@ -53,9 +53,7 @@ pub mod testing;
 pub mod wire;
 
 pub use guest::{Balance, Context, Filter, UnitSet, Weight};
-pub use model::manifest::{
-    Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind,
-};
+pub use model::manifest::{Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind};
 pub use model::verdict::{BalanceAction, Penalty, PowerAction, Rejection, Verdict, Verdicts};
 pub use model::*;
 pub use wire::abi::LogLevel;

@@ -99,8 +99,8 @@ fn wat_bytes(bytes: &[u8]) -> String {
 /// into the module (helper functions, globals).
 pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra: &str) -> Vec<u8> {
     use policy_sdk::wire::abi::{pack, ABI_VERSION};
-    use policy_sdk::wire::sync::SyncResponse;
     use policy_sdk::wire::codec;
+    use policy_sdk::wire::sync::SyncResponse;
     use policy_sdk::{Manifest, UnitDescriptor};
     let manifest = codec::encode(&Some(Manifest {
         abi_version: ABI_VERSION,

@@ -428,8 +428,8 @@ policy_sdk::export_units! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, XorShift};
+    use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::{AffinityPolarity::Negative, AffinityPolarity::Positive};
     use policy_sdk::{ParamValue, VmStatus};
 

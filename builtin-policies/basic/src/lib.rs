@@ -236,8 +236,8 @@ policy_sdk::export_units! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, HostBuilder};
+    use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::{ParamType, ParamValue, Snapshot};
 
     type Params = Vec<(String, ParamValue)>;

@@ -41,13 +41,13 @@ mod runner;
 mod validate;
 
 pub use format::{Event, Scenario};
-pub use report::{describe, samples, Summary};
-pub use runner::{run, EventOutcome};
-pub use validate::validate;
 use report::list;
-use runner::{AfterFailure, Effect, HostPending};
 #[cfg(test)]
 use report::thousands;
+pub use report::{describe, samples, Summary};
+pub use runner::{run, EventOutcome};
+use runner::{AfterFailure, Effect, HostPending};
+pub use validate::validate;
 
 use crate::timeline::{self, Clock, CycleReport, Sample};
 use serde::{Deserialize, Serialize};
@@ -64,11 +64,11 @@ use wasmsched::{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmsched::decision::Outcome;
-    use wasmsched::{Format, Runtime};
     use policy_sdk::testing::{host, snapshot, vm};
     use policy_sdk::AffinityPolarity;
     use std::sync::OnceLock;
+    use wasmsched::decision::Outcome;
+    use wasmsched::{Format, Runtime};
 
     /// The builtin default policy, compiled once for all tests.
     fn policy() -> &'static Policy {

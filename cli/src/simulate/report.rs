@@ -121,7 +121,6 @@ impl Summary {
     }
 }
 
-
 /// `4224` -> `4,224`.
 pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();

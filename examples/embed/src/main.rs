@@ -6,8 +6,8 @@
 //!
 //! Run with `cargo run -p embed-example`.
 
-use wasmsched::sdk::{CpuTopology, Host, HostMemory, HostStatus, Snapshot, Vm};
 use wasmsched::plan::Reschedule;
+use wasmsched::sdk::{CpuTopology, Host, HostMemory, HostStatus, Snapshot, Vm};
 use wasmsched::{Cluster, Policy, Runtime, ScheduleRequest};
 
 fn host(id: &str, free_mb: u64, usage: u32) -> Host {

@@ -1,12 +1,12 @@
 //! A loaded policy module: compiled code, its manifest, and a pool of instances.
 
 use crate::engine::abi::{self, GuestFns, StoreData};
-use crate::state::ClusterView;
-use crate::error::UnitFault;
 use crate::engine::runtime::EngineShared;
+use crate::error::UnitFault;
+use crate::state::ClusterView;
 use policy_sdk::wire::abi::{Call, CallResponse};
-use policy_sdk::wire::sync::SyncResponse;
 use policy_sdk::wire::codec;
+use policy_sdk::wire::sync::SyncResponse;
 use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdicts};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

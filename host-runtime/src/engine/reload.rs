@@ -9,9 +9,9 @@
 //! and deploy tools do only with complete files. A file whose content changes while it is
 //! read is left for the next scan.
 
-use crate::error::{Error, Result};
 use crate::engine::module::{BreakerStatus, LoadedModule, ModuleStats};
 use crate::engine::runtime::{Runtime, RuntimeState};
+use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -250,377 +250,367 @@ struct ScanOutcome {
     recheck_in: Option<Duration>,
 }
 
-impl Runtime {
-    /// Loads, replaces and unloads modules so that the published set matches the `*.wasm`
-    /// files of `dir` (hidden files skipped), in one atomic swap; returns what changed.
-    /// Every file is read now, settled or not. A file that fails validation is reported
-    /// in [`ReloadReport::rejected`] and [`Runtime::status`]; a version of it that was
-    /// serving keeps serving. A runtime follows one policy directory: a second directory
-    /// is refused.
-    pub fn sync_dir(&self, dir: &Path) -> Result<ReloadReport> {
-        self.bind_dir(dir)?;
-        Ok(self.scan(true, Duration::ZERO, &HashSet::new())?.report)
-    }
+/// See [`Runtime::sync_dir`].
+pub(super) fn sync_dir(runtime: &Runtime, dir: &Path) -> Result<ReloadReport> {
+    bind_dir(runtime, dir)?;
+    Ok(scan(runtime, true, Duration::ZERO, &HashSet::new())?.report)
+}
 
-    /// Starts watching a policy directory (the directory, not its files): runs a first
-    /// [`Runtime::sync_dir`]-like scan now (files still being written are left for
-    /// later), then a thread re-scans after every burst of events and every
-    /// `rescan_interval`. Reloads and rejections are logged (`tracing`, target
-    /// `wasmsched::reload`) and visible in [`Runtime::status`]. Fails if a watcher is
-    /// already running or the directory cannot be watched.
-    pub fn watch(&self, dir: impl Into<PathBuf>, options: WatchOptions) -> Result<ReloadReport> {
-        let dir = dir.into();
-        let mut slot = self.state.watch.lock().unwrap();
-        if slot.is_some() {
-            return Err(Error::conflict(
-                "the runtime is already watching a policy directory",
-            ));
-        }
-        self.bind_dir(&dir)?;
-        let (tx, rx) = mpsc::channel();
-        let events = tx.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            let _ = events.send(Msg::Event(event));
-        };
-        let watch_err =
-            |e: notify::Error| Error::io(dir.display().to_string(), format!("cannot watch: {e}"));
-        let mut watcher: Box<dyn notify::Watcher + Send> = match options.mode {
-            WatchMode::Native => Box::new(notify::recommended_watcher(handler).map_err(watch_err)?),
-            WatchMode::Poll(interval) => Box::new(
-                notify::PollWatcher::new(
-                    handler,
-                    notify::Config::default()
-                        .with_poll_interval(interval)
-                        .with_compare_contents(false),
-                )
-                .map_err(watch_err)?,
-            ),
-        };
-        watcher
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(watch_err)?;
-        let first = self.scan(false, options.settle, &HashSet::new())?;
-        let info = Arc::new(Mutex::new(WatchStatus {
-            dir: dir.display().to_string(),
-            mode: options.mode,
-            running: true,
-            scans: 1,
-            last_error: None,
-        }));
-        let thread = {
-            let state = Arc::downgrade(&self.state);
-            let shared = self.shared.clone();
-            let info = info.clone();
-            let recheck = first.recheck_in;
-            std::thread::Builder::new()
-                .name("wasmsched-watch".into())
-                .spawn(move || watch_loop(state, shared, rx, options, info, recheck))
-                .map_err(|e| Error::Engine(format!("cannot start the watcher thread: {e}")))?
-        };
-        tracing::info!(target: "wasmsched::reload", dir = %dir.display(), mode = ?options.mode, "watching");
-        *slot = Some(WatchHandle {
-            stop: tx,
-            thread: Some(thread),
-            _watcher: watcher,
-            info,
-        });
-        Ok(first.report)
+/// See [`Runtime::watch`].
+pub(super) fn watch(
+    runtime: &Runtime,
+    dir: impl Into<PathBuf>,
+    options: WatchOptions,
+) -> Result<ReloadReport> {
+    let dir = dir.into();
+    let mut slot = runtime.state.watch.lock().unwrap();
+    if slot.is_some() {
+        return Err(Error::conflict(
+            "the runtime is already watching a policy directory",
+        ));
     }
-
-    /// Stops the watcher (waiting for a scan in progress to finish). The published modules
-    /// stay. Returns whether a watcher was running.
-    pub fn stop_watching(&self) -> bool {
-        let handle = self.state.watch.lock().unwrap().take();
-        let Some(mut handle) = handle else {
-            return false;
-        };
-        let _ = handle.stop.send(Msg::Stop);
-        if let Some(thread) = handle.thread.take() {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
-        handle.info.lock().unwrap().running = false;
-        true
-    }
-
-    /// The published modules (hash, load time, last error, circuit breaker), the files
-    /// of the policy directory that are rejected or still being written, and the watcher.
-    pub fn status(&self) -> RuntimeStatus {
-        let registry = self.registry();
-        let dir = self.state.dir.lock().unwrap();
-        let file_error = |file: &str| -> Option<FileError> {
-            let dir = dir.as_ref()?;
-            dir.files
-                .iter()
-                .find(|(p, _)| p.display().to_string() == file)
-                .and_then(|(_, s)| s.error.clone())
-        };
-        let modules = registry
-            .modules
-            .iter()
-            .map(|m| ModuleStatus {
-                file: m.file().to_string(),
-                module: m.manifest().module.clone(),
-                version: m.manifest().version.clone(),
-                hash: m.hash().to_string(),
-                loaded_at_unix_ms: unix_ms(m.loaded_at()),
-                units: m.manifest().units.iter().map(|u| u.name.clone()).collect(),
-                last_error: file_error(m.file()),
-                breaker: m.breaker(),
-                stats: m.stats(),
-            })
-            .collect();
-        let problems = dir
-            .as_ref()
-            .map(|d| {
-                d.files
-                    .iter()
-                    .filter(|(_, s)| s.error.is_some() || s.pending.is_some())
-                    .map(|(p, s)| FileProblem {
-                        file: p.display().to_string(),
-                        serving_hash: s.serving.as_ref().map(|m| m.hash().to_string()),
-                        error: s.error.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let watch = self
-            .state
-            .watch
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|h| h.info.lock().unwrap().clone());
-        RuntimeStatus {
-            generation: registry.generation,
-            modules,
-            problems,
-            watch,
-        }
-    }
-
-    fn bind_dir(&self, dir: &Path) -> Result<()> {
-        let mut state = self.state.dir.lock().unwrap();
-        match &*state {
-            Some(d) if d.dir != dir => Err(Error::conflict(format!(
-                "the runtime already follows policy directory {}; cannot also follow {}",
-                d.dir.display(),
-                dir.display()
-            ))),
-            Some(_) => Ok(()),
-            None => {
-                if !dir.is_dir() {
-                    return Err(Error::input(
-                        dir.display().to_string(),
-                        None,
-                        "not a directory",
-                    ));
-                }
-                *state = Some(DirState {
-                    dir: dir.to_path_buf(),
-                    files: BTreeMap::new(),
-                });
-                Ok(())
-            }
-        }
-    }
-
-    /// One scan of the bound directory. `force` reads changed files even if they have not
-    /// settled; `renamed` are files known to have been renamed into place (complete).
-    fn scan(
-        &self,
-        force: bool,
-        settle: Duration,
-        renamed: &HashSet<PathBuf>,
-    ) -> Result<ScanOutcome> {
-        let mut guard = self.state.dir.lock().unwrap();
-        let state = guard.as_mut().expect("scan of a bound directory");
-        let entries = std::fs::read_dir(&state.dir).map_err(|e| {
-            Error::input(
-                state.dir.display().to_string(),
-                None,
-                format!("cannot read directory: {e}"),
+    bind_dir(runtime, &dir)?;
+    let (tx, rx) = mpsc::channel();
+    let events = tx.clone();
+    let handler = move |event: notify::Result<notify::Event>| {
+        let _ = events.send(Msg::Event(event));
+    };
+    let watch_err =
+        |e: notify::Error| Error::io(dir.display().to_string(), format!("cannot watch: {e}"));
+    let mut watcher: Box<dyn notify::Watcher + Send> = match options.mode {
+        WatchMode::Native => Box::new(notify::recommended_watcher(handler).map_err(watch_err)?),
+        WatchMode::Poll(interval) => Box::new(
+            notify::PollWatcher::new(
+                handler,
+                notify::Config::default()
+                    .with_poll_interval(interval)
+                    .with_compare_contents(false),
             )
-        })?;
-        let mut present: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_module_file(p) && p.is_file())
-            .collect();
-        present.sort();
-        let now = Instant::now();
-        let mut report = ReloadReport::default();
-        let mut recheck_in: Option<Duration> = None;
-        let mut wait = |d: Duration| {
-            let d = d.max(Duration::from_millis(10));
-            recheck_in = Some(recheck_in.map_or(d, |r: Duration| r.min(d)));
+            .map_err(watch_err)?,
+        ),
+    };
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(watch_err)?;
+    let first = scan(runtime, false, options.settle, &HashSet::new())?;
+    let info = Arc::new(Mutex::new(WatchStatus {
+        dir: dir.display().to_string(),
+        mode: options.mode,
+        running: true,
+        scans: 1,
+        last_error: None,
+    }));
+    let thread = {
+        let state = Arc::downgrade(&runtime.state);
+        let shared = runtime.shared.clone();
+        let info = info.clone();
+        let recheck = first.recheck_in;
+        std::thread::Builder::new()
+            .name("wasmsched-watch".into())
+            .spawn(move || watch_loop(state, shared, rx, options, info, recheck))
+            .map_err(|e| Error::Engine(format!("cannot start the watcher thread: {e}")))?
+    };
+    tracing::info!(target: "wasmsched::reload", dir = %dir.display(), mode = ?options.mode, "watching");
+    *slot = Some(WatchHandle {
+        stop: tx,
+        thread: Some(thread),
+        _watcher: watcher,
+        info,
+    });
+    Ok(first.report)
+}
+
+/// See [`Runtime::stop_watching`].
+pub(super) fn stop_watching(runtime: &Runtime) -> bool {
+    let handle = runtime.state.watch.lock().unwrap().take();
+    let Some(mut handle) = handle else {
+        return false;
+    };
+    let _ = handle.stop.send(Msg::Stop);
+    if let Some(thread) = handle.thread.take() {
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
+        }
+    }
+    handle.info.lock().unwrap().running = false;
+    true
+}
+
+/// See [`Runtime::status`].
+pub(super) fn status(runtime: &Runtime) -> RuntimeStatus {
+    let registry = runtime.registry();
+    let dir = runtime.state.dir.lock().unwrap();
+    let file_error = |file: &str| -> Option<FileError> {
+        let dir = dir.as_ref()?;
+        dir.files
+            .iter()
+            .find(|(p, _)| p.display().to_string() == file)
+            .and_then(|(_, s)| s.error.clone())
+    };
+    let modules = registry
+        .modules
+        .iter()
+        .map(|m| ModuleStatus {
+            file: m.file().to_string(),
+            module: m.manifest().module.clone(),
+            version: m.manifest().version.clone(),
+            hash: m.hash().to_string(),
+            loaded_at_unix_ms: unix_ms(m.loaded_at()),
+            units: m.manifest().units.iter().map(|u| u.name.clone()).collect(),
+            last_error: file_error(m.file()),
+            breaker: m.breaker(),
+            stats: m.stats(),
+        })
+        .collect();
+    let problems = dir
+        .as_ref()
+        .map(|d| {
+            d.files
+                .iter()
+                .filter(|(_, s)| s.error.is_some() || s.pending.is_some())
+                .map(|(p, s)| FileProblem {
+                    file: p.display().to_string(),
+                    serving_hash: s.serving.as_ref().map(|m| m.hash().to_string()),
+                    error: s.error.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let watch = runtime
+        .state
+        .watch
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|h| h.info.lock().unwrap().clone());
+    RuntimeStatus {
+        generation: registry.generation,
+        modules,
+        problems,
+        watch,
+    }
+}
+
+fn bind_dir(runtime: &Runtime, dir: &Path) -> Result<()> {
+    let mut state = runtime.state.dir.lock().unwrap();
+    match &*state {
+        Some(d) if d.dir != dir => Err(Error::conflict(format!(
+            "the runtime already follows policy directory {}; cannot also follow {}",
+            d.dir.display(),
+            dir.display()
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            if !dir.is_dir() {
+                return Err(Error::input(
+                    dir.display().to_string(),
+                    None,
+                    "not a directory",
+                ));
+            }
+            *state = Some(DirState {
+                dir: dir.to_path_buf(),
+                files: BTreeMap::new(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// One scan of the bound directory. `force` reads changed files even if they have not
+/// settled; `renamed` are files known to have been renamed into place (complete).
+fn scan(
+    runtime: &Runtime,
+    force: bool,
+    settle: Duration,
+    renamed: &HashSet<PathBuf>,
+) -> Result<ScanOutcome> {
+    let mut guard = runtime.state.dir.lock().unwrap();
+    let state = guard.as_mut().expect("scan of a bound directory");
+    let entries = std::fs::read_dir(&state.dir).map_err(|e| {
+        Error::input(
+            state.dir.display().to_string(),
+            None,
+            format!("cannot read directory: {e}"),
+        )
+    })?;
+    let mut present: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_module_file(p) && p.is_file())
+        .collect();
+    present.sort();
+    let now = Instant::now();
+    let mut report = ReloadReport::default();
+    let mut recheck_in: Option<Duration> = None;
+    let mut wait = |d: Duration| {
+        let d = d.max(Duration::from_millis(10));
+        recheck_in = Some(recheck_in.map_or(d, |r: Duration| r.min(d)));
+    };
+    let generation = runtime.generation();
+    let mut fresh: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
+    let mut rejected: Vec<(PathBuf, Stamp, Error)> = Vec::new();
+    let mut conflicts: Vec<(PathBuf, Stamp, Error)> = Vec::new();
+    for path in &present {
+        let file = path.display().to_string();
+        let Ok(stamp) = Stamp::of(path) else {
+            continue; // gone between listing and stat: the next scan sees it
         };
-        let generation = self.generation();
-        let mut fresh: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
-        let mut rejected: Vec<(PathBuf, Stamp, Error)> = Vec::new();
-        let mut conflicts: Vec<(PathBuf, Stamp, Error)> = Vec::new();
-        for path in &present {
-            let file = path.display().to_string();
-            let Ok(stamp) = Stamp::of(path) else {
-                continue; // gone between listing and stat: the next scan sees it
-            };
-            let entry = state.files.entry(path.clone()).or_default();
-            let retry = entry.conflict_at.is_some_and(|g| g != generation);
-            if entry.processed == Some(stamp) && !retry {
-                entry.pending = None;
-                continue;
-            }
-            if !force && !renamed.contains(path) {
-                let age = SystemTime::now()
-                    .duration_since(stamp.mtime)
-                    .unwrap_or(Duration::ZERO);
-                let unchanged_for = match entry.pending {
-                    Some((s, since)) if s == stamp => now.duration_since(since),
-                    _ => {
-                        entry.pending = Some((stamp, now));
-                        Duration::ZERO
-                    }
-                };
-                if age < settle && unchanged_for < settle {
-                    wait(settle - age.max(unchanged_for));
-                    report.pending.push(file);
-                    continue;
-                }
-            }
-            let bytes = match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => {
-                    rejected.push((
-                        path.clone(),
-                        stamp,
-                        Error::module(&file, format!("cannot read: {e}")),
-                    ));
-                    continue;
+        let entry = state.files.entry(path.clone()).or_default();
+        let retry = entry.conflict_at.is_some_and(|g| g != generation);
+        if entry.processed == Some(stamp) && !retry {
+            entry.pending = None;
+            continue;
+        }
+        if !force && !renamed.contains(path) {
+            let age = SystemTime::now()
+                .duration_since(stamp.mtime)
+                .unwrap_or(Duration::ZERO);
+            let unchanged_for = match entry.pending {
+                Some((s, since)) if s == stamp => now.duration_since(since),
+                _ => {
+                    entry.pending = Some((stamp, now));
+                    Duration::ZERO
                 }
             };
-            if Stamp::of(path).ok() != Some(stamp) || bytes.len() as u64 != stamp.len {
-                // Written to while we read it: look again once it settles.
-                entry.pending = Some((stamp, now));
-                wait(settle);
+            if age < settle && unchanged_for < settle {
+                wait(settle - age.max(unchanged_for));
                 report.pending.push(file);
                 continue;
             }
-            if let Some(serving) = &entry.serving {
-                let hash = crate::engine::cache::sha256_hex(&bytes);
-                if serving.hash() == hash {
-                    // Touched, same content.
-                    entry.processed = Some(stamp);
-                    entry.pending = None;
-                    entry.error = None;
-                    continue;
-                }
-            }
-            match self.load_module(&file, &bytes) {
-                Ok(module) => fresh.push((path.clone(), module, stamp)),
-                Err(e) => rejected.push((path.clone(), stamp, e)),
-            }
         }
-        let gone: Vec<PathBuf> = state
-            .files
-            .keys()
-            .filter(|p| present.binary_search(p).is_err())
-            .cloned()
-            .collect();
-
-        // Publish everything in one swap: removals first (a rename frees the unit names
-        // for the new file), then each new version if its unit names are free.
-        let mut published: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
-        if !gone.is_empty() || !fresh.is_empty() {
-            let gone_files: Vec<String> = gone.iter().map(|p| p.display().to_string()).collect();
-            let result = self.update(|registry| {
-                for file in &gone_files {
-                    registry.remove(file);
-                }
-                for (path, module, stamp) in fresh.drain(..) {
-                    let mut trial = registry.clone();
-                    trial.remove(module.file());
-                    match trial.insert(module.clone()) {
-                        Ok(()) => {
-                            *registry = trial;
-                            published.push((path, module, stamp));
-                        }
-                        Err(e) => conflicts.push((path, stamp, e)),
-                    }
-                }
-                Ok(())
-            });
-            result?;
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                rejected.push((
+                    path.clone(),
+                    stamp,
+                    Error::module(&file, format!("cannot read: {e}")),
+                ));
+                continue;
+            }
+        };
+        if Stamp::of(path).ok() != Some(stamp) || bytes.len() as u64 != stamp.len {
+            // Written to while we read it: look again once it settles.
+            entry.pending = Some((stamp, now));
+            wait(settle);
+            report.pending.push(file);
+            continue;
         }
-        let generation = self.generation();
-        for path in gone {
-            let file = path.display().to_string();
-            if let Some(old) = state.files.remove(&path) {
-                if old.serving.is_some() {
-                    tracing::info!(target: "wasmsched::reload", file, "module removed; its units are gone (policies using them keep their last good version)");
-                    report.removed.push(file);
-                }
+        if let Some(serving) = &entry.serving {
+            let hash = crate::engine::cache::sha256_hex(&bytes);
+            if serving.hash() == hash {
+                // Touched, same content.
+                entry.processed = Some(stamp);
+                entry.pending = None;
+                entry.error = None;
+                continue;
             }
         }
-        for (path, module, stamp) in published {
-            let file = path.display().to_string();
-            let entry = state.files.entry(path).or_default();
-            let m = module.manifest();
-            let units: Vec<&str> = m.units.iter().map(|u| u.name.as_str()).collect();
-            tracing::info!(
-                target: "wasmsched::reload",
-                file,
-                module = m.module,
-                version = m.version,
-                hash = &module.hash()[..12],
-                units = units.join(","),
-                "{}",
-                if entry.serving.is_some() { "module replaced" } else { "module loaded" }
-            );
-            entry.serving = Some(module);
-            entry.processed = Some(stamp);
-            entry.pending = None;
-            entry.error = None;
-            entry.conflict_at = None;
-            report.loaded.push(file);
+        match runtime.load_module(&file, &bytes) {
+            Ok(module) => fresh.push((path.clone(), module, stamp)),
+            Err(e) => rejected.push((path.clone(), stamp, e)),
         }
-        let conflicted: Vec<PathBuf> = conflicts.iter().map(|(p, _, _)| p.clone()).collect();
-        if report.changed()
-            && state
-                .files
-                .iter()
-                .any(|(p, s)| s.conflict_at.is_some() && !conflicted.contains(p))
-        {
-            // A unit name may have been freed: try the refused files again.
-            wait(Duration::ZERO);
-        }
-        let rejected = rejected
-            .into_iter()
-            .map(|r| (r, false))
-            .chain(conflicts.into_iter().map(|r| (r, true)));
-        for ((path, stamp, error), conflict) in rejected {
-            let entry = state.files.entry(path.clone()).or_default();
-            let reason = match &error {
-                Error::Module { reason, .. } => reason.clone(),
-                other => other.to_string(),
-            };
-            tracing::warn!(
-                target: "wasmsched::reload",
-                file = %path.display(),
-                serving = entry.serving.as_ref().map(|m| &m.hash()[..12]),
-                "module rejected: {reason}"
-            );
-            entry.processed = Some(stamp);
-            entry.pending = None;
-            entry.conflict_at = conflict.then_some(generation);
-            entry.error = Some(FileError {
-                file: path.display().to_string(),
-                reason,
-                at_unix_ms: unix_ms(SystemTime::now()),
-            });
-            report.rejected.push(error);
-        }
-        Ok(ScanOutcome { report, recheck_in })
     }
+    let gone: Vec<PathBuf> = state
+        .files
+        .keys()
+        .filter(|p| present.binary_search(p).is_err())
+        .cloned()
+        .collect();
+
+    // Publish everything in one swap: removals first (a rename frees the unit names
+    // for the new file), then each new version if its unit names are free.
+    let mut published: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
+    if !gone.is_empty() || !fresh.is_empty() {
+        let gone_files: Vec<String> = gone.iter().map(|p| p.display().to_string()).collect();
+        let result = runtime.update(|registry| {
+            for file in &gone_files {
+                registry.remove(file);
+            }
+            for (path, module, stamp) in fresh.drain(..) {
+                let mut trial = registry.clone();
+                trial.remove(module.file());
+                match trial.insert(module.clone()) {
+                    Ok(()) => {
+                        *registry = trial;
+                        published.push((path, module, stamp));
+                    }
+                    Err(e) => conflicts.push((path, stamp, e)),
+                }
+            }
+            Ok(())
+        });
+        result?;
+    }
+    let generation = runtime.generation();
+    for path in gone {
+        let file = path.display().to_string();
+        if let Some(old) = state.files.remove(&path) {
+            if old.serving.is_some() {
+                tracing::info!(target: "wasmsched::reload", file, "module removed; its units are gone (policies using them keep their last good version)");
+                report.removed.push(file);
+            }
+        }
+    }
+    for (path, module, stamp) in published {
+        let file = path.display().to_string();
+        let entry = state.files.entry(path).or_default();
+        let m = module.manifest();
+        let units: Vec<&str> = m.units.iter().map(|u| u.name.as_str()).collect();
+        tracing::info!(
+            target: "wasmsched::reload",
+            file,
+            module = m.module,
+            version = m.version,
+            hash = &module.hash()[..12],
+            units = units.join(","),
+            "{}",
+            if entry.serving.is_some() { "module replaced" } else { "module loaded" }
+        );
+        entry.serving = Some(module);
+        entry.processed = Some(stamp);
+        entry.pending = None;
+        entry.error = None;
+        entry.conflict_at = None;
+        report.loaded.push(file);
+    }
+    let conflicted: Vec<PathBuf> = conflicts.iter().map(|(p, _, _)| p.clone()).collect();
+    if report.changed()
+        && state
+            .files
+            .iter()
+            .any(|(p, s)| s.conflict_at.is_some() && !conflicted.contains(p))
+    {
+        // A unit name may have been freed: try the refused files again.
+        wait(Duration::ZERO);
+    }
+    let rejected = rejected
+        .into_iter()
+        .map(|r| (r, false))
+        .chain(conflicts.into_iter().map(|r| (r, true)));
+    for ((path, stamp, error), conflict) in rejected {
+        let entry = state.files.entry(path.clone()).or_default();
+        let reason = match &error {
+            Error::Module { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        tracing::warn!(
+            target: "wasmsched::reload",
+            file = %path.display(),
+            serving = entry.serving.as_ref().map(|m| &m.hash()[..12]),
+            "module rejected: {reason}"
+        );
+        entry.processed = Some(stamp);
+        entry.pending = None;
+        entry.conflict_at = conflict.then_some(generation);
+        entry.error = Some(FileError {
+            file: path.display().to_string(),
+            reason,
+            at_unix_ms: unix_ms(SystemTime::now()),
+        });
+        report.rejected.push(error);
+    }
+    Ok(ScanOutcome { report, recheck_in })
 }
 
 /// Whether an event says a module file was renamed into place (so it is complete).
@@ -690,7 +680,7 @@ fn watch_loop(
                 burst_start = None;
                 debounced = None;
                 let hints = std::mem::take(&mut renamed);
-                match runtime.scan(false, options.settle, &hints) {
+                match scan(&runtime, false, options.settle, &hints) {
                     Ok(outcome) => {
                         recheck = outcome.recheck_in.map(|d| Instant::now() + d);
                     }

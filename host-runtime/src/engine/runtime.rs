@@ -4,15 +4,17 @@
 use crate::engine::abi::{self, StoreData};
 use crate::engine::builtin;
 use crate::engine::cache::{self, sha256_hex};
-use crate::error::{Error, Result};
 use crate::engine::module::{BreakerConfig, CallLimits, Instance, LoadedModule};
-use crate::engine::reload::{DirState, ReloadReport, WatchHandle};
+use crate::engine::reload::{
+    self, DirState, ReloadReport, RuntimeStatus, WatchHandle, WatchOptions,
+};
+use crate::error::{Error, Result};
 use arc_swap::ArcSwap;
 use policy_sdk::wire::abi::{
     Call, CallResponse, MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION,
 };
-use policy_sdk::wire::sync::{SyncMessage, SyncResponse};
 use policy_sdk::wire::codec;
+use policy_sdk::wire::sync::{SyncMessage, SyncResponse};
 use policy_sdk::{Snapshot, UnitDescriptor, UnitKind, UnitSet};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -298,6 +300,38 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// Loads, replaces and unloads modules so that the published set matches the `*.wasm`
+    /// files of `dir` (hidden files skipped), in one atomic swap; returns what changed.
+    /// Every file is read now, settled or not. A file that fails validation is reported
+    /// in [`ReloadReport::rejected`] and [`Runtime::status`]; a version of it that was
+    /// serving keeps serving. A runtime follows one policy directory: a second directory
+    /// is refused.
+    pub fn sync_dir(&self, dir: &Path) -> Result<ReloadReport> {
+        reload::sync_dir(self, dir)
+    }
+
+    /// Starts watching a policy directory (the directory, not its files): runs a first
+    /// [`Runtime::sync_dir`]-like scan now (files still being written are left for
+    /// later), then a thread re-scans after every burst of events and every
+    /// `rescan_interval`. Reloads and rejections are logged (`tracing`, target
+    /// `wasmsched::reload`) and visible in [`Runtime::status`]. Fails if a watcher is
+    /// already running or the directory cannot be watched.
+    pub fn watch(&self, dir: impl Into<PathBuf>, options: WatchOptions) -> Result<ReloadReport> {
+        reload::watch(self, dir, options)
+    }
+
+    /// Stops the watcher (waiting for a scan in progress to finish). The published modules
+    /// stay. Returns whether a watcher was running.
+    pub fn stop_watching(&self) -> bool {
+        reload::stop_watching(self)
+    }
+
+    /// The published modules (hash, load time, last error, circuit breaker), the files
+    /// of the policy directory that are rejected or still being written, and the watcher.
+    pub fn status(&self) -> RuntimeStatus {
+        reload::status(self)
+    }
+
     /// A builder with defaults: builtins loaded, 1 s deadline, 512 MiB memory cap, cache in
     /// the user's cache directory.
     pub fn builder() -> RuntimeBuilder {
@@ -397,11 +431,7 @@ impl Runtime {
     /// A bad file is reported in [`ReloadReport::rejected`] and does not stop the others.
     pub fn load_dir(&self, dir: &Path) -> Result<ReloadReport> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::input(
-                dir.display().to_string(),
-                None,
-                format!("cannot read directory: {e}"),
-            )
+            Error::io(dir.display().to_string(), format!("cannot read directory: {e}"))
         })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -1,11 +1,11 @@
 //! Running a policy's balance unit and enforcing the safety rules no unit can override.
 
-use crate::state::{Cluster, ClusterView};
-use crate::error::{Error, Result, UnitFault};
-use super::policy::{FailureMode, Policy};
 use super::decision::UnitFailure;
+use super::policy::{FailureMode, Policy};
 use super::request::ScheduleRequest;
 use super::scheduler::unit_call;
+use crate::error::{Error, Result, UnitFault};
+use crate::state::{Cluster, ClusterView};
 use policy_sdk::{
     BalanceAction, Host, HostIndex, HostStatus, MigrationMode, PowerAction, Snapshot, VmStatus,
 };
@@ -177,7 +177,9 @@ pub(super) fn plan(policy: &Policy, cluster: &Cluster) -> Result<BalancePlan> {
 
 /// Picks a proposed migration's destination with the policy's filters and weights;
 /// returns why it is refused when no candidate passes.
-fn confirm_destination(policy: &Policy, view: &ClusterView,
+fn confirm_destination(
+    policy: &Policy,
+    view: &ClusterView,
     action: &mut PlannedAction,
 ) -> Result<Option<String>> {
     let PlannedAction::Migrate {
@@ -193,8 +195,7 @@ fn confirm_destination(policy: &Policy, view: &ClusterView,
     let Some(the_vm) = snapshot.vms.iter().find(|v| v.id == *vm) else {
         return Ok(Some(format!("VM {vm:?} is not in the cluster")));
     };
-    let request =
-        ScheduleRequest::migration(the_vm.clone())?.whitelist(candidate_hosts.clone());
+    let request = ScheduleRequest::migration(the_vm.clone())?.whitelist(candidate_hosts.clone());
     let decision = policy.evaluate(view, &request)?;
     Ok(match decision.chosen {
         Some(host) => {
@@ -207,7 +208,6 @@ fn confirm_destination(policy: &Policy, view: &ClusterView,
         )),
     })
 }
-
 
 /// Maps indices to ids (rejecting unknown ones as bad output) and applies the safety rules.
 fn resolve(
@@ -334,4 +334,3 @@ fn power_veto(snapshot: &Snapshot, host: &Host, action: PowerAction) -> Option<S
         None
     }
 }
-

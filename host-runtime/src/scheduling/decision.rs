@@ -104,7 +104,6 @@ pub struct UnitFailure {
     pub applied: FailureMode,
 }
 
-
 /// Why a host was not a candidate at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NotCandidate {
@@ -152,7 +151,12 @@ impl TurnedAway {
     }
 
     /// One line, e.g. `0/40 hosts available: 25 numa: not enough numa memory, ...`.
-    pub(super) fn summary(mut self, total: usize, chosen: Option<&str>, available: usize) -> String {
+    pub(super) fn summary(
+        mut self,
+        total: usize,
+        chosen: Option<&str>,
+        available: usize,
+    ) -> String {
         let mut head = format!("{available}/{total} hosts available");
         if let Some(name) = chosen {
             head.push_str(&format!(", chose {name}"));
@@ -181,7 +185,6 @@ impl TurnedAway {
         head
     }
 }
-
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -254,4 +257,3 @@ fn trim(x: f64) -> String {
         format!("{x:.3}")
     }
 }
-

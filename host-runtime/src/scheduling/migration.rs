@@ -13,17 +13,17 @@
 //! high-performance or pinned VM adds a warning (its performance may drop on the
 //! destination).
 
-use crate::state::Cluster;
-use crate::error::{Error, Result};
 use super::decision::{Decision, Outcome};
-use super::request::ScheduleRequest;
 use super::policy::Policy;
+use super::request::ScheduleRequest;
+use crate::error::{Error, Result};
+use crate::state::Cluster;
 use policy_sdk::model::topology::{self, CpuPinning, NumaFit};
 use policy_sdk::{Host, MigrationMode, Snapshot, Vm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a migration is asked for; decides which migration modes may move the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationTrigger {
     /// The engine on its own: balancing, a host in trouble, high availability.
@@ -41,6 +41,15 @@ impl MigrationTrigger {
             MigrationMode::Migratable => true,
             MigrationMode::ManualOnly => self != MigrationTrigger::Automatic,
             MigrationMode::PinnedToHost => false,
+        }
+    }
+
+    /// Lower-case name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationTrigger::Automatic => "automatic",
+            MigrationTrigger::UserForced => "user-forced",
+            MigrationTrigger::HostMaintenance => "host-maintenance",
         }
     }
 }
@@ -140,17 +149,6 @@ fn mode_str(mode: MigrationMode) -> &'static str {
     }
 }
 
-impl MigrationTrigger {
-    /// Lower-case name, as on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationTrigger::Automatic => "automatic",
-            MigrationTrigger::UserForced => "user-forced",
-            MigrationTrigger::HostMaintenance => "host-maintenance",
-        }
-    }
-}
-
 impl Migration {
     /// The destination, when one was chosen.
     pub fn destination(&self) -> Option<&str> {
@@ -215,7 +213,9 @@ fn least_loaded_least_pinned<'a>(snapshot: &'a Snapshot, decision: &Decision) ->
 ///
 /// Errors: unknown VM, VM not running, an invalid VM (see [`Policy::schedule`]), a
 /// fail-closed unit fault.
-pub(super) fn migrate(policy: &Policy, cluster: &Cluster,
+pub(super) fn migrate(
+    policy: &Policy,
+    cluster: &Cluster,
     vm_id: &str,
     trigger: MigrationTrigger,
 ) -> Result<Migration> {
@@ -322,7 +322,11 @@ pub(super) fn migrate(policy: &Policy, cluster: &Cluster,
 /// destination (high-performance and pinned ones with a warning); pinned-to-host VMs are
 /// reported as not allowed. Each VM's destination sees the pending resources of the
 /// ones before it.
-pub(super) fn evacuate_host(policy: &Policy, cluster: &Cluster, host_id: &str) -> Result<Vec<Migration>> {
+pub(super) fn evacuate_host(
+    policy: &Policy,
+    cluster: &Cluster,
+    host_id: &str,
+) -> Result<Vec<Migration>> {
     cluster.require_host(host_id)?;
     let running: Vec<String> = cluster
         .snapshot()
@@ -336,4 +340,3 @@ pub(super) fn evacuate_host(policy: &Policy, cluster: &Cluster, host_id: &str) -
         .map(|vm| migrate(policy, cluster, vm, MigrationTrigger::HostMaintenance))
         .collect()
 }
-

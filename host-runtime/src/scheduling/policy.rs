@@ -14,8 +14,8 @@ use crate::engine::{CallLimits, Registry, Runtime, UnitHandle};
 use crate::error::{Error, Result};
 use crate::files::{self, Format};
 use crate::state::{Cluster, ClusterView};
-use policy_sdk::HostStatus;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use policy_sdk::HostStatus;
 use policy_sdk::{ParamValue, UnitDescriptor, UnitKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -425,7 +425,7 @@ impl Policy {
     pub fn from_file(runtime: &Runtime, path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::input(&label, None, format!("cannot read: {e}")))?;
+            .map_err(|e| Error::io(&label, format!("cannot read: {e}")))?;
         Self::parse(runtime, &text, Format::of(path), &label)
     }
 
@@ -812,7 +812,12 @@ impl Policy {
     /// [`Cluster::confirm_memory_change`] or [`Cluster::fail_memory_change`]; one change
     /// per VM at a time. Runs under the cluster's mutation lock, so it cannot race a
     /// reservation on the same host.
-    pub fn hot_set_memory(&self, cluster: &Cluster, vm_id: &str, new_mb: u64) -> Result<MemoryPlan> {
+    pub fn hot_set_memory(
+        &self,
+        cluster: &Cluster,
+        vm_id: &str,
+        new_mb: u64,
+    ) -> Result<MemoryPlan> {
         memory::hot_set(&self.live(), cluster, vm_id, new_mb)
     }
 

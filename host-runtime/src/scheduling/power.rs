@@ -5,11 +5,11 @@
 //! host to wake and how ([`wake_up_for`], [`Policy::schedule_or_wake`]); the caller carries
 //! the power action out (the engine never does) and starts the VM once the host is up.
 
-use crate::state::Cluster;
-use crate::error::Result;
-use super::policy::Policy;
 use super::decision::Decision;
+use super::policy::Policy;
 use super::request::ScheduleRequest;
+use crate::error::Result;
+use crate::state::Cluster;
 use policy_sdk::{Host, HostStatus, PowerAction, Snapshot, Vm};
 use serde::Serialize;
 use std::fmt;
@@ -112,8 +112,12 @@ impl WakeUp {
                         "excluded from automatic power management"
                     } else {
                         match h.status {
-                            HostStatus::PoweringUp => "already powering up; start the VM when it is up",
-                            HostStatus::PoweringDown => "shutting down; it can be powered up once down",
+                            HostStatus::PoweringUp => {
+                                "already powering up; start the VM when it is up"
+                            }
+                            HostStatus::PoweringDown => {
+                                "shutting down; it can be powered up once down"
+                            }
                             HostStatus::Down if !h.power.enabled => "down, power management not OK",
                             HostStatus::Down => "down, its last power-up failed recently",
                             _ => "not up",
@@ -144,7 +148,9 @@ pub enum StartOutcome {
 
 /// Schedules a VM, or, when it may only run on powered-down hosts, returns the wake-up
 /// it needs instead of a "no host" decision ([`wake_up_for`]).
-pub(super) fn schedule_or_wake(policy: &Policy, cluster: &Cluster,
+pub(super) fn schedule_or_wake(
+    policy: &Policy,
+    cluster: &Cluster,
     request: &ScheduleRequest,
 ) -> Result<StartOutcome> {
     if let Some(wake) = WakeUp::needed(&cluster.snapshot(), &request.vm) {
@@ -154,4 +160,3 @@ pub(super) fn schedule_or_wake(policy: &Policy, cluster: &Cluster,
         policy.schedule(cluster, request)?,
     )))
 }
-

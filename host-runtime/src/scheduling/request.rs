@@ -143,10 +143,7 @@ impl ScheduleRequest {
         }
         check_vm_amounts(vm)
     }
-
 }
-
-
 
 /// How much a [`Decision`] reports about the hosts it did not choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -197,5 +194,49 @@ impl TryFrom<RequestDocument> for ScheduleRequest {
         };
         request.validate()?;
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request read from JSON is checked like one built in code: what deserializes is
+    /// what a decision accepts, and a bad request names the VM and field.
+    #[test]
+    fn requests_deserialize_with_the_decision_validation() {
+        let ok = r#"{"vm": {"id": "web-1", "memory_mb": 2048}, "blacklist": ["h1"],
+                     "detail": "summary", "kind": {"kind": "migration", "source": "h1"}}"#;
+        let request: ScheduleRequest = serde_json::from_str(ok).unwrap();
+        assert_eq!(request.vm.id, "web-1");
+        assert_eq!(request.blacklist, ["h1"]);
+        assert_eq!(request.detail, Detail::Summary);
+        assert_eq!(request.kind, PlacementKind::Migration { source: "h1".into() });
+        let minimal: ScheduleRequest = serde_json::from_str(r#"{"vm": {"id": "v"}}"#).unwrap();
+        assert_eq!(
+            (minimal.kind, minimal.detail, minimal.whitelist),
+            (PlacementKind::Start, Detail::Full, None)
+        );
+        let cases = [
+            (r#"{"vm": {"id": ""}}"#, "VM \"\": id: must not be empty"),
+            (
+                r#"{"vm": {"id": "v", "cpu_pinning": "0#1-"}}"#,
+                "VM \"v\": cpu_pinning: ",
+            ),
+            (
+                r#"{"vm": {"id": "v", "cpu": {"sockets": 0, "cores_per_socket": 1, "threads_per_core": 1}}}"#,
+                "VM \"v\": cpu: sockets, cores_per_socket and threads_per_core",
+            ),
+            (
+                r#"{"vm": {"id": "v", "hugepage_size_kb": 0}}"#,
+                "VM \"v\": hugepage_size_kb: must not be 0",
+            ),
+            (r#"{"vm": {"id": "v"}, "detial": "summary"}"#, "unknown field `detial`"),
+            (r#"{"blacklist": []}"#, "missing field `vm`"),
+        ];
+        for (json, expected) in cases {
+            let err = serde_json::from_str::<ScheduleRequest>(json).unwrap_err();
+            assert!(err.to_string().contains(expected), "{json}: {err}");
+        }
     }
 }

@@ -30,7 +30,10 @@ const OPTIMISTIC_ROUNDS: usize = 4;
 
 /// [`Policy::schedule`] with the units as resolved now.
 pub(super) fn schedule(
-    policy: &Policy, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
+    policy: &Policy,
+    cluster: &Cluster,
+    request: &ScheduleRequest,
+) -> Result<Decision> {
     request.validate()?;
     cluster.unplace(&request.vm.id)?;
     for _ in 0..OPTIMISTIC_ROUNDS {
@@ -42,13 +45,10 @@ pub(super) fn schedule(
         let epoch = view.epoch();
         // Let the snapshot be updated in place if no one else holds it.
         drop(view);
-        let reserved = cluster.reserve_decided(
-            epoch,
-            &request.vm,
-            &host,
-            request.kind.clone(),
-            |latest| still_fits(policy, latest, request, &host),
-        )?;
+        let reserved =
+            cluster.reserve_decided(epoch, &request.vm, &host, request.kind.clone(), |latest| {
+                still_fits(policy, latest, request, &host)
+            })?;
         if let Some(reservation) = reserved {
             decision.reservation = Some(reservation);
             return Ok(decision);
@@ -74,7 +74,9 @@ pub(super) fn schedule(
 }
 
 /// Whether `host` is still a candidate that passes every filter on `view`.
-pub(super) fn still_fits(policy: &Policy, view: &ClusterView,
+pub(super) fn still_fits(
+    policy: &Policy,
+    view: &ClusterView,
     request: &ScheduleRequest,
     host: &str,
 ) -> Result<bool> {
@@ -87,8 +89,7 @@ pub(super) fn still_fits(policy: &Policy, view: &ClusterView,
     }
     let mut failures = Vec::new();
     for filter in &policy.filters {
-        if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)?
-        {
+        if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)? {
             if !verdicts.all_pass() {
                 return Ok(false);
             }
@@ -100,7 +101,9 @@ pub(super) fn still_fits(policy: &Policy, view: &ClusterView,
 /// The rejections of `host` (an index of `view`) by the policy's filters for `vm`, as
 /// (unit, code, detail); empty when every filter passes it. Fail-open faults are
 /// skipped (listed in `failures`); a fail-closed fault is the error.
-pub(super) fn host_rejections(policy: &Policy, view: &ClusterView,
+pub(super) fn host_rejections(
+    policy: &Policy,
+    view: &ClusterView,
     vm: &Vm,
     host: HostIndex,
     failures: &mut Vec<UnitFailure>,
@@ -121,7 +124,11 @@ pub(super) fn host_rejections(policy: &Policy, view: &ClusterView,
 }
 
 /// [`Policy::evaluate`] for a request already validated.
-pub(super) fn decide(policy: &Policy, view: &ClusterView, request: &ScheduleRequest) -> Result<Decision> {
+pub(super) fn decide(
+    policy: &Policy,
+    view: &ClusterView,
+    request: &ScheduleRequest,
+) -> Result<Decision> {
     let snapshot = view.snapshot();
     let full = request.detail == Detail::Full;
     // Per-host outcomes are only kept for a full report; the summary's counts always.
@@ -326,8 +333,6 @@ pub(super) fn decide(policy: &Policy, view: &ClusterView, request: &ScheduleRequ
     })
 }
 
-
-
 /// The call of one unit over the candidates, borrowing everything it sends.
 pub(crate) fn unit_call<'a>(
     unit: &'a PolicyUnit,
@@ -390,4 +395,3 @@ fn handle_fault(
         }
     }
 }
-

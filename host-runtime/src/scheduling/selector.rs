@@ -119,7 +119,6 @@ pub(super) fn pick_best(
     best.map(|(pos, _)| survivors[pos])
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

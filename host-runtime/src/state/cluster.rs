@@ -321,7 +321,9 @@ impl Cluster {
                         return Err(Error::input(
                             "changes",
                             None,
-                            format!("change names host index {host}, the cluster has {count} hosts"),
+                            format!(
+                                "change names host index {host}, the cluster has {count} hosts"
+                            ),
                         ));
                     }
                     if matches!(change, Change::RemoveHost { .. }) {
@@ -693,7 +695,9 @@ impl Cluster {
         };
         // The history stays for a start about to be decided again, and for a migration
         // (the VM's start attempts are not its business).
-        let migrating = placement.as_ref().is_some_and(|p| !is_start && p.kind != PlacementKind::Start);
+        let migrating = placement
+            .as_ref()
+            .is_some_and(|p| !is_start && p.kind != PlacementKind::Start);
         if !matches!(next, Retry::Allowed(_)) && !migrating {
             ledger.attempts.remove(vm_id);
         }
@@ -908,7 +912,9 @@ impl Cluster {
             return Ok(None);
         };
         let record = match flight.kind {
-            MemoryInFlightKind::Plug { .. } => ledger.pending.remove(vm_id, &ResourceKey::HotplugMemory),
+            MemoryInFlightKind::Plug { .. } => {
+                ledger.pending.remove(vm_id, &ResourceKey::HotplugMemory)
+            }
             MemoryInFlightKind::Unplug { .. } => None,
         };
         let snapshot = self.snapshot();

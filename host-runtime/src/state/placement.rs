@@ -10,7 +10,6 @@ use policy_sdk::{Host, Vm};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-
 /// Why a VM is being placed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -325,7 +324,12 @@ pub(super) fn add_resource_usage(host: &mut Host, resource: &PendingResource) {
 }
 
 /// Takes a migrated VM's usage off its source host.
-pub(super) fn remove_usage(host: &mut Host, vm: &Vm, rules: &PendingRules, count_threads_as_cores: bool) {
+pub(super) fn remove_usage(
+    host: &mut Host,
+    vm: &Vm,
+    rules: &PendingRules,
+    count_threads_as_cores: bool,
+) {
     host.running_vms = host.running_vms.saturating_sub(1);
     let mb = vm.memory_mb.saturating_add(rules.memory_overhead_mb);
     host.memory.committed_mb = host.memory.committed_mb.saturating_sub(mb);

@@ -17,7 +17,11 @@ fn base() -> Snapshot {
         .host(host("a").memory_mb(65_536))
         .host(host("b").memory_mb(65_536))
         .host(host("c").memory_mb(65_536).running_vms(1))
-        .vm(vm("run").memory_mb(4_096).vcpus(2).current_host("c").build())
+        .vm(vm("run")
+            .memory_mb(4_096)
+            .vcpus(2)
+            .current_host("c")
+            .build())
         .build()
 }
 
@@ -29,7 +33,16 @@ fn host_of<'s>(snapshot: &'s Snapshot, id: &str) -> &'s policy_sdk::Host {
     snapshot.hosts.iter().find(|h| h.id == id).unwrap()
 }
 
-/// One lifecycle step and what must hold after it.
+/// A case: its name, the steps, the pending VMs per host afterwards, the VMs placed
+/// afterwards.
+type Case = (
+    &'static str,
+    &'static [Step],
+    &'static [(&'static str, &'static [&'static str])],
+    &'static [&'static str],
+);
+
+/// One lifecycle step.
 enum Step {
     Reserve(&'static str, &'static str),
     Started(&'static str),
@@ -41,7 +54,7 @@ enum Step {
 fn lifecycle_sequences_leave_exactly_the_records_of_placed_vms() {
     use Step::*;
     // (name, steps, pending VMs per host afterwards, placed VMs afterwards)
-    let cases: &[(&str, &[Step], &[(&str, &[&str])], &[&str])] = &[
+    let cases: &[Case] = &[
         (
             "a reservation is pending on its host",
             &[Reserve("v", "a")],
@@ -68,13 +81,23 @@ fn lifecycle_sequences_leave_exactly_the_records_of_placed_vms() {
         ),
         (
             "releasing twice releases nothing the second time",
-            &[Reserve("v", "a"), Reserve("w", "a"), Released("v"), Released("v")],
+            &[
+                Reserve("v", "a"),
+                Reserve("w", "a"),
+                Released("v"),
+                Released("v"),
+            ],
             &[("a", &["w"])],
             &["w"],
         ),
         (
             "reports about unknown VMs change nothing",
-            &[Reserve("w", "b"), Started("ghost"), Failed("ghost"), Released("ghost")],
+            &[
+                Reserve("w", "b"),
+                Started("ghost"),
+                Failed("ghost"),
+                Released("ghost"),
+            ],
             &[("b", &["w"])],
             &["w"],
         ),
@@ -117,10 +140,16 @@ fn a_started_vm_moves_its_pending_amounts_into_the_hosts_usage() {
     let after = host_of(&snapshot, "a");
     assert_eq!(after.running_vms, before.running_vms + 1);
     // Guest memory plus the 64 MiB overhead is committed and no longer free.
-    assert_eq!(after.memory.committed_mb, before.memory.committed_mb + 2_048 + 64);
+    assert_eq!(
+        after.memory.committed_mb,
+        before.memory.committed_mb + 2_048 + 64
+    );
     assert_eq!(after.memory.free_mb, before.memory.free_mb - 2_048 - 64);
     let vm = snapshot.vms.iter().find(|v| v.id == "v").unwrap();
-    assert_eq!((vm.status, vm.current_host.as_deref()), (VmStatus::Up, Some("a")));
+    assert_eq!(
+        (vm.status, vm.current_host.as_deref()),
+        (VmStatus::Up, Some("a"))
+    );
     // Without accounting, the host's figures wait for the next report.
     let c = cluster();
     c.set_pending_rules(PendingRules {
@@ -193,7 +222,13 @@ fn vms_waiting_for_launch_are_pending_from_the_start_and_go_down_when_they_fail(
     let c = Cluster::new(s, "<test>").unwrap();
     assert_eq!(c.pending_on_host("b").vms, ["w"]);
     c.vm_failed("w").unwrap();
-    let vm = c.snapshot().vms.iter().find(|v| v.id == "w").cloned().unwrap();
+    let vm = c
+        .snapshot()
+        .vms
+        .iter()
+        .find(|v| v.id == "w")
+        .cloned()
+        .unwrap();
     assert_eq!((vm.status, vm.current_host), (VmStatus::Down, None));
     assert!(c.pending_on_host("b").vms.is_empty());
 }
@@ -220,7 +255,8 @@ fn a_host_going_down_fails_its_placements_in_vm_order() {
     for id in ["z", "m", "b"] {
         c.reserve(&small(id), "a", PlacementKind::Start).unwrap();
     }
-    c.reserve(&small("other"), "b", PlacementKind::Start).unwrap();
+    c.reserve(&small("other"), "b", PlacementKind::Start)
+        .unwrap();
     let failed = c.host_down("a", HostStatus::Down).unwrap();
     let order: Vec<&str> = failed.iter().map(|f| f.vm.as_str()).collect();
     assert_eq!(order, ["b", "m", "z"]);
@@ -281,14 +317,21 @@ fn apply_refuses_bad_batches_whole_and_names_what_is_wrong() {
 fn deltas_are_cut_from_the_change_log_while_it_holds_them() {
     let c = cluster();
     let start = c.epoch();
-    for status in [HostStatus::Maintenance, HostStatus::Up, HostStatus::Maintenance] {
+    for status in [
+        HostStatus::Maintenance,
+        HostStatus::Up,
+        HostStatus::Maintenance,
+    ] {
         c.set_host_status("a", status).unwrap();
     }
     let view = c.view();
     assert_eq!(view.epoch(), start + 3);
     let counted = view.with_changes_since(start, |changes| changes.len());
     assert_eq!(counted, Some(3));
-    assert_eq!(view.with_changes_since(start + 2, |changes| changes.len()), Some(1));
+    assert_eq!(
+        view.with_changes_since(start + 2, |changes| changes.len()),
+        Some(1)
+    );
     // Nothing to catch up, or a copy from before the log: no delta.
     assert_eq!(view.with_changes_since(start + 3, |c| c.len()), None);
     assert_eq!(view.with_changes_since(0, |c| c.len()), None);

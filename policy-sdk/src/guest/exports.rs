@@ -113,9 +113,7 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
                     SyncResponse::Failed("delta before any full snapshot".into())
                 } else {
                     let touched = match &message {
-                        SyncMessage::Delta { changes, .. } => {
-                            Some(Touched::of(changes))
-                        }
+                        SyncMessage::Delta { changes, .. } => Some(Touched::of(changes)),
                         SyncMessage::Full(_) => None,
                     };
                     match apply_sync(&mut state.snapshot, message) {
@@ -124,11 +122,7 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
                                 (Some(touched), Some(index)) => {
                                     index.refresh(&state.snapshot, &touched)
                                 }
-                                _ => {
-                                    state.index = Some(SnapshotIndex::build(
-                                        &state.snapshot,
-                                    ))
-                                }
+                                _ => state.index = Some(SnapshotIndex::build(&state.snapshot)),
                             }
                             state.synced = true;
                             SyncResponse::Synced {
@@ -160,11 +154,9 @@ pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
                 ))
             }
             Ok(request) => match state.units.as_ref() {
-                Some(units) => units.evaluate_indexed(
-                    &state.snapshot,
-                    state.index.as_ref(),
-                    request.as_call(),
-                ),
+                Some(units) => {
+                    units.evaluate_indexed(&state.snapshot, state.index.as_ref(), request.as_call())
+                }
                 None => CallResponse::Failed("module not initialized".into()),
             },
         };

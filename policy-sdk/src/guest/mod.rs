@@ -7,11 +7,11 @@
 #[doc(hidden)]
 pub mod exports;
 
-use crate::wire::abi::{Call, CallResponse, LogLevel};
 use crate::model::index::{CpuFlagIndex, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
-use crate::model::{Host, HostIndex, Snapshot, Vm};
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
+use crate::model::{Host, HostIndex, Snapshot, Vm};
+use crate::wire::abi::{Call, CallResponse, LogLevel};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};

@@ -9,8 +9,8 @@
 //! index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
 //! comparing names.
 
-use crate::wire::sync::Change;
 use crate::model::{Host, HostIndex, Snapshot};
+use crate::wire::sync::Change;
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::collections::HashMap;

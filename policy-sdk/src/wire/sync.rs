@@ -132,7 +132,6 @@ pub fn apply_sync(snapshot: &mut Snapshot, message: SyncMessage) -> Result<(), S
     }
 }
 
-
 /// Borrowed twin of [`SyncMessage`]: encodes to the same bytes without cloning the
 /// snapshot or the changes (what the host sends).
 #[derive(Debug, Serialize)]

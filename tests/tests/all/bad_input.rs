@@ -2,8 +2,8 @@
 //! rejected module never replaces or disturbs a working one.
 
 use integration_tests::{max_vms_wasm, runtime, wat, wat_module};
-use policy_sdk::wire::abi::ABI_VERSION;
 use policy_sdk::testing::{host, snapshot, vm};
+use policy_sdk::wire::abi::ABI_VERSION;
 use wasmsched::{parse_document, Format};
 use wasmsched::{Cluster, Error, Policy, ScheduleRequest};
 
@@ -209,4 +209,80 @@ fn invalid_vm_requests_are_errors_naming_the_field() {
             .unwrap_err(),
     );
     assert!(err.contains("id: must not be empty"), "{err}");
+}
+
+/// Every failure has a kind a surface maps to a status (HTTP 400/404/409/422/502, exit
+/// codes): invalid input, something unknown, a request that cannot follow the state, a
+/// rejected module, an I/O failure, a unit fault.
+#[test]
+fn error_kinds_let_a_surface_map_each_failure() {
+    use wasmsched::{ErrorKind, MigrationTrigger};
+    let rt = runtime();
+    let policy = Policy::builtin_default(&rt).unwrap();
+    let c = Cluster::new(
+        snapshot()
+            .host(host("h1"))
+            .vm(vm("down").build())
+            .build(),
+        "<test>",
+    )
+    .unwrap();
+    let cases: Vec<(&str, Error, ErrorKind)> = vec![
+        (
+            "a VM without an id",
+            policy
+                .schedule(&c, &ScheduleRequest::new(vm("").build()))
+                .unwrap_err(),
+            ErrorKind::InvalidInput,
+        ),
+        (
+            "a malformed cluster document",
+            parse_document::<policy_sdk::Snapshot>("{\"hosts\": 3}", Format::Json, "c.json")
+                .unwrap_err(),
+            ErrorKind::InvalidInput,
+        ),
+        (
+            "an unknown VM",
+            policy
+                .migrate(&c, "ghost", MigrationTrigger::UserForced)
+                .unwrap_err(),
+            ErrorKind::NotFound,
+        ),
+        (
+            "an unknown host",
+            c.set_host_status("nowhere", policy_sdk::HostStatus::Down)
+                .unwrap_err(),
+            ErrorKind::NotFound,
+        ),
+        (
+            "an unknown builtin policy",
+            Policy::builtin(&rt, "nonesuch").unwrap_err(),
+            ErrorKind::NotFound,
+        ),
+        (
+            "migrating a VM that does not run",
+            policy
+                .migrate(&c, "down", MigrationTrigger::UserForced)
+                .unwrap_err(),
+            ErrorKind::Conflict,
+        ),
+        (
+            "a memory hot set of a VM that does not run",
+            policy.hot_set_memory(&c, "down", 4_096).unwrap_err(),
+            ErrorKind::Conflict,
+        ),
+        (
+            "a module that is not wasm",
+            rt.load_module("junk.wasm", b"not wasm").unwrap_err(),
+            ErrorKind::ModuleRejected,
+        ),
+        (
+            "a cluster file that does not exist",
+            Cluster::from_file("/nonexistent/cluster.json".as_ref()).unwrap_err(),
+            ErrorKind::Io,
+        ),
+    ];
+    for (what, err, kind) in cases {
+        assert_eq!(err.kind(), kind, "{what}: {err}");
+    }
 }

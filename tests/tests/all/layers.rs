@@ -95,10 +95,19 @@ fn lower_layers_never_name_a_higher_one() {
         assert!(!files.is_empty(), "no files under {layer}/");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            problems.extend(violations(layer, allowed, &file.display().to_string(), &text));
+            problems.extend(violations(
+                layer,
+                allowed,
+                &file.display().to_string(),
+                &text,
+            ));
         }
     }
-    assert!(problems.is_empty(), "upward imports:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "upward imports:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// The check itself: an upward import, in each of the forms it can take, is reported.
@@ -108,7 +117,11 @@ fn the_layer_check_reports_each_form_of_an_upward_import() {
         ("state", "use crate::scheduling::Policy;", true),
         ("state", "use crate::engine::LoadedModule;", true),
         ("state", "use crate::Policy;", true),
-        ("state", "use crate::{error::Result, scheduling::Decision};", true),
+        (
+            "state",
+            "use crate::{error::Result, scheduling::Decision};",
+            true,
+        ),
         ("state", "    let d: crate::Decision = todo!();", true),
         ("state", "use super::super::scheduling::Policy;", true),
         ("engine", "use crate::scheduling::policy::PolicyUnit;", true),

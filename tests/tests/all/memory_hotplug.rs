@@ -108,7 +108,8 @@ fn a_failed_plug_releases_its_pending_memory_and_the_vm_keeps_its_size() {
     assert!(matches!(plan.change, MemoryChange::Plug { .. }), "{plan}");
     assert!(!new_2g_vm_fits(&policy, &c), "pending while in flight");
     // A second change while one is in flight is refused, naming it.
-    let err = policy.hot_set_memory(&c, "db", 8_192)
+    let err = policy
+        .hot_set_memory(&c, "db", 8_192)
         .unwrap_err()
         .to_string();
     assert!(err.contains("memory plug in flight"), "{err}");

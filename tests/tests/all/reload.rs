@@ -600,3 +600,54 @@ fn sync_dir_loads_reports_by_file_and_refuses_a_second_directory() {
     let again = rt.sync_dir(dir.path()).unwrap();
     assert!(!again.changed() && again.rejected.is_empty());
 }
+
+/// Regression (clones shared one live resolution): a policy and a changed copy of it, after
+/// a reload, each decide with their own settings, in whichever order they run. Before,
+/// clones shared the cache of the newest resolution, so the copy that resolved first after
+/// the reload set the selector and factors the other one ran with.
+#[test]
+fn regression_policy_copies_never_run_each_others_settings_after_a_reload() {
+    let rt = integration_tests::runtime();
+    let cluster = Cluster::new(
+        snapshot()
+            .host(host("idle").cpu_usage(5).committed_mb(14_000))
+            .host(host("roomy").cpu_usage(60).committed_mb(1_000))
+            .build(),
+        "<test>",
+    )
+    .unwrap();
+    let request = ScheduleRequest::new(vm("v").memory_mb(1_024).build());
+    let original = Policy::builtin_default(&rt).unwrap();
+    let by_memory = original
+        .clone()
+        .with_factor("cpu-load", 0)
+        .unwrap()
+        .with_factor("free-memory", 10)
+        .unwrap()
+        .with_selector(wasmsched::SelectorKind::RawSum);
+    let chosen = |p: &Policy| p.evaluate(&cluster.view(), &request).unwrap().chosen;
+    let before = (chosen(&original), chosen(&by_memory));
+    assert_ne!(
+        before.0, before.1,
+        "the settings must lead to different hosts"
+    );
+    for copy_first in [true, false] {
+        // A reload: a new module is published (a new generation of the module set).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("extra-{copy_first}.wasm"));
+        std::fs::write(
+            &file,
+            with_custom_section(&good_wasm(), &format!("{copy_first}")),
+        )
+        .unwrap();
+        rt.load_file(&file).unwrap();
+        let after = if copy_first {
+            let copy = chosen(&by_memory);
+            (chosen(&original), copy)
+        } else {
+            (chosen(&original), chosen(&by_memory))
+        };
+        assert_eq!(after, before, "copy decided first: {copy_first}");
+        rt.remove_module(&file.display().to_string());
+    }
+}

@@ -131,7 +131,12 @@ fn xml_escape(s: &str) -> String {
 /// the policy): free memory minus pending memory (hugepages of the VM's size minus pending
 /// ones instead, for a hugepage-backed VM), the overcommit ceiling minus committed and
 /// pending memory, and the strict host node's free memory minus its pending memory.
-pub(super) fn capacity_reasons(vm: &Vm, host: &Host, dimm: &PlannedDimm, delta: u64) -> Vec<String> {
+pub(super) fn capacity_reasons(
+    vm: &Vm,
+    host: &Host,
+    dimm: &PlannedDimm,
+    delta: u64,
+) -> Vec<String> {
     let mut reasons = Vec::new();
     let m = &host.memory;
     let p = &host.pending;

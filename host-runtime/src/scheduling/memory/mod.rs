@@ -293,8 +293,7 @@ pub(super) fn hot_set(
         .collect();
     let sizes: Vec<u64> = removable.iter().map(|d| d.size_mb).collect();
     let max_reduction = current.saturating_sub(vm.min_guaranteed_memory_mb);
-    let found = search_unplug(&sizes, delta, max_reduction)
-        .map_err(|e| invalid(e.to_string()))?;
+    let found = search_unplug(&sizes, delta, max_reduction).map_err(|e| invalid(e.to_string()))?;
     let Some(exact) = found.exact else {
         let reduction = |(mb, picks): (u64, Vec<usize>)| Reduction {
             reduction_mb: mb,

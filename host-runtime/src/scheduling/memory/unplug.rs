@@ -448,5 +448,4 @@ mod tests {
             start.elapsed()
         );
     }
-
 }
