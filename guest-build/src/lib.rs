@@ -130,7 +130,11 @@ fn ensure_target_installed(target_dir: &Path) {
 
 fn sysroot() -> Option<PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let output = Command::new(&rustc).arg("--print").arg("sysroot").output().ok()?;
+    let output = Command::new(&rustc)
+        .arg("--print")
+        .arg("sysroot")
+        .output()
+        .ok()?;
     output
         .status
         .success()

@@ -431,7 +431,10 @@ impl Runtime {
     /// A bad file is reported in [`ReloadReport::rejected`] and does not stop the others.
     pub fn load_dir(&self, dir: &Path) -> Result<ReloadReport> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::io(dir.display().to_string(), format!("cannot read directory: {e}"))
+            Error::io(
+                dir.display().to_string(),
+                format!("cannot read directory: {e}"),
+            )
         })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -211,7 +211,12 @@ mod tests {
         assert_eq!(request.vm.id, "web-1");
         assert_eq!(request.blacklist, ["h1"]);
         assert_eq!(request.detail, Detail::Summary);
-        assert_eq!(request.kind, PlacementKind::Migration { source: "h1".into() });
+        assert_eq!(
+            request.kind,
+            PlacementKind::Migration {
+                source: "h1".into()
+            }
+        );
         let minimal: ScheduleRequest = serde_json::from_str(r#"{"vm": {"id": "v"}}"#).unwrap();
         assert_eq!(
             (minimal.kind, minimal.detail, minimal.whitelist),
@@ -231,7 +236,10 @@ mod tests {
                 r#"{"vm": {"id": "v", "hugepage_size_kb": 0}}"#,
                 "VM \"v\": hugepage_size_kb: must not be 0",
             ),
-            (r#"{"vm": {"id": "v"}, "detial": "summary"}"#, "unknown field `detial`"),
+            (
+                r#"{"vm": {"id": "v"}, "detial": "summary"}"#,
+                "unknown field `detial`",
+            ),
             (r#"{"blacklist": []}"#, "missing field `vm`"),
         ];
         for (json, expected) in cases {

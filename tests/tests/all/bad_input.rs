@@ -220,10 +220,7 @@ fn error_kinds_let_a_surface_map_each_failure() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
     let c = Cluster::new(
-        snapshot()
-            .host(host("h1"))
-            .vm(vm("down").build())
-            .build(),
+        snapshot().host(host("h1")).vm(vm("down").build()).build(),
         "<test>",
     )
     .unwrap();
