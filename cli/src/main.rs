@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wasmsched::sdk::Vm;
 use wasmsched::{
-    Cluster, Format, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest, StartOutcome,
+    Cluster, Detail, Format, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest,
+    StartOutcome,
     WatchOptions,
 };
 
@@ -100,8 +101,9 @@ enum Command {
         /// `host-maintenance`.
         #[arg(long, value_enum, default_value = "user-forced")]
         trigger: TriggerArg,
-        /// Cluster policy (default: the builtin default policy).
-        #[arg(long, value_name = "FILE")]
+        /// Cluster policy: a file, or a builtin name (default, none, evenly_distributed,
+        /// power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
         policy: Option<PathBuf>,
     },
     /// Replay lifecycle events (a mass start, VMs coming up or failing, migrations, hosts
@@ -143,8 +145,9 @@ enum Command {
         /// New memory size: MiB, or with a binary suffix M, G or T (4096, 4096M, 4G).
         #[arg(long, value_name = "SIZE")]
         to: String,
-        /// Cluster policy whose filters check the host (default: the builtin default).
-        #[arg(long, value_name = "FILE")]
+        /// Cluster policy whose filters check the host: a file, or a builtin name (default,
+        /// none, evenly_distributed, power_saving). Default: the builtin default policy.
+        #[arg(long, value_name = "FILE|NAME")]
         policy: Option<PathBuf>,
     },
     /// List the loaded units with kind, module, version and parameters.
@@ -402,6 +405,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         failure.unit, failure.error
                     );
                 }
+                for note in &plan.notes {
+                    println!("  why: {note}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -503,7 +509,9 @@ fn simulate(
     )?;
     let runtime = runtime(g, true)?;
     let policy = policy(&runtime, policy_file)?;
-    let outcomes = simulate::run(&policy, &cluster, &scenario)?;
+    // Text shows each decision's summary line; JSON every host's outcome.
+    let detail = if g.json { Detail::Full } else { Detail::Summary };
+    let outcomes = simulate::run(&policy, &cluster, &scenario, detail)?;
     let summary = simulate::Summary::of(&outcomes, &cluster);
     if let Some(svg) = svg {
         let samples = simulate::samples(&outcomes);

@@ -94,3 +94,9 @@ pub mod status {
 
 /// Re-export of the shared model and ABI crate.
 pub use policy_sdk as sdk;
+
+/// The README's Rust snippets, compiled (and run, unless marked `no_run`) as doctests, so
+/// the examples a new user copies stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

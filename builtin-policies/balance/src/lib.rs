@@ -141,14 +141,19 @@ pub fn power_params_from(ctx: &Context<'_>) -> PowerParams {
     }
 }
 
-fn migrate(ctx: &Context<'_>, mode: Mode, candidates: &[HostIndex]) -> Option<BalanceAction> {
+/// The cycle's migration, or a note saying why there is none.
+fn migrate(ctx: &Context<'_>, mode: Mode, candidates: &[HostIndex]) -> BalanceAction {
     let t = Thresholds::from_ctx(ctx);
-    let p = load::propose(ctx.snapshot(), &t, mode, candidates)?;
-    Some(BalanceAction::Migrate {
-        vm: p.vm,
-        candidate_hosts: p.candidates,
-        reason: p.reason,
-    })
+    match load::propose(ctx.snapshot(), &t, mode, candidates) {
+        Some(p) => BalanceAction::Migrate {
+            vm: p.vm,
+            candidate_hosts: p.candidates,
+            reason: p.reason,
+        },
+        None => BalanceAction::Note {
+            reason: load::why_no_migration(ctx.snapshot(), &t, mode, candidates),
+        },
+    }
 }
 
 /// Balance unit `evenly-distributed`.
@@ -165,9 +170,7 @@ impl Balance for EvenlyDistributed {
     }
 
     fn balance(&self, ctx: &Context<'_>, candidates: &[HostIndex]) -> Vec<BalanceAction> {
-        migrate(ctx, Mode::EvenlyDistributed, candidates)
-            .into_iter()
-            .collect()
+        vec![migrate(ctx, Mode::EvenlyDistributed, candidates)]
     }
 }
 
@@ -187,19 +190,18 @@ impl Balance for PowerSaving {
     }
 
     fn balance(&self, ctx: &Context<'_>, candidates: &[HostIndex]) -> Vec<BalanceAction> {
-        let mut actions: Vec<BalanceAction> = migrate(ctx, Mode::PowerSaving, candidates)
-            .into_iter()
-            .collect();
         let decision = power::decide(ctx.snapshot(), &power_params_from(ctx), candidates);
-        match decision.action {
-            Some((host, action)) => actions.push(BalanceAction::Power {
+        let power = match decision.action {
+            Some((host, action)) => BalanceAction::Power {
                 host,
                 action,
                 reason: decision.reason,
-            }),
-            None => ctx.debug(&decision.reason),
-        }
-        actions
+            },
+            None => BalanceAction::Note {
+                reason: format!("no power action: {}", decision.reason),
+            },
+        };
+        vec![migrate(ctx, Mode::PowerSaving, candidates), power]
     }
 }
 

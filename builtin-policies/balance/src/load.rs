@@ -231,6 +231,51 @@ pub fn propose(
     None
 }
 
+/// Why [`propose`] found no migration: which sources there were (over-utilized hosts, and
+/// for power saving under-utilized hosts with VMs) and, when there were some, that none had a
+/// migratable running VM with a destination that fits.
+pub fn why_no_migration(
+    snapshot: &Snapshot,
+    t: &Thresholds,
+    mode: Mode,
+    candidates: &[HostIndex],
+) -> String {
+    let host = |i: &HostIndex| &snapshot.hosts[*i as usize];
+    let over = candidates
+        .iter()
+        .filter(|i| t.over_utilized(snapshot, host(i)))
+        .count();
+    let under = candidates
+        .iter()
+        .filter(|i| t.under_utilized(host(i)) && vm_count(snapshot, host(i)) > 0)
+        .count();
+    let over_rule = if t.max_free_memory_for_over_mb > 0 {
+        format!(
+            "CPU >= {}% for {} min, or less than {} MiB free",
+            t.high, t.duration_minutes, t.max_free_memory_for_over_mb
+        )
+    } else {
+        format!("CPU >= {}% for {} min", t.high, t.duration_minutes)
+    };
+    match (mode, over, under) {
+        (Mode::EvenlyDistributed, 0, _) | (Mode::PowerSaving, 0, 0) => {
+            let mut why = format!("no migration: no host is over-utilized ({over_rule})");
+            if mode == Mode::PowerSaving {
+                why.push_str(&format!(
+                    " and no host with VMs is under-utilized (CPU < {}% for {} min)",
+                    t.low, t.duration_minutes
+                ));
+            }
+            why
+        }
+        _ => format!(
+            "no migration: {over} over-utilized and {} under-utilized host(s), but none has a \
+             migratable running VM with a destination that fits (or one is migrating already)",
+            if mode == Mode::PowerSaving { under } else { 0 }
+        ),
+    }
+}
+
 fn destination_ok(
     snapshot: &Snapshot,
     t: &Thresholds,

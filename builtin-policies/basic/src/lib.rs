@@ -92,13 +92,24 @@ fn schedulable_memory(host: &Host) -> u64 {
         .saturating_sub(host.pending.overcommit_memory_mb)
 }
 
-/// Ids in `ids` that are neither in `exclude` nor repeated earlier in `ids`
-/// (quadratic but allocation-free; the lists are a few dozen ids at most).
-fn distinct_count(ids: &[u32], exclude: &[u32]) -> u32 {
-    ids.iter()
-        .enumerate()
-        .filter(|&(i, id)| !exclude.contains(id) && !ids[..i].contains(id))
-        .count() as u32
+/// The host's dedicated pCPUs and its pending pinned pCPUs that are not also dedicated,
+/// each counted once, among the pCPUs its topology has (an id beyond the topology takes no
+/// CPU). One pass over each list with a bit set: linear however long the lists are.
+fn taken_cpus(host: &Host) -> (u32, u32) {
+    let threads = host.cpu.threads();
+    let mut seen = vec![0u64; (threads as usize).div_ceil(64)];
+    let mut mark = |id: u32| {
+        if id >= threads {
+            return false;
+        }
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let new = seen[word] & bit == 0;
+        seen[word] |= bit;
+        new
+    };
+    let dedicated = host.dedicated_cpus.iter().filter(|&&id| mark(id)).count() as u32;
+    let pending = host.pending.pinned_cpus.iter().filter(|&&id| mark(id)).count() as u32;
+    (dedicated, pending)
 }
 
 /// The host must have at least as many usable CPUs as the VM has vCPUs: cores (threads
@@ -149,8 +160,7 @@ impl CpuFilter {
         if host.dedicated_cpus.is_empty() && host.pending.pinned_cpus.is_empty() && total >= need {
             return Verdict::Pass;
         }
-        let dedicated = distinct_count(&host.dedicated_cpus, &[]);
-        let pending = distinct_count(&host.pending.pinned_cpus, &host.dedicated_cpus);
+        let (dedicated, pending) = taken_cpus(host);
         let usable = total.saturating_sub(dedicated).saturating_sub(pending);
         if usable >= need {
             return Verdict::Pass;
@@ -512,6 +522,30 @@ mod tests {
             assert_eq!(code(&fits), "pass", "{case}: {fits:?}");
             assert_eq!(code(&over), "not_enough_cores", "{case}: {over:?}");
         }
+    }
+
+    /// Dedicated ids are counted once each, and only among the pCPUs the topology has
+    /// (the wasm deadline side of this bug is `regression_cpu_filter_decides_a_host_with_
+    /// 40k_dedicated_ids_within_the_deadline` in the integration tests).
+    #[test]
+    fn cpu_filter_counts_dedicated_ids_once_and_only_within_the_topology() {
+        let s = snapshot().build();
+        // 2 x 32 cores x 2 threads = 128 pCPUs; ids cycle over 0..1000 (872 beyond it).
+        let ids: Vec<u32> = (0..40_000).map(|i| i % 1_000).collect();
+        let h = host("h")
+            .cpu(2, 32, 2)
+            .dedicated_cpus(ids.iter().copied())
+            .pending_pinned_cpus([0, 1, 200])
+            .build();
+        assert_eq!(taken_cpus(&h), (128, 0));
+        let need_one = check::<CpuFilter>(&s, &[], &vm("v").vcpus(1).build(), &h);
+        assert_eq!(code(&need_one), "not_enough_cores", "{need_one:?}");
+        let partly = host("h")
+            .cpu(1, 4, 2)
+            .dedicated_cpus([1, 1, 7, 9, 100])
+            .pending_pinned_cpus([7, 2, 2, 8])
+            .build();
+        assert_eq!(taken_cpus(&partly), (2, 1), "ids 1, 7 dedicated; 2 pending");
     }
 
     #[test]

@@ -318,20 +318,42 @@ impl NumaFilter {
                 resource,
                 needed,
                 free,
+                short,
             } => {
                 let unit = if resource == "memory" {
                     " MiB"
                 } else {
                     " pages"
                 };
-                let pending: u64 = host.pending.numa_memory.iter().map(|n| n.memory_mb).sum();
-                let mut detail = format!(
-                    "no assignment of the pinned vNUMA nodes fits: {resource} needed \
-                     {needed}{unit}, the allowed nodes have {free}{unit} free"
-                );
-                if pending > 0 && resource == "memory" {
-                    let _ = write!(detail, " after {pending} MiB pending");
-                }
+                let pending_on = |node: Option<u32>| match node {
+                    _ if resource != "memory" => 0,
+                    Some(node) => host.pending.numa_memory_of(node),
+                    None => host.pending.numa_memory.iter().map(|n| n.memory_mb).sum(),
+                };
+                let after = |pending: u64| {
+                    if pending > 0 {
+                        format!(" after {pending} MiB pending")
+                    } else {
+                        String::new()
+                    }
+                };
+                let detail = match short {
+                    // Name the node that lacks room, not a sum over the allowed nodes (one
+                    // node's surplus does not help another node's vNUMA nodes).
+                    Some(node) => format!(
+                        "host node {} has {}{unit} of {resource} free{}, its pinned vNUMA \
+                         nodes need {}{unit}",
+                        node.node,
+                        node.free,
+                        after(pending_on(Some(node.node))),
+                        node.needed
+                    ),
+                    None => format!(
+                        "no assignment of the pinned vNUMA nodes fits: {resource} needed \
+                         {needed}{unit}, the allowed nodes have {free}{unit} free together{}",
+                        after(pending_on(None))
+                    ),
+                };
                 Verdict::reject("not_enough_numa_memory", detail)
             }
             NumaFit::SearchLimit => Verdict::reject(

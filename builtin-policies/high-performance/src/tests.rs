@@ -267,8 +267,39 @@ fn numa_cases() {
             plain(),
             two_nodes(vm("v")).build(),
             hp_host().pending_numa_mb(1, 5_000).build(),
+            "not_enough_numa_memory: host node 1 has 3192 MiB of memory free after 5000 MiB \
+             pending, its pinned vNUMA nodes need 4096 MiB",
+        ),
+        (
+            // Regression (the detail summed the allowed nodes: "memory needed 20480 MiB, the
+            // allowed nodes have 35000 MiB free" while node 1 alone lacked room).
+            "regression: the node that lacks room is named, not a sum over the nodes",
+            plain(),
+            vm("v")
+                .vcpus(2)
+                .vnuma(0, 10_240, [0], &[0])
+                .vnuma(1, 10_240, [1], &[1])
+                .build(),
+            host("h")
+                .cpu(2, 2, 2)
+                .numa_node(0, [0, 1, 2, 3], 30_000)
+                .numa_node(1, [4, 5, 6, 7], 5_000)
+                .build(),
+            "not_enough_numa_memory: host node 1 has 5000 MiB of memory free, its pinned vNUMA \
+             nodes need 10240 MiB",
+        ),
+        (
+            "no single node lacks room: the nodes fail together",
+            plain(),
+            vm("v")
+                .vcpus(3)
+                .vnuma(0, 5_000, [0], &[0, 1])
+                .vnuma(1, 5_000, [1], &[0, 1])
+                .vnuma(2, 5_000, [2], &[0, 1])
+                .build(),
+            hp_host().build(),
             "not_enough_numa_memory: no assignment of the pinned vNUMA nodes fits: memory \
-             needed 8192 MiB, the allowed nodes have 11384 MiB free after 5000 MiB pending",
+             needed 15000 MiB, the allowed nodes have 16384 MiB free together",
         ),
         (
             "backtracking finds the assignment the first choice misses",
@@ -292,8 +323,8 @@ fn numa_cases() {
                 .node_hugepages(0, 2_048, 1_000_000)
                 .node_hugepages(0, 1_048_576, 1)
                 .build(),
-            "not_enough_numa_memory: no assignment of the pinned vNUMA nodes fits: 1048576 KiB \
-             hugepages needed 2 pages, the allowed nodes have 1 pages free",
+            "not_enough_numa_memory: host node 0 has 1 pages of 1048576 KiB hugepages free, its \
+             pinned vNUMA nodes need 2 pages",
         ),
         (
             "interleave mode passes when the nodes exist",

@@ -145,11 +145,22 @@ pub struct EventOutcome {
 ///
 /// "No host" is not an error: the decision says why, the VM is counted in the summary, and
 /// later events about that VM are reported as skipped ([`Effect::Skipped`]).
-pub fn run(policy: &Policy, cluster: &Cluster, scenario: &Scenario) -> Result<Vec<EventOutcome>> {
+///
+/// `detail` is how much each decision keeps about the hosts it did not choose: what the run
+/// reports. A text report shows each decision's summary line ([`Detail::Summary`] keeps the
+/// chosen host and a few runners-up), JSON every host ([`Detail::Full`]); so what a run
+/// keeps grows with what it reports, not with VMs x hosts.
+pub fn run(
+    policy: &Policy,
+    cluster: &Cluster,
+    scenario: &Scenario,
+    detail: Detail,
+) -> Result<Vec<EventOutcome>> {
     validate(scenario, &cluster.snapshot(), "<scenario>")?;
     let mut runner = Runner {
         policy,
         cluster,
+        detail,
         defined: scenario.vms.iter().map(|vm| (vm.id.as_str(), vm)).collect(),
         unplaced: HashMap::new(),
         clock: Clock::default(),
@@ -209,6 +220,8 @@ struct Runner<'a> {
     unplaced: HashMap<String, String>,
     /// The simulated time of balance cycles.
     clock: Clock,
+    /// How much each decision keeps about the hosts it did not choose.
+    detail: Detail,
 }
 
 /// A runtime error of event `index`, naming the field (`events[i]`, `events[i].vms[j]`).
@@ -267,7 +280,7 @@ impl Runner<'_> {
                         out.effects.push(Effect::WakeUp(wake));
                         continue;
                     }
-                    requests.push(ScheduleRequest::new((*vm).clone()));
+                    requests.push(ScheduleRequest::new((*vm).clone()).detail(self.detail));
                     positions.push(j);
                 }
                 drop(known);
@@ -329,7 +342,9 @@ impl Runner<'_> {
                     });
                     return Ok(());
                 };
-                let request = ScheduleRequest::migration(running.clone()).map_err(fail)?;
+                let request = ScheduleRequest::migration(running.clone())
+                    .map_err(fail)?
+                    .detail(self.detail);
                 drop(snapshot);
                 let decision = self.policy.schedule(cluster, &request).map_err(fail)?;
                 out.decisions.push(decision);

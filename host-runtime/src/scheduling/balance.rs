@@ -72,6 +72,10 @@ pub struct BalancePlan {
     pub refused: Vec<RefusedAction>,
     /// The balance unit's failure, when it failed open.
     pub unit_failure: Option<UnitFailure>,
+    /// Why the unit proposed nothing (or nothing more), in its words, e.g. "no migration:
+    /// no host is over-utilized (CPU >= 80% for 2 min)": a cycle that does nothing says
+    /// which rule decided so.
+    pub notes: Vec<String>,
 }
 
 impl BalancePlan {
@@ -102,8 +106,11 @@ pub(super) fn plan(policy: &Policy, cluster: &Cluster) -> Result<BalancePlan> {
         actions: Vec::new(),
         refused: Vec::new(),
         unit_failure: None,
+        notes: Vec::new(),
     };
     let Some(unit) = &policy.balance else {
+        plan.notes
+            .push(format!("policy {:?} has no balance unit", policy.name));
         return Ok(plan);
     };
     let candidates: Vec<HostIndex> = (0..snapshot.hosts.len() as HostIndex).collect();
@@ -118,7 +125,13 @@ pub(super) fn plan(policy: &Policy, cluster: &Cluster) -> Result<BalancePlan> {
         .and_then(|actions| {
             actions
                 .into_iter()
-                .map(|a| resolve(snapshot, a))
+                .filter_map(|action| match action {
+                    BalanceAction::Note { reason } => {
+                        plan.notes.push(reason);
+                        None
+                    }
+                    action => Some(resolve(snapshot, action)),
+                })
                 .collect::<Result<Vec<_>, _>>()
         });
     let actions = match result {
@@ -264,6 +277,11 @@ fn resolve(
                 },
                 refusal,
             )
+        }
+        BalanceAction::Note { reason } => {
+            return Err(UnitFault::BadOutput(format!(
+                "a note is not an action: {reason:?}"
+            )))
         }
         BalanceAction::Power {
             host,

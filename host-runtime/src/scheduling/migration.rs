@@ -264,6 +264,13 @@ pub(super) fn migrate(
              maintenance and its performance may drop on the destination"
         ));
     }
+    if mode == MigrationMode::ManualOnly && trigger == MigrationTrigger::HostMaintenance {
+        // The reference warns as well: the operator chose to move this VM by hand only.
+        warnings.push(format!(
+            "VM {vm_id} allows manual migration only: it is migrated because its host goes \
+             to maintenance"
+        ));
+    }
     drop(snapshot);
     let request = ScheduleRequest::migration(moving)?;
 

@@ -502,9 +502,24 @@ pub enum NumaFit {
         needed: u64,
         /// Free amount on the allowed host nodes, summed (MiB or pages).
         free: u64,
+        /// The host node that lacks room, when one can be named: a node whose pinned vNUMA
+        /// nodes need more than it has, or the roomiest node allowed for a vNUMA node that
+        /// fits on none of its nodes.
+        short: Option<NodeShortfall>,
     },
     /// The search tried [`NUMA_SEARCH_STEP_LIMIT`] partial assignments without an answer.
     SearchLimit,
+}
+
+/// A host NUMA node that cannot hold what is pinned to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeShortfall {
+    /// The host node.
+    pub node: u32,
+    /// What the vNUMA nodes placed there need (MiB or pages).
+    pub needed: u64,
+    /// What it has free, after pending (MiB or pages).
+    pub free: u64,
 }
 
 impl NumaFit {
@@ -684,13 +699,20 @@ impl NumaRequest {
         }
         if let Some(sums) = &self.single {
             // Nothing to choose: each host node's summed demand against its room.
-            let (mut needed, mut free, mut fits) = (0u64, 0u64, true);
+            let (mut needed, mut free, mut short) = (0u64, 0u64, None);
             for &(node, sum) in sums {
                 let room = self.room(host, node).expect("checked above");
-                fits &= sum <= room;
+                if sum > room && short.is_none() {
+                    short = Some(NodeShortfall {
+                        node,
+                        needed: sum,
+                        free: room,
+                    });
+                }
                 needed = needed.saturating_add(sum);
                 free = free.saturating_add(room);
             }
+            let fits = short.is_none();
             return if fits {
                 NumaFit::Fits(
                     by_vnode()
@@ -708,6 +730,7 @@ impl NumaRequest {
                     resource: self.resource_name(),
                     needed,
                     free,
+                    short,
                 }
             };
         }
@@ -815,6 +838,19 @@ impl NumaRequest {
                 resource: self.resource_name(),
                 needed: demands.iter().sum(),
                 free: room.iter().sum(),
+                // A vNUMA node too large for every node it may go to is the one to name;
+                // otherwise the nodes only fail together and no single node is short.
+                short: positions.iter().zip(&demands).find_map(|(allowed, &demand)| {
+                    let (&best, &free) = allowed
+                        .iter()
+                        .map(|&p| (&node_ids[p], &room[p]))
+                        .max_by_key(|&(_, free)| *free)?;
+                    (demand > free).then_some(NodeShortfall {
+                        node: best,
+                        needed: demand,
+                        free,
+                    })
+                }),
             },
             None => NumaFit::SearchLimit,
         }

@@ -90,6 +90,13 @@ pub enum BalanceAction {
         /// Why.
         reason: String,
     },
+    /// Why nothing (or nothing more) is proposed this cycle, e.g. "no host is
+    /// over-utilized". Not an action: the engine reports it in the plan so a cycle that does
+    /// nothing says which rule decided so. (ABI version 4; older hosts do not know it.)
+    Note {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A filter's verdicts over its candidate list, as they cross the ABI: the number of

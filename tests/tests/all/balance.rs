@@ -427,3 +427,42 @@ fn a_vm_that_may_only_run_on_a_powered_down_host_requests_its_wake_up() {
     }
     assert_eq!(c.pending_record_count(), 0, "nothing reserved");
 }
+
+/// Regression (a balance cycle that did nothing printed `0 action(s), 0 refused` and the rule
+/// that decided it only reached debug logs): the builtin balance units, in wasm, say why
+/// they propose nothing, and the plan carries it (text and JSON).
+#[test]
+fn regression_a_balance_cycle_that_does_nothing_says_which_rule_decided() {
+    let rt = runtime();
+    let c = cluster(
+        snapshot()
+            .host(managed("a").cpu_usage(30))
+            .host(managed("b").cpu_usage(40))
+            .vm(vm("v").current_host("a").status(VmStatus::Up).build())
+            .build(),
+    );
+    let cases = [
+        (
+            "evenly_distributed",
+            vec!["no migration: no host is over-utilized (CPU >= 80% for 2 min)"],
+        ),
+        (
+            "power_saving",
+            vec![
+                "no migration: no host is over-utilized",
+                "no power action: automatic host power management is disabled",
+            ],
+        ),
+        ("none", vec!["policy \"none\" has no balance unit"]),
+    ];
+    for (name, expected) in cases {
+        let plan = Policy::builtin(&rt, name).unwrap().balance(&c).unwrap();
+        assert!(plan.actions.is_empty() && plan.refused.is_empty(), "{name}: {plan:?}");
+        assert_eq!(plan.notes.len(), expected.len(), "{name}: {:?}", plan.notes);
+        for (note, want) in plan.notes.iter().zip(expected) {
+            assert!(note.starts_with(want), "{name}: {note}");
+        }
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["notes"].as_array().unwrap().len(), plan.notes.len());
+    }
+}

@@ -411,7 +411,8 @@ fn host_maintenance_moves_manual_only_vms_warns_for_hp_and_never_moves_pinned_to
         .collect();
     assert_eq!(summary.len(), 3, "only the VMs on the host: {summary:?}");
     assert!(summary[0].1.is_some() && summary[0].2 == 0, "{summary:?}");
-    assert!(summary[1].1.is_some() && summary[1].2 == 1, "{summary:?}");
+    // The HP VM is manual-only by default: the HP warning and the manual-only one.
+    assert!(summary[1].1.is_some() && summary[1].2 == 2, "{summary:?}");
     assert!(matches!(
         &plans[2],
         Migration::NotAllowed {
@@ -422,6 +423,34 @@ fn host_maintenance_moves_manual_only_vms_warns_for_hp_and_never_moves_pinned_to
     if let Migration::Scheduled { warnings, .. } = &plans[1] {
         assert!(warnings[0].contains("performance may drop"), "{warnings:?}");
     }
+}
+
+/// Regression (host maintenance warned for HP and pinned VMs but not for VMs whose mode is
+/// manual-only, which the reference also warns about): a plain manual-only VM moved for
+/// maintenance carries a warning, a migratable one none.
+#[test]
+fn regression_host_maintenance_warns_when_it_moves_a_manual_only_vm() {
+    let p = default_policy();
+    let c = migration_cluster(vec![
+        running(vm("manual").migration(MigrationMode::ManualOnly), "src"),
+        running(vm("free").migration(MigrationMode::Migratable), "src"),
+    ]);
+    let warnings: Vec<Vec<String>> = p
+        .evacuate_host(&c, "src")
+        .unwrap()
+        .into_iter()
+        .map(|m| match m {
+            Migration::Scheduled { warnings, .. } => warnings,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(warnings.len(), 2);
+    assert_eq!(warnings[0].len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0][0].contains("VM manual allows manual migration only"),
+        "{warnings:?}"
+    );
+    assert!(warnings[1].is_empty(), "{warnings:?}");
 }
 
 /// A running passthrough VM needs its current CPU's flags on the destination: `dst2` lacks
