@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use wasmsched::sdk::Vm;
 use wasmsched::{
     Cluster, Detail, Format, Migration, MigrationTrigger, Policy, Runtime, ScheduleRequest,
-    StartOutcome,
-    WatchOptions,
+    StartOutcome, WatchOptions,
 };
 
 mod simulate;
@@ -17,6 +16,10 @@ mod timeline;
 
 const DEMO_CLUSTER: &str = include_str!("../../examples/demo/cluster.json");
 const DEMO_VMS: &str = include_str!("../../examples/demo/vms.json");
+
+/// Longest watch interval (poll, debounce, settle) accepted, in milliseconds: one hour. A
+/// longer settle time meant a module never loaded.
+const MAX_WATCH_MS: u64 = 3_600_000;
 
 /// Exit code when a decision found no host (or a memory hot set is not possible: the host
 /// cannot take it, or no set of DIMMs adds up to the reduction).
@@ -163,16 +166,16 @@ enum Command {
     Watch {
         /// Poll the directory at this interval (milliseconds) instead of using native
         /// file events (for network filesystems).
-        #[arg(long, value_name = "MS")]
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=MAX_WATCH_MS))]
         poll_ms: Option<u64>,
         /// Quiet time after the last event before re-scanning (milliseconds).
-        #[arg(long, value_name = "MS", default_value_t = 50)]
+        #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=MAX_WATCH_MS))]
         debounce_ms: u64,
         /// How long a written file must stay unchanged before it is loaded (milliseconds).
-        #[arg(long, value_name = "MS", default_value_t = 300)]
+        #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=MAX_WATCH_MS))]
         settle_ms: u64,
         /// Stop after this many seconds (for scripts and tests).
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
         exit_after: Option<u64>,
     },
     /// Write the builtin modules to a directory.
@@ -205,6 +208,7 @@ impl From<TriggerArg> for MigrationTrigger {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     // `watch` exists to log reloads (info level); other commands only warn by default.
     let default = if matches!(cli.command, Command::Watch { .. }) {
@@ -222,7 +226,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `wasmsched units | head -1`: when the reader closes the pipe, end like other Unix tools
+/// (the default action of SIGPIPE) instead of panicking in `println!` with exit 101. Rust
+/// ignores SIGPIPE at start-up; this puts the default back.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn init_logging(filter: Option<&str>, default: &str) {
+    use std::io::IsTerminal;
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -230,7 +247,27 @@ fn init_logging(filter: Option<&str>, default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Reads the VM file of `schedule`, checked like every request, with errors that name the
+/// file as well as the VM and the field.
+fn read_vm(path: &Path) -> anyhow::Result<Vm> {
+    let vm: Vm = wasmsched::read_document(path)?;
+    if let Err(e) = ScheduleRequest::new(vm.clone()).validate() {
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    Ok(vm)
+}
+
+/// Host ids given on the command line must be hosts of the cluster.
+fn known_hosts(cluster: &Cluster, flag: &str, ids: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = ids.iter().find(|id| cluster.host_index(id).is_none()) {
+        anyhow::bail!("{flag}: unknown host {unknown:?} (not in the cluster)");
+    }
+    Ok(())
 }
 
 fn runtime(global: &Global, builtins: bool) -> anyhow::Result<Runtime> {
@@ -280,9 +317,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = runtime(g, true)?;
             let policy = policy(&runtime, policy_file.as_deref())?;
             let cluster = Cluster::from_file(cluster)?;
-            let vm: Vm = wasmsched::read_document(vm)?;
+            let vm = read_vm(vm)?;
+            known_hosts(&cluster, "--blacklist", blacklist)?;
             let mut request = ScheduleRequest::new(vm).blacklist(blacklist.iter().cloned());
             if let Some(w) = whitelist {
+                known_hosts(&cluster, "--whitelist", w)?;
                 request = request.whitelist(w.iter().cloned());
             }
             let decision = match policy.schedule_or_wake(&cluster, &request)? {
@@ -480,10 +519,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             exit_after,
         } => watch(g, *poll_ms, *debounce_ms, *settle_ms, *exit_after),
         Command::Builtins { out } => {
-            std::fs::create_dir_all(out)?;
+            if out.exists() && !out.is_dir() {
+                anyhow::bail!("--out {}: exists and is not a directory", out.display());
+            }
+            std::fs::create_dir_all(out)
+                .map_err(|e| anyhow::anyhow!("--out {}: cannot create: {e}", out.display()))?;
             for (file, bytes) in Runtime::builtin_modules() {
                 let path = out.join(file);
-                std::fs::write(&path, bytes)?;
+                std::fs::write(&path, bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
                 println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -510,7 +554,11 @@ fn simulate(
     let runtime = runtime(g, true)?;
     let policy = policy(&runtime, policy_file)?;
     // Text shows each decision's summary line; JSON every host's outcome.
-    let detail = if g.json { Detail::Full } else { Detail::Summary };
+    let detail = if g.json {
+        Detail::Full
+    } else {
+        Detail::Summary
+    };
     let outcomes = simulate::run(&policy, &cluster, &scenario, detail)?;
     let summary = simulate::Summary::of(&outcomes, &cluster);
     if let Some(svg) = svg {
@@ -683,7 +731,9 @@ fn watch(
     options.debounce = Duration::from_millis(debounce_ms);
     options.settle = Duration::from_millis(settle_ms);
     let first = runtime.watch(dir, options)?;
-    println!(
+    // With --json, standard output carries the JSON document alone; the start line goes to
+    // the log (standard error).
+    let started_line = format!(
         "watching {} ({}): {} modules loaded, {} rejected, {} still being written",
         dir.display(),
         if poll_ms.is_some() {
@@ -695,6 +745,11 @@ fn watch(
         first.rejected.len(),
         first.pending.len()
     );
+    if g.json {
+        eprintln!("{started_line}");
+    } else {
+        println!("{started_line}");
+    }
     let started = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));

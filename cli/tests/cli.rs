@@ -351,7 +351,8 @@ fn migrate_honours_migration_modes_and_host_maintenance() {
         .map(|m| m["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["scheduled", "scheduled", "not_allowed"]);
-    assert_eq!(plans[0]["warnings"].as_array().unwrap().len(), 1);
+    // The HP VM (manual-only by default) is warned about twice: HP, and manual-only.
+    assert_eq!(plans[0]["warnings"].as_array().unwrap().len(), 2);
     let out = args(&["--vm", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -424,5 +425,147 @@ fn memory_plans_a_plug_an_exact_unplug_and_names_bad_sizes() {
         let out = run(to, false);
         assert_eq!(out.status.code(), Some(1), "{to}");
         assert!(stderr(&out).contains(expected), "{to}: {}", stderr(&out));
+    }
+}
+
+/// Regression (`wasmsched units | head -1` panicked with exit 101 on the closed pipe): the
+/// reader goes away before the output is written; the process ends quietly, as Unix tools
+/// do, without a panic.
+#[test]
+fn regression_a_closed_output_pipe_ends_the_command_without_a_panic() {
+    use std::process::Stdio;
+    for args in [&["units"][..], &["demo"][..], &["units", "--json"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
+            .args(args)
+            .arg("--no-cache")
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader closes before anything is written
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+    }
+}
+
+/// Regression (ANSI colours were written into log files): logs going anywhere but a
+/// terminal carry no escape sequences.
+#[test]
+fn regression_logs_written_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().to_str().unwrap();
+    assert!(wasmsched(&["builtins", "--out", policies]).status.success());
+    // `watch` logs every module it loads (info).
+    let out = wasmsched(&["watch", "--policies", policies, "--exit-after", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.is_empty(), "debug logging produced nothing");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+/// Regression (`watch --json` printed a human line before its JSON): standard output is
+/// one JSON document.
+#[test]
+fn regression_watch_json_prints_only_json_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = wasmsched(&[
+        "watch",
+        "--policies",
+        dir_arg,
+        "--exit-after",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    assert!(value["modules"].is_array(), "{value}");
+    assert!(stderr(&out).contains("watching"), "{}", stderr(&out));
+}
+
+/// Regression (inputs accepted silently or reported without the file or flag at fault):
+/// each is an error naming what is wrong.
+#[test]
+fn regression_bad_command_line_inputs_name_the_flag_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let bad_vm = dir.path().join("bad-vm.json");
+    std::fs::write(
+        &bad_vm,
+        r#"{"id": "v", "memory_mb": 1024, "min_guaranteed_memory_mb": 2048}"#,
+    )
+    .unwrap();
+    let policies = dir.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "watch",
+                "--policies",
+                policies,
+                "--settle-ms",
+                "18446744073709551615",
+            ],
+            "--settle-ms",
+        ),
+        (
+            vec![
+                "schedule",
+                "--cluster",
+                "examples/clusters/small.json",
+                "--vm",
+                "examples/vms/web.json",
+                "--blacklist",
+                "host-1,host-99",
+            ],
+            "--blacklist: unknown host \"host-99\"",
+        ),
+        (
+            vec![
+                "schedule",
+                "--cluster",
+                "examples/clusters/small.json",
+                "--vm",
+                "examples/vms/web.json",
+                "--whitelist",
+                "nowhere",
+            ],
+            "--whitelist: unknown host \"nowhere\"",
+        ),
+        (
+            vec!["builtins", "--out", file.to_str().unwrap()],
+            "not-a-dir: exists and is not a directory",
+        ),
+        (
+            vec![
+                "schedule",
+                "--cluster",
+                "examples/clusters/small.json",
+                "--vm",
+                bad_vm.to_str().unwrap(),
+            ],
+            "bad-vm.json: VM \"v\": min_guaranteed_memory_mb: 2048 MiB is more",
+        ),
+        (
+            vec![
+                "balance",
+                "--cluster",
+                "examples/clusters/small.json",
+                "--policy",
+                "nonesuch",
+            ],
+            "nonesuch",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = wasmsched(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }

@@ -108,7 +108,12 @@ fn taken_cpus(host: &Host) -> (u32, u32) {
         new
     };
     let dedicated = host.dedicated_cpus.iter().filter(|&&id| mark(id)).count() as u32;
-    let pending = host.pending.pinned_cpus.iter().filter(|&&id| mark(id)).count() as u32;
+    let pending = host
+        .pending
+        .pinned_cpus
+        .iter()
+        .filter(|&&id| mark(id))
+        .count() as u32;
     (dedicated, pending)
 }
 

@@ -195,6 +195,24 @@ mod tests {
                 "vms[0].id",
                 "already defined in the cluster",
             ),
+            // Regression (an oversized scenario VM was found when its start ran).
+            (
+                r#"{"vms": [{"id": "big", "cpu": {"sockets": 64, "cores_per_socket": 64, "threads_per_core": 2}}], "events": []}"#,
+                "vms[0].cpu",
+                "more than 4096 vCPUs",
+            ),
+            // Regression (a load event for a VM that does not run was accepted).
+            (
+                r#"{"events": [{"event": "load", "vms": ["down-1"], "cpu_usage_percent": 50}]}"#,
+                "events[0].vms[0]",
+                "is not running: a load applies to running VMs",
+            ),
+            (
+                r#"{"events": [{"event": "start", "vms": ["down-1"]},
+                               {"event": "load", "vms": ["down-1"], "cpu_usage_percent": 50}]}"#,
+                "events[1].vms[0]",
+                "is being started; send vm_up",
+            ),
             (
                 r#"{"vms": [{"id": "x"}, {"id": "x"}], "events": []}"#,
                 "vms[1].id",
@@ -479,8 +497,11 @@ mod tests {
         assert_eq!(removed.pending_changed, ["h1", "h2"]);
     }
 
+    /// A VM that no request would accept is named before anything runs; an error that only
+    /// a decision finds (a fail-closed unit fault, a reservation the cluster refuses) is
+    /// reported naming the event and the position in it.
     #[test]
-    fn a_failed_decision_names_the_event_and_position() {
+    fn bad_vms_are_named_up_front_and_run_errors_name_the_event_and_position() {
         let runtime = Runtime::builder().cache_dir(None).build().unwrap();
         let policy = Policy::parse(
             &runtime,
@@ -499,8 +520,22 @@ mod tests {
                 vms: vec!["ok".into(), "bad".into()],
             }],
         };
-        let err = run(&policy, &cluster, &s, Detail::Full).unwrap_err().to_string();
-        assert!(err.starts_with("events[0].vms[1] (start bad): "), "{err}");
+        let err = run(&policy, &cluster, &s, Detail::Full)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("<scenario>: vms[1].cpu: sockets, cores_per_socket"),
+            "{err}"
+        );
+        let event = &s.events[0];
+        let failed = cluster
+            .set_host_status("gone", HostStatus::Down)
+            .unwrap_err();
+        let err = runner::at("events[0].vms[1]".into(), event, Some("bad"), failed);
+        assert_eq!(
+            err.to_string(),
+            "events[0].vms[1] (start bad): unknown host \"gone\""
+        );
     }
 
     #[test]
@@ -592,6 +627,10 @@ mod tests {
             assert!(s.hosts.len() <= Detail::SUMMARY_HOSTS, "{}", s.hosts.len());
             assert_eq!((&f.chosen, &f.summary), (&s.chosen, &s.summary));
         }
-        assert_eq!(full[0].to_string(), summary[0].to_string(), "the same text report");
+        assert_eq!(
+            full[0].to_string(),
+            summary[0].to_string(),
+            "the same text report"
+        );
     }
 }

@@ -225,7 +225,7 @@ struct Runner<'a> {
 }
 
 /// A runtime error of event `index`, naming the field (`events[i]`, `events[i].vms[j]`).
-fn at(field: String, event: &Event, vm: Option<&str>, e: Error) -> Error {
+pub(super) fn at(field: String, event: &Event, vm: Option<&str>, e: Error) -> Error {
     let what = match vm {
         Some(vm) => format!("{} {vm}", event.name()),
         None => event.to_string(),

@@ -119,6 +119,18 @@ pub fn validate(scenario: &Scenario, snapshot: &Snapshot, file: &str) -> Result<
                     .into(),
             ));
         }
+        // Checked as every request is (vCPUs, memory, pinning, vNUMA...), now rather than
+        // when the event that starts it runs.
+        if let Err(e) = ScheduleRequest::new(vm.clone()).validate() {
+            return Err(match e {
+                Error::Input {
+                    field: Some(field),
+                    message,
+                    ..
+                } => err(format!("vms[{i}].{field}"), message),
+                other => err(format!("vms[{i}]"), other.to_string()),
+            });
+        }
         defined.insert(id, i);
     }
     for vm in &scenario.vms {
@@ -310,7 +322,27 @@ pub fn validate(scenario: &Scenario, snapshot: &Snapshot, file: &str) -> Result<
                     ));
                 }
                 for (j, id) in list.iter().enumerate() {
-                    lookup(&mut vms, id, &format!("events[{i}].vms[{j}]"), file)?;
+                    let field = format!("events[{i}].vms[{j}]");
+                    match lookup(&mut vms, id, &field, file)? {
+                        Expected::Down => {
+                            return Err(err(
+                                field,
+                                format!("VM {id:?} is not running: a load applies to running VMs"),
+                            ))
+                        }
+                        Expected::Starting { .. } => {
+                            return Err(err(
+                                field,
+                                format!(
+                                    "VM {id:?} is being started; send vm_up before changing its \
+                                     load"
+                                ),
+                            ))
+                        }
+                        Expected::Running { .. }
+                        | Expected::Migrating { .. }
+                        | Expected::Unknown => {}
+                    }
                 }
             }
             Event::Stop { vms: list } => {

@@ -2,9 +2,7 @@
 //! decision reports.
 
 use crate::error::{Error, Result};
-use crate::state::pending::MAX_MEMORY_MB;
-use crate::state::{check_vm_amounts, PlacementKind};
-use policy_sdk::model::topology::{self, CpuPinning};
+use crate::state::{check_vm, PlacementKind};
 use policy_sdk::Vm;
 use serde::{Deserialize, Serialize};
 
@@ -79,69 +77,17 @@ impl ScheduleRequest {
     }
 
     /// Checks the request as every decision does before running a unit: the VM's id, CPU
-    /// topology (at most 4096 vCPUs), memory, pinning string, vNUMA nodes and custom
-    /// resource amounts. The error names the VM and the field at fault.
+    /// topology (at most 4096 vCPUs), memory and guaranteed memory, pinning string, vNUMA
+    /// nodes (their memory adding up to the VM's) and custom resource amounts: the rules a
+    /// VM listed in a cluster follows too. The error names the VM and the field at fault.
     pub fn validate(&self) -> Result<()> {
-        let vm = &self.vm;
-        let bad = |field: &str, message: &str| {
-            Err(Error::input(
-                format!("VM {:?}", vm.id),
-                Some(field.to_string()),
-                message,
-            ))
-        };
-        if vm.id.is_empty() {
-            return bad("id", "must not be empty");
-        }
-        if vm.cpu.sockets == 0 || vm.cpu.cores_per_socket == 0 || vm.cpu.threads_per_core == 0 {
-            return bad(
-                "cpu",
-                "sockets, cores_per_socket and threads_per_core must be at least 1",
-            );
-        }
-        if vm
-            .cpu
-            .sockets
-            .checked_mul(vm.cpu.cores_per_socket)
-            .and_then(|c| c.checked_mul(vm.cpu.threads_per_core))
-            .is_none_or(|v| v > 4096)
-        {
-            return bad("cpu", "more than 4096 vCPUs");
-        }
-        if vm.memory_mb > MAX_MEMORY_MB {
-            return bad("memory_mb", "larger than 1 EiB");
-        }
-        if let Some(text) = &vm.cpu_pinning {
-            let checked = CpuPinning::parse(text).and_then(|p| p.check_vcpus(text, vm.vcpus()));
-            if let Err(e) = checked {
-                return bad("cpu_pinning", &e.to_string());
-            }
-        }
-        if vm.numa_nodes.len() > topology::MAX_VNUMA_NODES {
-            return bad(
-                "numa_nodes",
-                &format!("more than {} vNUMA nodes", topology::MAX_VNUMA_NODES),
-            );
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, node) in vm.numa_nodes.iter().enumerate() {
-            if !seen.insert(node.index) {
-                return bad(
-                    &format!("numa_nodes[{i}].index"),
-                    &format!("vNUMA node {} is listed twice", node.index),
-                );
-            }
-            if node.memory_mb > MAX_MEMORY_MB {
-                return bad(&format!("numa_nodes[{i}].memory_mb"), "larger than 1 EiB");
-            }
-            if let Some(cpu) = node.cpus.iter().find(|&&c| c >= vm.vcpus()) {
-                return bad(
-                    &format!("numa_nodes[{i}].cpus"),
-                    &format!("vCPU {cpu} does not exist (the VM has {})", vm.vcpus()),
-                );
-            }
-        }
-        check_vm_amounts(vm)
+        check_vm(&self.vm).map_err(|fault| {
+            Error::input(
+                format!("VM {:?}", self.vm.id),
+                Some(fault.field),
+                fault.message,
+            )
+        })
     }
 }
 

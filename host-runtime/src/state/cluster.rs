@@ -14,6 +14,7 @@ use super::placement::{
     add_resource_usage, add_usage, remove_usage, without_records, FailedPlacement, HostRemoved,
     PendingRules, Placement, PlacementKind, Release, Reservation, Retry,
 };
+use super::validate::{check_cluster, check_host, check_vm, Fault};
 use crate::error::{Error, Result};
 use crate::files;
 use policy_sdk::model::index::{SnapshotIndex, Touched};
@@ -1016,6 +1017,23 @@ impl Cluster {
 }
 
 fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
+    let at = |prefix: String| {
+        move |fault: Fault| {
+            Error::input(
+                source,
+                Some(format!("{prefix}{}", fault.field)),
+                fault.message,
+            )
+        }
+    };
+    check_cluster(&snapshot.cluster).map_err(at("cluster.".into()))?;
+    if snapshot.hosts.is_empty() {
+        return Err(Error::input(
+            source,
+            Some("hosts".into()),
+            "the cluster has no hosts (a cluster document is an object with a `hosts` list)",
+        ));
+    }
     let mut ids = HashSet::new();
     for (i, host) in snapshot.hosts.iter().enumerate() {
         if !host.pending.is_empty() {
@@ -1027,26 +1045,12 @@ fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
                  pending there)",
             ));
         }
-        if host.id.is_empty() {
-            return Err(Error::input(
-                source,
-                Some(format!("hosts[{i}].id")),
-                "must not be empty",
-            ));
-        }
+        check_host(host).map_err(at(format!("hosts[{i}].")))?;
         if !ids.insert(host.id.as_str()) {
             return Err(Error::input(
                 source,
                 Some(format!("hosts[{i}].id")),
                 format!("duplicate host id {:?}", host.id),
-            ));
-        }
-        if host.cpu.sockets == 0 || host.cpu.cores_per_socket == 0 || host.cpu.threads_per_core == 0
-        {
-            return Err(Error::input(
-                source,
-                Some(format!("hosts[{i}].cpu")),
-                "sockets, cores_per_socket and threads_per_core must be at least 1",
             ));
         }
     }
@@ -1055,13 +1059,7 @@ fn validate(snapshot: &Snapshot, source: &str) -> Result<()> {
     }
     let mut vm_ids = HashSet::new();
     for (i, vm) in snapshot.vms.iter().enumerate() {
-        if vm.id.is_empty() {
-            return Err(Error::input(
-                source,
-                Some(format!("vms[{i}].id")),
-                "must not be empty",
-            ));
-        }
+        check_vm(vm).map_err(at(format!("vms[{i}].")))?;
         if !vm_ids.insert(vm.id.as_str()) {
             return Err(Error::input(
                 source,

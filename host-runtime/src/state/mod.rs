@@ -10,14 +10,16 @@ mod ledger;
 mod memory_change;
 pub(crate) mod pending;
 mod placement;
+mod validate;
 
 pub use cluster::{Cluster, ClusterView};
 pub use memory_change::MemoryChangeDone;
 pub use pending::{PendingRecord, PendingResource};
-pub(crate) use placement::{check_vm_amounts, Retry};
+pub(crate) use placement::Retry;
 pub use placement::{
     FailedPlacement, HostRemoved, PendingRules, Placement, PlacementKind, Release, Reservation,
 };
+pub(crate) use validate::check_vm;
 
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,7 @@
 //! of a [`Cluster`](super::Cluster) return ([`Reservation`], [`Release`], [`HostRemoved`],
 //! [`FailedPlacement`]), with the host usage accounting they apply.
 
-use super::pending::{PendingRecord, PendingResource, MAX_COUNT, MAX_MEMORY_MB};
-use crate::error::{Error, Result};
+use super::pending::{PendingRecord, PendingResource};
 use policy_sdk::model::topology::{self, CpuPinning, NodePlacement, NumaFit};
 use policy_sdk::{Host, Vm};
 use serde::{Deserialize, Serialize};
@@ -341,44 +340,4 @@ pub(super) fn remove_usage(
     let host_cpus = u64::from(host.schedulable_cpus(count_threads_as_cores).max(1));
     let load = (u64::from(vm.cpu_usage_percent) * u64::from(vm.vcpus())).div_ceil(host_cpus);
     host.cpu_usage_percent = host.cpu_usage_percent.saturating_sub(load.min(100) as u32);
-}
-
-/// Checks a request amount against the record limits; used by request validation so that a
-/// bad amount is reported naming the request's field, before any decision.
-pub(crate) fn check_vm_amounts(vm: &Vm) -> Result<()> {
-    for (i, c) in vm.custom_resources.iter().enumerate() {
-        if c.kind.is_empty() {
-            return Err(Error::input(
-                format!("VM {:?}", vm.id),
-                Some(format!("custom_resources[{i}].kind")),
-                "must not be empty",
-            ));
-        }
-        if c.amount > MAX_COUNT {
-            return Err(Error::input(
-                format!("VM {:?}", vm.id),
-                Some(format!("custom_resources[{i}].amount")),
-                format!("{} is too large (at most {MAX_COUNT})", c.amount),
-            ));
-        }
-    }
-    if let Some(size) = vm.hugepage_size_kb {
-        if size == 0 {
-            return Err(Error::input(
-                format!("VM {:?}", vm.id),
-                Some("hugepage_size_kb".into()),
-                "must not be 0",
-            ));
-        }
-    }
-    for (i, node) in vm.numa_nodes.iter().enumerate() {
-        if node.memory_mb > MAX_MEMORY_MB {
-            return Err(Error::input(
-                format!("VM {:?}", vm.id),
-                Some(format!("numa_nodes[{i}].memory_mb")),
-                format!("{} is too large (at most {MAX_MEMORY_MB})", node.memory_mb),
-            ));
-        }
-    }
-    Ok(())
 }

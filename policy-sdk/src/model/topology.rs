@@ -840,17 +840,20 @@ impl NumaRequest {
                 free: room.iter().sum(),
                 // A vNUMA node too large for every node it may go to is the one to name;
                 // otherwise the nodes only fail together and no single node is short.
-                short: positions.iter().zip(&demands).find_map(|(allowed, &demand)| {
-                    let (&best, &free) = allowed
-                        .iter()
-                        .map(|&p| (&node_ids[p], &room[p]))
-                        .max_by_key(|&(_, free)| *free)?;
-                    (demand > free).then_some(NodeShortfall {
-                        node: best,
-                        needed: demand,
-                        free,
-                    })
-                }),
+                short: positions
+                    .iter()
+                    .zip(&demands)
+                    .find_map(|(allowed, &demand)| {
+                        let (&best, &free) = allowed
+                            .iter()
+                            .map(|&p| (&node_ids[p], &room[p]))
+                            .max_by_key(|&(_, free)| *free)?;
+                        (demand > free).then_some(NodeShortfall {
+                            node: best,
+                            needed: demand,
+                            free,
+                        })
+                    }),
             },
             None => NumaFit::SearchLimit,
         }

@@ -63,6 +63,98 @@ fn malformed_or_schema_violating_documents_name_file_and_field() {
     assert!(vm_err.contains("vm.json: memory_mb"), "{vm_err}");
 }
 
+/// Regression (nonsense accepted silently): documents and clusters that cannot describe a
+/// real cluster are errors naming the file and field, whatever their origin.
+#[test]
+fn regression_nonsense_clusters_and_vms_are_errors_naming_the_field() {
+    let doc_cases: &[(&str, &str)] = &[
+        // serde fills a struct from an array of its fields: `[]` was an empty cluster.
+        ("[]", "c.json: hosts: the cluster has no hosts"),
+        ("{}", "c.json: hosts: the cluster has no hosts"),
+    ];
+    for (text, expected) in doc_cases {
+        let err = parse_document::<policy_sdk::Snapshot>(text, Format::Json, "c.json")
+            .and_then(|s| Cluster::new(s, "c.json"))
+            .unwrap_err();
+        assert!(message(err).starts_with(expected), "{text:?}");
+    }
+    let base = || host("a").cpu(2, 4, 2);
+    let cluster_cases: Vec<(policy_sdk::Snapshot, &str)> = vec![
+        (
+            snapshot().host(base().dedicated_cpus([1, 16])).build(),
+            "c.json: hosts[0].dedicated_cpus[1]: pCPU 16 does not exist: the host has 16",
+        ),
+        (
+            snapshot().host(base().online_cpus([0, 99])).build(),
+            "c.json: hosts[0].online_cpus[1]: pCPU 99 does not exist",
+        ),
+        (
+            snapshot()
+                .host(base().numa_node(0, [0, 1], 1_024).numa_node(0, [2], 1_024))
+                .build(),
+            "c.json: hosts[0].numa_nodes[1].index: NUMA node 0 is listed twice",
+        ),
+        (
+            snapshot()
+                .host(base().numa_node(0, [0, 1], 1_024).numa_node(1, [1, 2], 1_024))
+                .build(),
+            "c.json: hosts[0].numa_nodes[1].cpus: pCPU 1 is in NUMA node 0 too",
+        ),
+        (
+            snapshot().host(base().numa_node(0, [0, 40], 1_024)).build(),
+            "c.json: hosts[0].numa_nodes[0].cpus[1]: pCPU 40 does not exist",
+        ),
+        (
+            snapshot().host(base().memory_mb(1_024).free_mb(2_048)).build(),
+            "c.json: hosts[0].memory.free_mb: 2048 MiB free is more than the 1024 MiB",
+        ),
+        (
+            snapshot().host(base().cpu_usage(101)).build(),
+            "c.json: hosts[0].cpu_usage_percent: 101% is more than 100%",
+        ),
+        (
+            snapshot().overcommit_percent(0).host(base()).build(),
+            "c.json: cluster.memory_overcommit_percent: 0 is out of range",
+        ),
+        (
+            snapshot().overcommit_percent(u32::MAX).host(base()).build(),
+            "c.json: cluster.memory_overcommit_percent: 4294967295 is out of range",
+        ),
+        (
+            snapshot().host(host("a\nforged log line")).build(),
+            "c.json: hosts[0].id: contains the control character '\\n'",
+        ),
+        (
+            snapshot()
+                .host(base())
+                .vm(vm("v").memory_mb(2_048).min_guaranteed_mb(4_096))
+                .build(),
+            "c.json: vms[0].min_guaranteed_memory_mb: 4096 MiB is more than the VM's memory_mb",
+        ),
+        (
+            snapshot()
+                .host(base())
+                .vm(vm("v").memory_mb(4_096).vcpus(2).vnuma(0, 1_024, [0], &[]).vnuma(1, 1_024, [1], &[]))
+                .build(),
+            "c.json: vms[0].numa_nodes: the vNUMA nodes' memory adds up to 2048 MiB, the VM has 4096 MiB",
+        ),
+    ];
+    for (snapshot, expected) in cluster_cases {
+        let err = message(Cluster::new(snapshot, "c.json").unwrap_err());
+        assert!(err.starts_with(expected), "\n got: {err}\nwant: {expected}");
+    }
+    // The same rules for a VM in a request.
+    let rt = runtime();
+    let policy = Policy::builtin_default(&rt).unwrap();
+    let c = Cluster::new(snapshot().host(base()).build(), "c.json").unwrap();
+    let request = ScheduleRequest::new(vm("r").memory_mb(1_024).min_guaranteed_mb(2_048).build());
+    let err = message(policy.schedule(&c, &request).unwrap_err());
+    assert!(
+        err.starts_with("VM \"r\": min_guaranteed_memory_mb: 2048 MiB is more"),
+        "{err}"
+    );
+}
+
 #[test]
 fn inconsistent_clusters_are_rejected_naming_the_field() {
     let dup = snapshot().host(host("a")).host(host("a")).build();
@@ -95,6 +187,10 @@ fn invalid_policies_name_the_file_and_field() {
         ("name = \"p\"\nselector = \"random\"\n", "p.toml: selector: unknown variant `random`"),
         ("name = \"p\"\n[[filters]]\nunit = \"memory\"\ndeadline_ms = 0\n", "p.toml: filters[0].deadline_ms: must be in 1..=600000, got 0"),
         ("nmae = \"p\"\n", "p.toml: nmae: unknown field `nmae`, expected one of `name`"),
+        // Regression (the TOML parser's own overflow error named only the line).
+        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\ndeadline_ms = 99999999999999999999\n", "p.toml: filters[0].deadline_ms: "),
+        ("name = \"p\"\n[[filters]]\nunit = \"cpu\"\n[[filters]]\nunit = \"memory\"\nmemory_limit_mb = 18446744073709551616\n", "p.toml: filters[1].memory_limit_mb: "),
+        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = 99999999999999999999\n", "p.toml: filters[0].params.overhead_mb: "),
     ];
     for (text, expected) in cases {
         let err = message(Policy::parse(&rt, text, Format::Toml, "p.toml").unwrap_err());

@@ -457,7 +457,10 @@ fn regression_a_balance_cycle_that_does_nothing_says_which_rule_decided() {
     ];
     for (name, expected) in cases {
         let plan = Policy::builtin(&rt, name).unwrap().balance(&c).unwrap();
-        assert!(plan.actions.is_empty() && plan.refused.is_empty(), "{name}: {plan:?}");
+        assert!(
+            plan.actions.is_empty() && plan.refused.is_empty(),
+            "{name}: {plan:?}"
+        );
         assert_eq!(plan.notes.len(), expected.len(), "{name}: {:?}", plan.notes);
         for (note, want) in plan.notes.iter().zip(expected) {
             assert!(note.starts_with(want), "{name}: {note}");

@@ -432,7 +432,14 @@ fn regression_cpu_filter_decides_a_host_with_40k_dedicated_ids_within_the_deadli
     assert_eq!(decision.chosen.as_deref(), Some("crowded"), "{decision}");
     // 64 cores less 32 dedicated leave 32: a VM of 33 vCPUs does not fit.
     let big = policy
-        .evaluate(&c.view(), &ScheduleRequest::new(vm("big").vcpus(33).build()))
+        .evaluate(
+            &c.view(),
+            &ScheduleRequest::new(vm("big").vcpus(33).build()),
+        )
         .unwrap();
-    assert!(big.summary.contains("cpu: not enough cores"), "{}", big.summary);
+    assert!(
+        big.summary.contains("cpu: not enough cores"),
+        "{}",
+        big.summary
+    );
 }
