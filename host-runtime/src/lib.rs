@@ -52,10 +52,10 @@ mod state;
 
 pub use engine::{
     BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder, RuntimeStatus,
-    UnitInfo, WatchMode, WatchOptions,
+    UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result, UnitFault};
-pub use files::{parse_document, read_document, Format};
+pub use files::{parse_document, read_bounded, read_document, Format, MAX_DOCUMENT_BYTES};
 pub use scheduling::{
     BalancePlan, Decision, Detail, FailureMode, MemoryPlan, Migration, MigrationTrigger, Policy,
     PolicyUnit, ScheduleRequest, SelectorKind, StaleUnit, StartOutcome, VmFailed,

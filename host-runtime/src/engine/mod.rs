@@ -19,4 +19,4 @@ pub use reload::{
     WatchStatus,
 };
 pub(crate) use runtime::Registry;
-pub use runtime::{Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
+pub use runtime::{Runtime, RuntimeBuilder, UnitHandle, UnitInfo, MAX_MODULE_BYTES};

@@ -478,14 +478,10 @@ fn scan(
                 continue;
             }
         }
-        let bytes = match std::fs::read(path) {
+        let bytes = match Runtime::read_module_file(path) {
             Ok(b) => b,
             Err(e) => {
-                rejected.push((
-                    path.clone(),
-                    stamp,
-                    Error::module(&file, format!("cannot read: {e}")),
-                ));
+                rejected.push((path.clone(), stamp, e));
                 continue;
             }
         };

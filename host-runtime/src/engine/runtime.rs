@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::{Engine, Linker, Module};
 
-/// Largest module file accepted.
-const MAX_MODULE_BYTES: usize = 64 << 20;
+/// Largest module file accepted, in bytes.
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
 
 /// Builder for a [`Runtime`].
 #[derive(Debug, Clone)]
@@ -34,6 +34,7 @@ pub struct RuntimeBuilder {
     builtins: bool,
     policy_dirs: Vec<PathBuf>,
     breaker: BreakerConfig,
+    compile_timeout: Duration,
 }
 
 impl Default for RuntimeBuilder {
@@ -48,6 +49,7 @@ impl Default for RuntimeBuilder {
             builtins: true,
             policy_dirs: Vec::new(),
             breaker: BreakerConfig::default(),
+            compile_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -79,8 +81,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Longest a module may take to compile (default 30 s); a slower one is refused.
+    pub fn compile_timeout(mut self, timeout: Duration) -> Self {
+        self.compile_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Where compiled modules are cached (`None` disables the cache). Defaults to the
-    /// user's cache directory. Only files this runtime wrote there are ever loaded.
+    /// user's cache directory. Only entries carrying a valid tag under this user's secret
+    /// key (`key` in the directory, mode 0600) are ever loaded; a directory that others
+    /// can write is not used (with a warning).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.cache_dir = dir;
         self
@@ -119,7 +129,8 @@ impl RuntimeBuilder {
                 engine,
                 linker,
                 limits: self.limits,
-                cache_dir: self.cache_dir,
+                cache: self.cache_dir.as_deref().and_then(cache::Cache::open),
+                compile_timeout: self.compile_timeout,
                 stop_ticker: stop,
                 breaker: self.breaker,
             }),
@@ -151,7 +162,8 @@ pub(crate) struct EngineShared {
     pub engine: Engine,
     pub linker: Linker<StoreData>,
     pub limits: CallLimits,
-    cache_dir: Option<PathBuf>,
+    cache: Option<cache::Cache>,
+    compile_timeout: Duration,
     stop_ticker: Arc<AtomicBool>,
     pub breaker: BreakerConfig,
 }
@@ -347,7 +359,7 @@ impl Runtime {
     /// imports (only the host's own), exports, ABI version, manifest, and a smoke sync.
     /// `file` names the module in errors.
     pub fn load_module(&self, file: &str, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
-        if bytes.len() > MAX_MODULE_BYTES {
+        if bytes.len() as u64 > MAX_MODULE_BYTES {
             return Err(Error::module(
                 file,
                 format!("larger than {MAX_MODULE_BYTES} bytes"),
@@ -420,11 +432,18 @@ impl Runtime {
     /// Reads, loads and registers a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
         let file = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::module(&file, format!("cannot read: {e}")))?;
+        let bytes = Self::read_module_file(path)?;
         let module = self.load_module(&file, &bytes)?;
         self.add_module(module.clone())?;
         Ok(module)
+    }
+
+    /// Reads a module file: a regular file of at most [`MAX_MODULE_BYTES`], checked by
+    /// its metadata before it is opened and read with a bounded reader (a FIFO, a device or
+    /// a huge sparse file is refused at once, naming the file).
+    pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
+        crate::files::read_limited(path, MAX_MODULE_BYTES)
+            .map_err(|why| Error::module(path.display().to_string(), why))
     }
 
     /// Loads every `.wasm` file of a directory once (sorted by name), without watching it.
@@ -549,10 +568,11 @@ impl Runtime {
     fn compile(&self, file: &str, hash: &str, bytes: &[u8]) -> Result<Module> {
         cache::compile(
             &self.shared.engine,
-            self.shared.cache_dir.as_deref(),
+            self.shared.cache.as_ref(),
             file,
             hash,
             bytes,
+            self.shared.compile_timeout,
         )
     }
 }

@@ -6,6 +6,7 @@ mod balance;
 mod builtins;
 mod custom_unit;
 mod faults;
+mod hardening;
 mod high_performance;
 mod layers;
 mod memory_hotplug;
