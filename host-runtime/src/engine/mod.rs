@@ -12,6 +12,7 @@ mod cache;
 mod module;
 mod reload;
 mod runtime;
+mod trial;
 
 pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
 pub use reload::{

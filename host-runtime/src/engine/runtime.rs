@@ -8,11 +8,10 @@ use crate::engine::module::{BreakerConfig, CallLimits, Instance, LoadedModule};
 use crate::engine::reload::{
     self, DirState, ReloadReport, RuntimeStatus, WatchHandle, WatchOptions,
 };
+use crate::engine::trial;
 use crate::error::{Error, Result};
 use arc_swap::ArcSwap;
-use policy_sdk::wire::abi::{
-    Call, CallResponse, MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION,
-};
+use policy_sdk::wire::abi::{MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION};
 use policy_sdk::wire::codec;
 use policy_sdk::wire::sync::{SyncMessage, SyncResponse};
 use policy_sdk::{Snapshot, UnitDescriptor, UnitKind, UnitSet};
@@ -355,8 +354,11 @@ impl Runtime {
         self.shared.limits
     }
 
-    /// Compiles and validates a module without registering it: header, compilation,
-    /// imports (only the host's own), exports, ABI version, manifest, and a smoke sync.
+    /// Compiles and validates a module without registering it: header, compilation
+    /// (bounded in time), imports (only the host's own), exports, ABI version, manifest, a
+    /// smoke sync, and a trial run of every unit over a generated cluster and a few VM
+    /// shapes under the default limits (a unit that faults, or answers with the wrong kind
+    /// or number of results, is refused).
     /// `file` names the module in errors.
     pub fn load_module(&self, file: &str, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
         if bytes.len() as u64 > MAX_MODULE_BYTES {
@@ -418,7 +420,7 @@ impl Runtime {
             }
             Err(e) => return Err(Error::module(file, format!("smoke sync failed: {e}"))),
         }
-        smoke_calls(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
+        trial::run(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
         Ok(Arc::new(LoadedModule::new_wasm(
             file.to_string(),
             hash,
@@ -575,67 +577,4 @@ impl Runtime {
             self.shared.compile_timeout,
         )
     }
-}
-
-/// Calls every unit once with no candidate hosts, under the default limits: a unit that
-/// traps, loops, blows its memory or output cap, or answers with the wrong kind of result
-/// (a manifest that lies about its units) is refused before it is published. A unit that
-/// reports an error cleanly is accepted: it may need a real VM or snapshot.
-fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Result<(), String> {
-    let vm = policy_sdk::Vm {
-        id: "wasmsched-smoke-test".into(),
-        ..Default::default()
-    };
-    for (index, unit) in manifest.units.iter().enumerate() {
-        let params: Vec<(String, policy_sdk::ParamValue)> = unit
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.default.clone()))
-            .collect();
-        let call = Call {
-            unit: index as u32,
-            epoch: 0,
-            params: &params,
-            vm: (unit.kind != UnitKind::Balance).then_some(&vm),
-            candidates: &[],
-        };
-        let expected = match unit.kind {
-            UnitKind::Filter => "verdicts",
-            UnitKind::Weight => "penalties",
-            UnitKind::Balance => "balance actions",
-        };
-        let fail = |why: String| format!("smoke call of {} unit {:?}: {why}", unit.kind, unit.name);
-        match instance.call_raw(&call).map_err(|e| fail(e.to_string()))? {
-            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter && v.is_empty() => {}
-            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight && p.is_empty() => {}
-            CallResponse::SamePenalty(_) if unit.kind == UnitKind::Weight => {}
-            CallResponse::Actions(_) if unit.kind == UnitKind::Balance => {}
-            CallResponse::Failed(message) => {
-                tracing::debug!(
-                    unit = unit.name,
-                    "smoke call answered with an error: {message}"
-                )
-            }
-            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter => {
-                return Err(fail(format!("{} verdicts for 0 candidate hosts", v.len())))
-            }
-            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight => {
-                return Err(fail(format!("{} penalties for 0 candidate hosts", p.len())))
-            }
-            other => {
-                let got = match other {
-                    CallResponse::Verdicts(_) => "verdicts",
-                    CallResponse::Penalties(_) => "penalties",
-                    CallResponse::Actions(_) => "balance actions",
-                    CallResponse::SamePenalty(_) => "one penalty for all",
-                    CallResponse::Failed(_) => "a failure",
-                };
-                return Err(fail(format!(
-                    "the manifest declares a {}, but it answered with {got} (expected {expected})",
-                    unit.kind
-                )));
-            }
-        }
-    }
-    Ok(())
 }

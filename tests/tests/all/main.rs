@@ -12,3 +12,4 @@ mod layers;
 mod memory_hotplug;
 mod pending;
 mod reload;
+mod trial;
