@@ -176,3 +176,93 @@ fn regression_hot_reload_keeps_the_old_version_when_the_new_one_fails_only_on_ho
     }
     rt.stop_watching();
 }
+
+/// A module that passes nothing but takes long to compile: one function with a long chain
+/// of arithmetic over many live locals (register allocation is the slow part).
+fn slow_to_compile(statements: usize) -> Vec<u8> {
+    const LOCALS: usize = 64;
+    let mut text = String::from("(module (memory (export \"memory\") 1) (func $f (result i64)");
+    for i in 0..LOCALS {
+        text.push_str(&format!(" (local $l{i} i64)"));
+    }
+    for i in 0..statements {
+        let (a, b) = (i % LOCALS, (i * 7 + 3) % LOCALS);
+        text.push_str(&format!(
+            " (local.set $l{a} (i64.add (local.get $l{b}) (i64.mul (local.get $l{a}) (i64.const {i}))))"
+        ));
+    }
+    text.push_str(" (local.get $l0)) (export \"f\" (func $f)))");
+    integration_tests::wat(&text)
+}
+
+#[test]
+fn regression_compile_time_is_bounded() {
+    let rt = Runtime::builder()
+        .cache_dir(None)
+        .builtins(false)
+        .compile_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let error = rt
+        .load_module("slow.wasm", &slow_to_compile(200_000))
+        .expect_err("a module slower to compile than the bound is refused")
+        .to_string();
+    assert!(
+        error.contains("slow.wasm") && error.contains("compilation took longer than 50 ms"),
+        "{error}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn regression_slow_compiling_module_does_not_hold_back_other_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.watch(dir.path(), WatchOptions::default()).unwrap();
+    let slow = dir.path().join("slow.wasm");
+    let bytes = slow_to_compile(250_000);
+    let start = Instant::now();
+    install(&slow, &bytes);
+    // The slow module is being compiled...
+    wait_for("the slow module to be picked up", LONG, || {
+        rt.status()
+            .problems
+            .iter()
+            .any(|p| p.file == slow.display().to_string())
+            .then_some(())
+    });
+    // ...when a good one arrives: it is published while the slow one still compiles.
+    install(&dir.path().join("w.wasm"), &weight_guest("", ""));
+    wait_for("the good module", LONG, || rt.unit("w"));
+    let published_after = start.elapsed();
+    let slow_state = rt
+        .status()
+        .problems
+        .into_iter()
+        .find(|p| p.file == slow.display().to_string())
+        .expect("the slow module is still listed");
+    assert!(
+        slow_state.error.is_none(),
+        "the good module waited for the slow one ({published_after:?}): {slow_state:?}"
+    );
+    // The slow one is refused in the end (it is no policy module).
+    let reason = wait_for("the slow module's verdict", LONG, || {
+        rt.status()
+            .problems
+            .into_iter()
+            .find(|p| p.file == slow.display().to_string())
+            .and_then(|p| p.error)
+    });
+    eprintln!(
+        "good module published after {published_after:?}; slow one refused after {:?}: {}",
+        start.elapsed(),
+        reason.reason
+    );
+    assert!(reason.reason.contains("missing export"), "{reason:?}");
+    rt.stop_watching();
+}
