@@ -92,5 +92,11 @@ pub mod status {
     };
 }
 
+/// Entry points for fuzz and property tests: what the host makes of bytes a guest hands
+/// back, without a guest.
+pub mod fuzz {
+    pub use crate::engine::fuzz::{decode_guest_output, GuestOutput};
+}
+
 /// Re-export of the shared model and ABI crate.
 pub use policy_sdk as sdk;

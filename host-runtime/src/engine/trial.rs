@@ -232,7 +232,7 @@ pub(crate) fn run(instance: &mut Instance, manifest: &Manifest) -> Result<(), St
 }
 
 /// Whether a unit's answer has the right kind and shape for `candidates` hosts.
-fn check_response(
+pub(crate) fn check_response(
     kind: UnitKind,
     candidates: usize,
     response: Result<CallResponse, crate::error::UnitFault>,

@@ -6,6 +6,7 @@ mod balance;
 mod builtins;
 mod custom_unit;
 mod faults;
+mod fuzz;
 mod hardening;
 mod high_performance;
 mod layers;
