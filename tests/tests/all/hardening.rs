@@ -57,7 +57,7 @@ fn every_reader(path: &Path, why: &str) {
     refused_quickly(path, why, |p| rt.load_file(p));
     refused_quickly(path, why, Runtime::read_module_file);
     refused_quickly(path, why, Cluster::from_file);
-    refused_quickly(path, why, |p| wasmsched::read_document::<policy_sdk::Vm>(p));
+    refused_quickly(path, why, wasmsched::read_document::<policy_sdk::Vm>);
     refused_quickly(path, why, |p| {
         wasmsched::read_document::<serde_json::Value>(p)
     });

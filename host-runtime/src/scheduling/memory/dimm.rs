@@ -36,7 +36,7 @@ fn node_free_mb(host: &Host, node: u32) -> u64 {
 /// the value when the delta does not fit the VM's hugepage size.
 pub(super) fn plan_dimm(vm: &Vm, host: &Host, delta: u64) -> Result<PlannedDimm> {
     if let Some(size_kb) = vm.hugepage_size_kb.filter(|&s| s > 0) {
-        if delta.saturating_mul(1024) % size_kb != 0 {
+        if !delta.saturating_mul(1024).is_multiple_of(size_kb) {
             return Err(Error::input(
                 format!("VM {:?}", vm.id),
                 None,
