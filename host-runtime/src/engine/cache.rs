@@ -150,18 +150,20 @@ impl Cache {
         let tag = self.tag(compat, hash, &artifact);
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}",
-            std::process::id(),
+            unique_suffix(),
             path.file_name().unwrap().to_string_lossy()
         ));
-        let _ = std::fs::remove_file(&tmp);
-        let mut out = create_private_file(&tmp)?;
-        out.write_all(MAGIC)?;
-        out.write_all(&tag)?;
-        out.write_all(&artifact)?;
-        out.sync_all()?;
-        drop(out);
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        let written = create_private_file(&tmp).and_then(|mut out| {
+            out.write_all(MAGIC)?;
+            out.write_all(&tag)?;
+            out.write_all(&artifact)?;
+            out.sync_all()
+        });
+        let renamed = written.and_then(|()| std::fs::rename(&tmp, &path));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(renamed?)
     }
 }
 
@@ -213,6 +215,14 @@ fn compile_bounded(engine: &Engine, file: &str, bytes: &[u8], timeout: Duration)
             Err(Error::module(file, "the compiler thread panicked"))
         }
     }
+}
+
+/// A name part no other writer uses at the same time: the process id and a counter (two
+/// runtimes of one process may write the same entry at once).
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 fn compatibility(engine: &Engine) -> u64 {
@@ -309,13 +319,15 @@ fn load_or_create_key(path: &Path) -> std::result::Result<[u8; KEY_LEN], String>
     if !path.exists() {
         let mut key = [0u8; KEY_LEN];
         random_bytes(&mut key).map_err(|e| format!("cannot make a key: {e}"))?;
-        let tmp = path.with_file_name(format!(".key-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = path.with_file_name(format!(".key-{}", unique_suffix()));
         let written = create_private_file(&tmp).and_then(|mut f| {
             f.write_all(&key)?;
             f.sync_all()
         });
-        written.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot write {}: {e}", tmp.display()));
+        }
         // A link fails when another process made the key first: then use theirs.
         let linked = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);

@@ -203,9 +203,10 @@ fn regression_compile_time_is_bounded() {
         .compile_timeout(Duration::from_millis(50))
         .build()
         .unwrap();
+    let slow = slow_to_compile(200_000);
     let start = Instant::now();
     let error = rt
-        .load_module("slow.wasm", &slow_to_compile(200_000))
+        .load_module("slow.wasm", &slow)
         .expect_err("a module slower to compile than the bound is refused")
         .to_string();
     assert!(
