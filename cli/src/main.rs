@@ -488,8 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { module } => {
             let runtime = runtime(g, false)?;
-            let bytes = std::fs::read(module)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", module.display()))?;
+            let bytes = wasmsched::Runtime::read_module_file(module)?;
             let loaded = runtime.load_module(&module.display().to_string(), &bytes)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(loaded.manifest())?);

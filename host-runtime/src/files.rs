@@ -3,7 +3,11 @@
 
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
+use std::io::Read;
 use std::path::Path;
+
+/// Largest document (cluster, VM, policy, events) accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: u64 = 512 << 20;
 
 /// Document formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +31,113 @@ impl Format {
 /// Reads and parses a document; the format follows the file extension.
 pub fn read_document<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(&label, format!("cannot read: {e}")))?;
+    let text = read_text(path, MAX_DOCUMENT_BYTES)?;
     parse_document(&text, Format::of(path), &label)
+}
+
+/// Reads a UTF-8 text file of at most `limit` bytes (see [`read_bounded`]).
+pub(crate) fn read_text(path: &Path, limit: u64) -> Result<String> {
+    let label = path.display().to_string();
+    let bytes = read_bounded(path, limit)?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::input(
+            &label,
+            None,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Reads a whole file of at most `limit` bytes. The file's metadata is checked before it is
+/// opened (a regular file no larger than `limit`; a FIFO, a device such as `/dev/zero`, a
+/// directory or a file above the limit is refused at once), it is opened without blocking
+/// and checked again, and at most `limit` bytes are ever read, so a file that grows while
+/// it is read is refused too. Errors name the file.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    read_limited(path, limit).map_err(|why| Error::io(path.display().to_string(), why))
+}
+
+/// [`read_bounded`] with the reason as a plain message (the caller names the file).
+pub(crate) fn read_limited(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    check_regular(&meta, limit)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Swapped for a FIFO between the check and the open: do not wait for a writer.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    check_regular(&meta, limit)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "grew past the limit of {} while being read",
+            show_size(limit)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A regular file no larger than `limit`, or why not.
+fn check_regular(meta: &std::fs::Metadata, limit: u64) -> std::result::Result<(), String> {
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(format!(
+            "not a regular file ({}); refusing to read it",
+            describe_kind(&kind)
+        ));
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "is {} bytes, above the limit of {}",
+            meta.len(),
+            show_size(limit)
+        ));
+    }
+    Ok(())
+}
+
+fn describe_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a file"
+}
+
+fn show_size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Parses a document held in memory; `label` names it in errors.

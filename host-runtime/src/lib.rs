@@ -52,10 +52,10 @@ mod state;
 
 pub use engine::{
     BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder, RuntimeStatus,
-    UnitInfo, WatchMode, WatchOptions,
+    UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result, UnitFault};
-pub use files::{parse_document, read_document, Format};
+pub use files::{parse_document, read_bounded, read_document, Format, MAX_DOCUMENT_BYTES};
 pub use scheduling::{
     BalancePlan, Decision, Detail, FailureMode, MemoryPlan, Migration, MigrationTrigger, Policy,
     PolicyUnit, ScheduleRequest, SelectorKind, StaleUnit, StartOutcome, VmFailed,
@@ -90,6 +90,12 @@ pub mod status {
     pub use crate::engine::{
         BreakerStatus, FileError, FileProblem, ModuleStats, ModuleStatus, WatchStatus,
     };
+}
+
+/// Entry points for fuzz and property tests: what the host makes of bytes a guest hands
+/// back, without a guest.
+pub mod fuzz {
+    pub use crate::engine::fuzz::{decode_guest_output, GuestOutput};
 }
 
 /// Re-export of the shared model and ABI crate.

@@ -89,15 +89,29 @@ pub fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
 }
 
 /// Bytes as a WAT string literal.
-fn wat_bytes(bytes: &[u8]) -> String {
+pub fn wat_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:02x}")).collect()
 }
 
 /// A hand-written guest that passes every load-time check until its `wasmsched_call`
 /// runs: it declares one filter unit `name` (or `kind`), answers the smoke sync, and runs
 /// `call_body` (which must leave an i64 packed result) for every call. `extra` is spliced
-/// into the module (helper functions, globals).
+/// into the module (helper functions, globals). Its memory is 4 pages: the first holds
+/// data (free from 20480 on), the host writes its messages from 65536 on.
 pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra: &str) -> Vec<u8> {
+    wat_guest_with_sync(unit, kind, "", call_body, extra)
+}
+
+/// [`wat_guest`] whose `wasmsched_sync` first runs `sync_prelude` (with the message length
+/// in local 0), e.g. to remember how big the last snapshot was: a guest can then misbehave
+/// only once it was sent a cluster with hosts.
+pub fn wat_guest_with_sync(
+    unit: &str,
+    kind: policy_sdk::UnitKind,
+    sync_prelude: &str,
+    call_body: &str,
+    extra: &str,
+) -> Vec<u8> {
     use policy_sdk::wire::abi::{pack, ABI_VERSION};
     use policy_sdk::wire::codec;
     use policy_sdk::wire::sync::SyncResponse;
@@ -117,14 +131,14 @@ pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra:
     let synced = codec::encode(&SyncResponse::Synced { epoch: 0 }).unwrap();
     wat(&format!(
         r#"(module
-            (memory (export "memory") 1)
+            (memory (export "memory") 4)
             (data (i32.const 4096) "{m}")
             (data (i32.const 8192) "{s}")
             {extra}
             (func (export "wasmsched_abi_version") (result i32) i32.const {ABI_VERSION})
-            (func (export "wasmsched_input") (param i32) (result i32) i32.const 16384)
+            (func (export "wasmsched_input") (param i32) (result i32) i32.const 65536)
             (func (export "wasmsched_manifest") (result i64) i64.const {mp})
-            (func (export "wasmsched_sync") (param i32) (result i64) i64.const {sp})
+            (func (export "wasmsched_sync") (param i32) (result i64) {sync_prelude} i64.const {sp})
             (func (export "wasmsched_call") (param i32) (result i64) {call_body}))"#,
         m = wat_bytes(&manifest),
         s = wat_bytes(&synced),

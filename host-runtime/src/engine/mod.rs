@@ -9,9 +9,11 @@
 pub(crate) mod abi;
 pub(crate) mod builtin;
 mod cache;
+pub(crate) mod fuzz;
 mod module;
 mod reload;
 mod runtime;
+mod trial;
 
 pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
 pub use reload::{
@@ -19,4 +21,4 @@ pub use reload::{
     WatchStatus,
 };
 pub(crate) use runtime::Registry;
-pub use runtime::{Runtime, RuntimeBuilder, UnitHandle, UnitInfo};
+pub use runtime::{Runtime, RuntimeBuilder, UnitHandle, UnitInfo, MAX_MODULE_BYTES};

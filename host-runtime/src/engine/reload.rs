@@ -194,6 +194,16 @@ struct FileState {
     /// Generation of the module set when the content was refused because another module
     /// held one of its unit names: tried again once the set changes.
     conflict_at: Option<u64>,
+    /// A version being validated on its own thread (watcher scans only).
+    loading: Option<Loading>,
+}
+
+/// A version of a file validated on a thread of its own, so that a module slow to compile
+/// holds back neither the watcher nor other files.
+#[derive(Debug)]
+struct Loading {
+    stamp: Stamp,
+    result: mpsc::Receiver<Result<Arc<LoadedModule>>>,
 }
 
 /// What the runtime knows about its policy directory.
@@ -201,6 +211,8 @@ struct FileState {
 pub(crate) struct DirState {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// The watcher's queue: a finished background validation asks it for a scan.
+    wake: Option<mpsc::Sender<Msg>>,
 }
 
 /// A running watcher; dropping it stops the thread at its next wake-up.
@@ -227,6 +239,8 @@ impl Drop for WatchHandle {
 
 enum Msg {
     Event(notify::Result<notify::Event>),
+    /// A background validation finished: scan now to publish (or report) it.
+    Validated,
     Stop,
 }
 
@@ -253,7 +267,7 @@ struct ScanOutcome {
 /// See [`Runtime::sync_dir`].
 pub(super) fn sync_dir(runtime: &Runtime, dir: &Path) -> Result<ReloadReport> {
     bind_dir(runtime, dir)?;
-    Ok(scan(runtime, true, Duration::ZERO, &HashSet::new())?.report)
+    Ok(scan(runtime, true, Duration::ZERO, &HashSet::new(), false)?.report)
 }
 
 /// See [`Runtime::watch`].
@@ -292,7 +306,10 @@ pub(super) fn watch(
     watcher
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .map_err(watch_err)?;
-    let first = scan(runtime, false, options.settle, &HashSet::new())?;
+    let first = scan(runtime, false, options.settle, &HashSet::new(), false)?;
+    if let Some(state) = runtime.state.dir.lock().unwrap().as_mut() {
+        state.wake = Some(tx.clone());
+    }
     let info = Arc::new(Mutex::new(WatchStatus {
         dir: dir.display().to_string(),
         mode: options.mode,
@@ -367,7 +384,7 @@ pub(super) fn status(runtime: &Runtime) -> RuntimeStatus {
         .map(|d| {
             d.files
                 .iter()
-                .filter(|(_, s)| s.error.is_some() || s.pending.is_some())
+                .filter(|(_, s)| s.error.is_some() || s.pending.is_some() || s.loading.is_some())
                 .map(|(p, s)| FileProblem {
                     file: p.display().to_string(),
                     serving_hash: s.serving.as_ref().map(|m| m.hash().to_string()),
@@ -411,6 +428,7 @@ fn bind_dir(runtime: &Runtime, dir: &Path) -> Result<()> {
             *state = Some(DirState {
                 dir: dir.to_path_buf(),
                 files: BTreeMap::new(),
+                wake: None,
             });
             Ok(())
         }
@@ -418,12 +436,16 @@ fn bind_dir(runtime: &Runtime, dir: &Path) -> Result<()> {
 }
 
 /// One scan of the bound directory. `force` reads changed files even if they have not
-/// settled; `renamed` are files known to have been renamed into place (complete).
+/// settled; `renamed` are files known to have been renamed into place (complete). With
+/// `background`, each changed file is validated on a thread of its own and published by
+/// a later scan (the watcher's: the thread asks for one when it is done); otherwise the
+/// scan validates every file before it returns.
 fn scan(
     runtime: &Runtime,
     force: bool,
     settle: Duration,
     renamed: &HashSet<PathBuf>,
+    background: bool,
 ) -> Result<ScanOutcome> {
     let mut guard = runtime.state.dir.lock().unwrap();
     let state = guard.as_mut().expect("scan of a bound directory");
@@ -456,6 +478,25 @@ fn scan(
             continue; // gone between listing and stat: the next scan sees it
         };
         let entry = state.files.entry(path.clone()).or_default();
+        if let Some(loading) = entry.loading.take() {
+            if loading.stamp == stamp {
+                match loading.result.try_recv() {
+                    Ok(Ok(module)) => fresh.push((path.clone(), module, stamp)),
+                    Ok(Err(e)) => rejected.push((path.clone(), stamp, e)),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        entry.loading = Some(loading);
+                        report.pending.push(file);
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => rejected.push((
+                        path.clone(),
+                        stamp,
+                        Error::module(&file, "validation stopped (its thread panicked)"),
+                    )),
+                }
+                continue;
+            }
+            // Changed again while being validated: that result is dropped.
+        }
         let retry = entry.conflict_at.is_some_and(|g| g != generation);
         if entry.processed == Some(stamp) && !retry {
             entry.pending = None;
@@ -478,14 +519,10 @@ fn scan(
                 continue;
             }
         }
-        let bytes = match std::fs::read(path) {
+        let bytes = match Runtime::read_module_file(path) {
             Ok(b) => b,
             Err(e) => {
-                rejected.push((
-                    path.clone(),
-                    stamp,
-                    Error::module(&file, format!("cannot read: {e}")),
-                ));
+                rejected.push((path.clone(), stamp, e));
                 continue;
             }
         };
@@ -505,6 +542,32 @@ fn scan(
                 entry.error = None;
                 continue;
             }
+        }
+        if background {
+            let (tx, rx) = mpsc::channel();
+            let worker = runtime.clone();
+            let wake = state.wake.clone();
+            let name = file.clone();
+            let spawned = std::thread::Builder::new()
+                .name("wasmsched-validate".into())
+                .spawn(move || {
+                    let _ = tx.send(worker.load_module(&name, &bytes));
+                    if let Some(wake) = wake {
+                        let _ = wake.send(Msg::Validated);
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    entry.loading = Some(Loading { stamp, result: rx });
+                    report.pending.push(file);
+                }
+                Err(e) => rejected.push((
+                    path.clone(),
+                    stamp,
+                    Error::module(&file, format!("cannot start a validation thread: {e}")),
+                )),
+            }
+            continue;
         }
         match runtime.load_module(&file, &bytes) {
             Ok(module) => fresh.push((path.clone(), module, stamp)),
@@ -602,6 +665,7 @@ fn scan(
         );
         entry.processed = Some(stamp);
         entry.pending = None;
+        entry.loading = None;
         entry.conflict_at = conflict.then_some(generation);
         entry.error = Some(FileError {
             file: path.display().to_string(),
@@ -652,6 +716,9 @@ fn watch_loop(
             .unwrap_or(options.rescan_interval);
         match rx.recv_timeout(timeout) {
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Msg::Validated) => {
+                debounced = Some(Instant::now());
+            }
             Ok(Msg::Event(Ok(event))) => {
                 let relevant = event.paths.is_empty()
                     || event.need_rescan()
@@ -680,7 +747,7 @@ fn watch_loop(
                 burst_start = None;
                 debounced = None;
                 let hints = std::mem::take(&mut renamed);
-                match scan(&runtime, false, options.settle, &hints) {
+                match scan(&runtime, false, options.settle, &hints, true) {
                     Ok(outcome) => {
                         recheck = outcome.recheck_in.map(|d| Instant::now() + d);
                     }

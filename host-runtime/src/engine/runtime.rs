@@ -8,11 +8,10 @@ use crate::engine::module::{BreakerConfig, CallLimits, Instance, LoadedModule};
 use crate::engine::reload::{
     self, DirState, ReloadReport, RuntimeStatus, WatchHandle, WatchOptions,
 };
+use crate::engine::trial;
 use crate::error::{Error, Result};
 use arc_swap::ArcSwap;
-use policy_sdk::wire::abi::{
-    Call, CallResponse, MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION,
-};
+use policy_sdk::wire::abi::{MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION};
 use policy_sdk::wire::codec;
 use policy_sdk::wire::sync::{SyncMessage, SyncResponse};
 use policy_sdk::{Snapshot, UnitDescriptor, UnitKind, UnitSet};
@@ -23,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::{Engine, Linker, Module};
 
-/// Largest module file accepted.
-const MAX_MODULE_BYTES: usize = 64 << 20;
+/// Largest module file accepted, in bytes.
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
 
 /// Builder for a [`Runtime`].
 #[derive(Debug, Clone)]
@@ -34,6 +33,7 @@ pub struct RuntimeBuilder {
     builtins: bool,
     policy_dirs: Vec<PathBuf>,
     breaker: BreakerConfig,
+    compile_timeout: Duration,
 }
 
 impl Default for RuntimeBuilder {
@@ -48,6 +48,7 @@ impl Default for RuntimeBuilder {
             builtins: true,
             policy_dirs: Vec::new(),
             breaker: BreakerConfig::default(),
+            compile_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -79,8 +80,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Longest a module may take to compile (default 30 s); a slower one is refused.
+    pub fn compile_timeout(mut self, timeout: Duration) -> Self {
+        self.compile_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Where compiled modules are cached (`None` disables the cache). Defaults to the
-    /// user's cache directory. Only files this runtime wrote there are ever loaded.
+    /// user's cache directory. Only entries carrying a valid tag under this user's secret
+    /// key (`key` in the directory, mode 0600) are ever loaded; a directory that others
+    /// can write is not used (with a warning).
     pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.cache_dir = dir;
         self
@@ -119,7 +128,8 @@ impl RuntimeBuilder {
                 engine,
                 linker,
                 limits: self.limits,
-                cache_dir: self.cache_dir,
+                cache: self.cache_dir.as_deref().and_then(cache::Cache::open),
+                compile_timeout: self.compile_timeout,
                 stop_ticker: stop,
                 breaker: self.breaker,
             }),
@@ -151,7 +161,8 @@ pub(crate) struct EngineShared {
     pub engine: Engine,
     pub linker: Linker<StoreData>,
     pub limits: CallLimits,
-    cache_dir: Option<PathBuf>,
+    cache: Option<cache::Cache>,
+    compile_timeout: Duration,
     stop_ticker: Arc<AtomicBool>,
     pub breaker: BreakerConfig,
 }
@@ -343,11 +354,14 @@ impl Runtime {
         self.shared.limits
     }
 
-    /// Compiles and validates a module without registering it: header, compilation,
-    /// imports (only the host's own), exports, ABI version, manifest, and a smoke sync.
+    /// Compiles and validates a module without registering it: header, compilation
+    /// (bounded in time), imports (only the host's own), exports, ABI version, manifest, a
+    /// smoke sync, and a trial run of every unit over a generated cluster and a few VM
+    /// shapes under the default limits (a unit that faults, or answers with the wrong kind
+    /// or number of results, is refused).
     /// `file` names the module in errors.
     pub fn load_module(&self, file: &str, bytes: &[u8]) -> Result<Arc<LoadedModule>> {
-        if bytes.len() > MAX_MODULE_BYTES {
+        if bytes.len() as u64 > MAX_MODULE_BYTES {
             return Err(Error::module(
                 file,
                 format!("larger than {MAX_MODULE_BYTES} bytes"),
@@ -406,7 +420,7 @@ impl Runtime {
             }
             Err(e) => return Err(Error::module(file, format!("smoke sync failed: {e}"))),
         }
-        smoke_calls(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
+        trial::run(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
         Ok(Arc::new(LoadedModule::new_wasm(
             file.to_string(),
             hash,
@@ -420,11 +434,18 @@ impl Runtime {
     /// Reads, loads and registers a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
         let file = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::module(&file, format!("cannot read: {e}")))?;
+        let bytes = Self::read_module_file(path)?;
         let module = self.load_module(&file, &bytes)?;
         self.add_module(module.clone())?;
         Ok(module)
+    }
+
+    /// Reads a module file: a regular file of at most [`MAX_MODULE_BYTES`], checked by
+    /// its metadata before it is opened and read with a bounded reader (a FIFO, a device or
+    /// a huge sparse file is refused at once, naming the file).
+    pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
+        crate::files::read_limited(path, MAX_MODULE_BYTES)
+            .map_err(|why| Error::module(path.display().to_string(), why))
     }
 
     /// Loads every `.wasm` file of a directory once (sorted by name), without watching it.
@@ -549,73 +570,11 @@ impl Runtime {
     fn compile(&self, file: &str, hash: &str, bytes: &[u8]) -> Result<Module> {
         cache::compile(
             &self.shared.engine,
-            self.shared.cache_dir.as_deref(),
+            self.shared.cache.as_ref(),
             file,
             hash,
             bytes,
+            self.shared.compile_timeout,
         )
     }
-}
-
-/// Calls every unit once with no candidate hosts, under the default limits: a unit that
-/// traps, loops, blows its memory or output cap, or answers with the wrong kind of result
-/// (a manifest that lies about its units) is refused before it is published. A unit that
-/// reports an error cleanly is accepted: it may need a real VM or snapshot.
-fn smoke_calls(instance: &mut Instance, manifest: &policy_sdk::Manifest) -> Result<(), String> {
-    let vm = policy_sdk::Vm {
-        id: "wasmsched-smoke-test".into(),
-        ..Default::default()
-    };
-    for (index, unit) in manifest.units.iter().enumerate() {
-        let params: Vec<(String, policy_sdk::ParamValue)> = unit
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.default.clone()))
-            .collect();
-        let call = Call {
-            unit: index as u32,
-            epoch: 0,
-            params: &params,
-            vm: (unit.kind != UnitKind::Balance).then_some(&vm),
-            candidates: &[],
-        };
-        let expected = match unit.kind {
-            UnitKind::Filter => "verdicts",
-            UnitKind::Weight => "penalties",
-            UnitKind::Balance => "balance actions",
-        };
-        let fail = |why: String| format!("smoke call of {} unit {:?}: {why}", unit.kind, unit.name);
-        match instance.call_raw(&call).map_err(|e| fail(e.to_string()))? {
-            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter && v.is_empty() => {}
-            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight && p.is_empty() => {}
-            CallResponse::SamePenalty(_) if unit.kind == UnitKind::Weight => {}
-            CallResponse::Actions(_) if unit.kind == UnitKind::Balance => {}
-            CallResponse::Failed(message) => {
-                tracing::debug!(
-                    unit = unit.name,
-                    "smoke call answered with an error: {message}"
-                )
-            }
-            CallResponse::Verdicts(v) if unit.kind == UnitKind::Filter => {
-                return Err(fail(format!("{} verdicts for 0 candidate hosts", v.len())))
-            }
-            CallResponse::Penalties(p) if unit.kind == UnitKind::Weight => {
-                return Err(fail(format!("{} penalties for 0 candidate hosts", p.len())))
-            }
-            other => {
-                let got = match other {
-                    CallResponse::Verdicts(_) => "verdicts",
-                    CallResponse::Penalties(_) => "penalties",
-                    CallResponse::Actions(_) => "balance actions",
-                    CallResponse::SamePenalty(_) => "one penalty for all",
-                    CallResponse::Failed(_) => "a failure",
-                };
-                return Err(fail(format!(
-                    "the manifest declares a {}, but it answered with {got} (expected {expected})",
-                    unit.kind
-                )));
-            }
-        }
-    }
-    Ok(())
 }

@@ -424,8 +424,7 @@ impl Policy {
     /// Reads a policy file (TOML by extension, JSON otherwise).
     pub fn from_file(runtime: &Runtime, path: &Path) -> Result<Self> {
         let label = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(&label, format!("cannot read: {e}")))?;
+        let text = files::read_text(path, files::MAX_DOCUMENT_BYTES)?;
         Self::parse(runtime, &text, Format::of(path), &label)
     }
 

@@ -403,12 +403,12 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
         (
             "infinite-loop",
             wat_guest("spin", filter, LOOP, ""),
-            "smoke call of filter unit \"spin\": deadline of 300 ms exceeded",
+            "trial call of filter unit \"spin\" (VM \"small\" and no candidate hosts): deadline of 300 ms exceeded",
         ),
         (
             "memory-bomb",
             wat_guest("bomb", filter, "call $grow i64.const 0", bomb_fn),
-            "smoke call of filter unit \"bomb\": memory cap of 64 MiB exceeded",
+            "trial call of filter unit \"bomb\" (VM \"small\" and no candidate hosts): memory cap of 64 MiB exceeded",
         ),
         (
             "deep-recursion",
@@ -418,7 +418,7 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
                 "(drop (call $deep (i32.const 0))) i64.const 0",
                 recurse_fn,
             ),
-            "smoke call of filter unit \"deep\": trap: wasm trap: call stack exhausted",
+            "trial call of filter unit \"deep\" (VM \"small\" and no candidate hosts): trap: wasm trap: call stack exhausted",
         ),
         (
             "trap-everywhere",
