@@ -317,6 +317,19 @@ impl GuestFns {
 }
 
 /// Turns a wasmtime error from a guest call into a fault.
+/// An engine error as one line: its causes joined, without the wasm backtrace wasmtime
+/// appends (a deep recursion's backtrace is dozens of lines, and a fault ends up in a status
+/// line).
+pub(crate) fn one_line(error: &wasmtime::Error) -> String {
+    let text = format!("{error:#}");
+    let cut = text.find("\nwasm backtrace:").unwrap_or(text.len());
+    text[..cut]
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn classify(store: &mut Store<StoreData>, error: wasmtime::Error) -> UnitFault {
     let data = store.data_mut();
     if data.limiter.hit {
@@ -332,7 +345,7 @@ fn classify(store: &mut Store<StoreData>, error: wasmtime::Error) -> UnitFault {
     }
     let trap = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{error:#}"),
+        None => one_line(&error),
     };
     match data.last_error.take() {
         Some(message) => UnitFault::Trap(format!("{trap} ({message})")),

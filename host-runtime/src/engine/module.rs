@@ -219,8 +219,16 @@ impl Instance {
                 UnitFault::MemoryCap {
                     mb: limits.memory_limit_mb,
                 }
+            } else if matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::Interrupt)
+            ) {
+                // A start function that loops: the deadline, like any call that does.
+                UnitFault::Deadline {
+                    ms: limits.deadline_ms,
+                }
             } else {
-                UnitFault::Trap(format!("instantiation failed: {e:#}"))
+                UnitFault::Trap(format!("instantiation failed: {}", abi::one_line(&e)))
             }
         })?;
         let fns = GuestFns::new(&mut store, &instance)

@@ -211,6 +211,10 @@ struct Loading {
 pub(crate) struct DirState {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Entries that look like modules but cannot be one (a directory or FIFO named
+    /// `x.wasm`, a dangling or looping link, a name that is not UTF-8, `X.WASM`), with the
+    /// reason, as of the last scan: shown in status instead of skipped without a word.
+    skipped: Vec<FileError>,
     /// The watcher's queue: a finished background validation asks it for a scan.
     wake: Option<mpsc::Sender<Msg>>,
 }
@@ -256,6 +260,50 @@ fn is_module_file(path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| !n.starts_with('.'))
+}
+
+/// A path as logs and status show it: control characters escaped, so a file name cannot
+/// forge a log line or a terminal escape.
+pub(crate) fn shown_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if text.chars().any(char::is_control) {
+        text.chars().flat_map(char::escape_default).collect()
+    } else {
+        text.into_owned()
+    }
+}
+
+/// Why an entry of the policy directory that looks like a module is not read as one, or
+/// `None` for a module file (or an entry that does not look like one: hidden files, other
+/// extensions).
+fn skip_reason(path: &Path) -> Option<String> {
+    let name = path.file_name()?;
+    let Some(name) = name.to_str() else {
+        let lossy = name.to_string_lossy();
+        return lossy
+            .to_ascii_lowercase()
+            .ends_with(".wasm")
+            .then(|| "the file name is not UTF-8; rename it".to_string());
+    };
+    if name.starts_with('.') {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    if !lower.ends_with(".wasm") {
+        return None;
+    }
+    if !name.ends_with(".wasm") {
+        return Some("only files ending in `.wasm` (lower case) are modules".into());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) if meta.is_dir() => Some("a directory, not a module file".into()),
+        Ok(_) => Some("not a regular file (a FIFO, socket or device)".into()),
+        Err(e) if std::fs::symlink_metadata(path).is_ok() => {
+            Some(format!("a link that leads nowhere usable: {e}"))
+        }
+        Err(e) => Some(format!("cannot be read: {e}")),
+    }
 }
 
 /// Result of one scan: the report and when to look again for files still settling.
@@ -361,7 +409,7 @@ pub(super) fn status(runtime: &Runtime) -> RuntimeStatus {
         let dir = dir.as_ref()?;
         dir.files
             .iter()
-            .find(|(p, _)| p.display().to_string() == file)
+            .find(|(p, _)| shown_path(p) == file)
             .and_then(|(_, s)| s.error.clone())
     };
     let modules = registry
@@ -386,10 +434,15 @@ pub(super) fn status(runtime: &Runtime) -> RuntimeStatus {
                 .iter()
                 .filter(|(_, s)| s.error.is_some() || s.pending.is_some() || s.loading.is_some())
                 .map(|(p, s)| FileProblem {
-                    file: p.display().to_string(),
+                    file: shown_path(p),
                     serving_hash: s.serving.as_ref().map(|m| m.hash().to_string()),
                     error: s.error.clone(),
                 })
+                .chain(d.skipped.iter().map(|skipped| FileProblem {
+                    file: skipped.file.clone(),
+                    serving_hash: None,
+                    error: Some(skipped.clone()),
+                }))
                 .collect()
         })
         .unwrap_or_default();
@@ -428,6 +481,7 @@ fn bind_dir(runtime: &Runtime, dir: &Path) -> Result<()> {
             *state = Some(DirState {
                 dir: dir.to_path_buf(),
                 files: BTreeMap::new(),
+                skipped: Vec::new(),
                 wake: None,
             });
             Ok(())
@@ -456,11 +510,29 @@ fn scan(
             format!("cannot read directory: {e}"),
         )
     })?;
-    let mut present: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_module_file(p) && p.is_file())
-        .collect();
+    let listed: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut skipped = Vec::new();
+    let mut present: Vec<PathBuf> = Vec::new();
+    for path in listed {
+        match skip_reason(&path) {
+            Some(reason) => skipped.push(FileError {
+                file: shown_path(&path),
+                reason,
+                at_unix_ms: unix_ms(SystemTime::now()),
+            }),
+            None if is_module_file(&path) => present.push(path),
+            None => {}
+        }
+    }
     present.sort();
+    skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    for new in skipped
+        .iter()
+        .filter(|s| !state.skipped.iter().any(|old| old.file == s.file))
+    {
+        tracing::warn!(target: "wasmsched::reload", file = new.file, "skipped: {}", new.reason);
+    }
+    state.skipped = skipped;
     let now = Instant::now();
     let mut report = ReloadReport::default();
     let mut recheck_in: Option<Duration> = None;
@@ -473,7 +545,7 @@ fn scan(
     let mut rejected: Vec<(PathBuf, Stamp, Error)> = Vec::new();
     let mut conflicts: Vec<(PathBuf, Stamp, Error)> = Vec::new();
     for path in &present {
-        let file = path.display().to_string();
+        let file = shown_path(path);
         let Ok(stamp) = Stamp::of(path) else {
             continue; // gone between listing and stat: the next scan sees it
         };
@@ -536,10 +608,18 @@ fn scan(
         if let Some(serving) = &entry.serving {
             let hash = crate::engine::cache::sha256_hex(&bytes);
             if serving.hash() == hash {
-                // Touched, same content.
+                // Touched, same content; or a broken version fixed by putting the serving
+                // one back: say so, the rejection no longer stands.
+                if entry.error.take().is_some() {
+                    tracing::info!(
+                        target: "wasmsched::reload",
+                        file = shown_path(path),
+                        hash = &hash[..12],
+                        "file fixed: it holds the serving version again"
+                    );
+                }
                 entry.processed = Some(stamp);
                 entry.pending = None;
-                entry.error = None;
                 continue;
             }
         }
@@ -585,7 +665,7 @@ fn scan(
     // for the new file), then each new version if its unit names are free.
     let mut published: Vec<(PathBuf, Arc<LoadedModule>, Stamp)> = Vec::new();
     if !gone.is_empty() || !fresh.is_empty() {
-        let gone_files: Vec<String> = gone.iter().map(|p| p.display().to_string()).collect();
+        let gone_files: Vec<String> = gone.iter().map(|p| shown_path(p)).collect();
         let result = runtime.update(|registry| {
             for file in &gone_files {
                 registry.remove(file);
@@ -607,7 +687,7 @@ fn scan(
     }
     let generation = runtime.generation();
     for path in gone {
-        let file = path.display().to_string();
+        let file = shown_path(&path);
         if let Some(old) = state.files.remove(&path) {
             if old.serving.is_some() {
                 tracing::info!(target: "wasmsched::reload", file, "module removed; its units are gone (policies using them keep their last good version)");
@@ -616,7 +696,7 @@ fn scan(
         }
     }
     for (path, module, stamp) in published {
-        let file = path.display().to_string();
+        let file = shown_path(&path);
         let entry = state.files.entry(path).or_default();
         let m = module.manifest();
         let units: Vec<&str> = m.units.iter().map(|u| u.name.as_str()).collect();
@@ -668,7 +748,7 @@ fn scan(
         entry.loading = None;
         entry.conflict_at = conflict.then_some(generation);
         entry.error = Some(FileError {
-            file: path.display().to_string(),
+            file: shown_path(&path),
             reason,
             at_unix_ms: unix_ms(SystemTime::now()),
         });

@@ -433,7 +433,7 @@ impl Runtime {
 
     /// Reads, loads and registers a module file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
-        let file = path.display().to_string();
+        let file = crate::engine::reload::shown_path(path);
         let bytes = Self::read_module_file(path)?;
         let module = self.load_module(&file, &bytes)?;
         self.add_module(module.clone())?;
@@ -445,7 +445,7 @@ impl Runtime {
     /// a huge sparse file is refused at once, naming the file).
     pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
         crate::files::read_limited(path, MAX_MODULE_BYTES)
-            .map_err(|why| Error::module(path.display().to_string(), why))
+            .map_err(|why| Error::module(crate::engine::reload::shown_path(path), why))
     }
 
     /// Loads every `.wasm` file of a directory once (sorted by name), without watching it.

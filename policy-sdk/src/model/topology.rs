@@ -65,26 +65,51 @@ impl fmt::Display for PinningError {
 
 impl std::error::Error for PinningError {}
 
+/// Most entries a pinning string may have: one per vCPU, and a VM has at most 4096.
+pub const MAX_PINNING_ENTRIES: usize = 4096;
+
+/// Most pCPU ids a pinning string may name in all (ranges expanded): a range of 16,384
+/// pCPUs for each of 64 vCPUs, or 256 for each of 4096. Bounds the memory a hostile string
+/// can make the parser take.
+pub const MAX_PINNED_PCPUS: usize = 1 << 20;
+
+/// The string as an error shows it: the first 64 characters of a long one.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_string(),
+    }
+}
+
 impl CpuPinning {
-    /// Parses a pinning string (see the type's documentation for the grammar).
+    /// Parses a pinning string (see the type's documentation for the grammar). Bounded: at
+    /// most [`MAX_PINNING_ENTRIES`] entries and [`MAX_PINNED_PCPUS`] pCPU ids in all.
     pub fn parse(text: &str) -> Result<Self, PinningError> {
         let fail = |message: String| PinningError {
-            text: text.to_string(),
+            text: shown(text),
             message,
         };
         let mut entries: Vec<PinnedVcpu> = Vec::new();
         if text.trim().is_empty() {
             return Ok(Self { entries });
         }
+        let mut vcpus = BTreeSet::new();
+        let mut named = 0usize;
         for (position, entry) in text.split('_').enumerate() {
             let n = position + 1;
+            if n > MAX_PINNING_ENTRIES {
+                return Err(fail(format!(
+                    "more than {MAX_PINNING_ENTRIES} entries (one per vCPU)"
+                )));
+            }
             let Some((vcpu, spec)) = entry.split_once('#') else {
                 return Err(fail(format!(
-                    "entry {n} `{entry}` has no `#` (expected `vcpu#pcpus`)"
+                    "entry {n} `{}` has no `#` (expected `vcpu#pcpus`)",
+                    shown(entry)
                 )));
             };
             let vcpu = number(vcpu).map_err(|m| fail(format!("entry {n}: vCPU {m}")))?;
-            if entries.iter().any(|e| e.vcpu == vcpu) {
+            if !vcpus.insert(vcpu) {
                 return Err(fail(format!("entry {n}: vCPU {vcpu} is pinned twice")));
             }
             let mut included = BTreeSet::new();
@@ -104,6 +129,13 @@ impl CpuPinning {
                     if a >= b {
                         return Err(fail(format!(
                             "entry {n}: range `{item}` must go upwards (a-b with a < b)"
+                        )));
+                    }
+                    named = named.saturating_add((b - a + 1) as usize);
+                    if named > MAX_PINNED_PCPUS {
+                        return Err(fail(format!(
+                            "entry {n}: the pinning names more than {MAX_PINNED_PCPUS} pCPUs \
+                             in all"
                         )));
                     }
                     included.extend(a..=b);
@@ -1471,4 +1503,30 @@ mod tests {
     }
 
     use crate::MigrationMode;
+
+    /// Regression (found by the fuzz targets: `N#0-16383` entries expand to 16,384 pCPUs
+    /// each, a 10 KB string took gigabytes, and duplicate vCPUs were searched for
+    /// quadratically): the parser stops at its bounds with an error naming the bound, and an
+    /// error shows a long string cut.
+    #[test]
+    fn regression_hostile_pinning_strings_are_refused_within_bounds() {
+        let wide: Vec<String> = (0..1_000).map(|v| format!("{v}#0-16383")).collect();
+        let err = CpuPinning::parse(&wide.join("_")).unwrap_err();
+        assert!(
+            err.message.contains("more than 1048576 pCPUs in all"),
+            "{err}"
+        );
+        assert!(
+            err.text.ends_with("bytes)") && err.text.len() < 120,
+            "{}",
+            err.text
+        );
+        let many: Vec<String> = (0..5_000).map(|v| format!("{v}#1")).collect();
+        let err = CpuPinning::parse(&many.join("_")).unwrap_err();
+        assert!(err.message.contains("more than 4096 entries"), "{err}");
+        // Right at the bounds it parses.
+        let most: Vec<String> = (0..4_096).map(|v| format!("{v}#0-255")).collect();
+        let pinning = CpuPinning::parse(&most.join("_")).unwrap();
+        assert_eq!(pinning.pcpus_of(4_095).map(<[u32]>::len), Some(256));
+    }
 }

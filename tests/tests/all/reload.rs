@@ -651,3 +651,107 @@ fn regression_policy_copies_never_run_each_others_settings_after_a_reload() {
         rt.remove_module(&file.display().to_string());
     }
 }
+
+/// Regression (files skipped without a word, and file names printed raw): entries of the
+/// policy directory that look like modules but cannot be read as one are listed in status
+/// with the reason, and a control character in a file name is escaped wherever the name is
+/// shown.
+#[test]
+fn regression_skipped_entries_are_in_status_with_the_reason_and_names_are_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("folder.wasm")).unwrap();
+    std::os::unix::fs::symlink(d.join("missing"), d.join("dangling.wasm")).unwrap();
+    std::os::unix::fs::symlink(d.join("loop.wasm"), d.join("loop.wasm")).unwrap();
+    std::fs::write(d.join("UPPER.WASM"), good_wasm()).unwrap();
+    std::fs::write(
+        d.join(std::ffi::OsStr::from_bytes(b"bad-\xff.wasm")),
+        good_wasm(),
+    )
+    .unwrap();
+    let fifo = d.join("pipe.wasm");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    std::fs::write(d.join("forged\nline.wasm"), b"not wasm").unwrap();
+    let rt = Runtime::builder().cache_dir(None).build().unwrap();
+    rt.sync_dir(d).unwrap();
+    let status = rt.status();
+    let reason = |name: &str| {
+        status
+            .problems
+            .iter()
+            .find(|p| p.file.ends_with(name))
+            .and_then(|p| p.error.as_ref())
+            .map(|e| e.reason.clone())
+            .unwrap_or_else(|| panic!("{name} not in status: {:?}", status.problems))
+    };
+    assert!(reason("folder.wasm").contains("a directory"));
+    assert!(reason("dangling.wasm").contains("a link that leads nowhere"));
+    assert!(reason("loop.wasm").contains("a link that leads nowhere"));
+    assert!(reason("UPPER.WASM").contains("lower case"));
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.file.starts_with(&d.display().to_string())
+                && p.error
+                    .as_ref()
+                    .is_some_and(|e| e.reason.contains("not UTF-8"))),
+        "{:?}",
+        status.problems
+    );
+    if made.is_ok_and(|s| s.success()) {
+        assert!(reason("pipe.wasm").contains("not a regular file"));
+    }
+    // The broken module with a newline in its name: rejected, its name escaped.
+    let forged = status
+        .problems
+        .iter()
+        .find(|p| p.file.contains("forged"))
+        .expect("the broken module is a problem");
+    assert!(
+        forged.file.ends_with("forged\\nline.wasm"),
+        "{}",
+        forged.file
+    );
+    assert!(!forged.file.contains('\n'));
+    let error = forged.error.as_ref().unwrap();
+    assert!(!error.file.contains('\n'), "{error:?}");
+    // Only the builtins serve; nothing of the directory was loaded.
+    assert!(status
+        .modules
+        .iter()
+        .all(|m| m.file.starts_with("builtin:")));
+}
+
+/// Regression (a start function that loops was reported as "wasm trap: interrupt", and a
+/// deep recursion's 20-line backtrace landed in the status line): the first is the deadline,
+/// the second one line.
+#[test]
+fn regression_start_loops_are_deadlines_and_traps_are_one_line() {
+    let looping_start = wat_guest(
+        "spin-at-start",
+        UnitKind::Filter,
+        "i64.const 0",
+        "(func $spin (loop $l (br $l))) (start $spin)",
+    );
+    let rt = runtime();
+    let err = rt
+        .load_module("spin.wasm", &looping_start)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deadline of"), "{err}");
+    assert!(!err.contains("interrupt"), "{err}");
+    let recursing = wat_guest(
+        "deep",
+        UnitKind::Filter,
+        "call $down i64.const 0",
+        "(func $down (call $down))",
+    );
+    let err = rt
+        .load_module("deep.wasm", &recursing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stack"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+}
