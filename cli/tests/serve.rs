@@ -54,7 +54,10 @@ impl Server {
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string());
         let (status, text) = http(&self.addr, method, path, body.as_deref(), None);
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
@@ -132,7 +135,11 @@ fn http_raw(
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     (status, body)
 }
 
@@ -179,7 +186,11 @@ fn vm(id: &str, mb: u64) -> Value {
 fn pending_hosts(server: &Server, cluster: &str, vms: &[String]) -> Vec<Option<String>> {
     vms.iter()
         .map(|v| {
-            let p = server.ok("GET", &format!("/v1/clusters/{cluster}/pending/vms/{v}"), None);
+            let p = server.ok(
+                "GET",
+                &format!("/v1/clusters/{cluster}/pending/vms/{v}"),
+                None,
+            );
             p["placement"]["host"].as_str().map(str::to_string)
         })
         .collect()
@@ -193,7 +204,10 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
     assert_eq!(server.ok("GET", "/readyz", None)["ready"], true);
 
     let put = server.ok("PUT", "/v1/clusters/c1", Some(&cluster(2, 2, 4096)));
-    assert_eq!((put["created"].clone(), put["hosts"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (put["created"].clone(), put["hosts"].clone()),
+        (json!(true), json!(2))
+    );
 
     let d = server.ok(
         "POST",
@@ -201,13 +215,30 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
         Some(&json!({"vm": vm("a", 4096)})),
     );
     let host = d["host"].as_str().expect("a host").to_string();
-    assert!(d["summary"].as_str().unwrap().contains("2/2 hosts available"), "{d}");
-    let pending = server.ok("GET", &format!("/v1/clusters/c1/pending/hosts/{host}"), None);
-    assert!(!pending["records"].as_array().unwrap().is_empty(), "{pending}");
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap()
+            .contains("2/2 hosts available"),
+        "{d}"
+    );
+    let pending = server.ok(
+        "GET",
+        &format!("/v1/clusters/c1/pending/hosts/{host}"),
+        None,
+    );
+    assert!(
+        !pending["records"].as_array().unwrap().is_empty(),
+        "{pending}"
+    );
 
     // Fill the cluster: 4 VMs fit in all, the fifth gets `host: null` with the reason.
     for id in ["b", "c", "d"] {
-        let d = server.ok("POST", "/v1/clusters/c1/schedule", Some(&json!({"vm": vm(id, 4096)})));
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/c1/schedule",
+            Some(&json!({"vm": vm(id, 4096)})),
+        );
         assert!(d["host"].is_string(), "{d}");
     }
     let full = server.ok(
@@ -216,8 +247,15 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
         Some(&json!({"vm": vm("e", 4096), "detail": "full"})),
     );
     assert!(full["host"].is_null(), "{full}");
-    assert!(full["summary"].as_str().unwrap().starts_with("0/2"), "{full}");
-    assert_eq!(full["hosts"].as_array().unwrap().len(), 2, "full detail lists every host");
+    assert!(
+        full["summary"].as_str().unwrap().starts_with("0/2"),
+        "{full}"
+    );
+    assert_eq!(
+        full["hosts"].as_array().unwrap().len(),
+        2,
+        "full detail lists every host"
+    );
 
     // Lifecycle: started releases the pending records; a second report conflicts.
     server.ok("POST", "/v1/clusters/c1/vms/a/started", None);
@@ -227,7 +265,11 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
     assert_eq!(status, 404, "{body}");
     // Release frees room: the VM that did not fit now does.
     server.ok("POST", "/v1/clusters/c1/vms/b/release", None);
-    let again = server.ok("POST", "/v1/clusters/c1/schedule", Some(&json!({"vm": vm("e", 4096)})));
+    let again = server.ok(
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some(&json!({"vm": vm("e", 4096)})),
+    );
     assert!(again["host"].is_string(), "{again}");
     // A failed start with reschedule lands elsewhere or nowhere, never on the host it failed on.
     let failed = server.ok(
@@ -238,9 +280,18 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
     assert_eq!(failed["vm"], "c", "{failed}");
 
     let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
-    assert!(metrics.contains("wasmsched_decisions_total{outcome=\"placed\"} 5"), "{metrics}");
-    assert!(metrics.contains("wasmsched_decision_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("wasmsched_store_commit_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("wasmsched_decisions_total{outcome=\"placed\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmsched_decision_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmsched_store_commit_seconds_count"),
+        "{metrics}"
+    );
     assert!(metrics.contains("wasmsched_reservations_held"), "{metrics}");
     assert!(server.terminate(), "SIGTERM is a clean exit");
 }
@@ -270,13 +321,15 @@ fn serve_maps_bad_input_to_400_naming_the_field_404_and_413() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["field"], "hosts[0].memory.free_mb", "{body}");
-    let (status, body) = http(&server.addr, "POST", "/v1/clusters/c1/schedule", Some("{"), None);
-    assert_eq!(status, 400, "{body}");
-    let (status, body) = server.call(
+    let (status, body) = http(
+        &server.addr,
         "POST",
-        "/v1/clusters/c1/hosts",
-        Some(&json!({"id": "h0"})),
+        "/v1/clusters/c1/schedule",
+        Some("{"),
+        None,
     );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.call("POST", "/v1/clusters/c1/hosts", Some(&json!({"id": "h0"})));
     assert_eq!(status, 409, "a host id taken: {body}");
     let big = vec![b' '; 200_000];
     let (status, _) = http_raw(&server.addr, "PUT", "/v1/clusters/c3", Some(&big), None);
@@ -294,8 +347,14 @@ fn serve_requires_the_bearer_token_and_refuses_to_listen_openly_without_one() {
     );
     assert_eq!(http(&server.addr, "GET", "/healthz", None, None).0, 200);
     assert_eq!(http(&server.addr, "GET", "/v1/units", None, None).0, 401);
-    assert_eq!(http(&server.addr, "GET", "/v1/units", None, Some("wrong")).0, 401);
-    assert_eq!(http(&server.addr, "GET", "/v1/units", None, Some("s3cret")).0, 200);
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/units", None, Some("wrong")).0,
+        401
+    );
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/units", None, Some("s3cret")).0,
+        200
+    );
     server.kill();
 
     let out = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
@@ -305,7 +364,10 @@ fn serve_requires_the_bearer_token_and_refuses_to_listen_openly_without_one() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to serve without --token-file"), "{err}");
+    assert!(
+        err.contains("refusing to serve without --token-file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -320,7 +382,9 @@ fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservatio
         let mut acknowledged = Vec::new();
         for i in 0..200 {
             let body = json!({"vm": vm(&format!("vm-{i}"), 2048)}).to_string();
-            let Ok(mut stream) = TcpStream::connect(&addr) else { break };
+            let Ok(mut stream) = TcpStream::connect(&addr) else {
+                break;
+            };
             drop(stream.set_read_timeout(Some(Duration::from_secs(30))));
             let req = format!(
                 "POST /v1/clusters/mass/schedule HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
@@ -354,14 +418,24 @@ fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservatio
     }
     server.kill(); // SIGKILL
     let acknowledged = client.join().unwrap();
-    assert!(acknowledged.len() >= 12, "killed midway, after {}", acknowledged.len());
-    assert!(acknowledged.len() < 30, "killed midway, before the cluster is full");
+    assert!(
+        acknowledged.len() >= 12,
+        "killed midway, after {}",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() < 30,
+        "killed midway, before the cluster is full"
+    );
 
     let server = Server::start(data.path(), &[]);
     let names: Vec<String> = acknowledged.iter().map(|(v, _)| v.clone()).collect();
     let restored = pending_hosts(&server, "mass", &names);
     for ((vm, host), after) in acknowledged.iter().zip(&restored) {
-        assert_eq!(host, after, "{vm}: acknowledged on {host:?}, restored on {after:?}");
+        assert_eq!(
+            host, after,
+            "{vm}: acknowledged on {host:?}, restored on {after:?}"
+        );
     }
     // No duplicates: the records held equal one set per VM.
     let state = server.ok("GET", "/v1/clusters/mass", None);
@@ -371,7 +445,11 @@ fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservatio
         state["pending_vms"]
     );
     for h in 0..10 {
-        let p = server.ok("GET", &format!("/v1/clusters/mass/pending/hosts/h{h}"), None);
+        let p = server.ok(
+            "GET",
+            &format!("/v1/clusters/mass/pending/hosts/h{h}"),
+            None,
+        );
         let vms: std::collections::BTreeSet<&str> = p["records"]
             .as_array()
             .unwrap()
@@ -383,7 +461,11 @@ fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservatio
     // The next decisions see the restored reservations: 30 fit in all, never more.
     let mut placed = state["pending_vms"].as_u64().unwrap();
     for i in 100..140 {
-        let d = server.ok("POST", "/v1/clusters/mass/schedule", Some(&json!({"vm": vm(&format!("vm-{i}"), 2048)})));
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/mass/schedule",
+            Some(&json!({"vm": vm(&format!("vm-{i}"), 2048)})),
+        );
         placed += u64::from(d["host"].is_string());
     }
     assert_eq!(placed, 30, "exactly the cluster's room, over restart");
@@ -401,8 +483,13 @@ fn serve_concurrent_clients_on_one_cluster_never_over_commit() {
                 (0..8)
                     .filter(|i| {
                         let body = json!({"vm": vm(&format!("t{t}-{i}"), 1024)}).to_string();
-                        let (status, text) =
-                            http(&addr, "POST", "/v1/clusters/busy/schedule", Some(&body), None);
+                        let (status, text) = http(
+                            &addr,
+                            "POST",
+                            "/v1/clusters/busy/schedule",
+                            Some(&body),
+                            None,
+                        );
                         assert_eq!(status, 200, "{text}");
                         serde_json::from_str::<Value>(&text).unwrap()["host"].is_string()
                     })
@@ -413,7 +500,11 @@ fn serve_concurrent_clients_on_one_cluster_never_over_commit() {
     let placed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(placed, 24, "6 hosts x 4 fit, 48 asked");
     for h in 0..6 {
-        let p = server.ok("GET", &format!("/v1/clusters/busy/pending/hosts/h{h}"), None);
+        let p = server.ok(
+            "GET",
+            &format!("/v1/clusters/busy/pending/hosts/h{h}"),
+            None,
+        );
         let vms = p["aggregate"]["vms"].as_array().unwrap().len();
         assert_eq!(vms, 4, "h{h}: {p}");
     }
@@ -429,8 +520,16 @@ fn serve_batch_schedules_in_order_and_usage_updates_are_small_deltas() {
         "/v1/clusters/b/schedule/batch",
         Some(&json!({"requests": [{"vm": vm("x", 1024)}, {"vm": vm("y", 1024)}, {"vm": vm("z", 1024)}]})),
     );
-    let hosts: Vec<&Value> = batch["decisions"].as_array().unwrap().iter().map(|d| &d["host"]).collect();
-    assert!(hosts[0].is_string() && hosts[1].is_string() && hosts[0] != hosts[1], "{batch}");
+    let hosts: Vec<&Value> = batch["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["host"])
+        .collect();
+    assert!(
+        hosts[0].is_string() && hosts[1].is_string() && hosts[0] != hosts[1],
+        "{batch}"
+    );
     assert!(hosts[2].is_null(), "{batch}");
     let (status, body) = server.call(
         "POST",
@@ -459,9 +558,21 @@ fn serve_batch_schedules_in_order_and_usage_updates_are_small_deltas() {
     assert_eq!(status, 404, "{body}");
 
     // Host deltas: a removed host releases its pending VM; status changes stick.
-    let removed = server.ok("DELETE", &format!("/v1/clusters/b/hosts/{}", hosts[0].as_str().unwrap()), None);
-    assert_eq!(removed["displaced"].as_array().unwrap().len(), 1, "{removed}");
-    server.ok("PUT", "/v1/clusters/b/hosts/h1/status", Some(&json!({"status": "maintenance"})));
+    let removed = server.ok(
+        "DELETE",
+        &format!("/v1/clusters/b/hosts/{}", hosts[0].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(
+        removed["displaced"].as_array().unwrap().len(),
+        1,
+        "{removed}"
+    );
+    server.ok(
+        "PUT",
+        "/v1/clusters/b/hosts/h1/status",
+        Some(&json!({"status": "maintenance"})),
+    );
     let state = server.ok("GET", "/v1/clusters/b", None);
     assert_eq!(state["snapshot"]["hosts"].as_array().unwrap().len(), 1);
     assert_eq!(state["snapshot"]["hosts"][0]["status"], "maintenance");
@@ -472,8 +583,16 @@ fn serve_replacing_a_snapshot_keeps_pending_reservations_and_drops_those_on_gone
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
     server.ok("PUT", "/v1/clusters/r", Some(&cluster(2, 1, 1024)));
-    let a = server.ok("POST", "/v1/clusters/r/schedule", Some(&json!({"vm": vm("a", 1024)})));
-    let b = server.ok("POST", "/v1/clusters/r/schedule", Some(&json!({"vm": vm("b", 1024)})));
+    let a = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("a", 1024)})),
+    );
+    let b = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("b", 1024)})),
+    );
     let (ha, hb) = (a["host"].as_str().unwrap(), b["host"].as_str().unwrap());
     // The new snapshot keeps only host a's.
     let mut snapshot = cluster(2, 1, 1024);
@@ -484,7 +603,11 @@ fn serve_replacing_a_snapshot_keeps_pending_reservations_and_drops_those_on_gone
     assert_eq!(put["kept"], json!(["a"]), "{put}");
     assert_eq!(put["dropped"], json!([format!("b@{hb}")]), "{put}");
     // Still full: the kept reservation counts.
-    let c = server.ok("POST", "/v1/clusters/r/schedule", Some(&json!({"vm": vm("c", 1024)})));
+    let c = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("c", 1024)})),
+    );
     assert!(c["host"].is_null(), "{c}");
 }
 
@@ -496,33 +619,49 @@ fn serve_policies_per_cluster_and_hot_reload_of_the_watched_directory() {
         data.path(),
         &["--policies", policies.path().to_str().unwrap()],
     );
-    let small: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("examples/clusters/small.json")).unwrap())
-            .unwrap();
-    let web: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("examples/vms/web.json")).unwrap())
-            .unwrap();
+    let small: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/clusters/small.json")).unwrap(),
+    )
+    .unwrap();
+    let web: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/vms/web.json")).unwrap(),
+    )
+    .unwrap();
     server.ok("PUT", "/v1/clusters/small", Some(&small));
     let document = json!({"document": {"text": std::fs::read_to_string(repo().join("examples/policies/max-vms.toml")).unwrap()}});
     // The unit is not there yet: the policy is refused, naming it.
     let (status, body) = server.call("PUT", "/v1/clusters/small/policy", Some(&document));
     assert!((400..500).contains(&status), "{status} {body}");
-    assert!(body["error"].as_str().unwrap().contains("max-vms-per-host"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max-vms-per-host"),
+        "{body}"
+    );
     // A builtin by name works.
     assert_eq!(
-        server.ok("PUT", "/v1/clusters/small/policy", Some(&json!({"builtin": "power_saving"})))["name"],
+        server.ok(
+            "PUT",
+            "/v1/clusters/small/policy",
+            Some(&json!({"builtin": "power_saving"}))
+        )["name"],
         "power_saving"
     );
 
     // Drop the module into the watched directory while serving.
-    std::fs::copy(example_unit(), policies.path().join("max_vms_per_host.wasm")).unwrap();
+    std::fs::copy(
+        example_unit(),
+        policies.path().join("max_vms_per_host.wasm"),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, _) = server.call("PUT", "/v1/clusters/small/policy", Some(&document));
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "the dropped module was never loaded");
+        assert!(
+            Instant::now() < deadline,
+            "the dropped module was never loaded"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let uses_unit = |server: &Server| {
@@ -534,22 +673,34 @@ fn serve_policies_per_cluster_and_hot_reload_of_the_watched_directory() {
         server.ok("POST", "/v1/clusters/small/vms/web-1/release", None);
         d.to_string().contains("too_many_vms")
     };
-    assert!(uses_unit(&server), "the next decision uses the dropped module");
+    assert!(
+        uses_unit(&server),
+        "the next decision uses the dropped module"
+    );
 
     // A broken version of the module is refused, named, and the old one keeps serving.
     std::fs::write(policies.path().join("max_vms_per_host.wasm"), b"not wasm").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let units = server.ok("GET", "/v1/units", None);
-        if units["problems"].to_string().contains("max_vms_per_host.wasm") {
+        if units["problems"]
+            .to_string()
+            .contains("max_vms_per_host.wasm")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the broken module was never reported: {units}");
+        assert!(
+            Instant::now() < deadline,
+            "the broken module was never reported: {units}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(uses_unit(&server), "the good module keeps serving");
     let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
-    assert!(metrics.contains("wasmsched_rejected_module_files 1"), "{metrics}");
+    assert!(
+        metrics.contains("wasmsched_rejected_module_files 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -557,23 +708,40 @@ fn serve_openapi_document_lists_every_route_and_matches_the_checked_in_one() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
     let served = server.ok("GET", "/openapi.json", None);
-    let checked_in: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("server/openapi.json")).unwrap(),
-    )
-    .unwrap();
+    let checked_in: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("server/openapi.json")).unwrap())
+            .unwrap();
     assert_eq!(served, checked_in, "server/openapi.json is stale");
     let paths = served["paths"].as_object().unwrap();
-    for path in ["/healthz", "/metrics", "/openapi.json", "/v1/clusters/{id}", "/v1/clusters/{id}/schedule"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/clusters/{id}",
+        "/v1/clusters/{id}/schedule",
+    ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
     // Every documented route answers something other than 404-for-unknown-route/405.
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
-            let concrete = path.replace("{id}", "none").replace("{vm}", "v").replace("{host}", "h");
-            let (status, body) = http(&server.addr, &method.to_uppercase(), &concrete, Some("{}"), None);
+            let concrete = path
+                .replace("{id}", "none")
+                .replace("{vm}", "v")
+                .replace("{host}", "h");
+            let (status, body) = http(
+                &server.addr,
+                &method.to_uppercase(),
+                &concrete,
+                Some("{}"),
+                None,
+            );
             assert_ne!(status, 405, "{method} {path}");
             if status == 404 {
-                assert!(body.contains("unknown"), "{method} {path} is not routed: {body}");
+                assert!(
+                    body.contains("unknown"),
+                    "{method} {path} is not routed: {body}"
+                );
             }
         }
     }
@@ -593,7 +761,11 @@ fn python_client_example_drives_a_mass_start_against_a_real_server() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.matches(" -> ").count(), 8, "{stdout}");
     assert!(stdout.contains("placed 8 of 8"), "{stdout}");
 }

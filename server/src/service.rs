@@ -304,11 +304,10 @@ impl Service {
         policy: Option<PolicySpec>,
     ) -> Result<PutOutcome, ApiError> {
         let this = self.clone();
-        let (outcome, commit) = tokio::task::spawn_blocking(move || {
-            this.put_cluster_blocking(id, snapshot, policy)
-        })
-        .await
-        .map_err(blocking_failed)??;
+        let (outcome, commit) =
+            tokio::task::spawn_blocking(move || this.put_cluster_blocking(id, snapshot, policy))
+                .await
+                .map_err(blocking_failed)??;
         commit.await?;
         Ok(outcome)
     }
@@ -321,7 +320,9 @@ impl Service {
     ) -> Result<(PutOutcome, BoxFuture<'static, Result<(), StoreError>>), ApiError> {
         let existing = self.clusters.read().unwrap().get(&id).cloned();
         // Kept for the rare race where another request creates the cluster meanwhile.
-        let retry = existing.is_none().then(|| (snapshot.clone(), policy.clone()));
+        let retry = existing
+            .is_none()
+            .then(|| (snapshot.clone(), policy.clone()));
         let new = Cluster::new(snapshot, "request body")?;
         let policy = match policy {
             Some(spec) => Some((self.policy_from(&spec)?, spec)),
@@ -330,7 +331,10 @@ impl Service {
         let Some(served) = existing else {
             let (policy, spec) = match policy {
                 Some(p) => p,
-                None => (Policy::builtin_default(&self.runtime)?, PolicySpec::default()),
+                None => (
+                    Policy::builtin_default(&self.runtime)?,
+                    PolicySpec::default(),
+                ),
             };
             let vms = placed_vms(&new);
             let put = Write::PutCluster {
@@ -507,7 +511,9 @@ impl Service {
                 .map(|p| matches!(p.kind, PlacementKind::Migration { .. }));
             let conflict = match (event, migrating) {
                 (VmEvent::Release, _) => None,
-                (_, None) => Some("it holds no pending placement (not scheduled, or already reported)"),
+                (_, None) => {
+                    Some("it holds no pending placement (not scheduled, or already reported)")
+                }
                 (VmEvent::Started, Some(true)) => {
                     Some("it is migrating; report migration-finished instead")
                 }
@@ -574,7 +580,11 @@ impl Service {
     /// The balance plan (nothing executed, nothing reserved).
     pub async fn balance(self: &Arc<Self>, id: &str) -> Result<serde_json::Value, ApiError> {
         self.with_policy(id, |_, cluster, policy| {
-            Ok((json_value(&policy.balance(cluster)?), Vec::new(), Vec::new()))
+            Ok((
+                json_value(&policy.balance(cluster)?),
+                Vec::new(),
+                Vec::new(),
+            ))
         })
         .await
     }
@@ -672,8 +682,7 @@ impl Service {
                 HostChange::Status(host, status) => {
                     require_host(cluster, &host)?;
                     let before = placed_vms(cluster);
-                    let value = if matches!(status, HostStatus::Down | HostStatus::NonOperational)
-                    {
+                    let value = if matches!(status, HostStatus::Down | HostStatus::NonOperational) {
                         json_value(&policy.host_down(cluster, &host, status)?)
                     } else {
                         serde_json::json!({ "epoch": cluster.set_host_status(&host, status)? })
@@ -738,12 +747,7 @@ impl Service {
     }
 
     /// Pending records on a host (`host = true`) or of a VM, with the aggregate.
-    pub fn pending(
-        &self,
-        id: &str,
-        of: &str,
-        host: bool,
-    ) -> Result<serde_json::Value, ApiError> {
+    pub fn pending(&self, id: &str, of: &str, host: bool) -> Result<serde_json::Value, ApiError> {
         let served = self.served(id)?;
         let cluster = served.cluster();
         if host {

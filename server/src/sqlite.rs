@@ -9,7 +9,9 @@
 //! in one transaction.
 
 use crate::metrics::Metrics;
-use crate::store::{BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredPlacement, Write};
+use crate::store::{
+    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredPlacement, Write,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
 use std::path::Path;

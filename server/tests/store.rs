@@ -22,7 +22,9 @@ fn reserve(cluster: &str, vm: &str, host: &str) -> Write {
 async fn sqlite_store_reloads_acknowledged_writes_with_later_writes_winning() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let store = SqliteStore::open(dir.path(), metrics.clone()).await.unwrap();
+    let store = SqliteStore::open(dir.path(), metrics.clone())
+        .await
+        .unwrap();
     assert!(store.load().await.unwrap().is_empty());
     store
         .submit(vec![Write::PutCluster {
@@ -48,7 +50,10 @@ async fn sqlite_store_reloads_acknowledged_writes_with_later_writes_winning() {
         .await
         .unwrap();
     store.close().await;
-    assert!(store.submit(vec![]).await.is_err(), "closed stores refuse writes");
+    assert!(
+        store.submit(vec![]).await.is_err(),
+        "closed stores refuse writes"
+    );
 
     let reopened = SqliteStore::open(dir.path(), metrics).await.unwrap();
     let clusters = reopened.load().await.unwrap();

@@ -155,7 +155,11 @@ fn main() -> anyhow::Result<()> {
     });
     let addr: SocketAddr = addr_rx.recv_timeout(Duration::from_secs(60))?;
     let mut setup = Connection::open(addr)?;
-    let (status, body) = setup.send("PUT", "/v1/clusters/load", &serde_json::to_string(&snapshot)?)?;
+    let (status, body) = setup.send(
+        "PUT",
+        "/v1/clusters/load",
+        &serde_json::to_string(&snapshot)?,
+    )?;
     anyhow::ensure!(status == 200, "PUT cluster: {status} {body}");
 
     let vms = Arc::new(vms);
