@@ -584,7 +584,7 @@ async fn add_host(
     Ok(Json(
         state
             .service
-            .host_change(&id, HostChange::Add(host))
+            .host_change(&id, HostChange::Add(Box::new(host)))
             .await?,
     ))
 }

@@ -664,6 +664,7 @@ impl Service {
         self.with_policy(id, move |_, cluster, policy| {
             let (value, vms) = match change {
                 HostChange::Add(host) => {
+                    let host = *host;
                     if cluster.host_index(&host.id).is_some() {
                         return Err(ApiError::new(
                             StatusCode::CONFLICT,
@@ -840,7 +841,7 @@ type Outcome = (serde_json::Value, Vec<String>, Vec<Write>);
 #[derive(Debug, Clone)]
 pub enum HostChange {
     /// A host joined.
-    Add(Host),
+    Add(Box<Host>),
     /// A host left (its pending records are released).
     Remove(String),
     /// A host's status changed; down or non-operational also fails and re-places the VMs

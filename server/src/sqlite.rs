@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS placements (
 );
 ";
 
+/// A submission and where to say it is durable.
+type Submission = (Vec<Write>, oneshot::Sender<Result<(), StoreError>>);
+
 enum Message {
     Submit(Vec<Write>, oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
@@ -167,7 +170,7 @@ impl SqliteStore {
 
     async fn commit(
         conn: &mut SqliteConnection,
-        group: &[(Vec<Write>, oneshot::Sender<Result<(), StoreError>>)],
+        group: &[Submission],
         seq: &mut i64,
     ) -> Result<(), sqlx::Error> {
         let mut tx = conn.begin().await?;
