@@ -418,8 +418,9 @@ fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservatio
     }
     server.kill(); // SIGKILL
     let acknowledged = client.join().unwrap();
+    // 12 reservations were durable; the answer to the last one may not have arrived.
     assert!(
-        acknowledged.len() >= 12,
+        acknowledged.len() >= 11,
         "killed midway, after {}",
         acknowledged.len()
     );
