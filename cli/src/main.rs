@@ -178,6 +178,27 @@ enum Command {
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
         exit_after: Option<u64>,
     },
+    /// Serve scheduling decisions over HTTP (see the README's "Service" section). The
+    /// policy directory (`--policies DIR`) is watched and hot-reloaded while serving;
+    /// pending reservations are durable under `--data`. Runs until SIGINT/SIGTERM.
+    Serve {
+        /// Address to listen on; port 0 picks a free port. Beyond loopback a token is
+        /// required.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Directory of the durable state (default: the user's data directory).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// File whose first line is the bearer token every request must carry.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Largest request body, bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+        body_limit: usize,
+        /// Longest a request may take, milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
     /// Write the builtin modules to a directory.
     Builtins {
         /// Target directory.
@@ -211,7 +232,7 @@ fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
     // `watch` exists to log reloads (info level); other commands only warn by default.
-    let default = if matches!(cli.command, Command::Watch { .. }) {
+    let default = if matches!(cli.command, Command::Watch { .. } | Command::Serve { .. }) {
         "info"
     } else {
         "warn"
@@ -509,6 +530,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            listen,
+            data,
+            token_file,
+            body_limit,
+            timeout_ms,
+        } => {
+            // The policy directory is watched by the server, not loaded once here.
+            let mut builder = Runtime::builder().builtins(!g.no_builtins);
+            if g.no_cache {
+                builder = builder.cache_dir(None);
+            } else if let Some(dir) = &g.cache_dir {
+                builder = builder.cache_dir(Some(dir.clone()));
+            }
+            let mut options = wasmsched_server::ServeOptions::new();
+            options.listen = listen.clone();
+            if let Some(data) = data {
+                options.data = data.clone();
+            }
+            options.policies = g.policies.clone();
+            options.token_file = token_file.clone();
+            options.body_limit = *body_limit;
+            options.timeout = std::time::Duration::from_millis(*timeout_ms);
+            wasmsched_server::serve(options, builder.build()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch {

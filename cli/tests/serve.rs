@@ -1,0 +1,788 @@
+//! End-to-end tests of `wasmsched serve`: the real binary on a free loopback port, driven
+//! over HTTP with a minimal HTTP/1.1 client (std only), its state in a temporary `--data`.
+//!
+//! They live in the cli package because only there does Cargo build the `wasmsched`
+//! binary for tests (`CARGO_BIN_EXE_wasmsched`); the server crate's own tests cover what
+//! needs no process (the OpenAPI document, token comparison).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A running `wasmsched serve`; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts the server on `127.0.0.1:0` with `--data data` and `extra` arguments, and
+    /// waits for the line that names its port.
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .arg("--no-cache")
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wasmsched serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("wasmsched serving on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, text) = http(&self.addr, method, path, body.as_deref(), None);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = self.call(method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {value}");
+        value
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request (`Connection: close`); returns the status and the body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, String) {
+    http_raw(addr, method, path, body.map(str::as_bytes), token)
+}
+
+fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = body.unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) before reading all of a large body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = &tail[size + 2..];
+    }
+    out
+}
+
+/// `count` identical hosts, each with room (by memory) for exactly `fit` VMs of `vm_mb`.
+fn cluster(count: usize, fit: u64, vm_mb: u64) -> Value {
+    let hosts: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({
+                "id": format!("h{i}"),
+                "name": format!("host-{i}"),
+                "status": "up",
+                "cpu": {"sockets": 2, "cores_per_socket": 16, "threads_per_core": 2},
+                "memory": {
+                    "physical_mb": fit * vm_mb + vm_mb / 2,
+                    "free_mb": fit * vm_mb + vm_mb / 2,
+                    "committed_mb": 0,
+                    "max_scheduling_mb": fit * vm_mb + vm_mb / 2,
+                    "swap_free_mb": 0
+                }
+            })
+        })
+        .collect();
+    json!({"cluster": {"id": "c", "memory_overcommit_percent": 100}, "hosts": hosts})
+}
+
+fn vm(id: &str, mb: u64) -> Value {
+    json!({"id": id, "memory_mb": mb, "cpu": {"sockets": 1, "cores_per_socket": 1, "threads_per_core": 1}})
+}
+
+/// Chosen host of each decision (host id per VM).
+fn pending_hosts(server: &Server, cluster: &str, vms: &[String]) -> Vec<Option<String>> {
+    vms.iter()
+        .map(|v| {
+            let p = server.ok(
+                "GET",
+                &format!("/v1/clusters/{cluster}/pending/vms/{v}"),
+                None,
+            );
+            p["placement"]["host"].as_str().map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    assert_eq!(server.ok("GET", "/healthz", None)["status"], "ok");
+    assert_eq!(server.ok("GET", "/readyz", None)["ready"], true);
+
+    let put = server.ok("PUT", "/v1/clusters/c1", Some(&cluster(2, 2, 4096)));
+    assert_eq!(
+        (put["created"].clone(), put["hosts"].clone()),
+        (json!(true), json!(2))
+    );
+
+    let d = server.ok(
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some(&json!({"vm": vm("a", 4096)})),
+    );
+    let host = d["host"].as_str().expect("a host").to_string();
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap()
+            .contains("2/2 hosts available"),
+        "{d}"
+    );
+    let pending = server.ok(
+        "GET",
+        &format!("/v1/clusters/c1/pending/hosts/{host}"),
+        None,
+    );
+    assert!(
+        !pending["records"].as_array().unwrap().is_empty(),
+        "{pending}"
+    );
+
+    // Fill the cluster: 4 VMs fit in all, the fifth gets `host: null` with the reason.
+    for id in ["b", "c", "d"] {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/c1/schedule",
+            Some(&json!({"vm": vm(id, 4096)})),
+        );
+        assert!(d["host"].is_string(), "{d}");
+    }
+    let full = server.ok(
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some(&json!({"vm": vm("e", 4096), "detail": "full"})),
+    );
+    assert!(full["host"].is_null(), "{full}");
+    assert!(
+        full["summary"].as_str().unwrap().starts_with("0/2"),
+        "{full}"
+    );
+    assert_eq!(
+        full["hosts"].as_array().unwrap().len(),
+        2,
+        "full detail lists every host"
+    );
+
+    // Lifecycle: started releases the pending records; a second report conflicts.
+    server.ok("POST", "/v1/clusters/c1/vms/a/started", None);
+    let (status, body) = server.call("POST", "/v1/clusters/c1/vms/a/started", None);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = server.call("POST", "/v1/clusters/c1/vms/nobody/started", None);
+    assert_eq!(status, 404, "{body}");
+    // Release frees room: the VM that did not fit now does.
+    server.ok("POST", "/v1/clusters/c1/vms/b/release", None);
+    let again = server.ok(
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some(&json!({"vm": vm("e", 4096)})),
+    );
+    assert!(again["host"].is_string(), "{again}");
+    // A failed start with reschedule lands elsewhere or nowhere, never on the host it failed on.
+    let failed = server.ok(
+        "POST",
+        "/v1/clusters/c1/vms/c/failed",
+        Some(&json!({"reschedule": true})),
+    );
+    assert_eq!(failed["vm"], "c", "{failed}");
+
+    let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains("wasmsched_decisions_total{outcome=\"placed\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmsched_decision_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmsched_store_commit_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wasmsched_reservations_held"), "{metrics}");
+    assert!(server.terminate(), "SIGTERM is a clean exit");
+}
+
+#[test]
+fn serve_maps_bad_input_to_400_naming_the_field_404_and_413() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--body-limit", "100000"]);
+    let (status, body) = server.call(
+        "POST",
+        "/v1/clusters/nope/schedule",
+        Some(&json!({"vm": vm("a", 1)})),
+    );
+    assert_eq!(status, 404, "{body}");
+    server.ok("PUT", "/v1/clusters/c1", Some(&cluster(1, 1, 1024)));
+    let (status, body) = server.call(
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some(&json!({"vm": {"id": "a", "memory_mb": "lots"}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "vm.memory_mb", "{body}");
+    let (status, body) = server.call(
+        "PUT",
+        "/v1/clusters/c2",
+        Some(&json!({"hosts": [{"id": "h", "memory": {"free_mb": -1}}]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "hosts[0].memory.free_mb", "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/clusters/c1/schedule",
+        Some("{"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.call("POST", "/v1/clusters/c1/hosts", Some(&json!({"id": "h0"})));
+    assert_eq!(status, 409, "a host id taken: {body}");
+    let big = vec![b' '; 200_000];
+    let (status, _) = http_raw(&server.addr, "PUT", "/v1/clusters/c3", Some(&big), None);
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn serve_requires_the_bearer_token_and_refuses_to_listen_openly_without_one() {
+    let data = tempfile::tempdir().unwrap();
+    let token_file = data.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let server = Server::start(
+        &data.path().join("db"),
+        &["--token-file", token_file.to_str().unwrap()],
+    );
+    assert_eq!(http(&server.addr, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(http(&server.addr, "GET", "/v1/units", None, None).0, 401);
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/units", None, Some("wrong")).0,
+        401
+    );
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/units", None, Some("s3cret")).0,
+        200
+    );
+    server.kill();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-cache", "--data"])
+        .arg(data.path().join("db2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve without --token-file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_restart_after_kill_9_mid_mass_start_keeps_every_acknowledged_reservation() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    // 10 hosts x 3 VMs of 2 GiB.
+    server.ok("PUT", "/v1/clusters/mass", Some(&cluster(10, 3, 2048)));
+    let addr = server.addr.clone();
+    // A client thread starts VMs one request at a time; the server is killed midway.
+    let client = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        for i in 0..200 {
+            let body = json!({"vm": vm(&format!("vm-{i}"), 2048)}).to_string();
+            let Ok(mut stream) = TcpStream::connect(&addr) else {
+                break;
+            };
+            drop(stream.set_read_timeout(Some(Duration::from_secs(30))));
+            let req = format!(
+                "POST /v1/clusters/mass/schedule HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if stream.write_all(req.as_bytes()).is_err() {
+                break;
+            }
+            let mut raw = String::new();
+            if stream.read_to_string(&mut raw).is_err() || !raw.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            let json: Value = serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
+            acknowledged.push((format!("vm-{i}"), json["host"].as_str().map(str::to_string)));
+        }
+        acknowledged
+    });
+    let started = Instant::now();
+    loop {
+        let m = http(&server.addr, "GET", "/metrics", None, None).1;
+        let pending: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmsched_vms_pending "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if pending >= 12 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill(); // SIGKILL
+    let acknowledged = client.join().unwrap();
+    // 12 reservations were durable; the answer to the last one may not have arrived.
+    assert!(
+        acknowledged.len() >= 11,
+        "killed midway, after {}",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() < 30,
+        "killed midway, before the cluster is full"
+    );
+
+    let server = Server::start(data.path(), &[]);
+    let names: Vec<String> = acknowledged.iter().map(|(v, _)| v.clone()).collect();
+    let restored = pending_hosts(&server, "mass", &names);
+    for ((vm, host), after) in acknowledged.iter().zip(&restored) {
+        assert_eq!(
+            host, after,
+            "{vm}: acknowledged on {host:?}, restored on {after:?}"
+        );
+    }
+    // No duplicates: the records held equal one set per VM.
+    let state = server.ok("GET", "/v1/clusters/mass", None);
+    assert!(
+        state["pending_vms"].as_u64().unwrap() >= acknowledged.len() as u64,
+        "{}",
+        state["pending_vms"]
+    );
+    for h in 0..10 {
+        let p = server.ok(
+            "GET",
+            &format!("/v1/clusters/mass/pending/hosts/h{h}"),
+            None,
+        );
+        let vms: std::collections::BTreeSet<&str> = p["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["vm"].as_str().unwrap())
+            .collect();
+        assert!(vms.len() <= 3, "h{h} holds {vms:?}");
+    }
+    // The next decisions see the restored reservations: 30 fit in all, never more.
+    let mut placed = state["pending_vms"].as_u64().unwrap();
+    for i in 100..140 {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/mass/schedule",
+            Some(&json!({"vm": vm(&format!("vm-{i}"), 2048)})),
+        );
+        placed += u64::from(d["host"].is_string());
+    }
+    assert_eq!(placed, 30, "exactly the cluster's room, over restart");
+}
+
+#[test]
+fn serve_concurrent_clients_on_one_cluster_never_over_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/busy", Some(&cluster(6, 4, 1024)));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                (0..8)
+                    .filter(|i| {
+                        let body = json!({"vm": vm(&format!("t{t}-{i}"), 1024)}).to_string();
+                        let (status, text) = http(
+                            &addr,
+                            "POST",
+                            "/v1/clusters/busy/schedule",
+                            Some(&body),
+                            None,
+                        );
+                        assert_eq!(status, 200, "{text}");
+                        serde_json::from_str::<Value>(&text).unwrap()["host"].is_string()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let placed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(placed, 24, "6 hosts x 4 fit, 48 asked");
+    for h in 0..6 {
+        let p = server.ok(
+            "GET",
+            &format!("/v1/clusters/busy/pending/hosts/h{h}"),
+            None,
+        );
+        let vms = p["aggregate"]["vms"].as_array().unwrap().len();
+        assert_eq!(vms, 4, "h{h}: {p}");
+    }
+}
+
+#[test]
+fn serve_batch_schedules_in_order_and_usage_updates_are_small_deltas() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/b", Some(&cluster(2, 1, 1024)));
+    let batch = server.ok(
+        "POST",
+        "/v1/clusters/b/schedule/batch",
+        Some(&json!({"requests": [{"vm": vm("x", 1024)}, {"vm": vm("y", 1024)}, {"vm": vm("z", 1024)}]})),
+    );
+    let hosts: Vec<&Value> = batch["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["host"])
+        .collect();
+    assert!(
+        hosts[0].is_string() && hosts[1].is_string() && hosts[0] != hosts[1],
+        "{batch}"
+    );
+    assert!(hosts[2].is_null(), "{batch}");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/clusters/b/schedule/batch",
+        Some(&json!({"requests": [{"vm": vm("ok", 1)}, {"vm": {"id": "bad", "memory_mb": true}}]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "requests[1].vm.memory_mb", "{body}");
+
+    let epoch = server.ok(
+        "POST",
+        "/v1/clusters/b/usage",
+        Some(&json!({"hosts": [{"host": "h0", "cpu_percent": 93, "free_memory_mb": 100, "swap_free_mb": 0, "running_vms": 7}]})),
+    )["epoch"]
+        .as_u64()
+        .unwrap();
+    let state = server.ok("GET", "/v1/clusters/b", None);
+    assert_eq!(state["snapshot"]["epoch"], epoch);
+    assert_eq!(state["snapshot"]["hosts"][0]["cpu_usage_percent"], 93);
+    assert_eq!(state["snapshot"]["hosts"][0]["running_vms"], 7);
+    let (status, body) = server.call(
+        "POST",
+        "/v1/clusters/b/usage",
+        Some(&json!({"hosts": [{"host": "ghost", "cpu_percent": 1}]})),
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // Host deltas: a removed host releases its pending VM; status changes stick.
+    let removed = server.ok(
+        "DELETE",
+        &format!("/v1/clusters/b/hosts/{}", hosts[0].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(
+        removed["displaced"].as_array().unwrap().len(),
+        1,
+        "{removed}"
+    );
+    server.ok(
+        "PUT",
+        "/v1/clusters/b/hosts/h1/status",
+        Some(&json!({"status": "maintenance"})),
+    );
+    let state = server.ok("GET", "/v1/clusters/b", None);
+    assert_eq!(state["snapshot"]["hosts"].as_array().unwrap().len(), 1);
+    assert_eq!(state["snapshot"]["hosts"][0]["status"], "maintenance");
+}
+
+#[test]
+fn serve_replacing_a_snapshot_keeps_pending_reservations_and_drops_those_on_gone_hosts() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/r", Some(&cluster(2, 1, 1024)));
+    let a = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("a", 1024)})),
+    );
+    let b = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("b", 1024)})),
+    );
+    let (ha, hb) = (a["host"].as_str().unwrap(), b["host"].as_str().unwrap());
+    // The new snapshot keeps only host a's.
+    let mut snapshot = cluster(2, 1, 1024);
+    let keep = if ha == "h0" { 0 } else { 1 };
+    let kept_host = snapshot["hosts"][keep].clone();
+    snapshot["hosts"] = json!([kept_host]);
+    let put = server.ok("PUT", "/v1/clusters/r", Some(&snapshot));
+    assert_eq!(put["kept"], json!(["a"]), "{put}");
+    assert_eq!(put["dropped"], json!([format!("b@{hb}")]), "{put}");
+    // Still full: the kept reservation counts.
+    let c = server.ok(
+        "POST",
+        "/v1/clusters/r/schedule",
+        Some(&json!({"vm": vm("c", 1024)})),
+    );
+    assert!(c["host"].is_null(), "{c}");
+}
+
+#[test]
+fn serve_policies_per_cluster_and_hot_reload_of_the_watched_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let policies = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        &["--policies", policies.path().to_str().unwrap()],
+    );
+    let small: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/clusters/small.json")).unwrap(),
+    )
+    .unwrap();
+    let web: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/vms/web.json")).unwrap(),
+    )
+    .unwrap();
+    server.ok("PUT", "/v1/clusters/small", Some(&small));
+    let document = json!({"document": {"text": std::fs::read_to_string(repo().join("examples/policies/max-vms.toml")).unwrap()}});
+    // The unit is not there yet: the policy is refused, naming it.
+    let (status, body) = server.call("PUT", "/v1/clusters/small/policy", Some(&document));
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max-vms-per-host"),
+        "{body}"
+    );
+    // A builtin by name works.
+    assert_eq!(
+        server.ok(
+            "PUT",
+            "/v1/clusters/small/policy",
+            Some(&json!({"builtin": "power_saving"}))
+        )["name"],
+        "power_saving"
+    );
+
+    // Drop the module into the watched directory while serving.
+    std::fs::copy(
+        example_unit(),
+        policies.path().join("max_vms_per_host.wasm"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = server.call("PUT", "/v1/clusters/small/policy", Some(&document));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped module was never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let uses_unit = |server: &Server| {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/small/schedule",
+            Some(&json!({"vm": web, "detail": "full"})),
+        );
+        server.ok("POST", "/v1/clusters/small/vms/web-1/release", None);
+        d.to_string().contains("too_many_vms")
+    };
+    assert!(
+        uses_unit(&server),
+        "the next decision uses the dropped module"
+    );
+
+    // A broken version of the module is refused, named, and the old one keeps serving.
+    std::fs::write(policies.path().join("max_vms_per_host.wasm"), b"not wasm").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let units = server.ok("GET", "/v1/units", None);
+        if units["problems"]
+            .to_string()
+            .contains("max_vms_per_host.wasm")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken module was never reported: {units}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(uses_unit(&server), "the good module keeps serving");
+    let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains("wasmsched_rejected_module_files 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn serve_openapi_document_lists_every_route_and_matches_the_checked_in_one() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let served = server.ok("GET", "/openapi.json", None);
+    let checked_in: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("server/openapi.json")).unwrap())
+            .unwrap();
+    assert_eq!(served, checked_in, "server/openapi.json is stale");
+    let paths = served["paths"].as_object().unwrap();
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/clusters/{id}",
+        "/v1/clusters/{id}/schedule",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    // Every documented route answers something other than 404-for-unknown-route/405.
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{id}", "none")
+                .replace("{vm}", "v")
+                .replace("{host}", "h");
+            let (status, body) = http(
+                &server.addr,
+                &method.to_uppercase(),
+                &concrete,
+                Some("{}"),
+                None,
+            );
+            assert_ne!(status, 405, "{method} {path}");
+            if status == 404 {
+                assert!(
+                    body.contains("unknown"),
+                    "{method} {path} is not routed: {body}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn python_client_example_drives_a_mass_start_against_a_real_server() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found; skipped");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let out = Command::new("python3")
+        .arg(repo().join("examples/python/mass_start.py"))
+        .args(["--url", &format!("http://{}", server.addr), "--vms", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches(" -> ").count(), 8, "{stdout}");
+    assert!(stdout.contains("placed 8 of 8"), "{stdout}");
+}
+
+/// The example operator unit, compiled to wasm once per test run.
+fn example_unit() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let guest = guest_build::Guest {
+                package: "max-vms-per-host",
+                dir: "examples/max-vms-per-host",
+            };
+            guest_build::build(Path::new(env!("CARGO_MANIFEST_DIR")), &[guest])[0]
+                .wasm
+                .clone()
+        })
+        .clone()
+}

@@ -1,0 +1,147 @@
+//! The durable state of the service behind one trait: what a cluster is (snapshot and
+//! policy) and which VMs hold pending reservations where.
+//!
+//! The service acknowledges a reservation only after [`Store::submit`]'s future resolved
+//! `Ok`. Writes are submitted in the order the service decided them (the call itself
+//! enqueues; the returned future only waits for the commit), so a store applies them in
+//! that order; an implementation may group several submissions into one transaction
+//! (group commit).
+//!
+//! A PostgreSQL store for several replicas implements the same trait; it would add the
+//! cluster lease's fencing token to each write (see `docs/` and issue 16).
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, so that `Store` stays object safe (`Arc<dyn Store>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed (I/O, corruption, a full disk).
+    #[error("store: {0}")]
+    Database(String),
+    /// A stored document could not be read back.
+    #[error("store: cluster {cluster:?}: {message}")]
+    Corrupt {
+        /// The cluster whose data is unreadable.
+        cluster: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store was closed (the service is shutting down).
+    #[error("store: closed")]
+    Closed,
+}
+
+/// How a cluster's policy was given: a builtin by name or a policy document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicySpec {
+    /// A builtin policy (`wasmsched units` lists them), e.g. `"none"`, `"power_saving"`.
+    Builtin(String),
+    /// A policy document (the format of a policy file).
+    Document {
+        /// The document's text.
+        text: String,
+        /// `toml` (default) or `json`.
+        #[serde(default = "default_format")]
+        format: String,
+    },
+}
+
+fn default_format() -> String {
+    "toml".into()
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        PolicySpec::Builtin("default".into())
+    }
+}
+
+/// One VM's pending placement as stored: enough to call `Cluster::reserve` again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPlacement {
+    /// The VM's id.
+    pub vm: String,
+    /// The host it is placed on.
+    pub host: String,
+    /// The VM document (JSON) as it was scheduled.
+    pub vm_doc: String,
+    /// The placement kind (JSON of `wasmsched::PlacementKind`).
+    pub kind: String,
+}
+
+/// A cluster as stored: its snapshot without pending aggregates, its policy and the
+/// placements to re-apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCluster {
+    /// The cluster's id.
+    pub id: String,
+    /// The snapshot (JSON), pending aggregates cleared.
+    pub snapshot: String,
+    /// The policy.
+    pub policy: PolicySpec,
+    /// Pending placements, in the order they were written.
+    pub placements: Vec<StoredPlacement>,
+}
+
+/// One write. A submission of several writes is atomic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create or replace a cluster's snapshot and policy (its placements stay).
+    PutCluster {
+        /// Cluster id.
+        cluster: String,
+        /// Snapshot JSON, pending aggregates cleared.
+        snapshot: String,
+        /// Policy.
+        policy: PolicySpec,
+    },
+    /// Replace a cluster's snapshot only.
+    PutSnapshot {
+        /// Cluster id.
+        cluster: String,
+        /// Snapshot JSON, pending aggregates cleared.
+        snapshot: String,
+    },
+    /// Replace a cluster's policy only.
+    PutPolicy {
+        /// Cluster id.
+        cluster: String,
+        /// Policy.
+        policy: PolicySpec,
+    },
+    /// A VM is placed (replaces any earlier placement of the VM).
+    Reserve {
+        /// Cluster id.
+        cluster: String,
+        /// The placement.
+        placement: StoredPlacement,
+    },
+    /// A VM no longer holds pending resources (started, failed, released, moved).
+    Release {
+        /// Cluster id.
+        cluster: String,
+        /// VM id.
+        vm: String,
+    },
+}
+
+/// Durable state of the service. `Send + Sync`; shared as `Arc<dyn Store>`.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Everything stored, to rebuild the clusters at start-up.
+    fn load(&self) -> BoxFuture<'_, Result<Vec<StoredCluster>, StoreError>>;
+
+    /// Enqueues `writes` (atomically, after every earlier submission) and returns a future
+    /// that resolves once they are durable. Enqueueing happens in this call, so callers
+    /// that order their calls order their writes.
+    fn submit(&self, writes: Vec<Write>) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Waits for every submitted write and closes the store; later submissions fail with
+    /// [`StoreError::Closed`].
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
