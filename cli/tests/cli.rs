@@ -569,3 +569,37 @@ fn regression_bad_command_line_inputs_name_the_flag_or_file() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Regression (nothing was logged when a fixed file brought back the serving version): a
+/// module is broken in place, then the serving version is put back; the watcher says the
+/// file is fixed.
+#[test]
+fn regression_watch_logs_a_file_fixed_by_putting_the_serving_version_back() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(example_unit()).unwrap();
+    let module = dir.path().join("max_vms.wasm");
+    let put = |bytes: &[u8]| {
+        let tmp = dir.path().join(".incoming");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &module).unwrap();
+    };
+    put(&good);
+    let child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
+        .args(["watch", "--policies", dir.path().to_str().unwrap()])
+        .args(["--settle-ms", "0", "--exit-after", "8", "--no-cache"])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    put(b"\0asm broken");
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    put(&good);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rejected") || err.contains("refused"), "{err}");
+    assert!(err.contains("file fixed"), "{err}");
+}

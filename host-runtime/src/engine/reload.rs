@@ -739,7 +739,7 @@ fn scan(
         };
         tracing::warn!(
             target: "wasmsched::reload",
-            file = %path.display(),
+            file = shown_path(&path),
             serving = entry.serving.as_ref().map(|m| &m.hash()[..12]),
             "module rejected: {reason}"
         );
