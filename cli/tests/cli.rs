@@ -1,5 +1,8 @@
 //! End-to-end tests of the `wasmsched` binary: real builtin modules, real files.
 
+mod common;
+
+use common::example_unit;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -17,22 +20,6 @@ fn wasmsched(args: &[&str]) -> Output {
         .current_dir(repo())
         .output()
         .expect("wasmsched runs")
-}
-
-/// The example operator unit (`examples/max-vms-per-host`), compiled to wasm from source
-/// once per test run with the same guest build the library's build script uses.
-fn example_unit() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let guest = guest_build::Guest {
-                package: "max-vms-per-host",
-                dir: "examples/max-vms-per-host",
-            };
-            let built = guest_build::build(Path::new(env!("CARGO_MANIFEST_DIR")), &[guest]);
-            built[0].wasm.clone()
-        })
-        .clone()
 }
 
 fn stdout(o: &Output) -> String {
@@ -587,15 +574,16 @@ fn regression_watch_logs_a_file_fixed_by_putting_the_serving_version_back() {
     put(&good);
     let child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
         .args(["watch", "--policies", dir.path().to_str().unwrap()])
-        .args(["--settle-ms", "0", "--exit-after", "8", "--no-cache"])
+        .args(["--settle-ms", "0", "--exit-after", "14", "--no-cache"])
         .current_dir(repo())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // Generous pauses: each step is seen by the watcher on a loaded 2-core machine too.
+    std::thread::sleep(std::time::Duration::from_millis(5_000));
     put(b"\0asm broken");
-    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    std::thread::sleep(std::time::Duration::from_millis(4_000));
     put(&good);
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);

@@ -5,6 +5,9 @@
 //! binary for tests (`CARGO_BIN_EXE_wasmsched`); the server crate's own tests cover what
 //! needs no process (the OpenAPI document, token comparison).
 
+mod common;
+
+use common::example_unit;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -769,20 +772,4 @@ fn python_client_example_drives_a_mass_start_against_a_real_server() {
     );
     assert_eq!(stdout.matches(" -> ").count(), 8, "{stdout}");
     assert!(stdout.contains("placed 8 of 8"), "{stdout}");
-}
-
-/// The example operator unit, compiled to wasm once per test run.
-fn example_unit() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let guest = guest_build::Guest {
-                package: "max-vms-per-host",
-                dir: "examples/max-vms-per-host",
-            };
-            guest_build::build(Path::new(env!("CARGO_MANIFEST_DIR")), &[guest])[0]
-                .wasm
-                .clone()
-        })
-        .clone()
 }
