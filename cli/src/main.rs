@@ -10,6 +10,7 @@ use wasmsched::{
     StartOutcome, WatchOptions,
 };
 
+mod author;
 mod simulate;
 mod size;
 mod timeline;
@@ -155,10 +156,45 @@ enum Command {
     },
     /// List the loaded units with kind, module, version and parameters.
     Units,
-    /// Validate a policy module and print its manifest.
+    /// Whether the engine would load a module (exit 0) or not (exit 1, with the reason):
+    /// ABI version, units, parameters with types and defaults, imports, size, and the
+    /// load-time trial over generated hosts.
     Check {
         /// The module file.
         module: PathBuf,
+    },
+    /// Create a unit crate (`DIR/NAME`) that builds and passes its own tests at once: a
+    /// unit with a parameter, native tests, and table cases for `wasmsched test`.
+    New {
+        /// Crate and unit name: lower-case letters, digits, '-' and '_'.
+        name: String,
+        /// The unit's kind.
+        #[arg(long, value_enum)]
+        kind: author::KindArg,
+        /// Directory to create the crate in (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Where policy-sdk comes from: `embedded` (written from the copy in this binary
+        /// to the user's data directory) or a policy-sdk directory. Default: the
+        /// repository this binary was built from while it exists, else `embedded`.
+        #[arg(long, value_name = "embedded|DIR")]
+        sdk: Option<String>,
+    },
+    /// Compile a unit crate to a size-optimized wasm module (installing the
+    /// wasm32-unknown-unknown target if missing); prints the module's path and size.
+    Build {
+        /// The unit crate (default: the current directory).
+        #[arg(value_name = "CRATE_DIR")]
+        crate_dir: Option<PathBuf>,
+    },
+    /// Run table cases through the real runtime: exit 0 when every case passes, 1 with
+    /// the differences (expected vs got, per host) when one fails, 2 for bad input.
+    Test {
+        /// The module file.
+        module: PathBuf,
+        /// The case file (TOML or JSON).
+        #[arg(long, value_name = "FILE")]
+        cases: PathBuf,
     },
     /// Watch the policy directory (`--policies DIR`) and hot-reload modules as they are
     /// added, replaced or removed, logging every reload and rejection. Runs until
@@ -507,31 +543,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { module } => {
-            let runtime = runtime(g, false)?;
-            let bytes = wasmsched::Runtime::read_module_file(module)?;
-            let loaded = runtime.load_module(&module.display().to_string(), &bytes)?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(loaded.manifest())?);
-            } else {
-                let m = loaded.manifest();
-                println!(
-                    "{}: ok — module {} {} (ABI {}), sha256 {}",
-                    module.display(),
-                    m.module,
-                    m.version,
-                    m.abi_version,
-                    loaded.hash()
-                );
-                for u in &m.units {
-                    println!("  {:<8} {:<20} {}", u.kind, u.name, u.description);
-                    for p in &u.params {
-                        println!("           - {} = {} ({})", p.name, p.default, p.ty);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { module } => author::check(g, module),
+        Command::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => author::new(g, name, *kind, dir.as_deref(), sdk.as_deref()),
+        Command::Build { crate_dir } => author::build(g, crate_dir.as_deref()),
+        Command::Test { module, cases } => author::test(g, module, cases),
         Command::Serve {
             listen,
             data,

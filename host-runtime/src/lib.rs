@@ -51,8 +51,8 @@ mod scheduling;
 mod state;
 
 pub use engine::{
-    BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder, RuntimeStatus,
-    UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
+    BreakerConfig, CallLimits, FileLoad, LoadTrial, LoadedModule, ReloadReport, Runtime,
+    RuntimeBuilder, RuntimeStatus, UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result, UnitFault};
 pub use files::{parse_document, read_bounded, read_document, Format, MAX_DOCUMENT_BYTES};

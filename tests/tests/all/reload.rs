@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmsched::{
-    BreakerConfig, Cluster, Error, Policy, Runtime, RuntimeStatus, ScheduleRequest, UnitFault,
-    WatchMode, WatchOptions,
+    BreakerConfig, Cluster, Error, FileLoad, Policy, Runtime, RuntimeStatus, ScheduleRequest,
+    UnitFault, WatchMode, WatchOptions,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -215,6 +215,54 @@ fn a_module_copied_slowly_in_chunks_is_never_loaded_half_written() {
         problem(&rt.status(), &file).is_none(),
         "no error was reported for the partial file"
     );
+}
+
+#[test]
+fn wait_for_file_returns_once_a_copied_module_serves_or_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("max.wasm");
+    let unwatched = runtime();
+    let error = unwatched.wait_for_file(&file, LONG).unwrap_err();
+    assert!(error.to_string().contains("no policy directory"), "{error}");
+
+    let rt = runtime();
+    rt.watch(dir.path(), options()).unwrap();
+    // A plain copy (not a rename): the watcher reads it only once it has settled.
+    std::fs::write(&file, good_wasm()).unwrap();
+    match rt.wait_for_file(&file, LONG).unwrap() {
+        FileLoad::Serving(module) => assert_eq!(module.hash(), sha(&good_wasm())),
+        other => panic!("expected the module to serve, got {other:?}"),
+    }
+    // No race left: the very next decision uses the unit.
+    let p = policy(&rt, POLICY);
+    assert_eq!(decide(&p).chosen.as_deref(), Some("a"));
+
+    std::fs::write(&file, wat_module(3, 0, "")).unwrap();
+    match rt.wait_for_file(&file, LONG).unwrap() {
+        FileLoad::Rejected(e) => assert!(e.reason.contains("manifest"), "{e:?}"),
+        other => panic!("expected the broken version to be rejected, got {other:?}"),
+    }
+    assert_eq!(
+        serving_hash(&rt, UNIT),
+        Some(sha(&good_wasm())),
+        "the good version keeps serving"
+    );
+}
+
+#[test]
+fn wait_for_file_times_out_while_a_file_has_not_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("max.wasm");
+    let rt = runtime();
+    let slow = WatchOptions {
+        settle: Duration::from_secs(3600),
+        ..WatchOptions::default()
+    };
+    rt.watch(dir.path(), slow).unwrap();
+    std::fs::write(&file, good_wasm()).unwrap();
+    let outcome = rt.wait_for_file(&file, Duration::from_millis(200)).unwrap();
+    assert!(matches!(outcome, FileLoad::TimedOut), "{outcome:?}");
+    assert!(rt.unit(UNIT).is_none());
 }
 
 #[test]
