@@ -779,7 +779,12 @@ fn python_client_example_drives_a_mass_start_against_a_real_server() {
 /// and crates), with no network (the scaffold's Cargo.lock pins the SDK's dependencies).
 fn author(args: &[&str]) -> std::process::Output {
     let bin = Path::new(env!("CARGO_BIN_EXE_wasmsched"));
-    let units_target = bin.parent().unwrap().parent().unwrap().join("toolkit-units");
+    let units_target = bin
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("toolkit-units");
     Command::new(bin)
         .args(args)
         .arg("--no-cache")
@@ -825,7 +830,11 @@ fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit(
         .output()
         .unwrap();
     assert!(native.status.success(), "{}", text(&native.stderr));
-    assert!(text(&native.stdout).contains("2 passed"), "{}", text(&native.stdout));
+    assert!(
+        text(&native.stdout).contains("2 passed"),
+        "{}",
+        text(&native.stdout)
+    );
 
     // build: a size-optimized module, where --json says.
     let out = author(&["build", unit_crate.to_str().unwrap(), "--json"]);
@@ -841,8 +850,18 @@ fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit(
     // test: the scaffold's cases pass...
     let cases = unit_crate.join("cases.toml");
     let out = author(&["test", module_arg, "--cases", cases.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).contains("3 passed, 0 failed"), "{}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("3 passed, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
     // ...and a wrong expectation fails with a diff naming the host.
     let good = std::fs::read_to_string(&cases).unwrap();
     let wrong = good.replacen(
@@ -850,7 +869,10 @@ fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit(
         "host-1 = { reject = \"retired_host\" }, host-2",
         1,
     );
-    assert_ne!(wrong, good, "the scaffold's first case expects host-1 to pass");
+    assert_ne!(
+        wrong, good,
+        "the scaffold's first case expects host-1 to pass"
+    );
     let wrong_cases = unit_crate.join("wrong-cases.toml");
     std::fs::write(&wrong_cases, wrong).unwrap();
     let out = author(&["test", module_arg, "--cases", wrong_cases.to_str().unwrap()]);
@@ -899,7 +921,10 @@ fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit(
         .0
         != 200
     {
-        assert!(Instant::now() < deadline, "the copied module was never loaded");
+        assert!(
+            Instant::now() < deadline,
+            "the copied module was never loaded"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let decision = server.ok(

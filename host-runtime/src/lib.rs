@@ -106,3 +106,9 @@ pub use policy_sdk as sdk;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust snippets of the unit authors' guide (`docs/writing-units.md`), compiled as
+/// doctests like the README's.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-units.md")]
+pub struct WritingUnitsDoctests;
