@@ -822,3 +822,244 @@ fn describe(action: &PlannedAction) -> String {
         } => format!("{} {host} ({reason:?})", action.as_str()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"cluster = { hosts = [{ id = "a", name = "old-a" }, { id = "b", name = "b-1" }], vms = [{ id = "db-1", memory_mb = 512, current_host = "a" }] }"#;
+
+    fn parse(cases: &str) -> Result<CaseFile> {
+        let text = format!("{CLUSTER}\n{cases}");
+        CaseFile::parse(&text, Format::Toml, "cases.toml", Path::new("."))
+    }
+
+    #[test]
+    fn every_kind_of_expectation_is_read() {
+        let file = parse(
+            r#"
+[[cases]]
+name = "verdicts"
+vm = { id = "web-1", memory_mb = 1024 }
+params = { prefix = "old-" }
+expect = { a = { reject = "retired_host", detail = "old-" }, b = "pass" }
+
+[[cases]]
+name = "penalties"
+unit = "w"
+vm = { id = "web-1", memory_mb = 1024 }
+penalties = { a = 3, b = 0 }
+
+[[cases]]
+name = "actions"
+actions = [{ migrate = "db-1", to = "b", reason = "busy" }, { power = "a", action = "power_down" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(file.cases.len(), 3);
+        assert_eq!(
+            file.cases[0].expected,
+            Expected::Verdicts(vec![
+                (
+                    "a".into(),
+                    ExpectedVerdict::Reject {
+                        code: Some("retired_host".into()),
+                        detail: Some("old-".into())
+                    }
+                ),
+                ("b".into(), ExpectedVerdict::Pass),
+            ])
+        );
+        assert_eq!(file.cases[0].params["prefix"], "old-");
+        assert_eq!(file.cases[1].unit.as_deref(), Some("w"));
+        assert_eq!(
+            file.cases[1].expected,
+            Expected::Penalties(vec![("a".into(), 3), ("b".into(), 0)])
+        );
+        assert_eq!(
+            file.cases[2].expected,
+            Expected::Actions(vec![
+                ExpectedAction::Migrate {
+                    vm: "db-1".into(),
+                    to: Some("b".into()),
+                    reason: Some("busy".into())
+                },
+                ExpectedAction::Power {
+                    host: "a".into(),
+                    action: Some("power_down".into()),
+                    reason: None
+                },
+            ])
+        );
+        assert!(file.cases[2].vm.is_none());
+    }
+
+    #[test]
+    fn case_file_errors_name_the_case_and_the_field() {
+        let vm = r#"vm = { id = "web-1", memory_mb = 1024 }"#;
+        let cases = [
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nexpect = {{ a = \"pas\" }}"),
+                "cases[0] (\"x\").expect.a: expected \"pass\", \"reject\"",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nexpect = {{ nowhere = \"pass\" }}"),
+                "cases[0] (\"x\").expect.nowhere: no host \"nowhere\"",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nexpect = {{ a = {{ code = \"c\" }} }}"),
+                "cases[0] (\"x\").expect.a: unknown key `code`",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\npenalties = {{ a = 1 }}\nexpect = {{ a = \"pass\" }}"),
+                "cases[0] (\"x\").expect: give exactly one of",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}"),
+                "cases[0] (\"x\").expect: give exactly one of",
+            ),
+            (
+                "[[cases]]\nname = \"x\"\nexpect = { a = \"pass\" }".to_string(),
+                "cases[0] (\"x\").vm: missing",
+            ),
+            (
+                "[[cases]]\nname = \"x\"\nvm = { id = \"v\", cpu = { sockets = 0 } }\nexpect = { a = \"pass\" }".to_string(),
+                "cases[0] (\"x\").vm.cpu: sockets, cores_per_socket and threads_per_core must be at least 1",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nexpect = {{ a = \"pass\" }}\n[[cases]]\nname = \"x\"\n{vm}\nexpect = {{ a = \"pass\" }}"),
+                "cases[1] (\"x\").name: another case has this name",
+            ),
+            (
+                "[[cases]]\nname = \"x\"\nactions = [{ migrate = \"ghost\" }]".to_string(),
+                "cases[0] (\"x\").actions[0].migrate: no VM \"ghost\"",
+            ),
+            (
+                "[[cases]]\nname = \"x\"\nactions = [{ power = \"a\", action = \"explode\" }]".to_string(),
+                "cases[0] (\"x\").actions[0]: action \"explode\" is not one of",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nexpct = {{ a = \"pass\" }}"),
+                "cases[0].expct: unknown field",
+            ),
+            ("cases = []".to_string(), "cases: no cases"),
+        ];
+        for (text, want) in cases {
+            let error = parse(&text).expect_err(&text).to_string();
+            assert!(error.starts_with("cases.toml: "), "{error}");
+            assert!(
+                error.contains(want),
+                "{want:?} not in {error:?}\nfor\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_inline_cluster_is_validated_like_a_cluster_file() {
+        let error = CaseFile::parse(
+            "[[cases]]\nname = \"x\"\ncluster = { hosts = [{ id = \"a\" }, { id = \"a\" }] }\nactions = []",
+            Format::Toml,
+            "cases.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("cases[0] (\"x\").cluster"), "{error}");
+        assert!(error.contains("hosts[1]"), "{error}");
+    }
+
+    /// A filter compiled into the test (a native unit): rejects hosts named `old-*`.
+    #[derive(Debug, Default)]
+    struct OldHosts;
+
+    impl wasmsched::sdk::Filter for OldHosts {
+        const NAME: &'static str = "old-hosts";
+        fn params() -> Vec<wasmsched::sdk::ParamSpec> {
+            vec![wasmsched::sdk::ParamSpec::string("prefix", "old-", "d")]
+        }
+        fn check(
+            &self,
+            ctx: &wasmsched::sdk::Context<'_>,
+            _vm: &Vm,
+            host: &wasmsched::sdk::Host,
+        ) -> wasmsched::sdk::Verdict {
+            if host.name.starts_with(ctx.str("prefix")) {
+                wasmsched::sdk::Verdict::reject("retired_host", format!("{} is old", host.name))
+            } else {
+                wasmsched::sdk::Verdict::Pass
+            }
+        }
+    }
+
+    fn run_native(cases: &str) -> Result<TestReport> {
+        let runtime = Runtime::builder().builtins(false).cache_dir(None).build()?;
+        let units = wasmsched::sdk::UnitSet::new("old-hosts", "1").filter::<OldHosts>();
+        let module = runtime.add_native("old-hosts", units)?;
+        run(&runtime, &module, &parse(cases)?)
+    }
+
+    #[test]
+    fn a_wrong_expectation_fails_with_the_difference_per_host() {
+        let report = run_native(
+            r#"
+[[cases]]
+name = "right"
+vm = { id = "web-1", memory_mb = 1024 }
+expect = { a = { reject = "retired_host", detail = "old-a" }, b = "pass" }
+
+[[cases]]
+name = "wrong"
+vm = { id = "web-1", memory_mb = 1024 }
+params = { prefix = "b" }
+expect = { a = { reject = "retired_host" }, b = "pass" }
+"#,
+        )
+        .unwrap();
+        assert_eq!((report.passed, report.failed), (1, 1));
+        assert!(report.cases[0].passed);
+        let wrong = &report.cases[1];
+        assert!(!wrong.passed);
+        assert_eq!(
+            wrong.mismatches,
+            vec![
+                Mismatch {
+                    at: "host a".into(),
+                    expected: "reject retired_host".into(),
+                    got: "pass".into()
+                },
+                Mismatch {
+                    at: "host b".into(),
+                    expected: "pass".into(),
+                    got: "reject retired_host: \"b-1 is old\"".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn cases_that_do_not_fit_the_unit_are_bad_input_naming_the_case() {
+        let vm = r#"vm = { id = "web-1", memory_mb = 1024 }"#;
+        let cases = [
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\npenalties = {{ a = 1 }}"),
+                "cases[0] (\"x\").expect: unit \"old-hosts\" is a filter: its cases give `expect`",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\nunit = \"other\"\n{vm}\nexpect = {{ a = \"pass\" }}"),
+                "cases[0] (\"x\").unit: the module has no unit \"other\"",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nparams = {{ nope = 1 }}\nexpect = {{ a = \"pass\" }}"),
+                "cases[0] (\"x\").params.nope",
+            ),
+            (
+                format!("[[cases]]\nname = \"x\"\n{vm}\nparams = {{ prefix = 3 }}\nexpect = {{ a = \"pass\" }}"),
+                "cases[0] (\"x\").params.prefix: expected string, got 3",
+            ),
+        ];
+        for (text, want) in cases {
+            let error = run_native(&text).expect_err(&text).to_string();
+            assert!(error.contains(want), "{want:?} not in {error:?}");
+        }
+    }
+}
