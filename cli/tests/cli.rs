@@ -122,7 +122,16 @@ fn check_validates_a_module_and_prints_its_manifest() {
     let module = dir.path().join("basic.wasm");
     let out = wasmsched(&["check", module.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("module basic"), "{}", stdout(&out));
+    let text = stdout(&out);
+    for part in [
+        "ok, the engine loads it",
+        "module basic",
+        "imports wasmsched.log",
+        "trial passed",
+        "- overhead_mb: int in 0..=65536 = 64",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from\n{text}");
+    }
 }
 
 #[test]

@@ -202,12 +202,12 @@ impl fmt::Display for CheckReport {
         {
             writeln!(
                 f,
-                "  module   {module} {version}, ABI {abi} (this engine accepts {})",
+                "  module {module} {version}, ABI {abi} (this engine accepts {})",
                 self.abi_supported
             )?;
         }
         if let Some(sha) = &self.sha256 {
-            writeln!(f, "  size     {} bytes, sha256 {sha}", self.bytes)?;
+            writeln!(f, "  size {} bytes, sha256 {sha}", self.bytes)?;
         }
         if self.ok {
             let imports: Vec<String> = self
@@ -217,7 +217,7 @@ impl fmt::Display for CheckReport {
                 .collect();
             writeln!(
                 f,
-                "  imports  {}",
+                "  imports {}",
                 if imports.is_empty() {
                     "none".into()
                 } else {
@@ -228,7 +228,7 @@ impl fmt::Display for CheckReport {
         if let Some(trial) = &self.trial {
             writeln!(
                 f,
-                "  trial    passed: every unit ran over {} generated hosts with {} VM shapes ({})",
+                "  trial passed: every unit ran over {} generated hosts with {} VM shapes ({})",
                 trial.hosts,
                 trial.vm_shapes.len(),
                 trial.vm_shapes.join(", ")
