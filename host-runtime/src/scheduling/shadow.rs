@@ -143,6 +143,8 @@ impl fmt::Display for ShadowStatus {
 /// [`Policy::with_factor`](super::Policy::with_factor) counts on its own).
 #[derive(Debug)]
 pub(super) struct ShadowStats {
+    /// Whether the policy has shadow units at all (no lock taken when it has none).
+    any: bool,
     units: Mutex<Vec<UnitCounts>>,
 }
 
@@ -173,18 +175,19 @@ impl ShadowStats {
                 last_fault: None,
                 examples: VecDeque::with_capacity(SHADOW_EXAMPLES),
             })
-            .collect();
+            .collect::<Vec<_>>();
         ShadowStats {
+            any: !units.is_empty(),
             units: Mutex::new(units),
         }
     }
 
     /// Counts one decision the policy made.
     pub(super) fn record(&self, decision: &Decision) {
-        let mut units = self.units.lock().unwrap();
-        if units.is_empty() {
+        if !self.any {
             return;
         }
+        let mut units = self.units.lock().unwrap();
         for counts in units.iter_mut() {
             counts.decisions += 1;
             for difference in decision
