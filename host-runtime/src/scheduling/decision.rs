@@ -349,7 +349,7 @@ impl fmt::Display for Explanation<'_> {
                 let verdict = if after_reject {
                     "not run".to_string()
                 } else if failed(filter) {
-                    "failed, skipped".to_string()
+                    "failed (skipped)".to_string()
                 } else if rejected_by == Some(filter) {
                     after_reject = true;
                     match &h.outcome {
@@ -469,5 +469,148 @@ impl Explanation<'_> {
             ),
             None => format!("{} with the {best_word} total {}", chosen.host, trim(total)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weight(unit: &str, raw: Penalty, rank: u64, factor: i64) -> WeightScore {
+        WeightScore {
+            unit: Arc::from(unit),
+            raw,
+            rank: Some(rank),
+            points: rank as f64,
+            factor,
+            contribution: (rank as i64 * factor) as f64,
+        }
+    }
+
+    fn host(id: &str, outcome: Outcome, weights: Vec<WeightScore>) -> HostOutcome {
+        HostOutcome {
+            host: id.into(),
+            name: id.into(),
+            score: (!weights.is_empty()).then(|| weights.iter().map(|w| w.contribution).sum()),
+            outcome,
+            weights,
+        }
+    }
+
+    /// h1 and h2 tie at 3 (h1 wins by id); h3 is rejected by the second of three filters;
+    /// the third filter failed open; h4 is in maintenance.
+    fn decision() -> Decision {
+        Decision {
+            vm: "v".into(),
+            policy: "p".into(),
+            epoch: 7,
+            selector: SelectorKind::Rank,
+            filters: ["memory", "cpu", "flaky"].map(Arc::from).to_vec(),
+            chosen: Some("h1".into()),
+            chosen_name: Some("h1".into()),
+            total_hosts: 4,
+            available: 2,
+            summary: "2/4 hosts available, chose h1".into(),
+            hosts: vec![
+                host(
+                    "h1",
+                    Outcome::Chosen,
+                    vec![
+                        weight("cpu-load", 10, 1, 3),
+                        weight("free-memory", -5, 0, 1),
+                    ],
+                ),
+                host(
+                    "h2",
+                    Outcome::Available,
+                    vec![
+                        weight("cpu-load", 40, 0, 3),
+                        weight("free-memory", -9, 1, 3),
+                    ],
+                ),
+                host(
+                    "h3",
+                    Outcome::Rejected {
+                        unit: Arc::from("cpu"),
+                        code: "not_enough_cores".into(),
+                        detail: "needs 8, has 4".into(),
+                    },
+                    Vec::new(),
+                ),
+                host(
+                    "h4",
+                    Outcome::NotCandidate {
+                        reason: "host is maintenance".into(),
+                    },
+                    Vec::new(),
+                ),
+            ],
+            unit_failures: vec![UnitFailure {
+                unit: "flaky".into(),
+                module: "flaky.wasm".into(),
+                error: "trap".into(),
+                applied: FailureMode::Open,
+            }],
+            reservation: None,
+            warnings: Vec::new(),
+            shadow: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn explanation_shows_each_filter_verdict_weight_line_and_the_tie_break() {
+        let text = decision().explain().to_string();
+        let expected_lines = [
+            "h1: chosen, total 3",
+            "  filters: memory pass, cpu pass, flaky failed (skipped)",
+            "h3: rejected",
+            "  filters: memory pass, cpu REJECT not_enough_cores: needs 8, has 4, flaky not run",
+            "h4: not a candidate: host is maintenance",
+            "choice: h1 with the highest total 3, tied with h2: the tie goes to the lowest host id",
+        ];
+        for line in expected_lines {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        let h2_memory: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("weight free-memory"))
+            .nth(1)
+            .expect("h2's free-memory line")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            h2_memory,
+            [
+                "weight",
+                "free-memory",
+                "raw",
+                "-9",
+                "rank",
+                "1",
+                "x",
+                "3",
+                "=",
+                "3"
+            ]
+        );
+    }
+
+    #[test]
+    fn explanation_names_the_runner_up_when_there_is_no_tie() {
+        let mut d = decision();
+        d.hosts[1].weights[1] = weight("free-memory", -9, 1, 1);
+        d.hosts[1].score = Some(1.0);
+        assert_eq!(
+            d.explain().choice(),
+            "h1 with the highest total 3; next h2 with 1"
+        );
+        d.available = 1;
+        assert_eq!(
+            d.explain().choice(),
+            "h1 is the only host that passed every filter"
+        );
     }
 }

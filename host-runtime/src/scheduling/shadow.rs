@@ -16,7 +16,6 @@ use super::selector::{factored, pick_best, select};
 use crate::state::ClusterView;
 use policy_sdk::{HostIndex, Penalty, UnitKind, Vm};
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -145,19 +144,7 @@ impl fmt::Display for ShadowStatus {
 pub(super) struct ShadowStats {
     /// Whether the policy has shadow units at all (no lock taken when it has none).
     any: bool,
-    units: Mutex<Vec<UnitCounts>>,
-}
-
-#[derive(Debug)]
-struct UnitCounts {
-    unit: Arc<str>,
-    kind: UnitKind,
-    factor: Option<i64>,
-    decisions: u64,
-    changed: u64,
-    faults: u64,
-    last_fault: Option<String>,
-    examples: VecDeque<ShadowDifference>,
+    units: Mutex<Vec<ShadowUnitStatus>>,
 }
 
 impl ShadowStats {
@@ -165,7 +152,7 @@ impl ShadowStats {
     pub(super) fn new<'a>(units: impl IntoIterator<Item = &'a PolicyUnit>) -> Self {
         let units = units
             .into_iter()
-            .map(|u| UnitCounts {
+            .map(|u| ShadowUnitStatus {
                 unit: u.label.clone(),
                 kind: u.kind,
                 factor: (u.kind == UnitKind::Weight).then_some(u.factor),
@@ -173,7 +160,7 @@ impl ShadowStats {
                 changed: 0,
                 faults: 0,
                 last_fault: None,
-                examples: VecDeque::with_capacity(SHADOW_EXAMPLES),
+                examples: Vec::with_capacity(SHADOW_EXAMPLES),
             })
             .collect::<Vec<_>>();
         ShadowStats {
@@ -201,9 +188,9 @@ impl ShadowStats {
                 } else {
                     counts.changed += 1;
                     if counts.examples.len() == SHADOW_EXAMPLES {
-                        counts.examples.pop_front();
+                        counts.examples.remove(0);
                     }
-                    counts.examples.push_back(difference.clone());
+                    counts.examples.push(difference.clone());
                 }
             }
         }
@@ -211,22 +198,9 @@ impl ShadowStats {
 
     /// The counts as they are now.
     pub(super) fn status(&self, policy: &str) -> ShadowStatus {
-        let units = self.units.lock().unwrap();
         ShadowStatus {
             policy: policy.to_string(),
-            units: units
-                .iter()
-                .map(|c| ShadowUnitStatus {
-                    unit: c.unit.clone(),
-                    kind: c.kind,
-                    factor: c.factor,
-                    decisions: c.decisions,
-                    changed: c.changed,
-                    faults: c.faults,
-                    last_fault: c.last_fault.clone(),
-                    examples: c.examples.iter().cloned().collect(),
-                })
-                .collect(),
+            units: self.units.lock().unwrap().clone(),
         }
     }
 }
