@@ -234,6 +234,9 @@ impl fmt::Display for Decision {
                 failure.unit, failure.module, failure.error
             )?;
         }
+        for difference in &self.shadow {
+            writeln!(f, "  {difference}")?;
+        }
         for h in &self.hosts {
             let label = if h.name.is_empty() || h.name == h.host {
                 h.host.clone()
