@@ -1,14 +1,11 @@
 //! The author commands: `new`, `build`, `test`, `check`. The work is in
 //! `wasmsched-toolkit`; this module parses nothing and prints everything.
 
-use crate::Global;
+use crate::{Global, EXIT_BAD_INPUT};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wasmsched::sdk::UnitKind;
 use wasmsched_toolkit::{cases, check, compile, scaffold};
-
-/// Exit code of `test` and `check` for bad input (a case file error, a module refused).
-const EXIT_BAD_INPUT: u8 = 2;
 
 /// Unit kinds on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -296,6 +296,30 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
         "{metrics}"
     );
     assert!(metrics.contains("wasmsched_reservations_held"), "{metrics}");
+
+    // A shadow filter (the memory filter with 64 GiB of overhead: it rejects every host)
+    // never changes a decision; each decision it would have changed is counted.
+    server.ok("PUT", "/v1/clusters/c2", Some(&cluster(2, 2, 4096)));
+    let shadowed = "name = \"shadowed\"\n[[filters]]\nunit = \"memory\"\n[[filters]]\nunit = \"memory\"\nshadow = true\nparams = { overhead_mb = 65536 }\n";
+    server.ok(
+        "PUT",
+        "/v1/clusters/c2/policy",
+        Some(&json!({"document": {"text": shadowed, "format": "toml"}})),
+    );
+    for id in ["s1", "s2"] {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/c2/schedule",
+            Some(&json!({"vm": vm(id, 4096), "detail": "full"})),
+        );
+        assert!(d["host"].is_string(), "{d}");
+        assert_eq!(d["shadow"][0]["effect"]["kind"], "rejects_chosen", "{d}");
+    }
+    let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains("wasmsched_shadow_changed_total{cluster=\"c2\",policy=\"shadowed\",kind=\"filter\",unit=\"memory\"} 2"),
+        "{metrics}"
+    );
     assert!(server.terminate(), "SIGTERM is a clean exit");
 }
 

@@ -67,7 +67,15 @@ pub use state::{
 
 /// The parts of a [`Decision`]: what happened to each host and why.
 pub mod decision {
-    pub use crate::scheduling::{HostOutcome, Outcome, UnitFailure, WeightScore};
+    pub use crate::scheduling::{Explanation, HostOutcome, Outcome, UnitFailure, WeightScore};
+}
+
+/// Shadow units: what they would have changed in a decision and their counts per policy
+/// ([`Policy::shadow_status`]).
+pub mod shadow {
+    pub use crate::scheduling::{
+        ShadowDifference, ShadowEffect, ShadowStatus, ShadowUnitStatus, SHADOW_EXAMPLES,
+    };
 }
 
 /// The parts of plans and lifecycle results: balance actions, memory changes, what became
