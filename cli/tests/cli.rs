@@ -114,6 +114,37 @@ fn units_lists_builtins_with_kind_and_parameters() {
     assert!(text.contains("overhead_mb"), "{text}");
 }
 
+/// `units` said `(string)` in text where `--json` said `"str"`: every parameter's type word is
+/// now the same in both.
+#[test]
+fn regression_units_text_and_json_name_parameter_types_with_the_same_word() {
+    let text = stdout(&wasmsched(&["units"]));
+    let out = wasmsched(&["units", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut words = std::collections::BTreeSet::new();
+    for unit in report["units"].as_array().unwrap() {
+        for param in unit["params"].as_array().unwrap() {
+            let word = match &param["ty"] {
+                serde_json::Value::String(word) => word.clone(),
+                serde_json::Value::Object(map) => map.keys().next().unwrap().clone(),
+                other => panic!("unexpected type {other}"),
+            };
+            let name = param["name"].as_str().unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("- {name} = ")))
+                .unwrap_or_else(|| panic!("{name} missing in {text}"));
+            assert!(line.contains(&format!("({word}")), "{word}: {line}");
+            words.insert(word);
+        }
+    }
+    // The builtins declare parameters of every type but `choice`.
+    for word in ["int", "float", "bool", "string"] {
+        assert!(words.contains(word), "no {word} parameter in {words:?}");
+    }
+}
+
 #[test]
 fn check_validates_a_module_and_prints_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
