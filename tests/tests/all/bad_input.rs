@@ -178,8 +178,8 @@ fn invalid_policies_name_the_file_and_field() {
     let cases: &[(&str, &str)] = &[
         ("name = \"p\"\n[[filters]]\nunit = \"memroy\"\n", "p.toml: filters[0].unit: no filter unit named \"memroy\" is loaded (known filters: cpu, cpu-level, cpu-pinning, hugepages, memory, numa, vm-affinity)"),
         ("name = \"p\"\n[[filters]]\nunit = \"cpu-load\"\n", "p.toml: filters[0].unit: unit \"cpu-load\" is a weight, not a filter"),
-        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = \"big\"\n", "p.toml: filters[0].params.overhead_mb: expected integer in 0..=65536, got \"big\""),
-        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = 100000\n", "p.toml: filters[0].params.overhead_mb: expected integer in 0..=65536, got 100000"),
+        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = \"big\"\n", "p.toml: filters[0].params.overhead_mb: expected int in 0..=65536, got \"big\""),
+        ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhead_mb = 100000\n", "p.toml: filters[0].params.overhead_mb: expected int in 0..=65536, got 100000"),
         ("name = \"p\"\n[[filters]]\nunit = \"memory\"\n[filters.params]\noverhaed_mb = 1\n", "p.toml: filters[0].params.overhaed_mb: unit \"memory\" has no parameter \"overhaed_mb\" (it has: overhead_mb)"),
         ("name = \"p\"\n[[filters]]\nunit = \"memory\"\nfactor = 2\n", "p.toml: filters[0].factor: only weights take a factor"),
         ("name = \"p\"\n[[weights]]\nunit = \"cpu-load\"\nfactor = -1\n", "p.toml: weights[0].factor: must be in 0..=1000000, got -1"),

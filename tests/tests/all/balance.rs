@@ -327,7 +327,7 @@ fn power_saving_policy_parameters_are_validated_against_the_reference_ranges() {
     let err = parse("HighUtilization = 100").unwrap_err();
     assert!(err.contains("balance.params.HighUtilization"), "{err}");
     let err = parse("EnableAutomaticHostPowerManagement = \"yes\"").unwrap_err();
-    assert!(err.contains("boolean"), "{err}");
+    assert!(err.contains("expected bool, got \"yes\""), "{err}");
 }
 
 #[test]

@@ -181,11 +181,17 @@ fn a_module_copied_slowly_in_chunks_is_never_loaded_half_written() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            // One last look after `stop`: on a loaded machine this thread may not have run
+            // between the publication and the stop.
+            loop {
+                let last = stop.load(Ordering::Relaxed);
                 if let Some(h) = serving_hash(&rt, UNIT) {
                     if !seen.contains(&h) {
                         seen.push(h);
                     }
+                }
+                if last {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
