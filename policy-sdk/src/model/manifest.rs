@@ -259,3 +259,31 @@ impl Manifest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ParamType;
+
+    /// `wasmsched units` printed `(string)` where its `--json` said `"str"`: the text word of
+    /// every parameter type is its JSON name.
+    #[test]
+    fn param_type_words_are_the_same_in_text_and_json() {
+        let cases = [
+            (ParamType::Int { min: 0, max: 9 }, "int"),
+            (ParamType::Float { min: 0.0, max: 1.0 }, "float"),
+            (ParamType::Bool, "bool"),
+            (ParamType::Str, "string"),
+            (ParamType::Choice(vec!["a".into(), "b".into()]), "choice"),
+        ];
+        for (ty, word) in cases {
+            let json = serde_json::to_value(&ty).unwrap();
+            let json_word = match &json {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Object(map) => map.keys().next().unwrap().clone(),
+                other => panic!("{other}"),
+            };
+            assert_eq!(json_word, word, "{ty:?} in JSON");
+            assert!(ty.to_string().starts_with(word), "{ty:?} in text: {ty}");
+        }
+    }
+}
