@@ -287,26 +287,10 @@ impl SqliteStore {
                         .await?;
                 }
                 Write::PutHost { cluster, host } => {
-                    sqlx::query(
-                        "INSERT INTO host_docs (cluster, host, doc) VALUES (?, ?, ?) \
-                         ON CONFLICT(cluster, host) DO UPDATE SET doc = excluded.doc",
-                    )
-                    .bind(cluster)
-                    .bind(&host.id)
-                    .bind(&host.doc)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::put_doc(&mut tx, "host_docs", "host", cluster, host).await?;
                 }
                 Write::PutVm { cluster, vm } => {
-                    sqlx::query(
-                        "INSERT INTO vm_docs (cluster, vm, doc) VALUES (?, ?, ?) \
-                         ON CONFLICT(cluster, vm) DO UPDATE SET doc = excluded.doc",
-                    )
-                    .bind(cluster)
-                    .bind(&vm.id)
-                    .bind(&vm.doc)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::put_doc(&mut tx, "vm_docs", "vm", cluster, vm).await?;
                 }
                 Write::PutMemoryChange {
                     cluster,
@@ -337,6 +321,26 @@ impl SqliteStore {
             }
         }
         tx.commit().await
+    }
+
+    /// Creates or replaces one document of `cluster` in `table` (keyed by `key`).
+    async fn put_doc(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        table: &str,
+        key: &str,
+        cluster: &str,
+        doc: &StoredDoc,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (cluster, {key}, doc) VALUES (?, ?, ?) \
+             ON CONFLICT(cluster, {key}) DO UPDATE SET doc = excluded.doc"
+        ))
+        .bind(cluster)
+        .bind(&doc.id)
+        .bind(&doc.doc)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// A whole snapshot was written: the host and VM documents written before it are in it.

@@ -125,20 +125,23 @@ fn state_of(service: &Service, vms: &[&str]) -> (Vec<Value>, BTreeMap<String, Va
     (hosts, vm_docs, placements)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_changes_to_one_host_and_one_vm_are_restored_as_memory_last_held_them() {
-    let dir = tempfile::tempdir().unwrap();
+/// The service over a SQLite store in `dir` (native builtin units).
+async fn open_service(dir: &std::path::Path) -> Arc<Service> {
     let metrics = Arc::new(Metrics::default());
-    let store = SqliteStore::open(dir.path(), metrics.clone())
-        .await
-        .unwrap();
-    let service = Service::start(
+    let store = SqliteStore::open(dir, metrics.clone()).await.unwrap();
+    Service::start(
         wasmsched_testkit::native::runtime(),
         Arc::new(store),
         metrics,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_to_one_host_and_one_vm_are_restored_as_memory_last_held_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = open_service(dir.path()).await;
     service
         .put_cluster("c".into(), snapshot(), None)
         .await
@@ -190,17 +193,7 @@ async fn concurrent_changes_to_one_host_and_one_vm_are_restored_as_memory_last_h
     let in_flight = service.pending("c", "db", false).unwrap();
 
     // Opened next to the live one, as after a kill -9: nothing closed or flushed.
-    let metrics = Arc::new(Metrics::default());
-    let reopened = SqliteStore::open(dir.path(), metrics.clone())
-        .await
-        .unwrap();
-    let restarted = Service::start(
-        wasmsched_testkit::native::runtime(),
-        Arc::new(reopened),
-        metrics,
-    )
-    .await
-    .unwrap();
+    let restarted = open_service(dir.path()).await;
     let after = state_of(&restarted, &vms);
     assert_eq!(
         before.0, after.0,
