@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tokio::sync::oneshot;
 use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
 use wasmsched::{
@@ -83,6 +84,35 @@ struct Served {
     /// submitted: the store receives one cluster's writes in the order their content was
     /// read, so the last write of anything is what memory holds (see [`Touched`]).
     journal: Mutex<()>,
+    /// Schedule requests waiting for the cluster's decision worker.
+    queue: Mutex<DecisionQueue>,
+}
+
+/// Schedule requests waiting to be decided, and whether a worker is deciding them.
+#[derive(Debug, Default)]
+struct DecisionQueue {
+    jobs: Vec<Job>,
+    worker: bool,
+}
+
+/// One caller's requests (decided one after another) and where to send the answer.
+#[derive(Debug)]
+struct Job {
+    requests: Vec<ScheduleRequest>,
+    reply: oneshot::Sender<Result<Vec<Result<Decision, ApiError>>, ApiError>>,
+}
+
+/// Lets a new worker start if the running one panicked.
+struct WorkerGuard<'a>(&'a Mutex<DecisionQueue>);
+
+impl Drop for WorkerGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut queue) = self.0.lock() {
+                queue.worker = false;
+            }
+        }
+    }
 }
 
 /// What an operation changed, named by id. The content is read from memory only when the
@@ -362,6 +392,7 @@ impl Service {
                     gate: RwLock::new(cluster),
                     policy: RwLock::new(policy),
                     journal: Mutex::new(()),
+                    queue: Mutex::default(),
                 }),
             );
         }
@@ -480,6 +511,7 @@ impl Service {
                 gate: RwLock::new(new.clone()),
                 policy: RwLock::new((spec, policy)),
                 journal: Mutex::new(()),
+                queue: Mutex::default(),
             });
             let mut clusters = self.clusters.write().unwrap();
             if clusters.contains_key(&id) {
@@ -581,53 +613,109 @@ impl Service {
     }
 
     /// Schedules VMs one after another (each sees the ones before); every reservation is
-    /// durable (one commit) when this returns.
+    /// durable when this returns.
+    ///
+    /// The requests join the cluster's decision queue. One worker per cluster (a blocking
+    /// thread, started by the first request that finds none) takes everything queued,
+    /// decides it in arrival order like an in-process mass start, journals the placements
+    /// as one submission and decides the next queued requests while that commits; the
+    /// answers go out once their commit is durable. So concurrent requests for one cluster
+    /// never decide on the same view (no optimistic retries), and their fsyncs are shared.
     pub async fn schedule_batch(
         self: &Arc<Self>,
         id: &str,
         requests: Vec<ScheduleRequest>,
     ) -> Result<Vec<Result<Decision, ApiError>>, ApiError> {
         let served = self.served(id)?;
-        let this = self.clone();
-        let id = id.to_string();
-        let (results, commit, served) = tokio::task::spawn_blocking(move || {
+        let (reply, answer) = oneshot::channel();
+        let start_worker = {
+            let mut queue = served.queue.lock().unwrap();
+            queue.jobs.push(Job { requests, reply });
+            !std::mem::replace(&mut queue.worker, true)
+        };
+        if start_worker {
+            let this = self.clone();
+            let id = id.to_string();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || this.decide_queued(&id, &served, &runtime));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the decision worker stopped",
+            ))
+        })
+    }
+
+    /// The cluster's decision worker: decides queued jobs until the queue is empty.
+    fn decide_queued(&self, id: &str, served: &Arc<Served>, runtime: &tokio::runtime::Handle) {
+        let _worker = WorkerGuard(&served.queue);
+        loop {
+            let jobs = {
+                let mut queue = served.queue.lock().unwrap();
+                if queue.jobs.is_empty() {
+                    queue.worker = false;
+                    return;
+                }
+                std::mem::take(&mut queue.jobs)
+            };
             let cluster = served.cluster();
             let policy = served.policy();
-            let mut results = Vec::with_capacity(requests.len());
-            for request in &requests {
-                let started = Instant::now();
-                let result = policy.schedule(&cluster, request);
-                let outcome = result.as_ref().ok().map(|d| d.chosen.is_some());
-                this.metrics.decided(outcome, started.elapsed());
-                results.push(result.map_err(ApiError::from));
+            let mut answers = Vec::with_capacity(jobs.len());
+            let mut placed = Vec::new();
+            // A job whose caller is gone (timed out) is not decided.
+            for job in jobs.into_iter().filter(|job| !job.reply.is_closed()) {
+                let results: Vec<Result<Decision, ApiError>> = job
+                    .requests
+                    .iter()
+                    .map(|request| {
+                        let started = Instant::now();
+                        let result = policy.schedule(&cluster, request);
+                        let outcome = result.as_ref().ok().map(|d| d.chosen.is_some());
+                        self.metrics.decided(outcome, started.elapsed());
+                        result.map_err(ApiError::from)
+                    })
+                    .collect();
+                placed.extend(
+                    results
+                        .iter()
+                        .flatten()
+                        .filter(|d| d.chosen.is_some())
+                        .map(|d| d.vm.clone()),
+                );
+                answers.push((job.reply, results));
             }
-            let vms: Vec<String> = results
-                .iter()
-                .filter_map(|r| r.as_ref().ok())
-                .filter(|d| d.chosen.is_some())
-                .map(|d| d.vm.clone())
-                .collect();
+            if answers.is_empty() {
+                continue;
+            }
             let touched = Touched {
-                placements: vms,
+                placements: placed.clone(),
                 ..Touched::default()
             };
-            let commit = served.journal(&id, &cluster, &*this.store, touched, Vec::new());
+            let commit = served.journal(id, &cluster, &*self.store, touched, Vec::new());
             drop(cluster);
-            (results, commit, served)
-        })
-        .await
-        .map_err(blocking_failed)?;
-        if let Err(e) = commit.await {
-            // Not durable, so not acknowledged: take the reservations back.
-            let cluster = served.cluster();
-            for decision in results.iter().flatten() {
-                if decision.chosen.is_some() {
-                    let _ = cluster.release_vm(&decision.vm);
+            let served = served.clone();
+            runtime.spawn(async move {
+                match commit.await {
+                    Ok(()) => {
+                        for (reply, results) in answers {
+                            let _ = reply.send(Ok(results));
+                        }
+                    }
+                    Err(e) => {
+                        // Not durable, so not acknowledged: take the reservations back.
+                        let cluster = served.cluster();
+                        for vm in &placed {
+                            let _ = cluster.release_vm(vm);
+                        }
+                        let error = ApiError::from(e);
+                        for (reply, _) in answers {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
                 }
-            }
-            return Err(e.into());
+            });
         }
-        Ok(results)
     }
 
     /// A lifecycle report about one VM. 404 when the cluster knows nothing of the VM, 409

@@ -217,6 +217,13 @@ fn in_process(
     Ok((requests.len() as f64 / median.as_secs_f64(), placed))
 }
 
+/// The one field of a decision the clients read (parsed without building the rest: the
+/// clients share the machine with the server).
+#[derive(Debug, serde::Deserialize)]
+struct Answer {
+    host: Option<String>,
+}
+
 /// What the clients measured.
 #[derive(Debug, Default)]
 struct Load {
@@ -242,8 +249,8 @@ fn drive(addr: &str, cluster: &str, bodies: Arc<Vec<String>>, clients: usize) ->
                     match conn.send("POST", &path, body) {
                         Ok((200, text)) => {
                             load.latencies.push(sent.elapsed());
-                            let answer: Value = serde_json::from_str(&text)?;
-                            load.placed += usize::from(answer["host"].is_string());
+                            let answer: Answer = serde_json::from_str(&text)?;
+                            load.placed += usize::from(answer.host.is_some());
                         }
                         Ok((status, text)) => load.errors.push(format!("{status} {text}")),
                         Err(e) => {
@@ -286,6 +293,28 @@ fn over_committed(state: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The service's own figures: store commits, their mean latency, and submissions, from
+/// `/metrics` (unlabelled samples by name).
+fn store_figures(conn: &mut Connection) -> Result<(f64, f64, f64)> {
+    let (status, text) = conn.send("GET", "/metrics", "")?;
+    ensure!(status == 200, "GET /metrics: {status}");
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Ok((
+        sample("wasmsched_store_commit_seconds_count"),
+        sample("wasmsched_store_commit_seconds_sum"),
+        sample("wasmsched_store_submissions_total"),
+    ))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if cfg!(debug_assertions) {
@@ -322,7 +351,12 @@ fn main() -> Result<()> {
         .iter()
         .map(|vm| serde_json::json!({ "vm": vm }).to_string())
         .collect();
+    let store_before = store_figures(&mut setup)?;
     let load = drive(&server.addr, "load", Arc::new(bodies), clients)?;
+    let store_after = store_figures(&mut setup)?;
+    let commits = store_after.0 - store_before.0;
+    let commit_ms = (store_after.1 - store_before.1) / commits.max(1.0) * 1e3;
+    let per_commit = (store_after.2 - store_before.2) / commits.max(1.0);
 
     let (status, body) = setup.send("GET", "/v1/clusters/load", "")?;
     ensure!(status == 200, "GET cluster: {status} {body}");
@@ -350,6 +384,9 @@ fn main() -> Result<()> {
         load.placed,
         ms(percentile(&load.latencies, 0.50)),
         ms(percentile(&load.latencies, 0.99)),
+    );
+    println!(
+        "store: {commits:.0} commits, {commit_ms:.2} ms each on average, {per_commit:.1} submissions per commit"
     );
     println!(
         "target service/in-process >= {TARGET_RATIO}: {} (ratio {ratio:.2})",
