@@ -40,8 +40,9 @@ struct Args {
     /// Hosts of the synthetic cluster.
     #[arg(long, default_value_t = 1_000)]
     hosts: usize,
-    /// Runs of the in-process mass start (the median counts).
-    #[arg(long, default_value_t = 3)]
+    /// Runs of the in-process mass start, half before and half after the service's (the
+    /// median counts).
+    #[arg(long, default_value_t = 4)]
     in_process_runs: usize,
     /// The `wasmsched` binary to serve with (default: next to this one, e.g.
     /// `target/release/wasmsched`).
@@ -81,6 +82,23 @@ impl Server {
             addr,
             _data: data,
         })
+    }
+
+    /// CPU time the server process used so far (Linux `/proc`; `None` elsewhere).
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which ends with ')'): utime and stime are the
+        // 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second: u64 =
+            String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().ok()?.stdout)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+        Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
     }
 
     /// SIGTERM (graceful shutdown), then waits; fails unless the exit is clean.
@@ -189,12 +207,12 @@ fn server_binary(args: &Args) -> Result<PathBuf> {
 }
 
 /// The in-process mass start: the same VMs, one `schedule_batch` on a fresh cluster per
-/// run (after one warm-up run), the median run's decisions per second and its placements.
+/// run (after one warm-up run); the time of each run and the VMs placed.
 fn in_process(
     snapshot: &wasmsched::sdk::Snapshot,
     requests: &[ScheduleRequest],
     runs: usize,
-) -> Result<(f64, usize)> {
+) -> Result<(Vec<Duration>, usize)> {
     let runtime = Runtime::builder().cache_dir(None).build()?;
     let policy = Policy::builtin_default(&runtime)?;
     let mut times = Vec::new();
@@ -212,9 +230,7 @@ fn in_process(
             times.push(took);
         }
     }
-    times.sort();
-    let median = times[times.len() / 2];
-    Ok((requests.len() as f64 / median.as_secs_f64(), placed))
+    Ok((times, placed))
 }
 
 /// The one field of a decision the clients read (parsed without building the rest: the
@@ -329,8 +345,10 @@ fn main() -> Result<()> {
         .iter()
         .map(|vm| ScheduleRequest::new(vm.clone()).detail(Detail::Summary))
         .collect();
-    let (in_process_rate, in_process_placed) =
-        in_process(&snapshot, &requests, args.in_process_runs)?;
+    // Half the in-process runs before the service's, half after: the machine's load
+    // drifts, and the ratio should compare like with like.
+    let half = args.in_process_runs.max(2).div_ceil(2);
+    let (mut in_process_times, in_process_placed) = in_process(&snapshot, &requests, half)?;
 
     let server = Server::start(&binary)?;
     let mut setup = Connection::open(&server.addr)?;
@@ -352,7 +370,9 @@ fn main() -> Result<()> {
         .map(|vm| serde_json::json!({ "vm": vm }).to_string())
         .collect();
     let store_before = store_figures(&mut setup)?;
+    let cpu_before = server.cpu_time();
     let load = drive(&server.addr, "load", Arc::new(bodies), clients)?;
+    let cpu_after = server.cpu_time();
     let store_after = store_figures(&mut setup)?;
     let commits = store_after.0 - store_before.0;
     let commit_ms = (store_after.1 - store_before.1) / commits.max(1.0) * 1e3;
@@ -365,6 +385,9 @@ fn main() -> Result<()> {
     let pending_vms = state["pending_vms"].as_u64().unwrap_or(0) as usize;
     drop(setup);
     server.stop()?;
+    in_process_times.extend(in_process(&snapshot, &requests, half)?.0);
+    in_process_times.sort();
+    let in_process_rate = total as f64 / in_process_times[in_process_times.len() / 2].as_secs_f64();
 
     let rate = load.latencies.len() as f64 / load.took.as_secs_f64();
     let ratio = rate / in_process_rate;
@@ -375,8 +398,8 @@ fn main() -> Result<()> {
         binary.display()
     );
     println!(
-        "in-process mass start: {in_process_rate:.0} decisions/s (median of {}), {in_process_placed} placed",
-        args.in_process_runs.max(1)
+        "in-process mass start: {in_process_rate:.0} decisions/s (median of {} runs, half before and half after the service's), {in_process_placed} placed",
+        in_process_times.len()
     );
     println!(
         "service (HTTP + durable store): {rate:.0} decisions/s in {:.0} ms, {} placed ({pending_vms} pending), p50 {:.2} ms, p99 {:.2} ms",
@@ -385,6 +408,16 @@ fn main() -> Result<()> {
         ms(percentile(&load.latencies, 0.50)),
         ms(percentile(&load.latencies, 0.99)),
     );
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        let used = after.saturating_sub(before);
+        println!(
+            "server CPU: {:.0} ms for {total} decisions = {:.3} ms each (in-process: {:.3} ms each); {:.2} cores busy on average",
+            ms(used),
+            ms(used) / total as f64,
+            1e3 / in_process_rate,
+            used.as_secs_f64() / load.took.as_secs_f64()
+        );
+    }
     println!(
         "store: {commits:.0} commits, {commit_ms:.2} ms each on average, {per_commit:.1} submissions per commit"
     );
