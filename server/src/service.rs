@@ -1,6 +1,8 @@
 //! The service without HTTP: clusters by id, their policies, the durable store, and every
-//! operation the API offers. Decisions run on blocking threads (wasm is CPU work); each
-//! cluster has its own locks, so clusters never wait on each other.
+//! operation the API offers. Work runs on blocking threads (wasm is CPU work); each cluster
+//! has its own locks and its own decision worker for schedule requests, so clusters never
+//! wait on each other. Every change is journaled (see `Touched`) and acknowledged only once
+//! the store made it durable.
 
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics};
