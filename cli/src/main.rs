@@ -10,6 +10,8 @@ use wasmsched::{
     StartOutcome, WatchOptions,
 };
 
+mod author;
+mod diff;
 mod simulate;
 mod size;
 mod timeline;
@@ -20,6 +22,13 @@ const DEMO_VMS: &str = include_str!("../../examples/demo/vms.json");
 /// Longest watch interval (poll, debounce, settle) accepted, in milliseconds: one hour. A
 /// longer settle time meant a module never loaded.
 const MAX_WATCH_MS: u64 = 3_600_000;
+
+/// Exit code of `diff` when the two policies decided differently (0: identical).
+const EXIT_DIFFERENT: u8 = 1;
+
+/// Exit code of `diff` and `test` on bad input (files, policies, the scenario, a case
+/// file, a module the engine refuses).
+const EXIT_BAD_INPUT: u8 = 2;
 
 /// Exit code when a decision found no host (or a memory hot set is not possible: the host
 /// cannot take it, or no set of DIMMs adds up to the reduction).
@@ -82,6 +91,10 @@ enum Command {
         /// Only these hosts (ids) may be chosen.
         #[arg(long, value_name = "HOST", value_delimiter = ',')]
         whitelist: Option<Vec<String>>,
+        /// Show how the choice was made: per host every filter's verdict, every weight's
+        /// raw penalty, rank, factor and contribution, and how the selector chose.
+        #[arg(long)]
+        explain: bool,
     },
     /// Choose a destination for a running VM (`--vm`), or for every VM on a host going to
     /// maintenance (`--host`), honouring migration modes.
@@ -126,6 +139,20 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// Replay the events of a scenario under two policies and report every decision that
+    /// differs, with both explanations. Exit 0 when the decisions are identical, 1 when
+    /// they differ, 2 on bad input.
+    Diff {
+        /// Cluster snapshot (JSON or TOML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The scenario, as `simulate` reads it.
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// The two policies, A then B: files or builtin names (`--policy A --policy B`).
+        #[arg(long, value_name = "FILE|NAME", required = true)]
+        policy: Vec<PathBuf>,
+    },
     /// Run one balance cycle: the proposed migrations and power actions with their reasons,
     /// and the actions the engine vetoed. Nothing is carried out.
     Balance {
@@ -155,10 +182,45 @@ enum Command {
     },
     /// List the loaded units with kind, module, version and parameters.
     Units,
-    /// Validate a policy module and print its manifest.
+    /// Whether the engine would load a module (exit 0) or not (exit 1, with the reason):
+    /// ABI version, units, parameters with types and defaults, imports, size, and the
+    /// load-time trial over generated hosts.
     Check {
         /// The module file.
         module: PathBuf,
+    },
+    /// Create a unit crate (`DIR/NAME`) that builds and passes its own tests at once: a
+    /// unit with a parameter, native tests, and table cases for `wasmsched test`.
+    New {
+        /// Crate and unit name: lower-case letters, digits, '-' and '_'.
+        name: String,
+        /// The unit's kind.
+        #[arg(long, value_enum)]
+        kind: author::KindArg,
+        /// Directory to create the crate in (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Where policy-sdk comes from: `embedded` (written from the copy in this binary
+        /// to the user's data directory) or a policy-sdk directory. Default: the
+        /// repository this binary was built from while it exists, else `embedded`.
+        #[arg(long, value_name = "embedded|DIR")]
+        sdk: Option<String>,
+    },
+    /// Compile a unit crate to a size-optimized wasm module (installing the
+    /// wasm32-unknown-unknown target if missing); prints the module's path and size.
+    Build {
+        /// The unit crate (default: the current directory).
+        #[arg(value_name = "CRATE_DIR")]
+        crate_dir: Option<PathBuf>,
+    },
+    /// Run table cases through the real runtime: exit 0 when every case passes, 1 with
+    /// the differences (expected vs got, per host) when one fails, 2 for bad input.
+    Test {
+        /// The module file.
+        module: PathBuf,
+        /// The case file (TOML or JSON).
+        #[arg(long, value_name = "FILE")]
+        cases: PathBuf,
     },
     /// Watch the policy directory (`--policies DIR`) and hot-reload modules as they are
     /// added, replaced or removed, logging every reload and rejection. Runs until
@@ -334,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy: policy_file,
             blacklist,
             whitelist,
+            explain,
         } => {
             let runtime = runtime(g, true)?;
             let policy = policy(&runtime, policy_file.as_deref())?;
@@ -356,10 +419,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_NO_HOST));
                 }
             };
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&decision)?);
-            } else {
-                print!("{decision}");
+            match (g.json, explain) {
+                (true, false) => println!("{}", serde_json::to_string_pretty(&decision)?),
+                (true, true) => {
+                    let mut value = serde_json::to_value(&decision)?;
+                    value["explanation"] = serde_json::json!({
+                        "rule": decision.selector.rule(),
+                        "choice": decision.explain().choice(),
+                        "text": decision.explain().to_string(),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                }
+                (false, false) => print!("{decision}"),
+                (false, true) => print!("{}", decision.explain()),
             }
             Ok(if decision.chosen.is_some() {
                 ExitCode::SUCCESS
@@ -405,6 +477,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policy: policy_file,
             svg,
         } => simulate(g, cluster, events, policy_file.as_deref(), svg.as_deref()),
+        Command::Diff {
+            cluster,
+            events,
+            policy: policies,
+        } => Ok(match diff(g, cluster, events, policies) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        }),
         Command::Memory {
             cluster,
             vm,
@@ -507,31 +590,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { module } => {
-            let runtime = runtime(g, false)?;
-            let bytes = wasmsched::Runtime::read_module_file(module)?;
-            let loaded = runtime.load_module(&module.display().to_string(), &bytes)?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(loaded.manifest())?);
-            } else {
-                let m = loaded.manifest();
-                println!(
-                    "{}: ok — module {} {} (ABI {}), sha256 {}",
-                    module.display(),
-                    m.module,
-                    m.version,
-                    m.abi_version,
-                    loaded.hash()
-                );
-                for u in &m.units {
-                    println!("  {:<8} {:<20} {}", u.kind, u.name, u.description);
-                    for p in &u.params {
-                        println!("           - {} = {} ({})", p.name, p.default, p.ty);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { module } => author::check(g, module),
+        Command::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => author::new(g, name, *kind, dir.as_deref(), sdk.as_deref()),
+        Command::Build { crate_dir } => author::build(g, crate_dir.as_deref()),
+        Command::Test { module, cases } => author::test(g, module, cases),
         Command::Serve {
             listen,
             data,
@@ -627,15 +694,21 @@ fn simulate(
             eprintln!("wrote {}", svg.display());
         }
     }
+    // What the policy's shadow units would have changed over the whole run.
+    let shadow = policy.shadow_status();
+    let shadow = (!shadow.units.is_empty()).then_some(shadow);
     if g.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             outcomes: &'a [simulate::EventOutcome],
             summary: &'a simulate::Summary,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            shadow: Option<&'a wasmsched::shadow::ShadowStatus>,
         }
         let report = Report {
             outcomes: &outcomes,
             summary: &summary,
+            shadow: shadow.as_ref(),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -644,8 +717,50 @@ fn simulate(
         }
         println!();
         print!("{summary}");
+        if let Some(shadow) = &shadow {
+            println!();
+            print!("{shadow}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `diff`: exit 0 when both policies decide alike, 1 when they differ; errors are the
+/// caller's exit 2.
+fn diff(
+    g: &Global,
+    cluster: &Path,
+    events: &Path,
+    policies: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let [a, b] = policies else {
+        anyhow::bail!(
+            "--policy: give exactly two policies (--policy A --policy B), got {}",
+            policies.len()
+        );
+    };
+    // Check the inputs before loading any module.
+    let first = Cluster::from_file(cluster)?;
+    let scenario = simulate::Scenario::from_file(events)?;
+    simulate::validate(&scenario, &first.snapshot(), &events.display().to_string())?;
+    let runtime = runtime(g, true)?;
+    let policy_a = policy(&runtime, Some(a))?;
+    let policy_b = policy(&runtime, Some(b))?;
+    let report = diff::compare(
+        [&policy_a, &policy_b],
+        || Cluster::from_file(cluster),
+        &scenario,
+    )?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIFFERENT)
+    })
 }
 
 fn demo(g: &Global) -> anyhow::Result<ExitCode> {

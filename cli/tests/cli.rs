@@ -114,6 +114,37 @@ fn units_lists_builtins_with_kind_and_parameters() {
     assert!(text.contains("overhead_mb"), "{text}");
 }
 
+/// `units` said `(string)` in text where `--json` said `"str"`: every parameter's type word is
+/// now the same in both.
+#[test]
+fn regression_units_text_and_json_name_parameter_types_with_the_same_word() {
+    let text = stdout(&wasmsched(&["units"]));
+    let out = wasmsched(&["units", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut words = std::collections::BTreeSet::new();
+    for unit in report["units"].as_array().unwrap() {
+        for param in unit["params"].as_array().unwrap() {
+            let word = match &param["ty"] {
+                serde_json::Value::String(word) => word.clone(),
+                serde_json::Value::Object(map) => map.keys().next().unwrap().clone(),
+                other => panic!("unexpected type {other}"),
+            };
+            let name = param["name"].as_str().unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("- {name} = ")))
+                .unwrap_or_else(|| panic!("{name} missing in {text}"));
+            assert!(line.contains(&format!("({word}")), "{word}: {line}");
+            words.insert(word);
+        }
+    }
+    // The builtins declare parameters of every type but `choice`.
+    for word in ["int", "float", "bool", "string"] {
+        assert!(words.contains(word), "no {word} parameter in {words:?}");
+    }
+}
+
 #[test]
 fn check_validates_a_module_and_prints_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +153,16 @@ fn check_validates_a_module_and_prints_its_manifest() {
     let module = dir.path().join("basic.wasm");
     let out = wasmsched(&["check", module.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("module basic"), "{}", stdout(&out));
+    let text = stdout(&out);
+    for part in [
+        "ok, the engine loads it",
+        "module basic",
+        "imports wasmsched.log",
+        "trial passed",
+        "- overhead_mb: int in 0..=65536 = 64",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from\n{text}");
+    }
 }
 
 #[test]
@@ -590,4 +630,268 @@ fn regression_watch_logs_a_file_fixed_by_putting_the_serving_version_back() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("rejected") || err.contains("refused"), "{err}");
     assert!(err.contains("file fixed"), "{err}");
+}
+
+/// The tokens of the explain line of `weight` under `host` (`weight cpu-load raw 5 rank 4
+/// x 2 = 8`).
+fn explain_weight_line(text: &str, host: &str, weight: &str) -> Vec<String> {
+    let mut in_host = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            in_host = line.starts_with(&format!("{host} "));
+        } else if in_host && line.trim_start().starts_with(&format!("weight {weight} ")) {
+            return line.split_whitespace().map(str::to_string).collect();
+        }
+    }
+    panic!("no weight {weight} under {host} in:\n{text}");
+}
+
+#[test]
+fn schedule_explain_shows_every_filter_verdict_rank_factor_contribution_and_the_choice() {
+    let args = [
+        "schedule",
+        "--cluster",
+        "examples/clusters/small.json",
+        "--vm",
+        "examples/vms/web.json",
+        "--explain",
+    ];
+    let out = wasmsched(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("how weights combine (rank selector):"),
+        "{text}"
+    );
+    assert!(text.contains("lower is better"), "{text}");
+    assert!(
+        text.contains("host-5 (rack3-a): not a candidate: host is maintenance"),
+        "{text}"
+    );
+    assert!(
+        text.contains("host-4 (rack2-b): chosen, total 8\n  filters: memory pass, cpu pass, cpu-level pass, cpu-pinning pass, hugepages pass, numa pass, vm-affinity pass\n"),
+        "{text}"
+    );
+    // host-4 has the lowest CPU load (5%) of the 5 candidates: rank 4, x2 = 8.
+    assert_eq!(
+        explain_weight_line(&text, "host-4", "cpu-load"),
+        ["weight", "cpu-load", "raw", "5", "rank", "4", "x", "2", "=", "8"]
+    );
+    assert!(
+        text.contains("choice: host-4 with the highest total 8; next host-2 with 7"),
+        "{text}"
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = wasmsched(&json_args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(value["selector"], "rank");
+    assert_eq!(value["filters"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        value["explanation"]["choice"],
+        "host-4 with the highest total 8; next host-2 with 7"
+    );
+    assert!(value["explanation"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("choice: host-4"));
+    // The same arithmetic as data: per weight the rank is the number of candidates with a
+    // strictly higher raw penalty, the contribution rank x factor, the total their sum.
+    let candidates: Vec<&serde_json::Value> = value["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["score"].is_number())
+        .collect();
+    assert_eq!(candidates.len(), 5);
+    for (w, weight) in candidates[0]["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let raws: Vec<i64> = candidates
+            .iter()
+            .map(|h| h["weights"][w]["raw"].as_i64().unwrap())
+            .collect();
+        for (h, host) in candidates.iter().enumerate() {
+            let score = &host["weights"][w];
+            let rank = raws.iter().filter(|r| **r > raws[h]).count() as i64;
+            assert_eq!(score["unit"], weight["unit"]);
+            assert_eq!(score["rank"], rank, "{score}");
+            assert_eq!(
+                score["contribution"].as_f64().unwrap(),
+                (rank * score["factor"].as_i64().unwrap()) as f64,
+                "{score}"
+            );
+        }
+    }
+    for host in &candidates {
+        let sum: f64 = host["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["contribution"].as_f64().unwrap())
+            .sum();
+        assert_eq!(host["score"].as_f64().unwrap(), sum, "{host}");
+    }
+    let chosen = value["hosts"][3].clone();
+    assert_eq!(chosen["outcome"]["kind"], "chosen");
+    assert_eq!(chosen["weights"][0]["unit"], "cpu-load");
+    assert_eq!(chosen["weights"][0]["raw"], 5);
+    assert_eq!(chosen["weights"][0]["rank"], 4);
+    assert_eq!(chosen["weights"][0]["factor"], 2);
+    assert_eq!(chosen["weights"][0]["contribution"], 8.0);
+}
+
+/// Two hosts alike but for load and memory: `light` (10% CPU, 16 GiB) and `roomy` (50% CPU,
+/// 64 GiB). A VM of 40 GiB fits only on `roomy`.
+fn write_diff_inputs(dir: &Path) {
+    let host = |id: &str, cpu: u32, memory_mb: u64| {
+        serde_json::json!({
+            "id": id, "name": id, "status": "up",
+            "cpu": {"sockets": 1, "cores_per_socket": 16, "threads_per_core": 1},
+            "memory": {"physical_mb": memory_mb, "free_mb": memory_mb, "committed_mb": 0,
+                       "max_scheduling_mb": memory_mb, "swap_free_mb": 0},
+            "cpu_usage_percent": cpu, "running_vms": 0
+        })
+    };
+    let cluster = serde_json::json!({
+        "cluster": {"id": "diff", "name": "diff", "memory_overcommit_percent": 100},
+        "hosts": [host("light", 10, 16_384), host("roomy", 50, 65_536)],
+        "vms": []
+    });
+    let vm = |id: &str, memory_mb: u64| {
+        serde_json::json!({"id": id, "memory_mb": memory_mb,
+            "cpu": {"sockets": 1, "cores_per_socket": 1, "threads_per_core": 1}})
+    };
+    let events = serde_json::json!({
+        "vms": [vm("v1", 1024), vm("big", 40_960), vm("v2", 1024), vm("v3", 1024)],
+        "events": [
+            {"event": "start", "vms": ["v1", "big", "v2"]},
+            {"event": "vm_up", "vm": "v1"},
+            {"event": "start", "vms": ["v3"]}
+        ]
+    });
+    std::fs::write(dir.join("cluster.json"), cluster.to_string()).unwrap();
+    std::fs::write(dir.join("events.json"), events.to_string()).unwrap();
+    for (name, cpu, memory) in [("memory-first", 1, 3), ("cpu-first", 3, 1)] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\n[[filters]]\nunit = \"memory\"\n[[filters]]\nunit = \"cpu\"\n\
+                 [[weights]]\nunit = \"cpu-load\"\nfactor = {cpu}\n\
+                 [[weights]]\nunit = \"free-memory\"\nfactor = {memory}\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn diff_reports_exactly_the_decisions_two_policies_make_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    write_diff_inputs(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (cluster, events) = (file("cluster.json"), file("events.json"));
+    let (a, b) = (file("memory-first.toml"), file("cpu-first.toml"));
+    let base = ["diff", "--cluster", &cluster, "--events", &events];
+
+    // memory x3 sends every VM to roomy; CPU x3 sends every VM that fits to light. `big`
+    // fits only on roomy, so both agree on it.
+    let mut args = base.to_vec();
+    args.extend(["--policy", &a, "--policy", &b, "--json"]);
+    let out = wasmsched(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(
+        value["policies"],
+        serde_json::json!(["memory-first", "cpu-first"])
+    );
+    assert_eq!(value["decisions"], 4);
+    let differences: Vec<(u64, &str, &str, &str)> = value["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["event"].as_u64().unwrap(),
+                d["vm"].as_str().unwrap(),
+                d["a"]["chosen"].as_str().unwrap(),
+                d["b"]["chosen"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        differences,
+        [
+            (0, "v1", "roomy", "light"),
+            (0, "v2", "roomy", "light"),
+            (2, "v3", "roomy", "light"),
+        ]
+    );
+    // Each side carries its full decision with the weights' arithmetic.
+    let first = &value["differences"][0];
+    assert_eq!(first["a"]["hosts"][1]["weights"][1]["factor"], 3);
+    assert_eq!(first["b"]["hosts"][0]["weights"][0]["factor"], 3);
+
+    // The text names each differing decision and explains both sides.
+    args.pop();
+    let out = wasmsched(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            "diff: policy A \"memory-first\" vs policy B \"cpu-first\": 3 of 4 decisions differ\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n#0 start v1, big, v2: VM v1: A roomy, B light\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n#2 start v3: VM v3: A roomy, B light\n"),
+        "{text}"
+    );
+    assert!(!text.contains("VM big: A"), "{text}");
+    assert_eq!(text.matches("  --- under A\n").count(), 3, "{text}");
+    assert!(
+        text.contains("choice: roomy with the highest total 3; next light with 1"),
+        "{text}"
+    );
+
+    // A policy against itself: identical, exit 0.
+    let mut same = base.to_vec();
+    same.extend(["--policy", &a, "--policy", &a]);
+    let out = wasmsched(&same);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(": 0 of 4 decisions differ"));
+
+    // Bad input: exit 2 with the reason.
+    let mut one = base.to_vec();
+    one.extend(["--policy", &a]);
+    let out = wasmsched(&one);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("exactly two policies"),
+        "{}",
+        stderr(&out)
+    );
+    let missing = file("missing.json");
+    let out = wasmsched(&[
+        "diff",
+        "--cluster",
+        &missing,
+        "--events",
+        &events,
+        "--policy",
+        &a,
+        "--policy",
+        &b,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.json"), "{}", stderr(&out));
 }

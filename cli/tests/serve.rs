@@ -296,6 +296,30 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
         "{metrics}"
     );
     assert!(metrics.contains("wasmsched_reservations_held"), "{metrics}");
+
+    // A shadow filter (the memory filter with 64 GiB of overhead: it rejects every host)
+    // never changes a decision; each decision it would have changed is counted.
+    server.ok("PUT", "/v1/clusters/c2", Some(&cluster(2, 2, 4096)));
+    let shadowed = "name = \"shadowed\"\n[[filters]]\nunit = \"memory\"\n[[filters]]\nunit = \"memory\"\nshadow = true\nparams = { overhead_mb = 65536 }\n";
+    server.ok(
+        "PUT",
+        "/v1/clusters/c2/policy",
+        Some(&json!({"document": {"text": shadowed, "format": "toml"}})),
+    );
+    for id in ["s1", "s2"] {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/c2/schedule",
+            Some(&json!({"vm": vm(id, 4096), "detail": "full"})),
+        );
+        assert!(d["host"].is_string(), "{d}");
+        assert_eq!(d["shadow"][0]["effect"]["kind"], "rejects_chosen", "{d}");
+    }
+    let metrics = http(&server.addr, "GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains("wasmsched_shadow_changed_total{cluster=\"c2\",policy=\"shadowed\",kind=\"filter\",unit=\"memory\"} 2"),
+        "{metrics}"
+    );
     assert!(server.terminate(), "SIGTERM is a clean exit");
 }
 
@@ -1064,4 +1088,174 @@ fn serve_answers_408_when_a_request_outlives_the_timeout_and_keeps_serving() {
         server.terminate(),
         "a clean shutdown after a timed-out request"
     );
+}
+
+/// Runs the `wasmsched` binary for the author loop: unit crates build into one shared
+/// target directory under this build's own (compiled dependencies are reused across runs
+/// and crates), with no network (the scaffold's Cargo.lock pins the SDK's dependencies).
+fn author(args: &[&str]) -> std::process::Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_wasmsched"));
+    let units_target = bin
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("toolkit-units");
+    Command::new(bin)
+        .args(args)
+        .arg("--no-cache")
+        .env("CARGO_TARGET_DIR", units_target)
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .expect("wasmsched runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_str().unwrap();
+
+    // new: a filter crate whose SDK is this repository's (a path dependency).
+    let out = author(&["new", "retired-hosts", "--kind", "filter", "--dir", dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit_crate = work.path().join("retired-hosts");
+    let manifest = std::fs::read_to_string(unit_crate.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&repo().join("policy-sdk").display().to_string()),
+        "{manifest}"
+    );
+    let again = author(&["new", "retired-hosts", "--kind", "filter", "--dir", dir]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("already exists"));
+
+    // Its own native tests pass at once.
+    let units_target = Path::new(env!("CARGO_BIN_EXE_wasmsched"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("toolkit-units");
+    let native = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--lib", "--offline"])
+        .current_dir(&unit_crate)
+        .env("CARGO_TARGET_DIR", &units_target)
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "{}", text(&native.stderr));
+    assert!(
+        text(&native.stdout).contains("2 passed"),
+        "{}",
+        text(&native.stdout)
+    );
+
+    // build: a size-optimized module, where --json says.
+    let out = author(&["build", unit_crate.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let module = PathBuf::from(built["module"].as_str().unwrap());
+    assert_eq!(
+        built["bytes"].as_u64(),
+        Some(std::fs::metadata(&module).unwrap().len())
+    );
+    let module_arg = module.to_str().unwrap();
+
+    // test: the scaffold's cases pass...
+    let cases = unit_crate.join("cases.toml");
+    let out = author(&["test", module_arg, "--cases", cases.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("3 passed, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    // ...and a wrong expectation fails with a diff naming the host.
+    let good = std::fs::read_to_string(&cases).unwrap();
+    let wrong = good.replacen(
+        "host-1 = \"pass\", host-2",
+        "host-1 = { reject = \"retired_host\" }, host-2",
+        1,
+    );
+    assert_ne!(
+        wrong, good,
+        "the scaffold's first case expects host-1 to pass"
+    );
+    let wrong_cases = unit_crate.join("wrong-cases.toml");
+    std::fs::write(&wrong_cases, wrong).unwrap();
+    let out = author(&["test", module_arg, "--cases", wrong_cases.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let diff = text(&out.stdout);
+    for part in [
+        "FAIL the default prefix rejects the old-* host",
+        "host host-1:",
+        "expected: reject retired_host",
+        "got:      pass",
+        "2 passed, 1 failed",
+    ] {
+        assert!(diff.contains(part), "{part:?} missing from\n{diff}");
+    }
+
+    // check: the engine loads it; the parameter's type is one word in JSON.
+    let out = author(&["check", module_arg, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["units"][0]["name"], "retired-hosts");
+    assert_eq!(report["units"][0]["kind"], "filter");
+    assert_eq!(report["units"][0]["params"][0]["type"], "string");
+    assert_eq!(report["units"][0]["params"][0]["default"], "old-");
+    assert!(report["trial"]["hosts"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["module"] == "wasmsched"));
+
+    // Copy it into the directory a running server watches: the next decision uses it.
+    let data = tempfile::tempdir().unwrap();
+    let policies = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        &["--policies", policies.path().to_str().unwrap()],
+    );
+    server.ok("PUT", "/v1/clusters/c", Some(&cluster(3, 4, 1024)));
+    std::fs::copy(&module, policies.path().join("retired-hosts.wasm")).unwrap();
+    let document = json!({"document": {"text":
+        "name = \"retire\"\n[[filters]]\nunit = \"retired-hosts\"\n[filters.params]\nprefix = \"host-1\"\n"}});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server
+        .call("PUT", "/v1/clusters/c/policy", Some(&document))
+        .0
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the copied module was never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let decision = server.ok(
+        "POST",
+        "/v1/clusters/c/schedule",
+        Some(&json!({"vm": vm("web-1", 1024), "detail": "full"})),
+    );
+    let rejected: Vec<&Value> = decision["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["outcome"]["kind"] == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{decision}");
+    assert_eq!(rejected[0]["host"], "h1");
+    assert_eq!(rejected[0]["outcome"]["unit"], "retired-hosts");
+    assert_eq!(rejected[0]["outcome"]["code"], "retired_host");
 }

@@ -104,37 +104,59 @@ pub fn build(manifest_dir: &Path, guests: &[Guest]) -> Vec<Built> {
 /// one-line fix otherwise. Build scripts of several crates may get here at once: the
 /// install runs under a file lock in the guests' target directory, once.
 fn ensure_target_installed(target_dir: &Path) {
-    let Some(sysroot) = sysroot() else {
-        return; // no rustc to ask: the guest build itself will say what is wrong
+    let note = |line: &str| println!("cargo:warning={line}");
+    if let Err(fix) = ensure_target(target_dir, None, note) {
+        panic!("{fix}");
+    }
+}
+
+/// Makes sure the [`TARGET`] is installed for the toolchain `rustc` resolves to in `dir`
+/// (the current directory when `None`: a `rust-toolchain.toml` there picks the toolchain),
+/// running `rustup target add` when it is missing, under a file lock in `lock_dir` so that
+/// concurrent builds install it once. `note` hears what is done (the install, a failure
+/// of rustup). Returns the one-line fix when the target is still missing afterwards; `Ok`
+/// when there is no `rustc` to ask (the build itself then says what is wrong).
+pub fn ensure_target(
+    lock_dir: &Path,
+    dir: Option<&Path>,
+    mut note: impl FnMut(&str),
+) -> Result<(), String> {
+    let Some(sysroot) = sysroot(dir) else {
+        return Ok(());
     };
     let installed = || sysroot.join("lib/rustlib").join(TARGET).exists();
     if installed() {
-        return;
+        return Ok(());
     }
-    let lock = std::fs::create_dir_all(target_dir).and_then(|()| {
+    let lock = std::fs::create_dir_all(lock_dir).and_then(|()| {
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(target_dir.join(".install-target.lock"))
+            .open(lock_dir.join(".install-target.lock"))
     });
     let lock = lock.and_then(|file| file.lock().map(|()| file));
     if !installed() {
-        install_target();
+        install_target(dir, &mut note);
     }
     drop(lock);
-    if !installed() {
-        panic!("the {TARGET} target is not installed; fix with: rustup target add {TARGET}");
+    if installed() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {TARGET} target is not installed; fix with: rustup target add {TARGET}"
+        ))
     }
 }
 
-fn sysroot() -> Option<PathBuf> {
+fn sysroot(dir: Option<&Path>) -> Option<PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let output = Command::new(&rustc)
-        .arg("--print")
-        .arg("sysroot")
-        .output()
-        .ok()?;
+    let mut cmd = Command::new(&rustc);
+    cmd.arg("--print").arg("sysroot");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let output = cmd.output().ok()?;
     output
         .status
         .success()
@@ -146,20 +168,25 @@ fn sysroot() -> Option<PathBuf> {
 /// lands where this `rustc` looks for it; rustup only installs the targets listed in
 /// `rust-toolchain.toml` when it installs the toolchain itself, so a stable toolchain that
 /// was already there lacks it. Without rustup (or offline) the caller's one-line fix stands.
-fn install_target() {
+fn install_target(dir: Option<&Path>, note: &mut dyn FnMut(&str)) {
     let mut cmd = Command::new("rustup");
     cmd.args(["target", "add", TARGET]);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
         cmd.args(["--toolchain", &toolchain]);
     }
-    println!("cargo:warning=installing the {TARGET} target: rustup target add {TARGET}");
+    note(&format!(
+        "installing the {TARGET} target: rustup target add {TARGET}"
+    ));
     match cmd.output() {
         Ok(output) if output.status.success() => {}
-        Ok(output) => println!(
-            "cargo:warning=rustup target add {TARGET} failed: {}",
+        Ok(output) => note(&format!(
+            "rustup target add {TARGET} failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
-        ),
-        Err(e) => println!("cargo:warning=rustup is not available ({e})"),
+        )),
+        Err(e) => note(&format!("rustup is not available ({e})")),
     }
 }
 

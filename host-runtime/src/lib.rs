@@ -51,8 +51,8 @@ mod scheduling;
 mod state;
 
 pub use engine::{
-    BreakerConfig, CallLimits, LoadedModule, ReloadReport, Runtime, RuntimeBuilder, RuntimeStatus,
-    UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
+    BreakerConfig, CallLimits, FileLoad, LoadTrial, LoadedModule, ReloadReport, Runtime,
+    RuntimeBuilder, RuntimeStatus, UnitInfo, WatchMode, WatchOptions, MAX_MODULE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result, UnitFault};
 pub use files::{parse_document, read_bounded, read_document, Format, MAX_DOCUMENT_BYTES};
@@ -67,7 +67,15 @@ pub use state::{
 
 /// The parts of a [`Decision`]: what happened to each host and why.
 pub mod decision {
-    pub use crate::scheduling::{HostOutcome, Outcome, UnitFailure, WeightScore};
+    pub use crate::scheduling::{Explanation, HostOutcome, Outcome, UnitFailure, WeightScore};
+}
+
+/// Shadow units: what they would have changed in a decision and their counts per policy
+/// ([`Policy::shadow_status`]).
+pub mod shadow {
+    pub use crate::scheduling::{
+        ShadowDifference, ShadowEffect, ShadowStatus, ShadowUnitStatus, SHADOW_EXAMPLES,
+    };
 }
 
 /// The parts of plans and lifecycle results: balance actions, memory changes, what became
@@ -106,3 +114,9 @@ pub use policy_sdk as sdk;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust snippets of the unit authors' guide (`docs/writing-units.md`), compiled as
+/// doctests like the README's.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-units.md")]
+pub struct WritingUnitsDoctests;

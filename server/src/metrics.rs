@@ -89,6 +89,25 @@ pub struct Gauges {
     pub reloads: u64,
     /// Per module: (file, instances discarded after a fault, breaker trips, breaker open).
     pub modules_health: Vec<(String, u64, u64, bool)>,
+    /// Per shadow unit of each cluster's policy: what it would have changed.
+    pub shadow: Vec<ShadowGauge>,
+}
+
+/// One shadow unit of a cluster's policy (see `wasmsched::Policy::shadow_status`).
+#[derive(Debug)]
+pub struct ShadowGauge {
+    /// Cluster id.
+    pub cluster: String,
+    /// Policy name.
+    pub policy: String,
+    /// `filter` or `weight`.
+    pub kind: &'static str,
+    /// Unit name.
+    pub unit: String,
+    /// Decisions the unit would have changed.
+    pub changed: u64,
+    /// Decisions in which the unit failed.
+    pub faults: u64,
 }
 
 impl Metrics {
@@ -257,6 +276,31 @@ impl Metrics {
                 escape(file),
                 u8::from(*open)
             );
+        }
+        for (name, help, value) in [
+            (
+                "wasmsched_shadow_changed_total",
+                "Decisions a shadow unit would have changed (a shadow filter rejecting the chosen host, a shadow weight making another host best).",
+                (|g: &ShadowGauge| g.changed) as fn(&ShadowGauge) -> u64,
+            ),
+            (
+                "wasmsched_shadow_faults_total",
+                "Decisions in which a shadow unit failed (the decision was not affected).",
+                |g: &ShadowGauge| g.faults,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for g in &gauges.shadow {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",policy=\"{}\",kind=\"{}\",unit=\"{}\"}} {}",
+                    escape(&g.cluster),
+                    escape(&g.policy),
+                    g.kind,
+                    escape(&g.unit),
+                    value(g)
+                );
+            }
         }
         out
     }

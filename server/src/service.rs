@@ -5,7 +5,7 @@
 //! the store made it durable.
 
 use crate::error::ApiError;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, ShadowGauge};
 use crate::store::{
     BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, StoredPlacement, Write,
 };
@@ -1051,16 +1051,36 @@ impl Service {
 
     /// Figures for `/metrics`.
     pub fn gauges(&self) -> Gauges {
-        let clusters: Vec<Arc<Served>> = self.clusters.read().unwrap().values().cloned().collect();
+        let clusters: Vec<(String, Arc<Served>)> = self
+            .clusters
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(id, served)| (id.clone(), served.clone()))
+            .collect();
         let mut gauges = Gauges {
             clusters: clusters.len(),
             ..Gauges::default()
         };
-        for served in clusters {
+        for (id, served) in clusters {
             let cluster = served.cluster();
             gauges.reservations_held += cluster.pending_record_count();
             gauges.vms_pending += placed_vms(&cluster).len();
+            let shadow = served.policy.read().unwrap().1.shadow_status();
+            gauges
+                .shadow
+                .extend(shadow.units.into_iter().map(|u| ShadowGauge {
+                    cluster: id.clone(),
+                    policy: shadow.policy.clone(),
+                    kind: u.kind.as_str(),
+                    unit: u.unit.to_string(),
+                    changed: u.changed,
+                    faults: u.faults,
+                }));
         }
+        gauges
+            .shadow
+            .sort_by(|a, b| (&a.cluster, &a.unit).cmp(&(&b.cluster, &b.unit)));
         let status = self.runtime.status();
         gauges.module_generation = status.generation;
         gauges.modules = status.modules.len();

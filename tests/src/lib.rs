@@ -20,12 +20,23 @@ pub fn device_filter_wasm() -> PathBuf {
     PathBuf::from(env!("WASM_DEVICE_FILTER_GUEST"))
 }
 
-/// A runtime with the builtins and no compiled-module cache.
+/// A runtime with the builtins, sharing one compiled-module cache with every other test of
+/// this build (see [`shared_cache_dir`]). Tests about compilation or the cache itself build
+/// their runtime with `cache_dir(None)` or a directory of their own.
 pub fn runtime() -> Runtime {
     Runtime::builder()
-        .cache_dir(None)
+        .cache_dir(Some(shared_cache_dir()))
         .build()
         .expect("runtime builds")
+}
+
+/// The compiled-module cache shared by the tests of one build: under the build's `OUT_DIR`,
+/// so `cargo clean` removes it and a changed build starts from an empty one. Without it every
+/// test compiled the four builtin modules again with Cranelift (about 1.5 s of CPU each), which
+/// was most of this binary's run time; loading from the cache still runs every load-time check
+/// (ABI version, manifest, smoke sync and the trial over generated hosts).
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("OUT_DIR"), "/module-cache"))
 }
 
 /// A runtime with the builtins plus the misbehaving fixture module.

@@ -17,8 +17,9 @@ mod trial;
 
 pub use module::{BreakerConfig, BreakerStatus, CallLimits, LoadedModule, ModuleStats};
 pub use reload::{
-    FileError, FileProblem, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode, WatchOptions,
-    WatchStatus,
+    FileError, FileLoad, FileProblem, ModuleStatus, ReloadReport, RuntimeStatus, WatchMode,
+    WatchOptions, WatchStatus,
 };
 pub(crate) use runtime::Registry;
 pub use runtime::{Runtime, RuntimeBuilder, UnitHandle, UnitInfo, MAX_MODULE_BYTES};
+pub use trial::LoadTrial;

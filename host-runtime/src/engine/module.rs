@@ -369,6 +369,21 @@ impl LoadedModule {
         }
     }
 
+    /// The module's imports as `(import module, name)` pairs, in declaration order (a
+    /// loaded module imports only from the host's own import module); empty for native
+    /// units.
+    pub fn imports(&self) -> Vec<(String, String)> {
+        match &self.backend {
+            Backend::Wasm(wasm) => wasm
+                .pre
+                .module()
+                .imports()
+                .map(|i| (i.module().to_string(), i.name().to_string()))
+                .collect(),
+            Backend::Native(_) => Vec::new(),
+        }
+    }
+
     /// File name (or label) the module was loaded from.
     pub fn file(&self) -> &str {
         &self.file

@@ -164,6 +164,18 @@ pub struct FileProblem {
     pub error: Option<FileError>,
 }
 
+/// What became of a module file [`Runtime::wait_for_file`] waited for.
+#[derive(Debug, Clone)]
+pub enum FileLoad {
+    /// The file's current content is published: its units serve the next decision.
+    Serving(Arc<LoadedModule>),
+    /// The file's current content was rejected (the reason names the file); a version
+    /// that served before keeps serving.
+    Rejected(FileError),
+    /// Neither happened within the timeout (still being written, settling or validated).
+    TimedOut,
+}
+
 /// Size and modification time: what tells that a file changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -458,6 +470,49 @@ pub(super) fn status(runtime: &Runtime) -> RuntimeStatus {
         modules,
         problems,
         watch,
+    }
+}
+
+/// See [`Runtime::wait_for_file`].
+pub(super) fn wait_for_file(runtime: &Runtime, path: &Path, timeout: Duration) -> Result<FileLoad> {
+    let shown = shown_path(path);
+    let Some(name) = path.file_name() else {
+        return Err(Error::input(shown, None, "not a file name"));
+    };
+    if runtime.state.dir.lock().unwrap().is_none() {
+        return Err(Error::conflict(
+            "the runtime follows no policy directory (start Runtime::watch first)",
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    // The content to wait for: recomputed whenever the file changes on disk.
+    let mut seen: Option<(Stamp, String)> = None;
+    loop {
+        let stamp = Stamp::of(path).map_err(|e| Error::io(&shown, format!("cannot read: {e}")))?;
+        if seen.as_ref().is_none_or(|(s, _)| *s != stamp) {
+            let bytes = Runtime::read_module_file(path)?;
+            seen = Some((stamp, crate::engine::cache::sha256_hex(&bytes)));
+        }
+        let hash = seen.as_ref().map(|(_, h)| h.as_str()).unwrap_or_default();
+        {
+            let dir = runtime.state.dir.lock().unwrap();
+            let entry = dir.as_ref().and_then(|d| d.files.get(&d.dir.join(name)));
+            if let Some(entry) = entry {
+                if let Some(serving) = entry.serving.as_ref().filter(|m| m.hash() == hash) {
+                    return Ok(FileLoad::Serving(serving.clone()));
+                }
+                if let (Some(error), Some(processed)) = (&entry.error, entry.processed) {
+                    if processed == stamp && entry.loading.is_none() {
+                        return Ok(FileLoad::Rejected(error.clone()));
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(FileLoad::TimedOut);
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
     }
 }
 

@@ -6,9 +6,9 @@ use crate::engine::builtin;
 use crate::engine::cache::{self, sha256_hex};
 use crate::engine::module::{BreakerConfig, CallLimits, Instance, LoadedModule};
 use crate::engine::reload::{
-    self, DirState, ReloadReport, RuntimeStatus, WatchHandle, WatchOptions,
+    self, DirState, FileLoad, ReloadReport, RuntimeStatus, WatchHandle, WatchOptions,
 };
-use crate::engine::trial;
+use crate::engine::trial::{self, LoadTrial};
 use crate::error::{Error, Result};
 use arc_swap::ArcSwap;
 use policy_sdk::wire::abi::{MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION};
@@ -335,6 +335,23 @@ impl Runtime {
     /// stay. Returns whether a watcher was running.
     pub fn stop_watching(&self) -> bool {
         reload::stop_watching(self)
+    }
+
+    /// Waits until the current content of `path`, a module file in the watched policy
+    /// directory, is published ([`FileLoad::Serving`]: the next decision uses it) or
+    /// rejected ([`FileLoad::Rejected`], with the reason), or until `timeout` passes
+    /// ([`FileLoad::TimedOut`]). If the file changes while waiting, the newest content is
+    /// waited for. For embedders and deploy scripts that copy a module in and must not
+    /// race the watcher (a file is read only once it has settled). Fails when the runtime
+    /// follows no policy directory or the file cannot be read.
+    pub fn wait_for_file(&self, path: &Path, timeout: Duration) -> Result<FileLoad> {
+        reload::wait_for_file(self, path, timeout)
+    }
+
+    /// What the load-time trial runs every unit over (see [`Runtime::load_module`]): the
+    /// generated hosts and the VM shapes.
+    pub fn load_trial() -> LoadTrial {
+        trial::info()
     }
 
     /// The published modules (hash, load time, last error, circuit breaker), the files

@@ -128,6 +128,28 @@ fn cluster() -> Snapshot {
         .build()
 }
 
+/// What the load-time trial runs every unit over, for reports (`wasmsched check`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoadTrial {
+    /// Generated hosts every filter and weight is called over (and balance units see).
+    pub hosts: usize,
+    /// The VM shapes filters and weights are called with.
+    pub vm_shapes: Vec<String>,
+}
+
+/// See [`Runtime::load_trial`](crate::Runtime::load_trial).
+pub(crate) fn info() -> LoadTrial {
+    let trial = trial();
+    LoadTrial {
+        hosts: trial.hosts,
+        vm_shapes: trial
+            .vms
+            .iter()
+            .map(|(shape, _)| shape.to_string())
+            .collect(),
+    }
+}
+
 /// VM shapes every filter and weight is called with.
 fn vm_shapes() -> Vec<(&'static str, Vm)> {
     vec![

@@ -16,12 +16,14 @@ mod request;
 mod reschedule;
 mod scheduler;
 mod selector;
+mod shadow;
 
 pub use balance::{BalancePlan, PlannedAction, RefusedAction};
-pub use decision::{Decision, HostOutcome, Outcome, UnitFailure, WeightScore};
+pub use decision::{Decision, Explanation, HostOutcome, Outcome, UnitFailure, WeightScore};
 pub use memory::{MemoryChange, MemoryPlan, PlannedDimm, Reduction};
 pub use migration::{Migration, MigrationTrigger};
 pub use policy::{FailureMode, Policy, PolicyUnit, SelectorKind, StaleUnit};
 pub use power::{StartOutcome, WakeUp};
 pub use request::{Detail, ScheduleRequest};
 pub use reschedule::{Reschedule, VmFailed};
+pub use shadow::{ShadowDifference, ShadowEffect, ShadowStatus, ShadowUnitStatus, SHADOW_EXAMPLES};

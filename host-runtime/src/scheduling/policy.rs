@@ -10,6 +10,7 @@ use super::power::{self, StartOutcome};
 use super::request::ScheduleRequest;
 use super::reschedule::{self, VmFailed};
 use super::scheduler;
+use super::shadow::{ShadowStats, ShadowStatus};
 use crate::engine::{CallLimits, Registry, Runtime, UnitHandle};
 use crate::error::{Error, Result};
 use crate::files::{self, Format};
@@ -51,6 +52,26 @@ pub enum SelectorKind {
     NormalizedSum,
     /// The reference's second selector: sum of factor x raw penalty; lowest wins.
     RawSum,
+}
+
+impl SelectorKind {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelectorKind::Rank => "rank",
+            SelectorKind::NormalizedSum => "normalized_sum",
+            SelectorKind::RawSum => "raw_sum",
+        }
+    }
+
+    /// How the selector turns the weights' raw penalties into a choice, in one sentence.
+    pub fn rule(self) -> &'static str {
+        match self {
+            SelectorKind::Rank => "per weight, rank = the number of candidates with a strictly higher (worse) penalty (the best of n distinct penalties gets n-1, equal penalties share a rank); contribution = rank x factor; total = sum of contributions; the highest total wins",
+            SelectorKind::NormalizedSum => "per weight, points = (penalty - lowest) / (highest - lowest) over the candidates (best 0, worst 1; 0 when all are equal); contribution = points x factor; total = sum of contributions; the lowest total wins",
+            SelectorKind::RawSum => "contribution = raw penalty x factor; total = sum of contributions; the lowest total wins",
+        }
+    }
 }
 
 /// What a unit failure means for the decision.
@@ -95,6 +116,9 @@ struct UnitEntry {
     memory_limit_mb: Option<u64>,
     #[serde(default)]
     max_output_kb: Option<u64>,
+    /// Run beside the live policy without changing its decisions (see `shadow.rs`).
+    #[serde(default)]
+    shadow: bool,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -355,6 +379,12 @@ pub struct Policy {
     pub(super) weights: Vec<PolicyUnit>,
     pub(super) balance: Option<PolicyUnit>,
     pub(super) max_balance_actions: u32,
+    /// Filters that run in shadow mode (see [`Policy::shadow_status`]).
+    pub(super) shadow_filters: Vec<PolicyUnit>,
+    /// Weights that run in shadow mode.
+    pub(super) shadow_weights: Vec<PolicyUnit>,
+    /// What the shadow units would have changed, shared by every resolution and clone.
+    shadow_stats: Arc<ShadowStats>,
     /// Generation of the module set the units were resolved against.
     generation: u64,
     /// Units kept in an older version (see [`StaleUnit`]).
@@ -375,6 +405,9 @@ impl Clone for Policy {
             weights: self.weights.clone(),
             balance: self.balance.clone(),
             max_balance_actions: self.max_balance_actions,
+            shadow_filters: self.shadow_filters.clone(),
+            shadow_weights: self.shadow_weights.clone(),
+            shadow_stats: self.shadow_stats.clone(),
             generation: self.generation,
             stale: self.stale.clone(),
             live: self.live.as_ref().map(LiveLink::fresh),
@@ -524,34 +557,44 @@ impl Policy {
                 },
             })
         };
-        let filters = file
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(i, e)| resolve(e, format!("filters[{i}]"), UnitKind::Filter))
-            .collect::<Result<Vec<_>>>()?;
-        let weights = file
-            .weights
-            .iter()
-            .enumerate()
-            .map(|(i, e)| resolve(e, format!("weights[{i}]"), UnitKind::Weight))
-            .collect::<Result<Vec<_>>>()?;
+        // (live, shadow) units of one list, each with its index in the file.
+        let resolve_list = |list: &str, entries: &[UnitEntry], kind: UnitKind| {
+            let mut live = Vec::new();
+            let mut shadow = Vec::new();
+            for (i, entry) in entries.iter().enumerate() {
+                let unit = resolve(entry, format!("{list}[{i}]"), kind)?;
+                let same: &mut Vec<(usize, PolicyUnit)> =
+                    if entry.shadow { &mut shadow } else { &mut live };
+                if same.iter().any(|(_, u)| u.name() == unit.name()) {
+                    return Err(Error::input(
+                        label,
+                        Some(format!("{list}[{i}].unit")),
+                        format!(
+                            "unit {:?} is listed twice{}",
+                            unit.name(),
+                            if entry.shadow { " in shadow mode" } else { "" }
+                        ),
+                    ));
+                }
+                same.push((i, unit));
+            }
+            let units = |v: Vec<(usize, PolicyUnit)>| v.into_iter().map(|(_, u)| u).collect();
+            Ok::<(Vec<PolicyUnit>, Vec<PolicyUnit>), Error>((units(live), units(shadow)))
+        };
+        let (filters, shadow_filters) = resolve_list("filters", &file.filters, UnitKind::Filter)?;
+        let (weights, shadow_weights) = resolve_list("weights", &file.weights, UnitKind::Weight)?;
+        if file.balance.as_ref().is_some_and(|e| e.shadow) {
+            return Err(Error::input(
+                label,
+                Some("balance.shadow".into()),
+                "only filters and weights can run in shadow mode",
+            ));
+        }
         let balance = file
             .balance
             .as_ref()
             .map(|e| resolve(e, "balance".into(), UnitKind::Balance))
             .transpose()?;
-        for (list, units) in [("filters", &filters), ("weights", &weights)] {
-            for (i, unit) in units.iter().enumerate() {
-                if units[..i].iter().any(|u| u.name() == unit.name()) {
-                    return Err(Error::input(
-                        label,
-                        Some(format!("{list}[{i}].unit")),
-                        format!("unit {:?} is listed twice", unit.name()),
-                    ));
-                }
-            }
-        }
         if file.name.trim().is_empty() {
             return Err(Error::input(
                 label,
@@ -567,6 +610,11 @@ impl Policy {
             weights,
             balance,
             max_balance_actions: file.max_balance_actions.unwrap_or(1),
+            shadow_stats: Arc::new(ShadowStats::new(
+                shadow_filters.iter().chain(&shadow_weights),
+            )),
+            shadow_filters,
+            shadow_weights,
             generation: registry.generation,
             stale: Vec::new(),
             live: Some(LiveLink::new(runtime.registry_handle())),
@@ -624,6 +672,8 @@ impl Policy {
         let filters = self.filters.iter().map(&mut resolve).collect();
         let weights = self.weights.iter().map(&mut resolve).collect();
         let balance = self.balance.as_ref().map(&mut resolve);
+        let shadow_filters = self.shadow_filters.iter().map(&mut resolve).collect();
+        let shadow_weights = self.shadow_weights.iter().map(&mut resolve).collect();
         Policy {
             name: self.name.clone(),
             description: self.description.clone(),
@@ -632,6 +682,9 @@ impl Policy {
             weights,
             balance,
             max_balance_actions: self.max_balance_actions,
+            shadow_filters,
+            shadow_weights,
+            shadow_stats: self.shadow_stats.clone(),
             generation: registry.generation,
             stale,
             live: None,
@@ -666,6 +719,25 @@ impl Policy {
     /// The balance unit, if any.
     pub fn balance_unit(&self) -> Option<&PolicyUnit> {
         self.balance.as_ref()
+    }
+
+    /// Filters that run in shadow mode: beside the live filters, never changing a
+    /// decision.
+    pub fn shadow_filters(&self) -> &[PolicyUnit] {
+        &self.shadow_filters
+    }
+
+    /// Weights that run in shadow mode (with their factors).
+    pub fn shadow_weights(&self) -> &[PolicyUnit] {
+        &self.shadow_weights
+    }
+
+    /// Per shadow unit, the decisions ([`Policy::schedule`] and everything built on it)
+    /// made since the policy was parsed, how many it would have changed and how many it
+    /// failed in, with the last few changed decisions as examples. Shared by the
+    /// policy's clones; empty `units` when the policy has no shadow unit.
+    pub fn shadow_status(&self) -> ShadowStatus {
+        self.shadow_stats.status(&self.name)
     }
 
     /// At most this many balance actions per cycle.
@@ -707,6 +779,9 @@ impl Policy {
         if let Some(link) = &self.live {
             self.live = Some(link.fresh());
         }
+        self.shadow_stats = Arc::new(ShadowStats::new(
+            self.shadow_filters.iter().chain(&self.shadow_weights),
+        ));
     }
 
     /// Schedules one VM on the cluster and reserves its pending resources on the chosen
@@ -720,7 +795,10 @@ impl Policy {
     /// A VM that is already placed (and not started) is placed anew: its current pending
     /// resources are released first, so they do not count against it.
     pub fn schedule(&self, cluster: &Cluster, request: &ScheduleRequest) -> Result<Decision> {
-        scheduler::schedule(&self.live(), cluster, request)
+        let live = self.live();
+        let decision = scheduler::schedule(&live, cluster, request)?;
+        self.shadow_stats.record(&decision);
+        Ok(decision)
     }
 
     /// Places VMs one after another (a mass start), each decision seeing the pending

@@ -15,9 +15,10 @@
 use super::decision::{
     Decision, GroupKey, HostOutcome, NotCandidate, Outcome, TurnedAway, UnitFailure, WeightScore,
 };
-use super::policy::{FailureMode, Policy, PolicyUnit};
+use super::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use super::request::{Detail, ScheduleRequest};
-use super::selector::{compare_totals, pick_best, select};
+use super::selector::{compare_totals, factored, pick_best, select};
+use super::shadow::{self, LiveChoice};
 use crate::error::{Error, Result, UnitFault};
 use crate::state::{Cluster, ClusterView};
 use policy_sdk::wire::abi::Call;
@@ -233,8 +234,22 @@ pub(super) fn decide(
             }
         }
     }
-    let (totals, contributions) = select(policy.selector, &columns, survivors.len());
-    let best = pick_best(policy.selector, &totals, &survivors, snapshot);
+    let selection = select(policy.selector, factored(&columns), survivors.len());
+    let totals = &selection.totals;
+    let best = pick_best(policy.selector, totals, &survivors, snapshot);
+    let shadow = shadow::differences(
+        policy.selector,
+        &policy.shadow_filters,
+        &policy.shadow_weights,
+        &LiveChoice {
+            view,
+            vm: &request.vm,
+            survivors: &survivors,
+            columns: &columns,
+            best,
+        },
+    );
+    let ranked = policy.selector == SelectorKind::Rank;
     let scored = |pos: usize| {
         let weights = columns
             .iter()
@@ -242,8 +257,10 @@ pub(super) fn decide(
             .map(|(c, (unit, penalties))| WeightScore {
                 unit: unit.label.clone(),
                 raw: penalties[pos],
+                rank: ranked.then_some(selection.points[c][pos] as u64),
+                points: selection.points[c][pos],
                 factor: unit.factor,
-                contribution: contributions[c][pos],
+                contribution: selection.contribution(c, unit.factor, pos),
             })
             .collect();
         (totals[pos], weights)
@@ -321,6 +338,8 @@ pub(super) fn decide(
         vm: request.vm.id.clone(),
         policy: policy.name.clone(),
         epoch: view.epoch(),
+        selector: policy.selector,
+        filters: policy.filters.iter().map(|f| f.label.clone()).collect(),
         chosen: chosen.map(|h| h.id.clone()),
         chosen_name: chosen.map(|h| h.name.clone()),
         total_hosts: snapshot.hosts.len(),
@@ -330,6 +349,7 @@ pub(super) fn decide(
         unit_failures: failures,
         reservation: None,
         warnings: policy.stale.iter().map(ToString::to_string).collect(),
+        shadow,
     })
 }
 

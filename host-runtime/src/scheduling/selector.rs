@@ -5,21 +5,46 @@
 use super::policy::{PolicyUnit, SelectorKind};
 use policy_sdk::{HostIndex, Penalty};
 
-/// Per-host totals and per-unit contributions (indexed `[unit][candidate]`).
-pub(super) fn select(
+/// What a selector made of the weights' penalties over the candidates.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Selection {
+    /// Per candidate, the sum of every unit's contribution.
+    pub(super) totals: Vec<f64>,
+    /// Per unit (`[unit][candidate]`), the points the selector gave the raw penalty before
+    /// the factor: the rank (rank selector), the penalty scaled to 0..=1 (normalized sum)
+    /// or the raw penalty (raw sum). A contribution is points x factor.
+    pub(super) points: Vec<Vec<f64>>,
+}
+
+impl Selection {
+    /// The contribution of unit `column` (factor `factor`) to candidate `pos`'s total.
+    pub(super) fn contribution(&self, column: usize, factor: i64, pos: usize) -> f64 {
+        self.points[column][pos] * factor as f64
+    }
+}
+
+/// The (factor, penalties) of each weight column, as [`select`] takes them.
+pub(super) fn factored<'a>(
+    columns: &'a [(&PolicyUnit, Vec<Penalty>)],
+) -> impl Iterator<Item = (i64, &'a [Penalty])> {
+    columns
+        .iter()
+        .map(|(unit, penalties)| (unit.factor, penalties.as_slice()))
+}
+
+/// Turns each unit's penalty column into points, multiplies them by the unit's factor and
+/// sums them per candidate.
+pub(super) fn select<'a>(
     selector: SelectorKind,
-    columns: &[(&PolicyUnit, Vec<Penalty>)],
+    columns: impl IntoIterator<Item = (i64, &'a [Penalty])>,
     candidates: usize,
-) -> (Vec<f64>, Vec<Vec<f64>>) {
+) -> Selection {
     let mut totals = vec![0.0; candidates];
-    let mut contributions = Vec::with_capacity(columns.len());
-    for (unit, penalties) in columns {
-        let factor = unit.factor as f64;
-        let column: Vec<f64> = match selector {
-            SelectorKind::Rank => ranks(penalties)
-                .into_iter()
-                .map(|r| r as f64 * factor)
-                .collect(),
+    let mut all_points = Vec::new();
+    for (factor, penalties) in columns {
+        let factor = factor as f64;
+        let points: Vec<f64> = match selector {
+            SelectorKind::Rank => ranks(penalties).into_iter().map(|r| r as f64).collect(),
             SelectorKind::NormalizedSum => {
                 let min = penalties.iter().copied().min().unwrap_or(0);
                 let max = penalties.iter().copied().max().unwrap_or(0);
@@ -28,21 +53,24 @@ pub(super) fn select(
                     .iter()
                     .map(|&p| {
                         if span > 0.0 {
-                            (p as i128 - min as i128) as f64 / span * factor
+                            (p as i128 - min as i128) as f64 / span
                         } else {
                             0.0
                         }
                     })
                     .collect()
             }
-            SelectorKind::RawSum => penalties.iter().map(|&p| p as f64 * factor).collect(),
+            SelectorKind::RawSum => penalties.iter().map(|&p| p as f64).collect(),
         };
-        for (t, c) in totals.iter_mut().zip(&column) {
-            *t += c;
+        for (t, p) in totals.iter_mut().zip(&points) {
+            *t += p * factor;
         }
-        contributions.push(column);
+        all_points.push(points);
     }
-    (totals, contributions)
+    Selection {
+        totals,
+        points: all_points,
+    }
 }
 
 /// Rank of each penalty: the number of candidates with a strictly worse (higher) penalty,
@@ -135,6 +163,129 @@ mod tests {
         for (penalties, expected) in cases {
             assert_eq!(&ranks(penalties), expected, "penalties {penalties:?}");
         }
+    }
+
+    /// One selection worked by hand: the penalties of each weight (with its factor) over
+    /// hosts h1..h3 (or more), the points and contributions each gets, the totals and the
+    /// host chosen (ties to the lowest host id).
+    struct Case {
+        name: &'static str,
+        selector: SelectorKind,
+        /// (factor, penalty per host)
+        weights: &'static [(i64, &'static [Penalty])],
+        /// points per weight per host
+        points: &'static [&'static [f64]],
+        /// contribution per weight per host
+        contributions: &'static [&'static [f64]],
+        totals: &'static [f64],
+        chosen: &'static str,
+    }
+
+    #[test]
+    fn selector_arithmetic_matches_hand_computed_ranks_factors_contributions_and_tie_break() {
+        let cases = [
+            Case {
+                // The worked example of docs/weights.md.
+                name: "rank: cpu-load x2 decides against free-memory x1",
+                selector: SelectorKind::Rank,
+                weights: &[(2, &[35, 10, 60]), (1, &[-100, -300, -500])],
+                points: &[&[1.0, 2.0, 0.0], &[0.0, 1.0, 2.0]],
+                contributions: &[&[2.0, 4.0, 0.0], &[0.0, 1.0, 2.0]],
+                totals: &[2.0, 5.0, 2.0],
+                chosen: "h2",
+            },
+            Case {
+                name: "rank: equal penalties share a rank, equal totals go to the lowest id",
+                selector: SelectorKind::Rank,
+                weights: &[(3, &[20, 20, 50]), (1, &[7, 7, 7])],
+                points: &[&[1.0, 1.0, 0.0], &[0.0, 0.0, 0.0]],
+                contributions: &[&[3.0, 3.0, 0.0], &[0.0, 0.0, 0.0]],
+                totals: &[3.0, 3.0, 0.0],
+                chosen: "h1",
+            },
+            Case {
+                name: "rank: a factor of 0 silences a unit",
+                selector: SelectorKind::Rank,
+                weights: &[(0, &[0, 50, 90]), (1, &[9, 5, 1])],
+                points: &[&[2.0, 1.0, 0.0], &[0.0, 1.0, 2.0]],
+                contributions: &[&[0.0, 0.0, 0.0], &[0.0, 1.0, 2.0]],
+                totals: &[0.0, 1.0, 2.0],
+                chosen: "h3",
+            },
+            Case {
+                name: "normalized sum: scaled to 0..1, lowest total wins",
+                selector: SelectorKind::NormalizedSum,
+                weights: &[(2, &[10, 30, 50]), (4, &[0, 100, 25])],
+                points: &[&[0.0, 0.5, 1.0], &[0.0, 1.0, 0.25]],
+                contributions: &[&[0.0, 1.0, 2.0], &[0.0, 4.0, 1.0]],
+                totals: &[0.0, 5.0, 3.0],
+                chosen: "h1",
+            },
+            Case {
+                name: "raw sum: factor x raw, lowest total wins, ties to the lowest id",
+                selector: SelectorKind::RawSum,
+                weights: &[(2, &[10, 5, 5]), (1, &[-4, 6, 6])],
+                points: &[&[10.0, 5.0, 5.0], &[-4.0, 6.0, 6.0]],
+                contributions: &[&[20.0, 10.0, 10.0], &[-4.0, 6.0, 6.0]],
+                totals: &[16.0, 16.0, 16.0],
+                chosen: "h1",
+            },
+        ];
+        for case in &cases {
+            let n = case.totals.len();
+            let selection = select(case.selector, case.weights.iter().map(|(f, p)| (*f, *p)), n);
+            assert_eq!(selection.totals, case.totals, "{}: totals", case.name);
+            for (c, (factor, _)) in case.weights.iter().enumerate() {
+                assert_eq!(selection.points[c], case.points[c], "{}: points", case.name);
+                let contributions: Vec<f64> = (0..n)
+                    .map(|pos| selection.contribution(c, *factor, pos))
+                    .collect();
+                assert_eq!(
+                    contributions, case.contributions[c],
+                    "{}: contributions",
+                    case.name
+                );
+            }
+            // Hosts listed out of id order, so the tie-break is by id, not by position.
+            let snapshot = policy_sdk::testing::snapshot()
+                .hosts(
+                    (1..=n)
+                        .rev()
+                        .map(|i| policy_sdk::testing::host(&format!("h{i}"))),
+                )
+                .build();
+            let survivors: Vec<HostIndex> = (0..n as HostIndex).rev().collect();
+            let best = pick_best(case.selector, &selection.totals, &survivors, &snapshot)
+                .expect("a host is chosen");
+            assert_eq!(
+                snapshot.hosts[best as usize].id, case.chosen,
+                "{}: chosen",
+                case.name
+            );
+        }
+    }
+
+    /// The worked example of docs/explain.md is the first case above, row for row.
+    #[test]
+    fn worked_example_in_the_docs_is_what_the_selector_computes() {
+        let doc = include_str!("../../../docs/explain.md");
+        let (cpu, memory): (&[Penalty], &[Penalty]) = (&[35, 10, 60], &[-100, -300, -500]);
+        let selection = select(SelectorKind::Rank, [(2, cpu), (1, memory)], 3);
+        for pos in 0..3 {
+            let row = format!(
+                "| h{} | {} | {} | {} | {} | {} | {} | {} |",
+                pos + 1,
+                cpu[pos],
+                selection.points[0][pos],
+                selection.contribution(0, 2, pos),
+                memory[pos],
+                selection.points[1][pos],
+                selection.contribution(1, 1, pos),
+                selection.totals[pos],
+            );
+            assert!(doc.contains(&row), "docs/explain.md lacks the row {row}");
+        }
+        assert!(doc.contains("h2 wins with 5"));
     }
 
     /// The counting path (few distinct values) and the sorting path (wide values) agree

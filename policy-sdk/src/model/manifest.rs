@@ -79,7 +79,8 @@ pub enum ParamType {
     },
     /// Boolean.
     Bool,
-    /// Any string.
+    /// Any string (`string` in JSON, as in text).
+    #[serde(rename = "string")]
     Str,
     /// One of a fixed set of strings.
     Choice(Vec<String>),
@@ -88,11 +89,13 @@ pub enum ParamType {
 impl fmt::Display for ParamType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParamType::Int { min, max } => write!(f, "integer in {min}..={max}"),
-            ParamType::Float { min, max } => write!(f, "number in {min}..={max}"),
-            ParamType::Bool => f.write_str("boolean"),
+            // The words are the JSON names of the variants (`int`, `float`, `bool`, `string`,
+            // `choice`), so text and `--json` outputs say the same.
+            ParamType::Int { min, max } => write!(f, "int in {min}..={max}"),
+            ParamType::Float { min, max } => write!(f, "float in {min}..={max}"),
+            ParamType::Bool => f.write_str("bool"),
             ParamType::Str => f.write_str("string"),
-            ParamType::Choice(options) => write!(f, "one of {}", options.join(", ")),
+            ParamType::Choice(options) => write!(f, "choice of {}", options.join(", ")),
         }
     }
 }

@@ -13,4 +13,5 @@ mod layers;
 mod memory_hotplug;
 mod pending;
 mod reload;
+mod shadow;
 mod trial;

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmsched::{
-    BreakerConfig, Cluster, Error, Policy, Runtime, RuntimeStatus, ScheduleRequest, UnitFault,
-    WatchMode, WatchOptions,
+    BreakerConfig, Cluster, Error, FileLoad, Policy, Runtime, RuntimeStatus, ScheduleRequest,
+    UnitFault, WatchMode, WatchOptions,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -218,6 +218,54 @@ fn a_module_copied_slowly_in_chunks_is_never_loaded_half_written() {
 }
 
 #[test]
+fn wait_for_file_returns_once_a_copied_module_serves_or_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("max.wasm");
+    let unwatched = runtime();
+    let error = unwatched.wait_for_file(&file, LONG).unwrap_err();
+    assert!(error.to_string().contains("no policy directory"), "{error}");
+
+    let rt = runtime();
+    rt.watch(dir.path(), options()).unwrap();
+    // A plain copy (not a rename): the watcher reads it only once it has settled.
+    std::fs::write(&file, good_wasm()).unwrap();
+    match rt.wait_for_file(&file, LONG).unwrap() {
+        FileLoad::Serving(module) => assert_eq!(module.hash(), sha(&good_wasm())),
+        other => panic!("expected the module to serve, got {other:?}"),
+    }
+    // No race left: the very next decision uses the unit.
+    let p = policy(&rt, POLICY);
+    assert_eq!(decide(&p).chosen.as_deref(), Some("a"));
+
+    std::fs::write(&file, wat_module(3, 0, "")).unwrap();
+    match rt.wait_for_file(&file, LONG).unwrap() {
+        FileLoad::Rejected(e) => assert!(e.reason.contains("manifest"), "{e:?}"),
+        other => panic!("expected the broken version to be rejected, got {other:?}"),
+    }
+    assert_eq!(
+        serving_hash(&rt, UNIT),
+        Some(sha(&good_wasm())),
+        "the good version keeps serving"
+    );
+}
+
+#[test]
+fn wait_for_file_times_out_while_a_file_has_not_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("max.wasm");
+    let rt = runtime();
+    let slow = WatchOptions {
+        settle: Duration::from_secs(3600),
+        ..WatchOptions::default()
+    };
+    rt.watch(dir.path(), slow).unwrap();
+    std::fs::write(&file, good_wasm()).unwrap();
+    let outcome = rt.wait_for_file(&file, Duration::from_millis(200)).unwrap();
+    assert!(matches!(outcome, FileLoad::TimedOut), "{outcome:?}");
+    assert!(rt.unit(UNIT).is_none());
+}
+
+#[test]
 fn a_broken_replacement_is_refused_and_the_old_version_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("max.wasm");
@@ -312,12 +360,22 @@ fn a_renamed_module_keeps_its_units_published() {
 }
 
 #[test]
-fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
+fn twenty_reloads_while_another_thread_schedules_lose_no_decision() {
+    const ROUNDS: u64 = 20;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("max.wasm");
     std::fs::write(&file, good_wasm()).unwrap();
     let rt = runtime();
-    rt.watch(dir.path(), options()).unwrap();
+    // Each version is installed by one rename, so a short settle time is enough and keeps
+    // the rounds quick.
+    rt.watch(
+        dir.path(),
+        WatchOptions {
+            settle: Duration::from_millis(100),
+            ..WatchOptions::default()
+        },
+    )
+    .unwrap();
     loaded(&rt);
     let p = policy(&rt, POLICY);
     let stop = Arc::new(AtomicBool::new(false));
@@ -344,7 +402,7 @@ fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
             errors
         })
     };
-    for round in 1..=50 {
+    for round in 1..=ROUNDS {
         let bytes = with_custom_section(&good_wasm(), &format!("round-{round}"));
         let hash = sha(&bytes);
         install(&file, &bytes);
@@ -363,7 +421,7 @@ fn fifty_reloads_while_another_thread_schedules_lose_no_decision() {
         0,
         "failed decisions: {errors:?}"
     );
-    assert!(ok.load(Ordering::Relaxed) >= 50);
+    assert!(ok.load(Ordering::Relaxed) >= ROUNDS);
     assert!(rt.status().problems.is_empty());
 }
 
