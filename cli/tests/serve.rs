@@ -798,6 +798,298 @@ fn python_client_example_drives_a_mass_start_against_a_real_server() {
     assert!(stdout.contains("placed 8 of 8"), "{stdout}");
 }
 
+/// Three 64 GiB hosts; `h0` runs `run1` and `run2` and is busy (CPU 95% for 10 min),
+/// `h1` runs `db` (4 GiB, room to grow by hot plug), `h2` is idle.
+fn running_cluster() -> Value {
+    let host = |id: &str, cpu: u32, committed: u64| {
+        json!({
+            "id": id, "name": id, "status": "up",
+            "cpu": {"sockets": 2, "cores_per_socket": 16, "threads_per_core": 2},
+            "cpu_usage_percent": cpu, "cpu_usage_duration_minutes": 10,
+            "memory": {"physical_mb": 65_536, "free_mb": 65_536 - committed,
+                       "committed_mb": committed, "max_scheduling_mb": 65_536,
+                       "swap_free_mb": 0}
+        })
+    };
+    let running = |id: &str, on: &str| {
+        json!({"id": id, "memory_mb": 4_096, "status": "up", "current_host": on,
+               "cpu_usage_percent": 40,
+               "cpu": {"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1}})
+    };
+    json!({
+        "cluster": {"id": "c", "memory_overcommit_percent": 100},
+        "hosts": [host("h0", 95, 8_320), host("h1", 5, 4_160), host("h2", 5, 0)],
+        "vms": [running("run1", "h0"), running("run2", "h0"), running("db", "h1")]
+    })
+}
+
+/// The `placement` of a VM's pending records: `(host, kind)`, or `None`.
+fn placement(server: &Server, cluster: &str, vm: &str) -> Option<(String, String)> {
+    let p = server.ok(
+        "GET",
+        &format!("/v1/clusters/{cluster}/pending/vms/{vm}"),
+        None,
+    );
+    let placement = &p["placement"];
+    placement["host"].as_str().map(|host| {
+        let kind = placement["kind"]["kind"]
+            .as_str()
+            .or(placement["kind"].as_str())
+            .unwrap_or("?");
+        (host.to_string(), kind.to_string())
+    })
+}
+
+#[test]
+fn serve_migrate_evacuate_balance_memory_and_409_for_events_that_cannot_follow() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/c", Some(&running_cluster()));
+    server.ok(
+        "PUT",
+        "/v1/clusters/c/policy",
+        Some(&json!({"builtin": "evenly_distributed"})),
+    );
+
+    // Balance: a plan for the busy host, nothing reserved.
+    let plan = server.ok("GET", "/v1/clusters/c/balance", None);
+    assert!(
+        plan["actions"].is_array() && plan["notes"].is_array(),
+        "{plan}"
+    );
+    assert!(
+        !plan["actions"].as_array().unwrap().is_empty(),
+        "h0 is over-utilized: {plan}"
+    );
+    assert_eq!(
+        server.ok("GET", "/v1/clusters/c", None)["pending_vms"],
+        0,
+        "nothing reserved"
+    );
+
+    // Migrate one VM: a destination other than its host, reserved as a migration.
+    let moved = server.ok(
+        "POST",
+        "/v1/clusters/c/vms/run1/migrate",
+        Some(&json!({"trigger": "user_forced"})),
+    );
+    assert_eq!(
+        (moved["kind"].as_str(), moved["source"].as_str()),
+        (Some("scheduled"), Some("h0")),
+        "{moved}"
+    );
+    let to = moved["decision"]["chosen"]
+        .as_str()
+        .expect("a destination")
+        .to_string();
+    assert_ne!(to, "h0");
+    assert_eq!(
+        placement(&server, "c", "run1").map(|p| p.0),
+        Some(to.clone())
+    );
+    // A migrating VM is not started; a started VM does not finish a migration.
+    let (status, body) = server.call("POST", "/v1/clusters/c/vms/run1/started", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("migration-finished"),
+        "{body}"
+    );
+    let (status, body) = server.call("POST", "/v1/clusters/c/vms/run2/migration-finished", None);
+    assert_eq!(status, 409, "run2 holds no placement: {body}");
+    server.ok("POST", "/v1/clusters/c/vms/run1/migration-finished", None);
+    assert_eq!(
+        placement(&server, "c", "run1"),
+        None,
+        "released on its destination"
+    );
+    let state = server.ok("GET", "/v1/clusters/c", None);
+    let run1 = state["snapshot"]["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "run1")
+        .unwrap();
+    assert_eq!(run1["current_host"], to.as_str(), "{run1}");
+
+    // Evacuate h0 for maintenance: run2 (still there) gets a migration, reserved.
+    let migrations = server.ok("POST", "/v1/clusters/c/hosts/h0/evacuate", None);
+    let vms: Vec<&str> = migrations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["decision"]["vm"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(vms, ["run2"], "{migrations}");
+    let (host, kind) = placement(&server, "c", "run2").expect("run2 reserved");
+    assert_ne!(host, "h0");
+    assert_eq!(kind, "migration");
+    let (status, body) = server.call("POST", "/v1/clusters/c/hosts/nowhere/evacuate", None);
+    assert_eq!(status, 404, "{body}");
+    // A failed migration leaves the VM on its source and releases the destination.
+    server.ok("POST", "/v1/clusters/c/vms/run2/migration-failed", None);
+    assert_eq!(placement(&server, "c", "run2"), None);
+
+    // Memory hot set: a plug is pending on the VM's host until confirmed.
+    let (status, body) = server.call("POST", "/v1/clusters/c/vms/db/memory/confirm", None);
+    assert_eq!(status, 409, "nothing in flight: {body}");
+    let plan = server.ok(
+        "POST",
+        "/v1/clusters/c/vms/db/memory",
+        Some(&json!({"memory_mb": 6_144})),
+    );
+    assert_eq!(
+        (plan["change"]["kind"].as_str(), plan["host"].as_str()),
+        (Some("plug"), Some("h1")),
+        "{plan}"
+    );
+    let pending = server.ok("GET", "/v1/clusters/c/pending/hosts/h1", None);
+    assert_eq!(pending["aggregate"]["memory_mb"], 2_048, "{pending}");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/clusters/c/vms/db/memory",
+        Some(&json!({"memory_mb": 8_192})),
+    );
+    assert_eq!(status, 409, "one change in flight per VM: {body}");
+    let failed = server.ok("POST", "/v1/clusters/c/vms/db/memory/fail", None);
+    assert_eq!(failed["memory_mb"], 4_096, "{failed}");
+    let pending = server.ok("GET", "/v1/clusters/c/pending/hosts/h1", None);
+    assert_eq!(pending["aggregate"]["memory_mb"], 0, "{pending}");
+    server.ok(
+        "POST",
+        "/v1/clusters/c/vms/db/memory",
+        Some(&json!({"memory_mb": 6_144})),
+    );
+    let done = server.ok("POST", "/v1/clusters/c/vms/db/memory/confirm", None);
+    assert_eq!(done["memory_mb"], 6_144, "{done}");
+}
+
+#[test]
+fn serve_restart_after_kill_9_keeps_acknowledged_usage_lifecycle_reports_and_memory_hot_sets() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/c", Some(&running_cluster()));
+    // Each change below is acknowledged; none is followed by a snapshot PUT or a shutdown.
+    server.ok(
+        "POST",
+        "/v1/clusters/c/usage",
+        Some(&json!({"hosts": [{"host": "h2", "cpu_percent": 37, "free_memory_mb": 50_000, "running_vms": 3}]})),
+    );
+    for vm_id in ["a", "b", "f"] {
+        let d = server.ok(
+            "POST",
+            "/v1/clusters/c/schedule",
+            Some(&json!({"vm": vm(vm_id, 2_048)})),
+        );
+        assert!(d["host"].is_string(), "{d}");
+    }
+    server.ok("POST", "/v1/clusters/c/vms/a/started", None);
+    server.ok(
+        "POST",
+        "/v1/clusters/c/vms/f/failed",
+        Some(&json!({"reschedule": false})),
+    );
+    let moved = server.ok(
+        "POST",
+        "/v1/clusters/c/vms/run1/migrate",
+        Some(&json!({"trigger": "user_forced"})),
+    );
+    assert!(moved["decision"]["chosen"].is_string(), "{moved}");
+    server.ok("POST", "/v1/clusters/c/vms/run1/migration-finished", None);
+    server.ok(
+        "POST",
+        "/v1/clusters/c/vms/db/memory",
+        Some(&json!({"memory_mb": 6_144})),
+    );
+    let before = server.ok("GET", "/v1/clusters/c", None);
+    let pending_before: Vec<Value> = ["a", "b", "f", "run1", "db"]
+        .iter()
+        .map(|v| server.ok("GET", &format!("/v1/clusters/c/pending/vms/{v}"), None))
+        .collect();
+    server.kill(); // SIGKILL: no graceful flush
+
+    let server = Server::start(data.path(), &[]);
+    let after = server.ok("GET", "/v1/clusters/c", None);
+    let host = |state: &Value, id: &str| {
+        state["snapshot"]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let h2 = host(&after, "h2");
+    assert_eq!(
+        (h2["cpu_usage_percent"].as_u64(), h2["running_vms"].as_u64()),
+        (Some(37), Some(3)),
+        "the usage update: {h2}"
+    );
+    for h in ["h0", "h1", "h2"] {
+        assert_eq!(
+            host(&before, h),
+            host(&after, h),
+            "host {h} (usage, accounting, pending)"
+        );
+    }
+    let vms = |state: &Value| {
+        let mut vms = state["snapshot"]["vms"].as_array().unwrap().clone();
+        vms.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
+        vms
+    };
+    assert_eq!(vms(&before), vms(&after), "VMs (started, migrated, memory)");
+    assert!(
+        vms(&after)
+            .iter()
+            .any(|v| v["id"] == "a" && v["status"] == "up"),
+        "a is up after the restart"
+    );
+    let pending_after: Vec<Value> = ["a", "b", "f", "run1", "db"]
+        .iter()
+        .map(|v| server.ok("GET", &format!("/v1/clusters/c/pending/vms/{v}"), None))
+        .collect();
+    assert_eq!(pending_before, pending_after, "pending records of each VM");
+    assert_eq!(
+        pending_after[4]["aggregate"]["memory_mb"], 2_048,
+        "the plug is pending again"
+    );
+    // The restored hot set can be confirmed.
+    let done = server.ok("POST", "/v1/clusters/c/vms/db/memory/confirm", None);
+    assert_eq!(done["memory_mb"], 6_144, "{done}");
+}
+
+#[test]
+fn serve_answers_408_when_a_request_outlives_the_timeout_and_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    // The cluster goes in without a tight timeout; the second server restores it.
+    let server = Server::start(data.path(), &[]);
+    server.ok("PUT", "/v1/clusters/t", Some(&cluster(100, 20, 1_024)));
+    assert!(server.terminate());
+    // 1,000 decisions take far more than 5 ms on any machine (tens of microseconds each
+    // at the very least); a slower machine only makes them slower.
+    let server = Server::start(data.path(), &["--timeout-ms", "5"]);
+    let requests: Vec<Value> = (0..1_000)
+        .map(|i| json!({"vm": vm(&format!("v{i}"), 1_024)}))
+        .collect();
+    let batch = json!({ "requests": requests }).to_string();
+    let (status, text) = http(
+        &server.addr,
+        "POST",
+        "/v1/clusters/t/schedule/batch",
+        Some(&batch),
+        None,
+    );
+    assert_eq!(status, 408, "{text}");
+    // The server keeps serving: a request that needs no waiting finishes in time.
+    assert_eq!(http(&server.addr, "GET", "/healthz", None, None).0, 200);
+    assert!(
+        server.terminate(),
+        "a clean shutdown after a timed-out request"
+    );
+}
+
 /// Runs the `wasmsched` binary for the author loop: unit crates build into one shared
 /// target directory under this build's own (compiled dependencies are reused across runs
 /// and crates), with no network (the scaffold's Cargo.lock pins the SDK's dependencies).

@@ -61,8 +61,8 @@ pub use scheduling::{
     PolicyUnit, ScheduleRequest, SelectorKind, StaleUnit, StartOutcome, VmFailed,
 };
 pub use state::{
-    Cluster, ClusterView, FailedPlacement, HostRemoved, MemoryChangeDone, PendingRules, Placement,
-    PlacementKind, Release, Reservation,
+    Cluster, ClusterView, FailedPlacement, HostRemoved, MemoryChangeDone, MemoryChangeKind,
+    MemoryChangeRecord, PendingRules, Placement, PlacementKind, Release, Reservation,
 };
 
 /// The parts of a [`Decision`]: what happened to each host and why.

@@ -192,13 +192,34 @@ fn schedule_request(mut value: serde_json::Value, at: &str) -> Result<ScheduleRe
     serde_path_to_error::deserialize(value).map_err(|e| ApiError::bad_body_at(at, e))
 }
 
-/// A decision with `host` (the chosen host id, or `null`).
-fn decision_json(decision: &wasmsched::Decision) -> serde_json::Value {
-    let mut value = serde_json::to_value(decision).expect("decisions serialize");
-    if let Some(object) = value.as_object_mut() {
-        object.insert("host".into(), decision.chosen.clone().into());
+/// A decision with `host` (the chosen host id, or `null`), serialized straight from the
+/// decision (no intermediate `serde_json::Value`: it is the answer to every schedule call).
+#[derive(Serialize)]
+struct DecisionAnswer<'a> {
+    host: Option<&'a str>,
+    #[serde(flatten)]
+    decision: &'a wasmsched::Decision,
+}
+
+/// One entry of a batch answer: a decision, or why the request failed.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchEntry<'a> {
+    Decided(DecisionAnswer<'a>),
+    Failed { error: &'a str, status: u16 },
+}
+
+/// The answer to a batch.
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    decisions: Vec<BatchEntry<'a>>,
+}
+
+fn decision_answer(decision: &wasmsched::Decision) -> DecisionAnswer<'_> {
+    DecisionAnswer {
+        host: decision.chosen.as_deref(),
+        decision,
     }
-    value
 }
 
 /// `GET /healthz` answer.
@@ -352,10 +373,10 @@ async fn schedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let request = schedule_request(parse(&body)?, "")?;
     let decision = state.service.schedule(&id, request).await?;
-    Ok(Json(decision_json(&decision)))
+    Ok(Json(decision_answer(&decision)).into_response())
 }
 
 /// `POST .../schedule/batch` body.
@@ -378,7 +399,7 @@ async fn schedule_batch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let batch: BatchRequest = parse(&body)?;
     let requests = batch
         .requests
@@ -387,14 +408,17 @@ async fn schedule_batch(
         .map(|(i, r)| schedule_request(r, &format!("requests[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let results = state.service.schedule_batch(&id, requests).await?;
-    let decisions: Vec<serde_json::Value> = results
+    let decisions: Vec<BatchEntry<'_>> = results
         .iter()
         .map(|r| match r {
-            Ok(decision) => decision_json(decision),
-            Err(e) => serde_json::json!({ "error": e.message, "status": e.status.as_u16() }),
+            Ok(decision) => BatchEntry::Decided(decision_answer(decision)),
+            Err(e) => BatchEntry::Failed {
+                error: &e.message,
+                status: e.status.as_u16(),
+            },
         })
         .collect();
-    Ok(Json(serde_json::json!({ "decisions": decisions })))
+    Ok(Json(BatchAnswer { decisions }).into_response())
 }
 
 async fn event(

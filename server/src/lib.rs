@@ -153,18 +153,6 @@ pub async fn serve_until(
         timeout: options.timeout,
     };
     let app = router(service.clone(), &config);
-    let flusher = {
-        let service = service.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                every.tick().await;
-                if let Err(e) = service.flush_snapshots().await {
-                    tracing::warn!("snapshot flush failed: {e}");
-                }
-            }
-        })
-    };
     tracing::info!(%local, data = %options.data.display(), "serving");
     on_listen(local);
     let stopping = service.clone();
@@ -175,7 +163,6 @@ pub async fn serve_until(
             stopping.set_unready();
         })
         .await?;
-    flusher.abort();
     service.close().await;
     service.runtime().stop_watching();
     tracing::info!("store flushed and closed");

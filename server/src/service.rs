@@ -1,20 +1,26 @@
 //! The service without HTTP: clusters by id, their policies, the durable store, and every
-//! operation the API offers. Decisions run on blocking threads (wasm is CPU work); each
-//! cluster has its own locks, so clusters never wait on each other.
+//! operation the API offers. Work runs on blocking threads (wasm is CPU work); each cluster
+//! has its own locks and its own decision worker for schedule requests, so clusters never
+//! wait on each other. Every change is journaled (see `Touched`) and acknowledged only once
+//! the store made it durable.
 
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics, ShadowGauge};
-use crate::store::{BoxFuture, PolicySpec, Store, StoreError, StoredPlacement, Write};
+use crate::store::{
+    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, StoredPlacement, Write,
+};
 use axum::http::StatusCode;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tokio::sync::oneshot;
 use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
 use wasmsched::{
-    Cluster, Decision, Format, MigrationTrigger, PlacementKind, Policy, Runtime, ScheduleRequest,
+    Cluster, Decision, Format, MemoryChangeRecord, MigrationTrigger, PlacementKind, Policy,
+    Runtime, ScheduleRequest,
 };
 
 /// A lifecycle report about one VM.
@@ -76,11 +82,68 @@ struct Served {
     /// reservation never lands on a cluster object that is being swapped out.
     gate: RwLock<Cluster>,
     policy: RwLock<(PolicySpec, Policy)>,
-    /// Held while a result is turned into writes and submitted, so the store sees one
-    /// cluster's writes in the order they happened.
+    /// Held while what an operation touched is read from memory, turned into writes and
+    /// submitted: the store receives one cluster's writes in the order their content was
+    /// read, so the last write of anything is what memory holds (see [`Touched`]).
     journal: Mutex<()>,
-    /// The snapshot changed (usage, lifecycle) since it was last stored.
-    dirty: AtomicBool,
+    /// Schedule requests waiting for the cluster's decision worker.
+    queue: Mutex<DecisionQueue>,
+}
+
+/// Schedule requests waiting to be decided, and whether a worker is deciding them.
+#[derive(Debug, Default)]
+struct DecisionQueue {
+    jobs: Vec<Job>,
+    worker: bool,
+}
+
+/// One caller's requests (decided one after another) and where to send the answer.
+#[derive(Debug)]
+struct Job {
+    requests: Vec<ScheduleRequest>,
+    reply: oneshot::Sender<Result<Vec<Result<Decision, ApiError>>, ApiError>>,
+}
+
+/// Lets a new worker start if the running one panicked.
+struct WorkerGuard<'a>(&'a Mutex<DecisionQueue>);
+
+impl Drop for WorkerGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut queue) = self.0.lock() {
+                queue.worker = false;
+            }
+        }
+    }
+}
+
+/// What an operation changed, named by id. The content is read from memory only when the
+/// operation is journaled, under the cluster's journal lock: two concurrent operations on
+/// the same VM or host may finish their in-memory changes in one order and reach the
+/// journal in the other, and the store still ends with the later state (the write that
+/// comes last read memory after both changes).
+#[derive(Debug, Default)]
+struct Touched {
+    /// VMs whose placement to store (reserved, or released when they have none).
+    placements: Vec<String>,
+    /// Hosts whose document to store (usage figures).
+    hosts: Vec<String>,
+    /// VMs whose snapshot document to store.
+    vms: Vec<String>,
+    /// VMs whose memory change in flight to store (or clear).
+    memory: Vec<String>,
+    /// The whole snapshot (hosts added or removed, statuses).
+    snapshot: bool,
+}
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        !self.snapshot
+            && self.placements.is_empty()
+            && self.hosts.is_empty()
+            && self.vms.is_empty()
+            && self.memory.is_empty()
+    }
 }
 
 /// The service: runtime, store, clusters, metrics.
@@ -105,6 +168,50 @@ fn stored_snapshot(cluster: &Cluster) -> String {
         host.pending = Default::default();
     }
     json(&snapshot)
+}
+
+/// A host's document as stored (pending aggregate cleared, like in [`stored_snapshot`]).
+fn stored_host(host: &Host) -> String {
+    let mut host = host.clone();
+    host.pending = Default::default();
+    json(&host)
+}
+
+/// The stored snapshot with the host and VM documents written since laid over it.
+fn restored_snapshot(stored: &StoredCluster) -> anyhow::Result<Snapshot> {
+    let context = |what: &str, e: serde_json::Error| {
+        anyhow::anyhow!("stored cluster {:?}: {what}: {e}", stored.id)
+    };
+    let mut snapshot: Snapshot =
+        serde_json::from_str(&stored.snapshot).map_err(|e| context("snapshot", e))?;
+    for doc in &stored.hosts {
+        let host: Host = serde_json::from_str(&doc.doc).map_err(|e| context(&doc.id, e))?;
+        match snapshot.hosts.iter_mut().find(|h| h.id == host.id) {
+            Some(slot) => *slot = host,
+            None => tracing::warn!(
+                cluster = stored.id,
+                host = host.id,
+                "stored host document for a host not in the snapshot: skipped"
+            ),
+        }
+    }
+    for doc in &stored.vms {
+        let vm: Vm = serde_json::from_str(&doc.doc).map_err(|e| context(&doc.id, e))?;
+        match snapshot.vms.iter_mut().find(|v| v.id == vm.id) {
+            Some(slot) => *slot = vm,
+            None => snapshot.vms.push(vm),
+        }
+    }
+    Ok(snapshot)
+}
+
+/// VMs with a memory change in flight in `cluster`.
+fn memory_vms(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .memory_changes_in_flight()
+        .into_iter()
+        .map(|(vm, _, _)| vm)
+        .collect()
 }
 
 /// VMs holding pending records in `cluster`.
@@ -133,22 +240,59 @@ impl Served {
         self.policy.read().unwrap().1.clone()
     }
 
-    /// Turns the current placement of each VM into a write (reserve or release), plus
-    /// `extra`, and submits them as one.
+    /// Reads what `touched` names from `cluster` as it is now, turns it into writes after
+    /// `extra`, and submits them as one, all under the journal lock (see [`Touched`]).
     fn journal(
         &self,
         id: &str,
         cluster: &Cluster,
         store: &dyn Store,
-        vms: impl IntoIterator<Item = String>,
+        touched: Touched,
         extra: Vec<Write>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let _order = self.journal.lock().unwrap();
         let mut writes = extra;
-        for vm in vms {
+        let cluster_id = || id.to_string();
+        if touched.snapshot {
+            writes.push(Write::PutSnapshot {
+                cluster: cluster_id(),
+                snapshot: stored_snapshot(cluster),
+            });
+        }
+        let snapshot = cluster.snapshot();
+        for host in touched.hosts {
+            if let Some(index) = cluster.host_index(&host) {
+                writes.push(Write::PutHost {
+                    cluster: cluster_id(),
+                    host: StoredDoc {
+                        doc: stored_host(&snapshot.hosts[index as usize]),
+                        id: host,
+                    },
+                });
+            }
+        }
+        for vm in touched.vms {
+            if let Some(doc) = snapshot.vms.iter().find(|v| v.id == vm) {
+                writes.push(Write::PutVm {
+                    cluster: cluster_id(),
+                    vm: StoredDoc {
+                        doc: json(doc),
+                        id: vm,
+                    },
+                });
+            }
+        }
+        for vm in touched.memory {
+            writes.push(Write::PutMemoryChange {
+                cluster: cluster_id(),
+                record: cluster.memory_change(&vm).map(|record| json(&record)),
+                vm,
+            });
+        }
+        for vm in touched.placements {
             writes.push(match cluster.placement(&vm) {
                 Some(placement) => Write::Reserve {
-                    cluster: id.to_string(),
+                    cluster: cluster_id(),
                     placement: StoredPlacement {
                         vm: vm.clone(),
                         host: placement.host.clone(),
@@ -157,7 +301,7 @@ impl Served {
                     },
                 },
                 None => Write::Release {
-                    cluster: id.to_string(),
+                    cluster: cluster_id(),
                     vm,
                 },
             });
@@ -183,8 +327,7 @@ impl Service {
         });
         let mut stale = Vec::new();
         for stored in service.store.load().await? {
-            let snapshot: Snapshot = serde_json::from_str(&stored.snapshot)
-                .map_err(|e| anyhow::anyhow!("stored cluster {:?}: snapshot: {e}", stored.id))?;
+            let snapshot = restored_snapshot(&stored)?;
             let cluster = Cluster::new(snapshot, &format!("stored cluster {:?}", stored.id))?;
             for placement in &stored.placements {
                 let restored = serde_json::from_str::<Vm>(&placement.vm_doc)
@@ -207,6 +350,23 @@ impl Service {
                         cluster: stored.id.clone(),
                         vm: placement.vm.clone(),
                     });
+                }
+            }
+            for text in &stored.memory_changes {
+                let restored = serde_json::from_str::<MemoryChangeRecord>(text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|record| {
+                        let vm = record.vm.clone();
+                        cluster
+                            .restore_memory_change(record)
+                            .map_err(|e| format!("VM {vm:?}: {e}"))
+                    });
+                if let Err(e) = restored {
+                    // Left in the store: a later confirm or failure of the VM clears it.
+                    tracing::warn!(
+                        cluster = stored.id,
+                        "stored memory change not restored: {e}"
+                    );
                 }
             }
             let policy = match service.policy_from(&stored.policy) {
@@ -234,7 +394,7 @@ impl Service {
                     gate: RwLock::new(cluster),
                     policy: RwLock::new(policy),
                     journal: Mutex::new(()),
-                    dirty: AtomicBool::new(false),
+                    queue: Mutex::default(),
                 }),
             );
         }
@@ -353,7 +513,7 @@ impl Service {
                 gate: RwLock::new(new.clone()),
                 policy: RwLock::new((spec, policy)),
                 journal: Mutex::new(()),
-                dirty: AtomicBool::new(false),
+                queue: Mutex::default(),
             });
             let mut clusters = self.clusters.write().unwrap();
             if clusters.contains_key(&id) {
@@ -362,7 +522,12 @@ impl Service {
                 let (snapshot, policy) = retry.expect("kept for a new cluster");
                 return self.put_cluster_blocking(id, snapshot, policy);
             }
-            let commit = served.journal(&id, &new, &*self.store, vms, vec![put]);
+            let touched = Touched {
+                placements: vms.into_iter().collect(),
+                memory: memory_vms(&new),
+                ..Touched::default()
+            };
+            let commit = served.journal(&id, &new, &*self.store, touched, vec![put]);
             clusters.insert(id, served);
             return Ok((outcome, commit));
         };
@@ -384,10 +549,16 @@ impl Service {
                 outcome.dropped.push(format!("{vm}@{}", placement.host));
             }
         }
-        let mut writes = vec![Write::PutSnapshot {
-            cluster: id.clone(),
-            snapshot: stored_snapshot(&new),
-        }];
+        let old_memory = memory_vms(&gate);
+        for vm in &old_memory {
+            if let Some(record) = gate.memory_change(vm) {
+                let host = record.host.clone();
+                if new.restore_memory_change(record).is_err() {
+                    outcome.dropped.push(format!("{vm}@{host} (memory change)"));
+                }
+            }
+        }
+        let mut writes = Vec::new();
         if let Some((policy, spec)) = policy {
             writes.push(Write::PutPolicy {
                 cluster: id.clone(),
@@ -395,12 +566,16 @@ impl Service {
             });
             *served.policy.write().unwrap() = (spec, policy);
         }
-        let vms: BTreeSet<String> = old_vms.union(&placed_vms(&new)).cloned().collect();
-        let commit = served.journal(&id, &new, &*self.store, vms, writes);
+        let touched = Touched {
+            placements: old_vms.union(&placed_vms(&new)).cloned().collect(),
+            memory: old_memory,
+            snapshot: true,
+            ..Touched::default()
+        };
+        let commit = served.journal(&id, &new, &*self.store, touched, writes);
         outcome.epoch = new.epoch();
         outcome.hosts = new.snapshot().hosts.len();
         *gate = new;
-        served.dirty.store(false, Ordering::SeqCst);
         Ok((outcome, commit))
     }
 
@@ -440,49 +615,109 @@ impl Service {
     }
 
     /// Schedules VMs one after another (each sees the ones before); every reservation is
-    /// durable (one commit) when this returns.
+    /// durable when this returns.
+    ///
+    /// The requests join the cluster's decision queue. One worker per cluster (a blocking
+    /// thread, started by the first request that finds none) takes everything queued,
+    /// decides it in arrival order like an in-process mass start, journals the placements
+    /// as one submission and decides the next queued requests while that commits; the
+    /// answers go out once their commit is durable. So concurrent requests for one cluster
+    /// never decide on the same view (no optimistic retries), and their fsyncs are shared.
     pub async fn schedule_batch(
         self: &Arc<Self>,
         id: &str,
         requests: Vec<ScheduleRequest>,
     ) -> Result<Vec<Result<Decision, ApiError>>, ApiError> {
         let served = self.served(id)?;
-        let this = self.clone();
-        let id = id.to_string();
-        let (results, commit, served) = tokio::task::spawn_blocking(move || {
+        let (reply, answer) = oneshot::channel();
+        let start_worker = {
+            let mut queue = served.queue.lock().unwrap();
+            queue.jobs.push(Job { requests, reply });
+            !std::mem::replace(&mut queue.worker, true)
+        };
+        if start_worker {
+            let this = self.clone();
+            let id = id.to_string();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || this.decide_queued(&id, &served, &runtime));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the decision worker stopped",
+            ))
+        })
+    }
+
+    /// The cluster's decision worker: decides queued jobs until the queue is empty.
+    fn decide_queued(&self, id: &str, served: &Arc<Served>, runtime: &tokio::runtime::Handle) {
+        let _worker = WorkerGuard(&served.queue);
+        loop {
+            let jobs = {
+                let mut queue = served.queue.lock().unwrap();
+                if queue.jobs.is_empty() {
+                    queue.worker = false;
+                    return;
+                }
+                std::mem::take(&mut queue.jobs)
+            };
             let cluster = served.cluster();
             let policy = served.policy();
-            let mut results = Vec::with_capacity(requests.len());
-            for request in &requests {
-                let started = Instant::now();
-                let result = policy.schedule(&cluster, request);
-                let outcome = result.as_ref().ok().map(|d| d.chosen.is_some());
-                this.metrics.decided(outcome, started.elapsed());
-                results.push(result.map_err(ApiError::from));
+            let mut answers = Vec::with_capacity(jobs.len());
+            let mut placed = Vec::new();
+            // A job whose caller is gone (timed out) is not decided.
+            for job in jobs.into_iter().filter(|job| !job.reply.is_closed()) {
+                let results: Vec<Result<Decision, ApiError>> = job
+                    .requests
+                    .iter()
+                    .map(|request| {
+                        let started = Instant::now();
+                        let result = policy.schedule(&cluster, request);
+                        let outcome = result.as_ref().ok().map(|d| d.chosen.is_some());
+                        self.metrics.decided(outcome, started.elapsed());
+                        result.map_err(ApiError::from)
+                    })
+                    .collect();
+                placed.extend(
+                    results
+                        .iter()
+                        .flatten()
+                        .filter(|d| d.chosen.is_some())
+                        .map(|d| d.vm.clone()),
+                );
+                answers.push((job.reply, results));
             }
-            let vms: Vec<String> = results
-                .iter()
-                .filter_map(|r| r.as_ref().ok())
-                .filter(|d| d.chosen.is_some())
-                .map(|d| d.vm.clone())
-                .collect();
-            let commit = served.journal(&id, &cluster, &*this.store, vms, Vec::new());
+            if answers.is_empty() {
+                continue;
+            }
+            let touched = Touched {
+                placements: placed.clone(),
+                ..Touched::default()
+            };
+            let commit = served.journal(id, &cluster, &*self.store, touched, Vec::new());
             drop(cluster);
-            (results, commit, served)
-        })
-        .await
-        .map_err(blocking_failed)?;
-        if let Err(e) = commit.await {
-            // Not durable, so not acknowledged: take the reservations back.
-            let cluster = served.cluster();
-            for decision in results.iter().flatten() {
-                if decision.chosen.is_some() {
-                    let _ = cluster.release_vm(&decision.vm);
+            let served = served.clone();
+            runtime.spawn(async move {
+                match commit.await {
+                    Ok(()) => {
+                        for (reply, results) in answers {
+                            let _ = reply.send(Ok(results));
+                        }
+                    }
+                    Err(e) => {
+                        // Not durable, so not acknowledged: take the reservations back.
+                        let cluster = served.cluster();
+                        for vm in &placed {
+                            let _ = cluster.release_vm(vm);
+                        }
+                        let error = ApiError::from(e);
+                        for (reply, _) in answers {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
                 }
-            }
-            return Err(e.into());
+            });
         }
-        Ok(results)
     }
 
     /// A lifecycle report about one VM. 404 when the cluster knows nothing of the VM, 409
@@ -538,8 +773,21 @@ impl Service {
                     json_value(&served.policy().vm_failed(&cluster, &vm)?)
                 }
             };
-            served.dirty.store(true, Ordering::SeqCst);
-            let commit = served.journal(&id, &cluster, &*this.store, [vm], Vec::new());
+            // A start or finished migration moves the VM's usage onto its host (and off
+            // the source); a failed start sets the VM down: its hosts and the VM itself.
+            let hosts = placement
+                .map(|p| match p.kind {
+                    PlacementKind::Migration { source } => vec![p.host, source],
+                    _ => vec![p.host],
+                })
+                .unwrap_or_default();
+            let touched = Touched {
+                placements: vec![vm.clone()],
+                vms: vec![vm],
+                hosts,
+                ..Touched::default()
+            };
+            let commit = served.journal(&id, &cluster, &*this.store, touched, Vec::new());
             Ok((value, commit))
         })
         .await
@@ -555,9 +803,13 @@ impl Service {
         vm: String,
         trigger: MigrationTrigger,
     ) -> Result<serde_json::Value, ApiError> {
-        self.with_policy(id, move |_, cluster, policy| {
+        self.with_policy(id, move |cluster, policy| {
             let migration = policy.migrate(cluster, &vm, trigger)?;
-            Ok((json_value(&migration), vec![vm], Vec::new()))
+            let touched = Touched {
+                placements: vec![vm],
+                ..Touched::default()
+            };
+            Ok((json_value(&migration), touched))
         })
         .await
     }
@@ -568,38 +820,50 @@ impl Service {
         id: &str,
         host: String,
     ) -> Result<serde_json::Value, ApiError> {
-        self.with_policy(id, move |_, cluster, policy| {
+        self.with_policy(id, move |cluster, policy| {
             require_host(cluster, &host)?;
+            let running: Vec<String> = cluster
+                .snapshot()
+                .vms
+                .iter()
+                .filter(|vm| vm.current_host.as_deref() == Some(host.as_str()))
+                .map(|vm| vm.id.clone())
+                .collect();
             let migrations = policy.evacuate_host(cluster, &host)?;
-            let vms: Vec<String> = placed_vms(cluster).into_iter().collect();
-            Ok((json_value(&migrations), vms, Vec::new()))
+            let touched = Touched {
+                placements: running,
+                ..Touched::default()
+            };
+            Ok((json_value(&migrations), touched))
         })
         .await
     }
 
     /// The balance plan (nothing executed, nothing reserved).
     pub async fn balance(self: &Arc<Self>, id: &str) -> Result<serde_json::Value, ApiError> {
-        self.with_policy(id, |_, cluster, policy| {
-            Ok((
-                json_value(&policy.balance(cluster)?),
-                Vec::new(),
-                Vec::new(),
-            ))
+        self.with_policy(id, |cluster, policy| {
+            Ok((json_value(&policy.balance(cluster)?), Touched::default()))
         })
         .await
     }
 
-    /// Plans a memory hot set of a running VM.
+    /// Plans a memory hot set of a running VM; a change in flight is stored until it is
+    /// confirmed or failed.
     pub async fn hot_set_memory(
         self: &Arc<Self>,
         id: &str,
         vm: String,
         memory_mb: u64,
     ) -> Result<serde_json::Value, ApiError> {
-        self.with_policy(id, move |served, cluster, policy| {
+        self.with_policy(id, move |cluster, policy| {
             let plan = policy.hot_set_memory(cluster, &vm, memory_mb)?;
-            served.dirty.store(true, Ordering::SeqCst);
-            Ok((json_value(&plan), Vec::new(), Vec::new()))
+            // An unplug marks the VM's DIMMs in the snapshot.
+            let touched = Touched {
+                vms: vec![vm.clone()],
+                memory: vec![vm],
+                ..Touched::default()
+            };
+            Ok((json_value(&plan), touched))
         })
         .await
     }
@@ -611,7 +875,8 @@ impl Service {
         vm: String,
         done: bool,
     ) -> Result<serde_json::Value, ApiError> {
-        self.with_policy(id, move |served, cluster, _| {
+        self.with_policy(id, move |cluster, _| {
+            let host = cluster.memory_change(&vm).map(|record| record.host);
             let result = if done {
                 cluster.confirm_memory_change(&vm)?
             } else {
@@ -623,27 +888,33 @@ impl Service {
                     format!("VM {vm:?} has no memory change in flight"),
                 ));
             };
-            served.dirty.store(true, Ordering::SeqCst);
-            Ok((json_value(&result), Vec::new(), Vec::new()))
+            // The VM's size and DIMMs, and the host's usage figures.
+            let touched = Touched {
+                vms: vec![vm.clone()],
+                memory: vec![vm],
+                hosts: host.into_iter().collect(),
+                ..Touched::default()
+            };
+            Ok((json_value(&result), touched))
         })
         .await
     }
 
-    /// Runs `f` on a blocking thread with the cluster and its policy, then journals the
-    /// VMs it names (their placements as they are now) and its extra writes.
+    /// Runs `f` on a blocking thread with the cluster and its policy, then journals what
+    /// it touched (as it is in memory then).
     async fn with_policy(
         self: &Arc<Self>,
         id: &str,
-        f: impl FnOnce(&Served, &Cluster, &Policy) -> Result<Outcome, ApiError> + Send + 'static,
+        f: impl FnOnce(&Cluster, &Policy) -> Result<Outcome, ApiError> + Send + 'static,
     ) -> Result<serde_json::Value, ApiError> {
         let served = self.served(id)?;
         let this = self.clone();
         let id = id.to_string();
         let (value, commit) = tokio::task::spawn_blocking(move || {
             let cluster = served.cluster();
-            let (value, vms, writes) = f(&served, &cluster, &served.policy())?;
-            let commit = (!vms.is_empty() || !writes.is_empty())
-                .then(|| served.journal(&id, &cluster, &*this.store, vms, writes));
+            let (value, touched) = f(&cluster, &served.policy())?;
+            let commit = (!touched.is_empty())
+                .then(|| served.journal(&id, &cluster, &*this.store, touched, Vec::new()));
             Ok::<_, ApiError>((value, commit))
         })
         .await
@@ -654,15 +925,17 @@ impl Service {
         Ok(value)
     }
 
-    /// Adds a host, removes one, or changes a host's status. Stored before answering.
+    /// Adds a host, removes one, or changes a host's status. The whole snapshot is stored
+    /// before answering (these changes are rare).
     pub async fn host_change(
         self: &Arc<Self>,
         id: &str,
         change: HostChange,
     ) -> Result<serde_json::Value, ApiError> {
-        let cluster_id = id.to_string();
-        self.with_policy(id, move |_, cluster, policy| {
-            let (value, vms) = match change {
+        self.with_policy(id, move |cluster, policy| {
+            let placed_before = placed_vms(cluster);
+            let memory_before = memory_vms(cluster);
+            let value = match change {
                 HostChange::Add(host) => {
                     let host = *host;
                     if cluster.host_index(&host.id).is_some() {
@@ -671,48 +944,45 @@ impl Service {
                             format!("host {:?} is already in the cluster", host.id),
                         ));
                     }
-                    let epoch = cluster.apply(vec![Change::AddHost(host)])?;
-                    (serde_json::json!({ "epoch": epoch }), Vec::new())
+                    serde_json::json!({ "epoch": cluster.apply(vec![Change::AddHost(host)])? })
                 }
                 HostChange::Remove(host) => {
                     require_host(cluster, &host)?;
-                    let removed = cluster.remove_host(&host)?;
-                    let vms = removed.displaced.iter().map(|p| p.vm.id.clone()).collect();
-                    (json_value(&removed), vms)
+                    json_value(&cluster.remove_host(&host)?)
                 }
                 HostChange::Status(host, status) => {
                     require_host(cluster, &host)?;
-                    let before = placed_vms(cluster);
-                    let value = if matches!(status, HostStatus::Down | HostStatus::NonOperational) {
+                    if matches!(status, HostStatus::Down | HostStatus::NonOperational) {
                         json_value(&policy.host_down(cluster, &host, status)?)
                     } else {
                         serde_json::json!({ "epoch": cluster.set_host_status(&host, status)? })
-                    };
-                    let vms = before.union(&placed_vms(cluster)).cloned().collect();
-                    (value, vms)
+                    }
                 }
             };
-            let snapshot = Write::PutSnapshot {
-                cluster: cluster_id,
-                snapshot: stored_snapshot(cluster),
+            let mut memory: BTreeSet<String> = memory_before.into_iter().collect();
+            memory.extend(memory_vms(cluster));
+            let touched = Touched {
+                placements: placed_before.union(&placed_vms(cluster)).cloned().collect(),
+                memory: memory.into_iter().collect(),
+                snapshot: true,
+                ..Touched::default()
             };
-            Ok((value, vms, vec![snapshot]))
+            Ok((value, touched))
         })
         .await
     }
 
-    /// Per-host usage figures: one epoch for the whole message. The snapshot is stored by
-    /// the background flush (usage is resent every few seconds anyway).
+    /// Per-host usage figures: one epoch for the whole message, and the hosts it names
+    /// stored before answering.
     pub async fn usage(
         self: &Arc<Self>,
         id: &str,
         updates: Vec<HostUsage>,
     ) -> Result<u64, ApiError> {
-        let served = self.served(id)?;
-        tokio::task::spawn_blocking(move || {
-            let cluster = served.cluster();
+        self.with_policy(id, move |cluster, _| {
             let snapshot = cluster.snapshot();
             let mut changes = Vec::with_capacity(updates.len());
+            let mut hosts = Vec::with_capacity(updates.len());
             for (i, update) in updates.into_iter().enumerate() {
                 let Some(index) = cluster.host_index(&update.host) else {
                     return Err(ApiError {
@@ -738,13 +1008,18 @@ impl Service {
                     host: index,
                     value: host,
                 });
+                hosts.push(update.host);
             }
+            drop(snapshot);
             let epoch = cluster.apply(changes)?;
-            served.dirty.store(true, Ordering::SeqCst);
-            Ok(epoch)
+            let touched = Touched {
+                hosts,
+                ..Touched::default()
+            };
+            Ok((serde_json::json!(epoch), touched))
         })
         .await
-        .map_err(blocking_failed)?
+        .map(|epoch| epoch.as_u64().expect("an epoch is a number"))
     }
 
     /// Pending records on a host (`host = true`) or of a VM, with the aggregate.
@@ -768,35 +1043,9 @@ impl Service {
         }
     }
 
-    /// Stores the snapshot of every cluster whose snapshot changed since it was last
-    /// stored (usage updates, lifecycle).
-    pub async fn flush_snapshots(&self) -> Result<(), StoreError> {
-        let dirty: Vec<(String, Arc<Served>)> = self
-            .clusters
-            .read()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| s.dirty.swap(false, Ordering::SeqCst))
-            .map(|(id, s)| (id.clone(), s.clone()))
-            .collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        let writes = dirty
-            .iter()
-            .map(|(id, served)| Write::PutSnapshot {
-                cluster: id.clone(),
-                snapshot: stored_snapshot(&served.cluster()),
-            })
-            .collect();
-        self.store.submit(writes).await
-    }
-
-    /// Flushes the snapshots and closes the store.
+    /// Closes the store (every acknowledged change is already durable; this waits for
+    /// writes still in flight).
     pub async fn close(&self) {
-        if let Err(e) = self.flush_snapshots().await {
-            tracing::warn!("final snapshot flush failed: {e}");
-        }
         self.store.close().await;
     }
 
@@ -853,9 +1102,8 @@ impl Service {
     }
 }
 
-/// What `with_policy`'s closure returns: the answer, the VMs whose placements to store,
-/// and extra writes.
-type Outcome = (serde_json::Value, Vec<String>, Vec<Write>);
+/// What `with_policy`'s closure returns: the answer and what to store.
+type Outcome = (serde_json::Value, Touched);
 
 /// A structural change to a cluster's hosts.
 #[derive(Debug, Clone)]

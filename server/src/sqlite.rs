@@ -10,7 +10,7 @@
 
 use crate::metrics::Metrics;
 use crate::store::{
-    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredPlacement, Write,
+    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, StoredPlacement, Write,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
@@ -35,6 +35,24 @@ CREATE TABLE IF NOT EXISTS placements (
     kind TEXT NOT NULL,
     vm_doc TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    PRIMARY KEY (cluster, vm)
+);
+CREATE TABLE IF NOT EXISTS host_docs (
+    cluster TEXT NOT NULL,
+    host TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (cluster, host)
+);
+CREATE TABLE IF NOT EXISTS vm_docs (
+    cluster TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (cluster, vm)
+);
+CREATE TABLE IF NOT EXISTS memory_changes (
+    cluster TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    record TEXT NOT NULL,
     PRIMARY KEY (cluster, vm)
 );
 ";
@@ -101,8 +119,11 @@ impl SqliteStore {
                 })?;
             clusters.push(StoredCluster {
                 snapshot: row.get(1),
+                hosts: Vec::new(),
+                vms: Vec::new(),
                 policy,
                 placements: Vec::new(),
+                memory_changes: Vec::new(),
                 id,
             });
         }
@@ -122,8 +143,41 @@ impl SqliteStore {
                 vm_doc: row.get(3),
             })
             .collect();
+            cluster.hosts = Self::read_docs(conn, "host_docs", "host", &cluster.id).await?;
+            cluster.vms = Self::read_docs(conn, "vm_docs", "vm", &cluster.id).await?;
+            cluster.memory_changes =
+                sqlx::query("SELECT record FROM memory_changes WHERE cluster = ? ORDER BY vm")
+                    .bind(&cluster.id)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db)?
+                    .into_iter()
+                    .map(|row| row.get(0))
+                    .collect();
         }
         Ok(clusters)
+    }
+
+    /// The documents of one cluster in `table` (keyed by `key`), by id.
+    async fn read_docs(
+        conn: &mut SqliteConnection,
+        table: &str,
+        key: &str,
+        cluster: &str,
+    ) -> Result<Vec<StoredDoc>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {key}, doc FROM {table} WHERE cluster = ? ORDER BY {key}"
+        ))
+        .bind(cluster)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|row| StoredDoc {
+            id: row.get(0),
+            doc: row.get(1),
+        })
+        .collect())
     }
 
     async fn writer(
@@ -191,6 +245,7 @@ impl SqliteStore {
                     .bind(serde_json::to_string(policy).unwrap_or_default())
                     .execute(&mut *tx)
                     .await?;
+                    Self::clear_docs(&mut tx, cluster).await?;
                 }
                 Write::PutSnapshot { cluster, snapshot } => {
                     sqlx::query("UPDATE clusters SET snapshot = ? WHERE id = ?")
@@ -198,6 +253,7 @@ impl SqliteStore {
                         .bind(cluster)
                         .execute(&mut *tx)
                         .await?;
+                    Self::clear_docs(&mut tx, cluster).await?;
                 }
                 Write::PutPolicy { cluster, policy } => {
                     sqlx::query("UPDATE clusters SET policy = ? WHERE id = ?")
@@ -230,9 +286,75 @@ impl SqliteStore {
                         .execute(&mut *tx)
                         .await?;
                 }
+                Write::PutHost { cluster, host } => {
+                    Self::put_doc(&mut tx, "host_docs", "host", cluster, host).await?;
+                }
+                Write::PutVm { cluster, vm } => {
+                    Self::put_doc(&mut tx, "vm_docs", "vm", cluster, vm).await?;
+                }
+                Write::PutMemoryChange {
+                    cluster,
+                    vm,
+                    record: Some(record),
+                } => {
+                    sqlx::query(
+                        "INSERT INTO memory_changes (cluster, vm, record) VALUES (?, ?, ?) \
+                         ON CONFLICT(cluster, vm) DO UPDATE SET record = excluded.record",
+                    )
+                    .bind(cluster)
+                    .bind(vm)
+                    .bind(record)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Write::PutMemoryChange {
+                    cluster,
+                    vm,
+                    record: None,
+                } => {
+                    sqlx::query("DELETE FROM memory_changes WHERE cluster = ? AND vm = ?")
+                        .bind(cluster)
+                        .bind(vm)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         tx.commit().await
+    }
+
+    /// Creates or replaces one document of `cluster` in `table` (keyed by `key`).
+    async fn put_doc(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        table: &str,
+        key: &str,
+        cluster: &str,
+        doc: &StoredDoc,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (cluster, {key}, doc) VALUES (?, ?, ?) \
+             ON CONFLICT(cluster, {key}) DO UPDATE SET doc = excluded.doc"
+        ))
+        .bind(cluster)
+        .bind(&doc.id)
+        .bind(&doc.doc)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A whole snapshot was written: the host and VM documents written before it are in it.
+    async fn clear_docs(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        cluster: &str,
+    ) -> Result<(), sqlx::Error> {
+        for table in ["host_docs", "vm_docs"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE cluster = ?"))
+                .bind(cluster)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -75,18 +75,34 @@ pub struct StoredPlacement {
     pub kind: String,
 }
 
-/// A cluster as stored: its snapshot without pending aggregates, its policy and the
-/// placements to re-apply.
+/// One host or VM document written since the cluster's snapshot was last stored whole: it
+/// replaces the snapshot's entry with the same id (a VM not in the snapshot is added).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDoc {
+    /// The host's or VM's id.
+    pub id: String,
+    /// Its JSON document (a host's pending aggregate cleared).
+    pub doc: String,
+}
+
+/// A cluster as stored: its snapshot without pending aggregates, the host and VM documents
+/// written since, its policy, the placements and memory changes to re-apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCluster {
     /// The cluster's id.
     pub id: String,
     /// The snapshot (JSON), pending aggregates cleared.
     pub snapshot: String,
+    /// Hosts written since the snapshot (usage updates, lifecycle accounting), by id.
+    pub hosts: Vec<StoredDoc>,
+    /// VMs written since the snapshot (started, failed, memory changes), by id.
+    pub vms: Vec<StoredDoc>,
     /// The policy.
     pub policy: PolicySpec,
     /// Pending placements, in the order they were written.
     pub placements: Vec<StoredPlacement>,
+    /// Memory changes in flight (JSON of `wasmsched::MemoryChangeRecord`), by VM id.
+    pub memory_changes: Vec<String>,
 }
 
 /// One write. A submission of several writes is atomic.
@@ -101,7 +117,8 @@ pub enum Write {
         /// Policy.
         policy: PolicySpec,
     },
-    /// Replace a cluster's snapshot only.
+    /// Replace a cluster's snapshot only (the host and VM documents written since the
+    /// previous snapshot are part of it and go).
     PutSnapshot {
         /// Cluster id.
         cluster: String,
@@ -128,6 +145,30 @@ pub enum Write {
         cluster: String,
         /// VM id.
         vm: String,
+    },
+    /// One host's document changed (usage figures, lifecycle accounting).
+    PutHost {
+        /// Cluster id.
+        cluster: String,
+        /// The host's document (JSON, pending aggregate cleared).
+        host: StoredDoc,
+    },
+    /// One VM's snapshot document changed (started, failed, memory).
+    PutVm {
+        /// Cluster id.
+        cluster: String,
+        /// The VM's document (JSON).
+        vm: StoredDoc,
+    },
+    /// A VM's memory change in flight: `record` (JSON of `wasmsched::MemoryChangeRecord`),
+    /// or `None` when none is in flight any more.
+    PutMemoryChange {
+        /// Cluster id.
+        cluster: String,
+        /// VM id.
+        vm: String,
+        /// The record, or `None` to clear it.
+        record: Option<String>,
     },
 }
 

@@ -8,7 +8,9 @@
 //! of its records. Readers never take it: a decision works on an immutable [`ClusterView`].
 
 use super::ledger::Ledger;
-use super::memory_change::{MemoryChangeDone, MemoryInFlight, MemoryInFlightKind};
+use super::memory_change::{
+    MemoryChangeDone, MemoryChangeKind, MemoryChangeRecord, MemoryInFlight, MemoryInFlightKind,
+};
 use super::pending::{PendingRecord, PendingResource, ResourceKey};
 use super::placement::{
     add_resource_usage, add_usage, remove_usage, without_records, FailedPlacement, HostRemoved,
@@ -900,6 +902,62 @@ impl Cluster {
             .collect();
         out.sort();
         out
+    }
+
+    /// The memory change in flight for `vm_id` as a record a durable store can keep;
+    /// `None` when nothing is in flight.
+    pub fn memory_change(&self, vm_id: &str) -> Option<MemoryChangeRecord> {
+        let ledger = self.ledger();
+        let flight = ledger.memory.get(vm_id)?;
+        let change = match &flight.kind {
+            MemoryInFlightKind::Plug { device } => MemoryChangeKind::Plug {
+                device: device.clone(),
+                pending: ledger
+                    .pending
+                    .records_of_vm(vm_id)
+                    .into_iter()
+                    .find(|r| r.resource.key() == ResourceKey::HotplugMemory)?
+                    .resource,
+            },
+            MemoryInFlightKind::Unplug { devices } => MemoryChangeKind::Unplug {
+                devices: devices.clone(),
+            },
+        };
+        Some(MemoryChangeRecord {
+            vm: vm_id.to_string(),
+            host: flight.host.clone(),
+            change,
+        })
+    }
+
+    /// Puts a stored memory change back in flight (after a restart; an unplug's VM is
+    /// expected in the snapshot with its DIMMs marked `unplugging`): a plug's memory is
+    /// pending on its host again. Fails (changing nothing) on an unknown host or when a
+    /// change is already in flight for the VM.
+    pub fn restore_memory_change(&self, record: MemoryChangeRecord) -> Result<()> {
+        let mut ledger = self.ledger();
+        self.require_host(&record.host)?;
+        if ledger.memory.contains_key(&record.vm) {
+            return Err(Error::conflict(format!(
+                "VM {:?} already has a memory change in flight",
+                record.vm
+            )));
+        }
+        match record.change {
+            MemoryChangeKind::Plug { device, pending } => {
+                self.record_memory_plug(&mut ledger, &record.vm, &record.host, device, pending)?;
+            }
+            MemoryChangeKind::Unplug { devices } => {
+                ledger.memory.insert(
+                    record.vm,
+                    MemoryInFlight {
+                        host: record.host,
+                        kind: MemoryInFlightKind::Unplug { devices },
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     fn finish_memory_change(

@@ -13,7 +13,7 @@ mod placement;
 mod validate;
 
 pub use cluster::{Cluster, ClusterView};
-pub use memory_change::MemoryChangeDone;
+pub use memory_change::{MemoryChangeDone, MemoryChangeKind, MemoryChangeRecord};
 pub use pending::{PendingRecord, PendingResource};
 pub(crate) use placement::Retry;
 pub use placement::{

@@ -346,27 +346,30 @@ fn deltas_are_cut_from_the_change_log_while_it_holds_them() {
     assert_eq!(made.get(), 1);
 }
 
+/// Records a planned 1 GiB DIMM plug into VM `run` on host `c`.
+fn plug_1g_into_run(c: &Cluster) {
+    let device = MemoryDevice {
+        id: "dimm1".into(),
+        size_mb: 1_024,
+        node: 0,
+        hotplugged: true,
+        unplugging: false,
+    };
+    let pending = PendingResource::HotplugMemory {
+        mb: 1_024,
+        node: None,
+        hugepage_size_kb: None,
+    };
+    let mut ledger = c.ledger();
+    c.record_memory_plug(&mut ledger, "run", "c", device, pending)
+        .unwrap();
+}
+
 #[test]
 fn a_memory_plug_is_pending_until_confirmed_or_failed() {
     for confirm in [true, false] {
         let c = cluster();
-        let device = MemoryDevice {
-            id: "dimm1".into(),
-            size_mb: 1_024,
-            node: 0,
-            hotplugged: true,
-            unplugging: false,
-        };
-        let pending = PendingResource::HotplugMemory {
-            mb: 1_024,
-            node: None,
-            hugepage_size_kb: None,
-        };
-        {
-            let mut ledger = c.ledger();
-            c.record_memory_plug(&mut ledger, "run", "c", device, pending)
-                .unwrap();
-        }
+        plug_1g_into_run(&c);
         assert_eq!(c.pending_on_host("c").memory_mb, 1_024);
         assert_eq!(c.memory_changes_in_flight().len(), 1);
         let done = if confirm {
@@ -383,4 +386,27 @@ fn a_memory_plug_is_pending_until_confirmed_or_failed() {
         // A second report finds nothing in flight.
         assert!(c.confirm_memory_change("run").unwrap().is_none());
     }
+}
+
+#[test]
+fn a_memory_change_record_restored_in_a_fresh_cluster_is_pending_and_confirmable_again() {
+    let c = cluster();
+    plug_1g_into_run(&c);
+    assert!(c.memory_change("other").is_none());
+    let record = c.memory_change("run").expect("a plug in flight");
+    // What a store keeps: the record as JSON.
+    let stored = serde_json::to_string(&record).unwrap();
+    let restored = cluster();
+    restored
+        .restore_memory_change(serde_json::from_str(&stored).unwrap())
+        .unwrap();
+    assert_eq!(restored.pending_on_host("c").memory_mb, 1_024);
+    assert_eq!(restored.memory_change("run"), Some(record.clone()));
+    assert!(
+        restored.restore_memory_change(record).is_err(),
+        "one change in flight per VM"
+    );
+    let done = restored.confirm_memory_change("run").unwrap().unwrap();
+    assert_eq!(done.memory_mb, 4_096 + 1_024);
+    assert_eq!(restored.pending_on_host("c").memory_mb, 0);
 }
