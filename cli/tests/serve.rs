@@ -320,6 +320,21 @@ fn serve_answers_health_schedule_with_a_durable_reservation_and_lifecycle() {
         metrics.contains("wasmsched_shadow_changed_total{cluster=\"c2\",policy=\"shadowed\",kind=\"filter\",unit=\"memory\"} 2"),
         "{metrics}"
     );
+    // The cluster's state shows the same counts, with the changed decisions as examples.
+    let state = server.ok("GET", "/v1/clusters/c2", None);
+    let unit = &state["shadow"]["units"][0];
+    assert_eq!(unit["unit"], "memory", "{state}");
+    assert_eq!(
+        (unit["decisions"].as_u64(), unit["changed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let examples: Vec<&str> = unit["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(examples, ["s1", "s2"], "{state}");
     assert!(server.terminate(), "SIGTERM is a clean exit");
 }
 

@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wasmsched::sdk::{Host, HostStatus, Snapshot};
-use wasmsched::{MigrationTrigger, ScheduleRequest};
+use wasmsched::{MigrationTrigger, ScheduleRequest, ShadowStatus};
 
 /// What the router needs besides the service.
 #[derive(Debug, Clone)]
@@ -317,6 +317,10 @@ pub struct ClusterState {
     /// The current snapshot, pending aggregates filled.
     #[schema(value_type = Object)]
     pub snapshot: Arc<Snapshot>,
+    /// The policy's shadow units: per unit, the decisions made, those it would have changed
+    /// and its faults, with the last few changed decisions as examples.
+    #[schema(value_type = Object)]
+    pub shadow: ShadowStatus,
 }
 
 /// A cluster's current snapshot (with pending aggregates) and policy.
@@ -327,12 +331,13 @@ async fn get_cluster(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ClusterState>, ApiError> {
-    let (snapshot, policy, pending_vms) = state.service.cluster(&id)?;
+    let summary = state.service.cluster(&id)?;
     Ok(Json(ClusterState {
         id,
-        policy,
-        pending_vms,
-        snapshot,
+        policy: summary.policy,
+        pending_vms: summary.pending_vms,
+        snapshot: summary.snapshot,
+        shadow: summary.shadow,
     }))
 }
 

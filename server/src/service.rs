@@ -20,7 +20,7 @@ use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
 use wasmsched::{
     Cluster, Decision, Format, MemoryChangeRecord, MigrationTrigger, PlacementKind, Policy,
-    Runtime, ScheduleRequest,
+    Runtime, ScheduleRequest, ShadowStatus,
 };
 
 /// A lifecycle report about one VM.
@@ -73,6 +73,20 @@ pub struct PutOutcome {
     /// Reservations dropped because their host is no longer in the snapshot, as
     /// `vm@host`.
     pub dropped: Vec<String>,
+}
+
+/// What `GET /v1/clusters/{id}` shows of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSummary {
+    /// The current snapshot, pending aggregates filled.
+    pub snapshot: Arc<Snapshot>,
+    /// The policy as it was set.
+    pub policy: PolicySpec,
+    /// VMs placed and not yet started.
+    pub pending_vms: usize,
+    /// The policy's shadow units and what they would have changed (empty `units` when it
+    /// has none).
+    pub shadow: ShadowStatus,
 }
 
 /// A cluster served: its state behind a gate, its policy, and the order of its writes.
@@ -597,11 +611,19 @@ impl Service {
     }
 
     /// A cluster's current snapshot (with pending aggregates) and policy.
-    pub fn cluster(&self, id: &str) -> Result<(Arc<Snapshot>, PolicySpec, usize), ApiError> {
+    pub fn cluster(&self, id: &str) -> Result<ClusterSummary, ApiError> {
         let served = self.served(id)?;
         let cluster = served.cluster();
-        let spec = served.policy.read().unwrap().0.clone();
-        Ok((cluster.snapshot(), spec, placed_vms(&cluster).len()))
+        let (spec, shadow) = {
+            let policy = served.policy.read().unwrap();
+            (policy.0.clone(), policy.1.shadow_status())
+        };
+        Ok(ClusterSummary {
+            snapshot: cluster.snapshot(),
+            policy: spec,
+            pending_vms: placed_vms(&cluster).len(),
+            shadow,
+        })
     }
 
     /// Schedules one VM; the reservation is durable when this returns `Ok`.
