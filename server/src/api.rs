@@ -24,7 +24,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wasmsched::sdk::{Host, HostStatus, Snapshot};
-use wasmsched::{MigrationTrigger, ScheduleRequest, ShadowStatus};
+use wasmsched::shadow::ShadowStatus;
+use wasmsched::{MigrationTrigger, ScheduleRequest};
 
 /// What the router needs besides the service.
 #[derive(Debug, Clone)]
