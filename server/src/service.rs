@@ -18,9 +18,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
+use wasmsched::shadow::ShadowStatus;
 use wasmsched::{
     Cluster, Decision, Format, MemoryChangeRecord, MigrationTrigger, PlacementKind, Policy,
-    Runtime, ScheduleRequest, ShadowStatus,
+    Runtime, ScheduleRequest,
 };
 
 /// A lifecycle report about one VM.
