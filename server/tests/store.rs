@@ -107,7 +107,7 @@ fn small_vm(id: &str) -> wasmsched::ScheduleRequest {
 /// Hosts and VMs (by id) of a snapshot, and every VM's placement: what a restart must
 /// give back.
 fn state_of(service: &Service, vms: &[&str]) -> (Vec<Value>, BTreeMap<String, Value>, Vec<Value>) {
-    let (snapshot, _, _) = service.cluster("c").unwrap();
+    let snapshot = service.cluster("c").unwrap().snapshot;
     let hosts = snapshot
         .hosts
         .iter()
