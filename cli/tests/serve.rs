@@ -1105,21 +1105,25 @@ fn serve_answers_408_when_a_request_outlives_the_timeout_and_keeps_serving() {
     );
 }
 
+/// The target directory unit crates build into: under this build's own (next to the
+/// `wasmsched` binary's profile directory), shared across runs and crates.
+fn units_target() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_wasmsched"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("toolkit-units")
+}
+
 /// Runs the `wasmsched` binary for the author loop: unit crates build into one shared
 /// target directory under this build's own (compiled dependencies are reused across runs
 /// and crates), with no network (the scaffold's Cargo.lock pins the SDK's dependencies).
 fn author(args: &[&str]) -> std::process::Output {
-    let bin = Path::new(env!("CARGO_BIN_EXE_wasmsched"));
-    let units_target = bin
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("toolkit-units");
-    Command::new(bin)
+    Command::new(env!("CARGO_BIN_EXE_wasmsched"))
         .args(args)
         .arg("--no-cache")
-        .env("CARGO_TARGET_DIR", units_target)
+        .env("CARGO_TARGET_DIR", units_target())
         .env("CARGO_NET_OFFLINE", "true")
         .output()
         .expect("wasmsched runs")
@@ -1148,12 +1152,7 @@ fn author_loop_new_build_test_check_then_the_next_served_decision_uses_the_unit(
     assert!(text(&again.stderr).contains("already exists"));
 
     // Its own native tests pass at once.
-    let units_target = Path::new(env!("CARGO_BIN_EXE_wasmsched"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("toolkit-units");
+    let units_target = units_target();
     let native = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--lib", "--offline"])
         .current_dir(&unit_crate)

@@ -89,16 +89,12 @@ pub struct ParamReport {
 impl ParamReport {
     /// The report of a declared parameter.
     pub fn of(spec: &ParamSpec) -> Self {
-        let (ty, min, max, options) = match &spec.ty {
-            ParamType::Int { min, max } => {
-                ("int", Some((*min).into()), Some((*max).into()), vec![])
-            }
-            ParamType::Float { min, max } => {
-                ("float", Some((*min).into()), Some((*max).into()), vec![])
-            }
-            ParamType::Bool => ("bool", None, None, vec![]),
-            ParamType::Str => ("string", None, None, vec![]),
-            ParamType::Choice(options) => ("choice", None, None, options.clone()),
+        let ty = spec.ty.word();
+        let (min, max, options) = match &spec.ty {
+            ParamType::Int { min, max } => (Some((*min).into()), Some((*max).into()), vec![]),
+            ParamType::Float { min, max } => (Some((*min).into()), Some((*max).into()), vec![]),
+            ParamType::Bool | ParamType::Str => (None, None, vec![]),
+            ParamType::Choice(options) => (None, None, options.clone()),
         };
         let default = match &spec.default {
             ParamValue::Bool(b) => (*b).into(),

@@ -185,7 +185,7 @@ mod tests {
     fn selector_arithmetic_matches_hand_computed_ranks_factors_contributions_and_tie_break() {
         let cases = [
             Case {
-                // The worked example of docs/weights.md.
+                // The worked example of docs/explain.md.
                 name: "rank: cpu-load x2 decides against free-memory x1",
                 selector: SelectorKind::Rank,
                 weights: &[(2, &[35, 10, 60]), (1, &[-100, -300, -500])],

@@ -89,18 +89,27 @@ pub enum ParamType {
 impl fmt::Display for ParamType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // The words are the JSON names of the variants (`int`, `float`, `bool`, `string`,
-            // `choice`), so text and `--json` outputs say the same.
-            ParamType::Int { min, max } => write!(f, "int in {min}..={max}"),
-            ParamType::Float { min, max } => write!(f, "float in {min}..={max}"),
-            ParamType::Bool => f.write_str("bool"),
-            ParamType::Str => f.write_str("string"),
-            ParamType::Choice(options) => write!(f, "choice of {}", options.join(", ")),
+            ParamType::Int { min, max } => write!(f, "{} in {min}..={max}", self.word()),
+            ParamType::Float { min, max } => write!(f, "{} in {min}..={max}", self.word()),
+            ParamType::Bool | ParamType::Str => f.write_str(self.word()),
+            ParamType::Choice(options) => write!(f, "{} of {}", self.word(), options.join(", ")),
         }
     }
 }
 
 impl ParamType {
+    /// The type's one word: `int`, `float`, `bool`, `string` or `choice`, its name in JSON,
+    /// so text and `--json` outputs say the same.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ParamType::Int { .. } => "int",
+            ParamType::Float { .. } => "float",
+            ParamType::Bool => "bool",
+            ParamType::Str => "string",
+            ParamType::Choice(_) => "choice",
+        }
+    }
+
     /// Checks a value against this type, converting integers to floats where a float is
     /// expected. Returns the accepted value or a message saying what was expected.
     pub fn check(&self, value: &ParamValue) -> Result<ParamValue, String> {
@@ -283,6 +292,7 @@ mod tests {
                 other => panic!("{other}"),
             };
             assert_eq!(json_word, word, "{ty:?} in JSON");
+            assert_eq!(ty.word(), word, "{ty:?}");
             assert!(ty.to_string().starts_with(word), "{ty:?} in text: {ty}");
         }
     }
