@@ -262,14 +262,14 @@ pub(super) fn differences(
         else {
             continue;
         };
-        // The live weights over the hosts the shadow filter keeps.
+        // The live weights over the hosts the shadow filter keeps (one pass over its
+        // rejections: a filter may reject most of 10,000 hosts).
+        let mut rejected = vec![false; live.survivors.len()];
+        for r in &verdicts.rejected {
+            rejected[r.position as usize] = true;
+        }
         let kept: Vec<usize> = (0..live.survivors.len())
-            .filter(|pos| {
-                !verdicts
-                    .rejected
-                    .iter()
-                    .any(|r| r.position as usize == *pos)
-            })
+            .filter(|&pos| !rejected[pos])
             .collect();
         let hosts: Vec<HostIndex> = kept.iter().map(|&pos| live.survivors[pos]).collect();
         let columns: Vec<(&PolicyUnit, Vec<Penalty>)> = live
@@ -301,20 +301,22 @@ pub(super) fn differences(
             }
         };
         // In place of the live column of the same unit (a what-if of its factor or
-        // parameters), else added to the live columns.
-        let mut columns: Vec<(&PolicyUnit, Vec<Penalty>)> = live
+        // parameters), else added to the live columns; the live columns are borrowed.
+        let replaces = live
             .columns
             .iter()
-            .map(|(unit, penalties)| (*unit, penalties.clone()))
-            .collect();
-        match columns
-            .iter_mut()
-            .find(|(unit, _)| unit.label == weight.label)
-        {
-            Some(column) => *column = (weight, penalties),
-            None => columns.push((weight, penalties)),
-        }
-        let selection = select(selector, factored(&columns), live.survivors.len());
+            .any(|(unit, _)| unit.label == weight.label);
+        let columns = factored(live.columns)
+            .zip(live.columns)
+            .map(|(column, (unit, _))| {
+                if unit.label == weight.label {
+                    (weight.factor, penalties.as_slice())
+                } else {
+                    column
+                }
+            })
+            .chain((!replaces).then_some((weight.factor, penalties.as_slice())));
+        let selection = select(selector, columns, live.survivors.len());
         let instead = pick_best(selector, &selection.totals, live.survivors, snapshot);
         if instead != Some(best) {
             out.push(difference(weight, instead, ShadowEffect::PrefersOther));
