@@ -720,11 +720,18 @@ impl Service {
             let commit = served.journal(id, &cluster, &*self.store, touched, Vec::new());
             drop(cluster);
             let served = served.clone();
+            let (id, store) = (id.to_string(), self.store.clone());
             runtime.spawn(async move {
                 match commit.await {
                     Ok(()) => {
+                        let mut unacknowledged = Vec::new();
                         for (reply, results) in answers {
-                            let _ = reply.send(Ok(results));
+                            if let Err(Ok(results)) = reply.send(Ok(results)) {
+                                unacknowledged.extend(results.into_iter().flatten());
+                            }
+                        }
+                        if !unacknowledged.is_empty() {
+                            release_unacknowledged(&id, &served, &*store, unacknowledged).await;
                         }
                     }
                     Err(e) => {
@@ -1138,6 +1145,41 @@ pub enum HostChange {
     /// A host's status changed; down or non-operational also fails and re-places the VMs
     /// placed there.
     Status(String, HostStatus),
+}
+
+/// Takes back the reservations of decisions whose caller left before the answer (the
+/// request timed out: it was answered 408, so nothing was acknowledged), durably, so a
+/// client that gives up leaves no pending resources behind. A VM placed again since then
+/// (on another host) keeps its newer placement.
+async fn release_unacknowledged(
+    id: &str,
+    served: &Served,
+    store: &dyn Store,
+    decisions: Vec<Decision>,
+) {
+    let commit = {
+        let cluster = served.cluster();
+        let mut released = Vec::new();
+        for decision in decisions {
+            let still_here = cluster
+                .placement(&decision.vm)
+                .is_some_and(|p| Some(&p.host) == decision.chosen.as_ref());
+            if still_here && cluster.release_vm(&decision.vm).is_ok() {
+                released.push(decision.vm);
+            }
+        }
+        let touched = Touched {
+            placements: released,
+            ..Touched::default()
+        };
+        served.journal(id, &cluster, store, touched, Vec::new())
+    };
+    if let Err(e) = commit.await {
+        tracing::warn!(
+            cluster = id,
+            "releasing the reservations of a timed-out request: {e}"
+        );
+    }
 }
 
 fn require_host(cluster: &Cluster, host: &str) -> Result<(), ApiError> {
