@@ -260,6 +260,22 @@ enum Command {
         /// Longest a request may take, milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 30_000)]
         timeout_ms: u64,
+        /// Keep the state in PostgreSQL (`postgres://user:pass@host:port/db`) shared by
+        /// several replicas, instead of the embedded store under --data (see
+        /// docs/replicas.md).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// With --store: this replica's id (default: host name, process id, start time).
+        #[arg(long, value_name = "ID", requires = "store")]
+        replica_id: Option<String>,
+        /// With --store: the base URL the other replicas reach this one at (default:
+        /// http:// and the bound address).
+        #[arg(long, value_name = "URL", requires = "store")]
+        advertise: Option<String>,
+        /// With --store: how long a cluster lease lasts without renewal; a replica that
+        /// dies is replaced within about 4/3 of it.
+        #[arg(long, value_name = "MS", default_value_t = 3_000)]
+        lease_ms: u64,
     },
     /// Write the builtin modules to a directory.
     Builtins {
@@ -605,6 +621,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token_file,
             body_limit,
             timeout_ms,
+            store,
+            replica_id,
+            advertise,
+            lease_ms,
         } => {
             // The policy directory is watched by the server, not loaded once here.
             let mut builder = Runtime::builder().builtins(!g.no_builtins);
@@ -622,6 +642,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.token_file = token_file.clone();
             options.body_limit = *body_limit;
             options.timeout = std::time::Duration::from_millis(*timeout_ms);
+            options.store = store.clone();
+            options.replica_id = replica_id.clone();
+            options.advertise = advertise.clone();
+            options.lease = std::time::Duration::from_millis(*lease_ms);
             wasmsched_server::serve(options, builder.build()?)?;
             Ok(ExitCode::SUCCESS)
         }

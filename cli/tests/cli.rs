@@ -613,24 +613,52 @@ fn regression_watch_logs_a_file_fixed_by_putting_the_serving_version_back() {
         std::fs::rename(&tmp, &module).unwrap();
     };
     put(&good);
-    let child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmsched"))
         .args(["watch", "--policies", dir.path().to_str().unwrap()])
-        .args(["--settle-ms", "0", "--exit-after", "14", "--no-cache"])
+        .args(["--settle-ms", "0", "--exit-after", "120", "--no-cache"])
         .current_dir(repo())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Generous pauses: each step is seen by the watcher on a loaded 2-core machine too.
-    std::thread::sleep(std::time::Duration::from_millis(5_000));
+    // Each step waits for the watcher to log the previous one (a loaded 2-core machine
+    // may take seconds to compile the module), not for a fixed time.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let mut wait_for = |wanted: &[&str]| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !wanted.iter().any(|w| log.contains(w)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                Err(_) => panic!("waited for {wanted:?}; the watcher logged:\n{log}"),
+            }
+        }
+    };
+    wait_for(&["watching"]);
     put(b"\0asm broken");
-    std::thread::sleep(std::time::Duration::from_millis(4_000));
+    wait_for(&["rejected", "refused"]);
     put(&good);
-    let out = child.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("rejected") || err.contains("refused"), "{err}");
-    assert!(err.contains("file fixed"), "{err}");
+    wait_for(&["file fixed"]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the watcher kept running through the broken file"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The tokens of the explain line of `weight` under `host` (`weight cpu-load raw 5 rank 4

@@ -6,6 +6,8 @@
 //! needs no process (the OpenAPI document, token comparison).
 
 mod common;
+#[path = "serve/replicas.rs"]
+mod replicas;
 
 use common::example_unit;
 use serde_json::{json, Value};
@@ -109,7 +111,22 @@ fn http_raw(
     body: Option<&[u8]>,
     token: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    let stream = TcpStream::connect(addr).expect("connect");
+    let (status, _, body) = exchange(stream, addr, method, path, body, token)
+        .unwrap_or_else(|| panic!("{method} {path}: no answer (connection closed)"));
+    (status, body)
+}
+
+/// One request on `stream`; returns the status, the response head (lower case) and the
+/// body, or `None` when the connection closed without an answer.
+fn exchange(
+    mut stream: TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+) -> Option<(u16, String, String)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -123,7 +140,7 @@ fn http_raw(
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes()).ok()?;
     // The server may answer (413) before reading all of a large body.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
@@ -133,8 +150,7 @@ fn http_raw(
     let status: u16 = head
         .split_whitespace()
         .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+        .and_then(|s| s.parse().ok())?;
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -143,7 +159,7 @@ fn http_raw(
     } else {
         rest.to_string()
     };
-    (status, body)
+    Some((status, head.to_ascii_lowercase(), body))
 }
 
 fn dechunk(mut rest: &str) -> String {

@@ -2,11 +2,13 @@
 //! (auth, body limit, timeout, request ids, tracing).
 
 use crate::error::{ApiError, ErrorBody};
+use crate::forward::{Forwarder, FORWARDED_BY};
+use crate::replica::Route;
 use crate::service::{HostChange, HostUsage, PutOutcome, Service, VmEvent};
 use crate::store::PolicySpec;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -42,6 +44,7 @@ pub struct ApiConfig {
 struct AppState {
     service: Arc<Service>,
     token: Option<Arc<str>>,
+    forwarder: Forwarder,
 }
 
 #[derive(OpenApi)]
@@ -60,8 +63,10 @@ pub fn router(service: Arc<Service>, config: &ApiConfig) -> Router {
     let state = AppState {
         service,
         token: config.token.as_deref().map(Arc::from),
+        forwarder: Forwarder::new(),
     };
     router
+        .layer(middleware::from_fn_with_state(state.clone(), route))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -168,6 +173,96 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
+    }
+}
+
+/// The cluster a request path names (`/v1/clusters/{id}` and below), percent-decoded.
+fn cluster_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/clusters/")?;
+    let raw = rest.split('/').next().filter(|id| !id.is_empty())?;
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// The header naming the replica that served a request about a cluster (with replicas).
+pub const SERVED_BY: &str = "x-wasmsched-replica";
+
+/// 503 with `Retry-After` (whole seconds, at least 1).
+fn unavailable(message: String, retry_after: Duration) -> Response {
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// With replicas: a request about a cluster is served where the cluster's lease is, so
+/// it is forwarded when another replica holds it (see `docs/replicas.md`). Alone, it
+/// always goes on.
+async fn route(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(id) = cluster_of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let creating = request.method() == Method::PUT
+        && request
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .matches('/')
+            .count()
+            == 3;
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
+    match state.service.route(&id, creating, forwarded).await {
+        Route::Local => {
+            let mut response = next.run(request).await;
+            if let Some(me) = state.service.replica_id() {
+                if let Ok(value) = HeaderValue::from_str(me) {
+                    response.headers_mut().insert(SERVED_BY, value);
+                }
+            }
+            response
+        }
+        Route::Forward(holder) => {
+            let me = state.service.replica_id().unwrap_or("replica").to_string();
+            state
+                .service
+                .metrics()
+                .requests_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+            match state.forwarder.forward(&holder, &me, request).await {
+                Ok(response) => response,
+                Err(why) => {
+                    state.service.forget_route(&id);
+                    unavailable(
+                        format!("cluster {id:?}: its holder did not answer ({why}); retry"),
+                        Duration::from_secs(1),
+                    )
+                }
+            }
+        }
+        Route::Unavailable {
+            message,
+            retry_after,
+        } => unavailable(message, retry_after),
     }
 }
 

@@ -8,7 +8,10 @@
 //!
 //! * [`api`]: the routes, their OpenAPI document, authentication, limits.
 //! * [`service`]: the clusters, their policies, every operation, without HTTP.
-//! * [`store`]: the durable-state trait; [`sqlite`]: the embedded default.
+//! * [`store`]: the durable-state trait; [`sqlite`]: the embedded default;
+//!   [`postgres`]: the store several replicas share.
+//! * [`lease`]: cluster leases and fencing tokens; [`replica`]: what a replica knows of
+//!   its peers; [`forward`]: sending a request on to the replica holding its cluster.
 //! * [`metrics`]: Prometheus text.
 //!
 //! [`serve`] runs it all until SIGINT/SIGTERM (graceful: in-flight requests finish, the
@@ -18,7 +21,11 @@
 
 pub mod api;
 pub mod error;
+pub mod forward;
+pub mod lease;
 pub mod metrics;
+pub mod postgres;
+pub mod replica;
 pub mod service;
 pub mod sqlite;
 pub mod store;
@@ -49,6 +56,18 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Longest a request may take (408 beyond).
     pub timeout: Duration,
+    /// Where the durable state lives: `None` for the embedded store under `data`, or a
+    /// `postgres://` URL shared by several replicas.
+    pub store: Option<String>,
+    /// With a shared store: this replica's id (default: host name, process id and start
+    /// time).
+    pub replica_id: Option<String>,
+    /// With a shared store: the base URL other replicas forward requests to (default:
+    /// `http://` and the bound address, when that is a specific address).
+    pub advertise: Option<String>,
+    /// With a shared store: how long a cluster lease lasts without renewal; a replica
+    /// that dies is replaced within about this long (plus a third of it).
+    pub lease: Duration,
 }
 
 impl ServeOptions {
@@ -61,6 +80,10 @@ impl ServeOptions {
             token_file: None,
             body_limit: 16 << 20,
             timeout: Duration::from_secs(30),
+            store: None,
+            replica_id: None,
+            advertise: None,
+            lease: Duration::from_secs(3),
         }
     }
 }
@@ -138,15 +161,51 @@ pub async fn serve_until(
             tracing::warn!("policy directory: skipped {rejected}");
         }
     }
-    let metrics = Arc::new(metrics::Metrics::default());
-    let store = sqlite::SqliteStore::open(&options.data, metrics.clone())
-        .await
-        .with_context(|| format!("--data {}", options.data.display()))?;
-    let service = Service::start(runtime, Arc::new(store), metrics).await?;
     let listener = tokio::net::TcpListener::bind(addrs.as_slice())
         .await
         .with_context(|| format!("--listen {}", options.listen))?;
     let local = listener.local_addr()?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let service = match options.store.as_deref() {
+        None => {
+            let store = sqlite::SqliteStore::open(&options.data, metrics.clone())
+                .await
+                .with_context(|| format!("--data {}", options.data.display()))?;
+            Service::start(runtime, Arc::new(store), metrics).await?
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let replica = lease::Replica {
+                id: options
+                    .replica_id
+                    .clone()
+                    .unwrap_or_else(default_replica_id),
+                url: advertised_url(options.advertise.as_deref(), local)?,
+            };
+            anyhow::ensure!(
+                options.lease >= Duration::from_millis(300),
+                "--lease-ms {}: at least 300 ms (renewals run every third of it)",
+                options.lease.as_millis()
+            );
+            let store = Arc::new(
+                postgres::PostgresStore::open(
+                    postgres::PostgresOptions {
+                        url: url.to_string(),
+                        replica: replica.clone(),
+                        lease: options.lease,
+                    },
+                    metrics.clone(),
+                )
+                .await
+                .context("--store")?,
+            );
+            tracing::info!(replica = replica.id, url = replica.url, "replica joining");
+            Service::start_replica(runtime, store.clone(), store, metrics).await?
+        }
+        Some(other) => anyhow::bail!(
+            "--store {other:?}: not a store (leave it out for the embedded store under \
+             --data, or give a postgres:// URL)"
+        ),
+    };
     let config = ApiConfig {
         token,
         body_limit: options.body_limit,
@@ -167,6 +226,53 @@ pub async fn serve_until(
     service.runtime().stop_watching();
     tracing::info!("store flushed and closed");
     Ok(())
+}
+
+/// `<host name>-<process id>-<start time in ms, base 36>`: unique among replicas without
+/// configuration, readable in logs and in the `replicas` table.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".into());
+    let mut millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut stamp = Vec::new();
+    while millis > 0 {
+        stamp.push(char::from_digit((millis % 36) as u32, 36).unwrap_or('0'));
+        millis /= 36;
+    }
+    stamp.reverse();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        stamp.into_iter().collect::<String>()
+    )
+}
+
+/// The URL other replicas reach this one at: `--advertise`, or `http://` and the bound
+/// address when it names one interface.
+fn advertised_url(advertise: Option<&str>, local: SocketAddr) -> anyhow::Result<String> {
+    match advertise {
+        Some(url) => {
+            anyhow::ensure!(
+                url.starts_with("http://"),
+                "--advertise {url:?}: give the base URL other replicas reach this one at, \
+                 e.g. http://10.0.0.5:8080"
+            );
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        None => {
+            anyhow::ensure!(
+                !local.ip().is_unspecified(),
+                "--listen {local}: listening on every interface; give --advertise \
+                 http://ADDRESS:PORT (where the other replicas reach this one)"
+            );
+            Ok(format!("http://{local}"))
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -62,6 +62,14 @@ pub struct Metrics {
     pub store_commit_latency: Histogram,
     /// Submissions committed.
     pub store_submissions: AtomicU64,
+    /// Submissions a shared store refused because the cluster's lease had moved on.
+    pub store_fenced: AtomicU64,
+    /// Cluster leases taken (new clusters, takeovers, handovers).
+    pub leases_acquired: AtomicU64,
+    /// Cluster leases lost (taken over by another replica, or not renewed in time).
+    pub leases_lost: AtomicU64,
+    /// Requests forwarded to the replica holding their cluster.
+    pub requests_forwarded: AtomicU64,
     /// Requests answered, by status class.
     pub requests_2xx: AtomicU64,
     /// Requests answered 4xx.
@@ -175,6 +183,34 @@ impl Metrics {
              wasmsched_store_submissions_total {}",
             self.store_submissions.load(Ordering::Relaxed)
         );
+        for (name, help, counter) in [
+            (
+                "wasmsched_store_fenced_total",
+                "Submissions refused because the cluster's lease had moved to another replica.",
+                &self.store_fenced,
+            ),
+            (
+                "wasmsched_leases_acquired_total",
+                "Cluster leases this replica took.",
+                &self.leases_acquired,
+            ),
+            (
+                "wasmsched_leases_lost_total",
+                "Cluster leases this replica lost.",
+                &self.leases_lost,
+            ),
+            (
+                "wasmsched_requests_forwarded_total",
+                "Requests forwarded to the replica holding their cluster.",
+                &self.requests_forwarded,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP wasmsched_requests_total HTTP responses by status class.\n\

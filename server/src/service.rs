@@ -5,16 +5,19 @@
 //! the store made it durable.
 
 use crate::error::ApiError;
+use crate::lease::{Acquired, HeldLeases, Leases};
 use crate::metrics::{Gauges, Metrics, ShadowGauge};
+use crate::replica::{Replication, Route};
 use crate::store::{
-    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, StoredPlacement, Write,
+    BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
+    StoredPlacement, Write,
 };
 use axum::http::StatusCode;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmsched::sdk::wire::sync::Change;
 use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
@@ -103,6 +106,18 @@ struct Served {
     journal: Mutex<()>,
     /// Schedule requests waiting for the cluster's decision worker.
     queue: Mutex<DecisionQueue>,
+    /// The cluster's lease, when replicas share the store (`None`: the service runs
+    /// alone). Every write of the cluster carries its token.
+    lease: Option<ServedLease>,
+}
+
+/// The lease under which a replica serves a cluster.
+#[derive(Debug)]
+struct ServedLease {
+    token: LeaseToken,
+    /// Until when the lease surely holds (the start of the last renewal that succeeded,
+    /// plus the lease's duration); past it the replica stops routing requests here.
+    valid_until: Mutex<Instant>,
 }
 
 /// Schedule requests waiting to be decided, and whether a worker is deciding them.
@@ -169,6 +184,8 @@ pub struct Service {
     clusters: RwLock<HashMap<String, Arc<Served>>>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
+    /// Present when replicas share the store (PostgreSQL).
+    replication: Option<Replication>,
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -321,7 +338,19 @@ impl Served {
                 },
             });
         }
-        store.submit(writes)
+        store.submit(self.lease_token(), writes)
+    }
+
+    fn lease_token(&self) -> Option<LeaseToken> {
+        self.lease.as_ref().map(|lease| lease.token)
+    }
+
+    /// Whether requests for the cluster may be served here: alone, or under a lease not
+    /// yet past its validity.
+    fn lease_valid(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|lease| *lease.valid_until.lock().unwrap() > Instant::now())
     }
 }
 
@@ -339,85 +368,135 @@ impl Service {
             clusters: RwLock::new(HashMap::new()),
             metrics,
             ready: AtomicBool::new(false),
+            replication: None,
         });
         let mut stale = Vec::new();
         for stored in service.store.load().await? {
-            let snapshot = restored_snapshot(&stored)?;
-            let cluster = Cluster::new(snapshot, &format!("stored cluster {:?}", stored.id))?;
-            for placement in &stored.placements {
-                let restored = serde_json::from_str::<Vm>(&placement.vm_doc)
-                    .map_err(|e| e.to_string())
-                    .and_then(|vm| {
-                        let kind: PlacementKind =
-                            serde_json::from_str(&placement.kind).map_err(|e| e.to_string())?;
-                        cluster
-                            .reserve(&vm, &placement.host, kind)
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = restored {
-                    tracing::warn!(
-                        cluster = stored.id,
-                        vm = placement.vm,
-                        host = placement.host,
-                        "stored reservation not restored: {e}"
-                    );
-                    stale.push(Write::Release {
-                        cluster: stored.id.clone(),
-                        vm: placement.vm.clone(),
-                    });
-                }
-            }
-            for text in &stored.memory_changes {
-                let restored = serde_json::from_str::<MemoryChangeRecord>(text)
-                    .map_err(|e| e.to_string())
-                    .and_then(|record| {
-                        let vm = record.vm.clone();
-                        cluster
-                            .restore_memory_change(record)
-                            .map_err(|e| format!("VM {vm:?}: {e}"))
-                    });
-                if let Err(e) = restored {
-                    // Left in the store: a later confirm or failure of the VM clears it.
-                    tracing::warn!(
-                        cluster = stored.id,
-                        "stored memory change not restored: {e}"
-                    );
-                }
-            }
-            let policy = match service.policy_from(&stored.policy) {
-                Ok(policy) => (stored.policy.clone(), policy),
-                Err(e) => {
-                    tracing::warn!(
-                        cluster = stored.id,
-                        "stored policy no longer loads ({e}); serving the default policy"
-                    );
-                    (
-                        PolicySpec::default(),
-                        Policy::builtin_default(&service.runtime)?,
-                    )
-                }
-            };
-            tracing::info!(
-                cluster = stored.id,
-                hosts = cluster.snapshot().hosts.len(),
-                reservations = stored.placements.len(),
-                "cluster restored"
-            );
-            service.clusters.write().unwrap().insert(
-                stored.id.clone(),
-                Arc::new(Served {
-                    gate: RwLock::new(cluster),
-                    policy: RwLock::new(policy),
-                    journal: Mutex::new(()),
-                    queue: Mutex::default(),
-                }),
-            );
+            let (served, mut released) = service.restore(&stored, None)?;
+            stale.append(&mut released);
+            service
+                .clusters
+                .write()
+                .unwrap()
+                .insert(stored.id.clone(), Arc::new(served));
         }
         if !stale.is_empty() {
-            service.store.submit(stale).await?;
+            service.store.submit(None, stale).await?;
         }
         service.ready.store(true, Ordering::SeqCst);
         Ok(service)
+    }
+
+    /// Builds one replica of several sharing `store` (see `docs/replicas.md`): it serves
+    /// the clusters whose lease it holds, takes the leases of clusters nobody holds (new
+    /// ones, those of a replica that stopped renewing), rebuilding each from the store,
+    /// and forwards requests for the others to their holder. A background task renews
+    /// the leases and takes over orphaned clusters.
+    pub async fn start_replica(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        leases: Arc<dyn Leases>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let replication = Replication::new(leases);
+        replication.set_live(replication.leases().heartbeat().await?);
+        let service = Arc::new(Self {
+            runtime,
+            store,
+            clusters: RwLock::new(HashMap::new()),
+            metrics,
+            ready: AtomicBool::new(false),
+            replication: Some(replication),
+        });
+        tokio::spawn(Self::keep_leases(Arc::downgrade(&service)));
+        service.ready.store(true, Ordering::SeqCst);
+        Ok(service)
+    }
+
+    /// Rebuilds a stored cluster: its snapshot with the documents written since, its
+    /// reservations and memory changes, its policy. Returns the releases of reservations
+    /// that no longer apply (to store).
+    fn restore(
+        &self,
+        stored: &StoredCluster,
+        lease: Option<LeaseToken>,
+    ) -> anyhow::Result<(Served, Vec<Write>)> {
+        let mut stale = Vec::new();
+        let snapshot = restored_snapshot(stored)?;
+        let cluster = Cluster::new(snapshot, &format!("stored cluster {:?}", stored.id))?;
+        for placement in &stored.placements {
+            let restored = serde_json::from_str::<Vm>(&placement.vm_doc)
+                .map_err(|e| e.to_string())
+                .and_then(|vm| {
+                    let kind: PlacementKind =
+                        serde_json::from_str(&placement.kind).map_err(|e| e.to_string())?;
+                    cluster
+                        .reserve(&vm, &placement.host, kind)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = restored {
+                tracing::warn!(
+                    cluster = stored.id,
+                    vm = placement.vm,
+                    host = placement.host,
+                    "stored reservation not restored: {e}"
+                );
+                stale.push(Write::Release {
+                    cluster: stored.id.clone(),
+                    vm: placement.vm.clone(),
+                });
+            }
+        }
+        for text in &stored.memory_changes {
+            let restored = serde_json::from_str::<MemoryChangeRecord>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    let vm = record.vm.clone();
+                    cluster
+                        .restore_memory_change(record)
+                        .map_err(|e| format!("VM {vm:?}: {e}"))
+                });
+            if let Err(e) = restored {
+                // Left in the store: a later confirm or failure of the VM clears it.
+                tracing::warn!(
+                    cluster = stored.id,
+                    "stored memory change not restored: {e}"
+                );
+            }
+        }
+        let policy = match self.policy_from(&stored.policy) {
+            Ok(policy) => (stored.policy.clone(), policy),
+            Err(e) => {
+                tracing::warn!(
+                    cluster = stored.id,
+                    "stored policy no longer loads ({e}); serving the default policy"
+                );
+                (
+                    PolicySpec::default(),
+                    Policy::builtin_default(&self.runtime)?,
+                )
+            }
+        };
+        tracing::info!(
+            cluster = stored.id,
+            hosts = cluster.snapshot().hosts.len(),
+            reservations = stored.placements.len(),
+            "cluster restored"
+        );
+        let lease = lease.map(|token| ServedLease {
+            token,
+            valid_until: Mutex::new(Instant::now() + self.lease_duration()),
+        });
+        Ok((
+            Served {
+                gate: RwLock::new(cluster),
+                policy: RwLock::new(policy),
+                journal: Mutex::new(()),
+                queue: Mutex::default(),
+                lease,
+            },
+            stale,
+        ))
     }
 
     /// The runtime (modules, reload status).
@@ -504,6 +583,18 @@ impl Service {
             None => None,
         };
         let Some(served) = existing else {
+            let lease = match &self.replication {
+                None => None,
+                Some(replication) => Some(replication.take_creating(&id).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "cluster {id:?}: this replica does not hold its lease (it moved \
+                             while the request was on its way); retry"
+                        ),
+                    )
+                })?),
+            };
             let (policy, spec) = match policy {
                 Some(p) => p,
                 None => (
@@ -529,6 +620,10 @@ impl Service {
                 policy: RwLock::new((spec, policy)),
                 journal: Mutex::new(()),
                 queue: Mutex::default(),
+                lease: lease.map(|token| ServedLease {
+                    token,
+                    valid_until: Mutex::new(Instant::now() + self.lease_duration()),
+                }),
             });
             let mut clusters = self.clusters.write().unwrap();
             if clusters.contains_key(&id) {
@@ -602,10 +697,13 @@ impl Service {
         let commit = {
             let _order = served.journal.lock().unwrap();
             *served.policy.write().unwrap() = (spec.clone(), policy);
-            self.store.submit(vec![Write::PutPolicy {
-                cluster: id.to_string(),
-                policy: spec,
-            }])
+            self.store.submit(
+                served.lease_token(),
+                vec![Write::PutPolicy {
+                    cluster: id.to_string(),
+                    policy: spec,
+                }],
+            )
         };
         commit.await?;
         Ok(name)
@@ -1074,9 +1172,256 @@ impl Service {
     }
 
     /// Closes the store (every acknowledged change is already durable; this waits for
-    /// writes still in flight).
+    /// writes still in flight); a replica then gives its leases up, so the others take
+    /// its clusters over at once instead of after the lease expired.
     pub async fn close(&self) {
         self.store.close().await;
+        if let Some(replication) = &self.replication {
+            let mut held = self.held_leases();
+            held.extend(replication.creating_leases(Duration::ZERO).1);
+            self.clusters.write().unwrap().clear();
+            let leases = replication.leases();
+            if let Err(e) = leases.release(held).await {
+                tracing::warn!("giving the leases up: {e} (they expire on their own)");
+            }
+            if let Err(e) = leases.leave().await {
+                tracing::warn!("leaving the replica set: {e}");
+            }
+        }
+    }
+
+    /// How long a cluster lease lasts (replicas), or practically forever (alone).
+    fn lease_duration(&self) -> Duration {
+        self.replication
+            .as_ref()
+            .map_or(Duration::from_secs(86_400 * 365), |r| {
+                r.leases().lease_duration()
+            })
+    }
+
+    /// This replica's id, when replicas share the store.
+    pub fn replica_id(&self) -> Option<&str> {
+        self.replication.as_ref().map(|r| r.me().id.as_str())
+    }
+
+    /// Forgets where `id` was last seen held (its holder did not answer).
+    pub fn forget_route(&self, id: &str) {
+        if let Some(replication) = &self.replication {
+            replication.forget_route(id);
+        }
+    }
+
+    /// The clusters served here under a lease, with their tokens.
+    fn held_leases(&self) -> HeldLeases {
+        self.clusters
+            .read()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, served)| served.lease_token().map(|token| (id.clone(), token)))
+            .collect()
+    }
+
+    /// Whether `id` is served here now (alone: whether it exists here).
+    fn serves(&self, id: &str) -> bool {
+        self.clusters
+            .read()
+            .unwrap()
+            .get(id)
+            .is_some_and(|served| served.lease_valid())
+    }
+
+    /// Stops serving `id` under `token`: its lease was taken over or could not be
+    /// renewed in time. A later request rebuilds it from the store if it comes back.
+    fn lost_lease(&self, id: &str, token: LeaseToken) {
+        let mut clusters = self.clusters.write().unwrap();
+        if clusters.get(id).and_then(|s| s.lease_token()) == Some(token) {
+            clusters.remove(id);
+            self.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                cluster = id,
+                token = token.0,
+                "lease lost: no longer serving"
+            );
+        }
+    }
+
+    /// Where a request for cluster `id` goes. `creating`: the request is the `PUT` that
+    /// may create it; `forwarded`: another replica sent it here (it is not sent on
+    /// again). Alone, always [`Route::Local`].
+    pub async fn route(self: &Arc<Self>, id: &str, creating: bool, forwarded: bool) -> Route {
+        let Some(replication) = &self.replication else {
+            return Route::Local;
+        };
+        if self.serves(id) {
+            return Route::Local;
+        }
+        if !forwarded {
+            if let Some(holder) = replication.cached_route(id) {
+                return Route::Forward(holder);
+            }
+        }
+        let unavailable = |message: String, retry_after: Duration| Route::Unavailable {
+            message,
+            retry_after: retry_after.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        };
+        let view = match replication.leases().view(id).await {
+            Ok(view) => view,
+            Err(e) => return unavailable(format!("cluster {id:?}: {e}"), Duration::from_secs(1)),
+        };
+        if !view.stored && !creating {
+            return Route::Local; // 404 from the handler
+        }
+        let me = &replication.me().id;
+        if let Some((holder, remaining)) = view.held.filter(|(holder, _)| &holder.id != me) {
+            if forwarded || holder.url.is_empty() {
+                return unavailable(
+                    format!(
+                        "cluster {id:?} is held by replica {:?} for {} ms more; retry",
+                        holder.id,
+                        remaining.as_millis()
+                    ),
+                    remaining,
+                );
+            }
+            replication.remember_route(id, holder.clone(), remaining);
+            return Route::Forward(holder);
+        }
+        // Free, expired, or this replica's without state here: the preferred live replica
+        // takes it.
+        if !forwarded {
+            if let Some(preferred) = replication.preferred(id).filter(|p| &p.id != me) {
+                return Route::Forward(preferred);
+            }
+        }
+        match self.take_lease(id).await {
+            Ok(route) => route,
+            Err(e) => unavailable(format!("cluster {id:?}: {e}"), Duration::from_secs(1)),
+        }
+    }
+
+    /// Takes the lease of `id` and rebuilds the cluster from the store (or, when it is
+    /// not stored yet, keeps the lease for the `PUT` creating it).
+    async fn take_lease(self: &Arc<Self>, id: &str) -> anyhow::Result<Route> {
+        let replication = self.replication.as_ref().expect("replicas only");
+        let _one_at_a_time = replication.acquiring.lock().await;
+        if self.serves(id) {
+            return Ok(Route::Local);
+        }
+        let leases = replication.leases();
+        let token = match leases.acquire(id).await? {
+            Acquired::Granted(token) => token,
+            Acquired::Held { holder, remaining } => {
+                return Ok(if holder.url.is_empty() {
+                    Route::Unavailable {
+                        message: format!("cluster {id:?} is changing hands; retry"),
+                        retry_after: Duration::from_millis(200),
+                    }
+                } else {
+                    replication.remember_route(id, holder.clone(), remaining);
+                    Route::Forward(holder)
+                });
+            }
+        };
+        self.metrics.leases_acquired.fetch_add(1, Ordering::Relaxed);
+        let Some(stored) = leases.load_cluster(id).await? else {
+            replication.creating(id, token);
+            return Ok(Route::Local);
+        };
+        let this = self.clone();
+        let (served, stale) =
+            tokio::task::spawn_blocking(move || this.restore(&stored, Some(token))).await??;
+        if !stale.is_empty() {
+            self.store.submit(Some(token), stale).await?;
+        }
+        tracing::info!(cluster = id, token = token.0, "lease taken: serving");
+        replication.forget_route(id);
+        self.clusters
+            .write()
+            .unwrap()
+            .insert(id.to_string(), Arc::new(served));
+        Ok(Route::Local)
+    }
+
+    /// The replica's background task: every third of the lease, records that it is
+    /// alive, renews its leases (dropping the clusters whose lease it lost), and takes
+    /// over the clusters nobody holds that it should serve (or any that stayed orphaned
+    /// for a whole lease). Ends when the service is dropped or closing.
+    async fn keep_leases(service: Weak<Self>) {
+        let period = match service.upgrade() {
+            Some(s) => s.lease_duration() / 3,
+            None => return,
+        };
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(this) = service.upgrade() else {
+                return;
+            };
+            if !this.is_ready() {
+                return;
+            }
+            this.keep_leases_once().await;
+        }
+    }
+
+    async fn keep_leases_once(self: &Arc<Self>) {
+        let replication = self.replication.as_ref().expect("replicas only");
+        let leases = replication.leases();
+        let lease = leases.lease_duration();
+        let sent = Instant::now();
+        match leases.heartbeat().await {
+            Ok(live) => replication.set_live(live),
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+        let held = self.held_leases();
+        let (creating, abandoned) = replication.creating_leases(lease);
+        if !abandoned.is_empty() {
+            let _ = leases.release(abandoned).await;
+        }
+        let mut asked = held.clone();
+        asked.extend(creating);
+        match leases.renew(asked).await {
+            Ok(renewed) => {
+                let renewed: BTreeSet<String> = renewed.into_iter().collect();
+                for (id, token) in held {
+                    if renewed.contains(&id) {
+                        if let Some(served) = self.clusters.read().unwrap().get(&id) {
+                            if let Some(l) = &served.lease {
+                                *l.valid_until.lock().unwrap() = sent + lease;
+                            }
+                        }
+                    } else {
+                        self.lost_lease(&id, token);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("renewing leases: {e}");
+                for (id, token) in held {
+                    if !self.serves(&id) {
+                        self.lost_lease(&id, token);
+                    }
+                }
+            }
+        }
+        let orphans = match leases.orphans().await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                tracing::warn!("looking for orphaned clusters: {e}");
+                return;
+            }
+        };
+        for orphan in orphans {
+            if self.serves(&orphan.cluster) {
+                continue;
+            }
+            if replication.preferred_is_me(&orphan.cluster) || orphan.expired_for > lease {
+                if let Err(e) = self.take_lease(&orphan.cluster).await {
+                    tracing::warn!(cluster = orphan.cluster, "taking the lease over: {e}");
+                }
+            }
+        }
     }
 
     /// Figures for `/metrics`.

@@ -10,7 +10,8 @@
 
 use crate::metrics::Metrics;
 use crate::store::{
-    BoxFuture, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, StoredPlacement, Write,
+    BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
+    StoredPlacement, Write,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
@@ -365,7 +366,11 @@ impl Store for SqliteStore {
         Box::pin(async move { Ok(loaded) })
     }
 
-    fn submit(&self, writes: Vec<Write>) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn submit(
+        &self,
+        _lease: Option<LeaseToken>,
+        writes: Vec<Write>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
         let (done, wait) = oneshot::channel();
         let sent = match self.queue.lock().unwrap().as_ref() {
             Some(queue) => queue.send(Message::Submit(writes, done)).is_ok(),

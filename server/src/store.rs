@@ -7,8 +7,11 @@
 //! that order; an implementation may group several submissions into one transaction
 //! (group commit).
 //!
-//! A PostgreSQL store for several replicas implements the same trait; it would add the
-//! cluster lease's fencing token to each write (see `docs/` and issue 16).
+//! Two implementations: [`crate::sqlite`] (one process, the default) and
+//! [`crate::postgres`] (several replicas sharing one database). A shared store is written
+//! only under a cluster's lease: every submission carries the lease's [`LeaseToken`] and
+//! the database refuses it ([`StoreError::Fenced`]) once another replica took the lease
+//! (see `docs/replicas.md`).
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -34,7 +37,27 @@ pub enum StoreError {
     /// The store was closed (the service is shutting down).
     #[error("store: closed")]
     Closed,
+    /// The submission's lease token is no longer the cluster's: another replica took the
+    /// cluster over (this replica was paused, cut off or too slow to renew). Nothing of
+    /// the submission was written.
+    #[error(
+        "store: cluster {cluster:?}: lease lost (this replica wrote with token {token}, the \
+         cluster's lease is now {current}); nothing written"
+    )]
+    Fenced {
+        /// The cluster.
+        cluster: String,
+        /// The token the submission carried (0: none).
+        token: i64,
+        /// The cluster's current token (0: no lease).
+        current: i64,
+    },
 }
+
+/// The fencing token of a cluster's lease: it grows each time a replica takes the lease,
+/// and a shared store accepts a cluster's writes only with its current token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseToken(pub i64);
 
 /// How a cluster's policy was given: a builtin by name or a policy document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -180,9 +203,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Enqueues `writes` (atomically, after every earlier submission) and returns a future
     /// that resolves once they are durable. Enqueueing happens in this call, so callers
     /// that order their calls order their writes.
-    fn submit(&self, writes: Vec<Write>) -> BoxFuture<'static, Result<(), StoreError>>;
+    ///
+    /// `lease` is the token under which the writes' cluster is held. A store shared by
+    /// several replicas requires it, requires every write of the submission to be about
+    /// that one cluster, and refuses the whole submission with [`StoreError::Fenced`] when
+    /// the token is no longer the cluster's; a single-process store ignores it.
+    fn submit(
+        &self,
+        lease: Option<LeaseToken>,
+        writes: Vec<Write>,
+    ) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// Waits for every submitted write and closes the store; later submissions fail with
     /// [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl Write {
+    /// The cluster the write is about.
+    pub fn cluster(&self) -> &str {
+        match self {
+            Write::PutCluster { cluster, .. }
+            | Write::PutSnapshot { cluster, .. }
+            | Write::PutPolicy { cluster, .. }
+            | Write::Reserve { cluster, .. }
+            | Write::Release { cluster, .. }
+            | Write::PutHost { cluster, .. }
+            | Write::PutVm { cluster, .. }
+            | Write::PutMemoryChange { cluster, .. } => cluster,
+        }
+    }
 }

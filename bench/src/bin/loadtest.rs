@@ -12,6 +12,17 @@
 //!
 //! The target (issue 15): HTTP plus the durable journal cost at most 30% of the in-process
 //! throughput, i.e. service / in-process >= 0.7. See `docs/performance.md`, "Service".
+//!
+//! With `--postgres` (run under `scripts/with-postgres --durable`, which names the server
+//! in `WASMSCHED_TEST_POSTGRES`) the same load also runs against one replica on
+//! PostgreSQL in the same run, and `--failover N` measures N takeovers: two replicas, the
+//! holder of a cluster killed with SIGKILL, the time until the survivor answers a decision
+//! about it (see `docs/replicas.md`):
+//!
+//! ```text
+//! scripts/with-postgres --durable cargo run --release -p wasmsched-bench \
+//!     --bin wasmsched-loadtest -- --postgres --failover 5
+//! ```
 
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser;
@@ -48,6 +59,16 @@ struct Args {
     /// `target/release/wasmsched`).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Also run the load against one replica on PostgreSQL (the server named by
+    /// `WASMSCHED_TEST_POSTGRES`, a fresh database), in the same run.
+    #[arg(long)]
+    postgres: bool,
+    /// With --postgres: measure this many takeovers after `kill -9` of a cluster's holder.
+    #[arg(long, default_value_t = 0, requires = "postgres")]
+    failover: usize,
+    /// With --failover: the replicas' lease, ms (the default of `wasmsched serve`).
+    #[arg(long, default_value_t = 3_000)]
+    lease_ms: u64,
 }
 
 /// `wasmsched serve` on a loopback port with a fresh data directory; SIGKILLed if dropped
@@ -59,11 +80,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &PathBuf) -> Result<Self> {
+    /// Starts the server with `extra` arguments (e.g. `--store URL`).
+    fn start(binary: &PathBuf, extra: &[String]) -> Result<Self> {
         let data = tempfile::tempdir()?;
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--no-cache", "--data"])
             .arg(data.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -331,28 +354,30 @@ fn store_figures(conn: &mut Connection) -> Result<(f64, f64, f64)> {
     ))
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    if cfg!(debug_assertions) {
-        eprintln!("warning: a debug build; measure with --release");
-    }
-    let binary = server_binary(&args)?;
-    let clients = args.clients.max(1);
-    let total = clients * args.requests.max(1);
-    let snapshot = synth::snapshot_of(args.hosts);
-    let vms = synth::vm_mix(total, "load");
-    let requests: Vec<ScheduleRequest> = vms
-        .iter()
-        .map(|vm| ScheduleRequest::new(vm.clone()).detail(Detail::Summary))
-        .collect();
-    // Half the in-process runs before the service's, half after: the machine's load
-    // drifts, and the ratio should compare like with like.
-    let half = args.in_process_runs.max(2).div_ceil(2);
-    let (mut in_process_times, in_process_placed) = in_process(&snapshot, &requests, half)?;
+/// One load against one server: what the clients and the server's metrics measured.
+struct ServiceRun {
+    load: Load,
+    rate: f64,
+    pending_vms: usize,
+    over: Vec<String>,
+    cpu: Option<Duration>,
+    commits: f64,
+    commit_ms: f64,
+    per_commit: f64,
+}
 
-    let server = Server::start(&binary)?;
+/// Starts the server (with `extra` arguments), creates the clusters, warms up, drives the
+/// load, checks the result, stops the server.
+fn service_run(
+    binary: &PathBuf,
+    extra: &[String],
+    snapshot: &wasmsched::sdk::Snapshot,
+    vms: &[wasmsched::sdk::Vm],
+    clients: usize,
+) -> Result<ServiceRun> {
+    let server = Server::start(binary, extra)?;
     let mut setup = Connection::open(&server.addr)?;
-    let snapshot_json = serde_json::to_string(&snapshot)?;
+    let snapshot_json = serde_json::to_string(snapshot)?;
     for cluster in ["warm", "load"] {
         let (status, body) =
             setup.send("PUT", &format!("/v1/clusters/{cluster}"), &snapshot_json)?;
@@ -385,12 +410,169 @@ fn main() -> Result<()> {
     let pending_vms = state["pending_vms"].as_u64().unwrap_or(0) as usize;
     drop(setup);
     server.stop()?;
+    let rate = load.latencies.len() as f64 / load.took.as_secs_f64();
+    Ok(ServiceRun {
+        rate,
+        pending_vms,
+        over,
+        cpu: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| after.saturating_sub(before)),
+        commits,
+        commit_ms,
+        per_commit,
+        load,
+    })
+}
+
+impl ServiceRun {
+    /// Prints the run's figures under `name`; fails on errors, over-commits, or pending
+    /// reservations that differ from the placements answered.
+    fn report(&self, name: &str, total: usize, in_process_rate: f64) -> Result<()> {
+        let load = &self.load;
+        println!(
+            "{name}: {:.0} decisions/s in {:.0} ms, {} placed ({} pending), p50 {:.2} ms, p99 {:.2} ms",
+            self.rate,
+            ms(load.took),
+            load.placed,
+            self.pending_vms,
+            ms(percentile(&load.latencies, 0.50)),
+            ms(percentile(&load.latencies, 0.99)),
+        );
+        if let Some(used) = self.cpu {
+            println!(
+                "  server CPU: {:.0} ms for {total} decisions = {:.3} ms each (in-process: {:.3} ms each); {:.2} cores busy on average",
+                ms(used),
+                ms(used) / total as f64,
+                1e3 / in_process_rate,
+                used.as_secs_f64() / load.took.as_secs_f64()
+            );
+        }
+        println!(
+            "  store: {:.0} commits, {:.2} ms each on average, {:.1} submissions per commit",
+            self.commits, self.commit_ms, self.per_commit
+        );
+        println!(
+            "  errors: {}; over-committed hosts: {}",
+            load.errors.len(),
+            self.over.len()
+        );
+        if !load.errors.is_empty() || !self.over.is_empty() || self.pending_vms != load.placed {
+            bail!(
+                "{name}: load test failed: {} errors (first: {:?}), over-committed: {:?}, {} placed but {} pending",
+                load.errors.len(),
+                load.errors.first(),
+                self.over,
+                load.placed,
+                self.pending_vms
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--failover`: `rounds` times, replica A alone creates a cluster, replica B joins and
+/// serves it through A, A is killed (SIGKILL); the time from the kill to the first
+/// decision B answers about the cluster.
+fn failover(binary: &PathBuf, url: &str, rounds: usize, lease_ms: u64) -> Result<Vec<Duration>> {
+    let snapshot = serde_json::to_string(&synth::snapshot_of(100))?;
+    let vms = synth::vm_mix(rounds * 1_000, "failover");
+    let mut takeovers = Vec::new();
+    for round in 0..rounds {
+        let args = |id: &str| -> Vec<String> {
+            [
+                "--store",
+                url,
+                "--replica-id",
+                id,
+                "--lease-ms",
+                &lease_ms.to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let a = Server::start(binary, &args(&format!("a{round}")))?;
+        let cluster = format!("/v1/clusters/failover-{round}");
+        let (status, body) = Connection::open(&a.addr)?.send("PUT", &cluster, &snapshot)?;
+        ensure!(status == 200, "PUT: {status} {body}");
+        let b = Server::start(binary, &args(&format!("b{round}")))?;
+        let schedule = format!("{cluster}/schedule");
+        let mut next = vms[round * 1_000..].iter();
+        let mut ask = |addr: &str| -> Result<u16> {
+            let vm = next.next().context("out of VMs")?;
+            let body = serde_json::json!({ "vm": vm }).to_string();
+            Ok(Connection::open(addr)
+                .and_then(|mut c| c.send("POST", &schedule, &body))
+                .map_or(0, |(status, _)| status))
+        };
+        ensure!(ask(&b.addr)? == 200, "B forwards to A");
+        // Let A renew at least once, as in steady operation.
+        std::thread::sleep(Duration::from_millis(lease_ms / 2));
+        let mut a = a;
+        a.child.kill()?;
+        let killed = Instant::now();
+        a.child.wait()?;
+        loop {
+            if ask(&b.addr)? == 200 {
+                break;
+            }
+            ensure!(
+                killed.elapsed() < Duration::from_millis(lease_ms * 10),
+                "no takeover"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        takeovers.push(killed.elapsed());
+        b.stop()?;
+    }
+    Ok(takeovers)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; measure with --release");
+    }
+    let binary = server_binary(&args)?;
+    let clients = args.clients.max(1);
+    let total = clients * args.requests.max(1);
+    let snapshot = synth::snapshot_of(args.hosts);
+    let vms = synth::vm_mix(total, "load");
+    let requests: Vec<ScheduleRequest> = vms
+        .iter()
+        .map(|vm| ScheduleRequest::new(vm.clone()).detail(Detail::Summary))
+        .collect();
+    let postgres = args
+        .postgres
+        .then(|| {
+            std::env::var(wasmsched_testkit::postgres::ENV).map_err(|_| {
+                anyhow::anyhow!(
+                    "--postgres: {} is not set; run under scripts/with-postgres --durable",
+                    wasmsched_testkit::postgres::ENV
+                )
+            })?;
+            Ok::<_, anyhow::Error>(wasmsched_testkit::postgres::fresh_database("loadtest"))
+        })
+        .transpose()?;
+    // Half the in-process runs before the service's, half after: the machine's load
+    // drifts, and the ratio should compare like with like.
+    let half = args.in_process_runs.max(2).div_ceil(2);
+    let (mut in_process_times, in_process_placed) = in_process(&snapshot, &requests, half)?;
+    let embedded = service_run(&binary, &[], &snapshot, &vms, clients)?;
+    let on_postgres = match &postgres {
+        Some(url) => Some(service_run(
+            &binary,
+            &["--store".to_string(), url.clone()],
+            &snapshot,
+            &vms,
+            clients,
+        )?),
+        None => None,
+    };
     in_process_times.extend(in_process(&snapshot, &requests, half)?.0);
     in_process_times.sort();
     let in_process_rate = total as f64 / in_process_times[in_process_times.len() / 2].as_secs_f64();
 
-    let rate = load.latencies.len() as f64 / load.took.as_secs_f64();
-    let ratio = rate / in_process_rate;
     println!(
         "cluster: {} hosts; {clients} clients x {} requests = {total} VMs; server {}",
         args.hosts,
@@ -398,29 +580,15 @@ fn main() -> Result<()> {
         binary.display()
     );
     println!(
-        "in-process mass start: {in_process_rate:.0} decisions/s (median of {} runs, half before and half after the service's), {in_process_placed} placed",
+        "in-process mass start: {in_process_rate:.0} decisions/s (median of {} runs, half before and half after the services'), {in_process_placed} placed",
         in_process_times.len()
     );
-    println!(
-        "service (HTTP + durable store): {rate:.0} decisions/s in {:.0} ms, {} placed ({pending_vms} pending), p50 {:.2} ms, p99 {:.2} ms",
-        ms(load.took),
-        load.placed,
-        ms(percentile(&load.latencies, 0.50)),
-        ms(percentile(&load.latencies, 0.99)),
-    );
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        let used = after.saturating_sub(before);
-        println!(
-            "server CPU: {:.0} ms for {total} decisions = {:.3} ms each (in-process: {:.3} ms each); {:.2} cores busy on average",
-            ms(used),
-            ms(used) / total as f64,
-            1e3 / in_process_rate,
-            used.as_secs_f64() / load.took.as_secs_f64()
-        );
-    }
-    println!(
-        "store: {commits:.0} commits, {commit_ms:.2} ms each on average, {per_commit:.1} submissions per commit"
-    );
+    embedded.report(
+        "service, embedded store (HTTP + SQLite)",
+        total,
+        in_process_rate,
+    )?;
+    let ratio = embedded.rate / in_process_rate;
     println!(
         "target service/in-process >= {TARGET_RATIO}: {} (ratio {ratio:.2})",
         if ratio >= TARGET_RATIO {
@@ -429,18 +597,31 @@ fn main() -> Result<()> {
             "missed"
         }
     );
-    println!(
-        "errors: {}; over-committed hosts: {}",
-        load.errors.len(),
-        over.len()
-    );
-    if !load.errors.is_empty() || !over.is_empty() || pending_vms != load.placed {
-        bail!(
-            "load test failed: {} errors (first: {:?}), over-committed: {over:?}, {} placed but {pending_vms} pending",
-            load.errors.len(),
-            load.errors.first(),
-            load.placed
+    if let Some(run) = &on_postgres {
+        run.report(
+            "service, one replica on PostgreSQL (HTTP + PostgreSQL)",
+            total,
+            in_process_rate,
+        )?;
+        println!(
+            "PostgreSQL / embedded store: {:.2} (PostgreSQL / in-process {:.2})",
+            run.rate / embedded.rate,
+            run.rate / in_process_rate
         );
+    }
+    if let Some(url) = &postgres {
+        if args.failover > 0 {
+            let mut takeovers = failover(&binary, url, args.failover, args.lease_ms)?;
+            takeovers.sort();
+            let list: Vec<String> = takeovers.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+            println!(
+                "takeover after kill -9 of the holder (lease {} ms): median {:.0} ms, max {:.0} ms (ms: {})",
+                args.lease_ms,
+                ms(takeovers[takeovers.len() / 2]),
+                ms(*takeovers.last().expect("rounds > 0")),
+                list.join(", ")
+            );
+        }
     }
     Ok(())
 }
