@@ -3,6 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::forward::{Forwarder, FORWARDED_BY};
+use crate::lease::Replica;
 use crate::replica::Route;
 use crate::service::{HostChange, HostUsage, PutOutcome, Service, VmEvent};
 use crate::store::PolicySpec;
@@ -45,6 +46,7 @@ struct AppState {
     service: Arc<Service>,
     token: Option<Arc<str>>,
     forwarder: Forwarder,
+    body_limit: usize,
 }
 
 #[derive(OpenApi)]
@@ -64,6 +66,7 @@ pub fn router(service: Arc<Service>, config: &ApiConfig) -> Router {
         service,
         token: config.token.as_deref().map(Arc::from),
         forwarder: Forwarder::new(),
+        body_limit: config.body_limit,
     };
     router
         .layer(middleware::from_fn_with_state(state.clone(), route))
@@ -232,38 +235,79 @@ async fn route(State(state): State<AppState>, request: Request, next: Next) -> R
             == 3;
     let forwarded = request.headers().contains_key(FORWARDED_BY);
     match state.service.route(&id, creating, forwarded).await {
-        Route::Local => {
-            let mut response = next.run(request).await;
-            if let Some(me) = state.service.replica_id() {
-                if let Ok(value) = HeaderValue::from_str(me) {
-                    response.headers_mut().insert(SERVED_BY, value);
-                }
-            }
-            response
-        }
+        Route::Local => served_here(&state, next.run(request).await),
         Route::Forward(holder) => {
-            let me = state.service.replica_id().unwrap_or("replica").to_string();
-            state
-                .service
-                .metrics()
-                .requests_forwarded
-                .fetch_add(1, Ordering::Relaxed);
-            match state.forwarder.forward(&holder, &me, request).await {
-                Ok(response) => response,
-                Err(why) => {
-                    state.service.forget_route(&id);
-                    unavailable(
-                        format!("cluster {id:?}: its holder did not answer ({why}); retry"),
-                        Duration::from_secs(1),
-                    )
+            // Kept, to be sent again (or served here) when the holder cannot be reached.
+            let (parts, body) = request.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, state.body_limit).await else {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {} bytes", state.body_limit),
+                )
+                .into_response();
+            };
+            let again = |parts: &axum::http::request::Parts| {
+                Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()))
+            };
+            let mut holder = holder;
+            for attempt in 0..2 {
+                match forward(&state, &holder, again(&parts)).await {
+                    Ok(response) => return response,
+                    Err(why) => {
+                        // Down (refused, no route): not a live replica any more; ask again
+                        // where the cluster goes (a free cluster may be taken here).
+                        state.service.replica_unreachable(&holder.id, &id);
+                        let retry = || {
+                            unavailable(
+                                format!("cluster {id:?}: its holder did not answer ({why}); retry"),
+                                Duration::from_secs(1),
+                            )
+                        };
+                        if attempt == 1 {
+                            return retry();
+                        }
+                        match state.service.route(&id, creating, forwarded).await {
+                            Route::Local => {
+                                return served_here(&state, next.run(again(&parts)).await)
+                            }
+                            Route::Forward(other) if other.id != holder.id => holder = other,
+                            Route::Forward(_) => return retry(),
+                            Route::Unavailable {
+                                message,
+                                retry_after,
+                            } => return unavailable(message, retry_after),
+                        }
+                    }
                 }
             }
+            unreachable!("the second attempt returns")
         }
         Route::Unavailable {
             message,
             retry_after,
         } => unavailable(message, retry_after),
     }
+}
+
+/// Names this replica in an answer it served itself (with replicas).
+fn served_here(state: &AppState, mut response: Response) -> Response {
+    if let Some(me) = state.service.replica_id() {
+        if let Ok(value) = HeaderValue::from_str(me) {
+            response.headers_mut().insert(SERVED_BY, value);
+        }
+    }
+    response
+}
+
+/// Sends `request` on to `holder`, counting it.
+async fn forward(state: &AppState, holder: &Replica, request: Request) -> Result<Response, String> {
+    let me = state.service.replica_id().unwrap_or("replica").to_string();
+    state
+        .service
+        .metrics()
+        .requests_forwarded
+        .fetch_add(1, Ordering::Relaxed);
+    state.forwarder.forward(holder, &me, request).await
 }
 
 async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {

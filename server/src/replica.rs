@@ -78,6 +78,14 @@ impl Replication {
         *self.live.write().unwrap() = live;
     }
 
+    /// Stops counting `replica` as live (it did not answer); the next heartbeat says
+    /// again whether it is.
+    pub fn drop_live(&self, replica: &str) {
+        if replica != self.me().id {
+            self.live.write().unwrap().retain(|r| r.id != replica);
+        }
+    }
+
     /// The live replica that should decide `cluster` (see [`preferred`]).
     pub fn preferred(&self, cluster: &str) -> Option<Replica> {
         preferred(cluster, &self.live.read().unwrap()).cloned()

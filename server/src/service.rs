@@ -1204,10 +1204,12 @@ impl Service {
         self.replication.as_ref().map(|r| r.me().id.as_str())
     }
 
-    /// Forgets where `id` was last seen held (its holder did not answer).
-    pub fn forget_route(&self, id: &str) {
+    /// Replica `replica` did not answer a request about cluster `id`: it is no longer
+    /// counted live (until its next heartbeat is seen) and `id`'s holder is asked anew.
+    pub fn replica_unreachable(&self, replica: &str, id: &str) {
         if let Some(replication) = &self.replication {
             replication.forget_route(id);
+            replication.drop_live(replica);
         }
     }
 

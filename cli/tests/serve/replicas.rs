@@ -18,7 +18,8 @@ const LEASE_MS: u64 = 1_000;
 /// host made for `fit` VMs (half a VM of slack) takes exactly `fit`.
 const VM_MB: u64 = 4_096;
 
-/// Starts replica `id` on the database `url`.
+/// Starts replica `id` on the database `url`. Requests may take minutes (a loaded
+/// machine deciding a big batch): the tests wait for answers, not for a timeout.
 fn replica(url: &str, id: &str, data: &std::path::Path) -> Server {
     Server::start(
         data,
@@ -29,6 +30,8 @@ fn replica(url: &str, id: &str, data: &std::path::Path) -> Server {
             id,
             "--lease-ms",
             &LEASE_MS.to_string(),
+            "--timeout-ms",
+            "600000",
         ],
     )
 }
@@ -62,7 +65,7 @@ fn served_by(head: &str) -> Option<String> {
 }
 
 /// Schedules `vm` through the replicas in turn (starting at `first`) until one answers
-/// 200; returns the chosen host and when the answer came.
+/// 200; returns the chosen host and when the answered attempt was sent.
 fn schedule_until_answered(
     addrs: &[String],
     first: usize,
@@ -74,9 +77,10 @@ fn schedule_until_answered(
     let path = format!("/v1/clusters/{cluster}/schedule");
     for attempt in 0.. {
         let addr = &addrs[(first + attempt) % addrs.len()];
+        let sent = Instant::now();
         match try_call(addr, "POST", &path, Some(&body)) {
             Some((200, _, answer)) => {
-                return (answer["host"].as_str().map(str::to_string), Instant::now());
+                return (answer["host"].as_str().map(str::to_string), sent);
             }
             // Down (refused), forwarded to a holder that died (503), timed out (408):
             // the answer is unknown or negative, so ask again (scheduling a placed VM
@@ -199,15 +203,17 @@ fn replicas_mass_start_through_both_survives_kill_9_of_the_holder_placing_every_
         .flat_map(|c| c.join().unwrap())
         .collect();
     assert!(answered_before_kill < 400, "killed midway");
+    // The first decision asked for after the kill and answered (by B, A is gone).
     let first_after = answers
         .iter()
-        .filter(|(_, _, at)| *at > killed_at)
-        .map(|(_, _, at)| *at)
+        .filter(|(_, _, sent)| *sent > killed_at)
+        .map(|(_, _, sent)| *sent)
         .min()
         .expect("answers after the kill");
     let takeover = first_after - killed_at;
     eprintln!(
-        "takeover after kill -9: first answer {} ms after the kill (lease {LEASE_MS} ms)",
+        "takeover after kill -9: the first decision answered after the kill was asked {} ms \
+         after it (lease {LEASE_MS} ms)",
         takeover.as_millis()
     );
     assert!(
@@ -340,4 +346,68 @@ fn replicas_holder_paused_past_its_lease_cannot_write_when_it_wakes() {
     .unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(served_by(&head).as_deref(), Some("b"));
+}
+
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs PostgreSQL: scripts/with-postgres cargo test --workspace"
+)]
+#[test]
+fn replicas_spread_clusters_serve_them_through_either_and_hand_them_over_on_shutdown() {
+    let url = wasmsched_testkit::postgres::fresh_database("spread");
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&url, "a", data_a.path());
+    let b = replica(&url, "b", data_b.path());
+    // Both are live (each saw the other's heartbeat) before the clusters are created.
+    std::thread::sleep(Duration::from_millis(LEASE_MS));
+    let names: Vec<String> = (0..8).map(|i| format!("spread-{i}")).collect();
+    for name in &names {
+        let (status, _, answer) = try_call(
+            &b.addr,
+            "PUT",
+            &format!("/v1/clusters/{name}"),
+            Some(&cluster(4, 4, VM_MB)),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{name}: {answer}");
+    }
+    // Each cluster is served by one replica, whichever is asked; both hold some.
+    let mut holders = BTreeMap::new();
+    for name in &names {
+        let path = format!("/v1/clusters/{name}");
+        let via_a = served_by(&try_call(&a.addr, "GET", &path, None).unwrap().1);
+        let via_b = served_by(&try_call(&b.addr, "GET", &path, None).unwrap().1);
+        assert_eq!(via_a, via_b, "{name}: one holder");
+        holders.insert(name.clone(), via_a.expect("named"));
+    }
+    let on_a: Vec<&String> = holders
+        .iter()
+        .filter(|(_, h)| *h == "a")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        !on_a.is_empty() && on_a.len() < names.len(),
+        "spread over both: {holders:?}"
+    );
+
+    // A shuts down gracefully: it gives its leases up, so B serves A's clusters at once,
+    // well before A's leases would have expired.
+    let stopped = Instant::now();
+    assert!(a.terminate(), "a clean shutdown");
+    for name in on_a {
+        let (status, head, answer) = try_call(
+            &b.addr,
+            "POST",
+            &format!("/v1/clusters/{name}/schedule"),
+            Some(&json!({"vm": vm("after-handover", VM_MB)})),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(served_by(&head).as_deref(), Some("b"));
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_millis(LEASE_MS * 3),
+        "handed over without waiting for the leases: {:?}",
+        stopped.elapsed()
+    );
 }
