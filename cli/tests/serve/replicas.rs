@@ -65,14 +65,15 @@ fn served_by(head: &str) -> Option<String> {
 }
 
 /// Schedules `vm` through the replicas in turn (starting at `first`) until one answers
-/// 200; returns the chosen host and when the answered attempt was sent.
+/// 200; returns the chosen host, when the answered attempt was sent, and when it was
+/// answered.
 fn schedule_until_answered(
     addrs: &[String],
     first: usize,
     cluster: &str,
     vm_id: &str,
     deadline: Instant,
-) -> (Option<String>, Instant) {
+) -> (Option<String>, Instant, Instant) {
     let body = json!({"vm": vm(vm_id, VM_MB)});
     let path = format!("/v1/clusters/{cluster}/schedule");
     for attempt in 0.. {
@@ -80,7 +81,11 @@ fn schedule_until_answered(
         let sent = Instant::now();
         match try_call(addr, "POST", &path, Some(&body)) {
             Some((200, _, answer)) => {
-                return (answer["host"].as_str().map(str::to_string), sent);
+                return (
+                    answer["host"].as_str().map(str::to_string),
+                    sent,
+                    Instant::now(),
+                );
             }
             // Down (refused), forwarded to a holder that died (503), timed out (408):
             // the answer is unknown or negative, so ask again (scheduling a placed VM
@@ -182,10 +187,10 @@ fn replicas_mass_start_through_both_survives_kill_9_of_the_holder_placing_every_
                 (0..100)
                     .map(|i| {
                         let id = format!("c{c}-{i}");
-                        let (host, at) =
+                        let (host, sent, at) =
                             schedule_until_answered(&addrs, c + i, "mass", &id, deadline);
                         answered.fetch_add(1, Ordering::SeqCst);
-                        (id, host, at)
+                        (id, host, sent, at)
                     })
                     .collect::<Vec<_>>()
             })
@@ -195,24 +200,24 @@ fn replicas_mass_start_through_both_survives_kill_9_of_the_holder_placing_every_
         assert!(Instant::now() < deadline, "the mass start stalled");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let killed_at = Instant::now();
     let answered_before_kill = answered.load(Ordering::SeqCst);
-    a.kill(); // SIGKILL: no lease given up, no write flushed
-    let answers: Vec<(String, Option<String>, Instant)> = clients
+    a.kill(); // SIGKILL (and reaped): no lease given up, no write flushed
+    let killed_at = Instant::now();
+    let answers: Vec<(String, Option<String>, Instant, Instant)> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())
         .collect();
     assert!(answered_before_kill < 400, "killed midway");
-    // The first decision asked for after the kill and answered (by B, A is gone).
+    // The first answer to a decision asked for after the kill (by B: A is gone).
     let first_after = answers
         .iter()
-        .filter(|(_, _, sent)| *sent > killed_at)
-        .map(|(_, _, sent)| *sent)
+        .filter(|(_, _, sent, _)| *sent > killed_at)
+        .map(|(_, _, _, answered)| *answered)
         .min()
         .expect("answers after the kill");
     let takeover = first_after - killed_at;
     eprintln!(
-        "takeover after kill -9: the first decision answered after the kill was asked {} ms \
+        "takeover after kill -9: the first decision asked after the kill answered {} ms \
          after it (lease {LEASE_MS} ms)",
         takeover.as_millis()
     );
@@ -222,9 +227,9 @@ fn replicas_mass_start_through_both_survives_kill_9_of_the_holder_placing_every_
     );
 
     // Every VM as last answered, once; no host beyond its room; the room all used.
-    let vms: Vec<String> = answers.iter().map(|(v, _, _)| v.clone()).collect();
+    let vms: Vec<String> = answers.iter().map(|(v, _, _, _)| v.clone()).collect();
     let (placed, by_host) = placements(&b, "mass", &vms, HOSTS);
-    for (vm, host, _) in &answers {
+    for (vm, host, _, _) in &answers {
         assert_eq!(
             &placed[vm], host,
             "{vm}: answered {host:?}, held {:?}",
@@ -299,7 +304,7 @@ fn replicas_holder_paused_past_its_lease_cannot_write_when_it_wakes() {
     let addrs = vec![b.addr.clone()];
     let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
     for id in &after {
-        let (host, _) = schedule_until_answered(&addrs, 0, "p", id, deadline);
+        let (host, _, _) = schedule_until_answered(&addrs, 0, "p", id, deadline);
         assert!(host.is_some(), "{id} placed by B");
     }
 
