@@ -124,21 +124,17 @@ impl Replication {
         self.routes.lock().unwrap().remove(cluster);
     }
 
-    /// Records a lease taken for a cluster being created.
-    pub fn creating(&self, cluster: &str, token: LeaseToken) {
+    /// Records a lease taken (asked for at `asked`) for a cluster being created.
+    pub fn creating(&self, cluster: &str, token: LeaseToken, asked: Instant) {
         self.creating
             .lock()
             .unwrap()
-            .insert(cluster.to_string(), (token, Instant::now()));
+            .insert(cluster.to_string(), (token, asked));
     }
 
-    /// Takes the lease recorded for the creation of `cluster`.
-    pub fn take_creating(&self, cluster: &str) -> Option<LeaseToken> {
-        self.creating
-            .lock()
-            .unwrap()
-            .remove(cluster)
-            .map(|(token, _)| token)
+    /// Takes the lease recorded for the creation of `cluster`, and when it was asked for.
+    pub fn take_creating(&self, cluster: &str) -> Option<(LeaseToken, Instant)> {
+        self.creating.lock().unwrap().remove(cluster)
     }
 
     /// Leases taken for creations: those younger than `max_age` (to renew), and the

@@ -414,12 +414,13 @@ impl Service {
     }
 
     /// Rebuilds a stored cluster: its snapshot with the documents written since, its
-    /// reservations and memory changes, its policy. Returns the releases of reservations
-    /// that no longer apply (to store).
+    /// reservations and memory changes, its policy; `lease`: the token it is served under
+    /// and when the lease was asked for. Returns the releases of reservations that no
+    /// longer apply (to store).
     fn restore(
         &self,
         stored: &StoredCluster,
-        lease: Option<LeaseToken>,
+        lease: Option<(LeaseToken, Instant)>,
     ) -> anyhow::Result<(Served, Vec<Write>)> {
         let mut stale = Vec::new();
         let snapshot = restored_snapshot(stored)?;
@@ -483,9 +484,9 @@ impl Service {
             reservations = stored.placements.len(),
             "cluster restored"
         );
-        let lease = lease.map(|token| ServedLease {
+        let lease = lease.map(|(token, asked)| ServedLease {
             token,
-            valid_until: Mutex::new(Instant::now() + self.lease_duration()),
+            valid_until: Mutex::new(asked + self.lease_duration()),
         });
         Ok((
             Served {
@@ -620,9 +621,9 @@ impl Service {
                 policy: RwLock::new((spec, policy)),
                 journal: Mutex::new(()),
                 queue: Mutex::default(),
-                lease: lease.map(|token| ServedLease {
+                lease: lease.map(|(token, asked)| ServedLease {
                     token,
-                    valid_until: Mutex::new(Instant::now() + self.lease_duration()),
+                    valid_until: Mutex::new(asked + self.lease_duration()),
                 }),
             });
             let mut clusters = self.clusters.write().unwrap();
@@ -1310,6 +1311,7 @@ impl Service {
             return Ok(Route::Local);
         }
         let leases = replication.leases();
+        let asked = Instant::now();
         let token = match leases.acquire(id).await? {
             Acquired::Granted(token) => token,
             Acquired::Held { holder, remaining } => {
@@ -1326,12 +1328,13 @@ impl Service {
         };
         self.metrics.leases_acquired.fetch_add(1, Ordering::Relaxed);
         let Some(stored) = leases.load_cluster(id).await? else {
-            replication.creating(id, token);
+            replication.creating(id, token, asked);
             return Ok(Route::Local);
         };
         let this = self.clone();
         let (served, stale) =
-            tokio::task::spawn_blocking(move || this.restore(&stored, Some(token))).await??;
+            tokio::task::spawn_blocking(move || this.restore(&stored, Some((token, asked))))
+                .await??;
         if !stale.is_empty() {
             self.store.submit(Some(token), stale).await?;
         }
