@@ -8,7 +8,8 @@
 //!
 //! * [`api`]: the routes, their OpenAPI document, authentication, limits.
 //! * [`service`]: the clusters, their policies, every operation, without HTTP.
-//! * [`store`]: the durable-state trait; [`sqlite`]: the embedded default;
+//! * [`store`]: the durable-state trait; [`commit`]: group commit, shared by the stores;
+//!   [`sqlite`]: the embedded default;
 //!   [`postgres`]: the store several replicas share.
 //! * [`lease`]: cluster leases and fencing tokens; [`replica`]: what a replica knows of
 //!   its peers; [`forward`]: sending a request on to the replica holding its cluster.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod commit;
 pub mod error;
 pub mod forward;
 pub mod lease;

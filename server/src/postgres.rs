@@ -14,6 +14,7 @@
 //! (heartbeats, renewals, takeovers, rebuilding a cluster) uses a small pool beside it.
 //! The schema lives in `server/migrations/postgres/`, applied at start.
 
+use crate::commit::{CommitQueue, Committer, Submission};
 use crate::lease::{Acquired, HeldLeases, LeaseView, Leases, Orphan, Replica};
 use crate::metrics::Metrics;
 use crate::store::{
@@ -24,13 +25,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
-
-/// At most this many submissions go into one transaction.
-const MAX_GROUP: usize = 256;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The schema, in order: (version, name, SQL). A database whose recorded version is
 /// newer than the last one here is refused (an older binary must not write to it).
@@ -54,25 +50,18 @@ pub struct PostgresOptions {
     pub lease: Duration,
 }
 
-/// A submission, its lease token and where to say it is durable.
-type Submission = (
-    Option<LeaseToken>,
-    Vec<Write>,
-    oneshot::Sender<Result<(), StoreError>>,
-);
-
-enum Message {
-    Submit(Submission),
-    Close(oneshot::Sender<()>),
-}
-
 /// The PostgreSQL store and lease keeper of one replica.
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
     replica: Replica,
     lease: Duration,
-    queue: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    queue: CommitQueue,
+}
+
+/// The writer task's connection.
+struct PostgresWriter {
+    conn: PgConnection,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -103,14 +92,12 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Database(format!("--store: connecting: {e}")))?;
         Self::migrate(&pool).await?;
-        let writer = PgConnection::connect_with(&connect).await.map_err(db)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Self::writer(writer, rx, metrics));
+        let conn = PgConnection::connect_with(&connect).await.map_err(db)?;
         Ok(Self {
             pool,
             replica: options.replica,
             lease: options.lease,
-            queue: Mutex::new(Some(tx)),
+            queue: CommitQueue::start(PostgresWriter { conn }, metrics),
         })
     }
 
@@ -165,63 +152,12 @@ impl PostgresStore {
         tx.commit().await.map_err(db)
     }
 
-    async fn writer(
-        mut conn: PgConnection,
-        mut rx: mpsc::UnboundedReceiver<Message>,
-        metrics: Arc<Metrics>,
-    ) {
-        let mut closing = None;
-        while closing.is_none() {
-            let Some(first) = rx.recv().await else { break };
-            let mut group = Vec::new();
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Submit(submission) => group.push(submission),
-                    Message::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if group.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if group.is_empty() {
-                continue;
-            }
-            let started = Instant::now();
-            let verdicts = Self::fence(&group);
-            let result = Self::commit(&mut conn, &group, verdicts).await;
-            metrics.store_committed(started.elapsed(), group.len());
-            match result {
-                Ok(verdicts) => {
-                    for ((_, _, done), verdict) in group.into_iter().zip(verdicts) {
-                        if matches!(verdict, Err(StoreError::Fenced { .. })) {
-                            metrics.store_fenced.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let _ = done.send(verdict);
-                    }
-                }
-                Err(e) => {
-                    for (_, _, done) in group {
-                        let _ = done.send(Err(StoreError::Database(e.to_string())));
-                    }
-                }
-            }
-        }
-        let _ = conn.close().await;
-        if let Some(done) = closing {
-            let _ = done.send(());
-        }
-    }
-
     /// What can be said of each submission before asking the database: every write of a
     /// submission must be about one cluster, under a lease token.
     fn fence(group: &[Submission]) -> Vec<Result<(), StoreError>> {
         group
             .iter()
-            .map(|(lease, writes, _)| {
+            .map(|Submission { lease, writes }| {
                 let Some(first) = writes.first() else {
                     return Ok(());
                 };
@@ -258,7 +194,9 @@ impl PostgresStore {
             .iter()
             .zip(&verdicts)
             .filter(|(_, verdict)| verdict.is_ok())
-            .filter_map(|((_, writes, _), _)| writes.first().map(|w| w.cluster().to_string()))
+            .filter_map(|(submission, _)| {
+                submission.writes.first().map(|w| w.cluster().to_string())
+            })
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -272,7 +210,7 @@ impl PostgresStore {
         .into_iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-        for ((lease, writes, _), verdict) in group.iter().zip(verdicts.iter_mut()) {
+        for (Submission { lease, writes }, verdict) in group.iter().zip(verdicts.iter_mut()) {
             let (Ok(()), Some(first), Some(token)) = (&verdict, writes.first(), lease) else {
                 continue;
             };
@@ -545,29 +483,11 @@ impl Store for PostgresStore {
         lease: Option<LeaseToken>,
         writes: Vec<Write>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (done, wait) = oneshot::channel();
-        let sent = match self.queue.lock().unwrap().as_ref() {
-            Some(queue) => queue.send(Message::Submit((lease, writes, done))).is_ok(),
-            None => false,
-        };
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            wait.await.unwrap_or(Err(StoreError::Closed))
-        })
+        self.queue.submit(lease, writes)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        let queue = self.queue.lock().unwrap().take();
-        Box::pin(async move {
-            if let Some(queue) = queue {
-                let (done, wait) = oneshot::channel();
-                if queue.send(Message::Close(done)).is_ok() {
-                    let _ = wait.await;
-                }
-            }
-        })
+        self.queue.close()
     }
 }
 
@@ -738,5 +658,25 @@ impl Leases for PostgresStore {
     ) -> BoxFuture<'_, Result<Option<StoredCluster>, StoreError>> {
         let cluster = cluster.to_string();
         Box::pin(async move { self.read_cluster(&cluster).await })
+    }
+}
+
+impl Committer for PostgresWriter {
+    fn commit<'a>(
+        &'a mut self,
+        group: &'a [Submission],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let verdicts = PostgresStore::fence(group);
+            PostgresStore::commit(&mut self.conn, group, verdicts)
+                .await
+                .map_err(db)
+        })
+    }
+
+    fn close(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.conn.close().await;
+        })
     }
 }

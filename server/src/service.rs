@@ -355,6 +355,23 @@ impl Served {
 }
 
 impl Service {
+    /// A service serving nothing yet, not ready.
+    fn new(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        replication: Option<Replication>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            store,
+            clusters: RwLock::new(HashMap::new()),
+            metrics,
+            ready: AtomicBool::new(false),
+            replication,
+        })
+    }
+
     /// Builds the service over `runtime` and `store`, rebuilding every stored cluster and
     /// re-applying its pending reservations.
     pub async fn start(
@@ -362,14 +379,7 @@ impl Service {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let service = Arc::new(Self {
-            runtime,
-            store,
-            clusters: RwLock::new(HashMap::new()),
-            metrics,
-            ready: AtomicBool::new(false),
-            replication: None,
-        });
+        let service = Self::new(runtime, store, metrics, None);
         let mut stale = Vec::new();
         for stored in service.store.load().await? {
             let (served, mut released) = service.restore(&stored, None)?;
@@ -400,14 +410,7 @@ impl Service {
     ) -> anyhow::Result<Arc<Self>> {
         let replication = Replication::new(leases);
         replication.set_live(replication.leases().heartbeat().await?);
-        let service = Arc::new(Self {
-            runtime,
-            store,
-            clusters: RwLock::new(HashMap::new()),
-            metrics,
-            ready: AtomicBool::new(false),
-            replication: Some(replication),
-        });
+        let service = Self::new(runtime, store, metrics, Some(replication));
         tokio::spawn(Self::keep_leases(Arc::downgrade(&service)));
         service.ready.store(true, Ordering::SeqCst);
         Ok(service)

@@ -8,6 +8,7 @@
 //! commit: one writer task takes every submission waiting in its queue and commits them
 //! in one transaction.
 
+use crate::commit::{CommitQueue, Committer, Submission};
 use crate::metrics::Metrics;
 use crate::store::{
     BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
@@ -17,11 +18,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
-
-/// At most this many submissions go into one transaction.
-const MAX_GROUP: usize = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clusters (
@@ -58,19 +54,17 @@ CREATE TABLE IF NOT EXISTS memory_changes (
 );
 ";
 
-/// A submission and where to say it is durable.
-type Submission = (Vec<Write>, oneshot::Sender<Result<(), StoreError>>);
-
-enum Message {
-    Submit(Vec<Write>, oneshot::Sender<Result<(), StoreError>>),
-    Close(oneshot::Sender<()>),
-}
-
 /// The SQLite store. Writes go through one writer task (group commit).
 #[derive(Debug)]
 pub struct SqliteStore {
-    queue: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    queue: CommitQueue,
     loaded: Mutex<Option<Vec<StoredCluster>>>,
+}
+
+/// The writer task's connection, and the last placement sequence number.
+struct SqliteWriter {
+    conn: SqliteConnection,
+    seq: i64,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -97,10 +91,8 @@ impl SqliteStore {
             .await
             .map_err(db)?
             .get::<i64, _>(0);
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Self::writer(conn, rx, seq, metrics));
         Ok(Self {
-            queue: Mutex::new(Some(tx)),
+            queue: CommitQueue::start(SqliteWriter { conn, seq }, metrics),
             loaded: Mutex::new(Some(loaded)),
         })
     }
@@ -181,55 +173,13 @@ impl SqliteStore {
         .collect())
     }
 
-    async fn writer(
-        mut conn: SqliteConnection,
-        mut rx: mpsc::UnboundedReceiver<Message>,
-        mut seq: i64,
-        metrics: Arc<Metrics>,
-    ) {
-        let mut closing = None;
-        while closing.is_none() {
-            let Some(first) = rx.recv().await else { break };
-            let mut group = Vec::new();
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Submit(writes, done) => group.push((writes, done)),
-                    Message::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if group.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if group.is_empty() {
-                continue;
-            }
-            let started = Instant::now();
-            let result = Self::commit(&mut conn, &group, &mut seq).await;
-            metrics.store_committed(started.elapsed(), group.len());
-            for (_, done) in group {
-                let _ = done.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Database(e.to_string())),
-                });
-            }
-        }
-        let _ = conn.close().await;
-        if let Some(done) = closing {
-            let _ = done.send(());
-        }
-    }
-
     async fn commit(
         conn: &mut SqliteConnection,
         group: &[Submission],
         seq: &mut i64,
     ) -> Result<(), sqlx::Error> {
         let mut tx = conn.begin().await?;
-        for write in group.iter().flat_map(|(writes, _)| writes) {
+        for write in group.iter().flat_map(|submission| &submission.writes) {
             match write {
                 Write::PutCluster {
                     cluster,
@@ -371,28 +321,31 @@ impl Store for SqliteStore {
         _lease: Option<LeaseToken>,
         writes: Vec<Write>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (done, wait) = oneshot::channel();
-        let sent = match self.queue.lock().unwrap().as_ref() {
-            Some(queue) => queue.send(Message::Submit(writes, done)).is_ok(),
-            None => false,
-        };
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            wait.await.unwrap_or(Err(StoreError::Closed))
-        })
+        // One process: no lease to check.
+        self.queue.submit(None, writes)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        let queue = self.queue.lock().unwrap().take();
+        self.queue.close()
+    }
+}
+
+impl Committer for SqliteWriter {
+    fn commit<'a>(
+        &'a mut self,
+        group: &'a [Submission],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), StoreError>>, StoreError>> {
         Box::pin(async move {
-            if let Some(queue) = queue {
-                let (done, wait) = oneshot::channel();
-                if queue.send(Message::Close(done)).is_ok() {
-                    let _ = wait.await;
-                }
-            }
+            SqliteStore::commit(&mut self.conn, group, &mut self.seq)
+                .await
+                .map(|()| vec![Ok(()); group.len()])
+                .map_err(db)
+        })
+    }
+
+    fn close(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.conn.close().await;
         })
     }
 }
