@@ -18,13 +18,17 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
+
+/// First ABI version whose guests decode [`Change::SetUsage`](crate::wire::sync::Change::SetUsage);
+/// older guests get a full snapshot instead of a delta that holds one.
+pub const SET_USAGE_ABI_VERSION: u32 = 5;
 
 /// Oldest ABI version the host accepts.
 pub const MIN_SUPPORTED_ABI_VERSION: u32 = 3;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 4;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 5;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";

@@ -1,7 +1,9 @@
 //! Snapshot sync messages: how a guest's copy of the snapshot is brought up to an epoch,
 //! a full snapshot or a delta of [`Change`]s (see "Snapshot sync" in `ABI.md`).
 
-use crate::model::{ClusterInfo, Host, HostIndex, HostStatus, PendingAggregate, Snapshot, Vm};
+use crate::model::{
+    ClusterInfo, Host, HostIndex, HostStatus, HostUsage, PendingAggregate, Snapshot, Vm,
+};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -66,6 +68,10 @@ pub enum Change {
         /// Unix seconds.
         time_unix: u64,
     },
+    /// Usage figures of some hosts changed (the engine's periodic host stats refresh):
+    /// a few numbers per host instead of a [`Change::ReplaceHost`] of the whole host.
+    /// ABI version 5.
+    SetUsage(Vec<(HostIndex, HostUsage)>),
 }
 
 fn host_mut(snapshot: &mut Snapshot, host: HostIndex) -> Result<&mut Host, String> {
@@ -100,6 +106,17 @@ impl Change {
             }
             Change::SetCluster(info) => snapshot.cluster = info,
             Change::SetTime { time_unix } => snapshot.time_unix = time_unix,
+            Change::SetUsage(usage) => {
+                let len = snapshot.hosts.len();
+                if let Some((host, _)) = usage.iter().find(|(h, _)| *h as usize >= len) {
+                    return Err(format!(
+                        "change names host index {host}, snapshot has {len}"
+                    ));
+                }
+                for (host, usage) in usage {
+                    usage.apply_to(&mut snapshot.hosts[host as usize]);
+                }
+            }
         }
         Ok(())
     }
