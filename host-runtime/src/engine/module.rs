@@ -159,6 +159,8 @@ struct WasmBackend {
     pre: InstancePre<StoreData>,
     pool: Mutex<Vec<Instance>>,
     stats: Arc<SyncCounters>,
+    /// The module's ABI version (which sync changes it decodes).
+    abi: u32,
 }
 
 /// Counters of snapshot syncs and instance churn of one module.
@@ -272,7 +274,12 @@ impl Instance {
 
     /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
     /// same cluster and the cluster still has the changes, a full snapshot otherwise.
-    fn ensure_synced(&mut self, view: &ClusterView, stats: &SyncCounters) -> Result<(), UnitFault> {
+    fn ensure_synced(
+        &mut self,
+        view: &ClusterView,
+        stats: &SyncCounters,
+        abi: u32,
+    ) -> Result<(), UnitFault> {
         let target = (view.uid(), view.epoch());
         if self.synced == Some(target) {
             return Ok(());
@@ -281,14 +288,14 @@ impl Instance {
             .synced
             .filter(|(uid, _)| *uid == view.uid())
             .map(|(_, epoch)| epoch);
-        let (bytes, full) = abi::sync_message(view, from);
+        let (bytes, full) = abi::sync_message(view, from, abi);
         let counter = if full { &stats.full } else { &stats.delta };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut response = self
             .fns
             .exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
         if !full && !matches!(response, SyncResponse::Synced { .. }) {
-            let (bytes, _) = abi::sync_message(view, None);
+            let (bytes, _) = abi::sync_message(view, None, abi);
             stats.full.fetch_add(1, Ordering::Relaxed);
             response = self.fns.exchange(&mut self.store, &bytes, true)?;
         }
@@ -318,8 +325,9 @@ impl Instance {
         view: &ClusterView,
         call: Call<'_>,
         stats: &SyncCounters,
+        abi: u32,
     ) -> Result<CallResponse, UnitFault> {
-        self.ensure_synced(view, stats)?;
+        self.ensure_synced(view, stats, abi)?;
         let mut scratch = std::mem::take(&mut self.scratch);
         codec::encode_into(&call, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
@@ -343,18 +351,19 @@ impl LoadedModule {
         Self {
             file,
             hash,
-            manifest,
             loaded_at: SystemTime::now(),
             breaker: Mutex::default(),
             backend: Backend::Wasm(WasmBackend {
                 engine,
                 pre,
                 pool: Mutex::new(vec![first]),
+                abi: manifest.abi_version,
                 stats: Arc::new(SyncCounters {
                     instances_created: AtomicU64::new(1),
                     ..Default::default()
                 }),
             }),
+            manifest,
         }
     }
 
@@ -442,6 +451,83 @@ impl LoadedModule {
                 instances_discarded: w.stats.instances_discarded.load(Ordering::Relaxed),
             },
             Backend::Native(_) => ModuleStats::default(),
+        }
+    }
+
+    /// Whether `count` calls of this module on `view` at once would start by sending a whole
+    /// snapshot: some of the `count` idle instances taken next hold no epoch of the view's
+    /// cluster, or (for `count` > 1) fewer than `count` are idle. With `count` 1 an empty
+    /// pool says nothing (its instances are busy with other decisions).
+    pub(crate) fn needs_full_sync(&self, view: &ClusterView, count: usize) -> bool {
+        match &self.backend {
+            Backend::Wasm(wasm) => {
+                let pool = wasm.pool.lock().unwrap();
+                (count > 1 && pool.len() < count)
+                    || pool
+                        .iter()
+                        .rev()
+                        .take(count)
+                        .any(|i| i.synced.is_none_or(|(uid, _)| uid != view.uid()))
+            }
+            Backend::Native(_) => false,
+        }
+    }
+
+    /// Brings `count` instances of this module (idle ones, else new ones) to `view`'s epoch
+    /// and puts them back in the pool, so that the calls of a decision find them synced. Lets
+    /// the engine sync several modules (or instances) at once on several threads. A fault is
+    /// not reported here: the instance is dropped and the decision's own call meets it.
+    pub(crate) fn prepare(&self, view: &ClusterView, limits: CallLimits, count: usize) {
+        let Backend::Wasm(wasm) = &self.backend else {
+            return;
+        };
+        let mut taken = Vec::with_capacity(count);
+        for _ in 0..count {
+            let pooled = wasm.pool.lock().unwrap().pop();
+            let instance = match pooled {
+                Some(instance) => instance,
+                None => {
+                    wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                    match Instance::new(&wasm.engine, &wasm.pre, &self.file, limits) {
+                        Ok(instance) => instance,
+                        Err(_) => break,
+                    }
+                }
+            };
+            taken.push(instance);
+        }
+        let sync = |mut instance: Instance| {
+            instance.set_limits(limits);
+            match instance.ensure_synced(view, &wasm.stats, wasm.abi) {
+                Ok(()) => Some(instance),
+                Err(UnitFault::GuestError(_)) => {
+                    instance.synced = None;
+                    Some(instance)
+                }
+                Err(_) => {
+                    wasm.stats
+                        .instances_discarded
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        let last = taken.pop();
+        let synced: Vec<Instance> = std::thread::scope(|scope| {
+            let others: Vec<_> = taken
+                .into_iter()
+                .map(|instance| scope.spawn(move || sync(instance)))
+                .collect();
+            let mut synced: Vec<Instance> = last.and_then(sync).into_iter().collect();
+            for handle in others {
+                if let Ok(Some(instance)) = handle.join() {
+                    synced.push(instance);
+                }
+            }
+            synced
+        });
+        for instance in synced {
+            self.release(wasm, instance);
         }
     }
 
@@ -564,7 +650,9 @@ impl LoadedModule {
             }
         };
         instance.set_limits(limits);
-        let result = instance.call(view, call, &wasm.stats).and_then(shape);
+        let result = instance
+            .call(view, call, &wasm.stats, wasm.abi)
+            .and_then(shape);
         match &result {
             Ok(_) => self.release(wasm, instance),
             Err(UnitFault::GuestError(_)) => {
