@@ -64,5 +64,8 @@ fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown workload {other}"),
     }
     eprintln!("{what} {hosts}: {:?}", start.elapsed());
+    for module in runtime.modules() {
+        eprintln!("{}: {:?}", module.file(), module.stats());
+    }
     Ok(())
 }

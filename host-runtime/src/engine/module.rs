@@ -260,6 +260,13 @@ impl Instance {
         self.fns.manifest(&mut self.store)
     }
 
+    /// Whether this instance holds an epoch of `view`'s cluster at or before the view's
+    /// (so a delta, or nothing, brings it there).
+    fn can_catch_up(&self, view: &ClusterView) -> bool {
+        self.synced
+            .is_some_and(|(uid, epoch)| uid == view.uid() && epoch <= view.epoch())
+    }
+
     /// Sends raw sync bytes; used at load for the smoke test.
     pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
         self.fns.exchange(&mut self.store, bytes, true)
@@ -455,19 +462,15 @@ impl LoadedModule {
     }
 
     /// Whether `count` calls of this module on `view` at once would start by sending a whole
-    /// snapshot: some of the `count` idle instances taken next hold no epoch of the view's
-    /// cluster, or (for `count` > 1) fewer than `count` are idle. With `count` 1 an empty
-    /// pool says nothing (its instances are busy with other decisions).
+    /// snapshot: fewer than `count` idle instances hold an epoch of the view's cluster they
+    /// can catch up from (see [`take_instance`]). With `count` 1 an empty pool says nothing
+    /// (its instances are busy with other decisions).
     pub(crate) fn needs_full_sync(&self, view: &ClusterView, count: usize) -> bool {
         match &self.backend {
             Backend::Wasm(wasm) => {
                 let pool = wasm.pool.lock().unwrap();
-                (count > 1 && pool.len() < count)
-                    || pool
-                        .iter()
-                        .rev()
-                        .take(count)
-                        .any(|i| i.synced.is_none_or(|(uid, _)| uid != view.uid()))
+                let ready = pool.iter().filter(|i| i.can_catch_up(view)).count();
+                ready < count && (count > 1 || !pool.is_empty())
             }
             Backend::Native(_) => false,
         }
@@ -483,7 +486,7 @@ impl LoadedModule {
         };
         let mut taken = Vec::with_capacity(count);
         for _ in 0..count {
-            let pooled = wasm.pool.lock().unwrap().pop();
+            let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
             let instance = match pooled {
                 Some(instance) => instance,
                 None => {
@@ -641,7 +644,7 @@ impl LoadedModule {
         limits: CallLimits,
         shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
     ) -> Result<R, UnitFault> {
-        let pooled = wasm.pool.lock().unwrap().pop();
+        let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
         let mut instance = match pooled {
             Some(instance) => instance,
             None => {
@@ -674,6 +677,24 @@ impl LoadedModule {
         if pool.len() < MAX_IDLE_INSTANCES {
             pool.push(instance);
         }
+    }
+}
+
+/// The idle instance a call on `view` should use: of those holding an epoch of the view's
+/// cluster they can catch up from with a delta (at or before the view's epoch), the most
+/// recent; else the most recently used one (which needs the whole snapshot anyway). With
+/// several threads deciding on one cluster, views of different epochs come and go, and an
+/// instance ahead of a view could only be brought back with a full snapshot.
+fn take_instance(pool: &mut Vec<Instance>, view: &ClusterView) -> Option<Instance> {
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.can_catch_up(view))
+        .max_by_key(|(_, i)| i.synced.map_or(0, |(_, epoch)| epoch))
+        .map(|(position, _)| position);
+    match best {
+        Some(position) => Some(pool.remove(position)),
+        None => pool.pop(),
     }
 }
 
