@@ -88,8 +88,11 @@ pub fn abi_version() -> u32 {
 /// `wasmsched_input`.
 pub fn input(make: fn() -> UnitSet, len: u32) -> u32 {
     with_state(make, |state| {
-        state.input.clear();
-        state.input.resize(len as usize, 0);
+        // Grown (zero-filled) only when too small: the host overwrites the first `len` bytes,
+        // and `sync`/`call` read only those.
+        if state.input.len() < len as usize {
+            state.input.resize(len as usize, 0);
+        }
         state.input.as_mut_ptr() as usize as u32
     })
 }
