@@ -497,16 +497,22 @@ fn run_units_split(
         }));
         results
     });
+    let stages = results.into_iter().collect::<Result<Vec<Stage>>>()?;
+    Ok(merge(stages, policy.filters.len(), policy.weights.len()))
+}
+
+/// The stages of the contiguous parts of a split decision, in order, as one stage: survivors
+/// and rejections end to end (reject codes renumbered), weight columns end to end (a weight
+/// that failed open on any part is dropped, as it would have been on one core), failures
+/// once per unit, and no weights when at most one host survived (as on one core).
+fn merge(stages: Vec<Stage>, filters: usize, weights: usize) -> Stage {
     let mut merged = Stage {
         survivors: Vec::new(),
-        rejected: (0..policy.filters.len())
-            .map(|_| Rejected::default())
-            .collect(),
-        columns: vec![Some(Vec::new()); policy.weights.len()],
+        rejected: (0..filters).map(|_| Rejected::default()).collect(),
+        columns: vec![Some(Vec::new()); weights],
         failures: Vec::new(),
     };
-    for stage in results {
-        let stage = stage?;
+    for stage in stages {
         merged.survivors.extend(stage.survivors);
         for (into, from) in merged.rejected.iter_mut().zip(stage.rejected) {
             // Codes renumbered into the merged list.
@@ -552,7 +558,7 @@ fn run_units_split(
             *column = None;
         }
     }
-    Ok(merged)
+    merged
 }
 
 /// The call of one unit over the candidates, borrowing everything it sends.
@@ -615,5 +621,71 @@ fn handle_fault(
             });
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(
+        survivors: &[HostIndex],
+        rejected: Vec<(Vec<&str>, Vec<(HostIndex, u32)>)>,
+        columns: Vec<Option<Vec<Penalty>>>,
+    ) -> Stage {
+        Stage {
+            survivors: survivors.to_vec(),
+            rejected: rejected
+                .into_iter()
+                .map(|(codes, hosts)| Rejected {
+                    codes: codes.into_iter().map(String::from).collect(),
+                    hosts: hosts
+                        .into_iter()
+                        .map(|(h, c)| (h, c, format!("d{h}")))
+                        .collect(),
+                })
+                .collect(),
+            columns,
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn split_parts_merge_in_candidate_order_with_codes_renumbered() {
+        let first = stage(
+            &[0, 2],
+            vec![(vec!["full"], vec![(1, 0)]), (vec![], vec![])],
+            vec![Some(vec![5, 6]), Some(vec![1, 1])],
+        );
+        let second = stage(
+            &[3, 5],
+            vec![
+                (vec!["offline", "full"], vec![(4, 1), (6, 0)]),
+                (vec![], vec![]),
+            ],
+            vec![Some(vec![7, 8]), None],
+        );
+        let merged = merge(vec![first, second], 2, 2);
+        assert_eq!(merged.survivors, [0, 2, 3, 5]);
+        assert_eq!(merged.rejected[0].codes, ["full", "offline"]);
+        let hosts: Vec<(HostIndex, &str)> = merged.rejected[0]
+            .hosts
+            .iter()
+            .map(|(h, c, _)| (*h, merged.rejected[0].codes[*c as usize].as_str()))
+            .collect();
+        assert_eq!(hosts, [(1, "full"), (4, "full"), (6, "offline")]);
+        assert!(merged.rejected[1].hosts.is_empty());
+        assert_eq!(merged.columns[0], Some(vec![5, 6, 7, 8]));
+        // Failed open on one part: dropped, as on one core.
+        assert_eq!(merged.columns[1], None);
+    }
+
+    #[test]
+    fn a_split_decision_with_one_survivor_has_no_weights() {
+        let first = stage(&[4], vec![], vec![Some(vec![9])]);
+        let second = stage(&[], vec![], vec![Some(vec![])]);
+        let merged = merge(vec![first, second], 0, 1);
+        assert_eq!(merged.survivors, [4]);
+        assert_eq!(merged.columns, [None]);
     }
 }
