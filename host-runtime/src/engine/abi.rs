@@ -355,35 +355,22 @@ fn classify(store: &mut Store<StoreData>, error: wasmtime::Error) -> UnitFault {
 
 /// The encoded sync message that brings an instance holding `from` (this cluster's epoch,
 /// if it holds this cluster at all) to `view`'s epoch: a delta of the changes in between
-/// while the cluster's change log holds them (and the guest, of ABI version `abi`, can
-/// decode them), else the full snapshot. Both are encoded once per epoch (deltas once per
-/// epoch range) for every instance. Returns the bytes and whether they are a full snapshot.
-pub(crate) fn sync_message(
-    view: &ClusterView,
-    from: Option<u64>,
-    abi: u32,
-) -> (Arc<Vec<u8>>, bool) {
+/// while the cluster's change log holds them, else the full snapshot. Both are encoded once
+/// per epoch (deltas once per epoch range) for every instance. Returns the bytes and whether
+/// they are a full snapshot.
+pub(crate) fn sync_message(view: &ClusterView, from: Option<u64>) -> (Arc<Vec<u8>>, bool) {
     let to = view.epoch();
     if let Some(from) = from.filter(|&f| f < to) {
-        // A guest older than the usage change cannot decode a delta that holds one.
-        let decodable = abi >= guest_abi::SET_USAGE_ABI_VERSION
-            || view.with_changes_since(from, |changes| {
-                !changes
-                    .iter()
-                    .any(|c| matches!(c, policy_sdk::wire::sync::Change::SetUsage(_)))
-            }) == Some(true);
-        let delta = decodable.then(|| {
-            view.delta_encoding(from, |changes| {
-                codec::encode(&SyncMessageRef::Delta {
-                    from_epoch: from,
-                    to_epoch: to,
-                    changes,
-                })
-                .ok()
-                .map(Arc::new)
+        let delta = view.delta_encoding(from, |changes| {
+            codec::encode(&SyncMessageRef::Delta {
+                from_epoch: from,
+                to_epoch: to,
+                changes,
             })
+            .ok()
+            .map(Arc::new)
         });
-        if let Some(Some(bytes)) = delta {
+        if let Some(bytes) = delta {
             return (bytes, false);
         }
     }

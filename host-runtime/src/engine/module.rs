@@ -159,8 +159,6 @@ struct WasmBackend {
     pre: InstancePre<StoreData>,
     pool: Mutex<Vec<Instance>>,
     stats: Arc<SyncCounters>,
-    /// The module's ABI version (which sync changes it decodes).
-    abi: u32,
 }
 
 /// Counters of snapshot syncs and instance churn of one module.
@@ -281,12 +279,7 @@ impl Instance {
 
     /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
     /// same cluster and the cluster still has the changes, a full snapshot otherwise.
-    fn ensure_synced(
-        &mut self,
-        view: &ClusterView,
-        stats: &SyncCounters,
-        abi: u32,
-    ) -> Result<(), UnitFault> {
+    fn ensure_synced(&mut self, view: &ClusterView, stats: &SyncCounters) -> Result<(), UnitFault> {
         let target = (view.uid(), view.epoch());
         if self.synced == Some(target) {
             return Ok(());
@@ -295,14 +288,14 @@ impl Instance {
             .synced
             .filter(|(uid, _)| *uid == view.uid())
             .map(|(_, epoch)| epoch);
-        let (bytes, full) = abi::sync_message(view, from, abi);
+        let (bytes, full) = abi::sync_message(view, from);
         let counter = if full { &stats.full } else { &stats.delta };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut response = self
             .fns
             .exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
         if !full && !matches!(response, SyncResponse::Synced { .. }) {
-            let (bytes, _) = abi::sync_message(view, None, abi);
+            let (bytes, _) = abi::sync_message(view, None);
             stats.full.fetch_add(1, Ordering::Relaxed);
             response = self.fns.exchange(&mut self.store, &bytes, true)?;
         }
@@ -332,9 +325,8 @@ impl Instance {
         view: &ClusterView,
         call: Call<'_>,
         stats: &SyncCounters,
-        abi: u32,
     ) -> Result<CallResponse, UnitFault> {
-        self.ensure_synced(view, stats, abi)?;
+        self.ensure_synced(view, stats)?;
         let mut scratch = std::mem::take(&mut self.scratch);
         codec::encode_into(&call, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
@@ -364,7 +356,6 @@ impl LoadedModule {
                 engine,
                 pre,
                 pool: Mutex::new(vec![first]),
-                abi: manifest.abi_version,
                 stats: Arc::new(SyncCounters {
                     instances_created: AtomicU64::new(1),
                     ..Default::default()
@@ -501,7 +492,7 @@ impl LoadedModule {
         }
         let sync = |mut instance: Instance| {
             instance.set_limits(limits);
-            match instance.ensure_synced(view, &wasm.stats, wasm.abi) {
+            match instance.ensure_synced(view, &wasm.stats) {
                 Ok(()) => Some(instance),
                 Err(UnitFault::GuestError(_)) => {
                     instance.synced = None;
@@ -653,9 +644,7 @@ impl LoadedModule {
             }
         };
         instance.set_limits(limits);
-        let result = instance
-            .call(view, call, &wasm.stats, wasm.abi)
-            .and_then(shape);
+        let result = instance.call(view, call, &wasm.stats).and_then(shape);
         match &result {
             Ok(_) => self.release(wasm, instance),
             Err(UnitFault::GuestError(_)) => {

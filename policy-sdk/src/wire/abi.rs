@@ -20,12 +20,9 @@ use serde::{Deserialize, Serialize};
 /// message layout or semantics.
 pub const ABI_VERSION: u32 = 5;
 
-/// First ABI version whose guests decode [`Change::SetUsage`](crate::wire::sync::Change::SetUsage);
-/// older guests get a full snapshot instead of a delta that holds one.
-pub const SET_USAGE_ABI_VERSION: u32 = 5;
-
-/// Oldest ABI version the host accepts.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 3;
+/// Oldest ABI version the host accepts. Version 5 changed how CPU id lists are laid out in
+/// snapshots, which older modules would misread.
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 5;
 
 /// Newest ABI version the host accepts.
 pub const MAX_SUPPORTED_ABI_VERSION: u32 = 5;
