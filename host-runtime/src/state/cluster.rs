@@ -51,11 +51,14 @@ pub(crate) struct ClusterShared {
     full_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     /// The last encoded delta (from epoch, to epoch, bytes), shared by every instance
     /// that catches up over the same epochs.
-    delta_cache: Mutex<Option<(u64, u64, Arc<Vec<u8>>)>>,
+    delta_cache: Mutex<Option<CachedDelta>>,
     /// Serializes every mutation; holds the pending resources. Lock order: ledger, then
     /// state.
     ledger: Mutex<Ledger>,
 }
+
+/// An encoded delta: from epoch, to epoch, bytes.
+type CachedDelta = (u64, u64, Arc<Vec<u8>>);
 
 #[derive(Debug)]
 struct State {
