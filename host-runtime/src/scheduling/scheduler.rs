@@ -628,9 +628,12 @@ fn handle_fault(
 mod tests {
     use super::*;
 
+    /// One filter's rejections in a test: its codes, and (host, code index) pairs.
+    type FilterRejections<'a> = (Vec<&'a str>, Vec<(HostIndex, u32)>);
+
     fn stage(
         survivors: &[HostIndex],
-        rejected: Vec<(Vec<&str>, Vec<(HostIndex, u32)>)>,
+        rejected: Vec<FilterRejections<'_>>,
         columns: Vec<Option<Vec<Penalty>>>,
     ) -> Stage {
         Stage {
