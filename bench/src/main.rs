@@ -10,6 +10,7 @@
 
 mod memory;
 mod report;
+mod round2;
 mod runs;
 mod stats;
 
@@ -56,6 +57,15 @@ struct Args {
     /// Hosts of the snapshot in the peak-memory measurement.
     #[arg(long, default_value_t = 10_000)]
     memory_hosts: usize,
+    /// Thread counts of the threaded mass start (the first is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Hosts of the host stats refresh.
+    #[arg(long, default_value_t = 10_000)]
+    refresh_hosts: usize,
+    /// The two cluster sizes of the large-cluster measurement (base, large).
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+    split_hosts: Vec<usize>,
     /// Internal: run as the peak-memory child process.
     #[arg(long, hide = true)]
     measure_memory: bool,
@@ -143,7 +153,41 @@ fn run(args: &Args) -> Result<Report> {
     ));
     let scaling = runs::scaling(&backends, args.scaling_hosts, &pending_levels, quick)?;
 
-    let targets = report::targets(&latency, &mass_start, &module_load, &memory);
+    progress(&format!(
+        "mass start on threads {:?}: {mass_vms} VMs onto {mass_hosts} hosts",
+        args.threads
+    ));
+    let mut thread_counts = args.threads.clone();
+    thread_counts.retain(|&t| t > 0);
+    if thread_counts.is_empty() {
+        thread_counts.push(1);
+    }
+    let mass_threads =
+        round2::mass_threads(&backends, mass_vms, mass_hosts, mass_runs, &thread_counts)?;
+
+    progress(&format!("host stats refresh: {} hosts", args.refresh_hosts));
+    let refresh = round2::refresh(&backends, args.refresh_hosts, quick)?;
+
+    let (split_base, split_large) = match args.split_hosts.as_slice() {
+        [base, large, ..] => (*base, *large),
+        [large] => (*large / 5, *large),
+        [] => (10_000, 50_000),
+    };
+    progress(&format!(
+        "large clusters: {split_base} and {split_large} hosts"
+    ));
+    let split = round2::split(&backends, split_base, split_large, quick)?;
+
+    let targets = report::targets(&report::Measured {
+        latency: &latency,
+        sync: &sync,
+        mass: &mass_start,
+        threads: &mass_threads,
+        refresh: &refresh,
+        split: &split,
+        load: &module_load,
+        memory: &memory,
+    });
     Ok(Report {
         meta: Meta {
             date: utc_date(SystemTime::now()),
@@ -166,6 +210,9 @@ fn run(args: &Args) -> Result<Report> {
         module_load,
         memory,
         scaling,
+        refresh,
+        mass_threads,
+        split,
         targets,
     })
 }

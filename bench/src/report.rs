@@ -2,6 +2,7 @@
 //! rendering as plain or markdown tables.
 
 use crate::memory::Memory;
+use crate::round2::{MassThreads, Refresh, Split};
 use crate::runs::{HostsPoint, KindLatency, MassStart, ModuleLoad, Scaling, SizeLatency, Sync};
 use crate::stats::Comparison;
 use serde::Serialize;
@@ -103,73 +104,171 @@ pub struct Report {
     pub scaling_hosts: Vec<HostsPoint>,
     /// Cost vs units and pending records.
     pub scaling: Scaling,
+    /// Host stats refresh (every host's usage changes, then one decision).
+    pub refresh: Refresh,
+    /// Mass start on one and more threads.
+    pub mass_threads: MassThreads,
+    /// One decision over a large cluster, split across cores.
+    pub split: Split,
     /// The issue's targets.
     pub targets: Vec<Target>,
 }
 
-/// Checks the issue's targets against the measurements.
-pub fn targets(
-    latency: &[SizeLatency],
-    mass: &MassStart,
-    load: &ModuleLoad,
-    memory: &Memory,
-) -> Vec<Target> {
-    let at_10k = latency.iter().find(|s| s.hosts == 10_000);
-    let no_10k = "the run had no 10000-host size (--sizes)";
-    vec![
-        target(
-            "decision p50 at 10,000 hosts (wasm, all VM kinds, summary decision)",
-            Goal::Below(3.0),
-            at_10k.map(|s| s.summary_overall.wasm.p50_ms),
-            "ms",
-            no_10k,
-        ),
-        target(
-            "wasm/native p50 ratio at 10,000 hosts (summary decision)",
-            Goal::AtMost(1.3),
-            at_10k.map(|s| s.summary_overall.ratio_p50),
+/// Everything the targets are checked against.
+pub struct Measured<'a> {
+    /// Latency per size.
+    pub latency: &'a [SizeLatency],
+    /// Snapshot sync per size.
+    pub sync: &'a [Sync],
+    /// Mass start (one thread, `schedule_batch`).
+    pub mass: &'a MassStart,
+    /// Mass start on several threads.
+    pub threads: &'a MassThreads,
+    /// Host stats refresh.
+    pub refresh: &'a Refresh,
+    /// Large cluster split across cores.
+    pub split: &'a Split,
+    /// Module load.
+    pub load: &'a ModuleLoad,
+    /// Peak memory.
+    pub memory: &'a Memory,
+}
+
+/// Checks the targets of issue 18 (ratios measured in the same run) and those kept from
+/// issue 8 against the measurements.
+pub fn targets(m: &Measured<'_>) -> Vec<Target> {
+    let size = |hosts: usize| m.latency.iter().find(|s| s.hosts == hosts);
+    let missing = |hosts: usize| format!("the run had no {hosts}-host size (--sizes)");
+    let mut targets = Vec::new();
+    for (hosts, limit) in [(10_000, 1.2), (1_000, 1.3)] {
+        targets.push(target(
+            &format!("1. wasm/native p50 at {hosts} hosts, summary decisions (all VM kinds)"),
+            Goal::AtMost(limit),
+            size(hosts).map(|s| s.summary_overall.ratio_p50),
             "x",
-            no_10k,
-        ),
-        target(
-            "decision p50 at 10,000 hosts (wasm, all VM kinds, full report)",
-            Goal::Below(3.0),
-            at_10k.map(|s| s.overall.wasm.p50_ms),
-            "ms",
-            no_10k,
-        ),
-        target(
-            "wasm/native p50 ratio at 10,000 hosts (full report)",
-            Goal::AtMost(1.3),
-            at_10k.map(|s| s.overall.ratio_p50),
+            &missing(hosts),
+        ));
+        targets.push(target(
+            &format!("1. wasm/native p50 at {hosts} hosts, full decisions (all VM kinds)"),
+            Goal::AtMost(limit),
+            size(hosts).map(|s| s.overall.ratio_p50),
             "x",
-            no_10k,
+            &missing(hosts),
+        ));
+    }
+    targets.push(target(
+        &format!(
+            "2. mass start {} VMs onto {} hosts, wasm/native time",
+            m.mass.vms, m.mass.hosts
         ),
-        target(
-            &format!(
-                "mass start {} VMs onto {} hosts (wasm)",
-                mass.vms, mass.hosts
-            ),
-            Goal::AtLeast(5_000.0),
-            Some(mass.wasm.decisions_per_s),
-            "decisions/s",
-            "",
+        Goal::AtMost(1.25),
+        Some(m.mass.ratio),
+        "x",
+        "",
+    ));
+    let two = m.threads.wasm.iter().find(|r| r.threads == 2);
+    targets.push(target(
+        &format!(
+            "2. mass start on 2 threads, one cluster, wasm: throughput / 1 thread ({} VMs, {} hosts)",
+            m.threads.vms, m.threads.hosts
         ),
-        target(
-            "load of all builtin modules from the compiled cache",
-            Goal::Below(50.0),
-            Some(load.cached.total_ms),
-            "ms",
-            "",
+        Goal::AtLeast(1.7),
+        two.map(|r| r.speedup),
+        "x",
+        "the run had no 2-thread mass start (--threads)",
+    ));
+    let over = m
+        .threads
+        .wasm
+        .iter()
+        .chain(&m.threads.native)
+        .map(|r| r.over_committed_hosts)
+        .max()
+        .unwrap_or(0);
+    targets.push(target(
+        "2. over-committed hosts after the threaded mass starts",
+        Goal::AtMost(0.0),
+        Some(over as f64),
+        "hosts",
+        "",
+    ));
+    targets.push(target(
+        &format!(
+            "3. host stats refresh of {} hosts + decision / steady decision (wasm)",
+            m.refresh.hosts
         ),
-        target(
-            &format!("peak memory, all builtins + {}-host snapshot", memory.hosts),
-            Goal::Below(200.0),
-            Some(memory.peak_mib),
-            "MiB",
-            "",
+        Goal::AtMost(2.0),
+        Some(m.refresh.wasm.ratio),
+        "x",
+        "",
+    ));
+    let sync_10k = m.sync.iter().find(|s| s.hosts == 10_000);
+    targets.push(target(
+        "4. first decision after a full snapshot at 10,000 hosts, over a steady one (wasm)",
+        Goal::AtMost(25.0),
+        sync_10k.map(|s| s.wasm.full_ms - s.wasm.steady_ms),
+        "ms",
+        &missing(10_000),
+    ));
+    let large = m.split.sizes.last();
+    let cpus = m.split.cpus;
+    targets.push(target(
+        &format!(
+            "5. one decision at {} hosts: cores kept busy (wasm, {cpus} CPUs)",
+            large.map_or(0, |s| s.hosts)
         ),
-    ]
+        Goal::AtLeast(if cpus >= 2 { 1.5 } else { 1.0 }),
+        large.and_then(|s| s.wasm_cores_used),
+        "cores",
+        "no /proc/self/stat (Linux only)",
+    ));
+    targets.push(target(
+        &format!(
+            "5. p50 growth from {} to {} hosts (wasm, summary, all kinds; linear = {:.1}x)",
+            m.split.sizes.first().map_or(0, |s| s.hosts),
+            large.map_or(0, |s| s.hosts),
+            m.split.hosts_ratio
+        ),
+        Goal::AtMost(m.split.hosts_ratio),
+        Some(m.split.wasm_growth),
+        "x",
+        "",
+    ));
+    targets.push(target(
+        "6. load of all builtin modules from the compiled cache",
+        Goal::Below(50.0),
+        Some(m.load.cached.total_ms),
+        "ms",
+        "",
+    ));
+    targets.push(target(
+        &format!(
+            "6. peak memory, all builtins + {}-host snapshot",
+            m.memory.hosts
+        ),
+        Goal::Below(200.0),
+        Some(m.memory.peak_mib),
+        "MiB",
+        "",
+    ));
+    targets.push(target(
+        "issue 8: decision p50 at 10,000 hosts (wasm, all VM kinds, summary)",
+        Goal::Below(3.0),
+        size(10_000).map(|s| s.summary_overall.wasm.p50_ms),
+        "ms",
+        &missing(10_000),
+    ));
+    targets.push(target(
+        &format!(
+            "issue 8: mass start {} VMs onto {} hosts (wasm, 1 thread)",
+            m.mass.vms, m.mass.hosts
+        ),
+        Goal::AtLeast(5_000.0),
+        Some(m.mass.wasm.decisions_per_s),
+        "decisions/s",
+        "",
+    ));
+    targets
 }
 
 /// One latency table: a row per cluster size and VM kind, then the size's "all" row, for the
@@ -364,6 +463,106 @@ impl Report {
             "".into(),
             "".into(),
             "".into(),
+        ]);
+        tables.push(t);
+
+        let mt = &self.mass_threads;
+        let mut t = Table::new(
+            &format!(
+                "Mass start on threads: {} VMs onto {} hosts, each thread calls Policy::schedule for its share on one cluster",
+                mt.vms, mt.hosts
+            ),
+            &[
+                "backend",
+                "threads",
+                "median run (ms)",
+                "decisions/s",
+                "vs 1 thread",
+                "placed",
+                "over-committed hosts",
+                "runs",
+            ],
+        );
+        for (name, runs) in [("wasm", &mt.wasm), ("native", &mt.native)] {
+            for r in runs {
+                t.row(vec![
+                    name.to_string(),
+                    r.threads.to_string(),
+                    n(r.median_ms),
+                    format!("{:.0}", r.decisions_per_s),
+                    format!("{:.2}x", r.speedup),
+                    r.placed.to_string(),
+                    r.over_committed_hosts.to_string(),
+                    r.runs_ms.len().to_string(),
+                ]);
+            }
+        }
+        tables.push(t);
+
+        let r = &self.refresh;
+        let mut t = Table::new(
+            &format!(
+                "Host stats refresh: usage of all {} hosts changes (one SetUsage change, {:.1} KiB per module), then a plain VM decision; medians of {} rounds (ms)",
+                r.hosts,
+                r.delta_message_bytes as f64 / 1024.0,
+                r.runs
+            ),
+            &[
+                "backend",
+                "update_usage",
+                "refresh + decision",
+                "steady decision",
+                "ratio",
+            ],
+        );
+        for (name, b) in [("wasm", &r.wasm), ("native", &r.native)] {
+            t.row(vec![
+                name.to_string(),
+                n(b.update_ms),
+                n(b.refresh_and_decide_ms),
+                n(b.steady_ms),
+                format!("{:.2}x", b.ratio),
+            ]);
+        }
+        tables.push(t);
+
+        let sp = &self.split;
+        let mut t = Table::new(
+            &format!(
+                "Large clusters: summary decisions of the VM mix, and cores kept busy by back-to-back wasm decisions ({} CPUs)",
+                sp.cpus
+            ),
+            &[
+                "hosts",
+                "wasm p50",
+                "native p50",
+                "ratio",
+                "wasm cores used",
+                "window (ms)",
+                "samples",
+            ],
+        );
+        for s in &sp.sizes {
+            t.row(vec![
+                s.hosts.to_string(),
+                n(s.comparison.wasm.p50_ms),
+                n(s.comparison.native.p50_ms),
+                format!("{:.2}x", s.comparison.ratio_p50),
+                s.wasm_cores_used
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                n(s.cores_window_ms),
+                s.comparison.wasm.samples.to_string(),
+            ]);
+        }
+        t.row(vec![
+            "growth".into(),
+            format!("{:.2}x", sp.wasm_growth),
+            "".into(),
+            "".into(),
+            "".into(),
+            "".into(),
+            format!("linear: {:.1}x", sp.hosts_ratio),
         ]);
         tables.push(t);
 

@@ -72,6 +72,12 @@ fn quick_run_writes_a_complete_report() {
             "0,10,40",
             "--memory-hosts",
             "50",
+            "--refresh-hosts",
+            "30",
+            "--split-hosts",
+            "12,30",
+            "--threads",
+            "1,2",
             "--markdown",
             "--out",
         ])
@@ -97,6 +103,9 @@ fn quick_run_writes_a_complete_report() {
         "memory",
         "scaling_hosts",
         "scaling",
+        "refresh",
+        "mass_threads",
+        "split",
         "targets",
     ] {
         assert!(!report[section].is_null(), "no {section} section");
@@ -147,9 +156,31 @@ fn quick_run_writes_a_complete_report() {
     assert_eq!(report["scaling"]["pending"].as_array().unwrap().len(), 3);
     assert_eq!(report["scaling_hosts"].as_array().unwrap().len(), 2);
 
+    assert_eq!(report["refresh"]["hosts"], 30);
+    let threads: Vec<u64> = report["mass_threads"]["wasm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["threads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads, [1, 2]);
+    for backend in ["wasm", "native"] {
+        for run in report["mass_threads"][backend].as_array().unwrap() {
+            assert_eq!(run["over_committed_hosts"], 0, "{run}");
+        }
+    }
+    let split: Vec<u64> = report["split"]["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["hosts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(split, [12, 30]);
+
     let targets = report["targets"].as_array().unwrap();
-    // Decision p50 and ratio for summary and full decisions, mass start, load, memory.
-    assert_eq!(targets.len(), 7);
+    // Issue 18: four ratios, mass start ratio, 2 threads, over-commit, refresh, full
+    // snapshot, large cluster cores and growth, load, memory; issue 8: p50, mass start.
+    assert_eq!(targets.len(), 15);
     for t in targets {
         let status = t["status"].as_str().unwrap();
         assert!(
@@ -157,8 +188,9 @@ fn quick_run_writes_a_complete_report() {
             "{status}"
         );
     }
-    // No 10,000-host size in this run: the two 10k targets say so.
+    // No 10,000-host size in this run: the 10k targets say so.
     assert_eq!(targets[0]["status"], "not measured");
+    assert_eq!(targets[8]["status"], "not measured");
 
     let mut checked = 0;
     check_positive(&report, "report", &mut checked);

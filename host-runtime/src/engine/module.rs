@@ -258,6 +258,13 @@ impl Instance {
         self.fns.manifest(&mut self.store)
     }
 
+    /// Whether this instance holds an epoch of `view`'s cluster at or before the view's
+    /// (so a delta, or nothing, brings it there).
+    fn can_catch_up(&self, view: &ClusterView) -> bool {
+        self.synced
+            .is_some_and(|(uid, epoch)| uid == view.uid() && epoch <= view.epoch())
+    }
+
     /// Sends raw sync bytes; used at load for the smoke test.
     pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
         self.fns.exchange(&mut self.store, bytes, true)
@@ -343,7 +350,6 @@ impl LoadedModule {
         Self {
             file,
             hash,
-            manifest,
             loaded_at: SystemTime::now(),
             breaker: Mutex::default(),
             backend: Backend::Wasm(WasmBackend {
@@ -355,6 +361,7 @@ impl LoadedModule {
                     ..Default::default()
                 }),
             }),
+            manifest,
         }
     }
 
@@ -442,6 +449,79 @@ impl LoadedModule {
                 instances_discarded: w.stats.instances_discarded.load(Ordering::Relaxed),
             },
             Backend::Native(_) => ModuleStats::default(),
+        }
+    }
+
+    /// Whether `count` calls of this module on `view` at once would start by sending a whole
+    /// snapshot: fewer than `count` idle instances hold an epoch of the view's cluster they
+    /// can catch up from (see [`take_instance`]). With `count` 1 an empty pool says nothing
+    /// (its instances are busy with other decisions).
+    pub(crate) fn needs_full_sync(&self, view: &ClusterView, count: usize) -> bool {
+        match &self.backend {
+            Backend::Wasm(wasm) => {
+                let pool = wasm.pool.lock().unwrap();
+                let ready = pool.iter().filter(|i| i.can_catch_up(view)).count();
+                ready < count && (count > 1 || !pool.is_empty())
+            }
+            Backend::Native(_) => false,
+        }
+    }
+
+    /// Brings `count` instances of this module (idle ones, else new ones) to `view`'s epoch
+    /// and puts them back in the pool, so that the calls of a decision find them synced. Lets
+    /// the engine sync several modules (or instances) at once on several threads. A fault is
+    /// not reported here: the instance is dropped and the decision's own call meets it.
+    pub(crate) fn prepare(&self, view: &ClusterView, limits: CallLimits, count: usize) {
+        let Backend::Wasm(wasm) = &self.backend else {
+            return;
+        };
+        let mut taken = Vec::with_capacity(count);
+        for _ in 0..count {
+            let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
+            let instance = match pooled {
+                Some(instance) => instance,
+                None => {
+                    wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+                    match Instance::new(&wasm.engine, &wasm.pre, &self.file, limits) {
+                        Ok(instance) => instance,
+                        Err(_) => break,
+                    }
+                }
+            };
+            taken.push(instance);
+        }
+        let sync = |mut instance: Instance| {
+            instance.set_limits(limits);
+            match instance.ensure_synced(view, &wasm.stats) {
+                Ok(()) => Some(instance),
+                Err(UnitFault::GuestError(_)) => {
+                    instance.synced = None;
+                    Some(instance)
+                }
+                Err(_) => {
+                    wasm.stats
+                        .instances_discarded
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        let last = taken.pop();
+        let synced: Vec<Instance> = std::thread::scope(|scope| {
+            let others: Vec<_> = taken
+                .into_iter()
+                .map(|instance| scope.spawn(move || sync(instance)))
+                .collect();
+            let mut synced: Vec<Instance> = last.and_then(sync).into_iter().collect();
+            for handle in others {
+                if let Ok(Some(instance)) = handle.join() {
+                    synced.push(instance);
+                }
+            }
+            synced
+        });
+        for instance in synced {
+            self.release(wasm, instance);
         }
     }
 
@@ -555,7 +635,7 @@ impl LoadedModule {
         limits: CallLimits,
         shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
     ) -> Result<R, UnitFault> {
-        let pooled = wasm.pool.lock().unwrap().pop();
+        let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
         let mut instance = match pooled {
             Some(instance) => instance,
             None => {
@@ -586,6 +666,24 @@ impl LoadedModule {
         if pool.len() < MAX_IDLE_INSTANCES {
             pool.push(instance);
         }
+    }
+}
+
+/// The idle instance a call on `view` should use: of those holding an epoch of the view's
+/// cluster they can catch up from with a delta (at or before the view's epoch), the most
+/// recent; else the most recently used one (which needs the whole snapshot anyway). With
+/// several threads deciding on one cluster, views of different epochs come and go, and an
+/// instance ahead of a view could only be brought back with a full snapshot.
+fn take_instance(pool: &mut Vec<Instance>, view: &ClusterView) -> Option<Instance> {
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.can_catch_up(view))
+        .max_by_key(|(_, i)| i.synced.map_or(0, |(_, epoch)| epoch))
+        .map(|(position, _)| position);
+    match best {
+        Some(position) => Some(pool.remove(position)),
+        None => pool.pop(),
     }
 }
 

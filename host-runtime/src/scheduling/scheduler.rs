@@ -180,60 +180,38 @@ pub(super) fn decide(
     }
 
     let mut failures = Vec::new();
-    for filter in &policy.filters {
-        if survivors.is_empty() {
-            break;
-        }
-        let Some(verdicts) = run_filter(filter, view, &request.vm, &survivors, &mut failures)?
-        else {
-            continue;
-        };
-        if verdicts.all_pass() {
-            continue;
-        }
+    prepare_instances(policy, view, split_parts(survivors.len()));
+    let stage = run_units_split(policy, view, &request.vm, survivors)?;
+    for (filter, rejected) in policy.filters.iter().zip(stage.rejected) {
         // Count each code once per call (first host, number of hosts).
-        let mut per_code: Vec<(usize, usize)> = vec![(usize::MAX, 0); verdicts.codes.len()];
-        let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
-        let mut from = 0;
-        for r in verdicts.rejected {
-            let position = r.position as usize;
-            kept.extend_from_slice(&survivors[from..position]);
-            from = position + 1;
-            let host = survivors[position];
-            let slot = &mut per_code[r.code as usize];
+        let mut per_code: Vec<(usize, usize)> = vec![(usize::MAX, 0); rejected.codes.len()];
+        for (host, code, detail) in rejected.hosts {
+            let slot = &mut per_code[code as usize];
             slot.0 = slot.0.min(host as usize);
             slot.1 += 1;
             if full {
                 outcomes[host as usize] = Some(Outcome::Rejected {
                     unit: filter.label.clone(),
-                    code: verdicts.codes[r.code as usize].clone(),
-                    detail: r.detail,
+                    code: rejected.codes[code as usize].clone(),
+                    detail,
                 });
             }
         }
-        kept.extend_from_slice(&survivors[from..]);
-        survivors = kept;
-        for (code, (first, n)) in verdicts.codes.into_iter().zip(per_code) {
+        for (code, (first, n)) in rejected.codes.into_iter().zip(per_code) {
             if n > 0 {
                 turned_away.count(GroupKey::Rejected(filter.label.clone(), code), first, n);
             }
         }
     }
-
+    failures.extend(stage.failures);
+    let survivors = stage.survivors;
     // Weights: one penalty column per unit that answered.
-    let mut columns: Vec<(&PolicyUnit, Vec<Penalty>)> = Vec::new();
-    if survivors.len() > 1 {
-        for weight in &policy.weights {
-            match weight.handle.module.weigh(
-                view,
-                unit_call(weight, view, Some(&request.vm), &survivors),
-                weight.limits,
-            ) {
-                Ok(p) => columns.push((weight, p)),
-                Err(fault) => handle_fault(weight, fault, &mut failures)?,
-            }
-        }
-    }
+    let columns: Vec<(&PolicyUnit, Vec<Penalty>)> = policy
+        .weights
+        .iter()
+        .zip(stage.columns)
+        .filter_map(|(unit, column)| column.map(|c| (unit, c)))
+        .collect();
     let selection = select(policy.selector, factored(&columns), survivors.len());
     let totals = &selection.totals;
     let best = pick_best(policy.selector, totals, &survivors, snapshot);
@@ -353,6 +331,236 @@ pub(super) fn decide(
     })
 }
 
+/// Candidates from which one decision is split across cores: below it, a decision runs
+/// on the calling thread (thread start-up and a second synced instance per module are not
+/// worth it for a few milliseconds of work).
+pub(crate) const SPLIT_MIN_CANDIDATES: usize = 20_000;
+/// Fewest candidates per part of a split decision.
+const SPLIT_MIN_PART: usize = 10_000;
+
+/// One filter's rejections over some candidates: its reject codes, and the rejected hosts
+/// (host index, code index into `codes`, detail) in candidate order.
+#[derive(Debug, Default)]
+struct Rejected {
+    codes: Vec<String>,
+    hosts: Vec<(HostIndex, u32, String)>,
+}
+
+/// What the policy's filters and weights made of some candidates.
+#[derive(Debug)]
+struct Stage {
+    /// The candidates every filter passed, in candidate order.
+    survivors: Vec<HostIndex>,
+    /// Per filter of the policy, in order: its rejections.
+    rejected: Vec<Rejected>,
+    /// Per weight of the policy, in order: one penalty per survivor, `None` when the unit
+    /// failed open (listed in `failures`) or was not called.
+    columns: Vec<Option<Vec<Penalty>>>,
+    /// Units that failed open.
+    failures: Vec<UnitFailure>,
+}
+
+/// Runs the filters, then (when more than one host survives, or always for `always_weigh`,
+/// a part of a split decision) the weights over `candidates`.
+fn run_units(
+    policy: &Policy,
+    view: &ClusterView,
+    vm: &Vm,
+    mut survivors: Vec<HostIndex>,
+    always_weigh: bool,
+) -> Result<Stage> {
+    let mut failures = Vec::new();
+    let mut rejected = Vec::with_capacity(policy.filters.len());
+    for filter in &policy.filters {
+        let mut out = Rejected::default();
+        if survivors.is_empty() {
+            rejected.push(out);
+            continue;
+        }
+        let verdicts = run_filter(filter, view, vm, &survivors, &mut failures)?;
+        let Some(verdicts) = verdicts.filter(|v| !v.all_pass()) else {
+            rejected.push(out);
+            continue;
+        };
+        let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
+        let mut from = 0;
+        out.hosts.reserve(verdicts.rejected.len());
+        for r in verdicts.rejected {
+            let position = r.position as usize;
+            kept.extend_from_slice(&survivors[from..position]);
+            from = position + 1;
+            out.hosts.push((survivors[position], r.code, r.detail));
+        }
+        kept.extend_from_slice(&survivors[from..]);
+        survivors = kept;
+        out.codes = verdicts.codes;
+        rejected.push(out);
+    }
+    let mut columns = Vec::with_capacity(policy.weights.len());
+    for weight in &policy.weights {
+        if always_weigh && survivors.is_empty() {
+            // A part of a split decision with nothing left: an empty column.
+            columns.push(Some(Vec::new()));
+            continue;
+        }
+        if survivors.len() <= 1 && !always_weigh {
+            columns.push(None);
+            continue;
+        }
+        match weight.handle.module.weigh(
+            view,
+            unit_call(weight, view, Some(vm), &survivors),
+            weight.limits,
+        ) {
+            Ok(p) => columns.push(Some(p)),
+            Err(fault) => {
+                handle_fault(weight, fault, &mut failures)?;
+                columns.push(None);
+            }
+        }
+    }
+    Ok(Stage {
+        survivors,
+        rejected,
+        columns,
+        failures,
+    })
+}
+
+/// Cores one decision may use (cached).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Into how many parts a decision over `candidates` hosts is split (1: not split).
+fn split_parts(candidates: usize) -> usize {
+    if candidates < SPLIT_MIN_CANDIDATES {
+        return 1;
+    }
+    cores().min(candidates / SPLIT_MIN_PART).max(1)
+}
+
+/// Before a decision: when several modules of the policy (or several instances of one, for a
+/// split decision) need the whole snapshot, sends it to them on several threads at once
+/// instead of one after another as the calls come. Faults are left for the calls to meet.
+fn prepare_instances(policy: &Policy, view: &ClusterView, parts: usize) {
+    let mut modules: Vec<&PolicyUnit> = Vec::new();
+    for unit in policy.filters.iter().chain(&policy.weights) {
+        let module = &unit.handle.module;
+        if !modules
+            .iter()
+            .any(|u| std::sync::Arc::ptr_eq(&u.handle.module, module))
+            && module.needs_full_sync(view, parts)
+        {
+            modules.push(unit);
+        }
+    }
+    if modules.len() < 2 && parts < 2 {
+        return;
+    }
+    std::thread::scope(|scope| {
+        let last = modules.pop();
+        for unit in modules {
+            scope.spawn(move || unit.handle.module.prepare(view, unit.limits, parts));
+        }
+        if let Some(unit) = last {
+            unit.handle.module.prepare(view, unit.limits, parts);
+        }
+    });
+}
+
+/// [`run_units`] over `candidates`, split into contiguous parts run on several cores at
+/// once when there are enough candidates (each part on its own instance of every module;
+/// penalties are raw per host, so the parts' answers are simply put end to end).
+fn run_units_split(
+    policy: &Policy,
+    view: &ClusterView,
+    vm: &Vm,
+    candidates: Vec<HostIndex>,
+) -> Result<Stage> {
+    let parts = split_parts(candidates.len());
+    if parts < 2 {
+        return run_units(policy, view, vm, candidates, false);
+    }
+    let size = candidates.len().div_ceil(parts);
+    let results: Vec<Result<Stage>> = std::thread::scope(|scope| {
+        let mut chunks = candidates.chunks(size);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|chunk| scope.spawn(move || run_units(policy, view, vm, chunk.to_vec(), true)))
+            .collect();
+        let mut results = vec![run_units(policy, view, vm, first.to_vec(), true)];
+        results.extend(others.into_iter().map(|h| match h.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }));
+        results
+    });
+    let stages = results.into_iter().collect::<Result<Vec<Stage>>>()?;
+    Ok(merge(stages, policy.filters.len(), policy.weights.len()))
+}
+
+/// The stages of the contiguous parts of a split decision, in order, as one stage: survivors
+/// and rejections end to end (reject codes renumbered), weight columns end to end (a weight
+/// that failed open on any part is dropped, as it would have been on one core), failures
+/// once per unit, and no weights when at most one host survived (as on one core).
+fn merge(stages: Vec<Stage>, filters: usize, weights: usize) -> Stage {
+    let mut merged = Stage {
+        survivors: Vec::new(),
+        rejected: (0..filters).map(|_| Rejected::default()).collect(),
+        columns: vec![Some(Vec::new()); weights],
+        failures: Vec::new(),
+    };
+    for stage in stages {
+        merged.survivors.extend(stage.survivors);
+        for (into, from) in merged.rejected.iter_mut().zip(stage.rejected) {
+            // Codes renumbered into the merged list.
+            let map: Vec<u32> = from
+                .codes
+                .into_iter()
+                .map(|code| match into.codes.iter().position(|c| *c == code) {
+                    Some(i) => i as u32,
+                    None => {
+                        into.codes.push(code);
+                        (into.codes.len() - 1) as u32
+                    }
+                })
+                .collect();
+            into.hosts.extend(
+                from.hosts
+                    .into_iter()
+                    .map(|(host, code, detail)| (host, map[code as usize], detail)),
+            );
+        }
+        for (into, from) in merged.columns.iter_mut().zip(stage.columns) {
+            match (into.as_mut(), from) {
+                (Some(column), Some(part)) => column.extend(part),
+                // The weight failed open on a part: dropped from the sum, as on one core.
+                _ => *into = None,
+            }
+        }
+        for failure in stage.failures {
+            if !merged.failures.iter().any(|f| f.unit == failure.unit) {
+                merged.failures.push(failure);
+            }
+        }
+    }
+    if merged.survivors.len() <= 1 {
+        // As on one core: no weights for a single host.
+        merged.columns.iter_mut().for_each(|c| *c = None);
+    }
+    for column in &mut merged.columns {
+        if column
+            .as_ref()
+            .is_some_and(|c| c.len() != merged.survivors.len())
+        {
+            *column = None;
+        }
+    }
+    merged
+}
+
 /// The call of one unit over the candidates, borrowing everything it sends.
 pub(crate) fn unit_call<'a>(
     unit: &'a PolicyUnit,
@@ -413,5 +621,74 @@ fn handle_fault(
             });
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One filter's rejections in a test: its codes, and (host, code index) pairs.
+    type FilterRejections<'a> = (Vec<&'a str>, Vec<(HostIndex, u32)>);
+
+    fn stage(
+        survivors: &[HostIndex],
+        rejected: Vec<FilterRejections<'_>>,
+        columns: Vec<Option<Vec<Penalty>>>,
+    ) -> Stage {
+        Stage {
+            survivors: survivors.to_vec(),
+            rejected: rejected
+                .into_iter()
+                .map(|(codes, hosts)| Rejected {
+                    codes: codes.into_iter().map(String::from).collect(),
+                    hosts: hosts
+                        .into_iter()
+                        .map(|(h, c)| (h, c, format!("d{h}")))
+                        .collect(),
+                })
+                .collect(),
+            columns,
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn split_parts_merge_in_candidate_order_with_codes_renumbered() {
+        let first = stage(
+            &[0, 2],
+            vec![(vec!["full"], vec![(1, 0)]), (vec![], vec![])],
+            vec![Some(vec![5, 6]), Some(vec![1, 1])],
+        );
+        let second = stage(
+            &[3, 5],
+            vec![
+                (vec!["offline", "full"], vec![(4, 1), (6, 0)]),
+                (vec![], vec![]),
+            ],
+            vec![Some(vec![7, 8]), None],
+        );
+        let merged = merge(vec![first, second], 2, 2);
+        assert_eq!(merged.survivors, [0, 2, 3, 5]);
+        assert_eq!(merged.rejected[0].codes, ["full", "offline"]);
+        let hosts: Vec<(HostIndex, &str)> = merged.rejected[0]
+            .hosts
+            .iter()
+            .map(|(h, c, _)| (*h, merged.rejected[0].codes[*c as usize].as_str()))
+            .collect();
+        assert_eq!(hosts, [(1, "full"), (4, "full"), (6, "offline")]);
+        assert!(merged.rejected[1].hosts.is_empty());
+        assert_eq!(merged.columns[0], Some(vec![5, 6, 7, 8]));
+        // Failed open on one part: dropped, as on one core.
+        assert_eq!(merged.columns[1], None);
+    }
+
+    #[test]
+    fn a_split_decision_with_one_survivor_has_no_weights() {
+        let first = stage(&[4], vec![], vec![Some(vec![9])]);
+        let second = stage(&[], vec![], vec![Some(vec![])]);
+        let merged = merge(vec![first, second], 0, 1);
+        assert_eq!(merged.survivors, [4]);
+        assert_eq!(merged.columns, [None]);
     }
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::files;
 use policy_sdk::model::index::{SnapshotIndex, Touched};
 use policy_sdk::wire::sync::Change;
-use policy_sdk::{Host, HostIndex, HostStatus, MemoryDevice, Snapshot, Vm, VmStatus};
+use policy_sdk::{Host, HostIndex, HostStatus, HostUsage, MemoryDevice, Snapshot, Vm, VmStatus};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -30,6 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Epoch batches kept for delta sync; an instance further behind gets a full snapshot.
 const LOG_CAPACITY: usize = 1024;
+
+/// Earlier snapshots kept for reuse (see [`State::spares`]): enough for a few threads
+/// deciding on one cluster while another commits.
+const MAX_SPARES: usize = 2;
 
 static NEXT_CLUSTER_UID: AtomicU64 = AtomicU64::new(1);
 
@@ -45,10 +49,16 @@ pub(crate) struct ClusterShared {
     uid: u64,
     state: RwLock<State>,
     full_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The last encoded delta (from epoch, to epoch, bytes), shared by every instance
+    /// that catches up over the same epochs.
+    delta_cache: Mutex<Option<CachedDelta>>,
     /// Serializes every mutation; holds the pending resources. Lock order: ledger, then
     /// state.
     ledger: Mutex<Ledger>,
 }
+
+/// An encoded delta: from epoch, to epoch, bytes.
+type CachedDelta = (u64, u64, Arc<Vec<u8>>);
 
 #[derive(Debug)]
 struct State {
@@ -59,6 +69,12 @@ struct State {
     /// Data derived from the snapshot for native units (host CPU flags as bit sets), kept
     /// in step like the guests keep theirs.
     derived: Arc<SnapshotIndex>,
+    /// Snapshots of earlier epochs, kept after a commit found the current one held by a
+    /// view: the next commit that finds the current one held takes a spare no view holds
+    /// any more and brings it up to date with the change log (as a guest catches up with
+    /// a delta) instead of copying the whole snapshot. This is what lets decisions run on
+    /// several threads while reservations commit.
+    spares: Vec<Arc<Snapshot>>,
 }
 
 fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
@@ -74,6 +90,37 @@ fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
 struct LogEntry {
     epoch: u64,
     changes: Vec<Change>,
+}
+
+/// A spare snapshot that no view holds, brought to epoch `to` by replaying the change log
+/// (`None` when every spare is held or the log no longer reaches back to one).
+fn take_spare(
+    spares: &mut Vec<Arc<Snapshot>>,
+    log: &VecDeque<LogEntry>,
+    to: u64,
+) -> Option<Arc<Snapshot>> {
+    let first = log.front().map_or(u64::MAX, |e| e.epoch);
+    let position = spares.iter_mut().position(|s| {
+        let epoch = s.epoch;
+        Arc::get_mut(s).is_some() && epoch <= to && epoch.saturating_add(1) >= first
+    })?;
+    let mut spare = spares.remove(position);
+    let snapshot = Arc::get_mut(&mut spare)?;
+    let from = snapshot.epoch;
+    if from < to {
+        let skip = (from + 1 - first) as usize;
+        for entry in log.iter().skip(skip) {
+            for change in &entry.changes {
+                change
+                    .clone()
+                    .apply(snapshot)
+                    .expect("logged changes applied to this epoch before");
+            }
+            snapshot.epoch = entry.epoch;
+        }
+    }
+    debug_assert_eq!(snapshot.epoch, to);
+    Some(spare)
 }
 
 /// A consistent, immutable view of a cluster at one epoch.
@@ -117,8 +164,10 @@ impl ClusterView {
                     snapshot: Arc::new(Snapshot::default()),
                     log: VecDeque::new(),
                     derived: Arc::default(),
+                    spares: Vec::new(),
                 }),
                 full_cache: Mutex::new(None),
+                delta_cache: Mutex::new(None),
                 ledger: Mutex::new(Ledger::default()),
             }),
             derived: Arc::new(SnapshotIndex::build(&snapshot)),
@@ -150,6 +199,27 @@ impl ClusterView {
             .flat_map(|e| e.changes.iter())
             .collect();
         Some(f(changes))
+    }
+
+    /// The changes from epoch `from` to this view's epoch in a form made once for every
+    /// reader (the encoded delta the engine sends to guests): `make` runs over the changes
+    /// when the cluster's cached one is of other epochs. `None` when the change log no
+    /// longer holds them all or `make` declines.
+    pub(crate) fn delta_encoding(
+        &self,
+        from: u64,
+        make: impl FnOnce(Vec<&Change>) -> Option<Arc<Vec<u8>>>,
+    ) -> Option<Arc<Vec<u8>>> {
+        let to = self.snapshot.epoch;
+        let mut cache = self.shared.delta_cache.lock().unwrap();
+        if let Some((f, t, bytes)) = cache.as_ref() {
+            if (*f, *t) == (from, to) {
+                return Some(bytes.clone());
+            }
+        }
+        let bytes = self.with_changes_since(from, make)??;
+        *cache = Some((from, to, bytes.clone()));
+        Some(bytes)
     }
 
     /// This view's snapshot in a form made once per epoch for every reader (the encoded
@@ -197,8 +267,10 @@ impl Cluster {
                     derived: Arc::new(SnapshotIndex::build(&snapshot)),
                     snapshot: Arc::new(snapshot),
                     log: VecDeque::new(),
+                    spares: Vec::new(),
                 }),
                 full_cache: Mutex::new(None),
+                delta_cache: Mutex::new(None),
                 ledger: Mutex::new(Ledger::default()),
             }),
         };
@@ -296,6 +368,32 @@ impl Cluster {
         self.commit(&ledger, changes)
     }
 
+    /// Applies a host statistics refresh (what engines send every few seconds): new usage
+    /// figures (CPU %, free memory, free swap, running VMs) for the hosts named, as one
+    /// epoch. Guests get it as one compact [`Change::SetUsage`] (a few numbers per host),
+    /// not as whole hosts. Fails, changing nothing, when a host id is unknown.
+    pub fn update_usage<'a>(
+        &self,
+        usage: impl IntoIterator<Item = (&'a str, HostUsage)>,
+    ) -> Result<u64> {
+        let ledger = self.ledger();
+        let indexed = {
+            let state = self.shared.state.read().unwrap();
+            usage
+                .into_iter()
+                .map(|(id, u)| match state.index.get(id) {
+                    Some(&i) => Ok((i, u)),
+                    None => Err(Error::input(
+                        "usage",
+                        Some(id.to_string()),
+                        "no host with this id in the cluster",
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        self.commit(&ledger, vec![Change::SetUsage(indexed)])
+    }
+
     /// Takes the per-cluster mutation lock.
     pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.shared.ledger.lock().unwrap_or_else(|e| e.into_inner())
@@ -334,6 +432,17 @@ impl Cluster {
                         ids = None;
                     }
                 }
+                Change::SetUsage(usage) => {
+                    if let Some((host, _)) = usage.iter().find(|(h, _)| *h as usize >= count) {
+                        return Err(Error::input(
+                            "changes",
+                            Some("SetUsage".into()),
+                            format!(
+                                "change names host index {host}, the cluster has {count} hosts"
+                            ),
+                        ));
+                    }
+                }
                 Change::AddHost(host) => {
                     let ids = ids.get_or_insert_with(|| state.index.keys().cloned().collect());
                     if host.id.is_empty() || !ids.insert(host.id.clone()) {
@@ -351,6 +460,17 @@ impl Cluster {
             .iter()
             .any(|c| matches!(c, Change::AddHost(_) | Change::RemoveHost { .. }));
         let state = &mut *state;
+        if Arc::get_mut(&mut state.snapshot).is_none() {
+            // A view holds the current snapshot: continue on a spare, else on a copy.
+            let current = state.snapshot.clone();
+            if let Some(spare) = take_spare(&mut state.spares, &state.log, current.epoch) {
+                state.snapshot = spare;
+            }
+            state.spares.push(current);
+            if state.spares.len() > MAX_SPARES {
+                state.spares.remove(0);
+            }
+        }
         // In place when no view holds the snapshot, else copy-on-write.
         let snapshot = Arc::make_mut(&mut state.snapshot);
         for change in &changes {

@@ -410,3 +410,72 @@ fn a_memory_change_record_restored_in_a_fresh_cluster_is_pending_and_confirmable
     assert_eq!(done.memory_mb, 4_096 + 1_024);
     assert_eq!(restored.pending_on_host("c").memory_mb, 0);
 }
+
+#[test]
+fn a_usage_refresh_is_one_compact_epoch_and_views_keep_the_old_figures() {
+    use policy_sdk::HostUsage;
+    let c = cluster();
+    let before = c.view();
+    let usage = |cpu: u32, free: u64| HostUsage {
+        cpu_usage_percent: cpu,
+        free_mb: free,
+        swap_free_mb: 512,
+        running_vms: 3,
+    };
+    let epoch = c
+        .update_usage([("a", usage(40, 1_000)), ("c", usage(75, 2_000))])
+        .unwrap();
+    assert_eq!(epoch, before.epoch() + 1);
+    let now = c.snapshot();
+    assert_eq!(HostUsage::of(host_of(&now, "a")), usage(40, 1_000));
+    assert_eq!(HostUsage::of(host_of(&now, "c")), usage(75, 2_000));
+    assert_eq!(host_of(&now, "b"), host_of(before.snapshot(), "b"));
+    assert_eq!(host_of(before.snapshot(), "a").cpu_usage_percent, 0);
+    // The guests get one SetUsage change, not whole hosts.
+    let changes = c
+        .view()
+        .with_changes_since(before.epoch(), |changes| {
+            changes.into_iter().cloned().collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(matches!(changes.as_slice(), [Change::SetUsage(u)] if u.len() == 2));
+    // An unknown host changes nothing.
+    assert!(c.update_usage([("nope", usage(1, 1))]).is_err());
+    assert_eq!(c.epoch(), epoch);
+}
+
+#[test]
+fn commits_while_views_are_held_continue_on_spares_brought_up_to_date() {
+    let c = cluster();
+    // Alternate: hold a view across each reservation, as a second thread deciding would,
+    // so that commits find the current snapshot held and reuse an earlier one.
+    let mut held = Vec::new();
+    for i in 0..12 {
+        held.push(c.view());
+        if held.len() > 2 {
+            held.remove(0);
+        }
+        let host = ["a", "b", "c"][i % 3];
+        c.reserve(&small(&format!("v{i}")), host, PlacementKind::Start)
+            .unwrap();
+        let now = c.snapshot();
+        for h in ["a", "b", "c"] {
+            assert_eq!(
+                host_of(&now, h).pending,
+                c.pending_on_host(h),
+                "step {i}, host {h}"
+            );
+        }
+        assert_eq!(now.epoch, c.epoch());
+    }
+    // The views still show their own epochs.
+    for view in &held {
+        let pending: usize = view
+            .snapshot()
+            .hosts
+            .iter()
+            .map(|h| h.pending.vms.len())
+            .sum();
+        assert_eq!(pending as u64, view.epoch() - 1);
+    }
+}

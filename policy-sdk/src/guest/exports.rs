@@ -10,14 +10,15 @@ use crate::wire::sync::{apply_sync, SyncMessage, SyncResponse};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{OnceCell, RefCell};
 use serde::Serialize;
 
 struct State {
     units: Option<UnitSet>,
     snapshot: Snapshot,
-    /// Derived from `snapshot`; `None` until the first full snapshot.
-    index: Option<SnapshotIndex>,
+    /// Derived from `snapshot`, built when a unit first reads it after a full snapshot
+    /// and kept up to date by deltas from then on.
+    index: OnceCell<SnapshotIndex>,
     synced: bool,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -44,7 +45,7 @@ std::thread_local! {
                 hosts: Vec::new(),
                 vms: Vec::new(),
             },
-            index: None,
+            index: OnceCell::new(),
             synced: false,
             input: Vec::new(),
             output: Vec::new(),
@@ -87,8 +88,11 @@ pub fn abi_version() -> u32 {
 /// `wasmsched_input`.
 pub fn input(make: fn() -> UnitSet, len: u32) -> u32 {
     with_state(make, |state| {
-        state.input.clear();
-        state.input.resize(len as usize, 0);
+        // Grown (zero-filled) only when too small: the host overwrites the first `len` bytes,
+        // and `sync`/`call` read only those.
+        if state.input.len() < len as usize {
+            state.input.resize(len as usize, 0);
+        }
         state.input.as_mut_ptr() as usize as u32
     })
 }
@@ -118,11 +122,12 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
                     };
                     match apply_sync(&mut state.snapshot, message) {
                         Ok(()) => {
-                            match (touched, state.index.as_mut()) {
+                            match (touched, state.index.get_mut()) {
                                 (Some(touched), Some(index)) => {
                                     index.refresh(&state.snapshot, &touched)
                                 }
-                                _ => state.index = Some(SnapshotIndex::build(&state.snapshot)),
+                                (Some(_), None) => {}
+                                (None, _) => state.index = OnceCell::new(),
                             }
                             state.synced = true;
                             SyncResponse::Synced {
@@ -155,7 +160,7 @@ pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
             }
             Ok(request) => match state.units.as_ref() {
                 Some(units) => {
-                    units.evaluate_indexed(&state.snapshot, state.index.as_ref(), request.as_call())
+                    units.evaluate_lazy(&state.snapshot, &state.index, request.as_call())
                 }
                 None => CallResponse::Failed("module not initialized".into()),
             },
@@ -175,7 +180,8 @@ pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
 /// ```
 ///
 /// Generates `pub fn units() -> UnitSet` (for native tests) and, when compiling for
-/// `wasm32`, the ABI exports. Each entry is `filter T`, `weight T` or `balance T`, where `T`
+/// `wasm32`, the ABI exports and the module's global allocator
+/// ([`GuestHeap`](crate::guest::heap::GuestHeap); a module must not declare another). Each entry is `filter T`, `weight T` or `balance T`, where `T`
 /// implements the matching trait and `Default`.
 #[macro_export]
 macro_rules! export_units {
@@ -194,6 +200,10 @@ macro_rules! export_units {
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         pub mod __wasmsched_exports {
+            #[global_allocator]
+            static WASMSCHED_HEAP: $crate::guest::heap::GuestHeap =
+                $crate::guest::heap::GuestHeap::new();
+
             #[unsafe(no_mangle)]
             pub extern "C" fn wasmsched_abi_version() -> u32 {
                 $crate::guest::exports::abi_version()

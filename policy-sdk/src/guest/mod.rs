@@ -6,6 +6,7 @@
 
 #[doc(hidden)]
 pub mod exports;
+pub mod heap;
 
 use crate::model::index::{CpuFlagIndex, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
@@ -23,7 +24,19 @@ pub struct Context<'a> {
     snapshot: &'a Snapshot,
     params: &'a [(String, ParamValue)],
     unit: &'a str,
-    index: Option<&'a SnapshotIndex>,
+    index: IndexRef<'a>,
+}
+
+/// Where a [`Context`] gets the snapshot's derived indexes from.
+#[derive(Clone, Copy)]
+enum IndexRef<'a> {
+    /// No index (unit tests): units compare names.
+    None,
+    /// Kept by the caller (the host's cluster).
+    Ready(&'a SnapshotIndex),
+    /// Built on first use and kept by the caller (a guest: only modules whose units read it
+    /// pay for building it after a full snapshot).
+    Lazy(&'a core::cell::OnceCell<SnapshotIndex>),
 }
 
 impl fmt::Debug for Context<'_> {
@@ -43,23 +56,26 @@ impl<'a> Context<'a> {
             snapshot,
             params,
             unit,
-            index: None,
+            index: IndexRef::None,
         }
     }
 
     /// The same context with the snapshot's derived indexes (what the runtime and the
     /// guest glue pass; see [`crate::model::index`]).
     pub fn with_index(mut self, index: &'a SnapshotIndex) -> Self {
-        self.index = Some(index);
+        self.index = IndexRef::Ready(index);
         self
     }
 
     /// Every host's CPU flags as bit sets, when the caller keeps the index for this
     /// snapshot; `None` otherwise (compare flag names then).
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
-        self.index
-            .map(|i| &i.cpu_flags)
-            .filter(|f| f.host_count() == self.snapshot.hosts.len())
+        let index = match self.index {
+            IndexRef::None => return None,
+            IndexRef::Ready(index) => index,
+            IndexRef::Lazy(cell) => cell.get_or_init(|| SnapshotIndex::build(self.snapshot)),
+        };
+        Some(&index.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
     }
 
     /// The cluster snapshot.
@@ -410,6 +426,29 @@ impl UnitSet {
         index: Option<&SnapshotIndex>,
         call: Call<'_>,
     ) -> CallResponse {
+        let index = match index {
+            Some(index) => IndexRef::Ready(index),
+            None => IndexRef::None,
+        };
+        self.evaluate_with(snapshot, index, call)
+    }
+
+    /// [`UnitSet::evaluate_indexed`] with an index built on first use (the guest glue).
+    pub(crate) fn evaluate_lazy(
+        &self,
+        snapshot: &Snapshot,
+        index: &core::cell::OnceCell<SnapshotIndex>,
+        call: Call<'_>,
+    ) -> CallResponse {
+        self.evaluate_with(snapshot, IndexRef::Lazy(index), call)
+    }
+
+    fn evaluate_with(
+        &self,
+        snapshot: &Snapshot,
+        index: IndexRef<'_>,
+        call: Call<'_>,
+    ) -> CallResponse {
         let Some((descriptor, unit)) = self.units.get(call.unit as usize) else {
             return CallResponse::Failed(format!(
                 "unit index {} out of range (module has {})",
@@ -418,9 +457,7 @@ impl UnitSet {
             ));
         };
         let mut ctx = Context::new(snapshot, call.params, &descriptor.name);
-        if let Some(index) = index {
-            ctx = ctx.with_index(index);
-        }
+        ctx.index = index;
         match (unit, call.vm) {
             (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
                 CallResponse::Verdicts(Verdicts {

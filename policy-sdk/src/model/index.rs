@@ -104,7 +104,17 @@ impl CpuFlagIndex {
     /// Indexes the flags of `hosts`.
     pub fn build(hosts: &[Host]) -> Self {
         let mut bit_of: HashMap<String, u32> = HashMap::new();
+        // Hosts of a cluster mostly share a CPU model: a host whose flags equal an earlier
+        // host's adds nothing to the dictionary and copies that host's row (a comparison of
+        // names instead of hashing each of them).
+        let mut seen: Vec<&[String]> = Vec::new();
         for h in hosts {
+            if seen.contains(&h.cpu_flags.as_slice()) {
+                continue;
+            }
+            if seen.len() < 8 {
+                seen.push(&h.cpu_flags);
+            }
             for f in &h.cpu_flags {
                 if !bit_of.contains_key(f) {
                     let next = bit_of.len() as u32;
@@ -119,8 +129,22 @@ impl CpuFlagIndex {
             hosts: hosts.len(),
             bits: alloc::vec![0; hosts.len() * words],
         };
+        let words = index.words;
+        // (flags, row) of recently indexed distinct flag lists.
+        let mut recent: Vec<(&[String], usize)> = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
-            index.set_host(i, h);
+            match recent.iter().find(|(f, _)| *f == h.cpu_flags.as_slice()) {
+                Some(&(_, row)) => index
+                    .bits
+                    .copy_within(row * words..(row + 1) * words, i * words),
+                None => {
+                    index.set_host(i, h);
+                    if recent.len() == 8 {
+                        recent.remove(0);
+                    }
+                    recent.push((&h.cpu_flags, i));
+                }
+            }
         }
         index
     }

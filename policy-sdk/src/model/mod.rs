@@ -12,6 +12,68 @@ pub mod manifest;
 pub mod topology;
 pub mod verdict;
 
+/// Serde form of CPU id lists (host NUMA node CPUs, online, dedicated and pending pinned
+/// pCPUs): a plain list in human-readable formats (JSON, TOML), and on the wire (bincode)
+/// the list's runs of consecutive ids as `[start, length, start, length, ...]`. A host's
+/// CPU lists are nearly always a few ranges, so a node of 48 CPUs crosses as 2 numbers
+/// instead of 48, which is most of what decoding a full snapshot used to cost. Lossless for
+/// any list (order and repeats kept).
+pub mod cpu_list {
+    use alloc::vec::Vec;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Most ids one list may expand to on the wire (a hostile run length is refused).
+    pub const MAX_IDS: u64 = 1 << 20;
+
+    /// Serializes a CPU list.
+    pub fn serialize<S: Serializer>(ids: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return ids.serialize(s);
+        }
+        let mut runs: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let start = ids[i];
+            let mut len = 1;
+            while i + len < ids.len() && Some(ids[i + len]) == start.checked_add(len as u32) {
+                len += 1;
+            }
+            runs.push(start);
+            runs.push(len as u32);
+            i += len;
+        }
+        runs.serialize(s)
+    }
+
+    /// Deserializes a CPU list.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<u32>::deserialize(d);
+        }
+        let runs = Vec::<u32>::deserialize(d)?;
+        if runs.len() % 2 != 0 {
+            return Err(D::Error::custom("CPU list runs: odd number of values"));
+        }
+        let total: u64 = runs.chunks_exact(2).map(|r| u64::from(r[1])).sum();
+        if total > MAX_IDS {
+            return Err(D::Error::custom("CPU list runs: too many ids"));
+        }
+        let mut ids = Vec::with_capacity(total as usize);
+        for run in runs.chunks_exact(2) {
+            let (start, len) = (run[0], run[1]);
+            if len == 0 {
+                continue;
+            }
+            let Some(last) = start.checked_add(len - 1) else {
+                return Err(D::Error::custom("CPU list runs: id overflow"));
+            };
+            ids.extend(start..=last);
+        }
+        Ok(ids)
+    }
+}
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -261,6 +323,7 @@ pub struct NumaNode {
     /// Node index as the host reports it.
     pub index: u32,
     /// CPUs of this node.
+    #[serde(with = "cpu_list")]
     pub cpus: Vec<u32>,
     /// Total memory of the node in MiB.
     pub total_memory_mb: u64,
@@ -314,6 +377,7 @@ pub struct PendingAggregate {
     /// Pending CPU load, in percent of the host's total capacity.
     pub cpu_load_percent: u32,
     /// pCPUs claimed by pending exclusively-pinned VMs.
+    #[serde(with = "cpu_list")]
     pub pinned_cpus: Vec<u32>,
     /// Pending hugepages, by page size.
     pub hugepages: Vec<HugePages>,
@@ -403,6 +467,7 @@ pub struct Host {
     /// Physical CPU topology.
     pub cpu: CpuTopology,
     /// Online CPU ids; empty means "all of the topology's threads".
+    #[serde(with = "cpu_list")]
     pub online_cpus: Vec<u32>,
     /// CPU model name.
     pub cpu_model: String,
@@ -426,6 +491,7 @@ pub struct Host {
     /// Number of VMs running on the host.
     pub running_vms: u32,
     /// pCPUs exclusively pinned to running VMs.
+    #[serde(with = "cpu_list")]
     pub dedicated_cpus: Vec<u32>,
     /// Power management state.
     pub power: PowerManagement,
@@ -433,6 +499,42 @@ pub struct Host {
     pub custom_resources: Vec<CustomAmount>,
     /// Pending resources on this host (filled by the engine).
     pub pending: PendingAggregate,
+}
+
+/// The figures of a host that its engine refreshes every few seconds (host statistics),
+/// sent to guests as [`Change::SetUsage`](crate::wire::sync::Change::SetUsage) rather than
+/// as a whole new host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostUsage {
+    /// [`Host::cpu_usage_percent`].
+    pub cpu_usage_percent: u32,
+    /// [`HostMemory::free_mb`].
+    pub free_mb: u64,
+    /// [`HostMemory::swap_free_mb`].
+    pub swap_free_mb: u64,
+    /// [`Host::running_vms`].
+    pub running_vms: u32,
+}
+
+impl HostUsage {
+    /// The usage figures of a host.
+    pub fn of(host: &Host) -> Self {
+        Self {
+            cpu_usage_percent: host.cpu_usage_percent,
+            free_mb: host.memory.free_mb,
+            swap_free_mb: host.memory.swap_free_mb,
+            running_vms: host.running_vms,
+        }
+    }
+
+    /// Writes these figures into a host.
+    pub fn apply_to(&self, host: &mut Host) {
+        host.cpu_usage_percent = self.cpu_usage_percent;
+        host.memory.free_mb = self.free_mb;
+        host.memory.swap_free_mb = self.swap_free_mb;
+        host.running_vms = self.running_vms;
+    }
 }
 
 impl Host {
@@ -666,5 +768,61 @@ impl Vm {
                     | VmStatus::Up
                     | VmStatus::MigratingFrom
             )
+    }
+}
+
+#[cfg(test)]
+mod cpu_list_tests {
+    use super::*;
+    use crate::wire::codec;
+
+    #[test]
+    fn cpu_lists_round_trip_on_the_wire_and_stay_plain_in_json() {
+        let lists: [&[u32]; 6] = [
+            &[],
+            &[7],
+            &[0, 1, 2, 3, 4, 5, 6, 7],
+            &[5, 3, 4, 9, 9, 8, 20, 21],
+            &[u32::MAX - 2, u32::MAX - 1, u32::MAX, 0],
+            &[1, 3, 5, 7],
+        ];
+        for list in lists {
+            let node = NumaNode {
+                cpus: list.to_vec(),
+                ..NumaNode::default()
+            };
+            let bytes = codec::encode(&node).unwrap();
+            assert_eq!(codec::decode::<NumaNode>(&bytes).unwrap(), node, "{list:?}");
+            let json = serde_json::to_value(&node).unwrap();
+            assert_eq!(json["cpus"], serde_json::json!(list));
+        }
+        // 48 consecutive CPUs cross as one run.
+        let wide = NumaNode {
+            cpus: (0..48).collect(),
+            ..NumaNode::default()
+        };
+        assert!(codec::encode(&wide).unwrap().len() < 12);
+    }
+
+    #[test]
+    fn hostile_cpu_runs_are_refused() {
+        #[derive(serde::Serialize)]
+        struct Raw {
+            cpus: Vec<u32>,
+        }
+        for runs in [
+            vec![1u32],
+            vec![0, u32::MAX, 0, u32::MAX],
+            vec![u32::MAX, 2],
+        ] {
+            let bytes = codec::encode(&Raw { cpus: runs.clone() }).unwrap();
+            #[derive(serde::Deserialize, Debug)]
+            #[allow(dead_code)]
+            struct Back {
+                #[serde(with = "cpu_list")]
+                cpus: Vec<u32>,
+            }
+            assert!(codec::decode::<Back>(&bytes).is_err(), "{runs:?}");
+        }
     }
 }

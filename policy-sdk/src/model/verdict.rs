@@ -239,11 +239,27 @@ pub mod packed {
 
                 /// Serializes as packed bytes.
                 pub fn serialize<S: Serializer>(values: &[$ty], s: S) -> Result<S::Ok, S::Error> {
-                    let mut bytes = Vec::with_capacity(values.len() * $size);
-                    for v in values {
-                        bytes.extend_from_slice(&v.to_le_bytes());
+                    #[cfg(target_endian = "little")]
+                    {
+                        // The values' memory is already their little-endian bytes.
+                        // SAFETY: a plain integer slice (no padding) viewed as the bytes it
+                        // covers, for as long as `values` is borrowed.
+                        let bytes = unsafe {
+                            core::slice::from_raw_parts(
+                                values.as_ptr().cast::<u8>(),
+                                core::mem::size_of_val(values),
+                            )
+                        };
+                        s.serialize_bytes(bytes)
                     }
-                    s.serialize_bytes(&bytes)
+                    #[cfg(not(target_endian = "little"))]
+                    {
+                        let mut bytes = Vec::with_capacity(values.len() * $size);
+                        for v in values {
+                            bytes.extend_from_slice(&v.to_le_bytes());
+                        }
+                        s.serialize_bytes(&bytes)
+                    }
                 }
 
                 /// Deserializes packed bytes.
@@ -262,10 +278,31 @@ pub mod packed {
                                     $size
                                 )));
                             }
-                            Ok(bytes
-                                .chunks_exact($size)
-                                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("exact chunk")))
-                                .collect())
+                            let n = bytes.len() / $size;
+                            #[cfg(target_endian = "little")]
+                            {
+                                let mut values: Vec<$ty> = Vec::with_capacity(n);
+                                // SAFETY: `n` values of capacity are written in full by the
+                                // copy of exactly `n * size` bytes (their little-endian
+                                // form), then become the vector's length.
+                                unsafe {
+                                    core::ptr::copy_nonoverlapping(
+                                        bytes.as_ptr(),
+                                        values.as_mut_ptr().cast::<u8>(),
+                                        n * $size,
+                                    );
+                                    values.set_len(n);
+                                }
+                                Ok(values)
+                            }
+                            #[cfg(not(target_endian = "little"))]
+                            {
+                                let mut values: Vec<$ty> = Vec::with_capacity(n);
+                                values.extend(bytes.chunks_exact($size).map(|c| {
+                                    <$ty>::from_le_bytes(c.try_into().expect("exact chunk"))
+                                }));
+                                Ok(values)
+                            }
                         }
                         fn visit_borrowed_bytes<E: Error>(
                             self,

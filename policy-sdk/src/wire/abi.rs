@@ -18,13 +18,14 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
-/// Oldest ABI version the host accepts.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 3;
+/// Oldest ABI version the host accepts. Version 5 changed how CPU id lists are laid out in
+/// snapshots, which older modules would misread.
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 5;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 4;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 5;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";

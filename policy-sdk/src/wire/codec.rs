@@ -46,6 +46,16 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
         .map_err(|e| CodecError(e.to_string()))
 }
 
+/// Encodes a value at the end of `out` (what it holds is kept): encodings of consecutive
+/// values put end to end are the encoding of the tuple or struct of them.
+pub fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    bincode::serde::encode_into_writer(value, VecWriter(out), CONFIG)
+        .map_err(|e| CodecError(e.to_string()))
+}
+
 /// Decodes a value that must span the whole buffer.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG)

@@ -1,7 +1,9 @@
 //! Snapshot sync messages: how a guest's copy of the snapshot is brought up to an epoch,
 //! a full snapshot or a delta of [`Change`]s (see "Snapshot sync" in `ABI.md`).
 
-use crate::model::{ClusterInfo, Host, HostIndex, HostStatus, PendingAggregate, Snapshot, Vm};
+use crate::model::{
+    ClusterInfo, Host, HostIndex, HostStatus, HostUsage, PendingAggregate, Snapshot, Vm,
+};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -66,6 +68,10 @@ pub enum Change {
         /// Unix seconds.
         time_unix: u64,
     },
+    /// Usage figures of some hosts changed (the engine's periodic host stats refresh):
+    /// a few numbers per host instead of a [`Change::ReplaceHost`] of the whole host.
+    /// ABI version 5.
+    SetUsage(Vec<(HostIndex, HostUsage)>),
 }
 
 fn host_mut(snapshot: &mut Snapshot, host: HostIndex) -> Result<&mut Host, String> {
@@ -100,6 +106,17 @@ impl Change {
             }
             Change::SetCluster(info) => snapshot.cluster = info,
             Change::SetTime { time_unix } => snapshot.time_unix = time_unix,
+            Change::SetUsage(usage) => {
+                let len = snapshot.hosts.len();
+                if let Some((host, _)) = usage.iter().find(|(h, _)| *h as usize >= len) {
+                    return Err(format!(
+                        "change names host index {host}, snapshot has {len}"
+                    ));
+                }
+                for (host, usage) in usage {
+                    usage.apply_to(&mut snapshot.hosts[host as usize]);
+                }
+            }
         }
         Ok(())
     }
@@ -149,6 +166,40 @@ pub enum SyncMessageRef<'a> {
     },
 }
 
+/// Encodes `SyncMessageRef::Full(snapshot)` with the hosts (most of the bytes) encoded in
+/// `parts` contiguous parts at once by `run` (e.g. on several threads): the same bytes as
+/// [`codec::encode`](crate::wire::codec::encode) of the message, since a bincode message is
+/// its fields end to end and a sequence is its length then its elements.
+pub fn encode_full_in_parts(
+    snapshot: &Snapshot,
+    parts: usize,
+    run: impl FnOnce(Vec<&[Host]>) -> Vec<Vec<u8>>,
+) -> Result<Vec<u8>, crate::wire::codec::CodecError> {
+    use crate::wire::codec::encode_append;
+    let mut out = Vec::new();
+    // The variant index of `Full`, then the snapshot's fields in declaration order.
+    encode_append(&0u32, &mut out)?;
+    encode_append(&snapshot.epoch, &mut out)?;
+    encode_append(&snapshot.time_unix, &mut out)?;
+    encode_append(&snapshot.cluster, &mut out)?;
+    encode_append(&(snapshot.hosts.len() as u64), &mut out)?;
+    let size = snapshot.hosts.len().div_ceil(parts.max(1)).max(1);
+    for part in run(snapshot.hosts.chunks(size).collect()) {
+        out.extend_from_slice(&part);
+    }
+    encode_append(&snapshot.vms, &mut out)?;
+    Ok(out)
+}
+
+/// The encoding of some hosts end to end (one part of [`encode_full_in_parts`]).
+pub fn encode_hosts(hosts: &[Host]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for host in hosts {
+        crate::wire::codec::encode_append(host, &mut out).expect("a host always encodes");
+    }
+    out
+}
+
 /// The guest's answer to a sync message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncResponse {
@@ -159,4 +210,33 @@ pub enum SyncResponse {
     },
     /// The message could not be applied; the host must send a full snapshot.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{host, snapshot, vm};
+    use crate::wire::codec;
+
+    #[test]
+    fn a_full_snapshot_encoded_in_parts_is_the_same_bytes() {
+        let s = snapshot()
+            .hosts((0..7).map(|i| host(&alloc::format!("h{i}")).cpu(2, 4, 2)))
+            .vm(vm("v").current_host("h1").build())
+            .build();
+        let whole = codec::encode(&SyncMessageRef::Full(&s)).unwrap();
+        for parts in [1, 2, 3, 7, 10] {
+            let split = encode_full_in_parts(&s, parts, |chunks| {
+                chunks.into_iter().map(encode_hosts).collect()
+            })
+            .unwrap();
+            assert_eq!(split, whole, "{parts} parts");
+        }
+        let empty = Snapshot::default();
+        let split = encode_full_in_parts(&empty, 2, |c| c.into_iter().map(encode_hosts).collect());
+        assert_eq!(
+            split.unwrap(),
+            codec::encode(&SyncMessageRef::Full(&empty)).unwrap()
+        );
+    }
 }

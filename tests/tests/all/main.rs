@@ -12,6 +12,7 @@ mod high_performance;
 mod layers;
 mod memory_hotplug;
 mod pending;
+mod refresh;
 mod reload;
 mod shadow;
 mod trial;

@@ -7,6 +7,7 @@ use integration_tests::{
     max_vms_wasm, policy, wait_for, wat, wat_guest, wat_module, with_custom_section,
 };
 use policy_sdk::testing::{host, snapshot, vm};
+use policy_sdk::wire::abi::ABI_VERSION;
 use policy_sdk::UnitKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -243,7 +244,7 @@ fn wait_for_file_returns_once_a_copied_module_serves_or_is_rejected() {
     let p = policy(&rt, POLICY);
     assert_eq!(decide(&p).chosen.as_deref(), Some("a"));
 
-    std::fs::write(&file, wat_module(3, 0, "")).unwrap();
+    std::fs::write(&file, wat_module(ABI_VERSION, 0, "")).unwrap();
     match rt.wait_for_file(&file, LONG).unwrap() {
         FileLoad::Rejected(e) => assert!(e.reason.contains("manifest"), "{e:?}"),
         other => panic!("expected the broken version to be rejected, got {other:?}"),
@@ -282,7 +283,7 @@ fn a_broken_replacement_is_refused_and_the_old_version_keeps_serving() {
     let p = policy(&rt, POLICY);
     let good = serving_hash(&rt, UNIT).unwrap();
     let generation = rt.generation();
-    install(&file, &wat_module(3, 0, ""));
+    install(&file, &wat_module(ABI_VERSION, 0, ""));
     let reason = wait_for("the broken version to be reported", LONG, || {
         problem(&rt.status(), &file)
     });
@@ -512,7 +513,7 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
         (
             "wasi-import",
             wat_module(
-                3,
+                ABI_VERSION,
                 0,
                 r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
             ),
@@ -520,7 +521,7 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
         ),
         (
             "unknown-import",
-            wat_module(3, 0, r#"(import "env" "steal_secrets" (func))"#),
+            wat_module(ABI_VERSION, 0, r#"(import "env" "steal_secrets" (func))"#),
             "imports `env::steal_secrets`",
         ),
         (

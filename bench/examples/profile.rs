@@ -1,0 +1,71 @@
+//! A profiling driver (not a benchmark): repeats one workload so `perf record` sees it.
+//!
+//! ```text
+//! WASMSCHED_PERFMAP=1 perf record -g cargo run --release -p wasmsched-bench --example profile -- full 10000
+//! ```
+//!
+//! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
+//! VM mix on a fixed view), `mass` (a mass start on one thread), `mass2` (on two threads).
+
+use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
+use wasmsched_testkit::native;
+use wasmsched_testkit::synth::{self, VmKind};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map(String::as_str).unwrap_or("steady");
+    let hosts: usize = args.get(2).map_or(Ok(10_000), |h| h.parse())?;
+    let native_backend = args.iter().any(|a| a == "--native");
+    let runtime = if native_backend {
+        native::runtime()
+    } else {
+        native::wasm_runtime()
+    };
+    let policy = Policy::builtin_default(&runtime)?;
+    let start = std::time::Instant::now();
+    match what {
+        "full" => {
+            let snapshot = synth::snapshot_of(hosts);
+            let request = ScheduleRequest::new(VmKind::Plain.vm("probe"));
+            for _ in 0..10 {
+                let cluster = Cluster::new(snapshot.clone(), "<profile>")?;
+                let t = std::time::Instant::now();
+                policy.evaluate(&cluster.view(), &request)?;
+                eprintln!("full: {:?}", t.elapsed());
+            }
+        }
+        "steady" => {
+            let (cluster, _) = synth::realistic_cluster(hosts)?;
+            let view = cluster.view();
+            for i in 0..200 {
+                let kind = VmKind::ALL[i % VmKind::ALL.len()];
+                let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Summary);
+                policy.evaluate(&view, &request)?;
+            }
+        }
+        "mass" | "mass2" => {
+            let threads = if what == "mass2" { 2 } else { 1 };
+            let cluster = Cluster::new(synth::snapshot_of(hosts), "<profile>")?;
+            let requests: Vec<ScheduleRequest> = synth::vm_mix(3_000, "mass")
+                .into_iter()
+                .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
+                .collect();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (policy, cluster, requests) = (&policy, &cluster, &requests);
+                    s.spawn(move || {
+                        for r in requests.iter().skip(t).step_by(threads) {
+                            policy.schedule(cluster, r).unwrap();
+                        }
+                    });
+                }
+            });
+        }
+        other => anyhow::bail!("unknown workload {other}"),
+    }
+    eprintln!("{what} {hosts}: {:?}", start.elapsed());
+    for module in runtime.modules() {
+        eprintln!("{}: {:?}", module.file(), module.stats());
+    }
+    Ok(())
+}
