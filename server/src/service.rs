@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmsched::sdk::wire::sync::Change;
-use wasmsched::sdk::{Host, HostStatus, Snapshot, Vm};
+use wasmsched::sdk::{Host, HostStatus, HostUsage as UsageFigures, Snapshot, Vm};
 use wasmsched::shadow::ShadowStatus;
 use wasmsched::{
     Cluster, Decision, Format, MemoryChangeRecord, MigrationTrigger, PlacementKind, Policy,
@@ -1123,27 +1123,25 @@ impl Service {
                         field: Some(format!("hosts[{i}].host")),
                     });
                 };
-                let mut host: Host = snapshot.hosts[index as usize].clone();
+                let mut usage = UsageFigures::of(&snapshot.hosts[index as usize]);
                 if let Some(v) = update.cpu_percent {
-                    host.cpu_usage_percent = v;
+                    usage.cpu_usage_percent = v;
                 }
                 if let Some(v) = update.free_memory_mb {
-                    host.memory.free_mb = v;
+                    usage.free_mb = v;
                 }
                 if let Some(v) = update.swap_free_mb {
-                    host.memory.swap_free_mb = v;
+                    usage.swap_free_mb = v;
                 }
                 if let Some(v) = update.running_vms {
-                    host.running_vms = v;
+                    usage.running_vms = v;
                 }
-                changes.push(Change::ReplaceHost {
-                    host: index,
-                    value: host,
-                });
+                changes.push(usage);
                 hosts.push(update.host);
             }
             drop(snapshot);
-            let epoch = cluster.apply(changes)?;
+            // One compact usage change for the guests, not whole hosts.
+            let epoch = cluster.update_usage(hosts.iter().map(String::as_str).zip(changes))?;
             let touched = Touched {
                 hosts,
                 ..Touched::default()
