@@ -249,38 +249,37 @@ async fn route(State(state): State<AppState>, request: Request, next: Next) -> R
             let again = |parts: &axum::http::request::Parts| {
                 Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()))
             };
-            let mut holder = holder;
-            for attempt in 0..2 {
-                match forward(&state, &holder, again(&parts)).await {
-                    Ok(response) => return response,
-                    Err(why) => {
-                        // Down (refused, no route): not a live replica any more; ask again
-                        // where the cluster goes (a free cluster may be taken here).
-                        state.service.replica_unreachable(&holder.id, &id);
-                        let retry = || {
-                            unavailable(
-                                format!("cluster {id:?}: its holder did not answer ({why}); retry"),
-                                Duration::from_secs(1),
-                            )
-                        };
-                        if attempt == 1 {
-                            return retry();
-                        }
-                        match state.service.route(&id, creating, forwarded).await {
-                            Route::Local => {
-                                return served_here(&state, next.run(again(&parts)).await)
-                            }
-                            Route::Forward(other) if other.id != holder.id => holder = other,
-                            Route::Forward(_) => return retry(),
-                            Route::Unavailable {
-                                message,
-                                retry_after,
-                            } => return unavailable(message, retry_after),
+            let why = match forward(&state, &holder, again(&parts)).await {
+                Ok(response) => return response,
+                Err(why) => why,
+            };
+            // Down (refused, no route): not a live replica any more. Ask once more where
+            // the cluster goes: a free cluster may be taken here, or another replica may
+            // hold it by now.
+            state.service.replica_unreachable(&holder.id, &id);
+            let down = |why: String| {
+                unavailable(
+                    format!("cluster {id:?}: its holder did not answer ({why}); retry"),
+                    Duration::from_secs(1),
+                )
+            };
+            match state.service.route(&id, creating, forwarded).await {
+                Route::Local => served_here(&state, next.run(again(&parts)).await),
+                Route::Forward(other) if other.id != holder.id => {
+                    match forward(&state, &other, again(&parts)).await {
+                        Ok(response) => response,
+                        Err(why) => {
+                            state.service.replica_unreachable(&other.id, &id);
+                            down(why)
                         }
                     }
                 }
+                Route::Forward(_) => down(why),
+                Route::Unavailable {
+                    message,
+                    retry_after,
+                } => unavailable(message, retry_after),
             }
-            unreachable!("the second attempt returns")
         }
         Route::Unavailable {
             message,

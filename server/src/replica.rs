@@ -68,11 +68,6 @@ impl Replication {
         self.leases.replica()
     }
 
-    /// The live replicas, as of the last heartbeat.
-    pub fn live(&self) -> Vec<Replica> {
-        self.live.read().unwrap().clone()
-    }
-
     /// Records the live replicas a heartbeat returned.
     pub fn set_live(&self, live: Vec<Replica>) {
         *self.live.write().unwrap() = live;
