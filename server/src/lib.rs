@@ -9,8 +9,8 @@
 //! * [`api`]: the routes, their OpenAPI document, authentication, limits.
 //! * [`service`]: the clusters, their policies, every operation, without HTTP.
 //! * [`store`]: the durable-state trait; [`commit`]: group commit, shared by the stores;
-//!   [`sqlite`]: the embedded default;
-//!   [`postgres`]: the store several replicas share.
+//!   [`sql`]: the SQL of every write, shared by [`sqlite`] (the embedded default) and
+//!   [`postgres`] (the store several replicas share).
 //! * [`lease`]: cluster leases and fencing tokens; [`replica`]: what a replica knows of
 //!   its peers; [`forward`]: sending a request on to the replica holding its cluster.
 //! * [`metrics`]: Prometheus text.
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod postgres;
 pub mod replica;
 pub mod service;
+pub mod sql;
 pub mod sqlite;
 pub mod store;
 

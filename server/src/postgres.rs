@@ -17,6 +17,7 @@
 use crate::commit::{CommitQueue, Committer, Submission};
 use crate::lease::{Acquired, HeldLeases, LeaseView, Leases, Orphan, Replica};
 use crate::metrics::Metrics;
+use crate::sql;
 use crate::store::{
     BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
     StoredPlacement, Write,
@@ -35,6 +36,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     "initial",
     include_str!("../migrations/postgres/0001_initial.sql"),
 )];
+
+/// Numbers a new placement after every earlier one, over every replica.
+const NEXT_SEQ: &str = "nextval('placement_seq')";
 
 /// Key of the advisory lock that serializes replicas migrating at the same time.
 const MIGRATION_LOCK: i64 = 0x7761_736d_7363_6864; // "wasmschd"
@@ -236,127 +240,12 @@ impl PostgresStore {
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         write: &Write,
     ) -> Result<(), sqlx::Error> {
-        match write {
-            Write::PutCluster {
-                cluster,
-                snapshot,
-                policy,
-            } => {
-                sqlx::query(
-                    "INSERT INTO clusters (id, snapshot, policy) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, \
-                     policy = excluded.policy",
-                )
-                .bind(cluster)
-                .bind(snapshot)
-                .bind(serde_json::to_string(policy).unwrap_or_default())
-                .execute(&mut **tx)
-                .await?;
-                Self::clear_docs(tx, cluster).await?;
+        for statement in sql::statements(write, NEXT_SEQ) {
+            let mut query = sqlx::query(&statement.sql);
+            for param in &statement.params {
+                query = query.bind(param.as_ref());
             }
-            Write::PutSnapshot { cluster, snapshot } => {
-                sqlx::query("UPDATE clusters SET snapshot = $1 WHERE id = $2")
-                    .bind(snapshot)
-                    .bind(cluster)
-                    .execute(&mut **tx)
-                    .await?;
-                Self::clear_docs(tx, cluster).await?;
-            }
-            Write::PutPolicy { cluster, policy } => {
-                sqlx::query("UPDATE clusters SET policy = $1 WHERE id = $2")
-                    .bind(serde_json::to_string(policy).unwrap_or_default())
-                    .bind(cluster)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Write::Reserve { cluster, placement } => {
-                sqlx::query(
-                    "INSERT INTO placements (cluster, vm, host, kind, vm_doc, seq) \
-                     VALUES ($1, $2, $3, $4, $5, nextval('placement_seq')) \
-                     ON CONFLICT (cluster, vm) DO UPDATE SET host = excluded.host, \
-                     kind = excluded.kind, vm_doc = excluded.vm_doc, seq = excluded.seq",
-                )
-                .bind(cluster)
-                .bind(&placement.vm)
-                .bind(&placement.host)
-                .bind(&placement.kind)
-                .bind(&placement.vm_doc)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Write::Release { cluster, vm } => {
-                sqlx::query("DELETE FROM placements WHERE cluster = $1 AND vm = $2")
-                    .bind(cluster)
-                    .bind(vm)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Write::PutHost { cluster, host } => {
-                Self::put_doc(tx, "host_docs", "host", cluster, host).await?;
-            }
-            Write::PutVm { cluster, vm } => {
-                Self::put_doc(tx, "vm_docs", "vm", cluster, vm).await?;
-            }
-            Write::PutMemoryChange {
-                cluster,
-                vm,
-                record: Some(record),
-            } => {
-                sqlx::query(
-                    "INSERT INTO memory_changes (cluster, vm, record) VALUES ($1, $2, $3) \
-                     ON CONFLICT (cluster, vm) DO UPDATE SET record = excluded.record",
-                )
-                .bind(cluster)
-                .bind(vm)
-                .bind(record)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Write::PutMemoryChange {
-                cluster,
-                vm,
-                record: None,
-            } => {
-                sqlx::query("DELETE FROM memory_changes WHERE cluster = $1 AND vm = $2")
-                    .bind(cluster)
-                    .bind(vm)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates or replaces one document of `cluster` in `table` (keyed by `key`).
-    async fn put_doc(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        table: &str,
-        key: &str,
-        cluster: &str,
-        doc: &StoredDoc,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "INSERT INTO {table} (cluster, {key}, doc) VALUES ($1, $2, $3) \
-             ON CONFLICT (cluster, {key}) DO UPDATE SET doc = excluded.doc"
-        ))
-        .bind(cluster)
-        .bind(&doc.id)
-        .bind(&doc.doc)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// A whole snapshot was written: the host and VM documents written before it are in it.
-    async fn clear_docs(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        cluster: &str,
-    ) -> Result<(), sqlx::Error> {
-        for table in ["host_docs", "vm_docs"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE cluster = $1"))
-                .bind(cluster)
-                .execute(&mut **tx)
-                .await?;
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -382,30 +271,26 @@ impl PostgresStore {
                 message: format!("policy: {e}"),
             })?;
         let snapshot: String = row.get(0);
-        let placements = sqlx::query(
-            "SELECT vm, host, kind, vm_doc FROM placements WHERE cluster = $1 ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-        .into_iter()
-        .map(|row| StoredPlacement {
-            vm: row.get(0),
-            host: row.get(1),
-            kind: row.get(2),
-            vm_doc: row.get(3),
-        })
-        .collect();
-        let mut docs = BTreeMap::new();
-        for (table, key) in [("host_docs", "host"), ("vm_docs", "vm")] {
-            let rows = sqlx::query(&format!(
-                "SELECT {key}, doc FROM {table} WHERE cluster = $1 ORDER BY {key}"
-            ))
+        let placements = sqlx::query(sql::SELECT_PLACEMENTS)
             .bind(id)
             .fetch_all(&mut *tx)
             .await
-            .map_err(db)?;
+            .map_err(db)?
+            .into_iter()
+            .map(|row| StoredPlacement {
+                vm: row.get(0),
+                host: row.get(1),
+                kind: row.get(2),
+                vm_doc: row.get(3),
+            })
+            .collect();
+        let mut docs = BTreeMap::new();
+        for (table, key) in [("host_docs", "host"), ("vm_docs", "vm")] {
+            let rows = sqlx::query(&sql::select_docs(table, key))
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
             docs.insert(
                 table,
                 rows.into_iter()
@@ -416,15 +301,14 @@ impl PostgresStore {
                     .collect::<Vec<_>>(),
             );
         }
-        let memory_changes =
-            sqlx::query("SELECT record FROM memory_changes WHERE cluster = $1 ORDER BY vm")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?
-                .into_iter()
-                .map(|row| row.get(0))
-                .collect();
+        let memory_changes = sqlx::query(sql::SELECT_MEMORY_CHANGES)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
         tx.commit().await.map_err(db)?;
         Ok(Some(StoredCluster {
             id: id.to_string(),

@@ -10,6 +10,7 @@
 
 use crate::commit::{CommitQueue, Committer, Submission};
 use crate::metrics::Metrics;
+use crate::sql;
 use crate::store::{
     BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
     StoredPlacement, Write,
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS placements (
     seq INTEGER NOT NULL,
     PRIMARY KEY (cluster, vm)
 );
+CREATE INDEX IF NOT EXISTS placements_seq ON placements (seq);
 CREATE TABLE IF NOT EXISTS host_docs (
     cluster TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -61,11 +63,13 @@ pub struct SqliteStore {
     loaded: Mutex<Option<Vec<StoredCluster>>>,
 }
 
-/// The writer task's connection, and the last placement sequence number.
+/// The writer task's connection.
 struct SqliteWriter {
     conn: SqliteConnection,
-    seq: i64,
 }
+
+/// Numbers a new placement after every earlier one (a lookup in `placements_seq`).
+const NEXT_SEQ: &str = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM placements)";
 
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -86,13 +90,8 @@ impl SqliteStore {
         let mut conn = SqliteConnection::connect_with(&options).await.map_err(db)?;
         sqlx::raw_sql(SCHEMA).execute(&mut conn).await.map_err(db)?;
         let loaded = Self::read_all(&mut conn).await?;
-        let seq = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM placements")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db)?
-            .get::<i64, _>(0);
         Ok(Self {
-            queue: CommitQueue::start(SqliteWriter { conn, seq }, metrics),
+            queue: CommitQueue::start(SqliteWriter { conn }, metrics),
             loaded: Mutex::new(Some(loaded)),
         })
     }
@@ -121,32 +120,29 @@ impl SqliteStore {
             });
         }
         for cluster in &mut clusters {
-            cluster.placements = sqlx::query(
-                "SELECT vm, host, kind, vm_doc FROM placements WHERE cluster = ? ORDER BY seq",
-            )
-            .bind(&cluster.id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .map(|row| StoredPlacement {
-                vm: row.get(0),
-                host: row.get(1),
-                kind: row.get(2),
-                vm_doc: row.get(3),
-            })
-            .collect();
+            cluster.placements = sqlx::query(sql::SELECT_PLACEMENTS)
+                .bind(&cluster.id)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|row| StoredPlacement {
+                    vm: row.get(0),
+                    host: row.get(1),
+                    kind: row.get(2),
+                    vm_doc: row.get(3),
+                })
+                .collect();
             cluster.hosts = Self::read_docs(conn, "host_docs", "host", &cluster.id).await?;
             cluster.vms = Self::read_docs(conn, "vm_docs", "vm", &cluster.id).await?;
-            cluster.memory_changes =
-                sqlx::query("SELECT record FROM memory_changes WHERE cluster = ? ORDER BY vm")
-                    .bind(&cluster.id)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(db)?
-                    .into_iter()
-                    .map(|row| row.get(0))
-                    .collect();
+            cluster.memory_changes = sqlx::query(sql::SELECT_MEMORY_CHANGES)
+                .bind(&cluster.id)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect();
         }
         Ok(clusters)
     }
@@ -158,154 +154,31 @@ impl SqliteStore {
         key: &str,
         cluster: &str,
     ) -> Result<Vec<StoredDoc>, StoreError> {
-        Ok(sqlx::query(&format!(
-            "SELECT {key}, doc FROM {table} WHERE cluster = ? ORDER BY {key}"
-        ))
-        .bind(cluster)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-        .into_iter()
-        .map(|row| StoredDoc {
-            id: row.get(0),
-            doc: row.get(1),
-        })
-        .collect())
+        Ok(sqlx::query(&sql::select_docs(table, key))
+            .bind(cluster)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|row| StoredDoc {
+                id: row.get(0),
+                doc: row.get(1),
+            })
+            .collect())
     }
 
-    async fn commit(
-        conn: &mut SqliteConnection,
-        group: &[Submission],
-        seq: &mut i64,
-    ) -> Result<(), sqlx::Error> {
+    async fn commit(conn: &mut SqliteConnection, group: &[Submission]) -> Result<(), sqlx::Error> {
         let mut tx = conn.begin().await?;
         for write in group.iter().flat_map(|submission| &submission.writes) {
-            match write {
-                Write::PutCluster {
-                    cluster,
-                    snapshot,
-                    policy,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO clusters (id, snapshot, policy) VALUES (?, ?, ?) \
-                         ON CONFLICT(id) DO UPDATE SET snapshot = excluded.snapshot, \
-                         policy = excluded.policy",
-                    )
-                    .bind(cluster)
-                    .bind(snapshot)
-                    .bind(serde_json::to_string(policy).unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await?;
-                    Self::clear_docs(&mut tx, cluster).await?;
+            for statement in sql::statements(write, NEXT_SEQ) {
+                let mut query = sqlx::query(&statement.sql);
+                for param in &statement.params {
+                    query = query.bind(param.as_ref());
                 }
-                Write::PutSnapshot { cluster, snapshot } => {
-                    sqlx::query("UPDATE clusters SET snapshot = ? WHERE id = ?")
-                        .bind(snapshot)
-                        .bind(cluster)
-                        .execute(&mut *tx)
-                        .await?;
-                    Self::clear_docs(&mut tx, cluster).await?;
-                }
-                Write::PutPolicy { cluster, policy } => {
-                    sqlx::query("UPDATE clusters SET policy = ? WHERE id = ?")
-                        .bind(serde_json::to_string(policy).unwrap_or_default())
-                        .bind(cluster)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Write::Reserve { cluster, placement } => {
-                    *seq += 1;
-                    sqlx::query(
-                        "INSERT INTO placements (cluster, vm, host, kind, vm_doc, seq) \
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(cluster, vm) DO UPDATE SET \
-                         host = excluded.host, kind = excluded.kind, \
-                         vm_doc = excluded.vm_doc, seq = excluded.seq",
-                    )
-                    .bind(cluster)
-                    .bind(&placement.vm)
-                    .bind(&placement.host)
-                    .bind(&placement.kind)
-                    .bind(&placement.vm_doc)
-                    .bind(*seq)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Write::Release { cluster, vm } => {
-                    sqlx::query("DELETE FROM placements WHERE cluster = ? AND vm = ?")
-                        .bind(cluster)
-                        .bind(vm)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Write::PutHost { cluster, host } => {
-                    Self::put_doc(&mut tx, "host_docs", "host", cluster, host).await?;
-                }
-                Write::PutVm { cluster, vm } => {
-                    Self::put_doc(&mut tx, "vm_docs", "vm", cluster, vm).await?;
-                }
-                Write::PutMemoryChange {
-                    cluster,
-                    vm,
-                    record: Some(record),
-                } => {
-                    sqlx::query(
-                        "INSERT INTO memory_changes (cluster, vm, record) VALUES (?, ?, ?) \
-                         ON CONFLICT(cluster, vm) DO UPDATE SET record = excluded.record",
-                    )
-                    .bind(cluster)
-                    .bind(vm)
-                    .bind(record)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Write::PutMemoryChange {
-                    cluster,
-                    vm,
-                    record: None,
-                } => {
-                    sqlx::query("DELETE FROM memory_changes WHERE cluster = ? AND vm = ?")
-                        .bind(cluster)
-                        .bind(vm)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                query.execute(&mut *tx).await?;
             }
         }
         tx.commit().await
-    }
-
-    /// Creates or replaces one document of `cluster` in `table` (keyed by `key`).
-    async fn put_doc(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        table: &str,
-        key: &str,
-        cluster: &str,
-        doc: &StoredDoc,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "INSERT INTO {table} (cluster, {key}, doc) VALUES (?, ?, ?) \
-             ON CONFLICT(cluster, {key}) DO UPDATE SET doc = excluded.doc"
-        ))
-        .bind(cluster)
-        .bind(&doc.id)
-        .bind(&doc.doc)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// A whole snapshot was written: the host and VM documents written before it are in it.
-    async fn clear_docs(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        cluster: &str,
-    ) -> Result<(), sqlx::Error> {
-        for table in ["host_docs", "vm_docs"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE cluster = ?"))
-                .bind(cluster)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
     }
 }
 
@@ -336,7 +209,7 @@ impl Committer for SqliteWriter {
         group: &'a [Submission],
     ) -> BoxFuture<'a, Result<Vec<Result<(), StoreError>>, StoreError>> {
         Box::pin(async move {
-            SqliteStore::commit(&mut self.conn, group, &mut self.seq)
+            SqliteStore::commit(&mut self.conn, group)
                 .await
                 .map(|()| vec![Ok(()); group.len()])
                 .map_err(db)
