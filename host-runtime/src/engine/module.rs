@@ -477,52 +477,24 @@ impl LoadedModule {
         };
         let mut taken = Vec::with_capacity(count);
         for _ in 0..count {
-            let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
-            let instance = match pooled {
-                Some(instance) => instance,
-                None => {
-                    wasm.stats.instances_created.fetch_add(1, Ordering::Relaxed);
-                    match Instance::new(&wasm.engine, &wasm.pre, &self.file, limits) {
-                        Ok(instance) => instance,
-                        Err(_) => break,
-                    }
-                }
-            };
-            taken.push(instance);
+            match self.check_out(wasm, view, limits) {
+                Ok(instance) => taken.push(instance),
+                Err(_) => break,
+            }
         }
         let sync = |mut instance: Instance| {
-            instance.set_limits(limits);
-            match instance.ensure_synced(view, &wasm.stats) {
-                Ok(()) => Some(instance),
-                Err(UnitFault::GuestError(_)) => {
-                    instance.synced = None;
-                    Some(instance)
-                }
-                Err(_) => {
-                    wasm.stats
-                        .instances_discarded
-                        .fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            }
+            let synced = instance.ensure_synced(view, &wasm.stats);
+            self.check_in(wasm, instance, synced.as_ref().err());
         };
         let last = taken.pop();
-        let synced: Vec<Instance> = std::thread::scope(|scope| {
-            let others: Vec<_> = taken
-                .into_iter()
-                .map(|instance| scope.spawn(move || sync(instance)))
-                .collect();
-            let mut synced: Vec<Instance> = last.and_then(sync).into_iter().collect();
-            for handle in others {
-                if let Ok(Some(instance)) = handle.join() {
-                    synced.push(instance);
-                }
+        std::thread::scope(|scope| {
+            for instance in taken {
+                scope.spawn(move || sync(instance));
             }
-            synced
+            if let Some(instance) = last {
+                sync(instance);
+            }
         });
-        for instance in synced {
-            self.release(wasm, instance);
-        }
     }
 
     /// Runs a filter over the call's candidates: its verdicts (compact).
@@ -635,6 +607,20 @@ impl LoadedModule {
         limits: CallLimits,
         shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
     ) -> Result<R, UnitFault> {
+        let mut instance = self.check_out(wasm, view, limits)?;
+        let result = instance.call(view, call, &wasm.stats).and_then(shape);
+        self.check_in(wasm, instance, result.as_ref().err());
+        result
+    }
+
+    /// An idle instance for a call on `view` (see [`take_instance`]), else a new one, with
+    /// `limits` set.
+    fn check_out(
+        &self,
+        wasm: &WasmBackend,
+        view: &ClusterView,
+        limits: CallLimits,
+    ) -> Result<Instance, UnitFault> {
         let pooled = take_instance(&mut wasm.pool.lock().unwrap(), view);
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -644,21 +630,25 @@ impl LoadedModule {
             }
         };
         instance.set_limits(limits);
-        let result = instance.call(view, call, &wasm.stats).and_then(shape);
-        match &result {
-            Ok(_) => self.release(wasm, instance),
-            Err(UnitFault::GuestError(_)) => {
-                // The guest is healthy but may hold a state we did not expect.
+        Ok(instance)
+    }
+
+    /// Puts an instance back after its work ended with `fault` (or none): back in the pool,
+    /// unsynced after a guest error (the guest is healthy but may hold a state we did not
+    /// expect), discarded after any other fault.
+    fn check_in(&self, wasm: &WasmBackend, mut instance: Instance, fault: Option<&UnitFault>) {
+        match fault {
+            None => self.release(wasm, instance),
+            Some(UnitFault::GuestError(_)) => {
                 instance.synced = None;
                 self.release(wasm, instance);
             }
-            Err(_) => {
+            Some(_) => {
                 wasm.stats
                     .instances_discarded
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        result
     }
 
     fn release(&self, wasm: &WasmBackend, instance: Instance) {
