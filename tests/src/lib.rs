@@ -69,7 +69,8 @@ pub fn wat_module(abi_version: u32, manifest_packed: u64, extra: &str) -> Vec<u8
             (func (export "wasmsched_input") (param i32) (result i32) i32.const 1024)
             (func (export "wasmsched_manifest") (result i64) i64.const {manifest_packed})
             (func (export "wasmsched_sync") (param i32) (result i64) i64.const 0)
-            (func (export "wasmsched_call") (param i32) (result i64) i64.const 0))"#
+            (func (export "wasmsched_call") (param i32) (result i64) i64.const 0)
+            (func (export "wasmsched_batch") (param i32) (result i64) i64.const 0))"#
     ))
 }
 
@@ -106,7 +107,9 @@ pub fn wat_bytes(bytes: &[u8]) -> String {
 
 /// A hand-written guest that passes every load-time check until its `wasmsched_call`
 /// runs: it declares one filter unit `name` (or `kind`), answers the smoke sync, and runs
-/// `call_body` (which must leave an i64 packed result) for every call. `extra` is spliced
+/// `call_body` (which must leave an i64 packed result) for every call and every batch (a
+/// batch it breaks is run again unit by unit, so the call's misbehaviour is what a test
+/// sees). `extra` is spliced
 /// into the module (helper functions, globals). Its memory is 4 pages: the first holds
 /// data (free from 20480 on), the host writes its messages from 65536 on.
 pub fn wat_guest(unit: &str, kind: policy_sdk::UnitKind, call_body: &str, extra: &str) -> Vec<u8> {
@@ -150,7 +153,8 @@ pub fn wat_guest_with_sync(
             (func (export "wasmsched_input") (param i32) (result i32) i32.const 65536)
             (func (export "wasmsched_manifest") (result i64) i64.const {mp})
             (func (export "wasmsched_sync") (param i32) (result i64) {sync_prelude} i64.const {sp})
-            (func (export "wasmsched_call") (param i32) (result i64) {call_body}))"#,
+            (func (export "wasmsched_call") (param i32) (result i64) {call_body})
+            (func (export "wasmsched_batch") (param i32) (result i64) {call_body}))"#,
         m = wat_bytes(&manifest),
         s = wat_bytes(&synced),
         mp = pack(4096, manifest.len() as u32),

@@ -156,12 +156,13 @@ pub(crate) fn check_imports(module: &Module) -> Result<(), String> {
 /// Checks that every required export exists with the right type.
 pub(crate) fn check_exports(module: &Module) -> Result<(), String> {
     use ValType::{I32, I64};
-    let funcs: [(&str, &[ValType], &[ValType]); 5] = [
+    let funcs: [(&str, &[ValType], &[ValType]); 6] = [
         (export::ABI_VERSION, &[], &[I32]),
         (export::INPUT, &[I32], &[I32]),
         (export::MANIFEST, &[], &[I64]),
         (export::SYNC, &[I32], &[I64]),
         (export::CALL, &[I32], &[I64]),
+        (export::BATCH, &[I32], &[I64]),
     ];
     match module.get_export(export::MEMORY) {
         Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => {}
@@ -213,6 +214,17 @@ fn show(types: &[ValType]) -> String {
         .join(", ")
 }
 
+/// The guest entry point a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// `wasmsched_sync`: a sync message.
+    Sync,
+    /// `wasmsched_call`: one unit call.
+    Call,
+    /// `wasmsched_batch`: several units of the module in one crossing.
+    Batch,
+}
+
 /// The typed exports of one instance.
 #[derive(Clone)]
 pub(crate) struct GuestFns {
@@ -222,6 +234,7 @@ pub(crate) struct GuestFns {
     manifest: TypedFunc<(), u64>,
     sync: TypedFunc<u32, u64>,
     call: TypedFunc<u32, u64>,
+    batch: TypedFunc<u32, u64>,
 }
 
 impl GuestFns {
@@ -235,6 +248,7 @@ impl GuestFns {
             manifest: instance.get_typed_func(&mut *store, export::MANIFEST)?,
             sync: instance.get_typed_func(&mut *store, export::SYNC)?,
             call: instance.get_typed_func(&mut *store, export::CALL)?,
+            batch: instance.get_typed_func(&mut *store, export::BATCH)?,
         })
     }
 
@@ -255,12 +269,12 @@ impl GuestFns {
         self.decode_output(store, packed)
     }
 
-    /// Sends one message and decodes the reply of `sync` (when `sync` is true) or `call`.
+    /// Sends one message to `entry` and decodes its reply.
     pub fn exchange<T: DeserializeOwned>(
         &self,
         store: &mut Store<StoreData>,
         message: &[u8],
-        sync: bool,
+        entry: Entry,
     ) -> Result<T, UnitFault> {
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(UnitFault::BadOutput(format!(
@@ -283,7 +297,11 @@ impl GuestFns {
                     "input buffer at {ptr:#x} (+{len}) is outside guest memory"
                 ))
             })?;
-        let func = if sync { &self.sync } else { &self.call };
+        let func = match entry {
+            Entry::Sync => &self.sync,
+            Entry::Call => &self.call,
+            Entry::Batch => &self.batch,
+        };
         let packed = func
             .call(&mut *store, len)
             .map_err(|e| classify(store, e))?;

@@ -2,9 +2,10 @@
 //! back (a manifest, a sync answer, a unit's result), through the same decoding and shape
 //! checks as a real call, without a guest.
 
+use crate::engine::module::{BatchAnswers, BatchShape};
 use crate::engine::trial;
 use crate::error::UnitFault;
-use policy_sdk::wire::abi::CallResponse;
+use policy_sdk::wire::abi::{BatchResponse, CallResponse};
 use policy_sdk::wire::codec;
 use policy_sdk::wire::sync::SyncResponse;
 use policy_sdk::{Manifest, UnitKind};
@@ -22,6 +23,16 @@ pub enum GuestOutput {
         /// The unit's declared kind.
         kind: UnitKind,
         /// Candidate hosts the call was about.
+        candidates: usize,
+    },
+    /// The result of `wasmsched_batch` for this many filters and weights over this many
+    /// candidates (decoded, then every answer checked for its kind and count).
+    Batch {
+        /// Filters of the batch.
+        filters: usize,
+        /// Weights of the batch.
+        weights: usize,
+        /// Candidate hosts the batch was about.
         candidates: usize,
     },
 }
@@ -45,6 +56,22 @@ pub fn decode_guest_output(what: GuestOutput, bytes: &[u8]) -> Result<(), String
             let response = codec::decode::<CallResponse>(bytes)
                 .map_err(|e| UnitFault::BadOutput(format!("result does not decode: {e}")));
             trial::check_response(kind, candidates, response)
+        }
+        GuestOutput::Batch {
+            filters,
+            weights,
+            candidates,
+        } => {
+            let response = codec::decode::<BatchResponse>(bytes)
+                .map_err(|e| format!("does not decode: {e}"))?;
+            let shape = BatchShape {
+                filters,
+                weights,
+                candidates,
+            };
+            BatchAnswers::of(response, &shape)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -1,10 +1,10 @@
 //! A loaded policy module: compiled code, its manifest, and a pool of instances.
 
-use crate::engine::abi::{self, GuestFns, StoreData};
+use crate::engine::abi::{self, Entry, GuestFns, StoreData};
 use crate::engine::runtime::EngineShared;
 use crate::error::UnitFault;
 use crate::state::ClusterView;
-use policy_sdk::wire::abi::{Call, CallResponse};
+use policy_sdk::wire::abi::{Batch, BatchResponse, Call, CallResponse};
 use policy_sdk::wire::codec;
 use policy_sdk::wire::sync::SyncResponse;
 use policy_sdk::{BalanceAction, Manifest, Penalty, UnitDescriptor, UnitSet, Verdicts};
@@ -28,6 +28,16 @@ pub struct CallLimits {
 }
 
 impl CallLimits {
+    /// The limits of one crossing that runs several units: their deadlines and output caps
+    /// added up, the largest memory cap. `None` for no units.
+    pub fn combined(limits: impl IntoIterator<Item = CallLimits>) -> Option<CallLimits> {
+        limits.into_iter().reduce(|a, b| CallLimits {
+            deadline_ms: a.deadline_ms.saturating_add(b.deadline_ms),
+            memory_limit_mb: a.memory_limit_mb.max(b.memory_limit_mb),
+            max_output_kb: a.max_output_kb.saturating_add(b.max_output_kb),
+        })
+    }
+
     /// The output cap in bytes.
     pub fn max_output_bytes(&self) -> usize {
         usize::try_from(self.max_output_kb.saturating_mul(1024))
@@ -168,9 +178,12 @@ pub(crate) struct SyncCounters {
     delta: AtomicU64,
     instances_created: AtomicU64,
     instances_discarded: AtomicU64,
+    unit_calls: AtomicU64,
+    batches: AtomicU64,
 }
 
-/// How a module's instances have been kept in sync, and how many were replaced.
+/// How a module's instances have been kept in sync, how many were replaced, and how often the
+/// engine crossed into the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ModuleStats {
     /// Full snapshots sent.
@@ -181,6 +194,10 @@ pub struct ModuleStats {
     pub instances_created: u64,
     /// Instances thrown away after a fault.
     pub instances_discarded: u64,
+    /// Calls of one unit (`wasmsched_call`).
+    pub unit_calls: u64,
+    /// Calls of several units in one crossing (`wasmsched_batch`).
+    pub batches: u64,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -267,14 +284,14 @@ impl Instance {
 
     /// Sends raw sync bytes; used at load for the smoke test.
     pub(crate) fn sync_raw(&mut self, bytes: &[u8]) -> Result<SyncResponse, UnitFault> {
-        self.fns.exchange(&mut self.store, bytes, true)
+        self.fns.exchange(&mut self.store, bytes, Entry::Sync)
     }
 
     /// Sends one unit call without syncing first; used at load for the smoke test.
     pub(crate) fn call_raw(&mut self, call: &Call<'_>) -> Result<CallResponse, UnitFault> {
         let bytes = codec::encode(call)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
-        self.fns.exchange(&mut self.store, &bytes, false)
+        self.fns.exchange(&mut self.store, &bytes, Entry::Call)
     }
 
     /// Brings the guest to the view's epoch: a delta when it holds an earlier epoch of the
@@ -291,13 +308,13 @@ impl Instance {
         let (bytes, full) = abi::sync_message(view, from);
         let counter = if full { &stats.full } else { &stats.delta };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut response = self
-            .fns
-            .exchange::<SyncResponse>(&mut self.store, &bytes, true)?;
+        let mut response =
+            self.fns
+                .exchange::<SyncResponse>(&mut self.store, &bytes, Entry::Sync)?;
         if !full && !matches!(response, SyncResponse::Synced { .. }) {
             let (bytes, _) = abi::sync_message(view, None);
             stats.full.fetch_add(1, Ordering::Relaxed);
-            response = self.fns.exchange(&mut self.store, &bytes, true)?;
+            response = self.fns.exchange(&mut self.store, &bytes, Entry::Sync)?;
         }
         match response {
             SyncResponse::Synced { epoch } if epoch == view.epoch() => {
@@ -320,19 +337,19 @@ impl Instance {
         }
     }
 
-    fn call(
+    /// Syncs the guest to `view`, then sends `request` (a unit call or a batch) to `entry`.
+    fn send<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &mut self,
         view: &ClusterView,
-        call: Call<'_>,
+        request: &T,
+        entry: Entry,
         stats: &SyncCounters,
-    ) -> Result<CallResponse, UnitFault> {
+    ) -> Result<R, UnitFault> {
         self.ensure_synced(view, stats)?;
         let mut scratch = std::mem::take(&mut self.scratch);
-        codec::encode_into(&call, &mut scratch)
+        codec::encode_into(request, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
-        let result = self
-            .fns
-            .exchange::<CallResponse>(&mut self.store, &scratch, false);
+        let result = self.fns.exchange::<R>(&mut self.store, &scratch, entry);
         self.scratch = scratch;
         result
     }
@@ -447,6 +464,8 @@ impl LoadedModule {
                 delta_syncs: w.stats.delta.load(Ordering::Relaxed),
                 instances_created: w.stats.instances_created.load(Ordering::Relaxed),
                 instances_discarded: w.stats.instances_discarded.load(Ordering::Relaxed),
+                unit_calls: w.stats.unit_calls.load(Ordering::Relaxed),
+                batches: w.stats.batches.load(Ordering::Relaxed),
             },
             Backend::Native(_) => ModuleStats::default(),
         }
@@ -553,6 +572,51 @@ impl LoadedModule {
         })
     }
 
+    /// Runs several filters and weights of this module over one VM in one crossing (see
+    /// [`Batch`]) and checks every answer's shape: each filter's verdicts over the candidates
+    /// the batch's earlier filters passed, each weight's penalties over those all of them
+    /// passed. A unit's own `Failed` answer is kept as that unit's error. Anything else
+    /// wrong (a trap, the deadline, a malformed answer, an open breaker) is the batch's
+    /// fault, attributed to no unit: the caller runs the units one by one instead, which
+    /// reports each unit's fault as its own.
+    pub(crate) fn batch(
+        &self,
+        view: &ClusterView,
+        batch: Batch<'_>,
+        limits: CallLimits,
+    ) -> Result<BatchAnswers, UnitFault> {
+        let response = match &self.backend {
+            Backend::Native(units) => {
+                units.evaluate_batch(view.snapshot(), Some(view.derived()), batch)
+            }
+            Backend::Wasm(wasm) => {
+                self.breaker.lock().unwrap().admit(Instant::now())?;
+                let mut instance = self.check_out(wasm, view, limits)?;
+                wasm.stats.batches.fetch_add(1, Ordering::Relaxed);
+                let result = instance
+                    .send::<_, BatchResponse>(view, &batch, Entry::Batch, &wasm.stats)
+                    .and_then(|response| BatchAnswers::of(response, &BatchShape::of(&batch)));
+                let fault = match &result {
+                    // A unit's own failure: the guest may hold a state we did not expect.
+                    Ok(answers) if answers.any_failed() => {
+                        Some(UnitFault::GuestError("a unit of the batch failed".into()))
+                    }
+                    Ok(_) => None,
+                    Err(fault) => Some(fault.clone()),
+                };
+                self.check_in(wasm, instance, fault.as_ref());
+                if result.is_ok() {
+                    self.breaker
+                        .lock()
+                        .unwrap()
+                        .record(&wasm.engine.breaker, None, Instant::now());
+                }
+                return result;
+            }
+        };
+        BatchAnswers::of(response, &BatchShape::of(&batch))
+    }
+
     /// Runs one unit call and checks the answer's shape (the expected variant and, for
     /// filters and weights, one result per candidate). A broken guest (trap, deadline,
     /// memory cap, bad output) loses its instance; the next call gets a fresh one.
@@ -608,7 +672,10 @@ impl LoadedModule {
         shape: impl FnOnce(CallResponse) -> Result<R, UnitFault>,
     ) -> Result<R, UnitFault> {
         let mut instance = self.check_out(wasm, view, limits)?;
-        let result = instance.call(view, call, &wasm.stats).and_then(shape);
+        wasm.stats.unit_calls.fetch_add(1, Ordering::Relaxed);
+        let result = instance
+            .send(view, &call, Entry::Call, &wasm.stats)
+            .and_then(shape);
         self.check_in(wasm, instance, result.as_ref().err());
         result
     }
@@ -674,6 +741,104 @@ fn take_instance(pool: &mut Vec<Instance>, view: &ClusterView) -> Option<Instanc
     match best {
         Some(position) => Some(pool.remove(position)),
         None => pool.pop(),
+    }
+}
+
+/// The checked answers of a [`LoadedModule::batch`]: per filter its verdicts (over the
+/// candidates it was given) or its own failure message; per weight its penalties (over the
+/// candidates every filter of the batch passed) or its failure message.
+#[derive(Debug)]
+pub(crate) struct BatchAnswers {
+    pub filters: Vec<Result<Verdicts, String>>,
+    pub weights: Vec<Result<Vec<Penalty>, String>>,
+}
+
+/// What a batch asked for: its numbers of filters, weights and candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchShape {
+    pub filters: usize,
+    pub weights: usize,
+    pub candidates: usize,
+}
+
+impl BatchShape {
+    /// The shape of `batch`.
+    fn of(batch: &Batch<'_>) -> Self {
+        Self {
+            filters: batch.filters.len(),
+            weights: batch.weights.len(),
+            candidates: batch.candidates.len(),
+        }
+    }
+}
+
+impl BatchAnswers {
+    /// Checks a batch response against the batch it answers; `Err` when it is malformed.
+    pub(crate) fn of(response: BatchResponse, batch: &BatchShape) -> Result<Self, UnitFault> {
+        let (filters, weights) = match response {
+            BatchResponse::Answers { filters, weights } => (filters, weights),
+            BatchResponse::Failed(message) => return Err(UnitFault::GuestError(message)),
+        };
+        if filters.len() != batch.filters || weights.len() != batch.weights {
+            return Err(UnitFault::BadOutput(format!(
+                "batch of {} filters and {} weights answered with {} and {}",
+                batch.filters,
+                batch.weights,
+                filters.len(),
+                weights.len()
+            )));
+        }
+        let mut left = batch.candidates;
+        let mut checked = Self {
+            filters: Vec::with_capacity(filters.len()),
+            weights: Vec::with_capacity(weights.len()),
+        };
+        for answer in filters {
+            checked.filters.push(match answer {
+                CallResponse::Verdicts(v) if v.len as usize == left => {
+                    v.check().map_err(UnitFault::BadOutput)?;
+                    left -= v.rejected.len();
+                    Ok(v)
+                }
+                CallResponse::Verdicts(v) => {
+                    return Err(UnitFault::BadOutput(format!(
+                        "{} verdicts for {left} candidate hosts",
+                        v.len
+                    )))
+                }
+                CallResponse::Failed(message) => Err(message),
+                other => {
+                    return Err(UnitFault::BadOutput(format!(
+                        "expected verdicts, got {}",
+                        variant(&other)
+                    )))
+                }
+            });
+        }
+        for answer in weights {
+            checked.weights.push(match answer {
+                CallResponse::Penalties(p) if p.len() == left => Ok(p),
+                CallResponse::Penalties(p) => {
+                    return Err(UnitFault::BadOutput(format!(
+                        "{} penalties for {left} candidate hosts",
+                        p.len()
+                    )))
+                }
+                CallResponse::SamePenalty(p) => Ok(vec![p; left]),
+                CallResponse::Failed(message) => Err(message),
+                other => {
+                    return Err(UnitFault::BadOutput(format!(
+                        "expected penalties, got {}",
+                        variant(&other)
+                    )))
+                }
+            });
+        }
+        Ok(checked)
+    }
+
+    fn any_failed(&self) -> bool {
+        self.filters.iter().any(Result::is_err) || self.weights.iter().any(Result::is_err)
     }
 }
 

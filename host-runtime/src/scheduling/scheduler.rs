@@ -19,11 +19,14 @@ use super::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use super::request::{Detail, ScheduleRequest};
 use super::selector::{compare_totals, factored, pick_best, select};
 use super::shadow::{self, LiveChoice};
+use crate::engine::{CallLimits, LoadedModule};
 use crate::error::{Error, Result, UnitFault};
 use crate::state::{Cluster, ClusterView};
-use policy_sdk::wire::abi::Call;
+use policy_sdk::wire::abi::{Batch, BatchUnitRef, Call};
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdicts, Vm};
 use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// Optimistic rounds (decide on a view, re-check the host under the ledger lock) before a
 /// decision is made entirely under the lock.
@@ -88,15 +91,8 @@ pub(super) fn still_fits(
     if snapshot.hosts[index as usize].status != HostStatus::Up {
         return Ok(false);
     }
-    let mut failures = Vec::new();
-    for filter in &policy.filters {
-        if let Some(verdicts) = run_filter(filter, view, &request.vm, &[index], &mut failures)? {
-            if !verdicts.all_pass() {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
+    let stage = run_units(policy, view, &request.vm, vec![index], Weigh::Never)?;
+    Ok(stage.survivors.len() == 1)
 }
 
 /// The rejections of `host` (an index of `view`) by the policy's filters for `vm`, as
@@ -360,58 +356,187 @@ struct Stage {
     failures: Vec<UnitFailure>,
 }
 
-/// Runs the filters, then (when more than one host survives, or always for `always_weigh`,
-/// a part of a split decision) the weights over `candidates`.
+/// When a stage runs the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Weigh {
+    /// Never (re-checking one host).
+    Never,
+    /// When more than one candidate is left (a whole decision: one host needs no ranking).
+    IfSeveral,
+    /// Always, even over no candidate (a part of a split decision).
+    Always,
+}
+
+impl Weigh {
+    /// Whether weights run with `left` candidates left.
+    fn runs(self, left: usize) -> bool {
+        match self {
+            Weigh::Never => false,
+            Weigh::IfSeveral => left > 1,
+            Weigh::Always => true,
+        }
+    }
+}
+
+/// One crossing into a module: a run of consecutive filters of the policy held by that
+/// module, and weights of the same module.
+#[derive(Debug)]
+struct Group<'p> {
+    module: &'p Arc<LoadedModule>,
+    /// Indices into the policy's filters (consecutive; empty for a weights-only group).
+    filters: Range<usize>,
+    /// Indices into the policy's weights.
+    weights: Vec<usize>,
+}
+
+/// The policy's units grouped into crossings: each run of consecutive filters of one module
+/// is one batch, in policy order, so every filter still sees exactly the candidates the
+/// filters before it passed. Each module's weights ride with the last batch of its
+/// filters: their penalties, computed over the candidates left at that point, are cut down
+/// to the final survivors afterwards (a penalty depends only on its host; see `ABI.md`). The
+/// weights of a module without filters in the policy run in one batch after all filters.
+fn plan(policy: &Policy, weigh: Weigh) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (i, filter) in policy.filters.iter().enumerate() {
+        let module = &filter.handle.module;
+        match groups.last_mut() {
+            Some(group) if Arc::ptr_eq(group.module, module) => group.filters.end = i + 1,
+            _ => groups.push(Group {
+                module,
+                filters: i..i + 1,
+                weights: Vec::new(),
+            }),
+        }
+    }
+    if weigh == Weigh::Never {
+        return groups;
+    }
+    for (w, weight) in policy.weights.iter().enumerate() {
+        let module = &weight.handle.module;
+        match groups
+            .iter_mut()
+            .rev()
+            .find(|g| Arc::ptr_eq(g.module, module))
+        {
+            Some(group) => group.weights.push(w),
+            None => groups.push(Group {
+                module,
+                filters: 0..0,
+                weights: vec![w],
+            }),
+        }
+    }
+    groups
+}
+
+/// Runs the filters, then (as `weigh` says) the weights over `candidates`, one crossing per
+/// group of [`plan`] (a group of one unit is a plain unit call). A batch that faults as a
+/// whole (a trap, the deadline, a malformed answer, an open breaker) is run again one unit
+/// at a time, so each unit's fault is reported and handled as its own, exactly as without
+/// batching.
 fn run_units(
     policy: &Policy,
     view: &ClusterView,
     vm: &Vm,
     mut survivors: Vec<HostIndex>,
-    always_weigh: bool,
+    weigh: Weigh,
 ) -> Result<Stage> {
     let mut failures = Vec::new();
-    let mut rejected = Vec::with_capacity(policy.filters.len());
-    for filter in &policy.filters {
-        let mut out = Rejected::default();
-        if survivors.is_empty() {
-            rejected.push(out);
+    let mut rejected: Vec<Rejected> = policy.filters.iter().map(|_| Rejected::default()).collect();
+    // Per weight: the candidates its penalties are over, and its answer (`None`: not run in
+    // a batch, so run on its own below).
+    type Answer = (Vec<HostIndex>, std::result::Result<Vec<Penalty>, String>);
+    let mut answers: Vec<Option<Answer>> = policy.weights.iter().map(|_| None).collect();
+    for group in plan(policy, weigh) {
+        if survivors.is_empty() || (group.filters.is_empty() && !weigh.runs(survivors.len())) {
             continue;
         }
-        let verdicts = run_filter(filter, view, vm, &survivors, &mut failures)?;
-        let Some(verdicts) = verdicts.filter(|v| !v.all_pass()) else {
-            rejected.push(out);
-            continue;
+        let filters = &policy.filters[group.filters.clone()];
+        let weights: Vec<&PolicyUnit> = group.weights.iter().map(|&w| &policy.weights[w]).collect();
+        let units: Vec<&PolicyUnit> = filters.iter().chain(weights.iter().copied()).collect();
+        let args: Vec<BatchUnitRef<'_>> = units
+            .iter()
+            .map(|u| BatchUnitRef {
+                unit: u.handle.index,
+                params: &u.params,
+            })
+            .collect();
+        let limits = CallLimits::combined(units.iter().map(|u| u.limits))
+            .expect("a group holds at least one unit");
+        let batch = Batch {
+            epoch: view.epoch(),
+            vm,
+            candidates: &survivors,
+            filters: &args[..filters.len()],
+            weights: &args[filters.len()..],
         };
-        let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
-        let mut from = 0;
-        out.hosts.reserve(verdicts.rejected.len());
-        for r in verdicts.rejected {
-            let position = r.position as usize;
-            kept.extend_from_slice(&survivors[from..position]);
-            from = position + 1;
-            out.hosts.push((survivors[position], r.code, r.detail));
+        // A group of one unit is an ordinary unit call: below, as without batching.
+        let answered = if units.len() > 1 {
+            match group.module.batch(view, batch, limits) {
+                Ok(answered) => Some(answered),
+                Err(fault) => {
+                    tracing::debug!(
+                        module = group.module.file(),
+                        "a batch of units failed as a whole ({fault}); running them one by one"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match answered {
+            Some(answered) => {
+                for (i, answer) in group.filters.clone().zip(answered.filters) {
+                    match answer {
+                        Ok(verdicts) => narrow(&mut survivors, verdicts, &mut rejected[i]),
+                        Err(message) => handle_fault(
+                            &policy.filters[i],
+                            UnitFault::GuestError(message),
+                            &mut failures,
+                        )?,
+                    }
+                }
+                for (&w, answer) in group.weights.iter().zip(answered.weights) {
+                    answers[w] = Some((survivors.clone(), answer));
+                }
+            }
+            // The group's weights are left to run on their own below.
+            None => {
+                for i in group.filters.clone() {
+                    if survivors.is_empty() {
+                        break;
+                    }
+                    let filter = &policy.filters[i];
+                    if let Some(verdicts) = run_filter(filter, view, vm, &survivors, &mut failures)?
+                    {
+                        narrow(&mut survivors, verdicts, &mut rejected[i]);
+                    }
+                }
+            }
         }
-        kept.extend_from_slice(&survivors[from..]);
-        survivors = kept;
-        out.codes = verdicts.codes;
-        rejected.push(out);
     }
     let mut columns = Vec::with_capacity(policy.weights.len());
-    for weight in &policy.weights {
-        if always_weigh && survivors.is_empty() {
+    for (weight, answer) in policy.weights.iter().zip(answers) {
+        if weigh == Weigh::Always && survivors.is_empty() {
             // A part of a split decision with nothing left: an empty column.
             columns.push(Some(Vec::new()));
             continue;
         }
-        if survivors.len() <= 1 && !always_weigh {
+        if !weigh.runs(survivors.len()) {
             columns.push(None);
             continue;
         }
-        match weight.handle.module.weigh(
-            view,
-            unit_call(weight, view, Some(vm), &survivors),
-            weight.limits,
-        ) {
+        let penalties = match answer {
+            Some((over, Ok(penalties))) => Ok(pick(&over, penalties, &survivors)),
+            Some((_, Err(message))) => Err(UnitFault::GuestError(message)),
+            None => weight.handle.module.weigh(
+                view,
+                unit_call(weight, view, Some(vm), &survivors),
+                weight.limits,
+            ),
+        };
+        match penalties {
             Ok(p) => columns.push(Some(p)),
             Err(fault) => {
                 handle_fault(weight, fault, &mut failures)?;
@@ -425,6 +550,44 @@ fn run_units(
         columns,
         failures,
     })
+}
+
+/// Drops the candidates a filter rejected from `survivors` (which it judged, in order) and
+/// records them in `out`.
+fn narrow(survivors: &mut Vec<HostIndex>, verdicts: Verdicts, out: &mut Rejected) {
+    if verdicts.all_pass() {
+        return;
+    }
+    let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
+    let mut from = 0;
+    out.hosts.reserve(verdicts.rejected.len());
+    for r in verdicts.rejected {
+        let position = r.position as usize;
+        kept.extend_from_slice(&survivors[from..position]);
+        from = position + 1;
+        out.hosts.push((survivors[position], r.code, r.detail));
+    }
+    kept.extend_from_slice(&survivors[from..]);
+    *survivors = kept;
+    out.codes = verdicts.codes;
+}
+
+/// The penalties of `wanted` (a subsequence of `over`, in the same order) out of
+/// `penalties`, one per host of `over`.
+fn pick(over: &[HostIndex], penalties: Vec<Penalty>, wanted: &[HostIndex]) -> Vec<Penalty> {
+    if over.len() == wanted.len() {
+        return penalties;
+    }
+    let mut next = wanted.iter().peekable();
+    over.iter()
+        .zip(penalties)
+        .filter_map(|(host, penalty)| {
+            (next.peek() == Some(&host)).then(|| {
+                next.next();
+                penalty
+            })
+        })
+        .collect()
 }
 
 /// Cores one decision may use (cached).
@@ -481,16 +644,18 @@ fn run_units_split(
 ) -> Result<Stage> {
     let parts = split_parts(candidates.len());
     if parts < 2 {
-        return run_units(policy, view, vm, candidates, false);
+        return run_units(policy, view, vm, candidates, Weigh::IfSeveral);
     }
     let size = candidates.len().div_ceil(parts);
     let results: Vec<Result<Stage>> = std::thread::scope(|scope| {
         let mut chunks = candidates.chunks(size);
         let first = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
-            .map(|chunk| scope.spawn(move || run_units(policy, view, vm, chunk.to_vec(), true)))
+            .map(|chunk| {
+                scope.spawn(move || run_units(policy, view, vm, chunk.to_vec(), Weigh::Always))
+            })
             .collect();
-        let mut results = vec![run_units(policy, view, vm, first.to_vec(), true)];
+        let mut results = vec![run_units(policy, view, vm, first.to_vec(), Weigh::Always)];
         results.extend(others.into_iter().map(|h| match h.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),

@@ -4,7 +4,9 @@
 use crate::guest::{self as sdk_guest, UnitSet};
 use crate::model::index::{SnapshotIndex, Touched};
 use crate::model::{ClusterInfo, Snapshot};
-use crate::wire::abi::{pack, CallRequest, CallResponse, LogLevel, ABI_VERSION};
+use crate::wire::abi::{
+    pack, BatchRequest, BatchResponse, CallRequest, CallResponse, LogLevel, ABI_VERSION,
+};
 use crate::wire::codec;
 use crate::wire::sync::{apply_sync, SyncMessage, SyncResponse};
 use alloc::format;
@@ -169,6 +171,34 @@ pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
     })
 }
 
+/// `wasmsched_batch`.
+pub fn batch(make: fn() -> UnitSet, len: u32) -> u64 {
+    with_state(make, |state| {
+        let len = (len as usize).min(state.input.len());
+        let response = match codec::decode::<BatchRequest>(&state.input[..len]) {
+            Err(e) => BatchResponse::Failed(format!("cannot decode batch request: {e}")),
+            Ok(request) if !state.synced || request.epoch != state.snapshot.epoch => {
+                BatchResponse::Failed(format!(
+                    "batch for epoch {} but the guest holds epoch {} (synced: {})",
+                    request.epoch, state.snapshot.epoch, state.synced
+                ))
+            }
+            Ok(request) => match state.units.as_ref() {
+                Some(units) => {
+                    let mut refs = Vec::new();
+                    units.evaluate_batch_lazy(
+                        &state.snapshot,
+                        &state.index,
+                        request.as_batch(&mut refs),
+                    )
+                }
+                None => BatchResponse::Failed("module not initialized".into()),
+            },
+        };
+        respond(state, &response)
+    })
+}
+
 /// Exports a module's units and manifest.
 ///
 /// ```text
@@ -223,6 +253,10 @@ macro_rules! export_units {
             #[unsafe(no_mangle)]
             pub extern "C" fn wasmsched_call(len: u32) -> u64 {
                 $crate::guest::exports::call(super::units, len)
+            }
+            #[unsafe(no_mangle)]
+            pub extern "C" fn wasmsched_batch(len: u32) -> u64 {
+                $crate::guest::exports::batch(super::units, len)
             }
         }
     };

@@ -12,7 +12,7 @@ use crate::model::index::{CpuFlagIndex, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
 use crate::model::{Host, HostIndex, Snapshot, Vm};
-use crate::wire::abi::{Call, CallResponse, LogLevel};
+use crate::wire::abi::{Batch, BatchResponse, Call, CallResponse, LogLevel};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -441,6 +441,73 @@ impl UnitSet {
         call: Call<'_>,
     ) -> CallResponse {
         self.evaluate_with(snapshot, IndexRef::Lazy(index), call)
+    }
+
+    /// Runs several filter and weight units over one VM, as one `wasmsched_batch` crossing
+    /// does: the filters in order, each over the candidates the earlier ones passed, then the
+    /// weights over the candidates every filter passed (see
+    /// [`BatchRequest`](crate::wire::abi::BatchRequest)). Also used natively by hosts.
+    pub fn evaluate_batch(
+        &self,
+        snapshot: &Snapshot,
+        index: Option<&SnapshotIndex>,
+        batch: Batch<'_>,
+    ) -> BatchResponse {
+        let index = match index {
+            Some(index) => IndexRef::Ready(index),
+            None => IndexRef::None,
+        };
+        self.batch_with(snapshot, index, batch)
+    }
+
+    /// [`UnitSet::evaluate_batch`] with an index built on first use (the guest glue).
+    pub(crate) fn evaluate_batch_lazy(
+        &self,
+        snapshot: &Snapshot,
+        index: &core::cell::OnceCell<SnapshotIndex>,
+        batch: Batch<'_>,
+    ) -> BatchResponse {
+        self.batch_with(snapshot, IndexRef::Lazy(index), batch)
+    }
+
+    fn batch_with(
+        &self,
+        snapshot: &Snapshot,
+        index: IndexRef<'_>,
+        batch: Batch<'_>,
+    ) -> BatchResponse {
+        // The candidates left, narrowed after each filter (copied only when one rejects).
+        let mut left: Option<Vec<HostIndex>> = None;
+        let mut filters = Vec::with_capacity(batch.filters.len());
+        for unit in batch.filters {
+            let candidates = left.as_deref().unwrap_or(batch.candidates);
+            if candidates.is_empty() {
+                filters.push(CallResponse::Verdicts(Verdicts::default()));
+                continue;
+            }
+            let answer = self.evaluate_with(snapshot, index, batch.call(unit, candidates));
+            if let CallResponse::Verdicts(verdicts) = &answer {
+                if !verdicts.rejected.is_empty() {
+                    let mut kept = Vec::with_capacity(candidates.len() - verdicts.rejected.len());
+                    let mut from = 0;
+                    for r in &verdicts.rejected {
+                        let position = (r.position as usize).min(candidates.len());
+                        kept.extend_from_slice(&candidates[from.min(position)..position]);
+                        from = position + 1;
+                    }
+                    kept.extend_from_slice(&candidates[from.min(candidates.len())..]);
+                    left = Some(kept);
+                }
+            }
+            filters.push(answer);
+        }
+        let candidates = left.as_deref().unwrap_or(batch.candidates);
+        let weights = batch
+            .weights
+            .iter()
+            .map(|unit| self.evaluate_with(snapshot, index, batch.call(unit, candidates)))
+            .collect();
+        BatchResponse::Answers { filters, weights }
     }
 
     fn evaluate_with(

@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
-/// Oldest ABI version the host accepts. Version 5 changed how CPU id lists are laid out in
-/// snapshots, which older modules would misread.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 5;
+/// Oldest ABI version the host accepts. Version 6 added the `wasmsched_batch` export, which
+/// the host calls for every decision.
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 6;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 5;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 6;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";
@@ -47,6 +47,10 @@ pub mod export {
     /// `(len: i32) -> i64`: run a [`CallRequest`](super::CallRequest) of `len` bytes in the
     /// input buffer; returns a packed [`CallResponse`](super::CallResponse).
     pub const CALL: &str = "wasmsched_call";
+    /// `(len: i32) -> i64`: run a [`BatchRequest`](super::BatchRequest) of `len` bytes in the
+    /// input buffer (several units of the module in one crossing); returns a packed
+    /// [`BatchResponse`](super::BatchResponse). ABI version 6.
+    pub const BATCH: &str = "wasmsched_batch";
 }
 
 /// Names of the functions the host provides in [`HOST_MODULE`].
@@ -158,6 +162,118 @@ pub enum CallResponse {
     SamePenalty(Penalty),
 }
 
+/// One unit of a [`BatchRequest`]: its index in the manifest and every parameter it declares,
+/// validated and with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchUnit {
+    /// Index of the unit in the manifest.
+    pub unit: u32,
+    /// Every declared parameter, defaults filled in.
+    pub params: Vec<(String, ParamValue)>,
+}
+
+/// [`BatchUnit`] borrowing its parameters (what the host encodes).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BatchUnitRef<'a> {
+    /// Index of the unit in the manifest.
+    pub unit: u32,
+    /// Every declared parameter, defaults filled in.
+    pub params: &'a [(String, ParamValue)],
+}
+
+/// Several filter and weight units of one module over one VM, in one crossing: the filters
+/// run in order, each over the candidates every filter before it in the batch passed; then the
+/// weights run over the candidates all of the batch's filters passed. The guest does exactly
+/// what one [`CallRequest`] per unit, narrowing the candidates between filters, would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// The snapshot epoch the batch is about; the guest fails the batch if it holds another.
+    pub epoch: u64,
+    /// The VM being scheduled.
+    pub vm: Vm,
+    /// Candidate host indices, unique and in range (packed little-endian `u32`s).
+    #[serde(with = "crate::model::verdict::packed::u32s")]
+    pub candidates: Vec<HostIndex>,
+    /// Filter units, in the order they run.
+    pub filters: Vec<BatchUnit>,
+    /// Weight units, run over the candidates every filter of the batch passed.
+    pub weights: Vec<BatchUnit>,
+}
+
+impl BatchRequest {
+    /// The borrowed form of this request, as [`UnitSet::evaluate_batch`](crate::UnitSet::evaluate_batch)
+    /// takes it (`units` holds the filters' and then the weights' arguments).
+    pub fn as_batch<'a>(&'a self, units: &'a mut Vec<BatchUnitRef<'a>>) -> Batch<'a> {
+        units.clear();
+        units.extend(
+            self.filters
+                .iter()
+                .chain(&self.weights)
+                .map(|u| BatchUnitRef {
+                    unit: u.unit,
+                    params: &u.params,
+                }),
+        );
+        let (filters, weights) = units.split_at(self.filters.len());
+        Batch {
+            epoch: self.epoch,
+            vm: &self.vm,
+            candidates: &self.candidates,
+            filters,
+            weights,
+        }
+    }
+}
+
+/// A [`BatchRequest`] that borrows its parts: what the host encodes (the same bytes as the
+/// owned request) and what native callers pass to
+/// [`UnitSet::evaluate_batch`](crate::UnitSet::evaluate_batch).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Batch<'a> {
+    /// The snapshot epoch the batch is about.
+    pub epoch: u64,
+    /// The VM being scheduled.
+    pub vm: &'a Vm,
+    /// Candidate host indices (packed little-endian `u32`s).
+    #[serde(serialize_with = "crate::model::verdict::packed::u32s::serialize")]
+    pub candidates: &'a [HostIndex],
+    /// Filter units, in the order they run.
+    pub filters: &'a [BatchUnitRef<'a>],
+    /// Weight units.
+    pub weights: &'a [BatchUnitRef<'a>],
+}
+
+impl<'a> Batch<'a> {
+    /// The single-unit call of `unit` of this batch over `candidates`.
+    pub fn call(&self, unit: &BatchUnitRef<'a>, candidates: &'a [HostIndex]) -> Call<'a> {
+        Call {
+            unit: unit.unit,
+            epoch: self.epoch,
+            params: unit.params,
+            vm: Some(self.vm),
+            candidates,
+        }
+    }
+}
+
+/// The answer to a [`BatchRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BatchResponse {
+    /// One answer per unit, in the request's order. A filter's [`Verdicts`] are over the
+    /// candidates it was given (those every earlier filter of the batch passed; a filter that
+    /// answered [`CallResponse::Failed`] passed them all; a filter left with no candidate is
+    /// not run and answers empty verdicts). The weights' penalties are over the candidates
+    /// every filter of the batch passed.
+    Answers {
+        /// Per filter, in order.
+        filters: Vec<CallResponse>,
+        /// Per weight, in order.
+        weights: Vec<CallResponse>,
+    },
+    /// The guest could not run the batch at all (stale epoch, undecodable request...).
+    Failed(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +292,32 @@ mod tests {
         let borrowed = codec::encode(&request.as_call()).unwrap();
         assert_eq!(borrowed, codec::encode(&request).unwrap());
         assert_eq!(codec::decode::<CallRequest>(&borrowed).unwrap(), request);
+    }
+
+    #[test]
+    fn borrowed_batch_encodes_to_the_bytes_of_the_owned_request() {
+        let request = BatchRequest {
+            epoch: 7,
+            vm: vm("v").memory_mb(1_024).build(),
+            candidates: alloc::vec![0, 2, 5],
+            filters: alloc::vec![
+                BatchUnit {
+                    unit: 0,
+                    params: alloc::vec![]
+                },
+                BatchUnit {
+                    unit: 2,
+                    params: alloc::vec![("x".into(), ParamValue::Bool(true))]
+                },
+            ],
+            weights: alloc::vec![BatchUnit {
+                unit: 1,
+                params: alloc::vec![]
+            }],
+        };
+        let mut units = Vec::new();
+        let borrowed = codec::encode(&request.as_batch(&mut units)).unwrap();
+        assert_eq!(borrowed, codec::encode(&request).unwrap());
+        assert_eq!(codec::decode::<BatchRequest>(&borrowed).unwrap(), request);
     }
 }

@@ -221,10 +221,23 @@ fn bad_modules_are_rejected_at_load_with_the_file_name_and_reason() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("notes.wasm", b"plain text, not wasm".to_vec(), "module notes.wasm: not a WebAssembly module"),
         ("truncated.wasm", b"\0asm\x01\0\0\0\x01".to_vec(), "module truncated.wasm: does not compile"),
-        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 5..=5"),
-        ("abi1.wasm", wat_module(1, 0, ""), "module abi1.wasm: ABI version 1 is not supported; this host accepts 5..=5"),
-        ("abi2.wasm", wat_module(2, 0, ""), "module abi2.wasm: ABI version 2 is not supported; this host accepts 5..=5"),
-        ("abi4.wasm", wat_module(4, 0, ""), "module abi4.wasm: ABI version 4 is not supported; this host accepts 5..=5"),
+        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 6..=6"),
+        ("abi1.wasm", wat_module(1, 0, ""), "module abi1.wasm: ABI version 1 is not supported; this host accepts 6..=6"),
+        ("abi2.wasm", wat_module(2, 0, ""), "module abi2.wasm: ABI version 2 is not supported; this host accepts 6..=6"),
+        ("abi4.wasm", wat_module(4, 0, ""), "module abi4.wasm: ABI version 4 is not supported; this host accepts 6..=6"),
+        ("abi5.wasm", wat_module(5, 0, ""), "module abi5.wasm: ABI version 5 is not supported; this host accepts 6..=6"),
+        (
+            "nobatch.wasm",
+            wat(&format!(
+                r#"(module (memory (export "memory") 1)
+                (func (export "wasmsched_abi_version") (result i32) i32.const {ABI_VERSION})
+                (func (export "wasmsched_input") (param i32) (result i32) i32.const 1024)
+                (func (export "wasmsched_manifest") (result i64) i64.const 0)
+                (func (export "wasmsched_sync") (param i32) (result i64) i64.const 0)
+                (func (export "wasmsched_call") (param i32) (result i64) i64.const 0))"#
+            )),
+            "module nobatch.wasm: missing export `wasmsched_batch`",
+        ),
         ("empty.wasm", wat("(module (memory (export \"memory\") 1))"), "module empty.wasm: missing export `wasmsched_abi_version`"),
         ("nomem.wasm", wat("(module)"), "module nomem.wasm: missing export `memory`"),
         (

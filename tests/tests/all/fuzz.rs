@@ -17,7 +17,7 @@
 use integration_tests::{wat_bytes, wat_guest};
 use policy_sdk::model::topology::CpuPinning;
 use policy_sdk::testing::XorShift;
-use policy_sdk::wire::abi::{pack, CallResponse};
+use policy_sdk::wire::abi::{pack, BatchResponse, CallResponse};
 use policy_sdk::wire::codec;
 use policy_sdk::wire::sync::SyncResponse;
 use policy_sdk::{BalanceAction, Snapshot, UnitKind, Verdict, Verdicts, Vm};
@@ -250,6 +250,24 @@ fn guest_seeds() -> Vec<Vec<u8>> {
         .unwrap(),
     );
     seeds.push(codec::encode(&CallResponse::Failed("bad vm".into())).unwrap());
+    seeds.push(
+        codec::encode(&BatchResponse::Answers {
+            filters: vec![
+                CallResponse::Verdicts(Verdicts::from_verdicts(vec![
+                    Verdict::Pass,
+                    Verdict::reject("memory", "too little"),
+                    Verdict::Pass,
+                ])),
+                CallResponse::Failed("no".into()),
+            ],
+            weights: vec![
+                CallResponse::Penalties(vec![4, 2]),
+                CallResponse::SamePenalty(1),
+            ],
+        })
+        .unwrap(),
+    );
+    seeds.push(codec::encode(&BatchResponse::Failed("stale".into())).unwrap());
     seeds
 }
 
@@ -262,9 +280,14 @@ fn fuzz_guest_answers_decoded_by_the_host() {
         "guest answers",
         1,
         |g| {
-            let what = match g.below(3) {
+            let what = match g.below(4) {
                 0 => GuestOutput::Manifest,
                 1 => GuestOutput::Sync,
+                2 => GuestOutput::Batch {
+                    filters: g.below(3),
+                    weights: g.below(3),
+                    candidates: g.below(4),
+                },
                 _ => GuestOutput::Call {
                     kind: kinds[g.below(3)],
                     candidates: g.below(4),
@@ -284,6 +307,28 @@ fn fuzz_guest_answers_decoded_by_the_host() {
                     if let Ok(CallResponse::Verdicts(v)) = codec::decode::<CallResponse>(bytes) {
                         assert_eq!(v.len(), *candidates);
                         assert!(v.check().is_ok());
+                    }
+                }
+                // An accepted batch: one answer per unit, the first filter's verdicts over
+                // every candidate.
+                if let GuestOutput::Batch {
+                    filters,
+                    weights,
+                    candidates,
+                } = what
+                {
+                    match codec::decode::<BatchResponse>(bytes) {
+                        Ok(BatchResponse::Answers {
+                            filters: f,
+                            weights: w,
+                        }) => {
+                            assert_eq!((f.len(), w.len()), (*filters, *weights));
+                            if let Some(CallResponse::Verdicts(v)) = f.first() {
+                                assert_eq!(v.len(), *candidates);
+                                assert!(v.check().is_ok());
+                            }
+                        }
+                        other => panic!("accepted batch answer {other:?}"),
                     }
                 }
             }

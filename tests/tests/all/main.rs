@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod balance;
+mod batch;
 mod builtins;
 mod custom_unit;
 mod faults;

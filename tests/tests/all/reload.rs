@@ -492,7 +492,8 @@ fn hostile_modules_are_refused_with_clear_errors_and_the_engine_keeps_serving() 
                 (func (export "wasmsched_input") (param i32) (result i32) unreachable)
                 (func (export "wasmsched_manifest") (result i64) unreachable)
                 (func (export "wasmsched_sync") (param i32) (result i64) unreachable)
-                (func (export "wasmsched_call") (param i32) (result i64) unreachable))"#),
+                (func (export "wasmsched_call") (param i32) (result i64) unreachable)
+                (func (export "wasmsched_batch") (param i32) (result i64) unreachable))"#),
             "wasmsched_abi_version: trap: wasm trap: wasm `unreachable` instruction executed",
         ),
         (

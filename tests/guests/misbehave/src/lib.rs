@@ -5,8 +5,8 @@
 //! `garbage`. Weight `chaos-weight` modes: `pass`, `trap`. Balance `chaos-balance` modes:
 //! `ok` (moves VM 0 to host 0), `unknown_host`, `unknown_vm`.
 //!
-//! The exports are written by hand (not with `export_units!`) so that `wasmsched_call` can
-//! corrupt its own result after the SDK produced it.
+//! The exports are written by hand (not with `export_units!`) so that `wasmsched_call` and
+//! `wasmsched_batch` can corrupt their own result after the SDK produced it.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use policy_sdk::{
@@ -159,7 +159,16 @@ mod exports {
     #[unsafe(no_mangle)]
     pub extern "C" fn wasmsched_call(len: u32) -> u64 {
         CORRUPT.store(CORRUPT_NONE, Ordering::Relaxed);
-        let packed = guest::call(units, len);
+        corrupted(guest::call(units, len))
+    }
+    #[unsafe(no_mangle)]
+    pub extern "C" fn wasmsched_batch(len: u32) -> u64 {
+        CORRUPT.store(CORRUPT_NONE, Ordering::Relaxed);
+        corrupted(guest::batch(units, len))
+    }
+
+    /// The result as the current call's mode wants it corrupted.
+    fn corrupted(packed: u64) -> u64 {
         match CORRUPT.load(Ordering::Relaxed) {
             CORRUPT_POINTER => pack(0xfff0_0000, 4096),
             CORRUPT_BYTES => pack(GARBAGE.as_ptr() as usize as u32, GARBAGE.len() as u32),
