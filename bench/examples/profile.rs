@@ -16,10 +16,23 @@ fn main() -> anyhow::Result<()> {
     let what = args.get(1).map(String::as_str).unwrap_or("steady");
     let hosts: usize = args.get(2).map_or(Ok(10_000), |h| h.parse())?;
     let native_backend = args.iter().any(|a| a == "--native");
-    let runtime = if native_backend {
-        native::runtime()
-    } else {
-        native::wasm_runtime()
+    // `--dir DIR`: the builtin modules from DIR instead of the embedded ones, e.g. built
+    // with their names kept so that `perf` names guest functions:
+    // CARGO_PROFILE_WASM_GUEST_STRIP=false cargo build --target wasm32-unknown-unknown \
+    //   --profile wasm-guest -p builtin-basic -p builtin-affinity -p builtin-high-performance \
+    //   -p builtin-balance --target-dir /tmp/named
+    let dir = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1));
+    let runtime = match (native_backend, dir) {
+        (true, _) => native::runtime(),
+        (false, Some(dir)) => wasmsched::Runtime::builder()
+            .builtins(false)
+            .cache_dir(None)
+            .policy_dir(dir)
+            .build()?,
+        (false, None) => native::wasm_runtime(),
     };
     let policy = Policy::builtin_default(&runtime)?;
     let start = std::time::Instant::now();
