@@ -579,15 +579,14 @@ fn pick(over: &[HostIndex], penalties: Vec<Penalty>, wanted: &[HostIndex]) -> Ve
         return penalties;
     }
     let mut next = wanted.iter().peekable();
-    over.iter()
-        .zip(penalties)
-        .filter_map(|(host, penalty)| {
-            (next.peek() == Some(&host)).then(|| {
-                next.next();
-                penalty
-            })
-        })
-        .collect()
+    let mut picked = Vec::with_capacity(wanted.len());
+    for (host, penalty) in over.iter().zip(penalties) {
+        if next.peek() == Some(&host) {
+            next.next();
+            picked.push(penalty);
+        }
+    }
+    picked
 }
 
 /// Cores one decision may use (cached).
