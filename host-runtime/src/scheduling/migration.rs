@@ -253,7 +253,7 @@ pub(super) fn migrate(
     let mut moving = vm.clone();
     if moving.cpu_passthrough && moving.cpu_flags.is_empty() {
         if let Some(host) = snapshot.hosts.iter().find(|h| h.id == source) {
-            moving.cpu_flags = host.cpu_flags.clone();
+            moving.cpu_flags = host.cpu_flags.to_vec();
         }
     }
     let hp = topology::is_hp_or_pinned(&moving);

@@ -9,6 +9,7 @@
 //! index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
 //! comparing names.
 
+use crate::model::flags::CpuFlags;
 use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
 use alloc::string::String;
@@ -107,9 +108,9 @@ impl CpuFlagIndex {
         // Hosts of a cluster mostly share a CPU model: a host whose flags equal an earlier
         // host's adds nothing to the dictionary and copies that host's row (a comparison of
         // names instead of hashing each of them).
-        let mut seen: Vec<&[String]> = Vec::new();
+        let mut seen: Vec<&CpuFlags> = Vec::new();
         for h in hosts {
-            if seen.contains(&h.cpu_flags.as_slice()) {
+            if seen.iter().any(|s| s.same_as(&h.cpu_flags)) {
                 continue;
             }
             if seen.len() < 8 {
@@ -131,9 +132,9 @@ impl CpuFlagIndex {
         };
         let words = index.words;
         // (flags, row) of recently indexed distinct flag lists.
-        let mut recent: Vec<(&[String], usize)> = Vec::new();
+        let mut recent: Vec<(&CpuFlags, usize)> = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
-            match recent.iter().find(|(f, _)| *f == h.cpu_flags.as_slice()) {
+            match recent.iter().find(|(f, _)| f.same_as(&h.cpu_flags)) {
                 Some(&(_, row)) => index
                     .bits
                     .copy_within(row * words..(row + 1) * words, i * words),

@@ -7,6 +7,7 @@
 //! Units of measure: memory in MiB (`_mb`), hugepage sizes in KiB (`_kb`), CPU load in
 //! percent.
 
+pub mod flags;
 pub mod index;
 pub mod manifest;
 pub mod topology;
@@ -471,8 +472,8 @@ pub struct Host {
     pub online_cpus: Vec<u32>,
     /// CPU model name.
     pub cpu_model: String,
-    /// CPU flags.
-    pub cpu_flags: Vec<String>,
+    /// CPU flags (shared with other hosts that have the same list; see [`flags`]).
+    pub cpu_flags: flags::CpuFlags,
     /// NUMA nodes; empty when the host has no NUMA support.
     pub numa_nodes: Vec<NumaNode>,
     /// Memory figures.
