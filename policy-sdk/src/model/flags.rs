@@ -100,14 +100,17 @@ impl<'de> Visitor<'de> for FlagsVisitor {
         let mut own: Option<Vec<String>> = None;
         while let Some(name) = seq.next_element::<Name<'de>>()? {
             match &mut own {
-                Some(list) => list.push(name.into_string()),
-                None if previous.get(matched).is_some_and(|p| p == name.as_str()) => {
+                Some(list) => list.push(name.into_string()?),
+                None if previous
+                    .get(matched)
+                    .is_some_and(|p| p.as_bytes() == name.as_bytes()) =>
+                {
                     matched += 1;
                 }
                 None => {
                     let mut list = Vec::with_capacity(matched + 1 + seq.size_hint().unwrap_or(0));
                     list.extend_from_slice(&previous[..matched]);
-                    list.push(name.into_string());
+                    list.push(name.into_string()?);
                     own = Some(list);
                 }
             }
@@ -123,24 +126,31 @@ impl<'de> Visitor<'de> for FlagsVisitor {
 }
 
 /// One flag name as the decoder has it: borrowed from the input when it can be (bincode),
-/// owned otherwise (text formats with escapes).
+/// owned otherwise (text formats with escapes). From a binary format the name is read as
+/// bytes: compared with the previous list's name as they are, and checked to be UTF-8 only
+/// when it differs (a string's bincode form is its bytes).
 enum Name<'de> {
     Borrowed(&'de str),
+    Bytes(&'de [u8]),
     Owned(String),
 }
 
 impl Name<'_> {
-    fn as_str(&self) -> &str {
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            Name::Borrowed(s) => s,
-            Name::Owned(s) => s,
+            Name::Borrowed(s) => s.as_bytes(),
+            Name::Bytes(b) => b,
+            Name::Owned(s) => s.as_bytes(),
         }
     }
 
-    fn into_string(self) -> String {
+    fn into_string<E: serde::de::Error>(self) -> Result<String, E> {
         match self {
-            Name::Borrowed(s) => s.into(),
-            Name::Owned(s) => s,
+            Name::Borrowed(s) => Ok(s.into()),
+            Name::Bytes(b) => core::str::from_utf8(b)
+                .map(String::from)
+                .map_err(|_| E::custom("a CPU flag name is not UTF-8")),
+            Name::Owned(s) => Ok(s),
         }
     }
 }
@@ -162,8 +172,20 @@ impl<'de> Deserialize<'de> for Name<'de> {
             fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
                 Ok(Name::Owned(v))
             }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Name<'de>, E> {
+                Ok(Name::Bytes(v))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Name<'de>, E> {
+                core::str::from_utf8(v)
+                    .map(|s| Name::Owned(s.into()))
+                    .map_err(|_| E::custom("a CPU flag name is not UTF-8"))
+            }
         }
-        deserializer.deserialize_str(NameVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(NameVisitor)
+        } else {
+            deserializer.deserialize_bytes(NameVisitor)
+        }
     }
 }
 
@@ -211,5 +233,13 @@ mod tests {
             ["a\"b"],
             "escaped names decode owned"
         );
+    }
+
+    #[test]
+    fn a_flag_name_that_is_not_utf8_fails_the_decode() {
+        // One name of two bytes, 0xff 0xfe.
+        let bytes = [1u8, 2, 0xff, 0xfe];
+        let err = codec::decode::<CpuFlags>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }
