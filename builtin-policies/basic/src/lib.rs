@@ -7,6 +7,7 @@
 //! Reject codes: `not_enough_memory`, `not_enough_schedulable_memory` (filter `memory`),
 //! `not_enough_cores` (filter `cpu`).
 
+use policy_sdk::model::topology::CpuBits;
 use policy_sdk::{
     Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Verdicts, Vm, Weight,
 };
@@ -96,23 +97,17 @@ fn schedulable_memory(host: &Host) -> u64 {
 /// each counted once, among the pCPUs its topology has (an id beyond the topology takes no
 /// CPU). One pass over each list with a bit set: linear however long the lists are.
 fn taken_cpus(host: &Host) -> (u32, u32) {
-    let threads = host.cpu.threads();
-    let mut seen = vec![0u64; (threads as usize).div_ceil(64)];
-    let mut mark = |id: u32| {
-        if id >= threads {
-            return false;
-        }
-        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
-        let new = seen[word] & bit == 0;
-        seen[word] |= bit;
-        new
-    };
-    let dedicated = host.dedicated_cpus.iter().filter(|&&id| mark(id)).count() as u32;
+    let mut seen = CpuBits::new(host.cpu.threads());
+    let dedicated = host
+        .dedicated_cpus
+        .iter()
+        .filter(|&&id| seen.insert(id))
+        .count() as u32;
     let pending = host
         .pending
         .pinned_cpus
         .iter()
-        .filter(|&&id| mark(id))
+        .filter(|&&id| seen.insert(id))
         .count() as u32;
     (dedicated, pending)
 }

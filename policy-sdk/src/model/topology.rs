@@ -325,6 +325,100 @@ pub fn allocate_dedicated(host: &Host, vm: &Vm) -> Result<Vec<u32>, AllocationSh
     )
 }
 
+/// Words of a [`CpuBits`] kept inline: 1,024 pCPUs, more than any host's topology today.
+const INLINE_CPU_WORDS: usize = 16;
+
+/// A set of pCPU ids below a topology's thread count, for the per-host checks a filter runs
+/// for every candidate: inline (no allocation) up to 1,024 pCPUs, on the heap beyond.
+/// Ids at or beyond the bound are ignored (a pCPU the topology does not have takes no CPU).
+#[derive(Debug, Clone)]
+pub struct CpuBits {
+    bound: u32,
+    inline: [u64; INLINE_CPU_WORDS],
+    heap: Vec<u64>,
+}
+
+impl CpuBits {
+    /// An empty set of ids below `bound`.
+    pub fn new(bound: u32) -> Self {
+        let words = (bound as usize).div_ceil(64);
+        Self {
+            bound,
+            inline: [0; INLINE_CPU_WORDS],
+            heap: if words > INLINE_CPU_WORDS {
+                alloc::vec![0; words]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn words(&self) -> &[u64] {
+        let words = (self.bound as usize).div_ceil(64);
+        if words > INLINE_CPU_WORDS {
+            &self.heap
+        } else {
+            &self.inline[..words]
+        }
+    }
+
+    fn words_mut(&mut self) -> &mut [u64] {
+        let words = (self.bound as usize).div_ceil(64);
+        if words > INLINE_CPU_WORDS {
+            &mut self.heap
+        } else {
+            &mut self.inline[..words]
+        }
+    }
+
+    /// Adds `id`; `true` when it was not in the set (and is below the bound).
+    pub fn insert(&mut self, id: u32) -> bool {
+        if id >= self.bound {
+            return false;
+        }
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let words = self.words_mut();
+        let new = words[word] & bit == 0;
+        words[word] |= bit;
+        new
+    }
+
+    /// Adds every id below the bound.
+    pub fn insert_all(&mut self) {
+        let bound = self.bound as usize;
+        for (i, word) in self.words_mut().iter_mut().enumerate() {
+            let left = bound - i * 64;
+            *word = if left >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << left) - 1
+            };
+        }
+    }
+
+    /// Removes `id`.
+    pub fn remove(&mut self, id: u32) {
+        if id < self.bound {
+            self.words_mut()[(id / 64) as usize] &= !(1u64 << (id % 64));
+        }
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: u32) -> bool {
+        id < self.bound && self.words()[(id / 64) as usize] & (1u64 << (id % 64)) != 0
+    }
+
+    /// Number of ids in the set.
+    pub fn len(&self) -> u32 {
+        self.words().iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.words().iter().all(|&w| w == 0)
+    }
+}
+
 /// Whether [`allocate_dedicated`] would succeed on `host`, with the same shortfall, without
 /// building the allocation: counts free online pCPUs (or whole free cores) with a bitmap of
 /// the taken ones. What the `cpu-pinning` filter runs on every candidate.
@@ -332,40 +426,27 @@ pub fn check_dedicated(host: &Host, vm: &Vm) -> Result<(), AllocationShortfall> 
     if !is_exclusive(vm.cpu_pinning_policy) {
         return Ok(());
     }
-    let threads = host.cpu.threads() as usize;
-    let words = threads.div_ceil(64);
-    let mut usable = vec![0u64; words];
-    let mut set = |cpu: u32, on: bool| {
-        let cpu = cpu as usize;
-        if cpu < threads {
-            if on {
-                usable[cpu / 64] |= 1 << (cpu % 64);
-            } else {
-                usable[cpu / 64] &= !(1 << (cpu % 64));
-            }
-        }
-    };
+    let threads = host.cpu.threads();
+    let mut usable = CpuBits::new(threads);
     if host.online_cpus.is_empty() {
-        (0..threads as u32).for_each(|c| set(c, true));
+        usable.insert_all();
     } else {
-        host.online_cpus.iter().for_each(|&c| set(c, true));
+        host.online_cpus.iter().for_each(|&c| {
+            usable.insert(c);
+        });
     }
-    host.dedicated_cpus
-        .iter()
-        .chain(&host.pending.pinned_cpus)
-        .for_each(|&c| set(c, false));
+    for &c in host.dedicated_cpus.iter().chain(&host.pending.pinned_cpus) {
+        usable.remove(c);
+    }
     let want = vm.vcpus() as usize;
     let (free, unit) = if vm.cpu_pinning_policy == PinningPolicy::IsolateThreads {
-        let tpc = host.cpu.threads_per_core.max(1) as usize;
+        let tpc = host.cpu.threads_per_core.max(1);
         let whole = (0..threads / tpc)
-            .filter(|core| {
-                (core * tpc..core * tpc + tpc).all(|c| usable[c / 64] & (1 << (c % 64)) != 0)
-            })
+            .filter(|core| (core * tpc..core * tpc + tpc).all(|c| usable.contains(c)))
             .count();
         (whole, "whole free core(s)")
     } else {
-        let free = usable.iter().map(|w| w.count_ones() as usize).sum();
-        (free, "free online pCPU(s)")
+        (usable.len() as usize, "free online pCPU(s)")
     };
     if free >= want {
         Ok(())
@@ -986,6 +1067,32 @@ pub fn is_hp_or_pinned(vm: &Vm) -> bool {
 mod tests {
     use super::*;
     use crate::testing::{host, vm, XorShift};
+
+    #[test]
+    fn cpu_bits_count_each_id_once_below_the_bound_inline_or_on_the_heap() {
+        // (bound, ids inserted, ids removed, expected members)
+        let cases: [(u32, &[u32], &[u32], &[u32]); 4] = [
+            (8, &[1, 1, 7, 9, 100], &[], &[1, 7]),
+            (128, &[0, 63, 64, 127, 128], &[63], &[0, 64, 127]),
+            (1_024, &[1_023, 1_024, 5], &[6], &[5, 1_023]),
+            (3_000, &[2_999, 1_500, 1_500, 3_000], &[2_999], &[1_500]),
+        ];
+        for (bound, insert, remove, members) in cases {
+            let mut bits = CpuBits::new(bound);
+            assert!(bits.is_empty());
+            let new = insert.iter().filter(|&&id| bits.insert(id)).count();
+            let distinct: BTreeSet<u32> = insert.iter().copied().filter(|&i| i < bound).collect();
+            assert_eq!(new, distinct.len(), "bound {bound}: each id new once");
+            remove.iter().for_each(|&id| bits.remove(id));
+            let found: Vec<u32> = (0..bound + 8).filter(|&id| bits.contains(id)).collect();
+            assert_eq!(found, members, "bound {bound}");
+            assert_eq!(bits.len() as usize, members.len());
+            let mut all = CpuBits::new(bound);
+            all.insert_all();
+            assert_eq!(all.len(), bound, "bound {bound}: all ids");
+            assert!(!all.contains(bound));
+        }
+    }
 
     #[test]
     fn pinning_strings_parse_to_vcpu_sets() {
