@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view), `mass` (a mass start on one thread), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200), `mass` (a mass start on one thread), `mass2` (on two threads).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
         "steady" => {
             let (cluster, _) = synth::realistic_cluster(hosts)?;
             let view = cluster.view();
-            for i in 0..200 {
+            let rounds: usize = std::env::var("ROUNDS").map_or(Ok(200), |r| r.parse())?;
+            for i in 0..rounds {
                 let kind = VmKind::ALL[i % VmKind::ALL.len()];
                 let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Summary);
                 policy.evaluate(&view, &request)?;
