@@ -208,31 +208,32 @@ impl CpuPinningFilter {
             );
         }
         if !pcpus.is_empty() {
+            // The lists are built only for a rejection's detail: a host that passes costs
+            // no allocation.
             let threads = host.cpu.threads();
-            let offline: Vec<u32> = pcpus
-                .iter()
-                .copied()
-                .filter(|&c| {
-                    c >= threads || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
-                })
-                .collect();
-            if !offline.is_empty() {
+            let offline = |c: u32| {
+                c >= threads || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
+            };
+            if pcpus.iter().any(|&c| offline(c)) {
+                let offline: Vec<u32> = pcpus.iter().copied().filter(|&c| offline(c)).collect();
                 return Verdict::reject(
                     "pcpu_offline",
                     format!("pinned pCPU(s) {} offline or absent", list(&offline)),
                 );
             }
-            let running: Vec<u32> = pcpus
-                .iter()
-                .copied()
-                .filter(|c| host.dedicated_cpus.contains(c))
-                .collect();
-            let pending: Vec<u32> = pcpus
-                .iter()
-                .copied()
-                .filter(|c| !running.contains(c) && host.pending.pinned_cpus.contains(c))
-                .collect();
-            if !running.is_empty() || !pending.is_empty() {
+            let taken =
+                |c: &u32| host.dedicated_cpus.contains(c) || host.pending.pinned_cpus.contains(c);
+            if pcpus.iter().any(taken) {
+                let running: Vec<u32> = pcpus
+                    .iter()
+                    .copied()
+                    .filter(|c| host.dedicated_cpus.contains(c))
+                    .collect();
+                let pending: Vec<u32> = pcpus
+                    .iter()
+                    .copied()
+                    .filter(|c| !running.contains(c) && host.pending.pinned_cpus.contains(c))
+                    .collect();
                 let mut detail = String::from("pinned pCPU(s) dedicated to another VM: ");
                 if !running.is_empty() {
                     let _ = write!(detail, "{} (running)", list(&running));
