@@ -148,54 +148,70 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
     })
 }
 
+/// Decodes the request of `len` bytes in the input buffer, checks that it is about the epoch
+/// the guest holds, runs it with `run`, and packs the answer; `failed` makes the answer that
+/// says why it could not run.
+fn answer<Req, Resp>(
+    state: &mut State,
+    len: u32,
+    what: &str,
+    epoch_of: fn(&Req) -> u64,
+    failed: fn(String) -> Resp,
+    run: impl FnOnce(&UnitSet, &Snapshot, &OnceCell<SnapshotIndex>, Req) -> Resp,
+) -> u64
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: Serialize,
+{
+    let len = (len as usize).min(state.input.len());
+    let response = match codec::decode::<Req>(&state.input[..len]) {
+        Err(e) => failed(format!("cannot decode {what} request: {e}")),
+        Ok(request) if !state.synced || epoch_of(&request) != state.snapshot.epoch => {
+            failed(format!(
+                "{what} for epoch {} but the guest holds epoch {} (synced: {})",
+                epoch_of(&request),
+                state.snapshot.epoch,
+                state.synced
+            ))
+        }
+        Ok(request) => match state.units.as_ref() {
+            Some(units) => run(units, &state.snapshot, &state.index, request),
+            None => failed("module not initialized".into()),
+        },
+    };
+    respond(state, &response)
+}
+
 /// `wasmsched_call`.
 pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
     with_state(make, |state| {
-        let len = (len as usize).min(state.input.len());
-        let response = match codec::decode::<CallRequest>(&state.input[..len]) {
-            Err(e) => CallResponse::Failed(format!("cannot decode call request: {e}")),
-            Ok(request) if !state.synced || request.epoch != state.snapshot.epoch => {
-                CallResponse::Failed(format!(
-                    "call for epoch {} but the guest holds epoch {} (synced: {})",
-                    request.epoch, state.snapshot.epoch, state.synced
-                ))
-            }
-            Ok(request) => match state.units.as_ref() {
-                Some(units) => {
-                    units.evaluate_lazy(&state.snapshot, &state.index, request.as_call())
-                }
-                None => CallResponse::Failed("module not initialized".into()),
+        answer(
+            state,
+            len,
+            "call",
+            |r: &CallRequest| r.epoch,
+            CallResponse::Failed,
+            |units, snapshot, index, request| {
+                units.evaluate_lazy(snapshot, index, request.as_call())
             },
-        };
-        respond(state, &response)
+        )
     })
 }
 
 /// `wasmsched_batch`.
 pub fn batch(make: fn() -> UnitSet, len: u32) -> u64 {
     with_state(make, |state| {
-        let len = (len as usize).min(state.input.len());
-        let response = match codec::decode::<BatchRequest>(&state.input[..len]) {
-            Err(e) => BatchResponse::Failed(format!("cannot decode batch request: {e}")),
-            Ok(request) if !state.synced || request.epoch != state.snapshot.epoch => {
-                BatchResponse::Failed(format!(
-                    "batch for epoch {} but the guest holds epoch {} (synced: {})",
-                    request.epoch, state.snapshot.epoch, state.synced
-                ))
-            }
-            Ok(request) => match state.units.as_ref() {
-                Some(units) => {
-                    let mut refs = Vec::new();
-                    units.evaluate_batch_lazy(
-                        &state.snapshot,
-                        &state.index,
-                        request.as_batch(&mut refs),
-                    )
-                }
-                None => BatchResponse::Failed("module not initialized".into()),
+        answer(
+            state,
+            len,
+            "batch",
+            |r: &BatchRequest| r.epoch,
+            BatchResponse::Failed,
+            |units, snapshot, index, request| {
+                let mut refs = Vec::new();
+                units.evaluate_batch_lazy(snapshot, index, request.as_batch(&mut refs))
             },
-        };
-        respond(state, &response)
+        )
     })
 }
 

@@ -39,6 +39,16 @@ enum IndexRef<'a> {
     Lazy(&'a core::cell::OnceCell<SnapshotIndex>),
 }
 
+impl<'a> IndexRef<'a> {
+    /// An index the caller keeps, or none.
+    fn of(index: Option<&'a SnapshotIndex>) -> Self {
+        match index {
+            Some(index) => IndexRef::Ready(index),
+            None => IndexRef::None,
+        }
+    }
+}
+
 impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
@@ -426,11 +436,7 @@ impl UnitSet {
         index: Option<&SnapshotIndex>,
         call: Call<'_>,
     ) -> CallResponse {
-        let index = match index {
-            Some(index) => IndexRef::Ready(index),
-            None => IndexRef::None,
-        };
-        self.evaluate_with(snapshot, index, call)
+        self.evaluate_with(snapshot, IndexRef::of(index), call)
     }
 
     /// [`UnitSet::evaluate_indexed`] with an index built on first use (the guest glue).
@@ -453,11 +459,7 @@ impl UnitSet {
         index: Option<&SnapshotIndex>,
         batch: Batch<'_>,
     ) -> BatchResponse {
-        let index = match index {
-            Some(index) => IndexRef::Ready(index),
-            None => IndexRef::None,
-        };
-        self.batch_with(snapshot, index, batch)
+        self.batch_with(snapshot, IndexRef::of(index), batch)
     }
 
     /// [`UnitSet::evaluate_batch`] with an index built on first use (the guest glue).
