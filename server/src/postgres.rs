@@ -18,10 +18,7 @@ use crate::commit::{CommitQueue, Committer, Submission};
 use crate::lease::{Acquired, HeldLeases, LeaseView, Leases, Orphan, Replica};
 use crate::metrics::Metrics;
 use crate::sql;
-use crate::store::{
-    BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
-    StoredPlacement, Write,
-};
+use crate::store::{BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, Write};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
@@ -277,12 +274,7 @@ impl PostgresStore {
             .await
             .map_err(db)?
             .into_iter()
-            .map(|row| StoredPlacement {
-                vm: row.get(0),
-                host: row.get(1),
-                kind: row.get(2),
-                vm_doc: row.get(3),
-            })
+            .map(|row| sql::placement_of(&row))
             .collect();
         let mut docs = BTreeMap::new();
         for (table, key) in [("host_docs", "host"), ("vm_docs", "vm")] {
@@ -294,10 +286,7 @@ impl PostgresStore {
             docs.insert(
                 table,
                 rows.into_iter()
-                    .map(|row| StoredDoc {
-                        id: row.get(0),
-                        doc: row.get(1),
-                    })
+                    .map(|row| sql::doc_of(&row))
                     .collect::<Vec<_>>(),
             );
         }

@@ -2,7 +2,7 @@
 //! both read `$1`, `$2`, ... placeholders (numbered in order of appearance) and
 //! `INSERT ... ON CONFLICT ... DO UPDATE`. Each store only binds and executes.
 
-use crate::store::{StoredDoc, Write};
+use crate::store::{StoredDoc, StoredPlacement, Write};
 use std::borrow::Cow;
 
 /// One statement and its text parameters, in placeholder order.
@@ -130,6 +130,34 @@ pub const SELECT_PLACEMENTS: &str =
 /// A cluster's memory changes in flight, by VM: `record`.
 pub const SELECT_MEMORY_CHANGES: &str =
     "SELECT record FROM memory_changes WHERE cluster = $1 ORDER BY vm";
+
+/// A row of [`SELECT_PLACEMENTS`], from either database.
+pub fn placement_of<R>(row: &R) -> StoredPlacement
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    StoredPlacement {
+        vm: row.get(0),
+        host: row.get(1),
+        kind: row.get(2),
+        vm_doc: row.get(3),
+    }
+}
+
+/// A row of [`select_docs`], from either database.
+pub fn doc_of<R>(row: &R) -> StoredDoc
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    StoredDoc {
+        id: row.get(0),
+        doc: row.get(1),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,7 @@ use crate::commit::{CommitQueue, Committer, Submission};
 use crate::metrics::Metrics;
 use crate::sql;
 use crate::store::{
-    BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc,
-    StoredPlacement, Write,
+    BoxFuture, LeaseToken, PolicySpec, Store, StoreError, StoredCluster, StoredDoc, Write,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
@@ -126,12 +125,7 @@ impl SqliteStore {
                 .await
                 .map_err(db)?
                 .into_iter()
-                .map(|row| StoredPlacement {
-                    vm: row.get(0),
-                    host: row.get(1),
-                    kind: row.get(2),
-                    vm_doc: row.get(3),
-                })
+                .map(|row| sql::placement_of(&row))
                 .collect();
             cluster.hosts = Self::read_docs(conn, "host_docs", "host", &cluster.id).await?;
             cluster.vms = Self::read_docs(conn, "vm_docs", "vm", &cluster.id).await?;
@@ -160,10 +154,7 @@ impl SqliteStore {
             .await
             .map_err(db)?
             .into_iter()
-            .map(|row| StoredDoc {
-                id: row.get(0),
-                doc: row.get(1),
-            })
+            .map(|row| sql::doc_of(&row))
             .collect())
     }
 
