@@ -445,15 +445,18 @@ fn run_units(
     let mut rejected: Vec<Rejected> = policy.filters.iter().map(|_| Rejected::default()).collect();
     // Per weight: the candidates its penalties are over, and its answer (`None`: not run in
     // a batch, so run on its own below).
-    type Answer = (Vec<HostIndex>, std::result::Result<Vec<Penalty>, String>);
+    // The candidates are shared by the weights of one batch.
+    type Answer = (Arc<[HostIndex]>, std::result::Result<Vec<Penalty>, String>);
     let mut answers: Vec<Option<Answer>> = policy.weights.iter().map(|_| None).collect();
     for group in plan(policy, weigh) {
         if survivors.is_empty() || (group.filters.is_empty() && !weigh.runs(survivors.len())) {
             continue;
         }
         let filters = &policy.filters[group.filters.clone()];
-        let weights: Vec<&PolicyUnit> = group.weights.iter().map(|&w| &policy.weights[w]).collect();
-        let units: Vec<&PolicyUnit> = filters.iter().chain(weights.iter().copied()).collect();
+        let units: Vec<&PolicyUnit> = filters
+            .iter()
+            .chain(group.weights.iter().map(|&w| &policy.weights[w]))
+            .collect();
         let args: Vec<BatchUnitRef<'_>> = units
             .iter()
             .map(|u| BatchUnitRef {
@@ -497,8 +500,9 @@ fn run_units(
                         )?,
                     }
                 }
+                let over: Arc<[HostIndex]> = survivors.as_slice().into();
                 for (&w, answer) in group.weights.iter().zip(answered.weights) {
-                    answers[w] = Some((survivors.clone(), answer));
+                    answers[w] = Some((over.clone(), answer));
                 }
             }
             // The group's weights are left to run on their own below.
