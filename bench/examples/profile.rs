@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200), `mass` (a mass start on one thread), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread), `mass2` (on two threads).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
             let snapshot = synth::snapshot_of(hosts);
             let request = ScheduleRequest::new(VmKind::Plain.vm("probe"));
             for _ in 0..10 {
+                // As the harness's sync figure: a fresh cluster with one starting VM per
+                // 20 hosts pending.
                 let cluster = Cluster::new(snapshot.clone(), "<profile>")?;
+                synth::add_starting_vms(&cluster, hosts, hosts.div_ceil(20), "starting");
                 let t = std::time::Instant::now();
                 policy.evaluate(&cluster.view(), &request)?;
                 eprintln!("full: {:?}", t.elapsed());
@@ -55,6 +58,20 @@ fn main() -> anyhow::Result<()> {
                 let kind = VmKind::ALL[i % VmKind::ALL.len()];
                 let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Summary);
                 policy.evaluate(&view, &request)?;
+            }
+        }
+        "delta" => {
+            // As the harness's delta figure: one VM reserved, a decision (a small delta to
+            // every module), the VM released; `ROUNDS` times.
+            let (cluster, _) = synth::realistic_cluster(hosts)?;
+            let request = ScheduleRequest::new(VmKind::Plain.vm("probe"));
+            let rounds: usize = std::env::var("ROUNDS").map_or(Ok(200), |r| r.parse())?;
+            for i in 0..rounds {
+                let starting = VmKind::Plain.vm(&format!("delta-{i}"));
+                let target = synth::host_id(i % hosts.max(1));
+                cluster.reserve(&starting, &target, wasmsched::PlacementKind::Start)?;
+                policy.evaluate(&cluster.view(), &request)?;
+                cluster.release_vm(&starting.id)?;
             }
         }
         "mass" | "mass2" => {

@@ -2,25 +2,36 @@
 //! guest after each sync, the host's cluster after each change), so that units do not redo
 //! per-host string work on every call.
 //!
-//! Today: every host's CPU flags as a bit set over a dictionary of flag names
-//! ([`CpuFlagIndex`]), so "does this host have all of these flags" is a few word
-//! operations instead of string comparisons. A unit reads it through
-//! [`Context::cpu_flags`](crate::Context::cpu_flags); it is `None` when the caller has no
-//! index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
-//! comparing names.
+//! Today:
+//! * every host's CPU flags as a bit set over a dictionary of flag names
+//!   ([`CpuFlagIndex`]), so "does this host have all of these flags" is a few word
+//!   operations instead of string comparisons. A unit reads it through
+//!   [`Context::cpu_flags`](crate::Context::cpu_flags); it is `None` when the caller has no
+//!   index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
+//!   comparing names;
+//! * every host's pCPU counts ([`CpuCounts`]: dedicated, pending pinned, free online, whole
+//!   free cores), recounted when the host or its pending aggregate changes instead of on
+//!   every decision; read through [`Context::cpu_counts`](crate::Context::cpu_counts), which
+//!   counts on the spot when there is no index.
 
 use crate::model::flags::CpuFlags;
+use crate::model::topology::CpuCounts;
 use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Indexes derived from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotIndex {
     /// Host CPU flags as bit sets.
     pub cpu_flags: CpuFlagIndex,
+    /// Every host's pCPU counts, by host index, counted on first use (a decision reads
+    /// them only for the hosts it needs to, so a full snapshot costs nothing here) and
+    /// forgotten when the host or its pending aggregate changes.
+    cpu_counts: Vec<OnceLock<CpuCounts>>,
 }
 
 impl SnapshotIndex {
@@ -28,12 +39,30 @@ impl SnapshotIndex {
     pub fn build(snapshot: &Snapshot) -> Self {
         Self {
             cpu_flags: CpuFlagIndex::build(&snapshot.hosts),
+            cpu_counts: snapshot.hosts.iter().map(|_| OnceLock::new()).collect(),
         }
     }
 
+    /// The pCPU counts of `host`, at `index` in the indexed snapshot: counted now the first
+    /// time, then kept until the host changes. A host the index does not cover is counted
+    /// every time.
+    pub fn cpu_counts(&self, index: HostIndex, host: &Host) -> CpuCounts {
+        match self.cpu_counts.get(index as usize) {
+            Some(cell) => *cell.get_or_init(|| CpuCounts::of(host)),
+            None => CpuCounts::of(host),
+        }
+    }
+
+    /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
+    /// that many).
+    pub fn covers(&self, hosts: usize) -> bool {
+        self.cpu_flags.hosts == hosts && self.cpu_counts.len() == hosts
+    }
+
     /// Brings the index up to date after `changes` were applied to `snapshot` (the
-    /// snapshot after the changes): hosts replaced are re-read, hosts added or removed
-    /// rebuild the index; other changes (pending, status, VMs) leave it as it is.
+    /// snapshot after the changes): hosts replaced are re-read, hosts whose pending
+    /// aggregate was set are recounted, hosts added or removed rebuild the index; other
+    /// changes (status, usage, VMs) leave it as it is.
     pub fn update(&mut self, snapshot: &Snapshot, changes: &[Change]) {
         self.refresh(snapshot, &Touched::of(changes));
     }
@@ -41,7 +70,7 @@ impl SnapshotIndex {
     /// [`SnapshotIndex::update`] with what the changes touched, worked out before they
     /// were applied (applying consumes them).
     pub fn refresh(&mut self, snapshot: &Snapshot, touched: &Touched) {
-        if touched.rebuild || self.cpu_flags.hosts != snapshot.hosts.len() {
+        if touched.rebuild || !self.covers(snapshot.hosts.len()) {
             *self = Self::build(snapshot);
             return;
         }
@@ -51,6 +80,12 @@ impl SnapshotIndex {
                     *self = Self::build(snapshot);
                     return;
                 }
+                self.cpu_counts[host as usize] = OnceLock::new();
+            }
+        }
+        for &host in &touched.pending {
+            if let Some(cell) = self.cpu_counts.get_mut(host as usize) {
+                *cell = OnceLock::new();
             }
         }
     }
@@ -63,6 +98,8 @@ pub struct Touched {
     pub rebuild: bool,
     /// Hosts replaced in place.
     pub replaced: Vec<HostIndex>,
+    /// Hosts whose pending aggregate was set (their pending pinned pCPUs may differ).
+    pub pending: Vec<HostIndex>,
 }
 
 impl Touched {
@@ -73,10 +110,16 @@ impl Touched {
             match change {
                 Change::AddHost(_) | Change::RemoveHost { .. } => touched.rebuild = true,
                 Change::ReplaceHost { host, .. } => touched.replaced.push(*host),
+                Change::SetPending { host, .. } => touched.pending.push(*host),
                 _ => {}
             }
         }
         touched
+    }
+
+    /// Whether the changes touched anything an index keeps.
+    pub fn any(&self) -> bool {
+        self.rebuild || !self.replaced.is_empty() || !self.pending.is_empty()
     }
 }
 
@@ -198,6 +241,7 @@ impl CpuFlagIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HostUsage;
     use crate::testing::{host, snapshot};
 
     fn flags_of(index: &CpuFlagIndex, host: HostIndex, names: &[&str]) -> bool {
@@ -276,6 +320,89 @@ mod tests {
         index.update(&s, core::slice::from_ref(&add));
         assert!(flags_of(&index.cpu_flags, 2, &["aes"]));
         assert_eq!(index.cpu_flags.host_count(), 3);
+    }
+
+    /// The pCPU counts follow every change that can move them (a pending aggregate set, a
+    /// host replaced, a host added or removed) and stay put for the rest; after each change
+    /// the kept index equals one built from scratch.
+    #[test]
+    fn cpu_counts_follow_pending_and_host_changes_like_a_fresh_count() {
+        let hp = |id: &str| host(id).cpu(1, 4, 2).online_cpus(0..8);
+        let mut s = snapshot().host(hp("a")).host(hp("b")).build();
+        let mut index = SnapshotIndex::build(&s);
+        let pending = |cpus: &[u32]| {
+            let mut p = s.hosts[0].pending.clone();
+            p.pinned_cpus = cpus.to_vec();
+            p
+        };
+        // (dedicated, pending pinned, free online, whole free cores)
+        let counts = |dedicated, pending_pinned, free_online, whole_free_cores| CpuCounts {
+            dedicated,
+            pending_pinned,
+            free_online,
+            whole_free_cores,
+        };
+        // (change, host, its counts after it)
+        let cases: [(Change, usize, CpuCounts); 6] = [
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: pending(&[0, 1, 2]),
+                },
+                0,
+                counts(0, 3, 5, 2),
+            ),
+            (
+                Change::ReplaceHost {
+                    host: 1,
+                    value: hp("b").dedicated_cpus([6, 7, 7, 40]).build(),
+                },
+                1,
+                counts(2, 0, 6, 3),
+            ),
+            (
+                Change::SetPending {
+                    host: 1,
+                    pending: pending(&[5, 6]),
+                },
+                1,
+                counts(2, 1, 5, 2),
+            ),
+            (
+                Change::SetUsage(alloc::vec![(0, HostUsage::default())]),
+                0,
+                counts(0, 3, 5, 2),
+            ),
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: pending(&[]),
+                },
+                0,
+                counts(0, 0, 8, 4),
+            ),
+            (
+                Change::AddHost(hp("c").online_cpus(0..4).build()),
+                2,
+                counts(0, 0, 4, 2),
+            ),
+        ];
+        for (change, at, want) in cases {
+            let touched = Touched::of(core::slice::from_ref(&change));
+            change.clone().apply(&mut s).unwrap();
+            index.refresh(&s, &touched);
+            let fresh = SnapshotIndex::build(&s);
+            assert!(index.covers(s.hosts.len()), "{change:?}");
+            assert_eq!(
+                index.cpu_counts(at as HostIndex, &s.hosts[at]),
+                want,
+                "{change:?}"
+            );
+            for (i, h) in s.hosts.iter().enumerate() {
+                let i = i as HostIndex;
+                assert_eq!(index.cpu_counts(i, h), fresh.cpu_counts(i, h), "{change:?}");
+            }
+        }
     }
 
     /// An updated index answers like one built from scratch, for every host and flag.

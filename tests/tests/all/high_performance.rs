@@ -197,6 +197,60 @@ fn dedicated_pcpus_become_pending_and_the_next_decision_avoids_them() {
     assert_eq!(d.chosen.as_deref(), Some("h"));
 }
 
+/// The pCPU counts the `cpu` and `cpu-pinning` filters read are kept per host in the
+/// snapshot's index (the guest's, and the cluster's for native units) and recounted only
+/// when a host's pending aggregate changes: every reservation and release must reach them
+/// before the next decision, on both backends.
+#[test]
+fn free_pcpu_counts_follow_each_reservation_and_release_on_both_backends() {
+    let dedicated = |id: &str, vcpus: u32| {
+        ScheduleRequest::new(
+            vm(id)
+                .vcpus(vcpus)
+                .memory_mb(1_024)
+                .pinning_policy(PinningPolicy::Dedicated)
+                .build(),
+        )
+    };
+    let backends = [
+        ("wasm", runtime()),
+        ("native", wasmsched_testkit::native::runtime()),
+    ];
+    for (backend, rt) in &backends {
+        let p = Policy::builtin_default(rt).unwrap();
+        // 16 pCPUs, 8 cores.
+        let c = cluster(snapshot().host(hp_host("h")).build());
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let d = p.schedule(&c, &dedicated(id, 4)).unwrap();
+            assert_eq!(d.chosen.as_deref(), Some("h"), "{backend}: VM {i}");
+        }
+        let d = p.schedule(&c, &dedicated("e", 1)).unwrap();
+        assert_eq!(d.chosen, None, "{backend}");
+        assert_eq!(
+            rejection(&d, "h"),
+            "cpu-pinning: not_enough_free_pcpus: needs 1 free online pCPU(s), host has 0",
+            "{backend}"
+        );
+        let shared = ScheduleRequest::new(vm("s").vcpus(1).memory_mb(1_024).build());
+        let d = p.schedule(&c, &shared).unwrap();
+        assert_eq!(
+            rejection(&d, "h"),
+            "cpu: not_enough_cores: 0 cores available, 1 vCPUs needed \
+             (8 cores, 0 dedicated, 16 pending pinned)",
+            "{backend}"
+        );
+        c.release_vm("b").unwrap();
+        let d = p.schedule(&c, &dedicated("e", 5)).unwrap();
+        assert_eq!(
+            rejection(&d, "h"),
+            "cpu-pinning: not_enough_free_pcpus: needs 5 free online pCPU(s), host has 4",
+            "{backend}"
+        );
+        let d = p.schedule(&c, &dedicated("e", 4)).unwrap();
+        assert_eq!(d.chosen.as_deref(), Some("h"), "{backend}");
+    }
+}
+
 #[test]
 fn vnuma_assignment_becomes_pending_numa_memory_per_host_node() {
     let c = cluster(snapshot().host(hp_host("h")).build());
