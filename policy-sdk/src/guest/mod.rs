@@ -81,7 +81,7 @@ impl<'a> Context<'a> {
     /// Every host's CPU flags as bit sets, when the caller keeps the index for this
     /// snapshot; `None` otherwise (compare flag names then).
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
-        Some(&self.index()?.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
+        Some(&*self.index()?.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
     }
 
     /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the

@@ -419,10 +419,10 @@ impl CpuBits {
     }
 }
 
-/// A host's pCPU counts that the CPU checks need, counted once from its CPU lists. The
-/// snapshot index keeps them per host ([`SnapshotIndex`](crate::model::index::SnapshotIndex),
-/// read through [`Context::cpu_counts`](crate::Context::cpu_counts)), recounted only when
-/// the host or its pending aggregate changes, so that the `cpu` and `cpu-pinning` filters
+/// A host's pCPU counts that the CPU checks need, counted from its CPU lists. The snapshot
+/// index keeps them per host ([`SnapshotIndex`](crate::model::index::SnapshotIndex), read
+/// through [`Context::cpu_counts`](crate::Context::cpu_counts)), counted again only after
+/// the host or its pending aggregate changed, so that the `cpu` and `cpu-pinning` filters
 /// do not walk every candidate's CPU lists on every decision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuCounts {
