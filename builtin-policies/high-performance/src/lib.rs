@@ -306,7 +306,7 @@ pub struct NumaFilter;
 
 impl NumaFilter {
     fn verdict(request: &NumaRequest, host: &Host) -> Verdict {
-        match request.fit(host) {
+        match request.check(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
             NumaFit::NoNumaSupport => Verdict::reject(
                 "no_numa_support",
@@ -470,7 +470,7 @@ pub struct CpuAndNumaPinningWeight;
 
 impl CpuAndNumaPinningWeight {
     fn penalty_with(request: &NumaRequest, host: &Host) -> i64 {
-        match request.fit(host) {
+        match request.check(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) => FITS,
             _ => DOES_NOT_FIT,
         }

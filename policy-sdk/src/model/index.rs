@@ -21,8 +21,8 @@ use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
 use alloc::string::String;
 use alloc::vec::Vec;
-use std::collections::HashMap;
 use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Indexes derived from one snapshot.
@@ -159,7 +159,12 @@ impl core::fmt::Debug for CountsCache {
 
 /// Counts in one word, if each is below `u16::MAX`.
 fn pack(c: &CpuCounts) -> Option<u64> {
-    let field = |v: u32| u16::try_from(v).ok().filter(|&v| v != u16::MAX).map(u64::from);
+    let field = |v: u32| {
+        u16::try_from(v)
+            .ok()
+            .filter(|&v| v != u16::MAX)
+            .map(u64::from)
+    };
     Some(
         field(c.dedicated)?
             | field(c.pending_pinned)? << 16

@@ -841,6 +841,17 @@ impl NumaRequest {
 
     /// Matches the pinned vNUMA nodes to `host`'s nodes (see [`find_numa_assignment`]).
     pub fn fit(&self, host: &Host) -> NumaFit {
+        self.fit_with(host, true)
+    }
+
+    /// [`NumaRequest::fit`] for callers that only ask whether the VM fits (filters,
+    /// weights): the same answer, but [`NumaFit::Fits`] carries no placements, so a host
+    /// that fits costs no allocation.
+    pub fn check(&self, host: &Host) -> NumaFit {
+        self.fit_with(host, false)
+    }
+
+    fn fit_with(&self, host: &Host, placements: bool) -> NumaFit {
         if self.items.is_empty() {
             return NumaFit::NotPinned;
         }
@@ -877,7 +888,9 @@ impl NumaRequest {
                 free = free.saturating_add(room);
             }
             let fits = short.is_none();
-            return if fits {
+            return if fits && !placements {
+                NumaFit::Fits(Vec::new())
+            } else if fits {
                 NumaFit::Fits(
                     by_vnode()
                         .map(|item| NodePlacement {
@@ -983,6 +996,7 @@ impl NumaRequest {
             }
         };
         match found {
+            Some(Some(_)) if !placements => NumaFit::Fits(Vec::new()),
             Some(Some(chosen)) => {
                 let mut out: Vec<NodePlacement> = self
                     .items
@@ -1403,6 +1417,15 @@ mod tests {
                 Ok(vec![(0, 0), (1, 1)]),
             ),
             (
+                "one allowed node per vnode: nothing to choose",
+                numa_host().build(),
+                vm("v")
+                    .vnuma(0, 1_000, [0], &[1])
+                    .vnuma(1, 1_000, [1], &[1])
+                    .build(),
+                Ok(vec![(0, 1), (1, 1)]),
+            ),
+            (
                 "pending NUMA memory makes a node too small",
                 numa_host().pending_numa_mb(1, 3_000).build(),
                 vm("v").vnuma(0, 6_000, [0], &[1]).build(),
@@ -1460,6 +1483,12 @@ mod tests {
         ];
         for (name, h, v, want) in cases {
             let fit = find_numa_assignment(&v, &h, None);
+            // `check` answers the same without building the placements.
+            let checked = NumaRequest::new(&v, None).check(&h);
+            match &fit {
+                NumaFit::Fits(_) => assert_eq!(checked, NumaFit::Fits(Vec::new()), "{name}"),
+                other => assert_eq!(&checked, other, "{name}"),
+            }
             match want {
                 Ok(a) => assert_eq!(assignment(&fit), a, "{name}"),
                 Err(variant) => assert!(format!("{fit:?}").starts_with(variant), "{name}: {fit:?}"),
