@@ -174,7 +174,7 @@ fn pack(c: &CpuCounts) -> Option<u64> {
 }
 
 fn unpack(word: u64) -> Option<CpuCounts> {
-    (word != NOT_COUNTED).then(|| CpuCounts {
+    (word != NOT_COUNTED).then_some(CpuCounts {
         dedicated: (word & 0xffff) as u32,
         pending_pinned: (word >> 16 & 0xffff) as u32,
         free_online: (word >> 32 & 0xffff) as u32,
