@@ -347,7 +347,6 @@ mod tests {
             .host(host("c"))
             .build();
         let index = SnapshotIndex::build(&s).cpu_flags;
-        let index = &*index;
         let cases: [(&[&str], [bool; 3]); 5] = [
             (&[], [true, true, true]),
             (&["sse4_2"], [true, true, false]),
