@@ -19,7 +19,7 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
-use policy_sdk::model::topology::{self, CpuCounts, CpuPinning, NumaFit, NumaRequest};
+use policy_sdk::model::topology::{self, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
     Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
 };
@@ -189,14 +189,7 @@ impl PinningNeeds {
 pub struct CpuPinningFilter;
 
 impl CpuPinningFilter {
-    /// The verdict on `host`, whose pCPU counts `counts` gives (read only for an exclusive
-    /// pinning whose pinned pCPUs are free).
-    fn verdict(
-        needs: &PinningNeeds,
-        vm: &Vm,
-        host: &Host,
-        counts: impl FnOnce() -> CpuCounts,
-    ) -> Verdict {
+    fn verdict(needs: &PinningNeeds, vm: &Vm, host: &Host) -> Verdict {
         let (pcpus, exclusive, resize) = match needs {
             PinningNeeds::None => return Verdict::Pass,
             PinningNeeds::Invalid(message) => {
@@ -255,7 +248,7 @@ impl CpuPinningFilter {
             }
         }
         if exclusive {
-            if let Err(short) = counts().check_dedicated(vm) {
+            if let Err(short) = topology::check_dedicated(host, vm) {
                 return Verdict::reject("not_enough_free_pcpus", short.to_string());
             }
         }
@@ -274,7 +267,7 @@ impl Filter for CpuPinningFilter {
     }
 
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(&PinningNeeds::of(vm), vm, host, || CpuCounts::of(host))
+        Self::verdict(&PinningNeeds::of(vm), vm, host)
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -285,7 +278,7 @@ impl Filter for CpuPinningFilter {
             out.extend(
                 candidates
                     .iter()
-                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i), || ctx.cpu_counts(i))),
+                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i))),
             );
         }
     }
