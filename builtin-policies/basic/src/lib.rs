@@ -7,7 +7,7 @@
 //! Reject codes: `not_enough_memory`, `not_enough_schedulable_memory` (filter `memory`),
 //! `not_enough_cores` (filter `cpu`).
 
-use policy_sdk::model::topology::CpuBits;
+use policy_sdk::model::topology::CpuCounts;
 use policy_sdk::{
     Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Verdicts, Vm, Weight,
 };
@@ -93,25 +93,6 @@ fn schedulable_memory(host: &Host) -> u64 {
         .saturating_sub(host.pending.overcommit_memory_mb)
 }
 
-/// The host's dedicated pCPUs and its pending pinned pCPUs that are not also dedicated,
-/// each counted once, among the pCPUs its topology has (an id beyond the topology takes no
-/// CPU). One pass over each list with a bit set: linear however long the lists are.
-fn taken_cpus(host: &Host) -> (u32, u32) {
-    let mut seen = CpuBits::new(host.cpu.threads());
-    let dedicated = host
-        .dedicated_cpus
-        .iter()
-        .filter(|&&id| seen.insert(id))
-        .count() as u32;
-    let pending = host
-        .pending
-        .pinned_cpus
-        .iter()
-        .filter(|&&id| seen.insert(id))
-        .count() as u32;
-    (dedicated, pending)
-}
-
 /// The host must have at least as many usable CPUs as the VM has vCPUs: cores (threads
 /// when the cluster counts threads as cores) minus dedicated and pending pinned pCPUs.
 /// Applies to VMs sharing their pCPUs; a VM with an exclusive pinning policy (dedicated,
@@ -137,6 +118,7 @@ impl Filter for CpuFilter {
             ctx.snapshot().cluster.count_threads_as_cores,
             vm.vcpus(),
             host,
+            || CpuCounts::of(host),
         )
     }
 
@@ -148,19 +130,31 @@ impl Filter for CpuFilter {
         let threads_as_cores = ctx.snapshot().cluster.count_threads_as_cores;
         let need = vm.vcpus();
         for &i in candidates {
-            out.push(Self::verdict(threads_as_cores, need, ctx.host(i)));
+            let counts = || ctx.cpu_counts(i);
+            out.push(Self::verdict(threads_as_cores, need, ctx.host(i), counts));
         }
     }
 }
 
 impl CpuFilter {
-    fn verdict(threads_as_cores: bool, need: u32, host: &Host) -> Verdict {
+    /// The verdict on `host`, whose pCPU counts `counts` gives (read only when something
+    /// may be pinned on it).
+    fn verdict(
+        threads_as_cores: bool,
+        need: u32,
+        host: &Host,
+        counts: impl FnOnce() -> CpuCounts,
+    ) -> Verdict {
         let total = host.schedulable_cpus(threads_as_cores);
         // Fast path: nothing pinned on the host.
         if host.dedicated_cpus.is_empty() && host.pending.pinned_cpus.is_empty() && total >= need {
             return Verdict::Pass;
         }
-        let (dedicated, pending) = taken_cpus(host);
+        let CpuCounts {
+            dedicated,
+            pending_pinned: pending,
+            ..
+        } = counts();
         let usable = total.saturating_sub(dedicated).saturating_sub(pending);
         if usable >= need {
             return Verdict::Pass;
@@ -537,7 +531,8 @@ mod tests {
             .dedicated_cpus(ids.iter().copied())
             .pending_pinned_cpus([0, 1, 200])
             .build();
-        assert_eq!(taken_cpus(&h), (128, 0));
+        let counts = CpuCounts::of(&h);
+        assert_eq!((counts.dedicated, counts.pending_pinned), (128, 0));
         let need_one = check::<CpuFilter>(&s, &[], &vm("v").vcpus(1).build(), &h);
         assert_eq!(code(&need_one), "not_enough_cores", "{need_one:?}");
         let partly = host("h")
@@ -545,7 +540,12 @@ mod tests {
             .dedicated_cpus([1, 1, 7, 9, 100])
             .pending_pinned_cpus([7, 2, 2, 8])
             .build();
-        assert_eq!(taken_cpus(&partly), (2, 1), "ids 1, 7 dedicated; 2 pending");
+        let counts = CpuCounts::of(&partly);
+        assert_eq!(
+            (counts.dedicated, counts.pending_pinned),
+            (2, 1),
+            "ids 1, 7 dedicated; 2 pending"
+        );
     }
 
     #[test]

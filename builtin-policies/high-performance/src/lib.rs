@@ -19,7 +19,7 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
-use policy_sdk::model::topology::{self, CpuPinning, NumaFit, NumaRequest};
+use policy_sdk::model::topology::{self, CpuCounts, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
     Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
 };
@@ -189,7 +189,14 @@ impl PinningNeeds {
 pub struct CpuPinningFilter;
 
 impl CpuPinningFilter {
-    fn verdict(needs: &PinningNeeds, vm: &Vm, host: &Host) -> Verdict {
+    /// The verdict on `host`, whose pCPU counts `counts` gives (read only for an exclusive
+    /// pinning whose pinned pCPUs are free).
+    fn verdict(
+        needs: &PinningNeeds,
+        vm: &Vm,
+        host: &Host,
+        counts: impl FnOnce() -> CpuCounts,
+    ) -> Verdict {
         let (pcpus, exclusive, resize) = match needs {
             PinningNeeds::None => return Verdict::Pass,
             PinningNeeds::Invalid(message) => {
@@ -248,7 +255,7 @@ impl CpuPinningFilter {
             }
         }
         if exclusive {
-            if let Err(short) = topology::check_dedicated(host, vm) {
+            if let Err(short) = counts().check_dedicated(vm) {
                 return Verdict::reject("not_enough_free_pcpus", short.to_string());
             }
         }
@@ -267,7 +274,7 @@ impl Filter for CpuPinningFilter {
     }
 
     fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(&PinningNeeds::of(vm), vm, host)
+        Self::verdict(&PinningNeeds::of(vm), vm, host, || CpuCounts::of(host))
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -278,7 +285,7 @@ impl Filter for CpuPinningFilter {
             out.extend(
                 candidates
                     .iter()
-                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i))),
+                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i), || ctx.cpu_counts(i))),
             );
         }
     }

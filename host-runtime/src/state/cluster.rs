@@ -486,7 +486,7 @@ impl Cluster {
             state.index = index_hosts(snapshot);
         }
         let touched = Touched::of(&changes);
-        if touched.rebuild || !touched.replaced.is_empty() {
+        if touched.any() {
             Arc::make_mut(&mut state.derived).refresh(snapshot, &touched);
         }
         debug_assert!(state.log.back().is_none_or(|e| e.epoch + 1 == epoch));

@@ -10,6 +10,7 @@ pub mod heap;
 
 use crate::model::index::{CpuFlagIndex, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
+use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
 use crate::model::{Host, HostIndex, Snapshot, Vm};
 use crate::wire::abi::{Batch, BatchResponse, Call, CallResponse, LogLevel};
@@ -80,12 +81,26 @@ impl<'a> Context<'a> {
     /// Every host's CPU flags as bit sets, when the caller keeps the index for this
     /// snapshot; `None` otherwise (compare flag names then).
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
-        let index = match self.index {
-            IndexRef::None => return None,
-            IndexRef::Ready(index) => index,
-            IndexRef::Lazy(cell) => cell.get_or_init(|| SnapshotIndex::build(self.snapshot)),
-        };
-        Some(&index.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
+        Some(&*self.index()?.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
+    }
+
+    /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the
+    /// caller keeps one, else counted now from the host's CPU lists (the same numbers).
+    pub fn cpu_counts(&self, index: HostIndex) -> CpuCounts {
+        let host = self.host(index);
+        match self.index() {
+            Some(i) if i.covers(self.snapshot.hosts.len()) => i.cpu_counts(index, host),
+            _ => CpuCounts::of(host),
+        }
+    }
+
+    /// The snapshot's derived indexes, built now if the caller builds them on first use.
+    fn index(&self) -> Option<&'a SnapshotIndex> {
+        match self.index {
+            IndexRef::None => None,
+            IndexRef::Ready(index) => Some(index),
+            IndexRef::Lazy(cell) => Some(cell.get_or_init(|| SnapshotIndex::build(self.snapshot))),
+        }
     }
 
     /// The cluster snapshot.

@@ -2,38 +2,66 @@
 //! guest after each sync, the host's cluster after each change), so that units do not redo
 //! per-host string work on every call.
 //!
-//! Today: every host's CPU flags as a bit set over a dictionary of flag names
-//! ([`CpuFlagIndex`]), so "does this host have all of these flags" is a few word
-//! operations instead of string comparisons. A unit reads it through
-//! [`Context::cpu_flags`](crate::Context::cpu_flags); it is `None` when the caller has no
-//! index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
-//! comparing names.
+//! Today:
+//! * every host's CPU flags as a bit set over a dictionary of flag names
+//!   ([`CpuFlagIndex`]), so "does this host have all of these flags" is a few word
+//!   operations instead of string comparisons. A unit reads it through
+//!   [`Context::cpu_flags`](crate::Context::cpu_flags); it is `None` when the caller has no
+//!   index (unit tests with [`Context::new`](crate::Context::new)), and units fall back to
+//!   comparing names;
+//! * every host's pCPU counts ([`CpuCounts`]: dedicated, pending pinned, free online, whole
+//!   free cores), counted on first use and again only after the host or its pending
+//!   aggregate changed, instead of on every decision; read through
+//!   [`Context::cpu_counts`](crate::Context::cpu_counts), which counts on the spot when there
+//!   is no index.
 
 use crate::model::flags::CpuFlags;
+use crate::model::topology::CpuCounts;
 use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Indexes derived from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotIndex {
-    /// Host CPU flags as bit sets.
-    pub cpu_flags: CpuFlagIndex,
+    /// Host CPU flags as bit sets (shared between copies of the index: the copy made when
+    /// a view still holds the index and a reservation changes a host's counts does not
+    /// copy the flags).
+    pub cpu_flags: Arc<CpuFlagIndex>,
+    /// Every host's pCPU counts, by host index.
+    cpu_counts: CountsCache,
 }
 
 impl SnapshotIndex {
     /// Builds every index from a snapshot.
     pub fn build(snapshot: &Snapshot) -> Self {
         Self {
-            cpu_flags: CpuFlagIndex::build(&snapshot.hosts),
+            cpu_flags: Arc::new(CpuFlagIndex::build(&snapshot.hosts)),
+            cpu_counts: CountsCache::new(snapshot.hosts.len()),
         }
     }
 
+    /// The pCPU counts of `host`, at `index` in the indexed snapshot: counted the first
+    /// time, then kept until the host or its pending aggregate changes. A host the index
+    /// does not cover is counted every time.
+    pub fn cpu_counts(&self, index: HostIndex, host: &Host) -> CpuCounts {
+        self.cpu_counts.get(index as usize, host)
+    }
+
+    /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
+    /// that many).
+    pub fn covers(&self, hosts: usize) -> bool {
+        self.cpu_flags.hosts == hosts && self.cpu_counts.len() == hosts
+    }
+
     /// Brings the index up to date after `changes` were applied to `snapshot` (the
-    /// snapshot after the changes): hosts replaced are re-read, hosts added or removed
-    /// rebuild the index; other changes (pending, status, VMs) leave it as it is.
+    /// snapshot after the changes): hosts replaced are re-read, hosts whose pending
+    /// aggregate was set are counted again when next asked, hosts added or removed rebuild
+    /// the index; other changes (status, usage, VMs) leave it as it is.
     pub fn update(&mut self, snapshot: &Snapshot, changes: &[Change]) {
         self.refresh(snapshot, &Touched::of(changes));
     }
@@ -41,19 +69,117 @@ impl SnapshotIndex {
     /// [`SnapshotIndex::update`] with what the changes touched, worked out before they
     /// were applied (applying consumes them).
     pub fn refresh(&mut self, snapshot: &Snapshot, touched: &Touched) {
-        if touched.rebuild || self.cpu_flags.hosts != snapshot.hosts.len() {
+        if touched.rebuild || !self.covers(snapshot.hosts.len()) {
             *self = Self::build(snapshot);
             return;
         }
         for &host in &touched.replaced {
             if let Some(h) = snapshot.hosts.get(host as usize) {
-                if !self.cpu_flags.set_host(host as usize, h) {
+                if !Arc::make_mut(&mut self.cpu_flags).set_host(host as usize, h) {
                     *self = Self::build(snapshot);
                     return;
                 }
+                self.cpu_counts.forget(host as usize);
+            }
+        }
+        for &host in &touched.pending {
+            self.cpu_counts.forget(host as usize);
+        }
+    }
+}
+
+/// Hosts' [`CpuCounts`], counted on first use: a decision reads them only for the hosts it
+/// needs to, so a full snapshot costs nothing here. Each host's counts sit in one word
+/// (16 bits each; a host whose counts do not fit is counted every time), so a copy of the
+/// cache (made when a view still holds the index while a reservation changes it) is a copy
+/// of one word per host, and threads deciding at once on one index may fill it: two threads
+/// counting one host write the same word.
+#[derive(Default)]
+struct CountsCache(Vec<AtomicU64>);
+
+/// A word that holds no counts (no counts pack to it: each field is below `u16::MAX`).
+const NOT_COUNTED: u64 = u64::MAX;
+
+impl CountsCache {
+    fn new(hosts: usize) -> Self {
+        Self((0..hosts).map(|_| AtomicU64::new(NOT_COUNTED)).collect())
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, index: usize, host: &Host) -> CpuCounts {
+        let Some(word) = self.0.get(index) else {
+            return CpuCounts::of(host);
+        };
+        match unpack(word.load(Ordering::Relaxed)) {
+            Some(counts) => counts,
+            None => {
+                let counts = CpuCounts::of(host);
+                if let Some(packed) = pack(&counts) {
+                    word.store(packed, Ordering::Relaxed);
+                }
+                counts
             }
         }
     }
+
+    fn forget(&mut self, index: usize) {
+        if let Some(word) = self.0.get_mut(index) {
+            *word.get_mut() = NOT_COUNTED;
+        }
+    }
+
+    fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().map(|w| w.load(Ordering::Relaxed))
+    }
+}
+
+impl Clone for CountsCache {
+    fn clone(&self) -> Self {
+        Self(self.words().map(AtomicU64::new).collect())
+    }
+}
+
+impl PartialEq for CountsCache {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.words().eq(other.words())
+    }
+}
+
+impl Eq for CountsCache {}
+
+impl core::fmt::Debug for CountsCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let counted = self.words().filter(|&w| w != NOT_COUNTED).count();
+        write!(f, "CountsCache({counted} of {} hosts counted)", self.len())
+    }
+}
+
+/// Counts in one word, if each is below `u16::MAX`.
+fn pack(c: &CpuCounts) -> Option<u64> {
+    let field = |v: u32| {
+        u16::try_from(v)
+            .ok()
+            .filter(|&v| v != u16::MAX)
+            .map(u64::from)
+    };
+    Some(
+        field(c.dedicated)?
+            | field(c.pending_pinned)? << 16
+            | field(c.free_online)? << 32
+            | field(c.whole_free_cores)? << 48,
+    )
+}
+
+fn unpack(word: u64) -> Option<CpuCounts> {
+    (word != NOT_COUNTED).then_some(CpuCounts {
+        dedicated: (word & 0xffff) as u32,
+        pending_pinned: (word >> 16 & 0xffff) as u32,
+        free_online: (word >> 32 & 0xffff) as u32,
+        whole_free_cores: (word >> 48) as u32,
+    })
 }
 
 /// The hosts a batch of changes touched, as far as the indexes care.
@@ -63,6 +189,8 @@ pub struct Touched {
     pub rebuild: bool,
     /// Hosts replaced in place.
     pub replaced: Vec<HostIndex>,
+    /// Hosts whose pending aggregate was set (their pending pinned pCPUs may differ).
+    pub pending: Vec<HostIndex>,
 }
 
 impl Touched {
@@ -73,10 +201,16 @@ impl Touched {
             match change {
                 Change::AddHost(_) | Change::RemoveHost { .. } => touched.rebuild = true,
                 Change::ReplaceHost { host, .. } => touched.replaced.push(*host),
+                Change::SetPending { host, .. } => touched.pending.push(*host),
                 _ => {}
             }
         }
         touched
+    }
+
+    /// Whether the changes touched anything an index keeps.
+    pub fn any(&self) -> bool {
+        self.rebuild || !self.replaced.is_empty() || !self.pending.is_empty()
     }
 }
 
@@ -198,6 +332,7 @@ impl CpuFlagIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HostUsage;
     use crate::testing::{host, snapshot};
 
     fn flags_of(index: &CpuFlagIndex, host: HostIndex, names: &[&str]) -> bool {
@@ -276,6 +411,111 @@ mod tests {
         index.update(&s, core::slice::from_ref(&add));
         assert!(flags_of(&index.cpu_flags, 2, &["aes"]));
         assert_eq!(index.cpu_flags.host_count(), 3);
+    }
+
+    /// The pCPU counts read through the index follow every change that can move them (a
+    /// pending aggregate set, a host replaced, a host added or removed) and stay put for
+    /// the rest: after each change every host's counts equal a fresh count, and equal what
+    /// a freshly built index answers.
+    #[test]
+    fn cpu_counts_follow_pending_and_host_changes_like_a_fresh_count() {
+        let hp = |id: &str| host(id).cpu(1, 4, 2).online_cpus(0..8);
+        let mut s = snapshot().host(hp("a")).host(hp("b")).build();
+        let mut index = SnapshotIndex::build(&s);
+        let pending = |cpus: &[u32]| {
+            let mut p = s.hosts[0].pending.clone();
+            p.pinned_cpus = cpus.to_vec();
+            p
+        };
+        // (dedicated, pending pinned, free online, whole free cores)
+        let counts = |dedicated, pending_pinned, free_online, whole_free_cores| CpuCounts {
+            dedicated,
+            pending_pinned,
+            free_online,
+            whole_free_cores,
+        };
+        // (change, host, its counts after it)
+        let cases: [(Change, usize, CpuCounts); 6] = [
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: pending(&[0, 1, 2]),
+                },
+                0,
+                counts(0, 3, 5, 2),
+            ),
+            (
+                Change::ReplaceHost {
+                    host: 1,
+                    value: hp("b").dedicated_cpus([6, 7, 7, 40]).build(),
+                },
+                1,
+                counts(2, 0, 6, 3),
+            ),
+            (
+                Change::SetPending {
+                    host: 1,
+                    pending: pending(&[5, 6]),
+                },
+                1,
+                counts(2, 1, 5, 2),
+            ),
+            (
+                Change::SetUsage(alloc::vec![(0, HostUsage::default())]),
+                0,
+                counts(0, 3, 5, 2),
+            ),
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: pending(&[]),
+                },
+                0,
+                counts(0, 0, 8, 4),
+            ),
+            (
+                Change::AddHost(hp("c").online_cpus(0..4).build()),
+                2,
+                counts(0, 0, 4, 2),
+            ),
+        ];
+        for (change, at, want) in cases {
+            let touched = Touched::of(core::slice::from_ref(&change));
+            change.clone().apply(&mut s).unwrap();
+            index.refresh(&s, &touched);
+            let fresh = SnapshotIndex::build(&s);
+            assert!(index.covers(s.hosts.len()), "{change:?}");
+            assert_eq!(
+                index.cpu_counts(at as HostIndex, &s.hosts[at]),
+                want,
+                "{change:?}"
+            );
+            for (i, h) in s.hosts.iter().enumerate() {
+                let i = i as HostIndex;
+                assert_eq!(index.cpu_counts(i, h), CpuCounts::of(h), "{change:?}");
+                assert_eq!(index.cpu_counts(i, h), fresh.cpu_counts(i, h), "{change:?}");
+            }
+        }
+    }
+
+    /// Counts are kept in 16-bit fields: a host with more pCPUs than that is counted every
+    /// time, never truncated; a host that fits is kept.
+    #[test]
+    fn counts_too_large_for_the_kept_word_are_counted_every_time_not_truncated() {
+        let s = snapshot()
+            .host(host("huge").cpu(1, 70_000, 1).online_cpus([]))
+            .host(host("edge").cpu(1, 65_534, 1).online_cpus([]))
+            .build();
+        let index = SnapshotIndex::build(&s);
+        for (i, h) in s.hosts.iter().enumerate() {
+            let counts = index.cpu_counts(i as HostIndex, h);
+            assert_eq!(counts, CpuCounts::of(h), "{}", h.id);
+            assert_eq!(counts.free_online, h.cpu.threads(), "{}", h.id);
+        }
+        assert_eq!(
+            format!("{:?}", index.cpu_counts),
+            "CountsCache(1 of 2 hosts counted)"
+        );
     }
 
     /// An updated index answers like one built from scratch, for every host and flag.

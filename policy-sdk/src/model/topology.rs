@@ -419,43 +419,94 @@ impl CpuBits {
     }
 }
 
+/// A host's pCPU counts that the CPU checks need, counted from its CPU lists. The snapshot
+/// index keeps them per host ([`SnapshotIndex`](crate::model::index::SnapshotIndex), read
+/// through [`Context::cpu_counts`](crate::Context::cpu_counts)), counted again only after
+/// the host or its pending aggregate changed, so that the `cpu` and `cpu-pinning` filters
+/// do not walk every candidate's CPU lists on every decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuCounts {
+    /// Dedicated pCPUs (of running exclusive VMs) within the topology, each counted once.
+    pub dedicated: u32,
+    /// Pending pinned pCPUs within the topology that are not also dedicated, each once.
+    pub pending_pinned: u32,
+    /// Online pCPUs (every pCPU of the topology when the host lists none) that are neither
+    /// dedicated nor pending pinned.
+    pub free_online: u32,
+    /// Cores every thread of which is a free online pCPU.
+    pub whole_free_cores: u32,
+}
+
+impl CpuCounts {
+    /// Counts `host`'s pCPUs: one pass over each CPU list with a bit set (no allocation up
+    /// to 1,024 pCPUs).
+    pub fn of(host: &Host) -> Self {
+        let threads = host.cpu.threads();
+        let mut taken = CpuBits::new(threads);
+        let dedicated = host
+            .dedicated_cpus
+            .iter()
+            .filter(|&&id| taken.insert(id))
+            .count() as u32;
+        let pending_pinned = host
+            .pending
+            .pinned_cpus
+            .iter()
+            .filter(|&&id| taken.insert(id))
+            .count() as u32;
+        let mut usable = CpuBits::new(threads);
+        if host.online_cpus.is_empty() {
+            usable.insert_all();
+        } else {
+            host.online_cpus.iter().for_each(|&c| {
+                usable.insert(c);
+            });
+        }
+        for &c in host.dedicated_cpus.iter().chain(&host.pending.pinned_cpus) {
+            usable.remove(c);
+        }
+        let tpc = host.cpu.threads_per_core.max(1);
+        let whole_free_cores = (0..threads / tpc)
+            .filter(|core| (core * tpc..core * tpc + tpc).all(|c| usable.contains(c)))
+            .count() as u32;
+        Self {
+            dedicated,
+            pending_pinned,
+            free_online: usable.len(),
+            whole_free_cores,
+        }
+    }
+
+    /// [`check_dedicated`] from these counts.
+    pub fn check_dedicated(&self, vm: &Vm) -> Result<(), AllocationShortfall> {
+        if !is_exclusive(vm.cpu_pinning_policy) {
+            return Ok(());
+        }
+        let want = vm.vcpus();
+        let (free, unit) = if vm.cpu_pinning_policy == PinningPolicy::IsolateThreads {
+            (self.whole_free_cores, "whole free core(s)")
+        } else {
+            (self.free_online, "free online pCPU(s)")
+        };
+        if free >= want {
+            Ok(())
+        } else {
+            Err(AllocationShortfall {
+                needed: format!("{want} {unit}"),
+                free: format!("{free}"),
+            })
+        }
+    }
+}
+
 /// Whether [`allocate_dedicated`] would succeed on `host`, with the same shortfall, without
 /// building the allocation: counts free online pCPUs (or whole free cores) with a bitmap of
-/// the taken ones. What the `cpu-pinning` filter runs on every candidate.
+/// the taken ones (see [`CpuCounts`]). What the `cpu-pinning` filter runs on every candidate.
 pub fn check_dedicated(host: &Host, vm: &Vm) -> Result<(), AllocationShortfall> {
     if !is_exclusive(vm.cpu_pinning_policy) {
         return Ok(());
     }
-    let threads = host.cpu.threads();
-    let mut usable = CpuBits::new(threads);
-    if host.online_cpus.is_empty() {
-        usable.insert_all();
-    } else {
-        host.online_cpus.iter().for_each(|&c| {
-            usable.insert(c);
-        });
-    }
-    for &c in host.dedicated_cpus.iter().chain(&host.pending.pinned_cpus) {
-        usable.remove(c);
-    }
-    let want = vm.vcpus() as usize;
-    let (free, unit) = if vm.cpu_pinning_policy == PinningPolicy::IsolateThreads {
-        let tpc = host.cpu.threads_per_core.max(1);
-        let whole = (0..threads / tpc)
-            .filter(|core| (core * tpc..core * tpc + tpc).all(|c| usable.contains(c)))
-            .count();
-        (whole, "whole free core(s)")
-    } else {
-        (usable.len() as usize, "free online pCPU(s)")
-    };
-    if free >= want {
-        Ok(())
-    } else {
-        Err(AllocationShortfall {
-            needed: format!("{want} {unit}"),
-            free: format!("{free}"),
-        })
-    }
+    CpuCounts::of(host).check_dedicated(vm)
 }
 
 /// Like [`allocate_dedicated`], with the vCPUs of each placed vNUMA node taken from the CPUs

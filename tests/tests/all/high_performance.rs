@@ -197,11 +197,12 @@ fn dedicated_pcpus_become_pending_and_the_next_decision_avoids_them() {
     assert_eq!(d.chosen.as_deref(), Some("h"));
 }
 
-/// Every reservation and release of pinned pCPUs reaches the `cpu` and `cpu-pinning`
-/// filters from the next decision, with exact counts, on both backends (the guests see it
-/// through the delta sync, native units through the cluster's snapshot).
+/// The pCPU counts the `cpu` and `cpu-pinning` filters read are kept per host in the
+/// snapshot's index (the guest's, and the cluster's for native units) and recounted only
+/// when a host's pending aggregate changes: every reservation and release must reach them
+/// before the next decision, on both backends.
 #[test]
-fn pinned_pcpu_reservations_reach_the_cpu_filters_from_the_next_decision_on_both_backends() {
+fn free_pcpu_counts_follow_each_reservation_and_release_on_both_backends() {
     let dedicated = |id: &str, vcpus: u32| {
         ScheduleRequest::new(
             vm(id)
