@@ -21,79 +21,57 @@ pub mod verdict;
 /// any list (order and repeats kept).
 pub mod cpu_list {
     use alloc::vec::Vec;
-    use core::fmt;
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::ser::SerializeSeq;
+    use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     /// Most ids one list may expand to on the wire (a hostile run length is refused).
     pub const MAX_IDS: u64 = 1 << 20;
 
-    /// The runs of consecutive ids of `ids`, in order, as (start, length).
-    fn runs(ids: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let mut i = 0;
-        core::iter::from_fn(move || {
-            let start = *ids.get(i)?;
-            let mut len = 1;
-            while i + len < ids.len() && Some(ids[i + len]) == start.checked_add(len as u32) {
-                len += 1;
-            }
-            i += len;
-            Some((start, len as u32))
-        })
-    }
-
-    /// Serializes a CPU list (the runs are walked twice, counted then written: nothing is
-    /// allocated).
+    /// Serializes a CPU list.
     pub fn serialize<S: Serializer>(ids: &[u32], s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             return ids.serialize(s);
         }
-        let mut seq = s.serialize_seq(Some(2 * runs(ids).count()))?;
-        for (start, len) in runs(ids) {
-            seq.serialize_element(&start)?;
-            seq.serialize_element(&len)?;
+        let mut runs: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let start = ids[i];
+            let mut len = 1;
+            while i + len < ids.len() && Some(ids[i + len]) == start.checked_add(len as u32) {
+                len += 1;
+            }
+            runs.push(start);
+            runs.push(len as u32);
+            i += len;
         }
-        seq.end()
+        runs.serialize(s)
     }
 
-    /// Deserializes a CPU list (each run expanded as it is read: no list of runs is built).
+    /// Deserializes a CPU list.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
         if d.is_human_readable() {
             return Vec::<u32>::deserialize(d);
         }
-        d.deserialize_seq(RunsVisitor)
-    }
-
-    /// Reads `[start, length, ...]` into the ids it stands for.
-    struct RunsVisitor;
-
-    impl<'de> Visitor<'de> for RunsVisitor {
-        type Value = Vec<u32>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("CPU list runs")
+        let runs = Vec::<u32>::deserialize(d)?;
+        if runs.len() % 2 != 0 {
+            return Err(D::Error::custom("CPU list runs: odd number of values"));
         }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u32>, A::Error> {
-            let mut ids: Vec<u32> = Vec::new();
-            while let Some(start) = seq.next_element::<u32>()? {
-                let Some(len) = seq.next_element::<u32>()? else {
-                    return Err(A::Error::custom("CPU list runs: odd number of values"));
-                };
-                if ids.len() as u64 + u64::from(len) > MAX_IDS {
-                    return Err(A::Error::custom("CPU list runs: too many ids"));
-                }
-                if len == 0 {
-                    continue;
-                }
-                let Some(last) = start.checked_add(len - 1) else {
-                    return Err(A::Error::custom("CPU list runs: id overflow"));
-                };
-                ids.extend(start..=last);
+        let total: u64 = runs.chunks_exact(2).map(|r| u64::from(r[1])).sum();
+        if total > MAX_IDS {
+            return Err(D::Error::custom("CPU list runs: too many ids"));
+        }
+        let mut ids = Vec::with_capacity(total as usize);
+        for run in runs.chunks_exact(2) {
+            let (start, len) = (run[0], run[1]);
+            if len == 0 {
+                continue;
             }
-            Ok(ids)
+            let Some(last) = start.checked_add(len - 1) else {
+                return Err(D::Error::custom("CPU list runs: id overflow"));
+            };
+            ids.extend(start..=last);
         }
+        Ok(ids)
     }
 }
 
