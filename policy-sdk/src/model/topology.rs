@@ -417,6 +417,30 @@ impl CpuBits {
     pub fn is_empty(&self) -> bool {
         self.words().iter().all(|&w| w == 0)
     }
+
+    /// Number of cores of `threads_per_core` threads (core `c` is ids `c * tpc ..
+    /// (c + 1) * tpc`, below the bound) all of whose ids are in the set. One and two
+    /// threads per core, the usual topologies, are counted a word at a time.
+    pub fn whole_cores(&self, threads_per_core: u32) -> u32 {
+        let tpc = threads_per_core.max(1);
+        let cores = self.bound / tpc;
+        match tpc {
+            // Ids beyond the bound are never in the set.
+            1 => self.len(),
+            // A core is an aligned pair of bits (never split between words); both ids of a
+            // counted pair are in the set, so below the bound: the pair is a core.
+            2 => {
+                const EVEN: u64 = 0x5555_5555_5555_5555;
+                self.words()
+                    .iter()
+                    .map(|&w| (w & (w >> 1) & EVEN).count_ones())
+                    .sum()
+            }
+            _ => (0..cores)
+                .filter(|core| (core * tpc..core * tpc + tpc).all(|c| self.contains(c)))
+                .count() as u32,
+        }
+    }
 }
 
 /// A host's pCPU counts that the CPU checks need, counted from its CPU lists. The snapshot
@@ -465,10 +489,7 @@ impl CpuCounts {
         for &c in host.dedicated_cpus.iter().chain(&host.pending.pinned_cpus) {
             usable.remove(c);
         }
-        let tpc = host.cpu.threads_per_core.max(1);
-        let whole_free_cores = (0..threads / tpc)
-            .filter(|core| (core * tpc..core * tpc + tpc).all(|c| usable.contains(c)))
-            .count() as u32;
+        let whole_free_cores = usable.whole_cores(host.cpu.threads_per_core.max(1));
         Self {
             dedicated,
             pending_pinned,
@@ -1132,6 +1153,39 @@ pub fn is_hp_or_pinned(vm: &Vm) -> bool {
 mod tests {
     use super::*;
     use crate::testing::{host, vm, XorShift};
+
+    #[test]
+    fn whole_cores_are_counted_a_word_at_a_time_like_core_by_core() {
+        let mut rng = crate::testing::XorShift::new(7);
+        // (bound, threads per core): inline and heap sets, odd bounds, 1-4 threads.
+        let cases = [
+            (16, 2),
+            (17, 2),
+            (128, 2),
+            (2_050, 2),
+            (64, 1),
+            (99, 3),
+            (2_048, 4),
+        ];
+        for (bound, tpc) in cases {
+            for density in [0u64, 50, 90, 100] {
+                let mut set = CpuBits::new(bound);
+                for id in 0..bound + 3 {
+                    if rng.below(100) < density {
+                        set.insert(id);
+                    }
+                }
+                let naive = (0..bound / tpc)
+                    .filter(|c| (c * tpc..c * tpc + tpc).all(|id| set.contains(id)))
+                    .count() as u32;
+                assert_eq!(
+                    set.whole_cores(tpc),
+                    naive,
+                    "bound {bound}, tpc {tpc}, {density}%"
+                );
+            }
+        }
+    }
 
     #[test]
     fn cpu_bits_count_each_id_once_below_the_bound_inline_or_on_the_heap() {
