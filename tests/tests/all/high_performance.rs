@@ -28,6 +28,17 @@ fn hp_host(id: &str) -> HostBuilder {
         .hugepages(1_048_576, 16)
 }
 
+/// A request for a VM of `vcpus` vCPUs with the dedicated pinning policy (1 GiB).
+fn dedicated(id: &str, vcpus: u32) -> ScheduleRequest {
+    ScheduleRequest::new(
+        vm(id)
+            .vcpus(vcpus)
+            .memory_mb(1_024)
+            .pinning_policy(PinningPolicy::Dedicated)
+            .build(),
+    )
+}
+
 fn rejection(d: &wasmsched::Decision, host: &str) -> String {
     let o = d.hosts.iter().find(|o| o.host == host).unwrap();
     match &o.outcome {
@@ -150,15 +161,6 @@ fn dedicated_pcpus_become_pending_and_the_next_decision_avoids_them() {
             .build(),
     );
     let p = default_policy();
-    let dedicated = |id: &str, vcpus: u32| {
-        ScheduleRequest::new(
-            vm(id)
-                .vcpus(vcpus)
-                .memory_mb(1_024)
-                .pinning_policy(PinningPolicy::Dedicated)
-                .build(),
-        )
-    };
     // Socket 1 (pCPUs 8-15) is the freest: the VM goes there whole.
     let d = p.schedule(&c, &dedicated("a", 6)).unwrap();
     assert_eq!(d.chosen.as_deref(), Some("h"));
@@ -203,15 +205,6 @@ fn dedicated_pcpus_become_pending_and_the_next_decision_avoids_them() {
 /// before the next decision, on both backends.
 #[test]
 fn free_pcpu_counts_follow_each_reservation_and_release_on_both_backends() {
-    let dedicated = |id: &str, vcpus: u32| {
-        ScheduleRequest::new(
-            vm(id)
-                .vcpus(vcpus)
-                .memory_mb(1_024)
-                .pinning_policy(PinningPolicy::Dedicated)
-                .build(),
-        )
-    };
     let backends = [
         ("wasm", runtime()),
         ("native", wasmsched_testkit::native::runtime()),
