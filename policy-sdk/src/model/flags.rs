@@ -2,9 +2,10 @@
 //!
 //! Hosts of a cluster mostly share one CPU model, so their flag lists are equal: decoding a
 //! 10,000-host snapshot used to make 10,000 copies of the same ~20 names (most of a guest's
-//! allocations for a full snapshot, and most of its string decoding). A list equal to the one
-//! decoded just before it on the same thread shares its storage instead; the wire format (a
-//! sequence of strings), JSON and TOML are unchanged.
+//! allocations for a full snapshot, and most of its string decoding). On the wire (ABI 7) a
+//! list equal to the previous host's in the same message is sent as `Same`, and decodes to
+//! that list's storage; a list equal to the one decoded just before it shares its storage
+//! too. JSON and TOML keep plain lists.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -20,8 +21,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct CpuFlags(Arc<[String]>);
 
 std::thread_local! {
-    /// The flag list this thread decoded last: the next equal list shares it.
+    /// The flag list this thread decoded last in the message it is decoding: the next equal
+    /// list shares it, and a "same as the previous host" entry is it.
     static LAST_DECODED: RefCell<Option<Arc<[String]>>> = const { RefCell::new(None) };
+    /// The flag list this thread encoded last in the message it is encoding: the next
+    /// equal list is sent as "same as the previous host".
+    static LAST_ENCODED: RefCell<Option<Arc<[String]>>> = const { RefCell::new(None) };
+}
+
+/// Forgets the lists of the previous message (the codec calls it when it starts encoding
+/// or decoding one): "same as the previous host" only ever refers to a list of the same
+/// message.
+pub(crate) fn start_message() {
+    LAST_DECODED.with(|l| *l.borrow_mut() = None);
+    LAST_ENCODED.with(|l| *l.borrow_mut() = None);
 }
 
 impl CpuFlags {
@@ -70,14 +83,88 @@ impl<'a> IntoIterator for &'a CpuFlags {
     }
 }
 
-impl Serialize for CpuFlags {
+/// The names of a list, serialized as a sequence.
+struct Names<'a>(&'a [String]);
+
+impl Serialize for Names<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter())
     }
 }
 
+/// Variants of the binary form.
+const VARIANTS: &[&str] = &["List", "Same"];
+
+impl Serialize for CpuFlags {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return Names(&self.0).serialize(serializer);
+        }
+        let same = LAST_ENCODED.with(|l| {
+            let mut last = l.borrow_mut();
+            let same = last
+                .as_ref()
+                .is_some_and(|prev| Arc::ptr_eq(prev, &self.0) || **prev == *self.0);
+            if !same {
+                *last = Some(self.0.clone());
+            }
+            same
+        });
+        if same {
+            serializer.serialize_unit_variant("CpuFlags", 1, "Same")
+        } else {
+            serializer.serialize_newtype_variant("CpuFlags", 0, "List", &Names(&self.0))
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for CpuFlags {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_seq(FlagsVisitor)
+        } else {
+            deserializer.deserialize_enum("CpuFlags", VARIANTS, WireVisitor)
+        }
+    }
+}
+
+/// The binary form: a list, or "the same list as the previous host of this message".
+struct WireVisitor;
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = CpuFlags;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of CPU flag names or the previous host's")
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<CpuFlags, A::Error> {
+        use serde::de::{Error, VariantAccess};
+        let (variant, access) = data.variant::<u32>()?;
+        match variant {
+            0 => access.newtype_variant_seed(ListSeed),
+            1 => {
+                access.unit_variant()?;
+                LAST_DECODED
+                    .with(|l| l.borrow().clone())
+                    .map(CpuFlags)
+                    .ok_or_else(|| {
+                        A::Error::custom("CPU flags: \"same as the previous host\" before any list")
+                    })
+            }
+            other => Err(A::Error::custom(alloc::format!(
+                "CPU flags: unknown form {other}"
+            ))),
+        }
+    }
+}
+
+/// Decodes the list of the `List` form.
+struct ListSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListSeed {
+    type Value = CpuFlags;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<CpuFlags, D::Error> {
         deserializer.deserialize_seq(FlagsVisitor)
     }
 }
@@ -199,20 +286,37 @@ mod tests {
     }
 
     #[test]
-    fn equal_lists_decoded_one_after_another_share_storage_and_encode_as_plain_lists() {
+    fn a_list_equal_to_the_previous_one_in_a_message_crosses_as_same_and_shares_storage() {
         let a = flags(&["aes", "avx2", "sse4_2"]);
-        let bytes = codec::encode(&a).unwrap();
+        let b = flags(&["aes", "vmx"]);
         let plain: Vec<String> = a.to_vec();
+        // One list alone: the `List` variant (0), then the names as a plain list; a second
+        // message starts afresh, so it encodes the same.
+        let alone = codec::encode(&a).unwrap();
+        let mut want = alloc::vec![0u8];
+        want.extend(codec::encode(&plain).unwrap());
+        assert_eq!(alone, want);
         assert_eq!(
-            bytes,
-            codec::encode(&plain).unwrap(),
-            "same bytes as a list"
+            codec::encode(&a).unwrap(),
+            alone,
+            "no state across messages"
         );
-        let first: CpuFlags = codec::decode(&bytes).unwrap();
-        let second: CpuFlags = codec::decode(&bytes).unwrap();
-        assert_eq!(first, a);
-        assert!(Arc::ptr_eq(&first.0, &second.0), "shared");
-        // A longer list, a prefix, a different one, an empty one: each decodes to itself.
+        // In one message: a, a (same), b, a (a list again: only the previous one is
+        // referred to), a copy of a (same: compared by names, not storage).
+        let copy = flags(&["aes", "avx2", "sse4_2"]);
+        let lists = alloc::vec![a.clone(), a.clone(), b.clone(), a.clone(), copy];
+        let bytes = codec::encode(&lists).unwrap();
+        let list_bytes = |f: &CpuFlags| codec::encode(f).unwrap().len();
+        assert_eq!(
+            bytes.len(),
+            1 + list_bytes(&a) + 1 + list_bytes(&b) + list_bytes(&a) + 1,
+            "length, a, same, b, a, same"
+        );
+        let back: Vec<CpuFlags> = codec::decode(&bytes).unwrap();
+        assert_eq!(back, lists);
+        assert!(Arc::ptr_eq(&back[0].0, &back[1].0), "same shares storage");
+        assert!(Arc::ptr_eq(&back[3].0, &back[4].0), "same shares storage");
+        // Lists decoded one after another that only share names: each decodes to itself.
         for names in [
             &["aes", "avx2", "sse4_2", "vmx"][..],
             &["aes", "avx2"],
@@ -225,6 +329,11 @@ mod tests {
         }
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, r#"["aes","avx2","sse4_2"]"#);
+        assert_eq!(
+            serde_json::to_string(&lists[..2]).unwrap(),
+            r#"[["aes","avx2","sse4_2"],["aes","avx2","sse4_2"]]"#,
+            "JSON lists stay plain"
+        );
         assert_eq!(serde_json::from_str::<CpuFlags>(&json).unwrap(), a);
         assert_eq!(
             serde_json::from_str::<CpuFlags>(r#"["a\"b"]"#)
@@ -236,9 +345,26 @@ mod tests {
     }
 
     #[test]
+    fn same_as_the_previous_host_with_no_list_before_it_in_the_message_fails_the_decode() {
+        // A list decoded in an earlier message on this thread does not count.
+        let _: CpuFlags = codec::decode(&codec::encode(&flags(&["aes"])).unwrap()).unwrap();
+        let errors = [
+            codec::decode::<CpuFlags>(&[1]).map(|_| ()),
+            // A message of two lists, both "same".
+            codec::decode::<Vec<CpuFlags>>(&[2, 1, 1]).map(|_| ()),
+        ];
+        for err in errors {
+            let err = err.unwrap_err();
+            assert!(err.to_string().contains("before any list"), "{err}");
+        }
+        let err = codec::decode::<CpuFlags>(&[2]).unwrap_err();
+        assert!(err.to_string().contains("unknown form 2"), "{err}");
+    }
+
+    #[test]
     fn a_flag_name_that_is_not_utf8_fails_the_decode() {
-        // One name of two bytes, 0xff 0xfe.
-        let bytes = [1u8, 2, 0xff, 0xfe];
+        // The `List` form with one name of two bytes, 0xff 0xfe.
+        let bytes = [0u8, 1, 2, 0xff, 0xfe];
         let err = codec::decode::<CpuFlags>(&bytes).unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
     }

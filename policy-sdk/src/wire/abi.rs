@@ -18,14 +18,15 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
-/// Oldest ABI version the host accepts. Version 6 added the `wasmsched_batch` export, which
-/// the host calls for every decision.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 6;
+/// Oldest ABI version the host accepts. Version 7 changed the wire form of a host's CPU
+/// flags (a list, or "the same list as the previous host"), which an older module would
+/// misread.
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 7;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 6;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 7;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";

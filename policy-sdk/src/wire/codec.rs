@@ -42,6 +42,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Encodes a value, replacing the contents of `out` (its capacity is reused).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.clear();
+    crate::model::flags::start_message();
     bincode::serde::encode_into_writer(value, VecWriter(out), CONFIG)
         .map_err(|e| CodecError(e.to_string()))
 }
@@ -52,12 +53,14 @@ pub fn encode_append<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
+    crate::model::flags::start_message();
     bincode::serde::encode_into_writer(value, VecWriter(out), CONFIG)
         .map_err(|e| CodecError(e.to_string()))
 }
 
 /// Decodes a value that must span the whole buffer.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    crate::model::flags::start_message();
     let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG)
         .map_err(|e| CodecError(e.to_string()))?;
     if used != bytes.len() {

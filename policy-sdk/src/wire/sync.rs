@@ -167,9 +167,12 @@ pub enum SyncMessageRef<'a> {
 }
 
 /// Encodes `SyncMessageRef::Full(snapshot)` with the hosts (most of the bytes) encoded in
-/// `parts` contiguous parts at once by `run` (e.g. on several threads): the same bytes as
-/// [`codec::encode`](crate::wire::codec::encode) of the message, since a bincode message is
-/// its fields end to end and a sequence is its length then its elements.
+/// `parts` contiguous parts at once by `run` (e.g. on several threads): a message that
+/// decodes to the same snapshot as [`codec::encode`](crate::wire::codec::encode) of it,
+/// since a bincode message is its fields end to end and a sequence is its length then its
+/// elements. Each part starts with a whole CPU flag list (a host's list may only refer to
+/// the previous host's, and a part cannot see the previous part's), so the message is a few
+/// lists longer; with one part it is the same bytes.
 pub fn encode_full_in_parts(
     snapshot: &Snapshot,
     parts: usize,
@@ -194,10 +197,23 @@ pub fn encode_full_in_parts(
 /// The encoding of some hosts end to end (one part of [`encode_full_in_parts`]).
 pub fn encode_hosts(hosts: &[Host]) -> Vec<u8> {
     let mut out = Vec::new();
-    for host in hosts {
-        crate::wire::codec::encode_append(host, &mut out).expect("a host always encodes");
-    }
+    crate::wire::codec::encode_append(&EndToEnd(hosts), &mut out).expect("a host always encodes");
     out
+}
+
+/// Hosts encoded end to end in one message (a tuple: no length), so that a host's CPU flags
+/// may refer to the previous host's.
+struct EndToEnd<'a>(&'a [Host]);
+
+impl Serialize for EndToEnd<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(self.0.len())?;
+        for host in self.0 {
+            tuple.serialize_element(host)?;
+        }
+        tuple.end()
+    }
 }
 
 /// The guest's answer to a sync message.
@@ -219,18 +235,32 @@ mod tests {
     use crate::wire::codec;
 
     #[test]
-    fn a_full_snapshot_encoded_in_parts_is_the_same_bytes() {
+    fn a_full_snapshot_encoded_in_parts_decodes_to_the_same_snapshot() {
         let s = snapshot()
-            .hosts((0..7).map(|i| host(&alloc::format!("h{i}")).cpu(2, 4, 2)))
+            .hosts((0..7).map(|i| {
+                let flags: &[&str] = if i < 4 { &["aes", "avx2"] } else { &["vmx"] };
+                host(&alloc::format!("h{i}")).cpu(2, 4, 2).cpu_flags(flags)
+            }))
             .vm(vm("v").current_host("h1").build())
             .build();
         let whole = codec::encode(&SyncMessageRef::Full(&s)).unwrap();
+        let decoded = |bytes: &[u8]| match codec::decode::<SyncMessage>(bytes).unwrap() {
+            SyncMessage::Full(full) => full,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(decoded(&whole), s);
         for parts in [1, 2, 3, 7, 10] {
             let split = encode_full_in_parts(&s, parts, |chunks| {
                 chunks.into_iter().map(encode_hosts).collect()
             })
             .unwrap();
-            assert_eq!(split, whole, "{parts} parts");
+            // Each part starts with a whole flag list, so a split message is as long as the
+            // whole one or longer by the lists that the parts repeat.
+            assert!(split.len() >= whole.len(), "{parts} parts");
+            assert_eq!(decoded(&split), s, "{parts} parts");
+            if parts == 1 {
+                assert_eq!(split, whole);
+            }
         }
         let empty = Snapshot::default();
         let split = encode_full_in_parts(&empty, 2, |c| c.into_iter().map(encode_hosts).collect());
