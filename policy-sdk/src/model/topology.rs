@@ -383,6 +383,14 @@ impl CpuBits {
         new
     }
 
+    /// Removes every id of `other` (a set of the same bound), a word at a time.
+    pub fn remove_all(&mut self, other: &CpuBits) {
+        debug_assert_eq!(self.bound, other.bound, "sets of one topology");
+        for (word, taken) in self.words_mut().iter_mut().zip(other.words()) {
+            *word &= !taken;
+        }
+    }
+
     /// Adds every id below the bound.
     pub fn insert_all(&mut self) {
         let bound = self.bound as usize;
@@ -486,9 +494,7 @@ impl CpuCounts {
                 usable.insert(c);
             });
         }
-        for &c in host.dedicated_cpus.iter().chain(&host.pending.pinned_cpus) {
-            usable.remove(c);
-        }
+        usable.remove_all(&taken);
         let whole_free_cores = usable.whole_cores(host.cpu.threads_per_core.max(1));
         Self {
             dedicated,
@@ -909,18 +915,18 @@ impl NumaRequest {
                 free = free.saturating_add(room);
             }
             let fits = short.is_none();
-            return if fits && !placements {
-                NumaFit::Fits(Vec::new())
-            } else if fits {
-                NumaFit::Fits(
+            return if fits {
+                NumaFit::Fits(if placements {
                     by_vnode()
                         .map(|item| NodePlacement {
                             vnode: item.vnode,
                             host_node: item.allowed[0],
                             memory_mb: item.memory_mb,
                         })
-                        .collect(),
-                )
+                        .collect()
+                } else {
+                    Vec::new()
+                })
             } else if !self.strict {
                 NumaFit::FitsLoosely
             } else {
@@ -1210,6 +1216,11 @@ mod tests {
             all.insert_all();
             assert_eq!(all.len(), bound, "bound {bound}: all ids");
             assert!(!all.contains(bound));
+            // Removing the set of `bits` from all ids leaves exactly the others.
+            all.remove_all(&bits);
+            let rest: Vec<u32> = (0..bound).filter(|&id| all.contains(id)).collect();
+            let others: Vec<u32> = (0..bound).filter(|id| !members.contains(id)).collect();
+            assert_eq!(rest, others, "bound {bound}: all ids but the members");
         }
     }
 
