@@ -48,7 +48,10 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 }
 
 /// Encodes a value at the end of `out` (what it holds is kept): encodings of consecutive
-/// values put end to end are the encoding of the tuple or struct of them.
+/// values put end to end decode as the tuple or struct of them. Each call is a message of
+/// its own for the forms that refer back within a message (a host's CPU flags: see
+/// `model::flags`), so the bytes may be longer than the tuple's own encoding, never
+/// different in meaning.
 pub fn encode_append<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
