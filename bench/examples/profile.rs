@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread), `mass2` (on two threads).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -54,11 +54,24 @@ fn main() -> anyhow::Result<()> {
             let (cluster, _) = synth::realistic_cluster(hosts)?;
             let view = cluster.view();
             let rounds: usize = std::env::var("ROUNDS").map_or(Ok(200), |r| r.parse())?;
+            // `KIND=hugepages` (a kind's name in the tables): that kind only.
+            let kinds: Vec<VmKind> = match std::env::var("KIND") {
+                Ok(name) => match VmKind::ALL.into_iter().find(|k| k.name() == name) {
+                    Some(kind) => vec![kind],
+                    None => anyhow::bail!("unknown VM kind {name}"),
+                },
+                Err(_) => VmKind::ALL.to_vec(),
+            };
+            let started = std::time::Instant::now();
             for i in 0..rounds {
-                let kind = VmKind::ALL[i % VmKind::ALL.len()];
+                let kind = kinds[i % kinds.len()];
                 let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Summary);
                 policy.evaluate(&view, &request)?;
             }
+            eprintln!(
+                "per decision: {:.1} us",
+                started.elapsed().as_secs_f64() * 1e6 / rounds.max(1) as f64
+            );
         }
         "delta" => {
             // As the harness's delta figure: one VM reserved, a decision (a small delta to

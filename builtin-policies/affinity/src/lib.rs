@@ -1150,6 +1150,7 @@ mod tests {
                 params: params_of(&manifest.units[unit as usize].params),
                 vm: Some(vm("v").build()),
                 candidates: vec![2, 0, 1],
+                details: true,
             };
             set.evaluate(&s, request.as_call())
         };

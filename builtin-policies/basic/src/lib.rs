@@ -19,37 +19,51 @@ use policy_sdk::{
 pub struct MemoryFilter;
 
 impl MemoryFilter {
-    fn check_with(overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
+    /// The verdict on `host`: a host with room passes inline (a few loads); a rejection's
+    /// detail is written out of line.
+    #[inline(always)]
+    fn check_with(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
+        let need = vm.memory_mb.saturating_add(overhead_mb);
+        if physical_memory(host) < need || schedulable_memory(host) < need {
+            return Self::reject(ctx, overhead_mb, vm, host);
+        }
+        Verdict::Pass
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reject(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
         let need = vm.memory_mb.saturating_add(overhead_mb);
         let m = &host.memory;
         let pending = &host.pending;
-        let physical = m
-            .free_mb
-            .saturating_add(m.swap_free_mb)
-            .saturating_sub(pending.memory_mb);
+        let physical = physical_memory(host);
         if physical < need {
-            return Verdict::reject(
-                "not_enough_memory",
+            return ctx.reject("not_enough_memory", || {
                 format!(
                     "{physical} MiB available ({} free + {} swap - {} pending), \
                      {need} MiB needed ({} + {overhead_mb} overhead)",
                     m.free_mb, m.swap_free_mb, pending.memory_mb, vm.memory_mb
-                ),
-            );
+                )
+            });
         }
         let schedulable = schedulable_memory(host);
-        if schedulable < need {
-            return Verdict::reject(
-                "not_enough_schedulable_memory",
-                format!(
-                    "{schedulable} MiB schedulable ({} max - {} committed - {} pending), \
-                     {need} MiB needed ({} + {overhead_mb} overhead)",
-                    m.max_scheduling_mb, m.committed_mb, pending.overcommit_memory_mb, vm.memory_mb
-                ),
-            );
-        }
-        Verdict::Pass
+        ctx.reject("not_enough_schedulable_memory", || {
+            format!(
+                "{schedulable} MiB schedulable ({} max - {} committed - {} pending), \
+                 {need} MiB needed ({} + {overhead_mb} overhead)",
+                m.max_scheduling_mb, m.committed_mb, pending.overcommit_memory_mb, vm.memory_mb
+            )
+        })
     }
+}
+
+/// Free memory plus free swap, minus pending memory.
+#[inline(always)]
+fn physical_memory(host: &Host) -> u64 {
+    host.memory
+        .free_mb
+        .saturating_add(host.memory.swap_free_mb)
+        .saturating_sub(host.pending.memory_mb)
 }
 
 fn overhead_mb(ctx: &Context<'_>) -> u64 {
@@ -72,7 +86,7 @@ impl Filter for MemoryFilter {
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::check_with(overhead_mb(ctx), vm, host)
+        Self::check_with(ctx, overhead_mb(ctx), vm, host)
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -80,12 +94,13 @@ impl Filter for MemoryFilter {
         out.extend(
             candidates
                 .iter()
-                .map(|&i| Self::check_with(overhead, vm, ctx.host(i))),
+                .map(|&i| Self::check_with(ctx, overhead, vm, ctx.host(i))),
         );
     }
 }
 
 /// Overcommit-aware memory left for scheduling, pending overcommit memory included.
+#[inline(always)]
 fn schedulable_memory(host: &Host) -> u64 {
     host.memory
         .max_scheduling_mb
@@ -115,6 +130,7 @@ impl Filter for CpuFilter {
             return Verdict::Pass;
         }
         Self::verdict(
+            ctx,
             ctx.snapshot().cluster.count_threads_as_cores,
             vm.vcpus(),
             host,
@@ -131,15 +147,23 @@ impl Filter for CpuFilter {
         let need = vm.vcpus();
         for &i in candidates {
             let counts = || ctx.cpu_counts(i);
-            out.push(Self::verdict(threads_as_cores, need, ctx.host(i), counts));
+            out.push(Self::verdict(
+                ctx,
+                threads_as_cores,
+                need,
+                ctx.host(i),
+                counts,
+            ));
         }
     }
 }
 
 impl CpuFilter {
     /// The verdict on `host`, whose pCPU counts `counts` gives (read only when something
-    /// may be pinned on it).
+    /// may be pinned on it). A pass is inline; a rejection's detail is written out of line.
+    #[inline(always)]
     fn verdict(
+        ctx: &Context<'_>,
         threads_as_cores: bool,
         need: u32,
         host: &Host,
@@ -150,23 +174,38 @@ impl CpuFilter {
         if host.dedicated_cpus.is_empty() && host.pending.pinned_cpus.is_empty() && total >= need {
             return Verdict::Pass;
         }
+        let counts = counts();
+        let usable = total
+            .saturating_sub(counts.dedicated)
+            .saturating_sub(counts.pending_pinned);
+        if usable >= need {
+            return Verdict::Pass;
+        }
+        Self::reject(ctx, threads_as_cores, need, total, &counts)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reject(
+        ctx: &Context<'_>,
+        threads_as_cores: bool,
+        need: u32,
+        total: u32,
+        counts: &CpuCounts,
+    ) -> Verdict {
         let CpuCounts {
             dedicated,
             pending_pinned: pending,
             ..
-        } = counts();
+        } = *counts;
         let usable = total.saturating_sub(dedicated).saturating_sub(pending);
-        if usable >= need {
-            return Verdict::Pass;
-        }
         let unit = if threads_as_cores { "threads" } else { "cores" };
-        Verdict::reject(
-            "not_enough_cores",
+        ctx.reject("not_enough_cores", || {
             format!(
                 "{usable} {unit} available, {need} vCPUs needed \
                  ({total} {unit}, {dedicated} dedicated, {pending} pending pinned)"
-            ),
-        )
+            )
+        })
     }
 }
 
@@ -246,13 +285,28 @@ mod tests {
 
     type Params = Vec<(String, ParamValue)>;
 
+    /// `F`'s verdict on `h`. Every call also checks the summary form: without details, the
+    /// same verdict with an empty detail (and a rejection with details names one).
     fn check<F: Filter>(
         s: &Snapshot,
         params: &[(String, ParamValue)],
         v: &Vm,
         h: &Host,
     ) -> Verdict {
-        F::default().check(&Context::new(s, params, F::NAME), v, h)
+        let verdict = F::default().check(&Context::new(s, params, F::NAME), v, h);
+        let summary = F::default().check(&Context::new(s, params, F::NAME).without_details(), v, h);
+        match &verdict {
+            Verdict::Pass => assert_eq!(summary, Verdict::Pass),
+            Verdict::Reject { code, detail } => {
+                assert!(!detail.is_empty(), "{code}: a rejection names its detail");
+                assert_eq!(
+                    summary,
+                    Verdict::reject(code.as_str(), ""),
+                    "without details"
+                );
+            }
+        }
+        verdict
     }
 
     fn code(verdict: &Verdict) -> &str {
@@ -639,16 +693,18 @@ mod tests {
         let set = units();
         let manifest = set.manifest();
         let v = vm("v").memory_mb(4_096).vcpus(4).build();
-        let call = |unit: u32| {
+        let call_with = |unit: u32, details: bool| {
             let request = CallRequest {
                 unit,
                 epoch: s.epoch,
                 params: params_of(&manifest.units[unit as usize].params),
                 vm: Some(v.clone()),
                 candidates: vec![2, 0, 1],
+                details,
             };
             set.evaluate(&s, request.as_call())
         };
+        let call = |unit: u32| call_with(unit, true);
         let codes = |response: CallResponse| -> Vec<String> {
             match response {
                 CallResponse::Verdicts(v) => v
@@ -669,5 +725,22 @@ mod tests {
         assert_eq!(cpu, ["not_enough_cores", "pass", "pass"]);
         assert_eq!(penalties(call(2)), [30, 10, 50]);
         assert_eq!(penalties(call(3)), [-8_192, -2_048, -65_536]);
+        // A call without details (a summary decision's): the same rejections, no detail.
+        let details = |response: CallResponse| match response {
+            CallResponse::Verdicts(v) => v
+                .rejected
+                .iter()
+                .map(|r| (r.position, v.code_of(r).to_string(), r.detail.is_empty()))
+                .collect::<Vec<_>>(),
+            other => panic!("expected verdicts, got {other:?}"),
+        };
+        for unit in [0, 1] {
+            let with = details(call_with(unit, true));
+            let without = details(call_with(unit, false));
+            assert_eq!(with.len(), 1, "unit {unit}");
+            assert!(with.iter().all(|(_, _, empty)| !empty), "unit {unit}");
+            let expected: Vec<_> = with.into_iter().map(|(p, c, _)| (p, c, true)).collect();
+            assert_eq!(without, expected, "unit {unit}");
+        }
     }
 }

@@ -19,11 +19,11 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
+use policy_sdk::model::index::CpuFlagIndex;
 use policy_sdk::model::topology::{self, CpuCounts, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
     Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
 };
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 /// The penalty of a host that fits (the reference's "good").
@@ -40,7 +40,21 @@ const DETAIL_LIST_LIMIT: usize = 8;
 /// * a running passthrough VM (a migration) needs the flags of its current CPU: its
 ///   `cpu_flags`, or when it has none, those of the host it runs on;
 /// * other VMs need the flags of their CPU model: their `cpu_flags`, else the cluster's.
+///
+/// Sorted, each name once.
 pub fn required_flags<'a>(s: &'a Snapshot, vm: &'a Vm) -> Option<Vec<&'a str>> {
+    let mut names: Vec<&str> = required_flag_list(s, vm)?
+        .iter()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Some(names)
+}
+
+/// The list [`required_flags`] is made of, as the snapshot or the VM holds it (`None`:
+/// nothing required).
+fn required_flag_list<'a>(s: &'a Snapshot, vm: &'a Vm) -> Option<&'a [String]> {
     let flags: &'a [String] = if vm.cpu_passthrough {
         if !vm.is_running() {
             return None;
@@ -56,11 +70,7 @@ pub fn required_flags<'a>(s: &'a Snapshot, vm: &'a Vm) -> Option<Vec<&'a str>> {
     } else {
         &vm.cpu_flags
     };
-    if flags.is_empty() {
-        return None;
-    }
-    let set: BTreeSet<&str> = flags.iter().map(String::as_str).collect();
-    Some(set.into_iter().collect())
+    (!flags.is_empty()).then_some(flags)
 }
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
@@ -82,29 +92,54 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 pub struct CpuLevelFilter;
 
 impl CpuLevelFilter {
-    /// The verdict by flag names: what hosts without the flag index, and hosts the index
-    /// says lack a flag (for the detail), go through.
-    fn verdict(required: &[&str], vm: &Vm, host: &Host) -> Verdict {
+    /// The verdict by flag names, for callers without the flag index.
+    fn verdict(ctx: &Context<'_>, required: &[&str], vm: &Vm, host: &Host) -> Verdict {
         let missing: Vec<&str> = required
             .iter()
             .copied()
             .filter(|r| !host.cpu_flags.iter().any(|f| f == r))
             .collect();
+        Self::verdict_missing(ctx, &missing, vm)
+    }
+
+    /// The verdict on a host the flag index says lacks some of `required` (whose bits are
+    /// `bits`, `None` for a flag no host has): the missing names come from the bits, not
+    /// from comparing names.
+    #[cold]
+    #[inline(never)]
+    fn verdict_by_bits(
+        ctx: &Context<'_>,
+        index: &CpuFlagIndex,
+        host: HostIndex,
+        required: &[&str],
+        bits: &[Option<u32>],
+        vm: &Vm,
+    ) -> Verdict {
+        let missing: Vec<&str> = required
+            .iter()
+            .zip(bits)
+            .filter(|(_, bit)| bit.is_none_or(|b| !index.has_bit(host, b)))
+            .map(|(name, _)| *name)
+            .collect();
+        Self::verdict_missing(ctx, &missing, vm)
+    }
+
+    /// Passes when nothing is missing, else rejects naming what is.
+    fn verdict_missing(ctx: &Context<'_>, missing: &[&str], vm: &Vm) -> Verdict {
         if missing.is_empty() {
             return Verdict::Pass;
         }
-        let what = if vm.cpu_passthrough {
-            "the VM's current CPU".to_string()
-        } else {
-            match &vm.cpu_model {
-                Some(model) => format!("CPU model {model}"),
-                None => "the cluster CPU model".to_string(),
-            }
-        };
-        Verdict::reject(
-            "missing_cpu_flags",
-            format!("missing flags of {what}: {}", list(&missing)),
-        )
+        ctx.reject("missing_cpu_flags", || {
+            let what = if vm.cpu_passthrough {
+                "the VM's current CPU".to_string()
+            } else {
+                match &vm.cpu_model {
+                    Some(model) => format!("CPU model {model}"),
+                    None => "the cluster CPU model".to_string(),
+                }
+            };
+            format!("missing flags of {what}: {}", list(missing))
+        })
     }
 }
 
@@ -115,29 +150,38 @@ impl Filter for CpuLevelFilter {
          current CPU)";
 
     fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
-        required_flags(ctx.snapshot(), vm).is_some()
+        required_flag_list(ctx.snapshot(), vm).is_some()
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match required_flags(ctx.snapshot(), vm) {
-            Some(required) => Self::verdict(&required, vm, host),
+            Some(required) => Self::verdict(ctx, &required, vm, host),
             None => Verdict::Pass,
         }
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         match required_flags(ctx.snapshot(), vm) {
-            Some(required) => {
-                // With the flag index, a host that has every flag is a few word operations;
-                // only hosts that lack one are compared by name (for the detail).
-                let mask = ctx
-                    .cpu_flags()
-                    .map(|index| (index, index.mask(required.iter().copied())));
-                out.extend(candidates.iter().map(|&i| match &mask {
-                    Some((index, mask)) if index.has_all(i, mask) => Verdict::Pass,
-                    _ => Self::verdict(&required, vm, ctx.host(i)),
-                }))
-            }
+            Some(required) => match ctx.cpu_flags() {
+                // With the flag index, a host that has every flag is a few word operations,
+                // and the detail of one that lacks some is read from its bits.
+                Some(index) => {
+                    let bits: Vec<Option<u32>> = required.iter().map(|r| index.bit(r)).collect();
+                    let mask = index.mask_of_bits(&bits);
+                    out.extend(candidates.iter().map(|&i| {
+                        if index.has_all(i, &mask) {
+                            Verdict::Pass
+                        } else {
+                            Self::verdict_by_bits(ctx, index, i, &required, &bits, vm)
+                        }
+                    }))
+                }
+                None => out.extend(
+                    candidates
+                        .iter()
+                        .map(|&i| Self::verdict(ctx, &required, vm, ctx.host(i))),
+                ),
+            },
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
     }
@@ -192,6 +236,7 @@ impl CpuPinningFilter {
     /// The verdict on `host`, whose pCPU counts `counts` gives (read only for an exclusive
     /// pinning whose pinned pCPUs are free).
     fn verdict(
+        ctx: &Context<'_>,
         needs: &PinningNeeds,
         vm: &Vm,
         host: &Host,
@@ -200,7 +245,7 @@ impl CpuPinningFilter {
         let (pcpus, exclusive, resize) = match needs {
             PinningNeeds::None => return Verdict::Pass,
             PinningNeeds::Invalid(message) => {
-                return Verdict::reject("invalid_pinning", message.clone())
+                return ctx.reject("invalid_pinning", || message.clone())
             }
             PinningNeeds::Check {
                 pcpus,
@@ -209,10 +254,9 @@ impl CpuPinningFilter {
             } => (pcpus, *exclusive, *resize),
         };
         if resize && host.numa_nodes.is_empty() {
-            return Verdict::reject(
-                "resize_needs_numa",
-                "resize-and-pin-NUMA needs a host with NUMA support",
-            );
+            return ctx.reject("resize_needs_numa", || {
+                "resize-and-pin-NUMA needs a host with NUMA support".into()
+            });
         }
         if !pcpus.is_empty() {
             // The lists are built only for a rejection's detail: a host that passes costs
@@ -222,44 +266,48 @@ impl CpuPinningFilter {
                 c >= threads || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
             };
             if pcpus.iter().any(|&c| offline(c)) {
-                let offline: Vec<u32> = pcpus.iter().copied().filter(|&c| offline(c)).collect();
-                return Verdict::reject(
-                    "pcpu_offline",
-                    format!("pinned pCPU(s) {} offline or absent", list(&offline)),
-                );
+                return ctx.reject("pcpu_offline", || {
+                    let offline: Vec<u32> = pcpus.iter().copied().filter(|&c| offline(c)).collect();
+                    format!("pinned pCPU(s) {} offline or absent", list(&offline))
+                });
             }
             let taken =
                 |c: &u32| host.dedicated_cpus.contains(c) || host.pending.pinned_cpus.contains(c);
             if pcpus.iter().any(taken) {
-                let running: Vec<u32> = pcpus
-                    .iter()
-                    .copied()
-                    .filter(|c| host.dedicated_cpus.contains(c))
-                    .collect();
-                let pending: Vec<u32> = pcpus
-                    .iter()
-                    .copied()
-                    .filter(|c| !running.contains(c) && host.pending.pinned_cpus.contains(c))
-                    .collect();
-                let mut detail = String::from("pinned pCPU(s) dedicated to another VM: ");
-                if !running.is_empty() {
-                    let _ = write!(detail, "{} (running)", list(&running));
-                }
-                if !pending.is_empty() {
-                    if !running.is_empty() {
-                        detail.push_str(", ");
-                    }
-                    let _ = write!(detail, "{} (pending)", list(&pending));
-                }
-                return Verdict::reject("pcpu_dedicated", detail);
+                return ctx.reject("pcpu_dedicated", || Self::dedicated_detail(pcpus, host));
             }
         }
         if exclusive {
             if let Err(short) = counts().check_dedicated(vm) {
-                return Verdict::reject("not_enough_free_pcpus", short.to_string());
+                return ctx.reject("not_enough_free_pcpus", || short.to_string());
             }
         }
         Verdict::Pass
+    }
+
+    /// The detail of a pinning to pCPUs dedicated to other VMs: which, running or pending.
+    fn dedicated_detail(pcpus: &[u32], host: &Host) -> String {
+        let running: Vec<u32> = pcpus
+            .iter()
+            .copied()
+            .filter(|c| host.dedicated_cpus.contains(c))
+            .collect();
+        let pending: Vec<u32> = pcpus
+            .iter()
+            .copied()
+            .filter(|c| !running.contains(c) && host.pending.pinned_cpus.contains(c))
+            .collect();
+        let mut detail = String::from("pinned pCPU(s) dedicated to another VM: ");
+        if !running.is_empty() {
+            let _ = write!(detail, "{} (running)", list(&running));
+        }
+        if !pending.is_empty() {
+            if !running.is_empty() {
+                detail.push_str(", ");
+            }
+            let _ = write!(detail, "{} (pending)", list(&pending));
+        }
+        detail
     }
 }
 
@@ -273,8 +321,8 @@ impl Filter for CpuPinningFilter {
         !matches!(PinningNeeds::of(vm), PinningNeeds::None)
     }
 
-    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(&PinningNeeds::of(vm), vm, host, || CpuCounts::of(host))
+    fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        Self::verdict(ctx, &PinningNeeds::of(vm), vm, host, || CpuCounts::of(host))
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -285,7 +333,7 @@ impl Filter for CpuPinningFilter {
             out.extend(
                 candidates
                     .iter()
-                    .map(|&i| Self::verdict(&needs, vm, ctx.host(i), || ctx.cpu_counts(i))),
+                    .map(|&i| Self::verdict(ctx, &needs, vm, ctx.host(i), || ctx.cpu_counts(i))),
             );
         }
     }
@@ -305,29 +353,40 @@ fn has_pinned_vnuma(vm: &Vm) -> bool {
 pub struct NumaFilter;
 
 impl NumaFilter {
-    fn verdict(request: &NumaRequest, host: &Host) -> Verdict {
+    #[inline(always)]
+    fn verdict(ctx: &Context<'_>, request: &NumaRequest, host: &Host) -> Verdict {
         match request.check(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
-            NumaFit::NoNumaSupport => Verdict::reject(
-                "no_numa_support",
-                "the VM has pinned vNUMA nodes; the host has no NUMA support",
-            ),
-            NumaFit::MissingHostNode { vnode, host_node } => Verdict::reject(
-                "numa_node_missing",
-                format!(
+            fit => Self::reject(ctx, fit, host),
+        }
+    }
+
+    /// The rejection of a host that does not fit (`fit`), its detail written only when the
+    /// caller reads it.
+    #[cold]
+    #[inline(never)]
+    fn reject(ctx: &Context<'_>, fit: NumaFit, host: &Host) -> Verdict {
+        match fit {
+            NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
+            NumaFit::NoNumaSupport => ctx.reject("no_numa_support", || {
+                "the VM has pinned vNUMA nodes; the host has no NUMA support".into()
+            }),
+            NumaFit::MissingHostNode { vnode, host_node } => {
+                ctx.reject("numa_node_missing", || {
+                    format!(
                     "vNUMA node {vnode} is pinned to host node {host_node}, which the host lacks"
-                ),
-            ),
-            NumaFit::PinningMismatch { vnode } => Verdict::reject(
-                "numa_pinning_mismatch",
-                format!("vNUMA node {vnode}: its CPU pinning has no pCPU on its allowed nodes"),
-            ),
+                )
+                })
+            }
+            NumaFit::PinningMismatch { vnode } => ctx.reject("numa_pinning_mismatch", || {
+                format!("vNUMA node {vnode}: its CPU pinning has no pCPU on its allowed nodes")
+            }),
             NumaFit::NoRoom {
                 resource,
                 needed,
                 free,
                 short,
-            } => {
+            } => ctx.reject("not_enough_numa_memory", || {
                 let unit = if resource == "memory" {
                     " MiB"
                 } else {
@@ -345,7 +404,7 @@ impl NumaFilter {
                         String::new()
                     }
                 };
-                let detail = match short {
+                match short {
                     // Name the node that lacks room, not a sum over the allowed nodes (one
                     // node's surplus does not help another node's vNUMA nodes).
                     Some(node) => format!(
@@ -361,16 +420,14 @@ impl NumaFilter {
                          {needed}{unit}, the allowed nodes have {free}{unit} free together{}",
                         after(pending_on(None))
                     ),
-                };
-                Verdict::reject("not_enough_numa_memory", detail)
-            }
-            NumaFit::SearchLimit => Verdict::reject(
-                "numa_search_limit",
+                }
+            }),
+            NumaFit::SearchLimit => ctx.reject("numa_search_limit", || {
                 format!(
                     "no assignment found within {} steps",
                     topology::NUMA_SEARCH_STEP_LIMIT
-                ),
-            ),
+                )
+            }),
         }
     }
 }
@@ -385,8 +442,8 @@ impl Filter for NumaFilter {
         has_pinned_vnuma(vm)
     }
 
-    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(&NumaRequest::new(vm, None), host)
+    fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+        Self::verdict(ctx, &NumaRequest::new(vm, None), host)
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -395,7 +452,7 @@ impl Filter for NumaFilter {
             out.extend(
                 candidates
                     .iter()
-                    .map(|&i| Self::verdict(&request, ctx.host(i))),
+                    .map(|&i| Self::verdict(ctx, &request, ctx.host(i))),
             );
         } else {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
@@ -409,7 +466,8 @@ impl Filter for NumaFilter {
 pub struct HugePagesFilter;
 
 impl HugePagesFilter {
-    fn verdict(size_kb: u64, needed: u64, host: &Host) -> Verdict {
+    #[inline(always)]
+    fn verdict(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
         let free: u64 = host
             .free_hugepages
             .iter()
@@ -421,14 +479,20 @@ impl HugePagesFilter {
         if available >= needed {
             Verdict::Pass
         } else {
-            Verdict::reject(
-                "not_enough_hugepages",
-                format!(
-                    "needs {needed} pages of {size_kb} KiB; {available} available ({free} free, \
-                     {pending} pending)"
-                ),
-            )
+            Self::reject(ctx, size_kb, needed, free, pending)
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reject(ctx: &Context<'_>, size_kb: u64, needed: u64, free: u64, pending: u64) -> Verdict {
+        ctx.reject("not_enough_hugepages", || {
+            let available = free.saturating_sub(pending);
+            format!(
+                "needs {needed} pages of {size_kb} KiB; {available} available ({free} free, \
+                 {pending} pending)"
+            )
+        })
     }
 }
 
@@ -441,9 +505,9 @@ impl Filter for HugePagesFilter {
         vm.hugepages_needed().is_some()
     }
 
-    fn check(&self, _ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
+    fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match vm.hugepages_needed() {
-            Some((size, needed)) => Self::verdict(size, needed, host),
+            Some((size, needed)) => Self::verdict(ctx, size, needed, host),
             None => Verdict::Pass,
         }
     }
@@ -453,7 +517,7 @@ impl Filter for HugePagesFilter {
             Some((size, needed)) => out.extend(
                 candidates
                     .iter()
-                    .map(|&i| Self::verdict(size, needed, ctx.host(i))),
+                    .map(|&i| Self::verdict(ctx, size, needed, ctx.host(i))),
             ),
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }

@@ -9,13 +9,32 @@ fn code(verdict: &Verdict) -> String {
     }
 }
 
+/// The verdict a caller that reads no details gets: the same, with an empty detail.
+fn without_detail(verdict: &Verdict) -> Verdict {
+    match verdict {
+        Verdict::Pass => Verdict::Pass,
+        Verdict::Reject { code, .. } => Verdict::reject(code.as_str(), ""),
+    }
+}
+
 /// Runs a filter over `(case, snapshot, vm, host, expected)` rows; `expected` is `pass` or
-/// the start of `code: detail`.
+/// the start of `code: detail`. Without details (a summary decision), each row gets the
+/// same verdict with an empty detail.
 fn filter_cases<F: Filter>(cases: Vec<(&str, Snapshot, Vm, Host, &str)>) {
     for (case, s, v, h, want) in cases {
         let ctx = Context::new(&s, &[], F::NAME);
-        let got = code(&F::default().check(&ctx, &v, &h));
+        let verdict = F::default().check(&ctx, &v, &h);
+        let got = code(&verdict);
         assert!(got.starts_with(want), "{case}: got `{got}`, want `{want}`");
+        if let Verdict::Reject { detail, .. } = &verdict {
+            assert!(!detail.is_empty(), "{case}: a rejection names its detail");
+        }
+        let summary = Context::new(&s, &[], F::NAME).without_details();
+        assert_eq!(
+            F::default().check(&summary, &v, &h),
+            without_detail(&verdict),
+            "{case}, without details"
+        );
     }
 }
 
@@ -546,6 +565,19 @@ fn check_all_matches_per_host_check() {
             F::default().check_all(&indexed, v, candidates, &mut with_index);
             let with_index = with_index.into_verdicts();
             assert_eq!(with_index, one, "{} round {round}, indexed", F::NAME);
+            // Without details (a summary decision): the same verdicts, empty details.
+            let mut summary = Verdicts::default();
+            let without = Context::new(s, &[], F::NAME)
+                .with_index(&index)
+                .without_details();
+            F::default().check_all(&without, v, candidates, &mut summary);
+            let expected: Vec<Verdict> = one.iter().map(without_detail).collect();
+            assert_eq!(
+                summary.into_verdicts(),
+                expected,
+                "{} round {round}, without details",
+                F::NAME
+            );
             // A unit that says it does not apply passes every host.
             if !F::default().applies(&ctx, v) {
                 assert!(

@@ -36,10 +36,9 @@ impl Filter for MaxVmsPerHost {
         if count < max {
             Verdict::Pass
         } else {
-            Verdict::reject(
-                "too_many_vms",
-                format!("{count} VMs running or pending, at most {max} allowed"),
-            )
+            ctx.reject("too_many_vms", || {
+                format!("{count} VMs running or pending, at most {max} allowed")
+            })
         }
     }
 }

@@ -240,6 +240,7 @@ pub(crate) fn run(instance: &mut Instance, manifest: &Manifest) -> Result<(), St
                 params: &params,
                 vm,
                 candidates,
+                details: true,
             };
             let response = instance.call_raw(&call);
             check_response(unit.kind, candidates.len(), response).map_err(|why| {

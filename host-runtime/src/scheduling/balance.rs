@@ -119,7 +119,7 @@ pub(super) fn plan(policy: &Policy, cluster: &Cluster) -> Result<BalancePlan> {
         .module
         .balance(
             &view,
-            unit_call(unit, &view, None, &candidates),
+            unit_call(unit, &view, None, &candidates, true),
             unit.limits,
         )
         .and_then(|actions| {

@@ -91,7 +91,7 @@ pub(super) fn still_fits(
     if snapshot.hosts[index as usize].status != HostStatus::Up {
         return Ok(false);
     }
-    let stage = run_units(policy, view, &request.vm, vec![index], Weigh::Never)?;
+    let stage = run_units(policy, view, &request.vm, vec![index], Weigh::Never, false)?;
     Ok(stage.survivors.len() == 1)
 }
 
@@ -107,7 +107,7 @@ pub(super) fn host_rejections(
 ) -> Result<Vec<(String, String, String)>> {
     let mut rejections = Vec::new();
     for filter in &policy.filters {
-        if let Some(verdicts) = run_filter(filter, view, vm, &[host], failures)? {
+        if let Some(verdicts) = run_filter(filter, view, vm, &[host], true, failures)? {
             for r in &verdicts.rejected {
                 rejections.push((
                     filter.label.to_string(),
@@ -177,7 +177,7 @@ pub(super) fn decide(
 
     let mut failures = Vec::new();
     prepare_instances(policy, view, split_parts(survivors.len()));
-    let stage = run_units_split(policy, view, &request.vm, survivors)?;
+    let stage = run_units_split(policy, view, &request.vm, survivors, full)?;
     for (filter, rejected) in policy.filters.iter().zip(stage.rejected) {
         // Count each code once per call (first host, number of hosts).
         let mut per_code: Vec<(usize, usize)> = vec![(usize::MAX, 0); rejected.codes.len()];
@@ -430,7 +430,8 @@ fn plan(policy: &Policy, weigh: Weigh) -> Vec<Group<'_>> {
 }
 
 /// Runs the filters, then (as `weigh` says) the weights over `candidates`, one crossing per
-/// group of [`plan`] (a group of one unit is a plain unit call). A batch that faults as a
+/// group of [`plan`] (a group of one unit is a plain unit call). `details`: whether the
+/// caller reads the rejections' details (see [`Call::details`]). A batch that faults as a
 /// whole (a trap, the deadline, a malformed answer, an open breaker) is run again one unit
 /// at a time, so each unit's fault is reported and handled as its own, exactly as without
 /// batching.
@@ -440,6 +441,7 @@ fn run_units(
     vm: &Vm,
     mut survivors: Vec<HostIndex>,
     weigh: Weigh,
+    details: bool,
 ) -> Result<Stage> {
     let mut failures = Vec::new();
     let mut rejected: Vec<Rejected> = policy.filters.iter().map(|_| Rejected::default()).collect();
@@ -472,6 +474,7 @@ fn run_units(
             candidates: &survivors,
             filters: &args[..filters.len()],
             weights: &args[filters.len()..],
+            details,
         };
         // A group of one unit is an ordinary unit call: below, as without batching.
         let answered = if units.len() > 1 {
@@ -512,7 +515,8 @@ fn run_units(
                         break;
                     }
                     let filter = &policy.filters[i];
-                    if let Some(verdicts) = run_filter(filter, view, vm, &survivors, &mut failures)?
+                    if let Some(verdicts) =
+                        run_filter(filter, view, vm, &survivors, details, &mut failures)?
                     {
                         narrow(&mut survivors, verdicts, &mut rejected[i]);
                     }
@@ -536,7 +540,7 @@ fn run_units(
             Some((_, Err(message))) => Err(UnitFault::GuestError(message)),
             None => weight.handle.module.weigh(
                 view,
-                unit_call(weight, view, Some(vm), &survivors),
+                unit_call(weight, view, Some(vm), &survivors, details),
                 weight.limits,
             ),
         };
@@ -644,10 +648,11 @@ fn run_units_split(
     view: &ClusterView,
     vm: &Vm,
     candidates: Vec<HostIndex>,
+    details: bool,
 ) -> Result<Stage> {
     let parts = split_parts(candidates.len());
     if parts < 2 {
-        return run_units(policy, view, vm, candidates, Weigh::IfSeveral);
+        return run_units(policy, view, vm, candidates, Weigh::IfSeveral, details);
     }
     let size = candidates.len().div_ceil(parts);
     let results: Vec<Result<Stage>> = std::thread::scope(|scope| {
@@ -655,10 +660,19 @@ fn run_units_split(
         let first = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
             .map(|chunk| {
-                scope.spawn(move || run_units(policy, view, vm, chunk.to_vec(), Weigh::Always))
+                scope.spawn(move || {
+                    run_units(policy, view, vm, chunk.to_vec(), Weigh::Always, details)
+                })
             })
             .collect();
-        let mut results = vec![run_units(policy, view, vm, first.to_vec(), Weigh::Always)];
+        let mut results = vec![run_units(
+            policy,
+            view,
+            vm,
+            first.to_vec(),
+            Weigh::Always,
+            details,
+        )];
         results.extend(others.into_iter().map(|h| match h.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -729,12 +743,14 @@ fn merge(stages: Vec<Stage>, filters: usize, weights: usize) -> Stage {
     merged
 }
 
-/// The call of one unit over the candidates, borrowing everything it sends.
+/// The call of one unit over the candidates, borrowing everything it sends; `details`:
+/// whether the caller reads reject details.
 pub(crate) fn unit_call<'a>(
     unit: &'a PolicyUnit,
     view: &ClusterView,
     vm: Option<&'a Vm>,
     candidates: &'a [HostIndex],
+    details: bool,
 ) -> Call<'a> {
     Call {
         unit: unit.handle.index,
@@ -742,6 +758,7 @@ pub(crate) fn unit_call<'a>(
         params: &unit.params,
         vm,
         candidates,
+        details,
     }
 }
 
@@ -752,11 +769,12 @@ fn run_filter(
     view: &ClusterView,
     vm: &Vm,
     candidates: &[HostIndex],
+    details: bool,
     failures: &mut Vec<UnitFailure>,
 ) -> Result<Option<Verdicts>> {
     match filter.handle.module.filter(
         view,
-        unit_call(filter, view, Some(vm), candidates),
+        unit_call(filter, view, Some(vm), candidates, details),
         filter.limits,
     ) {
         Ok(verdicts) => Ok(Some(verdicts)),

@@ -247,7 +247,7 @@ pub(super) fn differences(
         difference(unit, None, ShadowEffect::Fault { error })
     };
     for filter in shadow_filters {
-        let call = unit_call(filter, live.view, Some(live.vm), live.survivors);
+        let call = unit_call(filter, live.view, Some(live.vm), live.survivors, true);
         let verdicts = match filter.handle.module.filter(live.view, call, filter.limits) {
             Ok(verdicts) => verdicts,
             Err(e) => {
@@ -292,7 +292,7 @@ pub(super) fn differences(
         return out;
     }
     for weight in shadow_weights {
-        let call = unit_call(weight, live.view, Some(live.vm), live.survivors);
+        let call = unit_call(weight, live.view, Some(live.vm), live.survivors, true);
         let penalties = match weight.handle.module.weigh(live.view, call, weight.limits) {
             Ok(penalties) => penalties,
             Err(e) => {

@@ -26,6 +26,7 @@ pub struct Context<'a> {
     params: &'a [(String, ParamValue)],
     unit: &'a str,
     index: IndexRef<'a>,
+    details: bool,
 }
 
 /// Where a [`Context`] gets the snapshot's derived indexes from.
@@ -68,6 +69,50 @@ impl<'a> Context<'a> {
             params,
             unit,
             index: IndexRef::None,
+            details: true,
+        }
+    }
+
+    /// The same context for a caller that does not read reject details (a summary
+    /// decision): [`Context::reject`] then leaves them empty.
+    pub fn without_details(mut self) -> Self {
+        self.details = false;
+        self
+    }
+
+    /// Whether the caller reads reject details. A unit that writes its details with
+    /// [`Context::reject`] need not ask.
+    #[inline]
+    pub fn wants_details(&self) -> bool {
+        self.details
+    }
+
+    /// A rejection with a stable `code` and the detail `detail` writes, called only when
+    /// the caller reads details: a summary decision (which counts rejections by unit and
+    /// code) costs no formatting. The same verdict as [`Verdict::reject`] otherwise.
+    ///
+    /// ```
+    /// # use policy_sdk::{Context, Verdict};
+    /// # let snapshot = policy_sdk::Snapshot::default();
+    /// let ctx = Context::new(&snapshot, &[], "memory");
+    /// let (free, need) = (1024, 4096);
+    /// let verdict = ctx.reject("not_enough_memory", || format!("{free} MiB free, {need} needed"));
+    /// assert_eq!(verdict, Verdict::reject("not_enough_memory", "1024 MiB free, 4096 needed"));
+    /// let summary = Context::new(&snapshot, &[], "memory").without_details();
+    /// assert_eq!(
+    ///     summary.reject("not_enough_memory", || unreachable!("not written")),
+    ///     Verdict::reject("not_enough_memory", ""),
+    /// );
+    /// ```
+    #[inline]
+    pub fn reject(&self, code: &str, detail: impl FnOnce() -> String) -> Verdict {
+        Verdict::Reject {
+            code: code.into(),
+            detail: if self.details {
+                detail()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -80,12 +125,14 @@ impl<'a> Context<'a> {
 
     /// Every host's CPU flags as bit sets, when the caller keeps the index for this
     /// snapshot; `None` otherwise (compare flag names then).
+    #[inline]
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
         Some(&*self.index()?.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
     }
 
     /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the
     /// caller keeps one, else counted now from the host's CPU lists (the same numbers).
+    #[inline]
     pub fn cpu_counts(&self, index: HostIndex) -> CpuCounts {
         let host = self.host(index);
         match self.index() {
@@ -95,6 +142,7 @@ impl<'a> Context<'a> {
     }
 
     /// The snapshot's derived indexes, built now if the caller builds them on first use.
+    #[inline]
     fn index(&self) -> Option<&'a SnapshotIndex> {
         match self.index {
             IndexRef::None => None,
@@ -104,11 +152,13 @@ impl<'a> Context<'a> {
     }
 
     /// The cluster snapshot.
+    #[inline]
     pub fn snapshot(&self) -> &'a Snapshot {
         self.snapshot
     }
 
     /// The host at a candidate index. Candidate indices come from the host and are in range.
+    #[inline]
     pub fn host(&self, index: HostIndex) -> &'a Host {
         &self.snapshot.hosts[index as usize]
     }
@@ -542,6 +592,7 @@ impl UnitSet {
         };
         let mut ctx = Context::new(snapshot, call.params, &descriptor.name);
         ctx.index = index;
+        ctx.details = call.details;
         match (unit, call.vm) {
             (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
                 CallResponse::Verdicts(Verdicts {

@@ -48,12 +48,14 @@ impl SnapshotIndex {
     /// The pCPU counts of `host`, at `index` in the indexed snapshot: counted the first
     /// time, then kept until the host or its pending aggregate changes. A host the index
     /// does not cover is counted every time.
+    #[inline]
     pub fn cpu_counts(&self, index: HostIndex, host: &Host) -> CpuCounts {
         self.cpu_counts.get(index as usize, host)
     }
 
     /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
     /// that many).
+    #[inline]
     pub fn covers(&self, hosts: usize) -> bool {
         self.cpu_flags.hosts == hosts && self.cpu_counts.len() == hosts
     }
@@ -109,20 +111,25 @@ impl CountsCache {
         self.0.len()
     }
 
+    /// A kept word is read inline (what nearly every read is); counting is a call.
+    #[inline(always)]
     fn get(&self, index: usize, host: &Host) -> CpuCounts {
-        let Some(word) = self.0.get(index) else {
-            return CpuCounts::of(host);
-        };
-        match unpack(word.load(Ordering::Relaxed)) {
-            Some(counts) => counts,
-            None => {
-                let counts = CpuCounts::of(host);
-                if let Some(packed) = pack(&counts) {
-                    word.store(packed, Ordering::Relaxed);
-                }
-                counts
-            }
+        match self.0.get(index) {
+            Some(word) => match unpack(word.load(Ordering::Relaxed)) {
+                Some(counts) => counts,
+                None => Self::count(word, host),
+            },
+            None => CpuCounts::of(host),
         }
+    }
+
+    #[inline(never)]
+    fn count(word: &AtomicU64, host: &Host) -> CpuCounts {
+        let counts = CpuCounts::of(host);
+        if let Some(packed) = pack(&counts) {
+            word.store(packed, Ordering::Relaxed);
+        }
+        counts
     }
 
     fn forget(&mut self, index: usize) {
@@ -214,11 +221,38 @@ impl Touched {
     }
 }
 
+/// Hashes flag names for the flag dictionary: FNV-1a, a few operations per byte (names are
+/// short; SipHash's setup was most of a lookup, and a decision looks up every flag of the
+/// VM's CPU model). The names come from the engine's snapshot, not from the network.
+#[derive(Debug, Clone, Copy)]
+struct FlagNameHasher(u64);
+
+impl Default for FlagNameHasher {
+    fn default() -> Self {
+        // The FNV-1a 64-bit offset basis.
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl core::hash::Hasher for FlagNameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+type FlagDictionary = HashMap<String, u32, core::hash::BuildHasherDefault<FlagNameHasher>>;
+
 /// Every host's CPU flags as a bit set over the flag names seen on any host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuFlagIndex {
     /// Flag name -> bit.
-    bit_of: HashMap<String, u32>,
+    bit_of: FlagDictionary,
     /// 64-bit words per host.
     words: usize,
     /// Number of hosts indexed.
@@ -238,7 +272,7 @@ pub struct FlagMask {
 impl CpuFlagIndex {
     /// Indexes the flags of `hosts`.
     pub fn build(hosts: &[Host]) -> Self {
-        let mut bit_of: HashMap<String, u32> = HashMap::new();
+        let mut bit_of = FlagDictionary::default();
         // Hosts of a cluster mostly share a CPU model: a host whose flags equal an earlier
         // host's adds nothing to the dictionary and copies that host's row (a comparison of
         // names instead of hashing each of them).
@@ -305,18 +339,46 @@ impl CpuFlagIndex {
 
     /// Resolves required flag names.
     pub fn mask<'a>(&self, flags: impl IntoIterator<Item = &'a str>) -> FlagMask {
+        let bits: Vec<Option<u32>> = flags.into_iter().map(|f| self.bit(f)).collect();
+        self.mask_of_bits(&bits)
+    }
+
+    /// The bit of flag `name`, or `None` when no host has it.
+    pub fn bit(&self, name: &str) -> Option<u32> {
+        self.bit_of.get(name).copied()
+    }
+
+    /// Whether host `host` has the flag whose bit is `bit` (see [`CpuFlagIndex::bit`];
+    /// false for a host not indexed).
+    #[inline]
+    pub fn has_bit(&self, host: HostIndex, bit: u32) -> bool {
+        let word = host as usize * self.words + bit as usize / 64;
+        (bit as usize) < self.words * 64
+            && host < self.hosts as HostIndex
+            && self
+                .bits
+                .get(word)
+                .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    /// [`CpuFlagIndex::mask`] of flags already resolved with [`CpuFlagIndex::bit`]
+    /// (`None`: a flag no host has).
+    pub fn mask_of_bits(&self, bits: &[Option<u32>]) -> FlagMask {
         let mut words = alloc::vec![0u64; self.words];
         let mut unknown = false;
-        for f in flags {
-            match self.bit_of.get(f) {
-                Some(&bit) => words[bit as usize / 64] |= 1 << (bit % 64),
-                None => unknown = true,
+        for bit in bits {
+            match bit {
+                Some(bit) if (*bit as usize) < self.words * 64 => {
+                    words[*bit as usize / 64] |= 1 << (bit % 64)
+                }
+                _ => unknown = true,
             }
         }
         FlagMask { words, unknown }
     }
 
     /// Whether host `host` has every flag of `mask` (false for a host not indexed).
+    #[inline]
     pub fn has_all(&self, host: HostIndex, mask: &FlagMask) -> bool {
         if mask.unknown {
             return false;
@@ -355,15 +417,31 @@ mod tests {
             (&["aes", "avx512f"], [false, false, false]),
         ];
         for (names, want) in cases {
+            let bits: Vec<Option<u32>> = names.iter().map(|n| index.bit(n)).collect();
+            let by_bits = index.mask_of_bits(&bits);
             for (i, w) in want.iter().enumerate() {
+                let host = i as HostIndex;
+                assert_eq!(flags_of(&index, host, names), *w, "{names:?} host {i}");
+                // Resolved once, then asked flag by flag or as a mask: the same answer.
                 assert_eq!(
-                    flags_of(&index, i as HostIndex, names),
+                    index.has_all(host, &by_bits),
                     *w,
-                    "{names:?} host {i}"
+                    "{names:?} host {i}, bits"
                 );
+                let each = bits
+                    .iter()
+                    .all(|b| b.is_some_and(|b| index.has_bit(host, b)));
+                assert_eq!(each, *w, "{names:?} host {i}, bit by bit");
             }
         }
         assert!(!flags_of(&index, 7, &[]), "a host not indexed has nothing");
+        let aes = index.bit("aes").unwrap();
+        assert!(!index.has_bit(7, aes), "a host not indexed has no flag");
+        assert!(
+            !index.has_bit(0, 64 * 9),
+            "a bit past the dictionary is no flag"
+        );
+        assert_eq!(index.bit("avx512f"), None, "a flag no host has has no bit");
     }
 
     #[test]

@@ -420,6 +420,7 @@ mod tests {
             params: alloc::vec![],
             vm: None,
             candidates: (0..10_000).chain([u32::MAX]).collect(),
+            details: true,
         };
         let bytes = codec::encode(&request).unwrap();
         // 10,001 x 4 bytes plus a few header bytes: no per-element varints.

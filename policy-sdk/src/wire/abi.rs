@@ -18,15 +18,15 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
-/// Oldest ABI version the host accepts. Version 7 changed the wire form of a host's CPU
-/// flags (a list, or "the same list as the previous host"), which an older module would
-/// misread.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 7;
+/// Oldest ABI version the host accepts. Version 8 added `details` to unit calls and
+/// batches (an older module would misread the requests); version 7 changed the wire form of
+/// a host's CPU flags (a list, or "the same list as the previous host").
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 8;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 7;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 8;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";
@@ -113,6 +113,11 @@ pub struct CallRequest {
     /// Candidate host indices, unique and in range (packed little-endian `u32`s).
     #[serde(with = "crate::model::verdict::packed::u32s")]
     pub candidates: Vec<HostIndex>,
+    /// Whether the caller reads reject details: `false` for a decision that reports only
+    /// the hosts turned away per unit and code (a summary), so units may leave a
+    /// rejection's detail empty instead of writing it (see
+    /// [`Context::reject`](crate::Context::reject)). Added in ABI 8.
+    pub details: bool,
 }
 
 impl CallRequest {
@@ -125,6 +130,7 @@ impl CallRequest {
             params: &self.params,
             vm: self.vm.as_ref(),
             candidates: &self.candidates,
+            details: self.details,
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct Call<'a> {
     /// Candidate host indices (packed little-endian `u32`s).
     #[serde(serialize_with = "crate::model::verdict::packed::u32s::serialize")]
     pub candidates: &'a [HostIndex],
+    /// See [`CallRequest::details`].
+    pub details: bool,
 }
 
 /// A unit's answer to a [`CallRequest`].
@@ -199,6 +207,8 @@ pub struct BatchRequest {
     pub filters: Vec<BatchUnit>,
     /// Weight units, run over the candidates every filter of the batch passed.
     pub weights: Vec<BatchUnit>,
+    /// See [`CallRequest::details`].
+    pub details: bool,
 }
 
 impl BatchRequest {
@@ -222,6 +232,7 @@ impl BatchRequest {
             candidates: &self.candidates,
             filters,
             weights,
+            details: self.details,
         }
     }
 }
@@ -242,6 +253,8 @@ pub struct Batch<'a> {
     pub filters: &'a [BatchUnitRef<'a>],
     /// Weight units.
     pub weights: &'a [BatchUnitRef<'a>],
+    /// See [`CallRequest::details`].
+    pub details: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -253,6 +266,7 @@ impl<'a> Batch<'a> {
             params: unit.params,
             vm: Some(self.vm),
             candidates,
+            details: self.details,
         }
     }
 }
@@ -289,6 +303,7 @@ mod tests {
             params: alloc::vec![("overhead_mb".into(), ParamValue::Int(64))],
             vm: Some(vm("v").memory_mb(2_048).build()),
             candidates: alloc::vec![7, 1, 300],
+            details: false,
         };
         let borrowed = codec::encode(&request.as_call()).unwrap();
         assert_eq!(borrowed, codec::encode(&request).unwrap());
@@ -315,6 +330,7 @@ mod tests {
                 unit: 1,
                 params: alloc::vec![]
             }],
+            details: false,
         };
         let mut units = Vec::new();
         let borrowed = codec::encode(&request.as_batch(&mut units)).unwrap();

@@ -408,6 +408,47 @@ fn summary_detail_decides_like_full_and_lists_the_best_hosts() {
     }
 }
 
+/// Summary decisions ask the units for no reject details (ABI 8: the builtins then skip
+/// writing them): as a synthetic cluster fills up with the benchmark's VM mix, every summary
+/// decision chooses, counts and sums up like the full one of the same VM on both backends,
+/// and the full one still names every rejection's detail.
+#[test]
+fn summary_decisions_without_details_turn_away_the_same_hosts_as_full_ones() {
+    use wasmsched_testkit::synth;
+    let backends = [
+        ("wasm", runtime()),
+        ("native", wasmsched_testkit::native::runtime()),
+    ];
+    for (backend, rt) in &backends {
+        let policy = Policy::builtin_default(rt).unwrap();
+        let (c, _) = synth::realistic_cluster(60).unwrap();
+        let mut codes = std::collections::BTreeSet::new();
+        for (i, vm) in synth::vm_mix(600, "fill").into_iter().enumerate() {
+            let request = ScheduleRequest::new(vm);
+            if i % 25 == 0 {
+                let full = policy.evaluate(&c.view(), &request).unwrap();
+                let summary = policy
+                    .evaluate(&c.view(), &request.clone().detail(Detail::Summary))
+                    .unwrap();
+                assert_eq!(summary.chosen, full.chosen, "{backend}, VM {i}");
+                assert_eq!(summary.summary, full.summary, "{backend}, VM {i}");
+                assert_eq!(summary.available, full.available, "{backend}, VM {i}");
+                for h in &full.hosts {
+                    if let Outcome::Rejected { unit, code, detail } = &h.outcome {
+                        assert!(!detail.is_empty(), "{backend}, VM {i}: {unit}: {code}");
+                        codes.insert(format!("{unit}: {code}"));
+                    }
+                }
+            }
+            let _ = policy
+                .schedule(&c, &request.detail(Detail::Summary))
+                .unwrap();
+        }
+        // The cluster filled up enough for several filters to turn hosts away.
+        assert!(codes.len() >= 3, "{backend}: {codes:?}");
+    }
+}
+
 /// Regression (quadratic work in the `cpu` filter over a host's `dedicated_cpus`): a host
 /// listing 40,000 dedicated ids (32 distinct pCPUs, repeated) is decided in wasm under the
 /// default 1 s call deadline. Before, each id was searched for among the ids before it
