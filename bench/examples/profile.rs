@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -90,10 +90,12 @@ fn main() -> anyhow::Result<()> {
         "mass" | "mass2" => {
             let threads = if what == "mass2" { 2 } else { 1 };
             let cluster = Cluster::new(synth::snapshot_of(hosts), "<profile>")?;
-            let requests: Vec<ScheduleRequest> = synth::vm_mix(3_000, "mass")
+            let vms: usize = std::env::var("VMS").map_or(Ok(3_000), |v| v.parse())?;
+            let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "mass")
                 .into_iter()
                 .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
                 .collect();
+            let started = std::time::Instant::now();
             std::thread::scope(|s| {
                 for t in 0..threads {
                     let (policy, cluster, requests) = (&policy, &cluster, &requests);
@@ -104,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                     });
                 }
             });
+            eprintln!("{vms} VMs on {threads} thread(s): {:?}", started.elapsed());
         }
         other => anyhow::bail!("unknown workload {other}"),
     }
