@@ -57,15 +57,6 @@ impl MemoryFilter {
     }
 }
 
-/// Free memory plus free swap, minus pending memory.
-#[inline(always)]
-fn physical_memory(host: &Host) -> u64 {
-    host.memory
-        .free_mb
-        .saturating_add(host.memory.swap_free_mb)
-        .saturating_sub(host.pending.memory_mb)
-}
-
 fn overhead_mb(ctx: &Context<'_>) -> u64 {
     ctx.int("overhead_mb").max(0) as u64
 }
@@ -97,6 +88,15 @@ impl Filter for MemoryFilter {
                 .map(|&i| Self::check_with(ctx, overhead, vm, ctx.host(i))),
         );
     }
+}
+
+/// Free memory plus free swap, minus pending memory.
+#[inline(always)]
+fn physical_memory(host: &Host) -> u64 {
+    host.memory
+        .free_mb
+        .saturating_add(host.memory.swap_free_mb)
+        .saturating_sub(host.pending.memory_mb)
 }
 
 /// Overcommit-aware memory left for scheduling, pending overcommit memory included.
