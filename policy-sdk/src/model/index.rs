@@ -221,32 +221,9 @@ impl Touched {
     }
 }
 
-/// Hashes flag names for the flag dictionary: FNV-1a, a few operations per byte (names are
-/// short; SipHash's setup was most of a lookup, and a decision looks up every flag of the
-/// VM's CPU model). The names come from the engine's snapshot, not from the network.
-#[derive(Debug, Clone, Copy)]
-struct FlagNameHasher(u64);
-
-impl Default for FlagNameHasher {
-    fn default() -> Self {
-        // The FNV-1a 64-bit offset basis.
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl core::hash::Hasher for FlagNameHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-type FlagDictionary = HashMap<String, u32, core::hash::BuildHasherDefault<FlagNameHasher>>;
+/// Flag name -> bit. The std hasher (keyed at random) on purpose: the names come in with
+/// the engine's snapshots, and a hasher without a key would let crafted names collide.
+type FlagDictionary = HashMap<String, u32>;
 
 /// Every host's CPU flags as a bit set over the flag names seen on any host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
