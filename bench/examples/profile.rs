@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -62,10 +62,15 @@ fn main() -> anyhow::Result<()> {
                 },
                 Err(_) => VmKind::ALL.to_vec(),
             };
+            // `DETAIL=full`: full reports instead of summary decisions.
+            let detail = match std::env::var("DETAIL").as_deref() {
+                Ok("full") => Detail::Full,
+                _ => Detail::Summary,
+            };
             let started = std::time::Instant::now();
             for i in 0..rounds {
                 let kind = kinds[i % kinds.len()];
-                let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Summary);
+                let request = ScheduleRequest::new(kind.vm("probe")).detail(detail);
                 policy.evaluate(&view, &request)?;
             }
             eprintln!(
