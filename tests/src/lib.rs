@@ -30,6 +30,16 @@ pub fn runtime() -> Runtime {
         .expect("runtime builds")
 }
 
+/// The builtins on both backends, each named for assertion messages: as wasm modules (see
+/// [`runtime`]) and as native units (the same unit code compiled into the test binary), for
+/// behaviour that must hold on each.
+pub fn both_backends() -> [(&'static str, Runtime); 2] {
+    [
+        ("wasm", runtime()),
+        ("native", wasmsched_testkit::native::runtime()),
+    ]
+}
+
 /// The compiled-module cache shared by the tests of one build: under the build's `OUT_DIR`,
 /// so `cargo clean` removes it and a changed build starts from an empty one. Without it every
 /// test compiled the four builtin modules again with Cranelift (about 1.5 s of CPU each), which

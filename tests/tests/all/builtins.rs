@@ -1,6 +1,6 @@
 //! The builtin modules, compiled to wasm by the build, driven through the runtime.
 
-use integration_tests::{policy, runtime};
+use integration_tests::{both_backends, policy, runtime};
 use policy_sdk::testing::{host, snapshot, vm, XorShift};
 use policy_sdk::{AffinityPolarity, HostStatus, Snapshot, UnitKind};
 use wasmsched::decision::Outcome;
@@ -351,6 +351,25 @@ fn runtime_is_shared_across_threads_and_evaluations_run_in_parallel() {
     });
 }
 
+/// The full and the summary decision of `request` on the cluster's current view, checked
+/// to be the same decision: chosen host, summary line, hosts available. `what` names the
+/// case in failures.
+fn decide_full_and_summary(
+    policy: &Policy,
+    c: &Cluster,
+    request: &ScheduleRequest,
+    what: &dyn std::fmt::Display,
+) -> (wasmsched::Decision, wasmsched::Decision) {
+    let full = policy.evaluate(&c.view(), request).unwrap();
+    let summary = policy
+        .evaluate(&c.view(), &request.clone().detail(Detail::Summary))
+        .unwrap();
+    assert_eq!(summary.chosen, full.chosen, "{what}");
+    assert_eq!(summary.summary, full.summary, "{what}");
+    assert_eq!(summary.available, full.available, "{what}");
+    (full, summary)
+}
+
 /// A summary decision is the same decision as a full one (host, summary line, counts) and
 /// lists the chosen host and the best runners-up with the scores the full one gives them.
 #[test]
@@ -372,13 +391,7 @@ fn summary_detail_decides_like_full_and_lists_the_best_hosts() {
     let policy = Policy::builtin_default(&runtime()).unwrap();
     for memory in [1_024, 6_144, 12_288, 100_000] {
         let request = ScheduleRequest::new(vm("v").memory_mb(memory).build());
-        let full = policy.evaluate(&c.view(), &request).unwrap();
-        let summary = policy
-            .evaluate(&c.view(), &request.clone().detail(Detail::Summary))
-            .unwrap();
-        assert_eq!(summary.chosen, full.chosen, "{memory}");
-        assert_eq!(summary.summary, full.summary, "{memory}");
-        assert_eq!(summary.available, full.available);
+        let (full, summary) = decide_full_and_summary(&policy, &c, &request, &memory);
         assert_eq!(full.hosts.len(), 60);
         assert_eq!(
             summary.hosts.len(),
@@ -415,24 +428,15 @@ fn summary_detail_decides_like_full_and_lists_the_best_hosts() {
 #[test]
 fn summary_decisions_without_details_turn_away_the_same_hosts_as_full_ones() {
     use wasmsched_testkit::synth;
-    let backends = [
-        ("wasm", runtime()),
-        ("native", wasmsched_testkit::native::runtime()),
-    ];
-    for (backend, rt) in &backends {
+    for (backend, rt) in &both_backends() {
         let policy = Policy::builtin_default(rt).unwrap();
         let (c, _) = synth::realistic_cluster(60).unwrap();
         let mut codes = std::collections::BTreeSet::new();
         for (i, vm) in synth::vm_mix(600, "fill").into_iter().enumerate() {
             let request = ScheduleRequest::new(vm);
             if i % 25 == 0 {
-                let full = policy.evaluate(&c.view(), &request).unwrap();
-                let summary = policy
-                    .evaluate(&c.view(), &request.clone().detail(Detail::Summary))
-                    .unwrap();
-                assert_eq!(summary.chosen, full.chosen, "{backend}, VM {i}");
-                assert_eq!(summary.summary, full.summary, "{backend}, VM {i}");
-                assert_eq!(summary.available, full.available, "{backend}, VM {i}");
+                let what = format!("{backend}, VM {i}");
+                let (full, _) = decide_full_and_summary(&policy, &c, &request, &what);
                 for h in &full.hosts {
                     if let Outcome::Rejected { unit, code, detail } = &h.outcome {
                         assert!(!detail.is_empty(), "{backend}, VM {i}: {unit}: {code}");

@@ -2,7 +2,7 @@
 //! policy (wasm), the pending pinned pCPUs and vNUMA memory a decision records, NUMA-pinned
 //! mass starts, and migration of high-performance and pinned VMs by migration mode.
 
-use integration_tests::runtime;
+use integration_tests::{both_backends, runtime};
 use policy_sdk::testing::{host, snapshot, vm, HostBuilder, VmBuilder, XorShift};
 use policy_sdk::{MigrationMode, PinningPolicy, Snapshot, Vm, VmType};
 use wasmsched::decision::Outcome;
@@ -205,11 +205,7 @@ fn dedicated_pcpus_become_pending_and_the_next_decision_avoids_them() {
 /// before the next decision, on both backends.
 #[test]
 fn free_pcpu_counts_follow_each_reservation_and_release_on_both_backends() {
-    let backends = [
-        ("wasm", runtime()),
-        ("native", wasmsched_testkit::native::runtime()),
-    ];
-    for (backend, rt) in &backends {
+    for (backend, rt) in &both_backends() {
         let p = Policy::builtin_default(rt).unwrap();
         // 16 pCPUs, 8 cores.
         let c = cluster(snapshot().host(hp_host("h")).build());
