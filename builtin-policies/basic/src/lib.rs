@@ -23,20 +23,27 @@ impl MemoryFilter {
     /// detail is written out of line.
     #[inline(always)]
     fn check_with(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
-        let need = vm.memory_mb.saturating_add(overhead_mb);
-        if physical_memory(host) < need || schedulable_memory(host) < need {
-            return Self::reject(ctx, overhead_mb, vm, host);
+        let room = Room {
+            need: vm.memory_mb.saturating_add(overhead_mb),
+            physical: physical_memory(host),
+            schedulable: schedulable_memory(host),
+        };
+        if room.physical < room.need || room.schedulable < room.need {
+            return Self::reject(ctx, overhead_mb, vm, host, &room);
         }
         Verdict::Pass
     }
 
     #[cold]
     #[inline(never)]
-    fn reject(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
-        let need = vm.memory_mb.saturating_add(overhead_mb);
+    fn reject(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host, room: &Room) -> Verdict {
+        let &Room {
+            need,
+            physical,
+            schedulable,
+        } = room;
         let m = &host.memory;
         let pending = &host.pending;
-        let physical = physical_memory(host);
         if physical < need {
             return ctx.reject("not_enough_memory", || {
                 format!(
@@ -46,7 +53,6 @@ impl MemoryFilter {
                 )
             });
         }
-        let schedulable = schedulable_memory(host);
         ctx.reject("not_enough_schedulable_memory", || {
             format!(
                 "{schedulable} MiB schedulable ({} max - {} committed - {} pending), \
@@ -55,6 +61,16 @@ impl MemoryFilter {
             )
         })
     }
+}
+
+/// What the memory filter compares for one host (MiB).
+struct Room {
+    /// The VM's memory plus the overhead.
+    need: u64,
+    /// Free memory plus free swap, minus pending memory.
+    physical: u64,
+    /// Schedulable memory, minus pending overcommit memory.
+    schedulable: u64,
 }
 
 fn overhead_mb(ctx: &Context<'_>) -> u64 {
@@ -181,7 +197,7 @@ impl CpuFilter {
         if usable >= need {
             return Verdict::Pass;
         }
-        Self::reject(ctx, threads_as_cores, need, total, &counts)
+        Self::reject(ctx, threads_as_cores, need, total, usable, &counts)
     }
 
     #[cold]
@@ -191,6 +207,7 @@ impl CpuFilter {
         threads_as_cores: bool,
         need: u32,
         total: u32,
+        usable: u32,
         counts: &CpuCounts,
     ) -> Verdict {
         let CpuCounts {
@@ -198,7 +215,6 @@ impl CpuFilter {
             pending_pinned: pending,
             ..
         } = *counts;
-        let usable = total.saturating_sub(dedicated).saturating_sub(pending);
         let unit = if threads_as_cores { "threads" } else { "cores" };
         ctx.reject("not_enough_cores", || {
             format!(

@@ -355,14 +355,16 @@ pub struct NumaFilter;
 impl NumaFilter {
     #[inline(always)]
     fn verdict(ctx: &Context<'_>, request: &NumaRequest, host: &Host) -> Verdict {
-        match request.check(host) {
-            NumaFit::NotPinned | NumaFit::Fits(_) | NumaFit::FitsLoosely => Verdict::Pass,
-            fit => Self::reject(ctx, fit, host),
+        let fit = request.check(host);
+        if fit.passes() {
+            Verdict::Pass
+        } else {
+            Self::reject(ctx, fit, host)
         }
     }
 
-    /// The rejection of a host that does not fit (`fit`), its detail written only when the
-    /// caller reads it.
+    /// The verdict on a host that does not fit (`fit`; a fit that [passes](NumaFit::passes)
+    /// is a pass here too), its detail written only when the caller reads it.
     #[cold]
     #[inline(never)]
     fn reject(ctx: &Context<'_>, fit: NumaFit, host: &Host) -> Verdict {

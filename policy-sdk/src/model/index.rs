@@ -221,15 +221,12 @@ impl Touched {
     }
 }
 
-/// Flag name -> bit. The std hasher (keyed at random) on purpose: the names come in with
-/// the engine's snapshots, and a hasher without a key would let crafted names collide.
-type FlagDictionary = HashMap<String, u32>;
-
 /// Every host's CPU flags as a bit set over the flag names seen on any host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuFlagIndex {
-    /// Flag name -> bit.
-    bit_of: FlagDictionary,
+    /// Flag name -> bit. The std hasher (keyed at random) on purpose: the names come in
+    /// with the engine's snapshots, and an unkeyed hash would let crafted names collide.
+    bit_of: HashMap<String, u32>,
     /// 64-bit words per host.
     words: usize,
     /// Number of hosts indexed.
@@ -249,7 +246,7 @@ pub struct FlagMask {
 impl CpuFlagIndex {
     /// Indexes the flags of `hosts`.
     pub fn build(hosts: &[Host]) -> Self {
-        let mut bit_of = FlagDictionary::default();
+        let mut bit_of: HashMap<String, u32> = HashMap::new();
         // Hosts of a cluster mostly share a CPU model: a host whose flags equal an earlier
         // host's adds nothing to the dictionary and copies that host's row (a comparison of
         // names instead of hashing each of them).
