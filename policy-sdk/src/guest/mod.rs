@@ -127,7 +127,10 @@ impl<'a> Context<'a> {
     /// snapshot; `None` otherwise (compare flag names then).
     #[inline]
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
-        Some(&*self.index()?.cpu_flags).filter(|f| f.host_count() == self.snapshot.hosts.len())
+        let index = self.index()?;
+        index
+            .covers(self.snapshot.hosts.len())
+            .then(|| index.cpu_flags(self.snapshot))
     }
 
     /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the

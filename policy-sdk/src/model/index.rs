@@ -23,26 +23,35 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// Indexes derived from one snapshot.
+/// Indexes derived from one snapshot. Each part is made the first time a unit reads it, so
+/// a module whose units never ask for one (the `basic` module reads pCPU counts, never flag
+/// bit sets) does not build it after a full snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotIndex {
-    /// Host CPU flags as bit sets (shared between copies of the index: the copy made when
-    /// a view still holds the index and a reservation changes a host's counts does not
-    /// copy the flags).
-    pub cpu_flags: Arc<CpuFlagIndex>,
+    /// Host CPU flags as bit sets, built on first read (shared between copies of the
+    /// index: the copy made when a view still holds the index and a reservation changes a
+    /// host's counts does not copy the flags).
+    cpu_flags: OnceLock<Arc<CpuFlagIndex>>,
     /// Every host's pCPU counts, by host index.
     cpu_counts: CountsCache,
 }
 
 impl SnapshotIndex {
-    /// Builds every index from a snapshot.
+    /// The index of a snapshot; its parts are filled in as they are read.
     pub fn build(snapshot: &Snapshot) -> Self {
         Self {
-            cpu_flags: Arc::new(CpuFlagIndex::build(&snapshot.hosts)),
+            cpu_flags: OnceLock::new(),
             cpu_counts: CountsCache::new(snapshot.hosts.len()),
         }
+    }
+
+    /// Every host's CPU flags as bit sets, built from `snapshot` (the snapshot this index
+    /// is kept for) the first time they are asked for.
+    pub fn cpu_flags(&self, snapshot: &Snapshot) -> &CpuFlagIndex {
+        self.cpu_flags
+            .get_or_init(|| Arc::new(CpuFlagIndex::build(&snapshot.hosts)))
     }
 
     /// The pCPU counts of `host`, at `index` in the indexed snapshot: counted the first
@@ -57,7 +66,7 @@ impl SnapshotIndex {
     /// that many).
     #[inline]
     pub fn covers(&self, hosts: usize) -> bool {
-        self.cpu_flags.hosts == hosts && self.cpu_counts.len() == hosts
+        self.cpu_counts.len() == hosts
     }
 
     /// Brings the index up to date after `changes` were applied to `snapshot` (the
@@ -77,9 +86,11 @@ impl SnapshotIndex {
         }
         for &host in &touched.replaced {
             if let Some(h) = snapshot.hosts.get(host as usize) {
-                if !Arc::make_mut(&mut self.cpu_flags).set_host(host as usize, h) {
-                    *self = Self::build(snapshot);
-                    return;
+                if let Some(flags) = self.cpu_flags.get_mut() {
+                    if !Arc::make_mut(flags).set_host(host as usize, h) {
+                        // A flag the dictionary lacks: built again when next read.
+                        self.cpu_flags = OnceLock::new();
+                    }
                 }
                 self.cpu_counts.forget(host as usize);
             }
@@ -382,7 +393,7 @@ mod tests {
             .host(host("b").cpu_flags(&["sse4_2"]))
             .host(host("c"))
             .build();
-        let index = SnapshotIndex::build(&s).cpu_flags;
+        let index = SnapshotIndex::build(&s).cpu_flags(&s).clone();
         let cases: [(&[&str], [bool; 3]); 5] = [
             (&[], [true, true, true]),
             (&["sse4_2"], [true, true, false]),
@@ -425,6 +436,8 @@ mod tests {
             .host(host("b").cpu_flags(&["sse4_2"]))
             .build();
         let mut index = SnapshotIndex::build(&s);
+        // Read once, so that the changes below update flags already built.
+        assert!(flags_of(index.cpu_flags(&s), 0, &["sse4_2"]));
         // A replaced host with a flag new to the dictionary (rebuild path) and one with a
         // known flag (row update path).
         let cases: [(Change, &[&str], [bool; 2]); 3] = [
@@ -452,7 +465,7 @@ mod tests {
             assert_same_answers(&index, &SnapshotIndex::build(&s), &s);
             for (i, w) in want.iter().enumerate() {
                 assert_eq!(
-                    flags_of(&index.cpu_flags, i as HostIndex, names),
+                    flags_of(index.cpu_flags(&s), i as HostIndex, names),
                     *w,
                     "{change:?}"
                 );
@@ -461,8 +474,8 @@ mod tests {
         let add = Change::AddHost(host("c").cpu_flags(&["aes"]).build());
         add.clone().apply(&mut s).unwrap();
         index.update(&s, core::slice::from_ref(&add));
-        assert!(flags_of(&index.cpu_flags, 2, &["aes"]));
-        assert_eq!(index.cpu_flags.host_count(), 3);
+        assert!(flags_of(index.cpu_flags(&s), 2, &["aes"]));
+        assert_eq!(index.cpu_flags(&s).host_count(), 3);
     }
 
     /// The pCPU counts read through the index follow every change that can move them (a
@@ -548,6 +561,9 @@ mod tests {
                 assert_eq!(index.cpu_counts(i, h), fresh.cpu_counts(i, h), "{change:?}");
             }
         }
+        // Reading counts never builds the flag bit sets (a module that only counts pCPUs,
+        // as `basic`, does not pay for them).
+        assert!(index.cpu_flags.get().is_none());
     }
 
     /// Counts are kept in 16-bit fields: a host with more pCPUs than that is counted every
@@ -579,7 +595,10 @@ mod tests {
             .collect();
         for h in 0..s.hosts.len() as HostIndex {
             for name in &names {
-                let ask = |i: &SnapshotIndex| i.cpu_flags.has_all(h, &i.cpu_flags.mask([*name]));
+                let ask = |i: &SnapshotIndex| {
+                    let flags = i.cpu_flags(s);
+                    flags.has_all(h, &flags.mask([*name]))
+                };
                 assert_eq!(ask(updated), ask(fresh), "host {h} flag {name}");
             }
         }
