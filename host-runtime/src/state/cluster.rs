@@ -11,7 +11,7 @@ use super::ledger::Ledger;
 use super::memory_change::{
     MemoryChangeDone, MemoryChangeKind, MemoryChangeRecord, MemoryInFlight, MemoryInFlightKind,
 };
-use super::pending::{PendingRecord, PendingResource, ResourceKey};
+use super::pending::{Changed, PendingRecord, PendingResource, ResourceKey};
 use super::placement::{
     add_resource_usage, add_usage, remove_usage, without_records, FailedPlacement, HostRemoved,
     PendingRules, Placement, PlacementKind, Release, Reservation, Retry,
@@ -638,7 +638,7 @@ impl Cluster {
                 resource: r.clone(),
             })
             .collect();
-        let touched = ledger.pending.replace_vm(&vm.id, records)?;
+        let changed = ledger.pending.replace_vm(&vm.id, records)?;
         if kind == PlacementKind::Start {
             let tried = ledger.attempts.entry(vm.id.clone()).or_default();
             tried.push(host_id.to_string());
@@ -652,7 +652,7 @@ impl Cluster {
             },
         );
         let epoch = self
-            .publish(ledger, touched, Vec::new())?
+            .publish_changed(ledger, changed, Vec::new())?
             .expect("a reservation always changes its host");
         Ok(Reservation {
             host: host_id.to_string(),
@@ -669,8 +669,8 @@ impl Cluster {
         for record in &records {
             self.require_host(&record.host)?;
         }
-        let touched = ledger.pending.add_all(records)?;
-        self.publish(&mut ledger, touched, Vec::new())
+        let changed = ledger.pending.add_all(records)?;
+        self.publish_changed(&mut ledger, changed, Vec::new())
     }
 
     /// Releases every pending record of a VM and forgets its placement, without any other
@@ -925,16 +925,31 @@ impl Cluster {
         &self,
         ledger: &mut MutexGuard<'_, Ledger>,
         hosts: impl IntoIterator<Item = String>,
+        extra: Vec<Change>,
+    ) -> Result<Option<u64>> {
+        let changed: Changed = hosts
+            .into_iter()
+            .map(|id| {
+                let aggregate = ledger.pending.host_aggregate(&id);
+                (id, aggregate)
+            })
+            .collect();
+        self.publish_changed(ledger, changed, extra)
+    }
+
+    /// [`Cluster::publish`] of hosts whose new aggregates are known (the ledger's change
+    /// computed them).
+    pub(crate) fn publish_changed(
+        &self,
+        ledger: &mut MutexGuard<'_, Ledger>,
+        changed: Changed,
         mut extra: Vec<Change>,
     ) -> Result<Option<u64>> {
-        let mut changes: Vec<Change> = hosts
+        let mut changes: Vec<Change> = changed
             .into_iter()
-            .filter_map(|id| {
+            .filter_map(|(id, pending)| {
                 let host = self.host_index(&id)?;
-                Some(Change::SetPending {
-                    host,
-                    pending: ledger.pending.host_aggregate(&id),
-                })
+                Some(Change::SetPending { host, pending })
             })
             .collect();
         changes.append(&mut extra);
@@ -956,13 +971,13 @@ impl Cluster {
         device: MemoryDevice,
         pending: PendingResource,
     ) -> Result<u64> {
-        let touched = ledger.pending.add(PendingRecord {
+        let changed = ledger.pending.add(PendingRecord {
             host: host_id.to_string(),
             vm: vm_id.to_string(),
             resource: pending,
         })?;
         let epoch = self
-            .publish(ledger, touched, Vec::new())?
+            .publish_changed(ledger, changed, Vec::new())?
             .expect("a hot plug record changes its host");
         ledger.memory.insert(
             vm_id.to_string(),

@@ -245,26 +245,30 @@ pub struct PendingResources {
     hosts_of_vm: HashMap<String, BTreeSet<String>>,
 }
 
+/// Hosts whose pending aggregate a change moved, sorted by id, each with its new aggregate.
+pub type Changed = Vec<(String, PendingAggregate)>;
+
 impl PendingResources {
     /// Adds a record, replacing an equal one (same VM and key) wherever it is. Returns the
-    /// hosts whose aggregate changed. The amount is checked first, and so is the sum it
-    /// makes on its host; on error nothing changes.
-    pub fn add(&mut self, record: PendingRecord) -> Result<Vec<String>> {
+    /// hosts whose aggregate changed, with their new aggregates. The amount is checked
+    /// first, and so is the sum it makes on its host; on error nothing changes.
+    pub fn add(&mut self, record: PendingRecord) -> Result<Changed> {
         self.add_all(vec![record])
     }
 
     /// Adds records in order (a later equal record replaces an earlier one). All or
     /// nothing: amounts and the resulting host sums are checked before anything changes.
-    /// Returns the hosts whose aggregates changed, sorted.
-    pub fn add_all(&mut self, records: Vec<PendingRecord>) -> Result<Vec<String>> {
-        self.check_add(&records, None)?;
-        Ok(self.insert_all(records))
+    /// Returns the hosts whose aggregates changed, sorted, with their new aggregates.
+    pub fn add_all(&mut self, records: Vec<PendingRecord>) -> Result<Changed> {
+        let sums = self.check_add(&records, None)?;
+        let changed = self.insert_all(records);
+        Ok(self.changed(changed, sums))
     }
 
     /// Replaces every record of `vm` with `records` (a new placement of the VM). All or
     /// nothing, like [`PendingResources::add_all`]. Returns the hosts whose aggregates
-    /// changed (where the VM was and where it goes), sorted.
-    pub fn replace_vm(&mut self, vm: &str, records: Vec<PendingRecord>) -> Result<Vec<String>> {
+    /// changed (where the VM was and where it goes), sorted, with their new aggregates.
+    pub fn replace_vm(&mut self, vm: &str, records: Vec<PendingRecord>) -> Result<Changed> {
         if let Some(other) = records.iter().find(|r| r.vm != vm) {
             return Err(Error::input(
                 format!("placement of VM {vm:?}"),
@@ -272,14 +276,37 @@ impl PendingResources {
                 format!("cannot hold a record of VM {:?}", other.vm),
             ));
         }
-        self.check_add(&records, Some(vm))?;
+        let sums = self.check_add(&records, Some(vm))?;
         let mut changed: BTreeSet<String> = self.clear_vm(vm).into_iter().map(|r| r.host).collect();
         changed.extend(self.insert_all(records));
-        Ok(changed.into_iter().collect())
+        Ok(self.changed(changed, sums))
+    }
+
+    /// The changed hosts with their aggregates: those the check summed (the hosts that
+    /// received records: the check's sum is of exactly the records they hold now), the
+    /// others (hosts that only lost records) summed from their records.
+    fn changed(
+        &self,
+        hosts: impl IntoIterator<Item = String>,
+        mut sums: BTreeMap<String, PendingAggregate>,
+    ) -> Changed {
+        hosts
+            .into_iter()
+            .map(|host| {
+                let aggregate = match sums.remove(&host) {
+                    Some(sum) => {
+                        debug_assert_eq!(sum, self.host_aggregate(&host), "host {host}");
+                        sum
+                    }
+                    None => self.host_aggregate(&host),
+                };
+                (host, aggregate)
+            })
+            .collect()
     }
 
     /// Inserts checked records in order; returns the hosts whose aggregates changed.
-    fn insert_all(&mut self, records: Vec<PendingRecord>) -> Vec<String> {
+    fn insert_all(&mut self, records: Vec<PendingRecord>) -> BTreeSet<String> {
         let mut changed = BTreeSet::new();
         for PendingRecord { host, vm, resource } in records {
             let key = resource.key();
@@ -298,13 +325,18 @@ impl PendingResources {
             self.hosts_of_vm.entry(vm).or_default().insert(host.clone());
             changed.insert(host);
         }
-        changed.into_iter().collect()
+        changed
     }
 
     /// Checks that `records` could be added: ids present, amounts in range, and no host
     /// sum overflowing once they replace their equal records (and, with `replacing_vm`,
     /// once every record of that VM is gone). The error names the VM, host and field.
-    fn check_add(&self, records: &[PendingRecord], replacing_vm: Option<&str>) -> Result<()> {
+    /// Returns the sums it checked: the aggregate each host that receives records will have.
+    fn check_add(
+        &self,
+        records: &[PendingRecord],
+        replacing_vm: Option<&str>,
+    ) -> Result<BTreeMap<String, PendingAggregate>> {
         let mut new: BTreeMap<(&str, &str, ResourceKey), &PendingResource> = BTreeMap::new();
         for PendingRecord { host, vm, resource } in records {
             let context = || format!("pending resource of VM {vm:?} on host {host:?}");
@@ -322,23 +354,37 @@ impl PendingResources {
             new.retain(|(_, v, k), _| !(*v == vm.as_str() && *k == resource.key()));
             new.insert((host.as_str(), vm.as_str(), resource.key()), resource);
         }
+        // A kept record is replaced when a new one has its VM and key (whatever the host);
+        // only the records of the VMs that get new ones need that comparison.
+        let new_vms: BTreeSet<&str> = new.keys().map(|(_, v, _)| *v).collect();
+        let replaced = |vm: &str, key: &ResourceKey| {
+            new_vms.contains(vm) && new.keys().any(|(_, nv, nk)| *nv == vm && nk == key)
+        };
         let hosts: BTreeSet<&str> = new.keys().map(|(h, _, _)| *h).collect();
+        let mut sums = BTreeMap::new();
         for host in hosts {
-            let kept = self.host_records(host).filter(|(v, r)| {
-                Some(v.as_str()) != replacing_vm
-                    && !new
-                        .keys()
-                        .any(|(_, nv, nk)| *nv == v.as_str() && *nk == r.key())
-            });
+            let kept = self
+                .by_host
+                .get(host)
+                .into_iter()
+                .flatten()
+                .filter(|(v, _)| Some(v.as_str()) != replacing_vm)
+                .flat_map(|(v, records)| {
+                    records
+                        .iter()
+                        .filter(move |(k, _)| !replaced(v, k))
+                        .map(move |(_, r)| (v, r))
+                });
             let added: Vec<(String, &PendingResource)> = new
                 .iter()
                 .filter(|((h, _, _), _)| *h == host)
                 .map(|((_, v, _), r)| (v.to_string(), *r))
                 .collect();
-            aggregate_of(kept.chain(added.iter().map(|(v, r)| (v, *r))))
+            let sum = aggregate_of(kept.chain(added.iter().map(|(v, r)| (v, *r))))
                 .map_err(|e| Error::conflict(format!("pending resources on host {host:?}: {e}")))?;
+            sums.insert(host.to_string(), sum);
         }
-        Ok(())
+        Ok(sums)
     }
 
     /// Every record on a host as (VM id, resource).
@@ -891,7 +937,110 @@ mod tests {
         p.add(rec("h", "a", PendingResource::CpuCores { count: u32::MAX }))
             .unwrap();
         let again = vec![rec("h", "a", PendingResource::CpuCores { count: u32::MAX })];
-        assert_eq!(p.replace_vm("a", again).unwrap(), ["h"]);
+        let changed = p.replace_vm("a", again).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0, "h");
+        assert_eq!(changed[0].1.cpu_cores, u32::MAX);
         assert_eq!(p.host_aggregate("h").cpu_cores, u32::MAX);
+    }
+
+    /// What `add_all` and `replace_vm` return is what the cluster publishes: every host
+    /// whose records changed, each with the aggregate a fresh sum of its records gives.
+    #[test]
+    fn changes_report_every_changed_host_with_the_sum_of_its_records() {
+        let pages = |size_kb, count| PendingResource::Hugepages { size_kb, count };
+        let pinned = |cpus: &[u32]| PendingResource::PinnedCpus {
+            cpus: cpus.to_vec(),
+        };
+        enum Op {
+            Add(Vec<PendingRecord>),
+            Replace(&'static str, Vec<PendingRecord>),
+        }
+        let cases: Vec<(&str, Op, &[&str])> = vec![
+            (
+                "first records of two VMs on two hosts",
+                Op::Add(vec![
+                    rec("h1", "a", mem(100)),
+                    rec("h1", "a", PendingResource::Vm),
+                    rec("h2", "b", mem(200)),
+                    rec("h2", "b", pinned(&[4, 2])),
+                ]),
+                &["h1", "h2"],
+            ),
+            (
+                "a new VM next to others: the sum keeps theirs",
+                Op::Replace(
+                    "c",
+                    vec![
+                        rec("h1", "c", mem(50)),
+                        rec("h1", "c", PendingResource::Vm),
+                        rec("h1", "c", pages(2_048, 3)),
+                    ],
+                ),
+                &["h1"],
+            ),
+            (
+                "an equal record moves from h2 to h3: both change",
+                Op::Add(vec![rec("h3", "b", mem(250))]),
+                &["h2", "h3"],
+            ),
+            (
+                "a VM re-placed on the host it is on: its old records do not count",
+                Op::Replace(
+                    "c",
+                    vec![rec("h1", "c", mem(70)), rec("h1", "c", PendingResource::Vm)],
+                ),
+                &["h1"],
+            ),
+            (
+                "a VM moved: where it was and where it goes",
+                Op::Replace(
+                    "a",
+                    vec![rec("h2", "a", mem(100)), rec("h2", "a", pinned(&[2, 9]))],
+                ),
+                &["h1", "h2"],
+            ),
+            (
+                "several VMs at once, one record replacing an earlier one of the batch",
+                Op::Add(vec![
+                    rec("h3", "d", mem(10)),
+                    rec("h4", "e", mem(20)),
+                    rec("h4", "d", mem(30)),
+                ]),
+                &["h3", "h4"],
+            ),
+        ];
+        let mut p = PendingResources::default();
+        for (name, op, hosts) in cases {
+            let changed = match op {
+                Op::Add(records) => p.add_all(records),
+                Op::Replace(vm, records) => p.replace_vm(vm, records),
+            }
+            .unwrap();
+            let names: Vec<&str> = changed.iter().map(|(h, _)| h.as_str()).collect();
+            assert_eq!(names, hosts, "{name}");
+            for (host, aggregate) in &changed {
+                let fresh = aggregate_of(p.host_records(host)).unwrap();
+                assert_eq!(aggregate, &fresh, "{name}: host {host}");
+            }
+            assert_consistent(&p);
+        }
+        let h1 = p.host_aggregate("h1");
+        assert_eq!(
+            (h1.overcommit_memory_mb, h1.vms.clone()),
+            (70, vec!["c".into()])
+        );
+        assert_eq!(
+            h1.hugepages_of(2_048),
+            0,
+            "c's re-placement dropped its pages"
+        );
+        assert_eq!(p.host_aggregate("h2").pinned_cpus, [2, 4, 9]);
+        assert_eq!(
+            p.host_aggregate("h3").overcommit_memory_mb,
+            250,
+            "d moved on"
+        );
+        assert_eq!(p.host_aggregate("h4").overcommit_memory_mb, 50);
     }
 }
