@@ -5,17 +5,11 @@ use guest_build::Guest;
 use std::path::PathBuf;
 
 const BUILTINS: &[Guest] = &[
+    // The scheduling module is built from the basic, affinity and high-performance crates
+    // too: the whole directory is watched.
     Guest {
-        package: "builtin-basic",
-        dir: "builtin-policies/basic",
-    },
-    Guest {
-        package: "builtin-affinity",
-        dir: "builtin-policies/affinity",
-    },
-    Guest {
-        package: "builtin-high-performance",
-        dir: "builtin-policies/high-performance",
+        package: "builtin-scheduling",
+        dir: "builtin-policies",
     },
     Guest {
         package: "builtin-balance",

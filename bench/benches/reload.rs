@@ -28,10 +28,10 @@ fn version(wasm: &[u8], tag: u64) -> Vec<u8> {
 }
 
 fn install(dir: &std::path::Path, bytes: &[u8]) -> Instant {
-    let tmp = dir.join(".basic.wasm.tmp");
+    let tmp = dir.join(".scheduling.wasm.tmp");
     std::fs::write(&tmp, bytes).unwrap();
     let start = Instant::now();
-    std::fs::rename(&tmp, dir.join("basic.wasm")).unwrap();
+    std::fs::rename(&tmp, dir.join("scheduling.wasm")).unwrap();
     start
 }
 
@@ -43,10 +43,10 @@ fn main() {
         (30, Duration::from_secs(5))
     };
     let dir = tempfile::tempdir().unwrap();
-    let basic = Runtime::builtin_modules()
+    let scheduling = Runtime::builtin_modules()
         .iter()
-        .find(|(f, _)| *f == "basic.wasm")
-        .expect("builtin basic module")
+        .find(|(f, _)| *f == "scheduling.wasm")
+        .expect("builtin scheduling module")
         .1;
     for (file, bytes) in Runtime::builtin_modules() {
         std::fs::write(dir.path().join(file), bytes).unwrap();
@@ -73,7 +73,7 @@ fn main() {
     // 1. Rename -> first decision on the new version.
     let mut latencies = Vec::new();
     for round in 0..rounds {
-        let bytes = version(basic, 1_000 + round);
+        let bytes = version(scheduling, 1_000 + round);
         let hash = wasmsched::LoadedModule::hash_of(&bytes);
         let start = install(dir.path(), &bytes);
         loop {
@@ -126,7 +126,7 @@ fn main() {
         while start.elapsed() < window {
             if reload {
                 tag += 1;
-                install(dir.path(), &version(basic, tag));
+                install(dir.path(), &version(scheduling, tag));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

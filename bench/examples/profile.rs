@@ -19,8 +19,7 @@ fn main() -> anyhow::Result<()> {
     // `--dir DIR`: the builtin modules from DIR instead of the embedded ones, e.g. built
     // with their names kept so that `perf` names guest functions:
     // CARGO_PROFILE_WASM_GUEST_STRIP=false cargo build --target wasm32-unknown-unknown \
-    //   --profile wasm-guest -p builtin-basic -p builtin-affinity -p builtin-high-performance \
-    //   -p builtin-balance --target-dir /tmp/named
+    //   --profile wasm-guest -p builtin-scheduling -p builtin-balance --target-dir /tmp/named
     let dir = args
         .iter()
         .position(|a| a == "--dir")

@@ -151,13 +151,13 @@ fn check_validates_a_module_and_prints_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let out = wasmsched(&["builtins", "--out", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let module = dir.path().join("basic.wasm");
+    let module = dir.path().join("scheduling.wasm");
     let out = wasmsched(&["check", module.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for part in [
         "ok, the engine loads it",
-        "module basic",
+        "module scheduling",
         "imports wasmsched.log",
         "trial passed",
         "- overhead_mb: int in 0..=65536 = 64",

@@ -14,7 +14,8 @@ pub const TARGET: &str = "wasm32-unknown-unknown";
 pub struct Guest {
     /// Cargo package name (e.g. `builtin-basic`).
     pub package: &'static str,
-    /// Directory of the crate, relative to the workspace root (for change tracking).
+    /// Directory watched for changes, relative to the workspace root: the crate's, or one
+    /// that also holds the crates it is built from.
     pub dir: &'static str,
 }
 

@@ -5,7 +5,8 @@
 use wasmsched::{Policy, Runtime};
 
 /// A runtime without the wasm builtins and without a compiled-module cache, with the
-/// builtin units (`basic`, `affinity`, `high-performance`, `balance`) registered natively.
+/// builtin units registered natively as the wasm builtins group them (`scheduling`,
+/// `balance`).
 pub fn runtime() -> Runtime {
     let runtime = Runtime::builder()
         .builtins(false)
@@ -13,9 +14,7 @@ pub fn runtime() -> Runtime {
         .build()
         .expect("a runtime without modules builds");
     for (label, units) in [
-        ("native:basic", builtin_basic::units()),
-        ("native:affinity", builtin_affinity::units()),
-        ("native:high-performance", builtin_high_performance::units()),
+        ("native:scheduling", builtin_scheduling::units()),
         ("native:balance", builtin_balance::units()),
     ] {
         runtime

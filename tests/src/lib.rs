@@ -42,7 +42,7 @@ pub fn both_backends() -> [(&'static str, Runtime); 2] {
 
 /// The compiled-module cache shared by the tests of one build: under the build's `OUT_DIR`,
 /// so `cargo clean` removes it and a changed build starts from an empty one. Without it every
-/// test compiled the four builtin modules again with Cranelift (about 1.5 s of CPU each), which
+/// test compiled the builtin modules again with Cranelift (about 1.5 s of CPU each), which
 /// was most of this binary's run time; loading from the cache still runs every load-time check
 /// (ABI version, manifest, smoke sync and the trial over generated hosts).
 pub fn shared_cache_dir() -> PathBuf {

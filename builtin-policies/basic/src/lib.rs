@@ -286,10 +286,15 @@ impl Weight for FreeMemoryWeight {
     }
 }
 
-policy_sdk::export_units! {
-    module: "basic",
-    version: env!("CARGO_PKG_VERSION"),
-    units: [filter MemoryFilter, filter CpuFilter, weight CpuLoadWeight, weight FreeMemoryWeight],
+/// This crate's units, in manifest order, as a set named `basic` (the native form of
+/// its units; the shipped wasm module, `builtin-scheduling`, exports them with the other
+/// builtin scheduling units).
+pub fn units() -> policy_sdk::UnitSet {
+    policy_sdk::UnitSet::new("basic", env!("CARGO_PKG_VERSION"))
+        .filter::<MemoryFilter>()
+        .filter::<CpuFilter>()
+        .weight::<CpuLoadWeight>()
+        .weight::<FreeMemoryWeight>()
 }
 
 #[cfg(test)]

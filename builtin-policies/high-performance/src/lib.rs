@@ -633,17 +633,17 @@ impl Weight for HighPerformanceCpuWeight {
     }
 }
 
-policy_sdk::export_units! {
-    module: "high-performance",
-    version: env!("CARGO_PKG_VERSION"),
-    units: [
-        filter CpuLevelFilter,
-        filter CpuPinningFilter,
-        filter NumaFilter,
-        filter HugePagesFilter,
-        weight CpuAndNumaPinningWeight,
-        weight HighPerformanceCpuWeight,
-    ],
+/// This crate's units, in manifest order, as a set named `high-performance` (the native form of
+/// its units; the shipped wasm module, `builtin-scheduling`, exports them with the other
+/// builtin scheduling units).
+pub fn units() -> policy_sdk::UnitSet {
+    policy_sdk::UnitSet::new("high-performance", env!("CARGO_PKG_VERSION"))
+        .filter::<CpuLevelFilter>()
+        .filter::<CpuPinningFilter>()
+        .filter::<NumaFilter>()
+        .filter::<HugePagesFilter>()
+        .weight::<CpuAndNumaPinningWeight>()
+        .weight::<HighPerformanceCpuWeight>()
 }
 
 #[cfg(test)]

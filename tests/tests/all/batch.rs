@@ -1,8 +1,9 @@
 //! One crossing per module per decision (`wasmsched_batch`): the default policy's twelve
-//! units cross into their three modules once each, decide exactly as one unit at a time
-//! does, and a batch that faults is run again unit by unit.
+//! units cross into the builtin scheduling module once, decide exactly as one unit at a time
+//! does, weights that ride with an earlier module's batch are cut down to the hosts later
+//! modules leave, and a batch that faults is run again unit by unit.
 
-use integration_tests::{policy, runtime_with_misbehave};
+use integration_tests::{device_filter_wasm, policy, runtime, runtime_with_misbehave};
 use policy_sdk::testing::{host, snapshot, vm};
 use std::collections::HashMap;
 use wasmsched::decision::Outcome;
@@ -26,7 +27,7 @@ fn full(policy: &Policy, cluster: &Cluster, kind: VmKind) -> Decision {
 }
 
 #[test]
-fn a_default_policy_decision_crosses_into_each_module_once() {
+fn a_default_policy_decision_crosses_into_the_scheduling_module_once() {
     let runtime = native::wasm_runtime();
     let policy = Policy::builtin_default(&runtime).unwrap();
     let (cluster, _) = synth::realistic_cluster(200).unwrap();
@@ -36,15 +37,10 @@ fn a_default_policy_decision_crosses_into_each_module_once() {
         let decision = full(&policy, &cluster, kind);
         assert!(decision.available > 1, "{kind:?}: the weights run");
         let after = stats(&runtime);
-        for module in ["basic", "high-performance", "affinity"] {
-            let (a, b) = (&after[module], &before[module]);
-            assert_eq!(a.batches - b.batches, 1, "{kind:?}: {module} crossed once");
-            assert_eq!(
-                a.unit_calls, b.unit_calls,
-                "{kind:?}: {module} no unit call"
-            );
-            assert_eq!(a.delta_syncs + a.full_syncs, b.delta_syncs + b.full_syncs);
-        }
+        let (a, b) = (&after["scheduling"], &before["scheduling"]);
+        assert_eq!(a.batches - b.batches, 1, "{kind:?}: crossed once");
+        assert_eq!(a.unit_calls, b.unit_calls, "{kind:?}: no unit call");
+        assert_eq!(a.delta_syncs + a.full_syncs, b.delta_syncs + b.full_syncs);
         assert_eq!(
             after["balance"], before["balance"],
             "balance is not in the policy"
@@ -84,7 +80,7 @@ fn batched_decisions_equal_one_unit_at_a_time_for_every_vm_kind() {
     let default = Policy::builtin_default(&runtime).unwrap();
     let (filters, weights) = one_unit_policies(&runtime, &default);
     let (cluster, _) = synth::realistic_cluster(300).unwrap();
-    let mut rejected_after_the_first_module = 0;
+    let mut rejected_after_the_first_filters = 0;
     for kind in VmKind::ALL {
         let batched = full(&default, &cluster, kind);
         // Per filter, in policy order: the hosts it rejects on its own, with the code.
@@ -126,7 +122,7 @@ fn batched_decisions_equal_one_unit_at_a_time_for_every_vm_kind() {
                 (Outcome::Rejected { unit, code, .. }, Some((u, c))) => {
                     assert_eq!((&**unit, code.as_str()), (u, c), "{kind:?} {}", h.host);
                     if !["memory", "cpu"].contains(&u) {
-                        rejected_after_the_first_module += 1;
+                        rejected_after_the_first_filters += 1;
                     }
                 }
                 (Outcome::Chosen | Outcome::Available, None) => {
@@ -142,9 +138,68 @@ fn batched_decisions_equal_one_unit_at_a_time_for_every_vm_kind() {
             }
         }
     }
-    // The basic module's weights ride with its filters, before the other modules' filters
-    // reject hosts: their penalties were cut down to the final survivors.
-    assert!(rejected_after_the_first_module > 0);
+    // Filters after the first two turn hosts away: the batch narrowed the candidates
+    // between filters as one unit at a time does.
+    assert!(rejected_after_the_first_filters > 0);
+}
+
+/// A module's weights ride with the last batch of its filters. When another module's
+/// filter runs after that batch and turns hosts away, the weights' penalties (computed over
+/// the candidates of that batch) are cut down to the hosts left, each keeping its own.
+#[test]
+fn weights_that_ride_with_an_earlier_batch_are_cut_to_the_final_survivors() {
+    let rt = runtime();
+    rt.load_file(&device_filter_wasm()).unwrap();
+    let p = policy(
+        &rt,
+        "name = \"cut\"\n[[filters]]\nunit = \"memory\"\n\
+         [[filters]]\nunit = \"devices\"\n[filters.params]\nkind = \"gpu\"\n\
+         [[weights]]\nunit = \"cpu-load\"\n[[weights]]\nunit = \"free-memory\"\n",
+    );
+    let weights_alone = policy(
+        &rt,
+        "name = \"w\"\n[[weights]]\nunit = \"cpu-load\"\n[[weights]]\nunit = \"free-memory\"\n",
+    );
+    let cluster = Cluster::new(
+        snapshot()
+            .host(host("a").custom_free("gpu", 1).cpu_usage(30))
+            .host(host("b").cpu_usage(0))
+            .host(host("c").custom_free("gpu", 1).cpu_usage(10))
+            .host(host("d").custom_free("gpu", 1).cpu_usage(20))
+            .build(),
+        "<test>",
+    )
+    .unwrap();
+    let request = ScheduleRequest::new(vm("v").needs("gpu", 1).build()).detail(Detail::Full);
+    let before = stats(&rt);
+    let d = p.evaluate(&cluster.view(), &request).unwrap();
+    let after = stats(&rt);
+    assert_eq!(
+        after["scheduling"].batches - before["scheduling"].batches,
+        1,
+        "memory and both weights cross once, before the devices filter"
+    );
+    // Each weight alone over every host (nothing turned away): the raw penalties.
+    let alone = weights_alone.evaluate(&cluster.view(), &request).unwrap();
+    let raw = |host: &str, unit: &str| {
+        let h = alone.hosts.iter().find(|h| h.host == host).unwrap();
+        h.weights.iter().find(|w| &*w.unit == unit).unwrap().raw
+    };
+    assert_eq!(d.available, 3);
+    assert_eq!(d.chosen.as_deref(), Some("c"), "{d}");
+    for h in &d.hosts {
+        match (&h.outcome, h.host.as_str()) {
+            (Outcome::Rejected { unit, .. }, "b") => assert_eq!(&**unit, "devices"),
+            (Outcome::Chosen | Outcome::Available, "a" | "c" | "d") => {
+                let units: Vec<&str> = h.weights.iter().map(|w| &*w.unit).collect();
+                assert_eq!(units, ["cpu-load", "free-memory"], "{}", h.host);
+                for w in &h.weights {
+                    assert_eq!(w.raw, raw(&h.host, &w.unit), "{} {}", h.host, w.unit);
+                }
+            }
+            (outcome, host) => panic!("{host}: {outcome:?}"),
+        }
+    }
 }
 
 #[test]

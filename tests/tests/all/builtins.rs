@@ -38,10 +38,8 @@ fn builtins_are_embedded_and_registered_by_name() {
     );
     for u in &units {
         let module = match u.name.as_str() {
-            n if n.starts_with("vm-affinity") => "affinity",
             n if n.starts_with("power-saving") || n == "evenly-distributed" => "balance",
-            "cpu" | "memory" | "cpu-load" | "free-memory" => "basic",
-            _ => "high-performance",
+            _ => "scheduling",
         };
         assert_eq!(
             (u.file.as_str(), u.module.as_str()),

@@ -65,7 +65,7 @@ fn default_policy_runs_every_high_performance_unit_in_wasm() {
     );
     for u in p.filters().iter().chain(p.weights()) {
         if ["cpu-level", "numa", "high-performance-cpu"].contains(&u.name()) {
-            assert_eq!(u.module_file(), "builtin:high-performance.wasm");
+            assert_eq!(u.module_file(), "builtin:scheduling.wasm");
         }
     }
 }
