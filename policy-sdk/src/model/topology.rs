@@ -878,6 +878,10 @@ impl NumaRequest {
         self.fit_with(host, false)
     }
 
+    /// The answer for `host`. The common case (each pinned vNUMA node allowed on one host
+    /// node, no CPU-pinning rule) is a few loads per node, kept small so that it compiles to
+    /// tight code (in a guest, Cranelift spills a large function's registers on every path);
+    /// reports, placements and the search are out of line.
     fn fit_with(&self, host: &Host, placements: bool) -> NumaFit {
         if self.items.is_empty() {
             return NumaFit::NotPinned;
@@ -885,59 +889,96 @@ impl NumaRequest {
         if host.numa_nodes.is_empty() {
             return NumaFit::NoNumaSupport;
         }
-        // Checks in vNUMA node order.
+        let Some(sums) = &self.single else {
+            return self.fit_by_search(host, placements);
+        };
+        // Nothing to choose: each host node's summed demand against its room. The sums'
+        // nodes are every item's one allowed node, so each is looked up once here.
+        for &(node, sum) in sums {
+            match self.room(host, node) {
+                Some(room) if sum <= room => {}
+                _ => return self.single_shortfall(host, sums),
+            }
+        }
+        if placements {
+            NumaFit::Fits(self.single_placements())
+        } else {
+            NumaFit::Fits(Vec::new())
+        }
+    }
+
+    /// The pinned vNUMA node (first in vNUMA order) whose allowed host node `host` lacks.
+    #[cold]
+    #[inline(never)]
+    fn missing_node(&self, host: &Host) -> Option<NumaFit> {
+        self.by_vnode
+            .iter()
+            .map(|&i| &self.items[i])
+            .find_map(|item| {
+                item.allowed
+                    .iter()
+                    .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
+                    .map(|&missing| NumaFit::MissingHostNode {
+                        vnode: item.vnode,
+                        host_node: missing,
+                    })
+            })
+    }
+
+    /// Where each pinned vNUMA node goes when each has one allowed host node.
+    #[inline(never)]
+    fn single_placements(&self) -> Vec<NodePlacement> {
+        self.by_vnode
+            .iter()
+            .map(|&i| &self.items[i])
+            .map(|item| NodePlacement {
+                vnode: item.vnode,
+                host_node: item.allowed[0],
+                memory_mb: item.memory_mb,
+            })
+            .collect()
+    }
+
+    /// The answer when a host node of `sums` is missing or short of room: the missing node
+    /// (first in vNUMA order), else loose or strict, with the first node short of room.
+    #[cold]
+    #[inline(never)]
+    fn single_shortfall(&self, host: &Host, sums: &[(u32, u64)]) -> NumaFit {
+        if let Some(missing) = self.missing_node(host) {
+            return missing;
+        }
+        if !self.strict {
+            return NumaFit::FitsLoosely;
+        }
+        let (mut needed, mut free, mut short) = (0u64, 0u64, None);
+        for &(node, sum) in sums {
+            let room = self.room(host, node).expect("no node is missing");
+            if sum > room && short.is_none() {
+                short = Some(NodeShortfall {
+                    node,
+                    needed: sum,
+                    free: room,
+                });
+            }
+            needed = needed.saturating_add(sum);
+            free = free.saturating_add(room);
+        }
+        NumaFit::NoRoom {
+            resource: self.resource_name(),
+            needed,
+            free,
+            short,
+        }
+    }
+
+    /// [`NumaRequest::fit_with`] when a vNUMA node may go to several host nodes or the
+    /// CPU-pinning rule applies: a search over the assignments.
+    #[inline(never)]
+    fn fit_by_search(&self, host: &Host, placements: bool) -> NumaFit {
+        if let Some(missing) = self.missing_node(host) {
+            return missing;
+        }
         let by_vnode = || self.by_vnode.iter().map(|&i| &self.items[i]);
-        for item in by_vnode() {
-            if let Some(&missing) = item
-                .allowed
-                .iter()
-                .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
-            {
-                return NumaFit::MissingHostNode {
-                    vnode: item.vnode,
-                    host_node: missing,
-                };
-            }
-        }
-        if let Some(sums) = &self.single {
-            // Nothing to choose: each host node's summed demand against its room.
-            let (mut needed, mut free, mut short) = (0u64, 0u64, None);
-            for &(node, sum) in sums {
-                let room = self.room(host, node).expect("checked above");
-                if sum > room && short.is_none() {
-                    short = Some(NodeShortfall {
-                        node,
-                        needed: sum,
-                        free: room,
-                    });
-                }
-                needed = needed.saturating_add(sum);
-                free = free.saturating_add(room);
-            }
-            let fits = short.is_none();
-            return if fits {
-                NumaFit::Fits(if placements {
-                    by_vnode()
-                        .map(|item| NodePlacement {
-                            vnode: item.vnode,
-                            host_node: item.allowed[0],
-                            memory_mb: item.memory_mb,
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                })
-            } else if !self.strict {
-                NumaFit::FitsLoosely
-            } else {
-                NumaFit::NoRoom {
-                    resource: self.resource_name(),
-                    needed,
-                    free,
-                    short,
-                }
-            };
-        }
         // Allowed nodes per item on this host (the CPU-pinning rule depends on the host's
         // node CPUs); a vNUMA node left with none is reported, first in vNUMA order.
         let pins_agree = |item: &PinnedNode, id: u32| {
@@ -1516,6 +1557,24 @@ mod tests {
                 numa_host().build(),
                 vm("v").vnuma(0, 1_000, [0], &[0, 2]).build(),
                 Err("MissingHostNode { vnode: 0, host_node: 2 }"),
+            ),
+            (
+                "one allowed node per vnode, one missing: named with its vnode",
+                numa_host().build(),
+                vm("v")
+                    .vnuma(0, 1_000, [0], &[1])
+                    .vnuma(1, 1_000, [1], &[5])
+                    .build(),
+                Err("MissingHostNode { vnode: 1, host_node: 5 }"),
+            ),
+            (
+                "one allowed node per vnode, two missing: the first in vNUMA order",
+                numa_host().build(),
+                vm("v")
+                    .vnuma(0, 1_000, [0], &[7])
+                    .vnuma(1, 1_000, [1], &[6])
+                    .build(),
+                Err("MissingHostNode { vnode: 0, host_node: 7 }"),
             ),
             (
                 "unpinned vnodes are not checked",
