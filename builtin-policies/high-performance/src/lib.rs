@@ -232,21 +232,45 @@ impl PinningNeeds {
 #[derive(Debug, Default)]
 pub struct CpuPinningFilter;
 
+/// What a host lacks for a VM's CPU pinning (the `cpu-pinning` filter's reject codes).
+#[derive(Debug, Clone, Copy)]
+enum PinningLack {
+    InvalidPinning,
+    ResizeNeedsNuma,
+    PcpuOffline,
+    PcpuDedicated,
+    NotEnoughFreePcpus,
+}
+
 impl CpuPinningFilter {
     /// The verdict on `host`, whose pCPU counts `counts` gives (read only for an exclusive
-    /// pinning whose pinned pCPUs are free).
+    /// pinning whose pinned pCPUs are free). A pass is a few loads inline; a rejection's
+    /// report is built out of line.
+    #[inline(always)]
     fn verdict(
         ctx: &Context<'_>,
         needs: &PinningNeeds,
         vm: &Vm,
         host: &Host,
-        counts: impl FnOnce() -> CpuCounts,
+        counts: impl Fn() -> CpuCounts,
     ) -> Verdict {
+        match Self::lack(needs, vm, host, &counts) {
+            None => Verdict::Pass,
+            Some(lack) => Self::reject(ctx, lack, needs, vm, host, &counts),
+        }
+    }
+
+    /// What `host` lacks, if anything, in the order the reject codes are checked.
+    #[inline(always)]
+    fn lack(
+        needs: &PinningNeeds,
+        vm: &Vm,
+        host: &Host,
+        counts: &impl Fn() -> CpuCounts,
+    ) -> Option<PinningLack> {
         let (pcpus, exclusive, resize) = match needs {
-            PinningNeeds::None => return Verdict::Pass,
-            PinningNeeds::Invalid(message) => {
-                return ctx.reject("invalid_pinning", || message.clone())
-            }
+            PinningNeeds::None => return None,
+            PinningNeeds::Invalid(_) => return Some(PinningLack::InvalidPinning),
             PinningNeeds::Check {
                 pcpus,
                 exclusive,
@@ -254,35 +278,75 @@ impl CpuPinningFilter {
             } => (pcpus, *exclusive, *resize),
         };
         if resize && host.numa_nodes.is_empty() {
-            return ctx.reject("resize_needs_numa", || {
-                "resize-and-pin-NUMA needs a host with NUMA support".into()
-            });
+            return Some(PinningLack::ResizeNeedsNuma);
         }
         if !pcpus.is_empty() {
-            // The lists are built only for a rejection's detail: a host that passes costs
-            // no allocation.
-            let threads = host.cpu.threads();
-            let offline = |c: u32| {
-                c >= threads || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
-            };
-            if pcpus.iter().any(|&c| offline(c)) {
-                return ctx.reject("pcpu_offline", || {
-                    let offline: Vec<u32> = pcpus.iter().copied().filter(|&c| offline(c)).collect();
-                    format!("pinned pCPU(s) {} offline or absent", list(&offline))
-                });
+            if pcpus.iter().any(|&c| Self::offline(host, c)) {
+                return Some(PinningLack::PcpuOffline);
             }
-            let taken =
-                |c: &u32| host.dedicated_cpus.contains(c) || host.pending.pinned_cpus.contains(c);
-            if pcpus.iter().any(taken) {
-                return ctx.reject("pcpu_dedicated", || Self::dedicated_detail(pcpus, host));
+            if pcpus.iter().any(|&c| Self::taken(host, c)) {
+                return Some(PinningLack::PcpuDedicated);
             }
         }
-        if exclusive {
-            if let Err(short) = counts().check_dedicated(vm) {
-                return ctx.reject("not_enough_free_pcpus", || short.to_string());
-            }
+        if exclusive && !counts().fits_dedicated(vm) {
+            return Some(PinningLack::NotEnoughFreePcpus);
         }
-        Verdict::Pass
+        None
+    }
+
+    /// pCPU `c` is beyond the host's threads or not online.
+    #[inline(always)]
+    fn offline(host: &Host, c: u32) -> bool {
+        c >= host.cpu.threads() || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
+    }
+
+    /// pCPU `c` is dedicated to another VM, running or pending.
+    #[inline(always)]
+    fn taken(host: &Host, c: u32) -> bool {
+        host.dedicated_cpus.contains(&c) || host.pending.pinned_cpus.contains(&c)
+    }
+
+    /// The rejection for `lack`, its detail written only when the caller reads it.
+    #[cold]
+    #[inline(never)]
+    fn reject(
+        ctx: &Context<'_>,
+        lack: PinningLack,
+        needs: &PinningNeeds,
+        vm: &Vm,
+        host: &Host,
+        counts: &impl Fn() -> CpuCounts,
+    ) -> Verdict {
+        let pcpus: &[u32] = match needs {
+            PinningNeeds::Check { pcpus, .. } => pcpus,
+            _ => &[],
+        };
+        match lack {
+            PinningLack::InvalidPinning => ctx.reject("invalid_pinning", || match needs {
+                PinningNeeds::Invalid(message) => message.clone(),
+                _ => String::new(),
+            }),
+            PinningLack::ResizeNeedsNuma => ctx.reject("resize_needs_numa", || {
+                "resize-and-pin-NUMA needs a host with NUMA support".into()
+            }),
+            PinningLack::PcpuOffline => ctx.reject("pcpu_offline", || {
+                let offline: Vec<u32> = pcpus
+                    .iter()
+                    .copied()
+                    .filter(|&c| Self::offline(host, c))
+                    .collect();
+                format!("pinned pCPU(s) {} offline or absent", list(&offline))
+            }),
+            PinningLack::PcpuDedicated => {
+                ctx.reject("pcpu_dedicated", || Self::dedicated_detail(pcpus, host))
+            }
+            PinningLack::NotEnoughFreePcpus => ctx.reject("not_enough_free_pcpus", || {
+                counts()
+                    .check_dedicated(vm)
+                    .err()
+                    .map_or_else(String::new, |short| short.to_string())
+            }),
+        }
     }
 
     /// The detail of a pinning to pCPUs dedicated to other VMs: which, running or pending.

@@ -506,22 +506,30 @@ impl CpuCounts {
 
     /// [`check_dedicated`] from these counts.
     pub fn check_dedicated(&self, vm: &Vm) -> Result<(), AllocationShortfall> {
-        if !is_exclusive(vm.cpu_pinning_policy) {
+        if self.fits_dedicated(vm) {
             return Ok(());
         }
-        let want = vm.vcpus();
-        let (free, unit) = if vm.cpu_pinning_policy == PinningPolicy::IsolateThreads {
+        let (free, unit) = self.free_for(vm.cpu_pinning_policy);
+        Err(AllocationShortfall {
+            needed: format!("{} {unit}", vm.vcpus()),
+            free: format!("{free}"),
+        })
+    }
+
+    /// Whether [`CpuCounts::check_dedicated`] passes, without building its shortfall.
+    #[inline]
+    pub fn fits_dedicated(&self, vm: &Vm) -> bool {
+        !is_exclusive(vm.cpu_pinning_policy) || self.free_for(vm.cpu_pinning_policy).0 >= vm.vcpus()
+    }
+
+    /// What an exclusive pinning policy takes from: whole free cores for isolate-threads,
+    /// free online pCPUs otherwise (with the unit's name for reports).
+    #[inline]
+    fn free_for(&self, policy: PinningPolicy) -> (u32, &'static str) {
+        if policy == PinningPolicy::IsolateThreads {
             (self.whole_free_cores, "whole free core(s)")
         } else {
             (self.free_online, "free online pCPU(s)")
-        };
-        if free >= want {
-            Ok(())
-        } else {
-            Err(AllocationShortfall {
-                needed: format!("{want} {unit}"),
-                free: format!("{free}"),
-            })
         }
     }
 }
