@@ -879,7 +879,8 @@ fn variant(response: &CallResponse) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CallLimits, Cluster, Runtime};
+    use crate::engine::runtime::Runtime;
+    use crate::state::Cluster;
     use policy_sdk::testing::{host, snapshot};
 
     /// Of two idle instances a thread can catch up from, it gets back the one it used last
