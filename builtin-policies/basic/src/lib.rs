@@ -322,7 +322,7 @@ mod tests {
                 assert!(!detail.is_empty(), "{code}: a rejection names its detail");
                 assert_eq!(
                     summary,
-                    Verdict::reject(code.as_str(), ""),
+                    Verdict::reject(code.clone(), ""),
                     "without details"
                 );
             }

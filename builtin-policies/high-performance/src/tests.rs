@@ -13,7 +13,7 @@ fn code(verdict: &Verdict) -> String {
 fn without_detail(verdict: &Verdict) -> Verdict {
     match verdict {
         Verdict::Pass => Verdict::Pass,
-        Verdict::Reject { code, .. } => Verdict::reject(code.as_str(), ""),
+        Verdict::Reject { code, .. } => Verdict::reject(code.clone(), ""),
     }
 }
 

@@ -105,7 +105,11 @@ impl<'a> Context<'a> {
     /// );
     /// ```
     #[inline]
-    pub fn reject(&self, code: &str, detail: impl FnOnce() -> String) -> Verdict {
+    pub fn reject(
+        &self,
+        code: impl Into<alloc::borrow::Cow<'static, str>>,
+        detail: impl FnOnce() -> String,
+    ) -> Verdict {
         Verdict::Reject {
             code: code.into(),
             detail: if self.details {
@@ -598,10 +602,7 @@ impl UnitSet {
         ctx.details = call.details;
         match (unit, call.vm) {
             (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
-                CallResponse::Verdicts(Verdicts {
-                    len: call.candidates.len() as u32,
-                    ..Verdicts::default()
-                })
+                CallResponse::Verdicts(Verdicts::passing(call.candidates.len() as u32))
             }
             (AnyUnit::Filter(f), Some(vm)) => {
                 let mut out = Verdicts::default();

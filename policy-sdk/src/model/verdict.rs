@@ -3,6 +3,7 @@
 //! Verdicts are data, not errors: a rejected host is a normal outcome with a reason.
 
 use crate::model::{HostIndex, VmIndex};
+use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -15,16 +16,17 @@ pub enum Verdict {
     /// The host may not run the VM.
     Reject {
         /// Stable machine-readable reason, e.g. `not_enough_memory`. Decisions group
-        /// rejections by unit and code.
-        code: String,
+        /// rejections by unit and code. A literal is kept borrowed: rejecting a host costs
+        /// no allocation for its code.
+        code: Cow<'static, str>,
         /// Human detail for this host, e.g. `1024 MiB free, 4096 MiB needed`.
         detail: String,
     },
 }
 
 impl Verdict {
-    /// A rejection with a code and a detail.
-    pub fn reject(code: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// A rejection with a code (a `&'static str` literal, or a `String`) and a detail.
+    pub fn reject(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Verdict::Reject {
             code: code.into(),
             detail: detail.into(),
@@ -110,7 +112,24 @@ pub struct Verdicts {
     pub codes: Vec<String>,
     /// The rejected candidates, in strictly increasing position order.
     pub rejected: Vec<Rejection>,
+    /// The last literal code pushed and its index (not sent: a filter rejects many hosts
+    /// with the same literal, found again by its address without comparing bytes).
+    #[serde(skip)]
+    last_literal: LastLiteral,
 }
+
+/// A literal code's address and length with its index in [`Verdicts::codes`]. Never part of
+/// what two `Verdicts` are (equal whatever it holds).
+#[derive(Debug, Clone, Copy, Default)]
+struct LastLiteral(Option<(usize, usize, u32)>);
+
+impl PartialEq for LastLiteral {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LastLiteral {}
 
 impl Extend<Verdict> for Verdicts {
     fn extend<I: IntoIterator<Item = Verdict>>(&mut self, verdicts: I) {
@@ -132,6 +151,14 @@ pub struct Rejection {
 }
 
 impl Verdicts {
+    /// Every one of `len` candidates passed.
+    pub fn passing(len: u32) -> Self {
+        Verdicts {
+            len,
+            ..Verdicts::default()
+        }
+    }
+
     /// Compacts one verdict per candidate (moving the details, not copying them).
     pub fn from_verdicts(verdicts: Vec<Verdict>) -> Self {
         let mut out = Verdicts::default();
@@ -153,17 +180,30 @@ impl Verdicts {
     }
 
     #[inline(never)]
-    fn push_rejection(&mut self, code: String, detail: String) {
-        let index = match self.codes.iter().position(|c| *c == code) {
-            Some(i) => i,
-            None => {
-                self.codes.push(code);
-                self.codes.len() - 1
+    fn push_rejection(&mut self, code: Cow<'static, str>, detail: String) {
+        let literal = match &code {
+            Cow::Borrowed(text) => Some((text.as_ptr() as usize, text.len())),
+            Cow::Owned(_) => None,
+        };
+        let index = match (self.last_literal.0, literal) {
+            (Some((address, len, index)), Some(seen)) if (address, len) == seen => index,
+            _ => {
+                let index = match self.codes.iter().position(|c| **c == *code) {
+                    Some(i) => i,
+                    None => {
+                        self.codes.push(code.into_owned());
+                        self.codes.len() - 1
+                    }
+                } as u32;
+                if let Some((address, len)) = literal {
+                    self.last_literal = LastLiteral(Some((address, len, index)));
+                }
+                index
             }
         };
         self.rejected.push(Rejection {
             position: self.len,
-            code: index as u32,
+            code: index,
             detail,
         });
         self.len += 1;
@@ -222,7 +262,7 @@ impl Verdicts {
             let code = self.codes.get(r.code as usize).cloned().unwrap_or_default();
             if let Some(slot) = out.get_mut(r.position as usize) {
                 *slot = Verdict::Reject {
-                    code,
+                    code: Cow::Owned(code),
                     detail: r.detail,
                 };
             }
@@ -353,6 +393,43 @@ mod tests {
     use crate::wire::abi::{CallRequest, CallResponse};
     use crate::wire::codec;
 
+    /// A literal code seen just before is found by its address; the same text from another
+    /// literal, or owned, is found by comparing it; either way each code is stored once and
+    /// the result equals (and encodes as) the verdicts built from owned codes only.
+    #[test]
+    fn codes_are_stored_once_whether_literal_borrowed_or_owned() {
+        let same_text_elsewhere: &'static str = alloc::string::String::from("full").leak();
+        let verdicts = alloc::vec![
+            Verdict::reject("full", ""),
+            Verdict::reject("full", ""),
+            Verdict::Pass,
+            Verdict::reject("offline", ""),
+            Verdict::reject(alloc::string::String::from("full"), ""),
+            Verdict::reject(same_text_elsewhere, ""),
+            Verdict::reject("full", ""),
+            Verdict::reject("offline", ""),
+        ];
+        let owned: Vec<Verdict> = verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Pass => Verdict::Pass,
+                Verdict::Reject { code, detail } => {
+                    Verdict::reject(code.to_string(), detail.clone())
+                }
+            })
+            .collect();
+        let compact = Verdicts::from_verdicts(verdicts);
+        assert_eq!(compact.codes, ["full", "offline"]);
+        let codes: Vec<u32> = compact.rejected.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [0, 0, 1, 0, 0, 0, 1]);
+        let from_owned = Verdicts::from_verdicts(owned);
+        assert_eq!(compact, from_owned);
+        assert_eq!(
+            codec::encode(&compact).unwrap(),
+            codec::encode(&from_owned).unwrap()
+        );
+    }
+
     #[test]
     fn verdicts_keep_only_rejections_with_each_code_once() {
         let long = alloc::vec![
@@ -406,6 +483,7 @@ mod tests {
                 len: 3,
                 codes: alloc::vec!["c".into()],
                 rejected,
+                ..Verdicts::default()
             };
             let err = v.check().unwrap_err();
             assert!(err.starts_with(want), "{err}");
