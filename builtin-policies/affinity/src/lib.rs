@@ -419,13 +419,12 @@ fn push_list(out: &mut String, len: usize, items: impl Iterator<Item = String>) 
     }
 }
 
-/// This crate's units, in manifest order, as a set named `affinity` (the native form of
-/// its units; the shipped wasm module, `builtin-scheduling`, exports them with the other
-/// builtin scheduling units).
-pub fn units() -> policy_sdk::UnitSet {
-    policy_sdk::UnitSet::new("affinity", env!("CARGO_PKG_VERSION"))
-        .filter::<VmAffinityFilter>()
-        .weight::<VmAffinityWeight>()
+// The shipped wasm module, `builtin-scheduling`, exports these units with the other
+// builtin scheduling units; `units()` is their native form.
+policy_sdk::unit_set! {
+    module: "affinity",
+    version: env!("CARGO_PKG_VERSION"),
+    units: [filter VmAffinityFilter, weight VmAffinityWeight],
 }
 
 #[cfg(test)]

@@ -286,15 +286,12 @@ impl Weight for FreeMemoryWeight {
     }
 }
 
-/// This crate's units, in manifest order, as a set named `basic` (the native form of
-/// its units; the shipped wasm module, `builtin-scheduling`, exports them with the other
-/// builtin scheduling units).
-pub fn units() -> policy_sdk::UnitSet {
-    policy_sdk::UnitSet::new("basic", env!("CARGO_PKG_VERSION"))
-        .filter::<MemoryFilter>()
-        .filter::<CpuFilter>()
-        .weight::<CpuLoadWeight>()
-        .weight::<FreeMemoryWeight>()
+// The shipped wasm module, `builtin-scheduling`, exports these units with the other
+// builtin scheduling units; `units()` is their native form.
+policy_sdk::unit_set! {
+    module: "basic",
+    version: env!("CARGO_PKG_VERSION"),
+    units: [filter MemoryFilter, filter CpuFilter, weight CpuLoadWeight, weight FreeMemoryWeight],
 }
 
 #[cfg(test)]

@@ -697,17 +697,19 @@ impl Weight for HighPerformanceCpuWeight {
     }
 }
 
-/// This crate's units, in manifest order, as a set named `high-performance` (the native form of
-/// its units; the shipped wasm module, `builtin-scheduling`, exports them with the other
-/// builtin scheduling units).
-pub fn units() -> policy_sdk::UnitSet {
-    policy_sdk::UnitSet::new("high-performance", env!("CARGO_PKG_VERSION"))
-        .filter::<CpuLevelFilter>()
-        .filter::<CpuPinningFilter>()
-        .filter::<NumaFilter>()
-        .filter::<HugePagesFilter>()
-        .weight::<CpuAndNumaPinningWeight>()
-        .weight::<HighPerformanceCpuWeight>()
+// The shipped wasm module, `builtin-scheduling`, exports these units with the other
+// builtin scheduling units; `units()` is their native form.
+policy_sdk::unit_set! {
+    module: "high-performance",
+    version: env!("CARGO_PKG_VERSION"),
+    units: [
+        filter CpuLevelFilter,
+        filter CpuPinningFilter,
+        filter NumaFilter,
+        filter HugePagesFilter,
+        weight CpuAndNumaPinningWeight,
+        weight HighPerformanceCpuWeight,
+    ],
 }
 
 #[cfg(test)]

@@ -236,11 +236,10 @@ macro_rules! export_units {
         version: $version:expr,
         units: [ $( $kind:ident $unit:ty ),+ $(,)? ] $(,)?
     ) => {
-        /// The units of this module, in manifest order.
-        pub fn units() -> $crate::UnitSet {
-            let set = $crate::UnitSet::new($module, $version);
-            $( let set = $crate::export_units!(@add set, $kind, $unit); )+
-            set
+        $crate::unit_set! {
+            module: $module,
+            version: $version,
+            units: [ $( $kind $unit ),+ ],
         }
 
         #[cfg(target_arch = "wasm32")]
@@ -288,6 +287,32 @@ macro_rules! export_units {
     ($($other:tt)*) => {
         compile_error!(
             "export_units! expects `module: \"name\", version: \"x.y.z\", units: [filter A, weight B, balance C]`"
+        );
+    };
+}
+
+/// Lists a crate's units as `pub fn units() -> UnitSet` without exporting a wasm module
+/// (same syntax and checks as [`export_units!`], which uses it): for a crate whose units
+/// another crate's module exports together with others. The builtin `scheduling` module
+/// exports the units of the `basic`, `affinity` and `high-performance` crates, which list
+/// theirs with this macro for their own tests and for native use.
+#[macro_export]
+macro_rules! unit_set {
+    (
+        module: $module:literal,
+        version: $version:expr,
+        units: [ $( $kind:ident $unit:ty ),+ $(,)? ] $(,)?
+    ) => {
+        /// The units of this crate, in manifest order.
+        pub fn units() -> $crate::UnitSet {
+            let set = $crate::UnitSet::new($module, $version);
+            $( let set = $crate::export_units!(@add set, $kind, $unit); )+
+            set
+        }
+    };
+    ($($other:tt)*) => {
+        compile_error!(
+            "unit_set! expects `module: \"name\", version: \"x.y.z\", units: [filter A, weight B, balance C]`"
         );
     };
 }
