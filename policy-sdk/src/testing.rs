@@ -12,6 +12,7 @@
 //! ```
 
 use crate::model::manifest::{ParamSpec, ParamValue};
+use crate::model::verdict::Verdict;
 use crate::model::*;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -547,6 +548,39 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0 % bound
     }
+}
+
+/// What a caller that reads no reject details (a summary decision) gets for `verdict`: the
+/// same verdict with an empty detail.
+pub fn without_detail(verdict: &Verdict) -> Verdict {
+    match verdict {
+        Verdict::Pass => Verdict::Pass,
+        Verdict::Reject { code, .. } => Verdict::reject(code.clone(), ""),
+    }
+}
+
+/// Filter `F`'s verdict on `host` for `vm` (a context over `snapshot` with `params`), after
+/// checking the summary form: a rejection names its detail, and a context made
+/// [`Context::without_details`](crate::Context::without_details) gets the same verdict
+/// with an empty detail ([`without_detail`]). `case` names the check in failure messages.
+pub fn check_in_both_forms<F: crate::Filter>(
+    case: &str,
+    snapshot: &Snapshot,
+    params: &[(String, ParamValue)],
+    vm: &Vm,
+    host: &Host,
+) -> Verdict {
+    let ctx = crate::Context::new(snapshot, params, F::NAME);
+    let verdict = F::default().check(&ctx, vm, host);
+    if let Verdict::Reject { code, detail } = &verdict {
+        assert!(
+            !detail.is_empty(),
+            "{case}: {code}: a rejection names its detail"
+        );
+    }
+    let summary = F::default().check(&ctx.without_details(), vm, host);
+    assert_eq!(summary, without_detail(&verdict), "{case}: without details");
+    verdict
 }
 
 #[cfg(test)]

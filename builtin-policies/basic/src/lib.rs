@@ -297,7 +297,9 @@ policy_sdk::unit_set! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::testing::{host, params_of, snapshot, vm, with_param, HostBuilder};
+    use policy_sdk::testing::{
+        check_in_both_forms, host, params_of, snapshot, vm, with_param, HostBuilder,
+    };
     use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::{ParamType, ParamValue, Snapshot};
 
@@ -311,20 +313,7 @@ mod tests {
         v: &Vm,
         h: &Host,
     ) -> Verdict {
-        let verdict = F::default().check(&Context::new(s, params, F::NAME), v, h);
-        let summary = F::default().check(&Context::new(s, params, F::NAME).without_details(), v, h);
-        match &verdict {
-            Verdict::Pass => assert_eq!(summary, Verdict::Pass),
-            Verdict::Reject { code, detail } => {
-                assert!(!detail.is_empty(), "{code}: a rejection names its detail");
-                assert_eq!(
-                    summary,
-                    Verdict::reject(code.clone(), ""),
-                    "without details"
-                );
-            }
-        }
-        verdict
+        check_in_both_forms::<F>(F::NAME, s, params, v, h)
     }
 
     fn code(verdict: &Verdict) -> &str {

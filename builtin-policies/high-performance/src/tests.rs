@@ -1,5 +1,7 @@
 use super::*;
-use policy_sdk::testing::{host, snapshot, vm, HostBuilder, VmBuilder, XorShift};
+use policy_sdk::testing::{
+    check_in_both_forms, host, snapshot, vm, without_detail, HostBuilder, VmBuilder, XorShift,
+};
 use policy_sdk::{NumaTuneMode, VmType};
 
 fn code(verdict: &Verdict) -> String {
@@ -9,32 +11,14 @@ fn code(verdict: &Verdict) -> String {
     }
 }
 
-/// The verdict a caller that reads no details gets: the same, with an empty detail.
-fn without_detail(verdict: &Verdict) -> Verdict {
-    match verdict {
-        Verdict::Pass => Verdict::Pass,
-        Verdict::Reject { code, .. } => Verdict::reject(code.clone(), ""),
-    }
-}
-
 /// Runs a filter over `(case, snapshot, vm, host, expected)` rows; `expected` is `pass` or
 /// the start of `code: detail`. Without details (a summary decision), each row gets the
 /// same verdict with an empty detail.
 fn filter_cases<F: Filter>(cases: Vec<(&str, Snapshot, Vm, Host, &str)>) {
     for (case, s, v, h, want) in cases {
-        let ctx = Context::new(&s, &[], F::NAME);
-        let verdict = F::default().check(&ctx, &v, &h);
+        let verdict = check_in_both_forms::<F>(case, &s, &[], &v, &h);
         let got = code(&verdict);
         assert!(got.starts_with(want), "{case}: got `{got}`, want `{want}`");
-        if let Verdict::Reject { detail, .. } = &verdict {
-            assert!(!detail.is_empty(), "{case}: a rejection names its detail");
-        }
-        let summary = Context::new(&s, &[], F::NAME).without_details();
-        assert_eq!(
-            F::default().check(&summary, &v, &h),
-            without_detail(&verdict),
-            "{case}, without details"
-        );
     }
 }
 

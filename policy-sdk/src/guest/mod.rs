@@ -110,14 +110,14 @@ impl<'a> Context<'a> {
         code: impl Into<alloc::borrow::Cow<'static, str>>,
         detail: impl FnOnce() -> String,
     ) -> Verdict {
-        Verdict::Reject {
-            code: code.into(),
-            detail: if self.details {
+        Verdict::reject(
+            code,
+            if self.details {
                 detail()
             } else {
                 String::new()
             },
-        }
+        )
     }
 
     /// The same context with the snapshot's derived indexes (what the runtime and the

@@ -915,30 +915,30 @@ impl NumaRequest {
         }
     }
 
+    /// The pinned vNUMA nodes in vNUMA node order.
+    fn items_by_vnode(&self) -> impl Iterator<Item = &PinnedNode> {
+        self.by_vnode.iter().map(|&i| &self.items[i])
+    }
+
     /// The pinned vNUMA node (first in vNUMA order) whose allowed host node `host` lacks.
     #[cold]
     #[inline(never)]
     fn missing_node(&self, host: &Host) -> Option<NumaFit> {
-        self.by_vnode
-            .iter()
-            .map(|&i| &self.items[i])
-            .find_map(|item| {
-                item.allowed
-                    .iter()
-                    .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
-                    .map(|&missing| NumaFit::MissingHostNode {
-                        vnode: item.vnode,
-                        host_node: missing,
-                    })
-            })
+        self.items_by_vnode().find_map(|item| {
+            item.allowed
+                .iter()
+                .find(|&&h| !host.numa_nodes.iter().any(|n| n.index == h))
+                .map(|&missing| NumaFit::MissingHostNode {
+                    vnode: item.vnode,
+                    host_node: missing,
+                })
+        })
     }
 
     /// Where each pinned vNUMA node goes when each has one allowed host node.
     #[inline(never)]
     fn single_placements(&self) -> Vec<NodePlacement> {
-        self.by_vnode
-            .iter()
-            .map(|&i| &self.items[i])
+        self.items_by_vnode()
             .map(|item| NodePlacement {
                 vnode: item.vnode,
                 host_node: item.allowed[0],
@@ -986,7 +986,6 @@ impl NumaRequest {
         if let Some(missing) = self.missing_node(host) {
             return missing;
         }
-        let by_vnode = || self.by_vnode.iter().map(|&i| &self.items[i]);
         // Allowed nodes per item on this host (the CPU-pinning rule depends on the host's
         // node CPUs); a vNUMA node left with none is reported, first in vNUMA order.
         let pins_agree = |item: &PinnedNode, id: u32| {
@@ -1000,7 +999,9 @@ impl NumaRequest {
                 .all(|pcpus| pcpus.iter().any(|p| node.cpus.contains(p)))
         };
         if self.pinned_cpus {
-            if let Some(item) = by_vnode().find(|i| !i.allowed.iter().any(|&id| pins_agree(i, id)))
+            if let Some(item) = self
+                .items_by_vnode()
+                .find(|i| !i.allowed.iter().any(|&id| pins_agree(i, id)))
             {
                 return NumaFit::PinningMismatch { vnode: item.vnode };
             }
