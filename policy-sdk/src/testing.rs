@@ -583,6 +583,72 @@ pub fn check_in_both_forms<F: crate::Filter>(
     verdict
 }
 
+/// Checks that filter `F`'s `check_all` over every host of `snapshot` (in order, then in
+/// reverse) gives `check`'s verdicts host by host, in every way a unit is called: without
+/// the snapshot's index (unit tests), with a fresh index (nothing counted yet: a guest's
+/// first decision), with an index that kept the counts of every other host (a fast pass
+/// loop meets kept and not yet counted hosts), and without details (a summary decision).
+/// Also that a filter which says it does not [apply](crate::Filter::applies) to `vm`
+/// passes every host. `case` names the check in failure messages.
+pub fn check_all_agrees<F: crate::Filter>(
+    case: &str,
+    snapshot: &Snapshot,
+    params: &[(String, ParamValue)],
+    vm: &Vm,
+) {
+    use crate::model::index::SnapshotIndex;
+    use crate::model::verdict::Verdicts;
+    use crate::Context;
+    let forward: Vec<HostIndex> = (0..snapshot.hosts.len() as HostIndex).collect();
+    let backward: Vec<HostIndex> = forward.iter().rev().copied().collect();
+    let plain = Context::new(snapshot, params, F::NAME);
+    let fresh = SnapshotIndex::build(snapshot);
+    let half_kept = SnapshotIndex::build(snapshot);
+    let counting = Context::new(snapshot, params, F::NAME).with_index(&half_kept);
+    for &i in forward.iter().step_by(2) {
+        counting.cpu_counts(i);
+    }
+    let forms = [
+        ("no index", plain),
+        ("fresh index", plain.with_index(&fresh)),
+        ("half the counts kept", plain.with_index(&half_kept)),
+    ];
+    if !F::default().applies(&plain, vm) {
+        assert!(
+            snapshot
+                .hosts
+                .iter()
+                .all(|h| F::default().check(&plain, vm, h).is_pass()),
+            "{case}: {}: does not apply, yet rejects a host",
+            F::NAME
+        );
+    }
+    for candidates in [&forward, &backward] {
+        let one: Vec<Verdict> = candidates
+            .iter()
+            .map(|&i| F::default().check(&plain, vm, &snapshot.hosts[i as usize]))
+            .collect();
+        for (form, ctx) in &forms {
+            for details in [true, false] {
+                let ctx = if details { *ctx } else { ctx.without_details() };
+                let mut all = Verdicts::default();
+                F::default().check_all(&ctx, vm, candidates, &mut all);
+                let want: Vec<Verdict> = if details {
+                    one.clone()
+                } else {
+                    one.iter().map(without_detail).collect()
+                };
+                assert_eq!(
+                    all.into_verdicts(),
+                    want,
+                    "{case}: {}: {form}, details {details}, candidates {candidates:?}",
+                    F::NAME
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,10 +98,14 @@ impl Filter for MemoryFilter {
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         let overhead = overhead_mb(ctx);
-        out.extend(
-            candidates
-                .iter()
-                .map(|&i| Self::check_with(ctx, overhead, vm, ctx.host(i))),
+        let need = vm.memory_mb.saturating_add(overhead);
+        out.judge(
+            candidates,
+            |i| {
+                let host = ctx.host(i);
+                physical_memory(host) >= need && schedulable_memory(host) >= need
+            },
+            |i| Self::check_with(ctx, overhead, vm, ctx.host(i)),
         );
     }
 }
@@ -161,16 +165,24 @@ impl Filter for CpuFilter {
         }
         let threads_as_cores = ctx.snapshot().cluster.count_threads_as_cores;
         let need = vm.vcpus();
-        for &i in candidates {
-            let counts = || ctx.cpu_counts(i);
-            out.push(Self::verdict(
-                ctx,
-                threads_as_cores,
-                need,
-                ctx.host(i),
-                counts,
-            ));
-        }
+        let kept = ctx.kept_cpu_counts();
+        out.judge(
+            candidates,
+            |i| {
+                let host = ctx.host(i);
+                let total = host.schedulable_cpus(threads_as_cores);
+                if host.dedicated_cpus.is_empty() && host.pending.pinned_cpus.is_empty() {
+                    return total >= need;
+                }
+                kept.get(i)
+                    .is_some_and(|counts| Self::usable(total, &counts) >= need)
+            },
+            |i| {
+                Self::verdict(ctx, threads_as_cores, need, ctx.host(i), || {
+                    ctx.cpu_counts(i)
+                })
+            },
+        );
     }
 }
 
@@ -191,13 +203,19 @@ impl CpuFilter {
             return Verdict::Pass;
         }
         let counts = counts();
-        let usable = total
-            .saturating_sub(counts.dedicated)
-            .saturating_sub(counts.pending_pinned);
+        let usable = Self::usable(total, &counts);
         if usable >= need {
             return Verdict::Pass;
         }
         Self::reject(ctx, threads_as_cores, need, total, usable, &counts)
+    }
+
+    /// Schedulable CPUs left of `total` after the dedicated and pending pinned pCPUs.
+    #[inline(always)]
+    fn usable(total: u32, counts: &CpuCounts) -> u32 {
+        total
+            .saturating_sub(counts.dedicated)
+            .saturating_sub(counts.pending_pinned)
     }
 
     #[cold]
@@ -298,7 +316,8 @@ policy_sdk::unit_set! {
 mod tests {
     use super::*;
     use policy_sdk::testing::{
-        check_in_both_forms, host, params_of, snapshot, vm, with_param, HostBuilder,
+        check_all_agrees, check_in_both_forms, host, params_of, snapshot, vm, with_param,
+        HostBuilder, XorShift,
     };
     use policy_sdk::wire::abi::{CallRequest, CallResponse};
     use policy_sdk::{ParamType, ParamValue, Snapshot};
@@ -346,6 +365,50 @@ mod tests {
             .collect();
         ranked.sort_by_key(|&(p, _)| p);
         ranked.into_iter().map(|(_, id)| id.to_string()).collect()
+    }
+
+    /// `check_all` (a fast pass loop, the full check for the rest) gives the verdicts of
+    /// `check` host by host, over random hosts near the VM's needs: pending memory and
+    /// overcommit, dedicated and pending pinned pCPUs, threads counted as cores or not.
+    #[test]
+    fn check_all_matches_per_host_check() {
+        let mut rng = XorShift::new(7);
+        for round in 0..200 {
+            let hosts: Vec<Host> = (0..9)
+                .map(|i| {
+                    let mut h = host(&format!("h{i}"))
+                        .cpu(1, 2 + rng.below(4) as u32, 2)
+                        .memory_mb(16_384)
+                        .free_mb(2_000 + rng.below(6_000))
+                        .committed_mb(rng.below(14_000))
+                        .swap_mb(rng.below(1_000))
+                        .pending_memory_mb(rng.below(3_000))
+                        .pending_overcommit_mb(rng.below(3_000));
+                    if rng.below(2) == 0 {
+                        h = h.dedicated_cpus((0..rng.below(4) as u32).map(|c| c * 2));
+                    }
+                    if rng.below(3) == 0 {
+                        h = h.pending_pinned_cpus([rng.below(8) as u32]);
+                    }
+                    h.build()
+                })
+                .collect();
+            let s = snapshot()
+                .count_threads_as_cores(rng.below(2) == 0)
+                .hosts(hosts)
+                .build();
+            let mut v = vm("v")
+                .memory_mb(1_000 + rng.below(5_000))
+                .vcpus(1 + rng.below(8) as u32);
+            if rng.below(4) == 0 {
+                v = v.pinning_policy(policy_sdk::PinningPolicy::Dedicated);
+            }
+            let v = v.build();
+            let case = format!("round {round}");
+            let params = params_of(&MemoryFilter::params());
+            check_all_agrees::<MemoryFilter>(&case, &s, &params, &v);
+            check_all_agrees::<CpuFilter>(&case, &s, &[], &v);
+        }
     }
 
     #[test]

@@ -168,13 +168,11 @@ impl Filter for CpuLevelFilter {
                 Some(index) => {
                     let bits: Vec<Option<u32>> = required.iter().map(|r| index.bit(r)).collect();
                     let mask = index.mask_of_bits(&bits);
-                    out.extend(candidates.iter().map(|&i| {
-                        if index.has_all(i, &mask) {
-                            Verdict::Pass
-                        } else {
-                            Self::verdict_by_bits(ctx, index, i, &required, &bits, vm)
-                        }
-                    }))
+                    out.judge(
+                        candidates,
+                        |i| index.has_all(i, &mask),
+                        |i| Self::verdict_by_bits(ctx, index, i, &required, &bits, vm),
+                    )
                 }
                 None => out.extend(
                     candidates
@@ -394,10 +392,16 @@ impl Filter for CpuPinningFilter {
         if matches!(needs, PinningNeeds::None) {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
         } else {
-            out.extend(
-                candidates
-                    .iter()
-                    .map(|&i| Self::verdict(ctx, &needs, vm, ctx.host(i), || ctx.cpu_counts(i))),
+            let kept = ctx.kept_cpu_counts();
+            out.judge(
+                candidates,
+                |i| {
+                    // Counts not kept yet read as no free pCPU: an exclusive VM's host then
+                    // goes to the full check, which counts them.
+                    let counts = || kept.get(i).unwrap_or_default();
+                    Self::lack(&needs, vm, ctx.host(i), &counts).is_none()
+                },
+                |i| Self::verdict(ctx, &needs, vm, ctx.host(i), || ctx.cpu_counts(i)),
             );
         }
     }

@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// What a unit can see and use during one call: the snapshot, its parameters, logging.
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     snapshot: &'a Snapshot,
     params: &'a [(String, ParamValue)],
@@ -48,6 +49,19 @@ impl<'a> IndexRef<'a> {
             Some(index) => IndexRef::Ready(index),
             None => IndexRef::None,
         }
+    }
+}
+
+/// The pCPU counts kept in a snapshot's index ([`Context::kept_cpu_counts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeptCounts<'a>(Option<&'a SnapshotIndex>);
+
+impl KeptCounts<'_> {
+    /// Host `index`'s counts if the index keeps them already; `None` when there is no index
+    /// or they were not counted yet ([`Context::cpu_counts`] counts them).
+    #[inline(always)]
+    pub fn get(&self, index: HostIndex) -> Option<CpuCounts> {
+        self.0.and_then(|i| i.kept_cpu_counts(index))
     }
 }
 
@@ -146,6 +160,14 @@ impl<'a> Context<'a> {
             Some(i) if i.covers(self.snapshot.hosts.len()) => i.cpu_counts(index, host),
             _ => CpuCounts::of(host),
         }
+    }
+
+    /// A reader of the pCPU counts the snapshot's index keeps, resolved once for a unit's
+    /// loop: [`KeptCounts::get`] is an inline read that never counts (see
+    /// [`Verdicts::judge`](crate::Verdicts::judge)).
+    #[inline]
+    pub fn kept_cpu_counts(&self) -> KeptCounts<'a> {
+        KeptCounts(self.index().filter(|i| i.covers(self.snapshot.hosts.len())))
     }
 
     /// The snapshot's derived indexes, built now if the caller builds them on first use.

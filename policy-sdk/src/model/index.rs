@@ -62,6 +62,16 @@ impl SnapshotIndex {
         self.cpu_counts.get(index as usize, host)
     }
 
+    /// Host `index`'s pCPU counts if they are kept already; `None` when they were not
+    /// counted yet (never counts: an inline read for a unit's fast pass loop).
+    #[inline(always)]
+    pub fn kept_cpu_counts(&self, index: HostIndex) -> Option<CpuCounts> {
+        self.cpu_counts
+            .0
+            .get(index as usize)
+            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
+    }
+
     /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
     /// that many).
     #[inline]
@@ -368,6 +378,13 @@ impl CpuFlagIndex {
         if mask.unknown {
             return false;
         }
+        if let (1, [wanted]) = (self.words, mask.words.as_slice()) {
+            // Up to 64 flags in the dictionary (the common case): one word, no inner loop.
+            return self
+                .bits
+                .get(host as usize)
+                .is_some_and(|h| h & wanted == *wanted);
+        }
         let start = host as usize * self.words;
         match self.bits.get(start..start + self.words) {
             Some(row) => row.iter().zip(&mask.words).all(|(h, m)| h & m == *m),
@@ -476,6 +493,32 @@ mod tests {
         index.update(&s, core::slice::from_ref(&add));
         assert!(flags_of(index.cpu_flags(&s), 2, &["aes"]));
         assert_eq!(index.cpu_flags(&s).host_count(), 3);
+    }
+
+    /// The index answers `kept_cpu_counts` (a read that never counts) only for hosts whose
+    /// counts a read counted, with those counts, and forgets them when the host's pending
+    /// aggregate changes.
+    #[test]
+    fn kept_counts_are_only_counts_read_before_and_not_changed_since() {
+        let hp = |id: &str| host(id).cpu(1, 4, 2).dedicated_cpus([7]);
+        let mut s = snapshot().host(hp("a")).host(hp("b")).build();
+        let mut index = SnapshotIndex::build(&s);
+        assert_eq!(index.kept_cpu_counts(0), None, "nothing counted yet");
+        let counted = index.cpu_counts(1, &s.hosts[1]);
+        assert_eq!(counted, CpuCounts::of(&s.hosts[1]));
+        assert_eq!(index.kept_cpu_counts(0), None, "host 0 not read");
+        assert_eq!(index.kept_cpu_counts(1), Some(counted));
+        assert_eq!(index.kept_cpu_counts(2), None, "no such host");
+        let mut pending = s.hosts[1].pending.clone();
+        pending.pinned_cpus = alloc::vec![0];
+        let change = Change::SetPending { host: 1, pending };
+        change.clone().apply(&mut s).unwrap();
+        index.update(&s, core::slice::from_ref(&change));
+        assert_eq!(
+            index.kept_cpu_counts(1),
+            None,
+            "forgotten with the pending change"
+        );
     }
 
     /// The pCPU counts read through the index follow every change that can move them (a

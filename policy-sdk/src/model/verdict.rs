@@ -131,6 +131,22 @@ impl PartialEq for LastLiteral {
 
 impl Eq for LastLiteral {}
 
+/// How many of `candidates`, from the first, `passes` passes. A function of its own, so
+/// that the loop has no call in it whatever the caller's loop holds (in a wasm guest,
+/// values live across a call sit on the stack for the whole function).
+#[inline(never)]
+fn passing_run(candidates: &[HostIndex], passes: &impl Fn(HostIndex) -> bool) -> usize {
+    let mut run = 0;
+    for four in candidates.chunks_exact(4) {
+        if !(passes(four[0]) && passes(four[1]) && passes(four[2]) && passes(four[3])) {
+            break;
+        }
+        run += 4;
+    }
+    let rest = &candidates[run..];
+    run + rest.iter().position(|&i| !passes(i)).unwrap_or(rest.len())
+}
+
 impl Extend<Verdict> for Verdicts {
     fn extend<I: IntoIterator<Item = Verdict>>(&mut self, verdicts: I) {
         for v in verdicts {
@@ -176,6 +192,34 @@ impl Verdicts {
         match verdict {
             Verdict::Pass => self.len += 1,
             Verdict::Reject { code, detail } => self.push_rejection(code, detail),
+        }
+    }
+
+    /// Judges `candidates` at two speeds: `passes`, a check with no call in it, runs in a
+    /// tight loop and passes most hosts; a host it does not pass gets `verdict`, the full
+    /// check (which may count, call and write a rejection). `passes` must never pass a host
+    /// that `verdict` would reject.
+    ///
+    /// In a wasm guest a loop with a call anywhere in it keeps its values on the stack
+    /// (every register is the caller's to save); the tight loop keeps them in registers.
+    #[inline(always)]
+    pub fn judge(
+        &mut self,
+        candidates: &[HostIndex],
+        passes: impl Fn(HostIndex) -> bool,
+        mut verdict: impl FnMut(HostIndex) -> Verdict,
+    ) {
+        let mut rest = candidates;
+        loop {
+            let run = passing_run(rest, &passes);
+            self.len += run as u32;
+            match rest.get(run) {
+                None => return,
+                Some(&i) => {
+                    self.push(verdict(i));
+                    rest = &rest[run + 1..];
+                }
+            }
         }
     }
 
@@ -392,6 +436,69 @@ mod tests {
     use super::*;
     use crate::wire::abi::{CallRequest, CallResponse};
     use crate::wire::codec;
+
+    /// `judge` gives the verdicts of pushing `verdict` for every host (runs of passes
+    /// counted, rejections where `verdict` rejects) and asks `verdict` about exactly the
+    /// hosts `passes` does not pass, in order: over lists of every length around the fast
+    /// loop's steps of four, with hosts the fast check leaves to the full one, rejected
+    /// or not.
+    #[test]
+    fn judge_gives_the_verdicts_of_the_full_check_and_asks_it_only_about_the_rest() {
+        // Per host: does the fast check pass it, and what does the full check say.
+        #[derive(Clone, Copy)]
+        enum Host {
+            Fast,
+            SlowPass,
+            SlowReject,
+        }
+        use Host::*;
+        let patterns: [(&str, &[Host]); 9] = [
+            ("none", &[]),
+            ("all fast, fewer than four", &[Fast, Fast, Fast]),
+            ("all fast, nine", &[Fast; 9]),
+            ("first rejected", &[SlowReject, Fast, Fast, Fast, Fast]),
+            ("fourth rejected", &[Fast, Fast, Fast, SlowReject, Fast]),
+            ("fifth rejected", &[Fast, Fast, Fast, Fast, SlowReject]),
+            (
+                "last of nine",
+                &[Fast, Fast, Fast, Fast, Fast, Fast, Fast, Fast, SlowReject],
+            ),
+            (
+                "slow passes between",
+                &[Fast, SlowPass, Fast, Fast, Fast, Fast, SlowPass, SlowReject],
+            ),
+            (
+                "every one slow",
+                &[SlowReject, SlowPass, SlowReject, SlowPass, SlowReject],
+            ),
+        ];
+        for (case, hosts) in patterns {
+            let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).map(|i| i * 3).collect();
+            let host = |i: HostIndex| hosts[(i / 3) as usize];
+            let full = |i: HostIndex| match host(i) {
+                Fast | SlowPass => Verdict::Pass,
+                SlowReject => Verdict::reject("no", alloc::format!("host {i}")),
+            };
+            let mut asked = Vec::new();
+            let mut judged = Verdicts::default();
+            judged.judge(
+                &candidates,
+                |i| matches!(host(i), Fast),
+                |i| {
+                    asked.push(i);
+                    full(i)
+                },
+            );
+            let pushed = Verdicts::from_verdicts(candidates.iter().map(|&i| full(i)).collect());
+            assert_eq!(judged, pushed, "{case}");
+            let slow: Vec<HostIndex> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| !matches!(host(i), Fast))
+                .collect();
+            assert_eq!(asked, slow, "{case}");
+        }
+    }
 
     /// A literal code seen just before is found by its address; the same text from another
     /// literal, or owned, is found by comparing it; either way each code is stored once and
