@@ -27,8 +27,8 @@
 //! per-host work.
 
 use policy_sdk::{
-    AffinityGroup, AffinityPolarity, Context, Filter, Host, HostIndex, ParamSpec, Penalty,
-    Snapshot, Verdict, Verdicts, Vm, Weight,
+    push_penalties, AffinityGroup, AffinityPolarity, Context, Filter, Host, HostIndex, ParamSpec,
+    Penalty, Snapshot, Verdict, Verdicts, Vm, Weight,
 };
 use std::fmt::Write as _;
 
@@ -120,8 +120,8 @@ impl Weight for VmAffinityWeight {
         let s = ctx.snapshot();
         let groups = relevant_groups(s, vm, false, ctx.bool("include_enforcing"));
         match Placements::for_candidates(ctx, vm, groups, candidates) {
-            Some(p) => out.extend(candidates.iter().map(|&i| p.penalty(ctx.host(i)))),
-            None => out.extend(candidates.iter().map(|_| 0)),
+            Some(p) => push_penalties(out, candidates, |i| p.penalty(ctx.host(i))),
+            None => out.resize(out.len() + candidates.len(), 0),
         }
     }
 }

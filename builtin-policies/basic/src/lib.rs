@@ -9,7 +9,8 @@
 
 use policy_sdk::model::topology::CpuCounts;
 use policy_sdk::{
-    Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Verdicts, Vm, Weight,
+    push_penalties, Context, Filter, Host, HostIndex, ParamSpec, Penalty, Verdict, Verdicts, Vm,
+    Weight,
 };
 
 /// Memory the host can still give, pending memory included: the physical check (free +
@@ -278,7 +279,7 @@ impl Weight for CpuLoadWeight {
     ) {
         // The parameter is read once per call, not once per host.
         let count_pending = ctx.bool("count_pending");
-        out.extend(candidates.iter().map(|&i| {
+        push_penalties(out, candidates, |i| {
             let host = ctx.host(i);
             let pending = if count_pending {
                 host.pending.cpu_load_percent
@@ -286,7 +287,7 @@ impl Weight for CpuLoadWeight {
                 0
             };
             Penalty::from(host.cpu_usage_percent) + Penalty::from(pending)
-        }));
+        });
     }
 }
 

@@ -22,7 +22,8 @@
 use policy_sdk::model::index::CpuFlagIndex;
 use policy_sdk::model::topology::{self, CpuCounts, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
-    Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts, Vm, Weight,
+    push_penalties, Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts,
+    Vm, Weight,
 };
 use std::fmt::Write as _;
 
@@ -634,16 +635,14 @@ impl Weight for CpuAndNumaPinningWeight {
         out: &mut Vec<i64>,
     ) {
         if !has_pinned_vnuma(vm) {
-            out.extend(candidates.iter().map(|_| FITS));
+            out.resize(out.len() + candidates.len(), FITS);
             return;
         }
         let pinning = CpuPinning::of_vm(vm).ok().flatten();
         let request = NumaRequest::new(vm, pinning.as_ref());
-        out.extend(
-            candidates
-                .iter()
-                .map(|&i| Self::penalty_with(&request, ctx.host(i))),
-        );
+        push_penalties(out, candidates, |i| {
+            Self::penalty_with(&request, ctx.host(i))
+        });
     }
 }
 
@@ -690,13 +689,9 @@ impl Weight for HighPerformanceCpuWeight {
         out: &mut Vec<i64>,
     ) {
         if topology::is_hp_or_pinned(vm) {
-            out.extend(
-                candidates
-                    .iter()
-                    .map(|&i| Self::penalty_for(vm, ctx.host(i))),
-            );
+            push_penalties(out, candidates, |i| Self::penalty_for(vm, ctx.host(i)));
         } else {
-            out.extend(candidates.iter().map(|_| FITS));
+            out.resize(out.len() + candidates.len(), FITS);
         }
     }
 }
