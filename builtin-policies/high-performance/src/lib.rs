@@ -520,10 +520,10 @@ impl Filter for NumaFilter {
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         if has_pinned_vnuma(vm) {
             let request = NumaRequest::new(vm, None);
-            out.extend(
-                candidates
-                    .iter()
-                    .map(|&i| Self::verdict(ctx, &request, ctx.host(i))),
+            out.judge(
+                candidates,
+                |i| request.fits_quickly(ctx.host(i)),
+                |i| Self::verdict(ctx, &request, ctx.host(i)),
             );
         } else {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
@@ -537,15 +537,21 @@ impl Filter for NumaFilter {
 pub struct HugePagesFilter;
 
 impl HugePagesFilter {
+    /// The host's free pages of `size_kb` and its pending ones.
     #[inline(always)]
-    fn verdict(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
+    fn free_and_pending(size_kb: u64, host: &Host) -> (u64, u64) {
         let free: u64 = host
             .free_hugepages
             .iter()
             .filter(|p| p.size_kb == size_kb)
             .map(|p| p.count)
             .sum();
-        let pending = host.pending.hugepages_of(size_kb);
+        (free, host.pending.hugepages_of(size_kb))
+    }
+
+    #[inline(always)]
+    fn verdict(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
+        let (free, pending) = Self::free_and_pending(size_kb, host);
         let available = free.saturating_sub(pending);
         if available >= needed {
             Verdict::Pass
@@ -585,10 +591,13 @@ impl Filter for HugePagesFilter {
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         match vm.hugepages_needed() {
-            Some((size, needed)) => out.extend(
-                candidates
-                    .iter()
-                    .map(|&i| Self::verdict(ctx, size, needed, ctx.host(i))),
+            Some((size, needed)) => out.judge(
+                candidates,
+                |i| {
+                    let (free, pending) = Self::free_and_pending(size, ctx.host(i));
+                    free.saturating_sub(pending) >= needed
+                },
+                |i| Self::verdict(ctx, size, needed, ctx.host(i)),
             ),
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
@@ -605,6 +614,9 @@ pub struct CpuAndNumaPinningWeight;
 
 impl CpuAndNumaPinningWeight {
     fn penalty_with(request: &NumaRequest, host: &Host) -> i64 {
+        if request.fits_quickly(host) {
+            return FITS;
+        }
         match request.check(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) => FITS,
             _ => DOES_NOT_FIT,

@@ -392,6 +392,7 @@ pub struct PendingAggregate {
 
 impl PendingAggregate {
     /// Pending pages of the given size.
+    #[inline]
     pub fn hugepages_of(&self, size_kb: u64) -> u64 {
         self.hugepages
             .iter()
@@ -401,6 +402,7 @@ impl PendingAggregate {
     }
 
     /// Pending memory on a host NUMA node.
+    #[inline]
     pub fn numa_memory_of(&self, node: u32) -> u64 {
         self.numa_memory
             .iter()
