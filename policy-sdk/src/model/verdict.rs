@@ -104,7 +104,12 @@ pub enum BalanceAction {
 /// A filter's verdicts over its candidate list, as they cross the ABI: the number of
 /// candidates and only the rejected ones (every other candidate passed), with each distinct
 /// reject code sent once. A filter that passes 10,000 hosts answers with a few bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// On the wire (ABI 9) the rejections travel as columns: their positions and code indexes
+/// as packed little-endian arrays, their details as a list that is empty when every detail
+/// is (a summary decision's rejections), so a thousand rejections are two copies instead of
+/// three thousand varints and a thousand empty strings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdicts {
     /// Number of candidates judged.
     pub len: u32,
@@ -114,7 +119,6 @@ pub struct Verdicts {
     pub rejected: Vec<Rejection>,
     /// The last literal code pushed and its index (not sent: a filter rejects many hosts
     /// with the same literal, found again by its address without comparing bytes).
-    #[serde(skip)]
     last_literal: LastLiteral,
 }
 
@@ -130,6 +134,83 @@ impl PartialEq for LastLiteral {
 }
 
 impl Eq for LastLiteral {}
+
+/// The wire form of [`Verdicts`]: the rejections as columns.
+#[derive(Deserialize)]
+struct VerdictsWire {
+    len: u32,
+    codes: Vec<String>,
+    #[serde(with = "packed::u32s")]
+    positions: Vec<u32>,
+    #[serde(with = "packed::u32s")]
+    code_indexes: Vec<u32>,
+    /// One per rejection, or none when every detail is empty.
+    details: Vec<String>,
+}
+
+/// [`VerdictsWire`] borrowing from the [`Verdicts`] it sends (the same fields, types that
+/// serialize alike).
+#[derive(Serialize)]
+struct VerdictsWireRef<'a> {
+    len: u32,
+    codes: &'a [String],
+    #[serde(with = "packed::u32s")]
+    positions: Vec<u32>,
+    #[serde(with = "packed::u32s")]
+    code_indexes: Vec<u32>,
+    details: Vec<&'a str>,
+}
+
+impl Serialize for Verdicts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let with_details = self.rejected.iter().any(|r| !r.detail.is_empty());
+        VerdictsWireRef {
+            len: self.len,
+            codes: &self.codes,
+            positions: self.rejected.iter().map(|r| r.position).collect(),
+            code_indexes: self.rejected.iter().map(|r| r.code).collect(),
+            details: if with_details {
+                self.rejected.iter().map(|r| r.detail.as_str()).collect()
+            } else {
+                Vec::new()
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdicts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = VerdictsWire::deserialize(d)?;
+        let n = wire.positions.len();
+        if wire.code_indexes.len() != n || !(wire.details.is_empty() || wire.details.len() == n) {
+            return Err(D::Error::custom(alloc::format!(
+                "verdicts: {n} rejected positions, {} code indexes and {} details \
+                 (details must be none or one per rejection)",
+                wire.code_indexes.len(),
+                wire.details.len()
+            )));
+        }
+        let mut details = wire.details.into_iter();
+        let rejected = wire
+            .positions
+            .iter()
+            .zip(&wire.code_indexes)
+            .map(|(&position, &code)| Rejection {
+                position,
+                code,
+                detail: details.next().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Verdicts {
+            len: wire.len,
+            codes: wire.codes,
+            rejected,
+            last_literal: LastLiteral::default(),
+        })
+    }
+}
 
 /// How many of `candidates`, from the first, `passes` passes. A function of its own, so
 /// that the loop has no call in it whatever the caller's loop holds (in a wasm guest,
@@ -498,6 +579,62 @@ mod tests {
                 .collect();
             assert_eq!(asked, slow, "{case}");
         }
+    }
+
+    /// Verdicts cross the wire as columns (ABI 9) and come back equal, details or not; a
+    /// summary's rejections cost their packed position and code index only; columns of
+    /// different lengths are refused, naming the lengths.
+    #[test]
+    fn verdicts_cross_as_columns_with_details_only_when_a_rejection_has_one() {
+        let rejections = |n: u32, detail: &str| -> Verdicts {
+            Verdicts::from_verdicts(
+                (0..2 * n)
+                    .map(|i| match i % 2 {
+                        0 => Verdict::Pass,
+                        _ => Verdict::reject(if i % 4 == 1 { "full" } else { "off" }, detail),
+                    })
+                    .collect(),
+            )
+        };
+        let cases = [
+            ("nothing rejected", Verdicts::passing(7)),
+            ("summary", rejections(100, "")),
+            ("full", rejections(100, "no room")),
+            ("one detail among empty ones", {
+                let mut v = rejections(3, "");
+                v.rejected[1].detail = "only this one".into();
+                v
+            }),
+        ];
+        for (case, verdicts) in cases {
+            let bytes = codec::encode(&verdicts).unwrap();
+            assert_eq!(
+                codec::decode::<Verdicts>(&bytes).unwrap(),
+                verdicts,
+                "{case}"
+            );
+        }
+        let summary = codec::encode(&rejections(100, "")).unwrap();
+        let empty = codec::encode(&Verdicts::passing(200)).unwrap();
+        assert!(
+            // Two codes with their lengths, two column lengths, 8 bytes per rejection.
+            summary.len() <= empty.len() + 20 + 100 * 8,
+            "{} bytes for 100 rejections",
+            summary.len()
+        );
+        let ragged = VerdictsWireRef {
+            len: 4,
+            codes: &["full".into()],
+            positions: alloc::vec![0, 2],
+            code_indexes: alloc::vec![0],
+            details: Vec::new(),
+        };
+        let err = codec::decode::<Verdicts>(&codec::encode(&ragged).unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("2 rejected positions, 1 code indexes and 0 details"),
+            "{err}"
+        );
     }
 
     /// A literal code seen just before is found by its address; the same text from another

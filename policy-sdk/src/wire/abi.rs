@@ -18,15 +18,15 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
-/// Oldest ABI version the host accepts. Version 8 added `details` to unit calls and
-/// batches (an older module would misread the requests); version 7 changed the wire form of
-/// a host's CPU flags (a list, or "the same list as the previous host").
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 8;
+/// Oldest ABI version the host accepts. Version 9 sends a filter's rejections as columns
+/// (packed positions and code indexes; details only when some rejection has one), which an
+/// older host would misread; version 8 added `details` to unit calls and batches.
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 9;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 8;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 9;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";
