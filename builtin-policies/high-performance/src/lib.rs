@@ -20,7 +20,7 @@
 //! use the feature it checks.
 
 use policy_sdk::model::index::CpuFlagIndex;
-use policy_sdk::model::topology::{self, CpuCounts, CpuPinning, NumaFit, NumaRequest};
+use policy_sdk::model::topology::{self, CpuBits, CpuCounts, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
     push_penalties, Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts,
     Vm, Weight,
@@ -194,7 +194,7 @@ enum PinningNeeds {
     Invalid(String),
     /// Check the pinned pCPUs and/or an exclusive allocation.
     Check {
-        pcpus: Vec<u32>,
+        pcpus: PinnedPcpus,
         exclusive: bool,
         resize: bool,
     },
@@ -216,11 +216,57 @@ impl PinningNeeds {
         match pinning {
             None if !exclusive && !resize => PinningNeeds::None,
             p => PinningNeeds::Check {
-                pcpus: p.map(|p| p.all_pcpus()).unwrap_or_default(),
+                pcpus: PinnedPcpus::new(p.map(|p| p.all_pcpus()).unwrap_or_default()),
                 exclusive,
                 resize,
             },
         }
+    }
+}
+
+/// The pCPUs a VM's pinning string names, worked out once per call so that each host is
+/// checked with one comparison for absent pCPUs and one pass over its own (short) lists of
+/// taken pCPUs, instead of a search of those lists for every pinned pCPU.
+struct PinnedPcpus {
+    /// Sorted, each once.
+    list: Vec<u32>,
+    /// The same ids as a set.
+    set: CpuBits,
+}
+
+impl PinnedPcpus {
+    fn new(list: Vec<u32>) -> Self {
+        let mut set = CpuBits::new(list.last().map_or(0, |&max| max.saturating_add(1)));
+        for &c in &list {
+            set.insert(c);
+        }
+        Self { list, set }
+    }
+
+    /// Some pinned pCPU is beyond the host's threads or not online.
+    #[inline(always)]
+    fn any_offline(&self, host: &Host) -> bool {
+        let Some(&max) = self.list.last() else {
+            return false;
+        };
+        if host.online_cpus.is_empty() {
+            max >= host.cpu.threads()
+        } else {
+            self.list
+                .iter()
+                .any(|&c| CpuPinningFilter::offline(host, c))
+        }
+    }
+
+    /// Some pinned pCPU is dedicated to another VM, running or pending.
+    #[inline(always)]
+    fn any_taken(&self, host: &Host) -> bool {
+        host.dedicated_cpus.iter().any(|&c| self.set.contains(c))
+            || host
+                .pending
+                .pinned_cpus
+                .iter()
+                .any(|&c| self.set.contains(c))
     }
 }
 
@@ -279,13 +325,11 @@ impl CpuPinningFilter {
         if resize && host.numa_nodes.is_empty() {
             return Some(PinningLack::ResizeNeedsNuma);
         }
-        if !pcpus.is_empty() {
-            if pcpus.iter().any(|&c| Self::offline(host, c)) {
-                return Some(PinningLack::PcpuOffline);
-            }
-            if pcpus.iter().any(|&c| Self::taken(host, c)) {
-                return Some(PinningLack::PcpuDedicated);
-            }
+        if pcpus.any_offline(host) {
+            return Some(PinningLack::PcpuOffline);
+        }
+        if pcpus.any_taken(host) {
+            return Some(PinningLack::PcpuDedicated);
         }
         if exclusive && !counts().fits_dedicated(vm) {
             return Some(PinningLack::NotEnoughFreePcpus);
@@ -297,12 +341,6 @@ impl CpuPinningFilter {
     #[inline(always)]
     fn offline(host: &Host, c: u32) -> bool {
         c >= host.cpu.threads() || (!host.online_cpus.is_empty() && !host.online_cpus.contains(&c))
-    }
-
-    /// pCPU `c` is dedicated to another VM, running or pending.
-    #[inline(always)]
-    fn taken(host: &Host, c: u32) -> bool {
-        host.dedicated_cpus.contains(&c) || host.pending.pinned_cpus.contains(&c)
     }
 
     /// The rejection for `lack`, its detail written only when the caller reads it.
@@ -317,7 +355,7 @@ impl CpuPinningFilter {
         counts: &impl Fn() -> CpuCounts,
     ) -> Verdict {
         let pcpus: &[u32] = match needs {
-            PinningNeeds::Check { pcpus, .. } => pcpus,
+            PinningNeeds::Check { pcpus, .. } => &pcpus.list,
             _ => &[],
         };
         match lack {

@@ -161,6 +161,20 @@ fn cpu_pinning_cases() {
             "pcpu_offline: pinned pCPU(s) 37 offline or absent",
         ),
         (
+            "the first pCPU past the topology (8 of 0-7)",
+            plain(),
+            pinned("0#1_1#8").build(),
+            hp_host().build(),
+            "pcpu_offline: pinned pCPU(s) 8 offline or absent",
+        ),
+        (
+            "the last pCPU of the topology",
+            plain(),
+            pinned("0#0_1#7").build(),
+            hp_host().build(),
+            "pass",
+        ),
+        (
             "pCPU dedicated to a running VM",
             plain(),
             pinned("0#1-3").build(),
@@ -508,6 +522,11 @@ fn check_all_matches_per_host_check() {
             if rng.below(3) == 0 {
                 h = h.pending_pinned_cpus([rng.below(8) as u32]);
             }
+            if rng.below(4) == 0 {
+                // One pCPU offline.
+                let off = rng.below(8) as u32;
+                h = h.online_cpus((0..8).filter(move |&c| c != off));
+            }
             let mut h = h.build();
             h.id = format!("h{i}");
             hosts.push(h);
@@ -521,7 +540,10 @@ fn check_all_matches_per_host_check() {
             .vcpus(1 + rng.below(7) as u32)
             .memory_mb(1_024 + rng.below(4_000));
         if rng.below(2) == 0 {
-            v = v.pinning(["0#1_1#2", "0#4-5", "0#1-3_1", "0#6_1#7"][rng.below(4) as usize]);
+            // The last names pCPUs 7 and 8 of hosts with 8 (0-7).
+            v = v.pinning(
+                ["0#1_1#2", "0#4-5", "0#1-3_1", "0#6_1#7", "0#7-8"][rng.below(5) as usize],
+            );
         }
         if rng.below(2) == 0 {
             v = v.vnuma(0, rng.below(8_000), [0], &[rng.below(3) as u32]);
