@@ -261,6 +261,11 @@ impl PinnedPcpus {
     /// Some pinned pCPU is dedicated to another VM, running or pending.
     #[inline(always)]
     fn any_taken(&self, host: &Host) -> bool {
+        // No pinned pCPU (an exclusive VM without a pinning string): the host's lists are
+        // not read at all (at 10,000 hosts each is a cache miss).
+        if self.list.is_empty() {
+            return false;
+        }
         host.dedicated_cpus.iter().any(|&c| self.set.contains(c))
             || host
                 .pending
