@@ -353,6 +353,7 @@ impl CpuBits {
         }
     }
 
+    #[inline]
     fn words(&self) -> &[u64] {
         let words = (self.bound as usize).div_ceil(64);
         if words > INLINE_CPU_WORDS {
@@ -412,6 +413,7 @@ impl CpuBits {
     }
 
     /// Whether `id` is in the set.
+    #[inline]
     pub fn contains(&self, id: u32) -> bool {
         id < self.bound && self.words()[(id / 64) as usize] & (1u64 << (id % 64)) != 0
     }
