@@ -4,9 +4,16 @@
 //! A guest's allocations are dominated by its snapshot: tens of thousands of small strings
 //! and vectors made when a full snapshot is decoded and freed when the next one replaces
 //! it. The system allocator of `wasm32-unknown-unknown` (dlmalloc) keeps headers, bins and
-//! coalescing for that; here a small allocation is popping a free list (or bumping a
-//! pointer into a 64 KiB chunk) and freeing it is pushing it back. Freed blocks are kept
-//! for their size class (the next snapshot has the same shapes), never returned.
+//! coalescing for that; here a small allocation is popping a free block's address off its
+//! size class's stack (or bumping a pointer into a 64 KiB chunk) and freeing it is pushing
+//! the address back. Freed blocks are kept for their size class (the next snapshot has the
+//! same shapes), never returned.
+//!
+//! The free blocks' addresses are kept in arrays, not threaded through the blocks
+//! themselves: with a linked list, each allocation reads the block it hands out to find the
+//! next one, so a snapshot decode of hundreds of thousands of allocations was a chain of
+//! dependent loads from memory freed long ago (cold in the caches), each waiting for the
+//! last. An array is read in order, and neither freeing nor allocating touches the block.
 //!
 //! Guests are single-threaded (`wasm32-unknown-unknown` without the atomics feature), which
 //! is what makes the unsynchronized state below sound.
@@ -49,9 +56,83 @@ fn block_size(class: usize) -> usize {
     }
 }
 
+/// First capacity of a class's stack of free blocks (addresses).
+const FIRST_STACK: usize = 1024;
+
+/// The addresses of one size class's free blocks, in an array from the system allocator.
+#[derive(Clone, Copy)]
+struct FreeStack {
+    blocks: *mut *mut u8,
+    len: usize,
+    capacity: usize,
+}
+
+impl FreeStack {
+    const EMPTY: Self = Self {
+        blocks: ptr::null_mut(),
+        len: 0,
+        capacity: 0,
+    };
+
+    /// The most recently freed block, if any.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<*mut u8> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: `len` entries are initialized addresses.
+        Some(unsafe { self.blocks.add(self.len).read() })
+    }
+
+    /// Keeps `block` for reuse; `false` when there is no room and none could be made (the
+    /// system allocator is out of memory: the block is then lost, not reused).
+    #[inline(always)]
+    fn push(&mut self, block: *mut u8) -> bool {
+        if self.len == self.capacity && !self.grow() {
+            return false;
+        }
+        // SAFETY: `len < capacity` after the check above.
+        unsafe { self.blocks.add(self.len).write(block) };
+        self.len += 1;
+        true
+    }
+
+    /// Doubles the array (from [`FIRST_STACK`] entries). The system allocator serves it,
+    /// so the heap never calls itself.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) -> bool {
+        let entry = core::mem::size_of::<*mut u8>();
+        let capacity = (self.capacity * 2).max(FIRST_STACK);
+        let Ok(layout) = Layout::from_size_align(capacity * entry, ALIGN) else {
+            return false;
+        };
+        // SAFETY: a non-zero layout; the old array was allocated with the old capacity's
+        // layout of the same alignment.
+        let blocks = unsafe {
+            if self.blocks.is_null() {
+                std::alloc::System.alloc(layout)
+            } else {
+                std::alloc::System.realloc(
+                    self.blocks.cast(),
+                    Layout::from_size_align_unchecked(self.capacity * entry, ALIGN),
+                    layout.size(),
+                )
+            }
+        };
+        if blocks.is_null() {
+            return false;
+        }
+        self.blocks = blocks.cast();
+        self.capacity = capacity;
+        true
+    }
+}
+
 struct Heap {
-    /// Per class, the first free block (each free block starts with the next's address).
-    free: [*mut u8; CLASSES],
+    /// Per class, the free blocks.
+    free: [FreeStack; CLASSES],
     /// Unused part of the current chunk.
     bump: *mut u8,
     end: *mut u8,
@@ -84,7 +165,7 @@ impl GuestHeap {
     pub const fn new() -> Self {
         Self {
             heap: UnsafeCell::new(Heap {
-                free: [ptr::null_mut(); CLASSES],
+                free: [FreeStack::EMPTY; CLASSES],
                 bump: ptr::null_mut(),
                 end: ptr::null_mut(),
             }),
@@ -98,11 +179,8 @@ impl GuestHeap {
     unsafe fn alloc_small(&self, class: usize) -> *mut u8 {
         // SAFETY: single-threaded, and no other reference to the heap is live.
         let heap = unsafe { &mut *self.heap.get() };
-        let head = heap.free[class];
-        if !head.is_null() {
-            // SAFETY: a free block holds the address of the next free block.
-            heap.free[class] = unsafe { head.cast::<*mut u8>().read() };
-            return head;
+        if let Some(block) = heap.free[class].pop() {
+            return block;
         }
         let size = block_size(class);
         if (heap.end as usize) - (heap.bump as usize) < size {
@@ -130,9 +208,9 @@ impl GuestHeap {
     unsafe fn free_small(&self, block: *mut u8, class: usize) {
         // SAFETY: single-threaded, and no other reference to the heap is live.
         let heap = unsafe { &mut *self.heap.get() };
-        // SAFETY: the block is at least 8 bytes and 8-aligned.
-        unsafe { block.cast::<*mut u8>().write(heap.free[class]) };
-        heap.free[class] = block;
+        // Out of memory for the stack: the block is lost (not reused) rather than kept in
+        // a way that would touch it.
+        heap.free[class].push(block);
     }
 }
 
@@ -202,6 +280,33 @@ mod tests {
             None
         );
         assert_eq!(class_of(&Layout::from_size_align(8, 16).unwrap()), None);
+    }
+
+    #[test]
+    fn every_freed_block_is_reused_once_the_free_stack_has_grown() {
+        let heap = GuestHeap::new();
+        let layout = Layout::from_size_align(40, 8).unwrap();
+        let count = FIRST_STACK * 3 + 7;
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..count).map(|_| heap.alloc(layout)).collect();
+            for (i, &b) in blocks.iter().enumerate() {
+                b.write_bytes(i as u8, 40);
+            }
+            let distinct: std::collections::HashSet<_> = blocks.iter().collect();
+            assert_eq!(distinct.len(), count, "blocks are distinct");
+            for &b in &blocks {
+                heap.dealloc(b, layout);
+            }
+            // Handed out again last freed first, every one of them, before new memory.
+            let again: Vec<*mut u8> = (0..count).map(|_| heap.alloc(layout)).collect();
+            let expected: Vec<*mut u8> = blocks.iter().rev().copied().collect();
+            assert_eq!(again, expected);
+            let fresh = heap.alloc(layout);
+            assert!(
+                !distinct.contains(&fresh),
+                "a new block once the stack is empty"
+            );
+        }
     }
 
     #[test]
