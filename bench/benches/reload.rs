@@ -142,7 +142,10 @@ fn main() {
     // build of this bench, as `cargo test --all-targets` runs it, compiles a module in
     // about a second): let it serve before checking that every file did.
     let last = runtime
-        .wait_for_file(&dir.path().join("scheduling.wasm"), Duration::from_secs(120))
+        .wait_for_file(
+            &dir.path().join("scheduling.wasm"),
+            Duration::from_secs(120),
+        )
         .unwrap();
     assert!(
         matches!(last, wasmsched::FileLoad::Serving(_)),
@@ -153,5 +156,8 @@ fn main() {
         busy / quiet * 100.0
     );
     let problems = runtime.status().problems;
-    assert!(problems.is_empty(), "problems after the reloads: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "problems after the reloads: {problems:?}"
+    );
 }
