@@ -102,6 +102,7 @@ impl Filter for MemoryFilter {
         let need = vm.memory_mb.saturating_add(overhead);
         out.judge(
             candidates,
+            #[inline(always)]
             |i| {
                 let host = ctx.host(i);
                 physical_memory(host) >= need && schedulable_memory(host) >= need
@@ -169,6 +170,7 @@ impl Filter for CpuFilter {
         let kept = ctx.kept_cpu_counts();
         out.judge(
             candidates,
+            #[inline(always)]
             |i| {
                 let host = ctx.host(i);
                 let total = host.schedulable_cpus(threads_as_cores);

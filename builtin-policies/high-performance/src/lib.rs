@@ -171,6 +171,7 @@ impl Filter for CpuLevelFilter {
                     let mask = index.mask_of_bits(&bits);
                     out.judge(
                         candidates,
+                        #[inline(always)]
                         |i| index.has_all(i, &mask),
                         |i| Self::verdict_by_bits(ctx, index, i, &required, &bits, vm),
                     )
@@ -439,6 +440,7 @@ impl Filter for CpuPinningFilter {
             let kept = ctx.kept_cpu_counts();
             out.judge(
                 candidates,
+                #[inline(always)]
                 |i| {
                     // Counts not kept yet read as no free pCPU: an exclusive VM's host then
                     // goes to the full check, which counts them.
@@ -565,6 +567,7 @@ impl Filter for NumaFilter {
             let request = NumaRequest::new(vm, None);
             out.judge(
                 candidates,
+                #[inline(always)]
                 |i| request.fits_quickly(ctx.host(i)),
                 |i| Self::verdict(ctx, &request, ctx.host(i)),
             );
@@ -636,6 +639,7 @@ impl Filter for HugePagesFilter {
         match vm.hugepages_needed() {
             Some((size, needed)) => out.judge(
                 candidates,
+                #[inline(always)]
                 |i| {
                     let (free, pending) = Self::free_and_pending(size, ctx.host(i));
                     free.saturating_sub(pending) >= needed
