@@ -22,8 +22,8 @@
 use policy_sdk::model::index::CpuFlagIndex;
 use policy_sdk::model::topology::{self, CpuBits, CpuCounts, CpuPinning, NumaFit, NumaRequest};
 use policy_sdk::{
-    push_penalties, Context, Filter, Host, HostIndex, PinningPolicy, Snapshot, Verdict, Verdicts,
-    Vm, Weight,
+    push_penalties, Context, Filter, Host, HostIndex, HugePages, PinningPolicy, Snapshot, Verdict,
+    Verdicts, Vm, Weight,
 };
 use std::fmt::Write as _;
 
@@ -586,12 +586,7 @@ impl HugePagesFilter {
     /// The host's free pages of `size_kb` and its pending ones.
     #[inline(always)]
     fn free_and_pending(size_kb: u64, host: &Host) -> (u64, u64) {
-        let free: u64 = host
-            .free_hugepages
-            .iter()
-            .filter(|p| p.size_kb == size_kb)
-            .map(|p| p.count)
-            .sum();
+        let free = HugePages::count_of(&host.free_hugepages, size_kb);
         (free, host.pending.hugepages_of(size_kb))
     }
 

@@ -315,6 +315,17 @@ impl HugePages {
     pub fn needed(memory_mb: u64, size_kb: u64) -> u64 {
         memory_mb.saturating_mul(1024).div_ceil(size_kb.max(1))
     }
+
+    /// The pages of `size_kb` KiB among `pages` (a host's or a NUMA node's free pages; a
+    /// size listed twice counts twice).
+    #[inline(always)]
+    pub fn count_of(pages: &[HugePages], size_kb: u64) -> u64 {
+        pages
+            .iter()
+            .filter(|p| p.size_kb == size_kb)
+            .map(|p| p.count)
+            .sum()
+    }
 }
 
 /// One host NUMA node.

@@ -12,7 +12,7 @@
 //! [`PendingAggregate::pinned_cpus`](crate::PendingAggregate::pinned_cpus) are taken by
 //! exclusively pinned VMs.
 
-use crate::model::{CpuTopology, Host, NumaTuneMode, PinningPolicy, Vm};
+use crate::model::{CpuTopology, Host, HugePages, NumaTuneMode, PinningPolicy, Vm};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
@@ -812,7 +812,7 @@ impl NumaRequest {
                     vnode: n.index,
                     memory_mb: n.memory_mb,
                     demand: match page_kb {
-                        Some(size) => crate::HugePages::needed(n.memory_mb, size),
+                        Some(size) => HugePages::needed(n.memory_mb, size),
                         None => n.memory_mb,
                     },
                     allowed,
@@ -862,12 +862,7 @@ impl NumaRequest {
             _ => host.numa_nodes.iter().find(|n| n.index == id)?,
         };
         Some(match self.page_kb {
-            Some(size) => node
-                .free_hugepages
-                .iter()
-                .filter(|p| p.size_kb == size)
-                .map(|p| p.count)
-                .sum(),
+            Some(size) => HugePages::count_of(&node.free_hugepages, size),
             None => node
                 .free_memory_mb
                 .saturating_sub(host.pending.numa_memory_of(id)),
@@ -921,15 +916,7 @@ impl NumaRequest {
                 })
             }
             Some(size) => sums.iter().all(|&(id, sum)| {
-                node(id).is_some_and(|n| {
-                    let free: u64 = n
-                        .free_hugepages
-                        .iter()
-                        .filter(|p| p.size_kb == size)
-                        .map(|p| p.count)
-                        .sum();
-                    sum <= free
-                })
+                node(id).is_some_and(|n| sum <= HugePages::count_of(&n.free_hugepages, size))
             }),
         }
     }
