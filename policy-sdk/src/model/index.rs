@@ -66,10 +66,7 @@ impl SnapshotIndex {
     /// counted yet (never counts: an inline read for a unit's fast pass loop).
     #[inline(always)]
     pub fn kept_cpu_counts(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.cpu_counts
-            .0
-            .get(index as usize)
-            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
+        self.cpu_counts.kept(index as usize)
     }
 
     /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
@@ -142,6 +139,14 @@ impl CountsCache {
             },
             None => CpuCounts::of(host),
         }
+    }
+
+    /// Host `index`'s counts if they are kept; never counts.
+    #[inline(always)]
+    fn kept(&self, index: usize) -> Option<CpuCounts> {
+        self.0
+            .get(index)
+            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
     }
 
     #[inline(never)]
