@@ -24,15 +24,11 @@ impl MemoryFilter {
     /// detail is written out of line.
     #[inline(always)]
     fn check_with(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
-        let room = Room {
-            need: vm.memory_mb.saturating_add(overhead_mb),
-            physical: physical_memory(host),
-            schedulable: schedulable_memory(host),
-        };
-        if room.physical < room.need || room.schedulable < room.need {
-            return Self::reject(ctx, overhead_mb, vm, host, &room);
+        let room = Room::of(vm.memory_mb.saturating_add(overhead_mb), host);
+        if room.fits() {
+            return Verdict::Pass;
         }
-        Verdict::Pass
+        Self::reject(ctx, overhead_mb, vm, host, &room)
     }
 
     #[cold]
@@ -74,6 +70,24 @@ struct Room {
     schedulable: u64,
 }
 
+impl Room {
+    /// `host`'s room for a VM that needs `need` MiB.
+    #[inline(always)]
+    fn of(need: u64, host: &Host) -> Self {
+        Self {
+            need,
+            physical: physical_memory(host),
+            schedulable: schedulable_memory(host),
+        }
+    }
+
+    /// Both kinds of room hold the need.
+    #[inline(always)]
+    fn fits(&self) -> bool {
+        self.physical >= self.need && self.schedulable >= self.need
+    }
+}
+
 fn overhead_mb(ctx: &Context<'_>) -> u64 {
     ctx.int("overhead_mb").max(0) as u64
 }
@@ -103,10 +117,7 @@ impl Filter for MemoryFilter {
         out.judge(
             candidates,
             #[inline(always)]
-            |i| {
-                let host = ctx.host(i);
-                physical_memory(host) >= need && schedulable_memory(host) >= need
-            },
+            |i| Room::of(need, ctx.host(i)).fits(),
             |i| Self::check_with(ctx, overhead, vm, ctx.host(i)),
         );
     }

@@ -590,21 +590,27 @@ impl HugePagesFilter {
         (free, host.pending.hugepages_of(size_kb))
     }
 
+    /// Whether `host` has `needed` pages of `size_kb` besides the pending ones.
+    #[inline(always)]
+    fn fits(size_kb: u64, needed: u64, host: &Host) -> bool {
+        let (free, pending) = Self::free_and_pending(size_kb, host);
+        free.saturating_sub(pending) >= needed
+    }
+
     #[inline(always)]
     fn verdict(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
-        let (free, pending) = Self::free_and_pending(size_kb, host);
-        let available = free.saturating_sub(pending);
-        if available >= needed {
+        if Self::fits(size_kb, needed, host) {
             Verdict::Pass
         } else {
-            Self::reject(ctx, size_kb, needed, free, pending)
+            Self::reject(ctx, size_kb, needed, host)
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn reject(ctx: &Context<'_>, size_kb: u64, needed: u64, free: u64, pending: u64) -> Verdict {
+    fn reject(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
         ctx.reject("not_enough_hugepages", || {
+            let (free, pending) = Self::free_and_pending(size_kb, host);
             let available = free.saturating_sub(pending);
             format!(
                 "needs {needed} pages of {size_kb} KiB; {available} available ({free} free, \
@@ -635,10 +641,7 @@ impl Filter for HugePagesFilter {
             Some((size, needed)) => out.judge(
                 candidates,
                 #[inline(always)]
-                |i| {
-                    let (free, pending) = Self::free_and_pending(size, ctx.host(i));
-                    free.saturating_sub(pending) >= needed
-                },
+                |i| Self::fits(size, needed, ctx.host(i)),
                 |i| Self::verdict(ctx, size, needed, ctx.host(i)),
             ),
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
@@ -656,9 +659,6 @@ pub struct CpuAndNumaPinningWeight;
 
 impl CpuAndNumaPinningWeight {
     fn penalty_with(request: &NumaRequest, host: &Host) -> i64 {
-        if request.fits_quickly(host) {
-            return FITS;
-        }
         match request.check(host) {
             NumaFit::NotPinned | NumaFit::Fits(_) => FITS,
             _ => DOES_NOT_FIT,

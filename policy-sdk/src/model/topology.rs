@@ -12,7 +12,7 @@
 //! [`PendingAggregate::pinned_cpus`](crate::PendingAggregate::pinned_cpus) are taken by
 //! exclusively pinned VMs.
 
-use crate::model::{CpuTopology, Host, HugePages, NumaTuneMode, PinningPolicy, Vm};
+use crate::model::{CpuTopology, Host, HugePages, NumaNode, NumaTuneMode, PinningPolicy, Vm};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
@@ -787,6 +787,13 @@ pub struct NumaRequest {
     single: Option<Vec<(u32, u64)>>,
 }
 
+/// Host node `id` when the host lists it at position `id`, as hosts mostly do (node
+/// indexes are unique: the engine refuses a snapshot that lists one twice).
+#[inline(always)]
+fn node_at_its_index(host: &Host, id: u32) -> Option<&NumaNode> {
+    host.numa_nodes.get(id as usize).filter(|n| n.index == id)
+}
+
 impl NumaRequest {
     /// Prepares the check of `vm`'s pinned vNUMA nodes, with the CPU-pinning rule when
     /// `pinning` is given.
@@ -855,18 +862,22 @@ impl NumaRequest {
     /// the VM's size. `None` when the host lacks the node.
     #[inline]
     fn room(&self, host: &Host, id: u32) -> Option<u64> {
-        // Hosts mostly list their nodes in index order: look there first (node indexes are
-        // unique: the engine refuses a snapshot that lists one twice).
-        let node = match host.numa_nodes.get(id as usize) {
-            Some(node) if node.index == id => node,
-            _ => host.numa_nodes.iter().find(|n| n.index == id)?,
+        let node = match node_at_its_index(host, id) {
+            Some(node) => node,
+            None => host.numa_nodes.iter().find(|n| n.index == id)?,
         };
-        Some(match self.page_kb {
+        Some(self.room_on(host, node))
+    }
+
+    /// The room on `node` of `host` (see [`NumaRequest::room`]).
+    #[inline(always)]
+    fn room_on(&self, host: &Host, node: &NumaNode) -> u64 {
+        match self.page_kb {
             Some(size) => HugePages::count_of(&node.free_hugepages, size),
             None => node
                 .free_memory_mb
-                .saturating_sub(host.pending.numa_memory_of(id)),
-        })
+                .saturating_sub(host.pending.numa_memory_of(node.index)),
+        }
     }
 
     /// What the room is counted in, for reports.
@@ -886,45 +897,27 @@ impl NumaRequest {
     /// the common case (each pinned vNUMA node allowed on one host node, no CPU-pinning
     /// rule), the summed demand on each host node against its room. `false` decides
     /// nothing: [`NumaRequest::check`] then gives the answer. For a filter's fast pass loop
-    /// (see [`Verdicts::judge`](crate::Verdicts::judge)).
+    /// (see [`Verdicts::judge`](crate::Verdicts::judge)); `check` starts with it too.
     ///
-    /// A host whose node is not listed at its index position is left to `check` too, and
-    /// the two kinds of room are separate loops, so that the loop is a few loads and
-    /// compares (what a guest compiles to tight code).
+    /// A host whose node is not listed at its index position is left to `check`.
     #[inline]
     pub fn fits_quickly(&self, host: &Host) -> bool {
-        let Some(sums) = &self.single else {
-            return false;
-        };
-        if self.items.is_empty() {
-            return false;
-        }
-        let nodes = &host.numa_nodes;
-        let node = |id: u32| nodes.get(id as usize).filter(|n| n.index == id);
-        match self.page_kb {
-            None => {
-                let pending = &host.pending.numa_memory;
-                sums.iter().all(|&(id, sum)| {
-                    node(id).is_some_and(|n| {
-                        let taken: u64 = pending
-                            .iter()
-                            .filter(|p| p.node == id)
-                            .map(|p| p.memory_mb)
-                            .sum();
-                        sum <= n.free_memory_mb.saturating_sub(taken)
-                    })
-                })
-            }
-            Some(size) => sums.iter().all(|&(id, sum)| {
-                node(id).is_some_and(|n| sum <= HugePages::count_of(&n.free_hugepages, size))
+        match &self.single {
+            Some(sums) if !self.items.is_empty() => sums.iter().all(|&(id, sum)| {
+                node_at_its_index(host, id).is_some_and(|node| sum <= self.room_on(host, node))
             }),
+            _ => false,
         }
     }
 
     /// [`NumaRequest::fit`] for callers that only ask whether the VM fits (filters,
     /// weights): the same answer, but [`NumaFit::Fits`] carries no placements, so a host
     /// that fits costs no allocation.
+    #[inline]
     pub fn check(&self, host: &Host) -> NumaFit {
+        if self.fits_quickly(host) {
+            return NumaFit::Fits(Vec::new());
+        }
         self.fit_with(host, false)
     }
 
@@ -1661,15 +1654,13 @@ mod tests {
             // `check` answers the same without building the placements.
             let request = NumaRequest::new(&v, None);
             let checked = request.check(&h);
-            // The fast check passes a host only when `check` does (and, in the common case
-            // of one allowed node per pinned vNUMA node, every host `check` fits).
+            // The fast check (where `check` starts) passes a host only when the assignment
+            // search fits it (and, in the common case of one allowed node per pinned vNUMA
+            // node, every host the search fits).
             if request.fits_quickly(&h) {
-                assert!(matches!(checked, NumaFit::Fits(_)), "{name}: fits quickly");
+                assert!(matches!(fit, NumaFit::Fits(_)), "{name}: fits quickly");
             } else if request.single.is_some() && !h.numa_nodes.is_empty() {
-                assert!(
-                    !matches!(checked, NumaFit::Fits(_)),
-                    "{name}: one node each"
-                );
+                assert!(!matches!(fit, NumaFit::Fits(_)), "{name}: one node each");
             }
             match &fit {
                 NumaFit::Fits(_) => assert_eq!(checked, NumaFit::Fits(Vec::new()), "{name}"),
