@@ -354,9 +354,9 @@ pub trait Weight: Default + Send + Sync + 'static {
 /// Appends `penalty` of each of `candidates` to `out`, in order: what a
 /// [`Weight::penalty_all`] does with its per-host formula.
 ///
-/// The penalties are written into room made up front, four hosts a step, in a loop of its
-/// own: no capacity check (a call when it grows) in the loop, and in a wasm guest a quarter
-/// of the loop-header checks.
+/// The penalties are written into room reserved up front, four hosts a step, in a loop of
+/// its own: no capacity check (a call when it grows) in the loop, and in a wasm guest a
+/// quarter of the loop-header checks.
 #[inline(always)]
 pub fn push_penalties(
     out: &mut Vec<Penalty>,
@@ -364,30 +364,39 @@ pub fn push_penalties(
     penalty: impl Fn(HostIndex) -> Penalty,
 ) {
     let start = out.len();
-    out.resize(start + candidates.len(), 0);
-    fill_penalties(&mut out[start..], candidates, &penalty);
+    out.reserve(candidates.len());
+    fill_penalties(
+        &mut out.spare_capacity_mut()[..candidates.len()],
+        candidates,
+        &penalty,
+    );
+    // SAFETY: the capacity was reserved above and `fill_penalties` wrote every one of the
+    // `candidates.len()` slots after `start` (it returns only once all are written).
+    unsafe { out.set_len(start + candidates.len()) };
 }
 
+/// Writes `penalty` of `candidates[k]` into `slots[k]`, every slot (the lengths are equal).
 #[inline(never)]
 fn fill_penalties(
-    slots: &mut [Penalty],
+    slots: &mut [core::mem::MaybeUninit<Penalty>],
     candidates: &[HostIndex],
     penalty: &impl Fn(HostIndex) -> Penalty,
 ) {
+    assert_eq!(slots.len(), candidates.len(), "one slot per candidate");
     let mut slot_fours = slots.chunks_exact_mut(4);
     let mut candidate_fours = candidates.chunks_exact(4);
     for (slot, host) in (&mut slot_fours).zip(&mut candidate_fours) {
-        slot[0] = penalty(host[0]);
-        slot[1] = penalty(host[1]);
-        slot[2] = penalty(host[2]);
-        slot[3] = penalty(host[3]);
+        slot[0].write(penalty(host[0]));
+        slot[1].write(penalty(host[1]));
+        slot[2].write(penalty(host[2]));
+        slot[3].write(penalty(host[3]));
     }
     for (slot, &host) in slot_fours
         .into_remainder()
         .iter_mut()
         .zip(candidate_fours.remainder())
     {
-        *slot = penalty(host);
+        slot.write(penalty(host));
     }
 }
 
@@ -677,6 +686,25 @@ impl UnitSet {
             },
             (AnyUnit::Balance(b), _) => CallResponse::Actions(b.balance(&ctx, call.candidates)),
             (_, None) => CallResponse::Failed(format!("{} called without a VM", descriptor.kind)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `push_penalties` appends one penalty per candidate, in candidate order, after what
+    /// `out` held: for lists of every length around its steps of four.
+    #[test]
+    fn push_penalties_appends_each_candidates_penalty_in_order() {
+        for n in 0..10u32 {
+            let candidates: Vec<HostIndex> = (0..n).map(|i| i * 7 + 1).collect();
+            let mut out: Vec<Penalty> = alloc::vec![-1, -2];
+            push_penalties(&mut out, &candidates, |i| Penalty::from(i) * 10);
+            let mut want: Vec<Penalty> = alloc::vec![-1, -2];
+            want.extend(candidates.iter().map(|&i| Penalty::from(i) * 10));
+            assert_eq!(out, want, "{n} candidates");
         }
     }
 }
