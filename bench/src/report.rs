@@ -571,7 +571,7 @@ impl Report {
             &[
                 "hosts",
                 "full msg",
-                "encode",
+                "encode (1 core)",
                 "delta msg",
                 "wasm full",
                 "wasm delta",

@@ -116,7 +116,8 @@ pub fn wat_bytes(bytes: &[u8]) -> String {
 }
 
 /// A hand-written guest that passes every load-time check until its `wasmsched_call`
-/// runs: it declares one filter unit `name` (or `kind`), answers the smoke sync, and runs
+/// runs: it declares one filter unit `name` (or `kind`), answers the smoke syncs (a snapshot
+/// whole or in parts), and runs
 /// `call_body` (which must leave an i64 packed result) for every call and every batch (a
 /// batch it breaks is run again unit by unit, so the call's misbehaviour is what a test
 /// sees). `extra` is spliced
@@ -153,22 +154,29 @@ pub fn wat_guest_with_sync(
     }))
     .unwrap();
     let synced = codec::encode(&SyncResponse::Synced { epoch: 0 }).unwrap();
+    let receiving = codec::encode(&SyncResponse::Receiving { hosts: 0 }).unwrap();
     wat(&format!(
         r#"(module
             (memory (export "memory") 4)
             (data (i32.const 4096) "{m}")
             (data (i32.const 8192) "{s}")
+            (data (i32.const 8448) "{r}")
             {extra}
             (func (export "wasmsched_abi_version") (result i32) i32.const {ABI_VERSION})
             (func (export "wasmsched_input") (param i32) (result i32) i32.const 65536)
             (func (export "wasmsched_manifest") (result i64) i64.const {mp})
-            (func (export "wasmsched_sync") (param i32) (result i64) {sync_prelude} i64.const {sp})
+            (func (export "wasmsched_sync") (param i32) (result i64) {sync_prelude}
+                ;; The start of a snapshot in parts (form 2) waits for hosts; the rest syncs.
+                (if (result i64) (i32.eq (i32.load8_u (i32.const 65536)) (i32.const 2))
+                    (then i64.const {rp}) (else i64.const {sp})))
             (func (export "wasmsched_call") (param i32) (result i64) {call_body})
             (func (export "wasmsched_batch") (param i32) (result i64) {call_body}))"#,
         m = wat_bytes(&manifest),
         s = wat_bytes(&synced),
         mp = pack(4096, manifest.len() as u32),
         sp = pack(8192, synced.len() as u32),
+        r = wat_bytes(&receiving),
+        rp = pack(8448, receiving.len() as u32),
     ))
 }
 

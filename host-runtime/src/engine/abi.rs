@@ -7,7 +7,7 @@ use crate::error::UnitFault;
 use crate::state::ClusterView;
 use policy_sdk::wire::abi::{self as guest_abi, export, import, LogLevel, HOST_MODULE};
 use policy_sdk::wire::codec::{self, MAX_MESSAGE_BYTES};
-use policy_sdk::wire::sync::{self, SyncMessageRef};
+use policy_sdk::wire::sync::SyncMessageRef;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use wasmtime::{
@@ -371,56 +371,22 @@ fn classify(store: &mut Store<StoreData>, error: wasmtime::Error) -> UnitFault {
     }
 }
 
-/// The encoded sync message that brings an instance holding `from` (this cluster's epoch,
-/// if it holds this cluster at all) to `view`'s epoch: a delta of the changes in between
-/// while the cluster's change log holds them, else the full snapshot. Both are encoded once
-/// per epoch (deltas once per epoch range) for every instance. Returns the bytes and whether
-/// they are a full snapshot.
-pub(crate) fn sync_message(view: &ClusterView, from: Option<u64>) -> (Arc<Vec<u8>>, bool) {
+/// The encoded delta that brings an instance holding epoch `from` of this cluster to
+/// `view`'s epoch, while the cluster's change log holds the changes in between. Encoded
+/// once per epoch range for every instance (the full snapshot: see
+/// [`FullSnapshot`](crate::engine::full_sync::FullSnapshot)).
+pub(crate) fn delta_message(view: &ClusterView, from: u64) -> Option<Arc<Vec<u8>>> {
     let to = view.epoch();
-    if let Some(from) = from.filter(|&f| f < to) {
-        let delta = view.delta_encoding(from, |changes| {
-            codec::encode(&SyncMessageRef::Delta {
-                from_epoch: from,
-                to_epoch: to,
-                changes,
-            })
-            .ok()
-            .map(Arc::new)
-        });
-        if let Some(bytes) = delta {
-            return (bytes, false);
-        }
+    if from >= to {
+        return None;
     }
-    let bytes = view.full_encoding(|snapshot| Arc::new(encode_full(snapshot)));
-    (bytes, true)
-}
-
-/// Hosts from which a full snapshot is encoded on several threads.
-const PARALLEL_ENCODE_HOSTS: usize = 4_096;
-
-/// The full-snapshot sync message: its hosts encoded on every core at once for a large
-/// cluster (the same bytes as encoding it in one go).
-fn encode_full(snapshot: &policy_sdk::Snapshot) -> Vec<u8> {
-    let parts = if snapshot.hosts.len() < PARALLEL_ENCODE_HOSTS {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
-    sync::encode_full_in_parts(snapshot, parts, |chunks| {
-        std::thread::scope(|scope| {
-            let mut chunks = chunks.into_iter();
-            let first = chunks.next();
-            let others: Vec<_> = chunks
-                .map(|chunk| scope.spawn(move || sync::encode_hosts(chunk)))
-                .collect();
-            let mut parts = vec![first.map(sync::encode_hosts).unwrap_or_default()];
-            parts.extend(others.into_iter().map(|h| match h.join() {
-                Ok(bytes) => bytes,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }));
-            parts
+    view.delta_encoding(from, |changes| {
+        codec::encode(&SyncMessageRef::Delta {
+            from_epoch: from,
+            to_epoch: to,
+            changes,
         })
+        .ok()
+        .map(Arc::new)
     })
-    .expect("a snapshot always encodes")
 }

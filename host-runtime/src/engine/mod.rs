@@ -9,6 +9,7 @@
 pub(crate) mod abi;
 pub(crate) mod builtin;
 mod cache;
+mod full_sync;
 pub(crate) mod fuzz;
 mod module;
 mod reload;

@@ -1,6 +1,7 @@
 //! A loaded policy module: compiled code, its manifest, and a pool of instances.
 
 use crate::engine::abi::{self, Entry, GuestFns, StoreData};
+use crate::engine::full_sync::FullSnapshot;
 use crate::engine::runtime::EngineShared;
 use crate::error::UnitFault;
 use crate::state::ClusterView;
@@ -308,36 +309,77 @@ impl Instance {
             .synced
             .filter(|(uid, _)| *uid == view.uid())
             .map(|(_, epoch)| epoch);
-        let (bytes, full) = abi::sync_message(view, from);
-        let counter = if full { &stats.full } else { &stats.delta };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let mut response =
-            self.fns
+        // Whatever happens from here on, the guest holds the target or nothing known.
+        self.synced = None;
+        let mut response = None;
+        if let Some(bytes) = from.and_then(|from| abi::delta_message(view, from)) {
+            stats.delta.fetch_add(1, Ordering::Relaxed);
+            let answer = self
+                .fns
                 .exchange::<SyncResponse>(&mut self.store, &bytes, Entry::Sync)?;
-        if !full && !matches!(response, SyncResponse::Synced { .. }) {
-            let (bytes, _) = abi::sync_message(view, None);
-            stats.full.fetch_add(1, Ordering::Relaxed);
-            response = self.fns.exchange(&mut self.store, &bytes, Entry::Sync)?;
+            // A guest that could not take the delta gets the full snapshot.
+            response = Some(answer).filter(|r| matches!(r, SyncResponse::Synced { .. }));
         }
+        let response = match response {
+            Some(response) => response,
+            None => {
+                stats.full.fetch_add(1, Ordering::Relaxed);
+                self.send_full(view)?
+            }
+        };
         match response {
             SyncResponse::Synced { epoch } if epoch == view.epoch() => {
                 self.synced = Some(target);
                 Ok(())
             }
-            SyncResponse::Synced { epoch } => {
-                self.synced = None;
-                Err(UnitFault::BadOutput(format!(
-                    "guest synced to epoch {epoch}, expected {}",
-                    view.epoch()
-                )))
-            }
-            SyncResponse::Failed(message) => {
-                self.synced = None;
-                Err(UnitFault::GuestError(format!(
-                    "snapshot sync failed: {message}"
-                )))
-            }
+            SyncResponse::Synced { epoch } => Err(UnitFault::BadOutput(format!(
+                "guest synced to epoch {epoch}, expected {}",
+                view.epoch()
+            ))),
+            SyncResponse::Receiving { hosts } => Err(UnitFault::BadOutput(format!(
+                "guest still waits for hosts after the end of the full snapshot (it holds {hosts})"
+            ))),
+            SyncResponse::Failed(message) => Err(UnitFault::GuestError(format!(
+                "snapshot sync failed: {message}"
+            ))),
         }
+    }
+
+    /// Sends the view's full snapshot, encoded once per epoch for every instance: a large
+    /// one in parts, encoded on a thread of its own while the guest decodes the parts
+    /// already made. Returns the guest's answer to the last part sent.
+    fn send_full(&mut self, view: &ClusterView) -> Result<SyncResponse, UnitFault> {
+        let (full, made_here) = view.full_encoding(FullSnapshot::default);
+        let snapshot = view.snapshot();
+        std::thread::scope(|scope| {
+            if made_here && FullSnapshot::in_parts(snapshot) {
+                scope.spawn(|| full.encode(snapshot));
+            } else if made_here {
+                full.encode(snapshot);
+            }
+            let mut next = full.part(0);
+            let mut sent = 0;
+            while let Some(part) = next {
+                let response =
+                    self.fns
+                        .exchange::<SyncResponse>(&mut self.store, &part, Entry::Sync)?;
+                sent += 1;
+                next = full.part(sent);
+                match response {
+                    SyncResponse::Receiving { .. } if next.is_some() => {}
+                    SyncResponse::Failed(_) => return Ok(response),
+                    response if next.is_none() => return Ok(response),
+                    other => {
+                        return Err(UnitFault::BadOutput(format!(
+                            "guest answered {other:?} to part {sent} of a full snapshot"
+                        )))
+                    }
+                }
+            }
+            Err(UnitFault::BadOutput(
+                "no full snapshot to send: its encoding failed".into(),
+            ))
+        })
     }
 
     /// Syncs the guest to `view`, then sends `request` (a unit call or a batch) to `entry`.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use arc_swap::ArcSwap;
 use policy_sdk::wire::abi::{MAX_SUPPORTED_ABI_VERSION, MIN_SUPPORTED_ABI_VERSION};
 use policy_sdk::wire::codec;
-use policy_sdk::wire::sync::{SyncMessage, SyncResponse};
+use policy_sdk::wire::sync::{self, SyncMessage, SyncResponse};
 use policy_sdk::{Snapshot, UnitDescriptor, UnitKind, UnitSet};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -428,14 +428,43 @@ impl Runtime {
                 ),
             ));
         }
-        let empty = codec::encode(&SyncMessage::Full(Snapshot::default()))
+        // The empty snapshot whole, then in parts (a start and an end): a module that
+        // cannot take either form is refused here, not at its first large cluster.
+        let empty = Snapshot::default();
+        let mut smoke =
+            vec![codec::encode(&SyncMessage::Full(empty.clone()))
+                .expect("an empty snapshot encodes")];
+        sync::encode_full_parts(&empty, 1, |part| smoke.push(part))
             .expect("an empty snapshot encodes");
-        match instance.sync_raw(&empty) {
-            Ok(SyncResponse::Synced { .. }) => {}
-            Ok(SyncResponse::Failed(e)) => {
-                return Err(Error::module(file, format!("smoke sync failed: {e}")))
+        let last = smoke.len() - 1;
+        for (i, bytes) in smoke.iter().enumerate() {
+            let what = match i {
+                0 => "a whole empty snapshot",
+                _ if i == last => "the end of an empty snapshot in parts",
+                _ => "the start of an empty snapshot in parts",
+            };
+            match instance.sync_raw(bytes) {
+                Ok(SyncResponse::Synced { .. }) if i == 0 || i == last => {}
+                Ok(SyncResponse::Receiving { hosts: 0 }) if i != 0 && i != last => {}
+                Ok(SyncResponse::Failed(e)) => {
+                    return Err(Error::module(
+                        file,
+                        format!("smoke sync of {what} failed: {e}"),
+                    ))
+                }
+                Ok(other) => {
+                    return Err(Error::module(
+                        file,
+                        format!("smoke sync of {what}: the module answered {other:?}"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(Error::module(
+                        file,
+                        format!("smoke sync of {what} failed: {e}"),
+                    ))
+                }
             }
-            Err(e) => return Err(Error::module(file, format!("smoke sync failed: {e}"))),
         }
         trial::run(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
         Ok(Arc::new(LoadedModule::new_wasm(

@@ -205,6 +205,11 @@ pub(crate) fn run(instance: &mut Instance, manifest: &Manifest) -> Result<(), St
         Ok(SyncResponse::Failed(e)) => {
             return Err(format!("trial sync of a generated cluster failed: {e}"))
         }
+        Ok(other) => {
+            return Err(format!(
+                "trial sync of a generated cluster: the module answered {other:?}"
+            ))
+        }
         Err(e) => return Err(format!("trial sync of a generated cluster failed: {e}")),
     }
     let all: Vec<HostIndex> = (0..trial.hosts as HostIndex).collect();

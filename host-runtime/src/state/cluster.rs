@@ -19,9 +19,11 @@ use super::placement::{
 use super::validate::{check_cluster, check_host, check_vm, Fault};
 use crate::error::{Error, Result};
 use crate::files;
+use policy_sdk::model::flags::CpuFlags;
 use policy_sdk::model::index::{SnapshotIndex, Touched};
 use policy_sdk::wire::sync::Change;
 use policy_sdk::{Host, HostIndex, HostStatus, HostUsage, MemoryDevice, Snapshot, Vm, VmStatus};
+use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -48,7 +50,9 @@ pub struct Cluster {
 pub(crate) struct ClusterShared {
     uid: u64,
     state: RwLock<State>,
-    full_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The full snapshot in the form the engine sends to guests (its type), made once per
+    /// epoch: epoch, form.
+    full_cache: Mutex<Option<(u64, Arc<dyn Any + Send + Sync>)>>,
     /// The last encoded delta (from epoch, to epoch, bytes), shared by every instance
     /// that catches up over the same epochs.
     delta_cache: Mutex<Option<CachedDelta>>,
@@ -84,6 +88,22 @@ fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
         .enumerate()
         .map(|(i, h)| (h.id.clone(), i as HostIndex))
         .collect()
+}
+
+/// Gives a host coming in at `at` the CPU flag list of the host before or after it when
+/// they are equal (see [`CpuFlags::share_equal`]).
+fn share_flags_with_a_neighbour(snapshot: &Snapshot, at: usize, value: &mut Host) {
+    let neighbours = [at.checked_sub(1), Some(at + 1)];
+    for host in neighbours
+        .into_iter()
+        .flatten()
+        .filter_map(|i| snapshot.hosts.get(i))
+    {
+        if host.cpu_flags.same_as(&value.cpu_flags) {
+            value.cpu_flags = host.cpu_flags.clone();
+            return;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -222,23 +242,25 @@ impl ClusterView {
         Some(bytes)
     }
 
-    /// This view's snapshot in a form made once per epoch for every reader (the encoded
-    /// full snapshot the engine sends to guests): `make` runs only when the cluster's
-    /// cached one is of another epoch.
-    pub(crate) fn full_encoding(
+    /// This view's snapshot in a form made once per epoch for every reader (the engine's
+    /// encoded full snapshot, which it may still be filling while others read it): `make`
+    /// runs only when the cluster's cached form is of another epoch or type, under the
+    /// cache's lock, so it should only set the form up. Returns the form and whether this
+    /// call made it (the caller then fills it).
+    pub(crate) fn full_encoding<T: Any + Send + Sync>(
         &self,
-        make: impl FnOnce(&Snapshot) -> Arc<Vec<u8>>,
-    ) -> Arc<Vec<u8>> {
+        make: impl FnOnce() -> T,
+    ) -> (Arc<T>, bool) {
         let epoch = self.snapshot.epoch;
         let mut cache = self.shared.full_cache.lock().unwrap();
-        if let Some((cached, bytes)) = cache.as_ref() {
-            if *cached == epoch {
-                return bytes.clone();
+        if let Some((cached, form)) = cache.as_ref() {
+            if let (true, Ok(form)) = (*cached == epoch, form.clone().downcast::<T>()) {
+                return (form, false);
             }
         }
-        let bytes = make(&self.snapshot);
-        *cache = Some((epoch, bytes.clone()));
-        bytes
+        let form = Arc::new(make());
+        *cache = Some((epoch, form.clone()));
+        (form, true)
     }
 }
 
@@ -252,6 +274,7 @@ impl Cluster {
     pub fn new(mut snapshot: Snapshot, source: &str) -> Result<Self> {
         validate(&snapshot, source)?;
         snapshot.epoch = snapshot.epoch.max(1);
+        CpuFlags::share_equal(snapshot.hosts.iter_mut().map(|h| &mut h.cpu_flags));
         let waiting: Vec<policy_sdk::Vm> = snapshot
             .vms
             .iter()
@@ -357,9 +380,11 @@ impl Cluster {
                         }
                     }
                     value.pending = ledger.pending.host_aggregate(&value.id);
+                    share_flags_with_a_neighbour(&snapshot, *host as usize, value);
                 }
                 Change::AddHost(value) => {
                     value.pending = ledger.pending.host_aggregate(&value.id);
+                    share_flags_with_a_neighbour(&snapshot, snapshot.hosts.len(), value);
                 }
                 _ => {}
             }

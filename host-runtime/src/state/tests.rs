@@ -335,15 +335,21 @@ fn deltas_are_cut_from_the_change_log_while_it_holds_them() {
     // Nothing to catch up, or a copy from before the log: no delta.
     assert_eq!(view.with_changes_since(start + 3, |c| c.len()), None);
     assert_eq!(view.with_changes_since(0, |c| c.len()), None);
-    // The full form is made once per epoch.
+    // The full form is made once per epoch (and type), and the call that made it knows.
     let made = std::cell::Cell::new(0);
-    for _ in 0..3 {
-        view.full_encoding(|_| {
+    for i in 0..3 {
+        let (form, by_this_call) = view.full_encoding(|| {
             made.set(made.get() + 1);
-            std::sync::Arc::new(vec![1])
+            vec![1u8]
         });
+        assert_eq!((form.as_slice(), by_this_call), (&[1u8][..], i == 0));
     }
     assert_eq!(made.get(), 1);
+    let (_, by_this_call) = view.full_encoding(|| "another form");
+    assert!(by_this_call, "a form of another type is made anew");
+    c.set_host_status("a", HostStatus::Up).unwrap();
+    let (_, by_this_call) = c.view().full_encoding(|| vec![2u8]);
+    assert!(by_this_call, "the next epoch's form is made anew");
 }
 
 /// Records a planned 1 GiB DIMM plug into VM `run` on host `c`.
@@ -477,5 +483,39 @@ fn commits_while_views_are_held_continue_on_spares_brought_up_to_date() {
             .map(|h| h.pending.vms.len())
             .sum();
         assert_eq!(pending as u64, view.epoch() - 1);
+    }
+}
+
+#[test]
+fn hosts_with_equal_cpu_flags_share_one_list_as_they_come_in() {
+    let flagged = |id: &str, flags: &[&str]| host(id).cpu_flags(flags);
+    let c = Cluster::new(
+        snapshot()
+            .host(flagged("a", &["aes", "avx2"]))
+            .host(flagged("b", &["vmx"]))
+            .host(flagged("c", &["aes", "avx2"]))
+            .build(),
+        "<test>",
+    )
+    .unwrap();
+    let s = c.snapshot();
+    assert!(s.hosts[0].cpu_flags.shares_storage(&s.hosts[2].cpu_flags));
+    assert!(!s.hosts[0].cpu_flags.shares_storage(&s.hosts[1].cpu_flags));
+    // A host replaced or added with its neighbour's flags shares its neighbour's list.
+    c.apply(vec![
+        Change::ReplaceHost {
+            host: 1,
+            value: flagged("b", &["aes", "avx2"]).build(),
+        },
+        Change::AddHost(flagged("d", &["aes", "avx2"]).build()),
+    ])
+    .unwrap();
+    let s = c.snapshot();
+    for i in 1..4 {
+        assert!(
+            s.hosts[i].cpu_flags.shares_storage(&s.hosts[0].cpu_flags),
+            "host {i}"
+        );
+        assert_eq!(s.hosts[i].cpu_flags.as_slice(), ["aes", "avx2"]);
     }
 }

@@ -8,7 +8,7 @@ use crate::wire::abi::{
     pack, BatchRequest, BatchResponse, CallRequest, CallResponse, LogLevel, ABI_VERSION,
 };
 use crate::wire::codec;
-use crate::wire::sync::{apply_sync, SyncMessage, SyncResponse};
+use crate::wire::sync::{decode_sync_into, PartsReceived, Received, SyncResponse};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,6 +22,8 @@ struct State {
     /// and kept up to date by deltas from then on.
     index: OnceCell<SnapshotIndex>,
     synced: bool,
+    /// Where the guest is in a full snapshot sent in parts.
+    receiving: Option<PartsReceived>,
     input: Vec<u8>,
     output: Vec<u8>,
 }
@@ -49,6 +51,7 @@ std::thread_local! {
             },
             index: OnceCell::new(),
             synced: false,
+            receiving: None,
             input: Vec::new(),
             output: Vec::new(),
         })
@@ -111,39 +114,61 @@ pub fn manifest(make: fn() -> UnitSet) -> u64 {
 pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
     with_state(make, |state| {
         let len = (len as usize).min(state.input.len());
-        let response = match codec::decode::<SyncMessage>(&state.input[..len]) {
-            Err(e) => SyncResponse::Failed(format!("cannot decode sync message: {e}")),
-            Ok(message) => {
-                let full = matches!(message, SyncMessage::Full(_));
-                if !full && !state.synced {
-                    SyncResponse::Failed("delta before any full snapshot".into())
-                } else {
-                    let touched = match &message {
-                        SyncMessage::Delta { changes, .. } => Some(Touched::of(changes)),
-                        SyncMessage::Full(_) => None,
-                    };
-                    match apply_sync(&mut state.snapshot, message) {
-                        Ok(()) => {
-                            match (touched, state.index.get_mut()) {
-                                (Some(touched), Some(index)) => {
-                                    index.refresh(&state.snapshot, &touched)
-                                }
-                                (Some(_), None) => {}
-                                (None, _) => state.index = OnceCell::new(),
-                            }
-                            state.synced = true;
-                            SyncResponse::Synced {
-                                epoch: state.snapshot.epoch,
-                            }
-                        }
-                        Err(e) => {
-                            state.synced = false;
-                            SyncResponse::Failed(e)
-                        }
+        // A full snapshot, or a part of one, is decoded into the one the guest holds.
+        let received = decode_sync_into(&state.input[..len], &mut state.snapshot);
+        let response = match received {
+            Err(e) => Err(format!("cannot decode sync message: {e}")),
+            Ok(Received::Delta(_)) if !state.synced => Err("delta before any full snapshot".into()),
+            Ok(Received::Delta(delta)) => {
+                let touched = Touched::of(&delta.changes);
+                delta.apply(&mut state.snapshot).map(|()| {
+                    if let Some(index) = state.index.get_mut() {
+                        index.refresh(&state.snapshot, &touched);
                     }
-                }
+                    SyncResponse::Synced {
+                        epoch: state.snapshot.epoch,
+                    }
+                })
             }
+            Ok(Received::Full) => {
+                state.index = OnceCell::new();
+                state.receiving = None;
+                state.synced = true;
+                Ok(SyncResponse::Synced {
+                    epoch: state.snapshot.epoch,
+                })
+            }
+            Ok(Received::FullBegin { hosts }) => {
+                state.index = OnceCell::new();
+                state.synced = false;
+                state.receiving = Some(PartsReceived::begin(hosts));
+                Ok(SyncResponse::Receiving { hosts: 0 })
+            }
+            Ok(Received::FullHosts { first, count }) => match state.receiving.as_mut() {
+                Some(receiving) => receiving
+                    .took(first, count)
+                    .map(|()| SyncResponse::Receiving {
+                        hosts: receiving.hosts,
+                    }),
+                None => Err("hosts of a full snapshot before its start".into()),
+            },
+            Ok(Received::FullEnd) => match state.receiving.take() {
+                Some(receiving) => receiving.end().map(|()| {
+                    state.synced = true;
+                    SyncResponse::Synced {
+                        epoch: state.snapshot.epoch,
+                    }
+                }),
+                None => Err("end of a full snapshot before its start".into()),
+            },
         };
+        let response = response.unwrap_or_else(|reason| {
+            // The snapshot may hold part of a full one now.
+            state.synced = false;
+            state.receiving = None;
+            state.index = OnceCell::new();
+            SyncResponse::Failed(reason)
+        });
         respond(state, &response)
     })
 }

@@ -41,7 +41,34 @@ impl CpuFlags {
     /// Whether both lists are the same storage or hold the same names (the storage
     /// comparison first: shared lists compare in one step).
     pub fn same_as(&self, other: &CpuFlags) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        self.shares_storage(other) || self.0 == other.0
+    }
+
+    /// Whether both lists are the same storage (a clone of one another, or decoded as
+    /// "the same as the previous host").
+    pub fn shares_storage(&self, other: &CpuFlags) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Makes equal lists share one storage: each list equal to one of the few distinct
+    /// lists met last becomes a clone of it. Hosts of a cluster mostly share a CPU model,
+    /// so the engine does this once as hosts come in; the encoder and the indexes then
+    /// tell equal lists by their storage instead of comparing names at every snapshot.
+    pub fn share_equal<'a>(lists: impl IntoIterator<Item = &'a mut CpuFlags>) {
+        /// Distinct lists remembered.
+        const KEPT: usize = 8;
+        let mut recent: Vec<CpuFlags> = Vec::new();
+        for list in lists {
+            match recent.iter().rev().find(|r| r.same_as(list)) {
+                Some(shared) => *list = shared.clone(),
+                None => {
+                    if recent.len() == KEPT {
+                        recent.remove(0);
+                    }
+                    recent.push(list.clone());
+                }
+            }
+        }
     }
 
     /// The names as a slice.
@@ -283,6 +310,26 @@ mod tests {
 
     fn flags(names: &[&str]) -> CpuFlags {
         names.iter().map(|n| String::from(*n)).collect()
+    }
+
+    #[test]
+    fn equal_lists_come_to_share_one_storage_and_the_others_keep_theirs() {
+        let names: [&[&str]; 6] = [
+            &["aes", "avx2"],
+            &["vmx"],
+            &["aes", "avx2"],
+            &["aes"],
+            &["aes", "avx2"],
+            &["vmx"],
+        ];
+        let mut lists: Vec<CpuFlags> = names.iter().map(|n| flags(n)).collect();
+        CpuFlags::share_equal(lists.iter_mut());
+        for (i, list) in lists.iter().enumerate() {
+            assert_eq!(list.as_slice(), names[i], "list {i} keeps its names");
+        }
+        let shared = |a: usize, b: usize| lists[a].shares_storage(&lists[b]);
+        assert!(shared(0, 2) && shared(0, 4) && shared(1, 5));
+        assert!(!shared(0, 1) && !shared(0, 3) && !shared(1, 3));
     }
 
     #[test]

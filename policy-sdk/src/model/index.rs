@@ -269,21 +269,54 @@ pub struct FlagMask {
     unknown: bool,
 }
 
+/// The flag lists [`CpuFlagIndex::build`] met last, each with the row of a host that has
+/// it. A list is looked up by its storage first, then by its names; a list found by its
+/// names is remembered by its storage too, so the hosts that share that storage (hosts
+/// decoded from one message do) are found in one step instead of a comparison of names.
+#[derive(Default)]
+struct RecentFlagLists<'a> {
+    lists: Vec<(&'a CpuFlags, usize)>,
+}
+
+impl<'a> RecentFlagLists<'a> {
+    /// Lists remembered at most.
+    const KEPT: usize = 8;
+
+    /// The row of a remembered list equal to `flags`.
+    fn row_of(&mut self, flags: &'a CpuFlags) -> Option<usize> {
+        if let Some(&(_, row)) = self.lists.iter().find(|(f, _)| f.shares_storage(flags)) {
+            return Some(row);
+        }
+        let row = self
+            .lists
+            .iter()
+            .find(|(f, _)| f.as_slice() == flags.as_slice())?
+            .1;
+        self.remember(flags, row);
+        Some(row)
+    }
+
+    /// Remembers `flags` as the list of `row`, forgetting the oldest list when full.
+    fn remember(&mut self, flags: &'a CpuFlags, row: usize) {
+        if self.lists.len() == Self::KEPT {
+            self.lists.remove(0);
+        }
+        self.lists.push((flags, row));
+    }
+}
+
 impl CpuFlagIndex {
     /// Indexes the flags of `hosts`.
     pub fn build(hosts: &[Host]) -> Self {
         let mut bit_of: HashMap<String, u32> = HashMap::new();
         // Hosts of a cluster mostly share a CPU model: a host whose flags equal an earlier
-        // host's adds nothing to the dictionary and copies that host's row (a comparison of
-        // names instead of hashing each of them).
-        let mut seen: Vec<&CpuFlags> = Vec::new();
-        for h in hosts {
-            if seen.iter().any(|s| s.same_as(&h.cpu_flags)) {
+        // host's adds nothing to the dictionary and copies that host's row.
+        let mut recent = RecentFlagLists::default();
+        for (i, h) in hosts.iter().enumerate() {
+            if recent.row_of(&h.cpu_flags).is_some() {
                 continue;
             }
-            if seen.len() < 8 {
-                seen.push(&h.cpu_flags);
-            }
+            recent.remember(&h.cpu_flags, i);
             for f in &h.cpu_flags {
                 if !bit_of.contains_key(f) {
                     let next = bit_of.len() as u32;
@@ -299,19 +332,15 @@ impl CpuFlagIndex {
             bits: alloc::vec![0; hosts.len() * words],
         };
         let words = index.words;
-        // (flags, row) of recently indexed distinct flag lists.
-        let mut recent: Vec<(&CpuFlags, usize)> = Vec::new();
+        let mut recent = RecentFlagLists::default();
         for (i, h) in hosts.iter().enumerate() {
-            match recent.iter().find(|(f, _)| f.same_as(&h.cpu_flags)) {
-                Some(&(_, row)) => index
+            match recent.row_of(&h.cpu_flags) {
+                Some(row) => index
                     .bits
                     .copy_within(row * words..(row + 1) * words, i * words),
                 None => {
                     index.set_host(i, h);
-                    if recent.len() == 8 {
-                        recent.remove(0);
-                    }
-                    recent.push((&h.cpu_flags, i));
+                    recent.remember(&h.cpu_flags, i);
                 }
             }
         }
@@ -449,6 +478,52 @@ mod tests {
             "a bit past the dictionary is no flag"
         );
         assert_eq!(index.bit("avx512f"), None, "a flag no host has has no bit");
+    }
+
+    #[test]
+    fn every_host_has_exactly_its_own_flags_when_many_models_interleave() {
+        // More distinct lists than the index remembers, each in its own storage on every
+        // host (equal by names, not shared), in an order that keeps evicting them.
+        let models: Vec<Vec<String>> = (0..RecentFlagLists::KEPT + 3)
+            .map(|m| (0..=m).map(|f| format!("flag{}", f * 7 % 12)).collect())
+            .collect();
+        let mut b = snapshot();
+        for i in 0..120 {
+            let names: Vec<&str> = models[(i * i + i / 5) % models.len()]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            b = b.host(host(&format!("h{i}")).cpu_flags(&names));
+        }
+        let s = b.build();
+        let index = CpuFlagIndex::build(&s.hosts);
+        for (i, h) in s.hosts.iter().enumerate() {
+            for name in (0..12).map(|f| format!("flag{f}")) {
+                let has = index
+                    .bit(&name)
+                    .is_some_and(|b| index.has_bit(i as HostIndex, b));
+                assert_eq!(has, h.cpu_flags.contains(&name), "host {i}, {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flag_list_found_by_its_names_is_found_by_its_storage_next_time() {
+        let names = || CpuFlags::from(vec!["aes".to_string(), "avx2".to_string()]);
+        let (first, second) = (names(), names());
+        let mut recent = RecentFlagLists::default();
+        recent.remember(&first, 3);
+        assert_eq!(recent.row_of(&second), Some(3));
+        assert!(
+            recent.lists.iter().any(|(f, _)| f.shares_storage(&second)),
+            "the equal list's own storage is remembered"
+        );
+        let other = CpuFlags::from(vec!["sse4_2".to_string()]);
+        assert_eq!(
+            recent.row_of(&other),
+            None,
+            "a list with other names is not found"
+        );
     }
 
     #[test]

@@ -27,51 +27,73 @@ pub mod cpu_list {
     /// Most ids one list may expand to on the wire (a hostile run length is refused).
     pub const MAX_IDS: u64 = 1 << 20;
 
-    /// Serializes a CPU list.
+    /// Serializes a CPU list: `(start, len)` runs of consecutive ids, counted first and
+    /// then written as they are found (no list of the runs in between).
     pub fn serialize<S: Serializer>(ids: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
         if s.is_human_readable() {
             return ids.serialize(s);
         }
-        let mut runs: Vec<u32> = Vec::new();
+        let mut seq = s.serialize_seq(Some(2 * runs(ids).count()))?;
+        for (start, len) in runs(ids) {
+            seq.serialize_element(&start)?;
+            seq.serialize_element(&len)?;
+        }
+        seq.end()
+    }
+
+    /// The `(start, len)` runs of consecutive ids of a list, in order.
+    fn runs(ids: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
         let mut i = 0;
-        while i < ids.len() {
-            let start = ids[i];
+        core::iter::from_fn(move || {
+            let start = *ids.get(i)?;
             let mut len = 1;
             while i + len < ids.len() && Some(ids[i + len]) == start.checked_add(len as u32) {
                 len += 1;
             }
-            runs.push(start);
-            runs.push(len as u32);
             i += len;
-        }
-        runs.serialize(s)
+            Some((start, len as u32))
+        })
     }
 
-    /// Deserializes a CPU list.
+    /// Deserializes a CPU list. From a binary format the runs are expanded as they are
+    /// read, with no list of the runs in between.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
         if d.is_human_readable() {
             return Vec::<u32>::deserialize(d);
         }
-        let runs = Vec::<u32>::deserialize(d)?;
-        if runs.len() % 2 != 0 {
-            return Err(D::Error::custom("CPU list runs: odd number of values"));
+        d.deserialize_seq(Runs)
+    }
+
+    /// Expands `(start, len)` runs into ids.
+    struct Runs;
+
+    impl<'de> serde::de::Visitor<'de> for Runs {
+        type Value = Vec<u32>;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("CPU list runs")
         }
-        let total: u64 = runs.chunks_exact(2).map(|r| u64::from(r[1])).sum();
-        if total > MAX_IDS {
-            return Err(D::Error::custom("CPU list runs: too many ids"));
-        }
-        let mut ids = Vec::with_capacity(total as usize);
-        for run in runs.chunks_exact(2) {
-            let (start, len) = (run[0], run[1]);
-            if len == 0 {
-                continue;
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u32>, A::Error> {
+            let mut ids = Vec::new();
+            while let Some(start) = seq.next_element::<u32>()? {
+                let len = seq
+                    .next_element::<u32>()?
+                    .ok_or_else(|| A::Error::custom("CPU list runs: odd number of values"))?;
+                if (ids.len() as u64) + u64::from(len) > MAX_IDS {
+                    return Err(A::Error::custom("CPU list runs: too many ids"));
+                }
+                if len == 0 {
+                    continue;
+                }
+                let Some(last) = start.checked_add(len - 1) else {
+                    return Err(A::Error::custom("CPU list runs: id overflow"));
+                };
+                ids.extend(start..=last);
             }
-            let Some(last) = start.checked_add(len - 1) else {
-                return Err(D::Error::custom("CPU list runs: id overflow"));
-            };
-            ids.extend(start..=last);
+            Ok(ids)
         }
-        Ok(ids)
     }
 }
 

@@ -5,7 +5,8 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use serde::de::DeserializeOwned;
+use core::marker::PhantomData;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::Serialize;
 
 /// Largest message either side accepts (64 MiB): bounds allocations driven by a length
@@ -47,24 +48,19 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
         .map_err(|e| CodecError(e.to_string()))
 }
 
-/// Encodes a value at the end of `out` (what it holds is kept): encodings of consecutive
-/// values put end to end decode as the tuple or struct of them. Each call is a message of
-/// its own for the forms that refer back within a message (a host's CPU flags: see
-/// `model::flags`), so the bytes may be longer than the tuple's own encoding, never
-/// different in meaning.
-pub fn encode_append<T: Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    crate::model::flags::start_message();
-    bincode::serde::encode_into_writer(value, VecWriter(out), CONFIG)
-        .map_err(|e| CodecError(e.to_string()))
-}
-
 /// Decodes a value that must span the whole buffer.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_seed(PhantomData::<T>, bytes)
+}
+
+/// Decodes a value that must span the whole buffer with `seed`, which may decode into
+/// storage it holds (see [`decode_sync_into`](crate::wire::sync::decode_sync_into)).
+pub fn decode_seed<'de, S: DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+) -> Result<S::Value, CodecError> {
     crate::model::flags::start_message();
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG)
+    let (value, used) = bincode::serde::seed_decode_from_slice(seed, bytes, CONFIG)
         .map_err(|e| CodecError(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError(alloc::format!(
@@ -78,8 +74,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
 impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
+        // Most writes are a one-byte varint or variant index: a push, not a copy call.
+        match bytes {
+            [byte] => self.0.push(*byte),
+            _ => self.0.extend_from_slice(bytes),
+        }
         Ok(())
     }
 }

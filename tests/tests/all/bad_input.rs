@@ -221,14 +221,15 @@ fn bad_modules_are_rejected_at_load_with_the_file_name_and_reason() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("notes.wasm", b"plain text, not wasm".to_vec(), "module notes.wasm: not a WebAssembly module"),
         ("truncated.wasm", b"\0asm\x01\0\0\0\x01".to_vec(), "module truncated.wasm: does not compile"),
-        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 9..=9"),
-        ("abi1.wasm", wat_module(1, 0, ""), "module abi1.wasm: ABI version 1 is not supported; this host accepts 9..=9"),
-        ("abi2.wasm", wat_module(2, 0, ""), "module abi2.wasm: ABI version 2 is not supported; this host accepts 9..=9"),
-        ("abi4.wasm", wat_module(4, 0, ""), "module abi4.wasm: ABI version 4 is not supported; this host accepts 9..=9"),
-        ("abi5.wasm", wat_module(5, 0, ""), "module abi5.wasm: ABI version 5 is not supported; this host accepts 9..=9"),
-        ("abi6.wasm", wat_module(6, 0, ""), "module abi6.wasm: ABI version 6 is not supported; this host accepts 9..=9"),
-        ("abi7.wasm", wat_module(7, 0, ""), "module abi7.wasm: ABI version 7 is not supported; this host accepts 9..=9"),
-        ("abi8.wasm", wat_module(8, 0, ""), "module abi8.wasm: ABI version 8 is not supported; this host accepts 9..=9"),
+        ("abi99.wasm", wat_module(99, 0, ""), "module abi99.wasm: ABI version 99 is not supported; this host accepts 10..=10"),
+        ("abi1.wasm", wat_module(1, 0, ""), "module abi1.wasm: ABI version 1 is not supported; this host accepts 10..=10"),
+        ("abi2.wasm", wat_module(2, 0, ""), "module abi2.wasm: ABI version 2 is not supported; this host accepts 10..=10"),
+        ("abi4.wasm", wat_module(4, 0, ""), "module abi4.wasm: ABI version 4 is not supported; this host accepts 10..=10"),
+        ("abi5.wasm", wat_module(5, 0, ""), "module abi5.wasm: ABI version 5 is not supported; this host accepts 10..=10"),
+        ("abi6.wasm", wat_module(6, 0, ""), "module abi6.wasm: ABI version 6 is not supported; this host accepts 10..=10"),
+        ("abi7.wasm", wat_module(7, 0, ""), "module abi7.wasm: ABI version 7 is not supported; this host accepts 10..=10"),
+        ("abi8.wasm", wat_module(8, 0, ""), "module abi8.wasm: ABI version 8 is not supported; this host accepts 10..=10"),
+        ("abi9.wasm", wat_module(9, 0, ""), "module abi9.wasm: ABI version 9 is not supported; this host accepts 10..=10"),
         (
             "nobatch.wasm",
             wat(&format!(

@@ -322,6 +322,54 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
     }
 }
 
+/// Clusters large enough to be sent to the guests in parts (ABI 10: `FullBegin`,
+/// `FullHosts`..., `FullEnd`), decoded into the snapshot each guest held before (a smaller
+/// one, a larger one): the wasm units decide every VM kind exactly as the native ones, and
+/// two threads that need the same new cluster at once (one encoding the parts, both
+/// taking them) do too.
+#[test]
+fn snapshots_sent_in_parts_decide_exactly_like_native_units() {
+    use wasmsched_testkit::synth::{self, VmKind};
+    let wasm = runtime();
+    let native = wasmsched_testkit::native::runtime();
+    let wasm_policy = Policy::builtin_default(&wasm).unwrap();
+    let native_policy = Policy::builtin_default(&native).unwrap();
+    let decide = |policy: &Policy, view: &wasmsched::ClusterView, kind: VmKind| {
+        let request = ScheduleRequest::new(kind.vm("probe")).detail(Detail::Full);
+        serde_json::to_value(policy.evaluate(view, &request).unwrap()).unwrap()
+    };
+    let full_syncs = || {
+        wasm.modules()
+            .iter()
+            .map(|m| m.stats().full_syncs)
+            .sum::<u64>()
+    };
+    for hosts in [4_500, 300, 5_200] {
+        let (cluster, _) = synth::realistic_cluster(hosts).unwrap();
+        let view = cluster.view();
+        let before = full_syncs();
+        for kind in VmKind::ALL {
+            let (a, b) = (
+                decide(&wasm_policy, &view, kind),
+                decide(&native_policy, &view, kind),
+            );
+            assert_eq!(a, b, "{hosts} hosts, {kind:?}");
+        }
+        assert_eq!(full_syncs() - before, 1, "{hosts} hosts: one full snapshot");
+    }
+    let (cluster, _) = synth::realistic_cluster(4_800).unwrap();
+    let view = cluster.view();
+    let want = decide(&native_policy, &view, VmKind::Plain);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| decide(&wasm_policy, &view, VmKind::Plain)))
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), want, "two threads on a new cluster");
+        }
+    });
+}
+
 #[test]
 fn runtime_is_shared_across_threads_and_evaluations_run_in_parallel() {
     let rt = runtime();
