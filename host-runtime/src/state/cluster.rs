@@ -37,6 +37,10 @@ const LOG_CAPACITY: usize = 1024;
 /// deciding on one cluster while another commits.
 const MAX_SPARES: usize = 2;
 
+/// Rounds in which [`Cluster::reserve_decided`] judges a host again outside the ledger
+/// lock before it does so under the lock.
+const RECHECKS_OUTSIDE_THE_LOCK: usize = 4;
+
 static NEXT_CLUSTER_UID: AtomicU64 = AtomicU64::new(1);
 
 /// A cluster whose snapshot changes over time. Cheap to share (`Clone` is an `Arc` clone);
@@ -424,6 +428,13 @@ impl Cluster {
         self.shared.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether some thread holds the ledger lock (for tests that check what runs outside
+    /// it; never blocks).
+    #[cfg(test)]
+    pub(super) fn ledger_is_held(&self) -> bool {
+        self.shared.ledger.try_lock().is_err()
+    }
+
     /// Applies changes as one epoch. The caller holds the ledger lock (the guard is passed
     /// to prove it).
     pub(crate) fn commit(
@@ -614,20 +625,42 @@ impl Cluster {
 
     /// Reserves for a decision made on `decided_epoch`: at once if nothing changed since,
     /// else only if `still_fits` accepts the host on the latest view. `None`: it did not.
+    ///
+    /// The host is judged again outside the ledger lock (a unit call can take tens of
+    /// microseconds, and every other thread's reservation waits on that lock), and reserved
+    /// under it only if nothing was committed since the epoch it was judged on; otherwise
+    /// it is judged again on the newer view. After [`RECHECKS_OUTSIDE_THE_LOCK`] such
+    /// rounds the last check runs under the lock.
     pub(crate) fn reserve_decided(
         &self,
         decided_epoch: u64,
         vm: &Vm,
         host_id: &str,
         kind: PlacementKind,
-        still_fits: impl FnOnce(&ClusterView) -> Result<bool>,
+        mut still_fits: impl FnMut(&ClusterView) -> Result<bool>,
     ) -> Result<Option<Reservation>> {
+        let mut judged_on = decided_epoch;
+        for _ in 0..RECHECKS_OUTSIDE_THE_LOCK {
+            {
+                let mut ledger = self.ledger();
+                if self.epoch() == judged_on {
+                    let revalidated = judged_on != decided_epoch;
+                    return self
+                        .reserve_locked(&mut ledger, vm, host_id, kind, revalidated)
+                        .map(Some);
+                }
+            }
+            let latest = self.view();
+            judged_on = latest.epoch();
+            if !still_fits(&latest)? {
+                return Ok(None);
+            }
+        }
         let mut ledger = self.ledger();
-        let revalidated = self.epoch() != decided_epoch;
-        if revalidated && !still_fits(&self.view())? {
+        if self.epoch() != judged_on && !still_fits(&self.view())? {
             return Ok(None);
         }
-        self.reserve_locked(&mut ledger, vm, host_id, kind, revalidated)
+        self.reserve_locked(&mut ledger, vm, host_id, kind, true)
             .map(Some)
     }
 

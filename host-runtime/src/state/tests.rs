@@ -519,3 +519,52 @@ fn hosts_with_equal_cpu_flags_share_one_list_as_they_come_in() {
         assert_eq!(s.hosts[i].cpu_flags.as_slice(), ["aes", "avx2"]);
     }
 }
+
+#[test]
+fn a_host_is_judged_again_outside_the_ledger_lock_on_the_epoch_it_is_reserved_on() {
+    let c = cluster();
+    let decided = c.epoch();
+    let gib = |id: &str| vm(id).memory_mb(1_024).build();
+    // Nothing committed since the decision: reserved at once, not judged again.
+    let r = c
+        .reserve_decided(decided, &gib("first"), "a", PlacementKind::Start, |_| {
+            panic!("judged again although nothing changed")
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!r.revalidated);
+    // A commit since the decision (the reservation above), and another one while the host
+    // is being judged: it is judged again on the newer view, outside the lock each time,
+    // and reserved on the epoch it was last judged on.
+    let mut judged = Vec::new();
+    let r = c
+        .reserve_decided(
+            decided,
+            &gib("second"),
+            "a",
+            PlacementKind::Start,
+            |latest| {
+                assert!(!c.ledger_is_held(), "judged under the ledger lock");
+                judged.push(latest.epoch());
+                if judged.len() == 1 {
+                    c.reserve(&gib("meanwhile"), "b", PlacementKind::Start)
+                        .unwrap();
+                }
+                Ok(true)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(judged.len(), 2, "{judged:?}");
+    assert!(judged[1] > judged[0]);
+    assert!(r.revalidated);
+    assert_eq!(r.epoch, judged[1] + 1, "reserved on the epoch last judged");
+    // Judged not to fit any more: nothing is reserved.
+    let r = c
+        .reserve_decided(decided, &gib("third"), "a", PlacementKind::Start, |_| {
+            Ok(false)
+        })
+        .unwrap();
+    assert!(r.is_none());
+    assert!(c.placement("third").is_none());
+}

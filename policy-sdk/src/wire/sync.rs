@@ -320,7 +320,17 @@ fn element<'de, A: serde::de::SeqAccess<'de>, T: Deserialize<'de>>(
     i: usize,
     what: &'static str,
 ) -> Result<T, A::Error> {
-    seq.next_element()?
+    element_with(seq, core::marker::PhantomData, i, what)
+}
+
+/// [`element`] decoded by `seed`.
+fn element_with<'de, A: serde::de::SeqAccess<'de>, S: serde::de::DeserializeSeed<'de>>(
+    seq: &mut A,
+    seed: S,
+    i: usize,
+    what: &'static str,
+) -> Result<S::Value, A::Error> {
+    seq.next_element_seed(seed)?
         .ok_or_else(|| serde::de::Error::invalid_length(i, &what))
 }
 
@@ -358,8 +368,7 @@ impl<'de> serde::de::Visitor<'de> for BeginFields<'_> {
         const WHAT: &str = "a snapshot start's 4 fields";
         self.0.epoch = element(&mut seq, 0, WHAT)?;
         self.0.time_unix = element(&mut seq, 1, WHAT)?;
-        seq.next_element_seed(InPlace(&mut self.0.cluster))?
-            .ok_or_else(|| serde::de::Error::invalid_length(2, &WHAT))?;
+        element_with(&mut seq, InPlace(&mut self.0.cluster), 2, WHAT)?;
         let hosts: u32 = element(&mut seq, 3, WHAT)?;
         self.0.hosts.truncate(hosts as usize);
         Ok(Received::FullBegin { hosts })
@@ -386,12 +395,11 @@ impl<'de> serde::de::Visitor<'de> for HostsFields<'_> {
                 self.0.len()
             )));
         }
-        let count = seq
-            .next_element_seed(HostsFrom {
-                hosts: self.0,
-                first: first as usize,
-            })?
-            .ok_or_else(|| serde::de::Error::invalid_length(1, &WHAT))?;
+        let hosts = HostsFrom {
+            hosts: self.0,
+            first: first as usize,
+        };
+        let count = element_with(&mut seq, hosts, 1, WHAT)?;
         Ok(Received::FullHosts { first, count })
     }
 }
