@@ -55,18 +55,11 @@ impl CpuFlags {
     /// so the engine does this once as hosts come in; the encoder and the indexes then
     /// tell equal lists by their storage instead of comparing names at every snapshot.
     pub fn share_equal<'a>(lists: impl IntoIterator<Item = &'a mut CpuFlags>) {
-        /// Distinct lists remembered.
-        const KEPT: usize = 8;
-        let mut recent: Vec<CpuFlags> = Vec::new();
+        let mut recent = RecentFlagLists::default();
         for list in lists {
-            match recent.iter().rev().find(|r| r.same_as(list)) {
-                Some(shared) => *list = shared.clone(),
-                None => {
-                    if recent.len() == KEPT {
-                        recent.remove(0);
-                    }
-                    recent.push(list.clone());
-                }
+            match recent.find(list) {
+                Some((shared, ())) => *list = shared.clone(),
+                None => recent.remember(list, ()),
             }
         }
     }
@@ -74,6 +67,54 @@ impl CpuFlags {
     /// The names as a slice.
     pub fn as_slice(&self) -> &[String] {
         &self.0
+    }
+}
+
+/// The few distinct CPU flag lists met last, each with a value of the caller's (nothing,
+/// or the row of an index that has it): what makes equal lists share storage
+/// ([`CpuFlags::share_equal`]) and what lets an index copy the row of an equal list. A list
+/// is looked up by its storage first (lists that share it compare in one step), then by its
+/// names.
+#[derive(Debug)]
+pub(crate) struct RecentFlagLists<T> {
+    lists: Vec<(CpuFlags, T)>,
+}
+
+impl<T> Default for RecentFlagLists<T> {
+    fn default() -> Self {
+        Self { lists: Vec::new() }
+    }
+}
+
+impl<T: Copy> RecentFlagLists<T> {
+    /// Lists remembered at most; the oldest is forgotten first.
+    pub(crate) const KEPT: usize = 8;
+
+    /// The remembered list equal to `flags`, with its value.
+    pub(crate) fn find(&self, flags: &CpuFlags) -> Option<&(CpuFlags, T)> {
+        self.lists
+            .iter()
+            .find(|(f, _)| f.shares_storage(flags))
+            .or_else(|| self.lists.iter().find(|(f, _)| f.0 == flags.0))
+    }
+
+    /// The value of the remembered list equal to `flags`. A list found by its names is
+    /// remembered by `flags`' storage too, so the lists that share that storage (hosts
+    /// decoded from one message do) are found in one step next time.
+    pub(crate) fn value_of(&mut self, flags: &CpuFlags) -> Option<T> {
+        let &(ref found, value) = self.find(flags)?;
+        if !found.shares_storage(flags) {
+            self.remember(flags, value);
+        }
+        Some(value)
+    }
+
+    /// Remembers `flags` (its storage) with `value`.
+    pub(crate) fn remember(&mut self, flags: &CpuFlags, value: T) {
+        if self.lists.len() == Self::KEPT {
+            self.lists.remove(0);
+        }
+        self.lists.push((flags.clone(), value));
     }
 }
 
@@ -310,6 +351,25 @@ mod tests {
 
     fn flags(names: &[&str]) -> CpuFlags {
         names.iter().map(|n| String::from(*n)).collect()
+    }
+
+    #[test]
+    fn a_flag_list_found_by_its_names_is_found_by_its_storage_next_time() {
+        let names = || CpuFlags::from(vec!["aes".to_string(), "avx2".to_string()]);
+        let (first, second) = (names(), names());
+        let mut recent = RecentFlagLists::default();
+        recent.remember(&first, 3);
+        assert_eq!(recent.value_of(&second), Some(3));
+        assert!(
+            recent.lists.iter().any(|(f, _)| f.shares_storage(&second)),
+            "the equal list's own storage is remembered"
+        );
+        let other = CpuFlags::from(vec!["sse4_2".to_string()]);
+        assert_eq!(
+            recent.value_of(&other),
+            None,
+            "a list with other names is not found"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   [`Context::cpu_counts`](crate::Context::cpu_counts), which counts on the spot when there
 //!   is no index.
 
-use crate::model::flags::CpuFlags;
+use crate::model::flags::RecentFlagLists;
 use crate::model::topology::CpuCounts;
 use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
@@ -269,42 +269,6 @@ pub struct FlagMask {
     unknown: bool,
 }
 
-/// The flag lists [`CpuFlagIndex::build`] met last, each with the row of a host that has
-/// it. A list is looked up by its storage first, then by its names; a list found by its
-/// names is remembered by its storage too, so the hosts that share that storage (hosts
-/// decoded from one message do) are found in one step instead of a comparison of names.
-#[derive(Default)]
-struct RecentFlagLists<'a> {
-    lists: Vec<(&'a CpuFlags, usize)>,
-}
-
-impl<'a> RecentFlagLists<'a> {
-    /// Lists remembered at most.
-    const KEPT: usize = 8;
-
-    /// The row of a remembered list equal to `flags`.
-    fn row_of(&mut self, flags: &'a CpuFlags) -> Option<usize> {
-        if let Some(&(_, row)) = self.lists.iter().find(|(f, _)| f.shares_storage(flags)) {
-            return Some(row);
-        }
-        let row = self
-            .lists
-            .iter()
-            .find(|(f, _)| f.as_slice() == flags.as_slice())?
-            .1;
-        self.remember(flags, row);
-        Some(row)
-    }
-
-    /// Remembers `flags` as the list of `row`, forgetting the oldest list when full.
-    fn remember(&mut self, flags: &'a CpuFlags, row: usize) {
-        if self.lists.len() == Self::KEPT {
-            self.lists.remove(0);
-        }
-        self.lists.push((flags, row));
-    }
-}
-
 impl CpuFlagIndex {
     /// Indexes the flags of `hosts`.
     pub fn build(hosts: &[Host]) -> Self {
@@ -313,7 +277,7 @@ impl CpuFlagIndex {
         // host's adds nothing to the dictionary and copies that host's row.
         let mut recent = RecentFlagLists::default();
         for (i, h) in hosts.iter().enumerate() {
-            if recent.row_of(&h.cpu_flags).is_some() {
+            if recent.value_of(&h.cpu_flags).is_some() {
                 continue;
             }
             recent.remember(&h.cpu_flags, i);
@@ -334,7 +298,7 @@ impl CpuFlagIndex {
         let words = index.words;
         let mut recent = RecentFlagLists::default();
         for (i, h) in hosts.iter().enumerate() {
-            match recent.row_of(&h.cpu_flags) {
+            match recent.value_of(&h.cpu_flags) {
                 Some(row) => index
                     .bits
                     .copy_within(row * words..(row + 1) * words, i * words),
@@ -484,7 +448,7 @@ mod tests {
     fn every_host_has_exactly_its_own_flags_when_many_models_interleave() {
         // More distinct lists than the index remembers, each in its own storage on every
         // host (equal by names, not shared), in an order that keeps evicting them.
-        let models: Vec<Vec<String>> = (0..RecentFlagLists::KEPT + 3)
+        let models: Vec<Vec<String>> = (0..RecentFlagLists::<usize>::KEPT + 3)
             .map(|m| (0..=m).map(|f| format!("flag{}", f * 7 % 12)).collect())
             .collect();
         let mut b = snapshot();
@@ -505,25 +469,6 @@ mod tests {
                 assert_eq!(has, h.cpu_flags.contains(&name), "host {i}, {name}");
             }
         }
-    }
-
-    #[test]
-    fn a_flag_list_found_by_its_names_is_found_by_its_storage_next_time() {
-        let names = || CpuFlags::from(vec!["aes".to_string(), "avx2".to_string()]);
-        let (first, second) = (names(), names());
-        let mut recent = RecentFlagLists::default();
-        recent.remember(&first, 3);
-        assert_eq!(recent.row_of(&second), Some(3));
-        assert!(
-            recent.lists.iter().any(|(f, _)| f.shares_storage(&second)),
-            "the equal list's own storage is remembered"
-        );
-        let other = CpuFlags::from(vec!["sse4_2".to_string()]);
-        assert_eq!(
-            recent.row_of(&other),
-            None,
-            "a list with other names is not found"
-        );
     }
 
     #[test]
