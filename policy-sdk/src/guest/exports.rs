@@ -21,11 +21,20 @@ struct State {
     /// Derived from `snapshot`, built when a unit first reads it after a full snapshot
     /// and kept up to date by deltas from then on.
     index: OnceCell<SnapshotIndex>,
-    synced: bool,
-    /// Where the guest is in a full snapshot sent in parts.
-    receiving: Option<PartsReceived>,
+    holds: Holds,
     input: Vec<u8>,
     output: Vec<u8>,
+}
+
+/// What the guest's snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// Nothing a call may use: no full snapshot yet, or a sync that failed part-way.
+    Nothing,
+    /// Part of a full snapshot sent in parts.
+    Parts(PartsReceived),
+    /// The snapshot of the epoch it names.
+    Epoch,
 }
 
 std::thread_local! {
@@ -50,8 +59,7 @@ std::thread_local! {
                 vms: Vec::new(),
             },
             index: OnceCell::new(),
-            synced: false,
-            receiving: None,
+            holds: Holds::Nothing,
             input: Vec::new(),
             output: Vec::new(),
         })
@@ -116,59 +124,51 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
         let len = (len as usize).min(state.input.len());
         // A full snapshot, or a part of one, is decoded into the one the guest holds.
         let received = decode_sync_into(&state.input[..len], &mut state.snapshot);
-        let response = match received {
-            Err(e) => Err(format!("cannot decode sync message: {e}")),
-            Ok(Received::Delta(_)) if !state.synced => Err("delta before any full snapshot".into()),
-            Ok(Received::Delta(delta)) => {
+        let holds = core::mem::replace(&mut state.holds, Holds::Nothing);
+        let response = match (received, holds) {
+            (Err(e), _) => Err(format!("cannot decode sync message: {e}")),
+            (Ok(Received::Delta(delta)), Holds::Epoch) => {
                 let touched = Touched::of(&delta.changes);
                 delta.apply(&mut state.snapshot).map(|()| {
                     if let Some(index) = state.index.get_mut() {
                         index.refresh(&state.snapshot, &touched);
                     }
-                    SyncResponse::Synced {
-                        epoch: state.snapshot.epoch,
-                    }
+                    Holds::Epoch
                 })
             }
-            Ok(Received::Full) => {
+            (Ok(Received::Delta(_)), _) => Err("delta before any full snapshot".into()),
+            (Ok(Received::Full), _) => {
                 state.index = OnceCell::new();
-                state.receiving = None;
-                state.synced = true;
-                Ok(SyncResponse::Synced {
-                    epoch: state.snapshot.epoch,
-                })
+                Ok(Holds::Epoch)
             }
-            Ok(Received::FullBegin { hosts }) => {
+            (Ok(Received::FullBegin { hosts }), _) => {
                 state.index = OnceCell::new();
-                state.synced = false;
-                state.receiving = Some(PartsReceived::begin(hosts));
-                Ok(SyncResponse::Receiving { hosts: 0 })
+                Ok(Holds::Parts(PartsReceived::begin(hosts)))
             }
-            Ok(Received::FullHosts { first, count }) => match state.receiving.as_mut() {
-                Some(receiving) => receiving
-                    .took(first, count)
-                    .map(|()| SyncResponse::Receiving {
-                        hosts: receiving.hosts,
-                    }),
-                None => Err("hosts of a full snapshot before its start".into()),
-            },
-            Ok(Received::FullEnd) => match state.receiving.take() {
-                Some(receiving) => receiving.end().map(|()| {
-                    state.synced = true;
-                    SyncResponse::Synced {
-                        epoch: state.snapshot.epoch,
-                    }
-                }),
-                None => Err("end of a full snapshot before its start".into()),
-            },
+            (Ok(Received::FullHosts { first, count }), Holds::Parts(mut parts)) => {
+                parts.took(first, count).map(|()| Holds::Parts(parts))
+            }
+            (Ok(Received::FullHosts { .. }), _) => {
+                Err("hosts of a full snapshot before its start".into())
+            }
+            (Ok(Received::FullEnd), Holds::Parts(parts)) => parts.end().map(|()| Holds::Epoch),
+            (Ok(Received::FullEnd), _) => Err("end of a full snapshot before its start".into()),
         };
-        let response = response.unwrap_or_else(|reason| {
-            // The snapshot may hold part of a full one now.
-            state.synced = false;
-            state.receiving = None;
-            state.index = OnceCell::new();
-            SyncResponse::Failed(reason)
-        });
+        state.holds = match &response {
+            Ok(holds) => *holds,
+            Err(_) => {
+                // The snapshot may hold part of a full one now.
+                state.index = OnceCell::new();
+                Holds::Nothing
+            }
+        };
+        let response = match response {
+            Ok(Holds::Parts(parts)) => SyncResponse::Receiving { hosts: parts.hosts },
+            Ok(_) => SyncResponse::Synced {
+                epoch: state.snapshot.epoch,
+            },
+            Err(reason) => SyncResponse::Failed(reason),
+        };
         respond(state, &response)
     })
 }
@@ -191,12 +191,14 @@ where
     let len = (len as usize).min(state.input.len());
     let response = match codec::decode::<Req>(&state.input[..len]) {
         Err(e) => failed(format!("cannot decode {what} request: {e}")),
-        Ok(request) if !state.synced || epoch_of(&request) != state.snapshot.epoch => {
+        Ok(request)
+            if state.holds != Holds::Epoch || epoch_of(&request) != state.snapshot.epoch =>
+        {
             failed(format!(
-                "{what} for epoch {} but the guest holds epoch {} (synced: {})",
+                "{what} for epoch {} but the guest holds epoch {} ({:?})",
                 epoch_of(&request),
                 state.snapshot.epoch,
-                state.synced
+                state.holds
             ))
         }
         Ok(request) => match state.units.as_ref() {

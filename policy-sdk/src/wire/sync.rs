@@ -425,25 +425,20 @@ impl<'de> serde::de::Visitor<'de> for HostsFrom<'_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
-        let mut at = self.first;
-        loop {
-            let more = match self.hosts.get_mut(at) {
-                Some(host) => seq.next_element_seed(InPlace(host))?.is_some(),
-                None => match seq.next_element()? {
-                    Some(host) => {
-                        self.hosts.push(host);
-                        true
-                    }
-                    None => false,
-                },
-            };
-            if !more {
-                break;
+        let too_many = || serde::de::Error::custom("too many hosts in one part");
+        let mut count: u32 = 0;
+        // Over the hosts held from `first` on, then appended.
+        for host in &mut self.hosts[self.first..] {
+            if seq.next_element_seed(InPlace(host))?.is_none() {
+                return Ok(count);
             }
-            at += 1;
+            count = count.checked_add(1).ok_or_else(too_many)?;
         }
-        u32::try_from(at - self.first)
-            .map_err(|_| serde::de::Error::custom("too many hosts in one part"))
+        while let Some(host) = seq.next_element()? {
+            self.hosts.push(host);
+            count = count.checked_add(1).ok_or_else(too_many)?;
+        }
+        Ok(count)
     }
 }
 
