@@ -438,33 +438,22 @@ impl Runtime {
             .expect("an empty snapshot encodes");
         let last = smoke.len() - 1;
         for (i, bytes) in smoke.iter().enumerate() {
-            let what = match i {
-                0 => "a whole empty snapshot",
-                _ if i == last => "the end of an empty snapshot in parts",
-                _ => "the start of an empty snapshot in parts",
+            let (what, whole_or_end) = match i {
+                0 => ("a whole empty snapshot", true),
+                _ if i == last => ("the end of an empty snapshot in parts", true),
+                _ => ("the start of an empty snapshot in parts", false),
             };
-            match instance.sync_raw(bytes) {
-                Ok(SyncResponse::Synced { .. }) if i == 0 || i == last => {}
-                Ok(SyncResponse::Receiving { hosts: 0 }) if i != 0 && i != last => {}
-                Ok(SyncResponse::Failed(e)) => {
-                    return Err(Error::module(
-                        file,
-                        format!("smoke sync of {what} failed: {e}"),
-                    ))
-                }
-                Ok(other) => {
-                    return Err(Error::module(
-                        file,
-                        format!("smoke sync of {what}: the module answered {other:?}"),
-                    ))
-                }
-                Err(e) => {
-                    return Err(Error::module(
-                        file,
-                        format!("smoke sync of {what} failed: {e}"),
-                    ))
-                }
-            }
+            let problem = match instance.sync_raw(bytes) {
+                Ok(SyncResponse::Synced { .. }) if whole_or_end => continue,
+                Ok(SyncResponse::Receiving { hosts: 0 }) if !whole_or_end => continue,
+                Ok(SyncResponse::Failed(e)) => format!("failed: {e}"),
+                Ok(other) => format!("the module answered {other:?}"),
+                Err(e) => format!("failed: {e}"),
+            };
+            return Err(Error::module(
+                file,
+                format!("smoke sync of {what}: {problem}"),
+            ));
         }
         trial::run(&mut instance, &manifest).map_err(|e| Error::module(file, e))?;
         Ok(Arc::new(LoadedModule::new_wasm(
