@@ -330,8 +330,7 @@ fn the_same_units_compiled_natively_decide_exactly_like_wasm() {
 #[test]
 fn snapshots_sent_in_parts_decide_exactly_like_native_units() {
     use wasmsched_testkit::synth::{self, VmKind};
-    let wasm = runtime();
-    let native = wasmsched_testkit::native::runtime();
+    let [(_, wasm), (_, native)] = both_backends();
     let wasm_policy = Policy::builtin_default(&wasm).unwrap();
     let native_policy = Policy::builtin_default(&native).unwrap();
     let decide = |policy: &Policy, view: &wasmsched::ClusterView, kind: VmKind| {
