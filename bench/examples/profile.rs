@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads), `ab` (the mass start on the wasm and the native backend in turns, `CHUNK` VMs at a time: their ratio in one phase of the machine).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -90,6 +90,39 @@ fn main() -> anyhow::Result<()> {
                 policy.evaluate(&cluster.view(), &request)?;
                 cluster.release_vm(&starting.id)?;
             }
+        }
+        "ab" => {
+            // The mass start on both backends in turns, `CHUNK` VMs at a time (default 100),
+            // each on its own cluster: the two totals meet the same phases of the machine.
+            let native_runtime = native::runtime();
+            let native_policy = Policy::builtin_default(&native_runtime)?;
+            let vms: usize = std::env::var("VMS").map_or(Ok(10_000), |v| v.parse())?;
+            let chunk: usize = std::env::var("CHUNK").map_or(Ok(100), |v| v.parse())?;
+            let clusters = [
+                Cluster::new(synth::snapshot_of(hosts), "<wasm>")?,
+                Cluster::new(synth::snapshot_of(hosts), "<native>")?,
+            ];
+            let policies = [&policy, &native_policy];
+            let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "mass")
+                .into_iter()
+                .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
+                .collect();
+            let mut took = [std::time::Duration::ZERO; 2];
+            for slice in requests.chunks(chunk.max(1)) {
+                for (b, policy) in policies.iter().enumerate() {
+                    let started = std::time::Instant::now();
+                    for request in slice {
+                        policy.schedule(&clusters[b], request)?;
+                    }
+                    took[b] += started.elapsed();
+                }
+            }
+            eprintln!(
+                "{vms} VMs in turns of {chunk}: wasm {:?}, native {:?}, ratio {:.3}",
+                took[0],
+                took[1],
+                took[0].as_secs_f64() / took[1].as_secs_f64()
+            );
         }
         "mass" | "mass2" => {
             let threads = if what == "mass2" { 2 } else { 1 };

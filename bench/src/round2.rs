@@ -184,21 +184,22 @@ pub fn over_committed(snapshot: &Snapshot) -> Vec<String> {
         .collect()
 }
 
-/// One run: `threads` threads take the requests round-robin and each calls
-/// [`Policy::schedule`] for its share, on one fresh cluster. Returns (ms, placed,
-/// over-committed hosts).
-fn threads_run(
+/// VMs of one slice of the threaded mass start: every (backend, thread count) takes its
+/// turn slice by slice.
+const THREADS_SLICE: usize = 1_000;
+
+/// One slice on `cluster`: `threads` threads take the slice's requests round-robin and each
+/// calls [`Policy::schedule`] for its share. Returns (time, VMs placed).
+fn threads_slice(
     policy: &Policy,
-    snapshot: &Snapshot,
+    cluster: &Cluster,
     requests: &[ScheduleRequest],
     threads: usize,
-) -> Result<(f64, usize, usize)> {
-    let cluster = Cluster::new(snapshot.clone(), "<mass-threads>")?;
+) -> Result<(std::time::Duration, usize)> {
     let start = Instant::now();
     let placed: Vec<Result<usize>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let cluster = &cluster;
                 s.spawn(move || -> Result<usize> {
                     let mut placed = 0;
                     for request in requests.iter().skip(t).step_by(threads) {
@@ -216,25 +217,33 @@ fn threads_run(
             .map(|w| w.join().expect("mass start worker panicked"))
             .collect()
     });
-    let took = ms(start.elapsed());
+    let took = start.elapsed();
     let mut total = 0;
     for p in placed {
         total += p?;
     }
+    Ok((took, total))
+}
+
+/// After a run: the over-committed hosts of `cluster`, checked against what was placed.
+fn check_run(cluster: &Cluster, threads: usize, placed: usize) -> Result<usize> {
     let over = over_committed(&cluster.snapshot()).len();
     let pending: usize = cluster
         .pending_by_host()
         .iter()
         .map(|(_, agg)| agg.vms.len())
         .sum();
-    if pending != total {
-        bail!("{threads} threads: {total} VMs placed but {pending} pending");
+    if pending != placed {
+        bail!("{threads} threads: {placed} VMs placed but {pending} pending");
     }
-    Ok((took, total, over))
+    Ok(over)
 }
 
 /// Mass start of `vms` VMs of the mix onto `hosts` hosts with each thread count of
-/// `thread_counts`, `runs` runs each, backends and thread counts interleaved.
+/// `thread_counts`, `runs` runs each. In a run, every (backend, thread count) places the
+/// VMs on a fresh cluster of its own, [`THREADS_SLICE`] at a time, taking turns slice by
+/// slice (the order rotating), so that all of them meet the same phases of the machine
+/// (see [`crate::runs::mass_start`]); a run's time is the sum of its slices.
 pub fn mass_threads(
     backends: &Backends,
     vms: usize,
@@ -243,26 +252,63 @@ pub fn mass_threads(
     thread_counts: &[usize],
 ) -> Result<MassThreads> {
     let (wasm, native) = backends.default_policies()?;
+    // Each thread count's wasm policy gets a runtime of its own: sharing one module's
+    // instances between clusters that take turns would sync whole snapshots at every turn.
+    let more_runtimes: Vec<wasmsched::Runtime> = thread_counts
+        .iter()
+        .skip(1)
+        .map(|_| wasmsched_testkit::native::wasm_runtime())
+        .collect();
+    let mut wasm_policies = vec![wasm];
+    for runtime in &more_runtimes {
+        wasm_policies.push(Policy::builtin_default(runtime)?);
+    }
     let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "threads")
         .into_iter()
         .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
         .collect();
     let snapshot = synth::snapshot_of(hosts);
+    let max = thread_counts.iter().copied().max().unwrap_or(1);
     // Warm-up: every thread gets instances of every module.
-    for policy in [&wasm, &native] {
-        let max = thread_counts.iter().copied().max().unwrap_or(1);
-        threads_run(policy, &snapshot, &requests[..requests.len().min(200)], max)?;
+    for policy in wasm_policies.iter().chain([&native]) {
+        let cluster = Cluster::new(snapshot.clone(), "<mass-threads>")?;
+        threads_slice(policy, &cluster, &requests[..requests.len().min(200)], max)?;
     }
+    // (backend slot, thread count position) pairs, in turn.
+    let pairs: Vec<(usize, usize)> = (0..2)
+        .flat_map(|slot| (0..thread_counts.len()).map(move |t| (slot, t)))
+        .collect();
+    let policy_of = |slot: usize, t: usize| {
+        if slot == 0 {
+            &wasm_policies[t]
+        } else {
+            &native
+        }
+    };
     let mut results = vec![vec![(Vec::new(), 0usize, 0usize); thread_counts.len()]; 2];
     for _ in 0..runs {
-        for (t, &threads) in thread_counts.iter().enumerate() {
-            for (slot, policy) in [(0, &wasm), (1, &native)] {
-                let (took, placed, over) = threads_run(policy, &snapshot, &requests, threads)?;
-                let entry = &mut results[slot][t];
-                entry.0.push(took);
-                entry.1 = placed;
-                entry.2 = entry.2.max(over);
+        let clusters: Vec<Cluster> = pairs
+            .iter()
+            .map(|_| Cluster::new(snapshot.clone(), "<mass-threads>"))
+            .collect::<wasmsched::Result<_>>()?;
+        let mut took = vec![std::time::Duration::ZERO; pairs.len()];
+        let mut placed = vec![0usize; pairs.len()];
+        for (i, slice) in requests.chunks(THREADS_SLICE).enumerate() {
+            for k in 0..pairs.len() {
+                let p = (i + k) % pairs.len();
+                let (slot, t) = pairs[p];
+                let (time, n) =
+                    threads_slice(policy_of(slot, t), &clusters[p], slice, thread_counts[t])?;
+                took[p] += time;
+                placed[p] += n;
             }
+        }
+        for (p, &(slot, t)) in pairs.iter().enumerate() {
+            let over = check_run(&clusters[p], thread_counts[t], placed[p])?;
+            let entry = &mut results[slot][t];
+            entry.0.push(ms(took[p]));
+            entry.1 = placed[p];
+            entry.2 = entry.2.max(over);
         }
     }
     let summarize = |slot: usize| -> Vec<ThreadsRun> {
