@@ -13,8 +13,9 @@ use super::memory_change::{
 };
 use super::pending::{Changed, PendingRecord, PendingResource, ResourceKey};
 use super::placement::{
-    add_resource_usage, add_usage, remove_usage, without_records, FailedPlacement, HostRemoved,
-    PendingRules, Placement, PlacementKind, Release, Reservation, Retry,
+    add_resource_usage, add_usage, records_of, remove_usage, without_records, FailedPlacement,
+    HostRemoved, PendingRules, Placement, PlacementKind, PreparedReservation, Release, Reservation,
+    Retry,
 };
 use super::validate::{check_cluster, check_host, check_vm, Fault};
 use crate::error::{Error, Result};
@@ -63,6 +64,10 @@ pub(crate) struct ClusterShared {
     /// Serializes every mutation; holds the pending resources. Lock order: ledger, then
     /// state.
     ledger: Mutex<Ledger>,
+    /// A copy of the ledger's pending rules, written with them under the ledger lock: a
+    /// reservation reads it to work out its records before it takes the lock (see
+    /// [`Cluster::reserve_decided`]).
+    rules: RwLock<PendingRules>,
 }
 
 /// An encoded delta: from epoch, to epoch, bytes.
@@ -193,6 +198,7 @@ impl ClusterView {
                 full_cache: Mutex::new(None),
                 delta_cache: Mutex::new(None),
                 ledger: Mutex::new(Ledger::default()),
+                rules: RwLock::new(PendingRules::default()),
             }),
             derived: Arc::new(SnapshotIndex::build(&snapshot)),
             snapshot: Arc::new(snapshot),
@@ -299,6 +305,7 @@ impl Cluster {
                 full_cache: Mutex::new(None),
                 delta_cache: Mutex::new(None),
                 ledger: Mutex::new(Ledger::default()),
+                rules: RwLock::new(PendingRules::default()),
             }),
         };
         for vm in waiting {
@@ -567,7 +574,9 @@ impl Cluster {
 
     /// Changes the rules (future reservations and releases use them).
     pub fn set_pending_rules(&self, rules: PendingRules) {
-        self.ledger().rules = rules;
+        let mut ledger = self.ledger();
+        *self.shared.rules.write().unwrap_or_else(|e| e.into_inner()) = rules.clone();
+        ledger.rules = rules;
     }
 
     /// The pending aggregate of a host, summed from its records.
@@ -631,6 +640,10 @@ impl Cluster {
     /// under it only if nothing was committed since the epoch it was judged on; otherwise
     /// it is judged again on the newer view. After [`RECHECKS_OUTSIDE_THE_LOCK`] such
     /// rounds the last check runs under the lock.
+    ///
+    /// The records are worked out before the lock too, on the view the host was judged on
+    /// ([`PreparedReservation`]); under the lock they are recorded as they are when the
+    /// epoch, the pending rules and the VM's (absent) records are what they were made for.
     pub(crate) fn reserve_decided(
         &self,
         decided_epoch: u64,
@@ -641,19 +654,22 @@ impl Cluster {
     ) -> Result<Option<Reservation>> {
         let mut judged_on = decided_epoch;
         for _ in 0..RECHECKS_OUTSIDE_THE_LOCK {
-            {
-                let mut ledger = self.ledger();
-                if self.epoch() == judged_on {
-                    let revalidated = judged_on != decided_epoch;
-                    return self
-                        .reserve_locked(&mut ledger, vm, host_id, kind, revalidated)
-                        .map(Some);
+            let latest = self.view();
+            if latest.epoch() != judged_on {
+                judged_on = latest.epoch();
+                if !still_fits(&latest)? {
+                    return Ok(None);
                 }
             }
-            let latest = self.view();
-            judged_on = latest.epoch();
-            if !still_fits(&latest)? {
-                return Ok(None);
+            let prepared = self.prepare_reservation(&latest, vm, host_id, &kind)?;
+            // Not held while committing: that would force a copy of the snapshot.
+            drop(latest);
+            let mut ledger = self.ledger();
+            if self.epoch() == judged_on {
+                let revalidated = judged_on != decided_epoch;
+                return self
+                    .reserve_prepared(&mut ledger, prepared, revalidated)
+                    .map(Some);
             }
         }
         let mut ledger = self.ledger();
@@ -662,6 +678,65 @@ impl Cluster {
         }
         self.reserve_locked(&mut ledger, vm, host_id, kind, true)
             .map(Some)
+    }
+
+    /// The records of placing `vm` on `host_id` at `view`'s epoch under the pending rules
+    /// of now, made without the ledger lock.
+    pub(super) fn prepare_reservation(
+        &self,
+        view: &ClusterView,
+        vm: &Vm,
+        host_id: &str,
+        kind: &PlacementKind,
+    ) -> Result<PreparedReservation> {
+        let snapshot = view.snapshot();
+        let index = snapshot
+            .host_index(host_id)
+            .ok_or_else(|| Error::not_found("host", host_id))?;
+        let rules = self
+            .shared
+            .rules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let resources = rules.resources_for(
+            vm,
+            &snapshot.hosts[index as usize],
+            kind,
+            snapshot.cluster.count_threads_as_cores,
+        );
+        Ok(PreparedReservation {
+            records: records_of(vm, host_id, &resources),
+            resources,
+            rules,
+            placement: Placement {
+                vm: vm.clone(),
+                host: host_id.to_string(),
+                kind: kind.clone(),
+            },
+        })
+    }
+
+    /// Records a prepared reservation; the caller holds the ledger lock and checked that
+    /// the epoch is the one it was prepared on. When the rules changed since, or the VM
+    /// holds records (placed meanwhile by another caller), its records are made again here.
+    pub(super) fn reserve_prepared(
+        &self,
+        ledger: &mut MutexGuard<'_, Ledger>,
+        prepared: PreparedReservation,
+        revalidated: bool,
+    ) -> Result<Reservation> {
+        let PreparedReservation {
+            records,
+            resources,
+            rules,
+            placement,
+        } = prepared;
+        if ledger.rules != rules || ledger.pending.holds_vm(&placement.vm.id) {
+            let Placement { vm, host, kind } = placement;
+            return self.reserve_locked(ledger, &vm, &host, kind, revalidated);
+        }
+        self.record_reservation(ledger, placement, records, resources, revalidated)
     }
 
     pub(crate) fn reserve_locked(
@@ -688,32 +763,38 @@ impl Cluster {
                 .rules
                 .resources_for(vm, &host, &kind, snapshot.cluster.count_threads_as_cores)
         };
-        let records: Vec<PendingRecord> = resources
-            .iter()
-            .map(|r| PendingRecord {
-                host: host_id.to_string(),
-                vm: vm.id.clone(),
-                resource: r.clone(),
-            })
-            .collect();
-        let changed = ledger.pending.replace_vm(&vm.id, records)?;
-        if kind == PlacementKind::Start {
-            let tried = ledger.attempts.entry(vm.id.clone()).or_default();
-            tried.push(host_id.to_string());
+        let placement = Placement {
+            vm: vm.clone(),
+            host: host_id.to_string(),
+            kind,
+        };
+        let records = records_of(vm, host_id, &resources);
+        self.record_reservation(ledger, placement, records, resources, revalidated)
+    }
+
+    /// Records a placement's pending records, its placement and start attempt, and
+    /// publishes its host's new aggregate (the caller holds the ledger lock).
+    fn record_reservation(
+        &self,
+        ledger: &mut MutexGuard<'_, Ledger>,
+        placement: Placement,
+        records: Vec<PendingRecord>,
+        resources: Vec<PendingResource>,
+        revalidated: bool,
+    ) -> Result<Reservation> {
+        let vm_id = placement.vm.id.clone();
+        let changed = ledger.pending.replace_vm(&vm_id, records)?;
+        if placement.kind == PlacementKind::Start {
+            let tried = ledger.attempts.entry(vm_id.clone()).or_default();
+            tried.push(placement.host.clone());
         }
-        ledger.placements.insert(
-            vm.id.clone(),
-            Placement {
-                vm: vm.clone(),
-                host: host_id.to_string(),
-                kind,
-            },
-        );
+        let host = placement.host.clone();
+        ledger.placements.insert(vm_id, placement);
         let epoch = self
             .publish_changed(ledger, changed, Vec::new())?
             .expect("a reservation always changes its host");
         Ok(Reservation {
-            host: host_id.to_string(),
+            host,
             epoch,
             resources,
             revalidated,

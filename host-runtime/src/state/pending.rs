@@ -2,8 +2,10 @@
 //! their hosts.
 //!
 //! Each pending resource is its own [`PendingRecord`] (kind, host, VM, amount). Aggregates per
-//! host and per VM are sums over the records, computed when asked, never kept as counters, so
-//! releasing a VM twice cannot corrupt them: the second release finds nothing to remove.
+//! host and per VM are sums over the records, never kept as counters that a release
+//! subtracts from, so releasing a VM twice cannot corrupt them: the second release finds
+//! nothing to remove. A host's last sum is kept only as a cache: records added to the host
+//! add to it, and any removal forgets it, so the next sum is made from the records again.
 //! Adding a record equal to an existing one (same VM and [`ResourceKey`]: kind, plus node,
 //! page size or custom kind name where relevant) replaces it, wherever it was.
 //!
@@ -243,10 +245,24 @@ pub struct PendingResources {
     by_host: HashMap<String, BTreeMap<String, BTreeMap<ResourceKey, PendingResource>>>,
     /// vm -> hosts on which it has records.
     hosts_of_vm: HashMap<String, BTreeSet<String>>,
+    /// host -> the sum of its records, as last summed. Only a cache of that sum: a change
+    /// that removes a host's record forgets the host's entry (its next sum is made from
+    /// the records again), and records added to a host add to its entry in
+    /// [`add_record`]'s canonical form, the same as summing them all (checked against a
+    /// fresh sum in debug builds). It spares a reservation the walk over every record of
+    /// its host under the cluster's ledger lock.
+    sums: HashMap<String, PendingAggregate>,
 }
 
 /// Hosts whose pending aggregate a change moved, sorted by id, each with its new aggregate.
 pub type Changed = Vec<(String, PendingAggregate)>;
+
+/// The aggregates [`PendingResources::check_add`] summed, one per host that receives records.
+type HostSums = Vec<(String, PendingAggregate)>;
+
+/// Records per batch up to which [`PendingResources::check_add`] finds equal records by
+/// comparing every pair (a placement has a handful); larger batches use a hash map.
+const SMALL_BATCH: usize = 32;
 
 impl PendingResources {
     /// Adds a record, replacing an equal one (same VM and key) wherever it is. Returns the
@@ -285,21 +301,21 @@ impl PendingResources {
     /// The changed hosts with their aggregates: those the check summed (the hosts that
     /// received records: the check's sum is of exactly the records they hold now), the
     /// others (hosts that only lost records) summed from their records.
-    fn changed(
-        &self,
-        hosts: impl IntoIterator<Item = String>,
-        mut sums: BTreeMap<String, PendingAggregate>,
-    ) -> Changed {
+    fn changed(&mut self, hosts: impl IntoIterator<Item = String>, mut sums: HostSums) -> Changed {
         hosts
             .into_iter()
             .map(|host| {
-                let aggregate = match sums.remove(&host) {
-                    Some(sum) => {
+                let aggregate = match sums.iter().position(|(h, _)| *h == host) {
+                    Some(at) => {
+                        let (_, sum) = sums.swap_remove(at);
                         debug_assert_eq!(sum, self.host_aggregate(&host), "host {host}");
                         sum
                     }
                     None => self.host_aggregate(&host),
                 };
+                if self.by_host.contains_key(&host) {
+                    self.sums.insert(host.clone(), aggregate.clone());
+                }
                 (host, aggregate)
             })
             .collect()
@@ -316,13 +332,28 @@ impl PendingResources {
                     changed.insert(old_host);
                 }
             }
-            self.by_host
-                .entry(host.clone())
-                .or_default()
-                .entry(vm.clone())
-                .or_default()
-                .insert(key, resource);
-            self.hosts_of_vm.entry(vm).or_default().insert(host.clone());
+            self.sums.remove(&host);
+            // Look the host and the VM up before making their entries: a placement's
+            // records share both, so only the first record of each clones the ids.
+            let vms = match self.by_host.get_mut(&host) {
+                Some(vms) => vms,
+                None => self.by_host.entry(host.clone()).or_default(),
+            };
+            match vms.get_mut(&vm) {
+                Some(held) => {
+                    held.insert(key, resource);
+                }
+                None => {
+                    vms.insert(vm.clone(), BTreeMap::from([(key, resource)]));
+                }
+            }
+            let hosts = match self.hosts_of_vm.get_mut(&vm) {
+                Some(hosts) => hosts,
+                None => self.hosts_of_vm.entry(vm).or_default(),
+            };
+            if !hosts.contains(&host) {
+                hosts.insert(host.clone());
+            }
             changed.insert(host);
         }
         changed
@@ -332,13 +363,14 @@ impl PendingResources {
     /// sum overflowing once they replace their equal records (and, with `replacing_vm`,
     /// once every record of that VM is gone). The error names the VM, host and field.
     /// Returns the sums it checked: the aggregate each host that receives records will have.
-    fn check_add(
-        &self,
-        records: &[PendingRecord],
-        replacing_vm: Option<&str>,
-    ) -> Result<BTreeMap<String, PendingAggregate>> {
-        let mut new: BTreeMap<(&str, &str, ResourceKey), &PendingResource> = BTreeMap::new();
-        for PendingRecord { host, vm, resource } in records {
+    ///
+    /// Held under the cluster's ledger lock for every reservation, so it sums each host's
+    /// records in one pass and builds no map of its own: a placement's few records are
+    /// compared in a list.
+    fn check_add(&self, records: &[PendingRecord], replacing_vm: Option<&str>) -> Result<HostSums> {
+        let mut keyed: Vec<(&PendingRecord, ResourceKey)> = Vec::with_capacity(records.len());
+        for record in records {
+            let PendingRecord { host, vm, resource } = record;
             let context = || format!("pending resource of VM {vm:?} on host {host:?}");
             if host.is_empty() || vm.is_empty() {
                 return Err(Error::input(
@@ -350,19 +382,72 @@ impl PendingResources {
             resource
                 .check()
                 .map_err(|e| Error::input(context(), None, e))?;
-            // A later equal record replaces an earlier one, whatever its host.
-            new.retain(|(_, v, k), _| !(*v == vm.as_str() && *k == resource.key()));
-            new.insert((host.as_str(), vm.as_str(), resource.key()), resource);
+            keyed.push((record, resource.key()));
         }
-        // A kept record is replaced when a new one has its VM and key (whatever the host);
-        // only the records of the VMs that get new ones need that comparison.
-        let new_vms: BTreeSet<&str> = new.keys().map(|(_, v, _)| *v).collect();
-        let replaced = |vm: &str, key: &ResourceKey| {
-            new_vms.contains(vm) && new.keys().any(|(_, nv, nk)| *nv == vm && nk == key)
+        // A later equal record (same VM and key) replaces an earlier one, whatever its host.
+        let new: Vec<&(&PendingRecord, ResourceKey)> = if keyed.len() <= SMALL_BATCH {
+            keyed
+                .iter()
+                .enumerate()
+                .filter(|(i, (r, k))| {
+                    !keyed[i + 1..]
+                        .iter()
+                        .any(|(later, lk)| later.vm == r.vm && lk == k)
+                })
+                .map(|(_, e)| e)
+                .collect()
+        } else {
+            let mut last: HashMap<(&str, &ResourceKey), usize> = HashMap::new();
+            for (i, (r, k)) in keyed.iter().enumerate() {
+                last.insert((r.vm.as_str(), k), i);
+            }
+            keyed
+                .iter()
+                .enumerate()
+                .filter(|(i, (r, k))| last[&(r.vm.as_str(), k)] == *i)
+                .map(|(_, e)| e)
+                .collect()
         };
-        let hosts: BTreeSet<&str> = new.keys().map(|(h, _, _)| *h).collect();
-        let mut sums = BTreeMap::new();
+        let mut new_vms: Vec<&str> = new.iter().map(|(r, _)| r.vm.as_str()).collect();
+        new_vms.sort_unstable();
+        new_vms.dedup();
+        // A kept record is replaced when a new one has its VM and key (whatever the host):
+        // only the records of a VM that gets new ones are compared with them.
+        let kept_of = |vm: &str, key: &ResourceKey, gets_new: bool| {
+            !gets_new || !new.iter().any(|(r, k)| r.vm == vm && k == key)
+        };
+        let mut hosts: Vec<&str> = new.iter().map(|(r, _)| r.host.as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut sums = Vec::with_capacity(hosts.len());
         for host in hosts {
+            let added = new
+                .iter()
+                .filter(|(r, _)| r.host == host)
+                .map(|(r, _)| (r.vm.as_str(), &r.resource));
+            let held = self.by_host.get(host);
+            // Nothing the host holds is replaced or released: its sum grows by the records.
+            let only_adds = held.is_none_or(|vms| {
+                replacing_vm.is_none_or(|v| !vms.contains_key(v))
+                    && new_vms.iter().all(|v| !vms.contains_key(*v))
+            });
+            let cached = if only_adds {
+                match held {
+                    None => Some(PendingAggregate::default()),
+                    Some(_) => self.sums.get(host).cloned(),
+                }
+            } else {
+                None
+            };
+            if let Some(mut sum) = cached {
+                for (vm, resource) in added {
+                    add_record(&mut sum, vm, resource).map_err(|e| {
+                        Error::conflict(format!("pending resources on host {host:?}: {e}"))
+                    })?;
+                }
+                sums.push((host.to_string(), sum));
+                continue;
+            }
             let kept = self
                 .by_host
                 .get(host)
@@ -370,19 +455,19 @@ impl PendingResources {
                 .flatten()
                 .filter(|(v, _)| Some(v.as_str()) != replacing_vm)
                 .flat_map(|(v, records)| {
+                    let gets_new = new_vms.binary_search(&v.as_str()).is_ok();
                     records
                         .iter()
-                        .filter(move |(k, _)| !replaced(v, k))
-                        .map(move |(_, r)| (v, r))
+                        .filter(move |(k, _)| kept_of(v, k, gets_new))
+                        .map(move |(_, r)| (v.as_str(), r))
                 });
-            let added: Vec<(String, &PendingResource)> = new
+            let added = new
                 .iter()
-                .filter(|((h, _, _), _)| *h == host)
-                .map(|((_, v, _), r)| (v.to_string(), *r))
-                .collect();
-            let sum = aggregate_of(kept.chain(added.iter().map(|(v, r)| (v, *r))))
+                .filter(|(r, _)| r.host == host)
+                .map(|(r, _)| (r.vm.as_str(), &r.resource));
+            let sum = aggregate_of(kept.chain(added))
                 .map_err(|e| Error::conflict(format!("pending resources on host {host:?}: {e}")))?;
-            sums.insert(host.to_string(), sum);
+            sums.push((host.to_string(), sum));
         }
         Ok(sums)
     }
@@ -391,12 +476,12 @@ impl PendingResources {
     fn host_records<'a>(
         &'a self,
         host: &str,
-    ) -> impl Iterator<Item = (&'a String, &'a PendingResource)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, &'a PendingResource)> + 'a {
         self.by_host
             .get(host)
             .into_iter()
             .flat_map(|vms| vms.iter())
-            .flat_map(|(vm, records)| records.values().map(move |r| (vm, r)))
+            .flat_map(|(vm, records)| records.values().map(move |r| (vm.as_str(), r)))
     }
 
     fn host_holding(&self, vm: &str, key: &ResourceKey) -> Option<String> {
@@ -413,6 +498,7 @@ impl PendingResources {
         let Some(vms) = self.by_host.get_mut(host) else {
             return;
         };
+        self.sums.remove(host);
         let Some(records) = vms.get_mut(vm) else {
             return;
         };
@@ -452,6 +538,7 @@ impl PendingResources {
         };
         let mut removed = Vec::new();
         for host in hosts {
+            self.sums.remove(&host);
             if let Some(vms) = self.by_host.get_mut(&host) {
                 if let Some(records) = vms.remove(vm) {
                     removed.extend(records.into_values().map(|resource| PendingRecord {
@@ -470,6 +557,7 @@ impl PendingResources {
 
     /// Removes every record on a host and returns them (none the second time).
     pub fn clear_host(&mut self, host: &str) -> Vec<PendingRecord> {
+        self.sums.remove(host);
         let Some(vms) = self.by_host.remove(host) else {
             tracing::debug!(host, "no pending resources to clear on this host");
             return Vec::new();
@@ -530,6 +618,11 @@ impl PendingResources {
             .collect()
     }
 
+    /// Whether a VM has records anywhere.
+    pub fn holds_vm(&self, vm: &str) -> bool {
+        self.hosts_of_vm.contains_key(vm)
+    }
+
     /// The hosts on which a VM has records.
     pub fn hosts_of_vm(&self, vm: &str) -> Vec<String> {
         self.hosts_of_vm
@@ -551,7 +644,7 @@ impl PendingResources {
             .into_iter()
             .flatten()
             .filter_map(|host| self.by_host.get(host)?.get_key_value(vm))
-            .flat_map(|(vm, records)| records.values().map(move |r| (vm, r)));
+            .flat_map(|(vm, records)| records.values().map(move |r| (vm.as_str(), r)));
         aggregate_of(records).expect("a VM's sums are bounded by its hosts' sums")
     }
 
@@ -575,8 +668,24 @@ impl PendingResources {
 /// Sums (VM id, resource) records into an aggregate; VMs with a [`PendingResource::Vm`]
 /// record are listed as pending VMs. Errors (naming the field) on overflow.
 fn aggregate_of<'a>(
-    records: impl Iterator<Item = (&'a String, &'a PendingResource)>,
+    records: impl Iterator<Item = (&'a str, &'a PendingResource)>,
 ) -> std::result::Result<PendingAggregate, String> {
+    let mut agg = PendingAggregate::default();
+    for (vm, resource) in records {
+        add_record(&mut agg, vm, resource)?;
+    }
+    Ok(agg)
+}
+
+/// Adds one record to an aggregate in its canonical form (amounts summed; the pinned pCPUs,
+/// page sizes, NUMA nodes, custom kinds and VM ids each sorted and listed once), so that
+/// adding records one by one to the sum of others gives exactly the sum of them all, in
+/// any order. Errors (naming the field) on overflow, and then `agg` must be dropped.
+fn add_record(
+    agg: &mut PendingAggregate,
+    vm: &str,
+    resource: &PendingResource,
+) -> std::result::Result<(), String> {
     fn add_u64(sum: &mut u64, value: u64, field: &str) -> std::result::Result<(), String> {
         *sum = sum
             .checked_add(value)
@@ -589,85 +698,98 @@ fn aggregate_of<'a>(
             .ok_or_else(|| format!("{field}: the host's total overflows"))?;
         Ok(())
     }
-    let mut agg = PendingAggregate::default();
-    let mut pinned = BTreeSet::new();
-    let mut hugepages: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut numa: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut custom: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut vms = BTreeSet::new();
-    for (vm, resource) in records {
-        match resource {
-            PendingResource::Memory { mb } => add_u64(&mut agg.memory_mb, *mb, "memory.mb")?,
-            PendingResource::OvercommitMemory { mb } => {
-                add_u64(&mut agg.overcommit_memory_mb, *mb, "overcommit_memory.mb")?
+    fn pages(agg: &mut PendingAggregate, size_kb: u64) -> &mut u64 {
+        let at = match agg.hugepages.binary_search_by_key(&size_kb, |p| p.size_kb) {
+            Ok(at) => at,
+            Err(at) => {
+                agg.hugepages.insert(at, HugePages { size_kb, count: 0 });
+                at
             }
-            PendingResource::CpuCores { count } => {
-                add_u32(&mut agg.cpu_cores, *count, "cpu_cores.count")?
+        };
+        &mut agg.hugepages[at].count
+    }
+    fn on_node(agg: &mut PendingAggregate, node: u32) -> &mut u64 {
+        let at = match agg.numa_memory.binary_search_by_key(&node, |n| n.node) {
+            Ok(at) => at,
+            Err(at) => {
+                agg.numa_memory
+                    .insert(at, NodeMemory { node, memory_mb: 0 });
+                at
             }
-            PendingResource::CpuLoad { percent } => {
-                add_u32(&mut agg.cpu_load_percent, *percent, "cpu_load.percent")?
-            }
-            PendingResource::PinnedCpus { cpus } => pinned.extend(cpus.iter().copied()),
-            PendingResource::Hugepages { size_kb, count } => add_u64(
-                hugepages.entry(*size_kb).or_default(),
-                *count,
-                "hugepages.count",
-            )?,
-            PendingResource::NumaMemory { node, mb } => {
-                add_u64(numa.entry(*node).or_default(), *mb, "numa_memory.mb")?
-            }
-            PendingResource::Vm => {
-                vms.insert(vm.clone());
-            }
-            PendingResource::HotplugMemory {
-                mb,
-                node,
-                hugepage_size_kb,
-            } => {
-                add_u64(
-                    &mut agg.overcommit_memory_mb,
-                    *mb,
-                    "hotplug_memory.mb (overcommit)",
-                )?;
-                match hugepage_size_kb {
-                    Some(size_kb) => add_u64(
-                        hugepages.entry(*size_kb).or_default(),
-                        HugePages::needed(*mb, *size_kb),
-                        "hotplug_memory.hugepages",
-                    )?,
-                    None => add_u64(&mut agg.memory_mb, *mb, "hotplug_memory.mb")?,
-                }
-                if let Some(node) = node {
-                    add_u64(
-                        numa.entry(*node).or_default(),
-                        *mb,
-                        "hotplug_memory.mb (node)",
-                    )?
+        };
+        &mut agg.numa_memory[at].memory_mb
+    }
+    match resource {
+        PendingResource::Memory { mb } => add_u64(&mut agg.memory_mb, *mb, "memory.mb"),
+        PendingResource::OvercommitMemory { mb } => {
+            add_u64(&mut agg.overcommit_memory_mb, *mb, "overcommit_memory.mb")
+        }
+        PendingResource::CpuCores { count } => {
+            add_u32(&mut agg.cpu_cores, *count, "cpu_cores.count")
+        }
+        PendingResource::CpuLoad { percent } => {
+            add_u32(&mut agg.cpu_load_percent, *percent, "cpu_load.percent")
+        }
+        PendingResource::PinnedCpus { cpus } => {
+            for &cpu in cpus {
+                if let Err(at) = agg.pinned_cpus.binary_search(&cpu) {
+                    agg.pinned_cpus.insert(at, cpu);
                 }
             }
-            PendingResource::Custom { name, amount } => {
-                add_u64(custom.entry(name).or_default(), *amount, "custom.amount")?
+            Ok(())
+        }
+        PendingResource::Hugepages { size_kb, count } => {
+            add_u64(pages(agg, *size_kb), *count, "hugepages.count")
+        }
+        PendingResource::NumaMemory { node, mb } => {
+            add_u64(on_node(agg, *node), *mb, "numa_memory.mb")
+        }
+        PendingResource::Vm => {
+            if let Err(at) = agg.vms.binary_search_by(|v| v.as_str().cmp(vm)) {
+                agg.vms.insert(at, vm.to_string());
+            }
+            Ok(())
+        }
+        PendingResource::HotplugMemory {
+            mb,
+            node,
+            hugepage_size_kb,
+        } => {
+            add_u64(
+                &mut agg.overcommit_memory_mb,
+                *mb,
+                "hotplug_memory.mb (overcommit)",
+            )?;
+            match hugepage_size_kb {
+                Some(size_kb) => add_u64(
+                    pages(agg, *size_kb),
+                    HugePages::needed(*mb, *size_kb),
+                    "hotplug_memory.hugepages",
+                )?,
+                None => add_u64(&mut agg.memory_mb, *mb, "hotplug_memory.mb")?,
+            }
+            match node {
+                Some(node) => add_u64(on_node(agg, *node), *mb, "hotplug_memory.mb (node)"),
+                None => Ok(()),
             }
         }
+        PendingResource::Custom { name, amount } => {
+            let at = match agg.custom.binary_search_by(|c| c.kind.as_str().cmp(name)) {
+                Ok(at) => at,
+                Err(at) => {
+                    agg.custom.insert(
+                        at,
+                        CustomAmount {
+                            kind: name.clone(),
+                            amount: 0,
+                        },
+                    );
+                    at
+                }
+            };
+            add_u64(&mut agg.custom[at].amount, *amount, "custom.amount")
+        }
     }
-    agg.vms = vms.into_iter().collect();
-    agg.pinned_cpus = pinned.into_iter().collect();
-    agg.hugepages = hugepages
-        .into_iter()
-        .map(|(size_kb, count)| HugePages { size_kb, count })
-        .collect();
-    agg.numa_memory = numa
-        .into_iter()
-        .map(|(node, memory_mb)| NodeMemory { node, memory_mb })
-        .collect();
-    agg.custom = custom
-        .into_iter()
-        .map(|(kind, amount)| CustomAmount {
-            kind: kind.to_string(),
-            amount,
-        })
-        .collect();
-    Ok(agg)
 }
 
 #[cfg(test)]
@@ -702,6 +824,142 @@ mod tests {
             for host in hosts {
                 assert!(p.by_host[host].contains_key(vm), "{vm} not on {host}");
             }
+        }
+        for (host, sum) in &p.sums {
+            assert!(
+                p.by_host.contains_key(host),
+                "a sum kept for {host}, which holds nothing"
+            );
+            assert_eq!(sum, &p.host_aggregate(host), "the sum kept for {host}");
+        }
+    }
+
+    /// A random record of any kind, for VM `vm` on host `host`.
+    fn random_record(
+        rng: &mut policy_sdk::testing::XorShift,
+        host: &str,
+        vm: &str,
+    ) -> PendingRecord {
+        let small = |rng: &mut policy_sdk::testing::XorShift| 1 + rng.below(500);
+        let resource = match rng.below(10) {
+            0 => PendingResource::Memory { mb: small(rng) },
+            1 => PendingResource::OvercommitMemory { mb: small(rng) },
+            2 => PendingResource::CpuCores {
+                count: small(rng) as u32,
+            },
+            3 => PendingResource::CpuLoad {
+                percent: small(rng) as u32,
+            },
+            4 => PendingResource::PinnedCpus {
+                cpus: (0..rng.below(4)).map(|_| rng.below(16) as u32).collect(),
+            },
+            5 => PendingResource::Hugepages {
+                size_kb: [2_048, 1_048_576][rng.below(2) as usize],
+                count: small(rng),
+            },
+            6 => PendingResource::NumaMemory {
+                node: rng.below(3) as u32,
+                mb: small(rng),
+            },
+            7 => PendingResource::HotplugMemory {
+                mb: small(rng),
+                node: (rng.below(2) == 0).then(|| rng.below(3) as u32),
+                hugepage_size_kb: (rng.below(2) == 0).then_some(2_048),
+            },
+            8 => PendingResource::Custom {
+                name: ["gpu", "vf", "fpga"][rng.below(3) as usize].to_string(),
+                amount: small(rng),
+            },
+            _ => PendingResource::Vm,
+        };
+        rec(host, vm, resource)
+    }
+
+    /// The sums kept per host (what spares a reservation the walk over its host's records)
+    /// stay equal to fresh sums of the records through adds, placements, moves, releases
+    /// and cleared hosts, and every change reports fresh sums.
+    #[test]
+    fn kept_host_sums_equal_fresh_sums_through_any_sequence_of_changes() {
+        let mut rng = policy_sdk::testing::XorShift::new(11);
+        let hosts = ["h1", "h2", "h3", "h4"];
+        let vms = ["a", "b", "c", "d", "e", "f", "g"];
+        let mut p = PendingResources::default();
+        for step in 0..3_000 {
+            let host = hosts[rng.below(hosts.len() as u64) as usize];
+            let vm = vms[rng.below(vms.len() as u64) as usize];
+            let what = rng.below(10);
+            let changed = match what {
+                0..=3 => {
+                    let n = 1 + rng.below(5);
+                    let records = (0..n).map(|_| random_record(&mut rng, host, vm)).collect();
+                    p.replace_vm(vm, records).unwrap()
+                }
+                4..=6 => {
+                    // Several VMs and hosts in one batch, equal records included.
+                    let records = (0..1 + rng.below(6))
+                        .map(|_| {
+                            let host = hosts[rng.below(hosts.len() as u64) as usize];
+                            let vm = vms[rng.below(vms.len() as u64) as usize];
+                            random_record(&mut rng, host, vm)
+                        })
+                        .collect();
+                    p.add_all(records).unwrap()
+                }
+                7 => {
+                    p.clear_vm(vm);
+                    Vec::new()
+                }
+                8 => {
+                    p.clear_host(host);
+                    Vec::new()
+                }
+                _ => {
+                    p.remove(vm, &random_record(&mut rng, host, vm).resource.key());
+                    Vec::new()
+                }
+            };
+            for (host, aggregate) in &changed {
+                assert_eq!(
+                    aggregate,
+                    &p.host_aggregate(host),
+                    "step {step}: host {host}"
+                );
+            }
+            assert_consistent(&p);
+        }
+        assert!(!p.sums.is_empty(), "the sequence never kept a sum");
+    }
+
+    /// Records added one at a time give the same aggregate in any order: what lets a kept
+    /// sum grow by a placement's records instead of being summed again.
+    #[test]
+    fn records_summed_in_any_order_give_one_aggregate() {
+        let mut rng = policy_sdk::testing::XorShift::new(5);
+        for case in 0..200 {
+            let records: Vec<PendingRecord> = (0..1 + rng.below(30))
+                .map(|_| {
+                    let vm = ["a", "b", "c", "d"][rng.below(4) as usize];
+                    random_record(&mut rng, "h", vm)
+                })
+                .collect();
+            let forward = aggregate_of(records.iter().map(|r| (r.vm.as_str(), &r.resource)));
+            let backward = aggregate_of(records.iter().rev().map(|r| (r.vm.as_str(), &r.resource)));
+            assert_eq!(forward, backward, "case {case}");
+            let sum = forward.unwrap();
+            let mut sorted = sum.vms.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sum.vms, sorted, "case {case}: VM ids sorted, each once");
+            assert!(
+                sum.pinned_cpus.windows(2).all(|w| w[0] < w[1]),
+                "case {case}"
+            );
+            assert!(sum
+                .hugepages
+                .windows(2)
+                .all(|w| w[0].size_kb < w[1].size_kb));
+            assert!(sum.numa_memory.windows(2).all(|w| w[0].node < w[1].node));
+            assert!(sum.custom.windows(2).all(|w| w[0].kind < w[1].kind));
         }
     }
 

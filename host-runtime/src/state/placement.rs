@@ -155,6 +155,36 @@ pub struct Placement {
     pub kind: PlacementKind,
 }
 
+/// A reservation worked out before the ledger lock is taken: the records of placing a VM
+/// on a host, at one epoch, under the pending rules of then.
+#[derive(Debug)]
+pub(super) struct PreparedReservation {
+    /// One record per resource.
+    pub records: Vec<PendingRecord>,
+    /// The resources, as the reservation reports them.
+    pub resources: Vec<PendingResource>,
+    /// The rules they were derived under.
+    pub rules: PendingRules,
+    /// The placement to record.
+    pub placement: Placement,
+}
+
+/// One record of `vm` on `host_id` per resource.
+pub(super) fn records_of(
+    vm: &Vm,
+    host_id: &str,
+    resources: &[PendingResource],
+) -> Vec<PendingRecord> {
+    resources
+        .iter()
+        .map(|resource| PendingRecord {
+            host: host_id.to_string(),
+            vm: vm.id.clone(),
+            resource: resource.clone(),
+        })
+        .collect()
+}
+
 /// `host` with the NUMA memory and pinned pCPUs of `records` on it taken out of its pending
 /// aggregate (what the placement logic reads).
 pub(super) fn without_records(host: &Host, records: &[PendingRecord]) -> Host {

@@ -568,3 +568,51 @@ fn a_host_is_judged_again_outside_the_ledger_lock_on_the_epoch_it_is_reserved_on
     assert!(r.is_none());
     assert!(c.placement("third").is_none());
 }
+
+#[test]
+fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm_changed() {
+    let c = cluster();
+    let gib = |id: &str| vm(id).memory_mb(1_024).build();
+    let memory_of = |resources: &[PendingResource]| {
+        resources.iter().find_map(|res| match res {
+            PendingResource::Memory { mb } => Some(*mb),
+            _ => None,
+        })
+    };
+    // Nothing changed since it was prepared: recorded as prepared.
+    let prepared = c
+        .prepare_reservation(&c.view(), &gib("plain"), "a", &PlacementKind::Start)
+        .unwrap();
+    let expected = prepared.resources.clone();
+    let r = c
+        .reserve_prepared(&mut c.ledger(), prepared, false)
+        .unwrap();
+    assert_eq!(r.resources, expected);
+    assert_eq!(c.pending_records_of_vm("plain").len(), expected.len());
+    // The pending rules changed after it was prepared: the records follow the new rules.
+    let prepared = c
+        .prepare_reservation(&c.view(), &gib("late"), "a", &PlacementKind::Start)
+        .unwrap();
+    assert_eq!(memory_of(&prepared.resources), Some(64));
+    let mut rules = c.pending_rules();
+    rules.memory_overhead_mb = 200;
+    c.set_pending_rules(rules);
+    let r = c
+        .reserve_prepared(&mut c.ledger(), prepared, false)
+        .unwrap();
+    assert_eq!(memory_of(&r.resources), Some(200));
+    assert_eq!(c.pending_of_vm("late").memory_mb, 200);
+    // The VM was placed elsewhere meanwhile: its records there are released and it holds
+    // exactly the new reservation's records, on the prepared host.
+    let prepared = c
+        .prepare_reservation(&c.view(), &gib("raced"), "a", &PlacementKind::Start)
+        .unwrap();
+    c.reserve(&gib("raced"), "b", PlacementKind::Start).unwrap();
+    let r = c
+        .reserve_prepared(&mut c.ledger(), prepared, false)
+        .unwrap();
+    let records = c.pending_records_of_vm("raced");
+    assert_eq!(records.len(), r.resources.len());
+    assert!(records.iter().all(|rec| rec.host == "a"), "{records:?}");
+    assert!(c.pending_records_on_host("b").is_empty());
+}
