@@ -690,8 +690,17 @@ impl Cluster {
         kind: &PlacementKind,
     ) -> Result<PreparedReservation> {
         let snapshot = view.snapshot();
-        let index = snapshot
+        // The cluster's index is of the latest epoch, which may have moved on from the
+        // view's: it is taken only when it points at the host in the view too.
+        let index = self
             .host_index(host_id)
+            .filter(|&i| {
+                snapshot
+                    .hosts
+                    .get(i as usize)
+                    .is_some_and(|h| h.id == host_id)
+            })
+            .or_else(|| snapshot.host_index(host_id))
             .ok_or_else(|| Error::not_found("host", host_id))?;
         let rules = self
             .shared
