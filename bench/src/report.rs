@@ -469,7 +469,7 @@ impl Report {
         let mt = &self.mass_threads;
         let mut t = Table::new(
             &format!(
-                "Mass start on threads: {} VMs onto {} hosts, each thread calls Policy::schedule for its share on one cluster",
+                "Mass start on threads: {} VMs onto {} hosts, each thread calls Policy::schedule for its share on one cluster (own clusters: each thread places every VM on a cluster of its own, what the machine gives threads that share nothing)",
                 mt.vms, mt.hosts
             ),
             &[
@@ -483,19 +483,28 @@ impl Report {
                 "runs",
             ],
         );
-        for (name, runs) in [("wasm", &mt.wasm), ("native", &mt.native)] {
-            for r in runs {
-                t.row(vec![
-                    name.to_string(),
-                    r.threads.to_string(),
-                    n(r.median_ms),
-                    format!("{:.0}", r.decisions_per_s),
-                    format!("{:.2}x", r.speedup),
-                    r.placed.to_string(),
-                    r.over_committed_hosts.to_string(),
-                    r.runs_ms.len().to_string(),
-                ]);
-            }
+        let own = &mt.wasm_own_clusters;
+        let rows = mt
+            .wasm
+            .iter()
+            .map(|r| ("wasm", r.threads.to_string(), r))
+            .chain([("wasm", format!("{}, own clusters", own.threads), own)])
+            .chain(
+                mt.native
+                    .iter()
+                    .map(|r| ("native", r.threads.to_string(), r)),
+            );
+        for (name, threads, r) in rows {
+            t.row(vec![
+                name.to_string(),
+                threads,
+                n(r.median_ms),
+                format!("{:.0}", r.decisions_per_s),
+                format!("{:.2}x", r.speedup),
+                r.placed.to_string(),
+                r.over_committed_hosts.to_string(),
+                r.runs_ms.len().to_string(),
+            ]);
         }
         tables.push(t);
 

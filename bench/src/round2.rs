@@ -160,6 +160,11 @@ pub struct MassThreads {
     pub wasm: Vec<ThreadsRun>,
     /// Native units.
     pub native: Vec<ThreadsRun>,
+    /// What this machine gives the most threads of the run when they share nothing: each
+    /// places every VM of the run on a cluster of its own (wasm, in the same slices as the
+    /// others). Its speed-up counts the decisions of all those copies against one thread's,
+    /// the bound for the shared cluster's speed-up at that moment of the machine.
+    pub wasm_own_clusters: ThreadsRun,
 }
 
 /// Hosts whose pending resources break plain host arithmetic: committed plus pending
@@ -263,6 +268,8 @@ pub fn mass_threads(
     for runtime in &more_runtimes {
         wasm_policies.push(Policy::builtin_default(runtime)?);
     }
+    let own_runtime = wasmsched_testkit::native::wasm_runtime();
+    let own_policy = Policy::builtin_default(&own_runtime)?;
     let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "threads")
         .into_iter()
         .map(|vm| ScheduleRequest::new(vm).detail(Detail::Summary))
@@ -270,7 +277,7 @@ pub fn mass_threads(
     let snapshot = synth::snapshot_of(hosts);
     let max = thread_counts.iter().copied().max().unwrap_or(1);
     // Warm-up: every thread gets instances of every module.
-    for policy in wasm_policies.iter().chain([&native]) {
+    for policy in wasm_policies.iter().chain([&native, &own_policy]) {
         let cluster = Cluster::new(snapshot.clone(), "<mass-threads>")?;
         threads_slice(policy, &cluster, &requests[..requests.len().min(200)], max)?;
     }
@@ -286,23 +293,35 @@ pub fn mass_threads(
         }
     };
     let mut results = vec![vec![(Vec::new(), 0usize, 0usize); thread_counts.len()]; 2];
+    let mut own = (Vec::new(), 0usize, 0usize);
     for _ in 0..runs {
         let clusters: Vec<Cluster> = pairs
             .iter()
             .map(|_| Cluster::new(snapshot.clone(), "<mass-threads>"))
             .collect::<wasmsched::Result<_>>()?;
-        let mut took = vec![std::time::Duration::ZERO; pairs.len()];
-        let mut placed = vec![0usize; pairs.len()];
+        let own_clusters: Vec<Cluster> = (0..max)
+            .map(|_| Cluster::new(snapshot.clone(), "<own-cluster>"))
+            .collect::<wasmsched::Result<_>>()?;
+        let mut took = vec![std::time::Duration::ZERO; pairs.len() + 1];
+        let mut placed = vec![0usize; pairs.len() + 1];
         for (i, slice) in requests.chunks(THREADS_SLICE).enumerate() {
-            for k in 0..pairs.len() {
-                let p = (i + k) % pairs.len();
-                let (slot, t) = pairs[p];
-                let (time, n) =
-                    threads_slice(policy_of(slot, t), &clusters[p], slice, thread_counts[t])?;
+            for k in 0..=pairs.len() {
+                let p = (i + k) % (pairs.len() + 1);
+                let (time, n) = match pairs.get(p) {
+                    Some(&(slot, t)) => {
+                        threads_slice(policy_of(slot, t), &clusters[p], slice, thread_counts[t])?
+                    }
+                    None => own_clusters_slice(&own_policy, &own_clusters, slice)?,
+                };
                 took[p] += time;
                 placed[p] += n;
             }
         }
+        for cluster in &own_clusters {
+            own.2 = own.2.max(check_run(cluster, 1, placed[pairs.len()] / max)?);
+        }
+        own.0.push(ms(took[pairs.len()]));
+        own.1 = placed[pairs.len()];
         for (p, &(slot, t)) in pairs.iter().enumerate() {
             let over = check_run(&clusters[p], thread_counts[t], placed[p])?;
             let entry = &mut results[slot][t];
@@ -331,12 +350,62 @@ pub fn mass_threads(
             })
             .collect()
     };
+    let one = median(&results[0][0].0);
+    let own_ms = median(&own.0);
+    let wasm_own_clusters = ThreadsRun {
+        threads: max,
+        runs_ms: own.0.clone(),
+        median_ms: own_ms,
+        decisions_per_s: (vms * max) as f64 / (own_ms / 1_000.0),
+        speedup: max as f64 * one / own_ms,
+        placed: own.1,
+        over_committed_hosts: own.2,
+    };
     Ok(MassThreads {
         vms,
         hosts,
         wasm: summarize(0),
         native: summarize(1),
+        wasm_own_clusters,
     })
+}
+
+/// One slice placed by every thread on its own cluster (thread `t` on `clusters[t]`), each
+/// the whole slice: independent copies of a one-thread run. Returns (time, VMs placed
+/// over all of them).
+fn own_clusters_slice(
+    policy: &Policy,
+    clusters: &[Cluster],
+    requests: &[ScheduleRequest],
+) -> Result<(std::time::Duration, usize)> {
+    let start = Instant::now();
+    let placed: Vec<Result<usize>> = std::thread::scope(|s| {
+        let workers: Vec<_> = clusters
+            .iter()
+            .map(|cluster| {
+                s.spawn(move || -> Result<usize> {
+                    let mut placed = 0;
+                    for request in requests {
+                        let decision = policy
+                            .schedule(cluster, request)
+                            .context("mass start decision")?;
+                        placed += usize::from(decision.chosen.is_some());
+                    }
+                    Ok(placed)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("mass start worker panicked"))
+            .collect()
+    });
+    let took = start.elapsed();
+    let mut total = 0;
+    for p in placed {
+        total += p?;
+    }
+    Ok((took, total))
 }
 
 /// Process CPU time (user + system, every thread, including finished ones) in seconds,
