@@ -201,22 +201,34 @@ fn threads_slice(
     requests: &[ScheduleRequest],
     threads: usize,
 ) -> Result<(std::time::Duration, usize)> {
+    on_threads(threads, |t| {
+        place_all(policy, cluster, requests.iter().skip(t).step_by(threads))
+    })
+}
+
+/// One slice placed by every thread on its own cluster (thread `t` on `clusters[t]`), each
+/// the whole slice: independent copies of a one-thread run. Returns (time, VMs placed
+/// over all of them).
+fn own_clusters_slice(
+    policy: &Policy,
+    clusters: &[Cluster],
+    requests: &[ScheduleRequest],
+) -> Result<(std::time::Duration, usize)> {
+    on_threads(clusters.len(), |t| {
+        place_all(policy, &clusters[t], requests.iter())
+    })
+}
+
+/// Runs `place(t)` on `threads` threads at once; returns the wall time and the sum of what
+/// they placed.
+fn on_threads(
+    threads: usize,
+    place: impl Fn(usize) -> Result<usize> + Sync,
+) -> Result<(std::time::Duration, usize)> {
     let start = Instant::now();
     let placed: Vec<Result<usize>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || -> Result<usize> {
-                    let mut placed = 0;
-                    for request in requests.iter().skip(t).step_by(threads) {
-                        let decision = policy
-                            .schedule(cluster, request)
-                            .context("mass start decision")?;
-                        placed += usize::from(decision.chosen.is_some());
-                    }
-                    Ok(placed)
-                })
-            })
-            .collect();
+        let place = &place;
+        let workers: Vec<_> = (0..threads).map(|t| s.spawn(move || place(t))).collect();
         workers
             .into_iter()
             .map(|w| w.join().expect("mass start worker panicked"))
@@ -228,6 +240,22 @@ fn threads_slice(
         total += p?;
     }
     Ok((took, total))
+}
+
+/// Schedules `requests` on `cluster` one after another; returns the VMs placed.
+fn place_all<'a>(
+    policy: &Policy,
+    cluster: &Cluster,
+    requests: impl Iterator<Item = &'a ScheduleRequest>,
+) -> Result<usize> {
+    let mut placed = 0;
+    for request in requests {
+        let decision = policy
+            .schedule(cluster, request)
+            .context("mass start decision")?;
+        placed += usize::from(decision.chosen.is_some());
+    }
+    Ok(placed)
 }
 
 /// After a run: the over-committed hosts of `cluster`, checked against what was placed.
@@ -368,44 +396,6 @@ pub fn mass_threads(
         native: summarize(1),
         wasm_own_clusters,
     })
-}
-
-/// One slice placed by every thread on its own cluster (thread `t` on `clusters[t]`), each
-/// the whole slice: independent copies of a one-thread run. Returns (time, VMs placed
-/// over all of them).
-fn own_clusters_slice(
-    policy: &Policy,
-    clusters: &[Cluster],
-    requests: &[ScheduleRequest],
-) -> Result<(std::time::Duration, usize)> {
-    let start = Instant::now();
-    let placed: Vec<Result<usize>> = std::thread::scope(|s| {
-        let workers: Vec<_> = clusters
-            .iter()
-            .map(|cluster| {
-                s.spawn(move || -> Result<usize> {
-                    let mut placed = 0;
-                    for request in requests {
-                        let decision = policy
-                            .schedule(cluster, request)
-                            .context("mass start decision")?;
-                        placed += usize::from(decision.chosen.is_some());
-                    }
-                    Ok(placed)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("mass start worker panicked"))
-            .collect()
-    });
-    let took = start.elapsed();
-    let mut total = 0;
-    for p in placed {
-        total += p?;
-    }
-    Ok((took, total))
 }
 
 /// Process CPU time (user + system, every thread, including finished ones) in seconds,
