@@ -84,11 +84,10 @@ pub(super) fn still_fits(
     request: &ScheduleRequest,
     host: &str,
 ) -> Result<bool> {
-    let snapshot = view.snapshot();
-    let Some(index) = snapshot.host_index(host) else {
+    let Some(index) = view.host_index(host) else {
         return Ok(false);
     };
-    if snapshot.hosts[index as usize].status != HostStatus::Up {
+    if view.snapshot().hosts[index as usize].status != HostStatus::Up {
         return Ok(false);
     }
     let stage = run_units(policy, view, &request.vm, vec![index], Weigh::Never, false)?;

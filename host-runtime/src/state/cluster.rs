@@ -176,6 +176,28 @@ impl ClusterView {
         self.snapshot.epoch
     }
 
+    /// The index of a host of this view by id. The cluster's id index is of its latest
+    /// epoch, which may have moved on from the view's: it is taken when it points at the
+    /// host in this view too, else the view's hosts are searched.
+    pub fn host_index(&self, host_id: &str) -> Option<HostIndex> {
+        let latest = self
+            .shared
+            .state
+            .read()
+            .unwrap()
+            .index
+            .get(host_id)
+            .copied();
+        latest
+            .filter(|&i| {
+                self.snapshot
+                    .hosts
+                    .get(i as usize)
+                    .is_some_and(|h| h.id == host_id)
+            })
+            .or_else(|| self.snapshot.host_index(host_id))
+    }
+
     pub(crate) fn uid(&self) -> u64 {
         self.shared.uid
     }
@@ -690,17 +712,8 @@ impl Cluster {
         kind: &PlacementKind,
     ) -> Result<PreparedReservation> {
         let snapshot = view.snapshot();
-        // The cluster's index is of the latest epoch, which may have moved on from the
-        // view's: it is taken only when it points at the host in the view too.
-        let index = self
+        let index = view
             .host_index(host_id)
-            .filter(|&i| {
-                snapshot
-                    .hosts
-                    .get(i as usize)
-                    .is_some_and(|h| h.id == host_id)
-            })
-            .or_else(|| snapshot.host_index(host_id))
             .ok_or_else(|| Error::not_found("host", host_id))?;
         let rules = self
             .shared

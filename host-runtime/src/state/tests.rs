@@ -616,3 +616,29 @@ fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm
     assert!(records.iter().all(|rec| rec.host == "a"), "{records:?}");
     assert!(c.pending_records_on_host("b").is_empty());
 }
+
+#[test]
+fn a_view_finds_its_own_hosts_after_the_cluster_removed_one_before_them() {
+    let c = cluster();
+    let before = c.view();
+    c.remove_host("a").unwrap();
+    let after = c.view();
+    // The cluster's id index is of the latest epoch: the older view must not take it.
+    let cases = [
+        (&before, "a", Some(0)),
+        (&before, "b", Some(1)),
+        (&before, "c", Some(2)),
+        (&after, "a", None),
+        (&after, "b", Some(0)),
+        (&after, "c", Some(1)),
+        (&after, "nope", None),
+    ];
+    for (view, id, expected) in cases {
+        assert_eq!(
+            view.host_index(id),
+            expected,
+            "{id} at epoch {}",
+            view.epoch()
+        );
+    }
+}
