@@ -260,10 +260,6 @@ pub type Changed = Vec<(String, PendingAggregate)>;
 /// The aggregates [`PendingResources::check_add`] summed, one per host that receives records.
 type HostSums = Vec<(String, PendingAggregate)>;
 
-/// Records per batch up to which [`PendingResources::check_add`] finds equal records by
-/// comparing every pair (a placement has a handful); larger batches use a hash map.
-const SMALL_BATCH: usize = 32;
-
 impl PendingResources {
     /// Adds a record, replacing an equal one (same VM and key) wherever it is. Returns the
     /// hosts whose aggregate changed, with their new aggregates. The amount is checked
@@ -364,9 +360,8 @@ impl PendingResources {
     /// once every record of that VM is gone). The error names the VM, host and field.
     /// Returns the sums it checked: the aggregate each host that receives records will have.
     ///
-    /// Held under the cluster's ledger lock for every reservation, so it sums each host's
-    /// records in one pass and builds no map of its own: a placement's few records are
-    /// compared in a list.
+    /// Held under the cluster's ledger lock for every reservation: a host that only gains
+    /// records adds them to its kept sum; any other is summed in one pass over its records.
     fn check_add(&self, records: &[PendingRecord], replacing_vm: Option<&str>) -> Result<HostSums> {
         let mut keyed: Vec<(&PendingRecord, ResourceKey)> = Vec::with_capacity(records.len());
         for record in records {
@@ -384,32 +379,22 @@ impl PendingResources {
                 .map_err(|e| Error::input(context(), None, e))?;
             keyed.push((record, resource.key()));
         }
-        // A later equal record (same VM and key) replaces an earlier one, whatever its host.
-        let new: Vec<&(&PendingRecord, ResourceKey)> = if keyed.len() <= SMALL_BATCH {
-            keyed
-                .iter()
-                .enumerate()
-                .filter(|(i, (r, k))| {
-                    !keyed[i + 1..]
-                        .iter()
-                        .any(|(later, lk)| later.vm == r.vm && lk == k)
-                })
-                .map(|(_, e)| e)
-                .collect()
-        } else {
-            let mut last: HashMap<(&str, &ResourceKey), usize> = HashMap::new();
-            for (i, (r, k)) in keyed.iter().enumerate() {
-                last.insert((r.vm.as_str(), k), i);
-            }
-            keyed
-                .iter()
-                .enumerate()
-                .filter(|(i, (r, k))| last[&(r.vm.as_str(), k)] == *i)
-                .map(|(_, e)| e)
-                .collect()
-        };
+        // A later equal record (same VM and key) replaces an earlier one, whatever its host:
+        // ordered by VM, key and position, the last of each run of equals is the one kept.
+        let mut order: Vec<usize> = (0..keyed.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let ((ra, ka), (rb, kb)) = (&keyed[a], &keyed[b]);
+            (ra.vm.as_str(), ka, a).cmp(&(rb.vm.as_str(), kb, b))
+        });
+        let equal = |a: usize, b: usize| keyed[a].0.vm == keyed[b].0.vm && keyed[a].1 == keyed[b].1;
+        let new: Vec<&(&PendingRecord, ResourceKey)> = order
+            .iter()
+            .enumerate()
+            .filter(|&(i, &at)| order.get(i + 1).is_none_or(|&next| !equal(at, next)))
+            .map(|(_, &at)| &keyed[at])
+            .collect();
+        // In VM order already.
         let mut new_vms: Vec<&str> = new.iter().map(|(r, _)| r.vm.as_str()).collect();
-        new_vms.sort_unstable();
         new_vms.dedup();
         // A kept record is replaced when a new one has its VM and key (whatever the host):
         // only the records of a VM that gets new ones are compared with them.
@@ -421,52 +406,44 @@ impl PendingResources {
         hosts.dedup();
         let mut sums = Vec::with_capacity(hosts.len());
         for host in hosts {
-            let added = new
+            let mut added = new
                 .iter()
                 .filter(|(r, _)| r.host == host)
                 .map(|(r, _)| (r.vm.as_str(), &r.resource));
             let held = self.by_host.get(host);
-            // Nothing the host holds is replaced or released: its sum grows by the records.
-            let only_adds = held.is_none_or(|vms| {
-                replacing_vm.is_none_or(|v| !vms.contains_key(v))
-                    && new_vms.iter().all(|v| !vms.contains_key(*v))
-            });
-            let cached = if only_adds {
-                match held {
-                    None => Some(PendingAggregate::default()),
-                    Some(_) => self.sums.get(host).cloned(),
+            let cached = match held {
+                None => Some(PendingAggregate::default()),
+                // Nothing the host holds is replaced or released: its sum grows by the records.
+                Some(vms)
+                    if replacing_vm
+                        .into_iter()
+                        .chain(new_vms.iter().copied())
+                        .all(|v| !vms.contains_key(v)) =>
+                {
+                    self.sums.get(host).cloned()
                 }
-            } else {
-                None
+                Some(_) => None,
             };
-            if let Some(mut sum) = cached {
-                for (vm, resource) in added {
-                    add_record(&mut sum, vm, resource).map_err(|e| {
-                        Error::conflict(format!("pending resources on host {host:?}: {e}"))
-                    })?;
+            let sum = match cached {
+                Some(mut sum) => added
+                    .try_for_each(|(vm, resource)| add_record(&mut sum, vm, resource))
+                    .map(|()| sum),
+                None => {
+                    let kept = held
+                        .into_iter()
+                        .flatten()
+                        .filter(|(v, _)| Some(v.as_str()) != replacing_vm)
+                        .flat_map(|(v, records)| {
+                            let gets_new = new_vms.binary_search(&v.as_str()).is_ok();
+                            records
+                                .iter()
+                                .filter(move |(k, _)| kept_of(v, k, gets_new))
+                                .map(move |(_, r)| (v.as_str(), r))
+                        });
+                    aggregate_of(kept.chain(added))
                 }
-                sums.push((host.to_string(), sum));
-                continue;
             }
-            let kept = self
-                .by_host
-                .get(host)
-                .into_iter()
-                .flatten()
-                .filter(|(v, _)| Some(v.as_str()) != replacing_vm)
-                .flat_map(|(v, records)| {
-                    let gets_new = new_vms.binary_search(&v.as_str()).is_ok();
-                    records
-                        .iter()
-                        .filter(move |(k, _)| kept_of(v, k, gets_new))
-                        .map(move |(_, r)| (v.as_str(), r))
-                });
-            let added = new
-                .iter()
-                .filter(|(r, _)| r.host == host)
-                .map(|(r, _)| (r.vm.as_str(), &r.resource));
-            let sum = aggregate_of(kept.chain(added))
-                .map_err(|e| Error::conflict(format!("pending resources on host {host:?}: {e}")))?;
+            .map_err(|e| Error::conflict(format!("pending resources on host {host:?}: {e}")))?;
             sums.push((host.to_string(), sum));
         }
         Ok(sums)
