@@ -729,7 +729,6 @@ impl Cluster {
         );
         Ok(PreparedReservation {
             records: records_of(vm, host_id, &resources),
-            resources,
             rules,
             placement: Placement {
                 vm: vm.clone(),
@@ -750,7 +749,6 @@ impl Cluster {
     ) -> Result<Reservation> {
         let PreparedReservation {
             records,
-            resources,
             rules,
             placement,
         } = prepared;
@@ -758,7 +756,7 @@ impl Cluster {
             let Placement { vm, host, kind } = placement;
             return self.reserve_locked(ledger, &vm, &host, kind, revalidated);
         }
-        self.record_reservation(ledger, placement, records, resources, revalidated)
+        self.record_reservation(ledger, placement, records, revalidated)
     }
 
     pub(crate) fn reserve_locked(
@@ -791,7 +789,7 @@ impl Cluster {
             kind,
         };
         let records = records_of(vm, host_id, &resources);
-        self.record_reservation(ledger, placement, records, resources, revalidated)
+        self.record_reservation(ledger, placement, records, revalidated)
     }
 
     /// Records a placement's pending records, its placement and start attempt, and
@@ -801,9 +799,9 @@ impl Cluster {
         ledger: &mut MutexGuard<'_, Ledger>,
         placement: Placement,
         records: Vec<PendingRecord>,
-        resources: Vec<PendingResource>,
         revalidated: bool,
     ) -> Result<Reservation> {
+        let resources = records.iter().map(|r| r.resource.clone()).collect();
         let vm_id = placement.vm.id.clone();
         let changed = ledger.pending.replace_vm(&vm_id, records)?;
         if placement.kind == PlacementKind::Start {

@@ -161,8 +161,6 @@ pub struct Placement {
 pub(super) struct PreparedReservation {
     /// One record per resource.
     pub records: Vec<PendingRecord>,
-    /// The resources, as the reservation reports them.
-    pub resources: Vec<PendingResource>,
     /// The rules they were derived under.
     pub rules: PendingRules,
     /// The placement to record.

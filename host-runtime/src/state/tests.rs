@@ -583,7 +583,11 @@ fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm
     let prepared = c
         .prepare_reservation(&c.view(), &gib("plain"), "a", &PlacementKind::Start)
         .unwrap();
-    let expected = prepared.resources.clone();
+    let expected: Vec<PendingResource> = prepared
+        .records
+        .iter()
+        .map(|r| r.resource.clone())
+        .collect();
     let r = c
         .reserve_prepared(&mut c.ledger(), prepared, false)
         .unwrap();
@@ -593,7 +597,12 @@ fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm
     let prepared = c
         .prepare_reservation(&c.view(), &gib("late"), "a", &PlacementKind::Start)
         .unwrap();
-    assert_eq!(memory_of(&prepared.resources), Some(64));
+    let prepared_resources: Vec<PendingResource> = prepared
+        .records
+        .iter()
+        .map(|r| r.resource.clone())
+        .collect();
+    assert_eq!(memory_of(&prepared_resources), Some(64));
     let mut rules = c.pending_rules();
     rules.memory_overhead_mb = 200;
     c.set_pending_rules(rules);
