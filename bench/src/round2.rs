@@ -193,30 +193,49 @@ pub fn over_committed(snapshot: &Snapshot) -> Vec<String> {
 /// turn slice by slice.
 const THREADS_SLICE: usize = 1_000;
 
-/// One slice on `cluster`: `threads` threads take the slice's requests round-robin and each
-/// calls [`Policy::schedule`] for its share. Returns (time, VMs placed).
-fn threads_slice(
-    policy: &Policy,
-    cluster: &Cluster,
-    requests: &[ScheduleRequest],
+/// One of the runs that take turns slice by slice in the threaded mass start.
+struct Turn<'a> {
+    policy: &'a Policy,
     threads: usize,
-) -> Result<(std::time::Duration, usize)> {
-    on_threads(threads, |t| {
-        place_all(policy, cluster, requests.iter().skip(t).step_by(threads))
-    })
+    /// Each thread places every VM on a cluster of its own (independent copies of a
+    /// one-thread run), instead of its share of them on one shared cluster.
+    own_clusters: bool,
 }
 
-/// One slice placed by every thread on its own cluster (thread `t` on `clusters[t]`), each
-/// the whole slice: independent copies of a one-thread run. Returns (time, VMs placed
-/// over all of them).
-fn own_clusters_slice(
-    policy: &Policy,
-    clusters: &[Cluster],
-    requests: &[ScheduleRequest],
-) -> Result<(std::time::Duration, usize)> {
-    on_threads(clusters.len(), |t| {
-        place_all(policy, &clusters[t], requests.iter())
-    })
+impl Turn<'_> {
+    /// Fresh clusters for a run: one per thread with their own, else one.
+    fn clusters(&self, snapshot: &Snapshot) -> Result<Vec<Cluster>> {
+        let count = if self.own_clusters { self.threads } else { 1 };
+        Ok((0..count)
+            .map(|_| Cluster::new(snapshot.clone(), "<mass-threads>"))
+            .collect::<wasmsched::Result<_>>()?)
+    }
+
+    /// Copies of the one-thread run this turn makes.
+    fn copies(&self) -> usize {
+        if self.own_clusters {
+            self.threads
+        } else {
+            1
+        }
+    }
+
+    /// One slice on `clusters`: returns the wall time and the VMs placed.
+    fn slice(
+        &self,
+        clusters: &[Cluster],
+        requests: &[ScheduleRequest],
+    ) -> Result<(std::time::Duration, usize)> {
+        let threads = self.threads;
+        on_threads(threads, |t| {
+            if self.own_clusters {
+                place_all(self.policy, &clusters[t], requests.iter())
+            } else {
+                let share = requests.iter().skip(t).step_by(threads);
+                place_all(self.policy, &clusters[0], share)
+            }
+        })
+    }
 }
 
 /// Runs `place(t)` on `threads` threads at once; returns the wall time and the sum of what
@@ -304,97 +323,88 @@ pub fn mass_threads(
         .collect();
     let snapshot = synth::snapshot_of(hosts);
     let max = thread_counts.iter().copied().max().unwrap_or(1);
-    // Warm-up: every thread gets instances of every module.
-    for policy in wasm_policies.iter().chain([&native, &own_policy]) {
-        let cluster = Cluster::new(snapshot.clone(), "<mass-threads>")?;
-        threads_slice(policy, &cluster, &requests[..requests.len().min(200)], max)?;
-    }
-    // (backend slot, thread count position) pairs, in turn.
-    let pairs: Vec<(usize, usize)> = (0..2)
-        .flat_map(|slot| (0..thread_counts.len()).map(move |t| (slot, t)))
-        .collect();
-    let policy_of = |slot: usize, t: usize| {
-        if slot == 0 {
-            &wasm_policies[t]
-        } else {
-            &native
-        }
+    // Wasm per thread count, native per thread count, then the wasm copies on their own
+    // clusters.
+    let shared = |policy, threads| Turn {
+        policy,
+        threads,
+        own_clusters: false,
     };
-    let mut results = vec![vec![(Vec::new(), 0usize, 0usize); thread_counts.len()]; 2];
-    let mut own = (Vec::new(), 0usize, 0usize);
-    for _ in 0..runs {
-        let clusters: Vec<Cluster> = pairs
+    let mut turns: Vec<Turn<'_>> = wasm_policies
+        .iter()
+        .zip(thread_counts)
+        .map(|(policy, &threads)| shared(policy, threads))
+        .collect();
+    turns.extend(
+        thread_counts
             .iter()
-            .map(|_| Cluster::new(snapshot.clone(), "<mass-threads>"))
-            .collect::<wasmsched::Result<_>>()?;
-        let own_clusters: Vec<Cluster> = (0..max)
-            .map(|_| Cluster::new(snapshot.clone(), "<own-cluster>"))
-            .collect::<wasmsched::Result<_>>()?;
-        let mut took = vec![std::time::Duration::ZERO; pairs.len() + 1];
-        let mut placed = vec![0usize; pairs.len() + 1];
+            .map(|&threads| shared(&native, threads)),
+    );
+    turns.push(Turn {
+        policy: &own_policy,
+        threads: max,
+        own_clusters: true,
+    });
+    // Warm-up: every thread gets instances of every module.
+    for turn in &turns {
+        turn.slice(
+            &turn.clusters(&snapshot)?,
+            &requests[..requests.len().min(200)],
+        )?;
+    }
+    // Per turn: each run's time, VMs placed, the most over-committed hosts.
+    let mut results = vec![(Vec::new(), 0usize, 0usize); turns.len()];
+    for _ in 0..runs {
+        let clusters: Vec<Vec<Cluster>> = turns
+            .iter()
+            .map(|turn| turn.clusters(&snapshot))
+            .collect::<Result<_>>()?;
+        let mut took = vec![std::time::Duration::ZERO; turns.len()];
+        let mut placed = vec![0usize; turns.len()];
         for (i, slice) in requests.chunks(THREADS_SLICE).enumerate() {
-            for k in 0..=pairs.len() {
-                let p = (i + k) % (pairs.len() + 1);
-                let (time, n) = match pairs.get(p) {
-                    Some(&(slot, t)) => {
-                        threads_slice(policy_of(slot, t), &clusters[p], slice, thread_counts[t])?
-                    }
-                    None => own_clusters_slice(&own_policy, &own_clusters, slice)?,
-                };
+            for k in 0..turns.len() {
+                let p = (i + k) % turns.len();
+                let (time, n) = turns[p].slice(&clusters[p], slice)?;
                 took[p] += time;
                 placed[p] += n;
             }
         }
-        for cluster in &own_clusters {
-            own.2 = own.2.max(check_run(cluster, 1, placed[pairs.len()] / max)?);
-        }
-        own.0.push(ms(took[pairs.len()]));
-        own.1 = placed[pairs.len()];
-        for (p, &(slot, t)) in pairs.iter().enumerate() {
-            let over = check_run(&clusters[p], thread_counts[t], placed[p])?;
-            let entry = &mut results[slot][t];
+        for (p, turn) in turns.iter().enumerate() {
+            let entry = &mut results[p];
+            for cluster in &clusters[p] {
+                let over = check_run(cluster, turn.threads, placed[p] / turn.copies())?;
+                entry.2 = entry.2.max(over);
+            }
             entry.0.push(ms(took[p]));
             entry.1 = placed[p];
-            entry.2 = entry.2.max(over);
         }
     }
-    let summarize = |slot: usize| -> Vec<ThreadsRun> {
-        let one = median(&results[slot][0].0);
-        thread_counts
-            .iter()
-            .enumerate()
-            .map(|(t, &threads)| {
-                let (runs_ms, placed, over) = &results[slot][t];
-                let median_ms = median(runs_ms);
-                ThreadsRun {
-                    threads,
-                    runs_ms: runs_ms.clone(),
-                    median_ms,
-                    decisions_per_s: vms as f64 / (median_ms / 1_000.0),
-                    speedup: one / median_ms,
-                    placed: *placed,
-                    over_committed_hosts: *over,
-                }
-            })
-            .collect()
+    // Speed-ups against the one-thread run of the same backend (the first of its turns).
+    let summary = |p: usize, one: usize| {
+        let turn = &turns[p];
+        let (runs_ms, placed, over) = &results[p];
+        let median_ms = median(runs_ms);
+        let copies = turn.copies() as f64;
+        ThreadsRun {
+            threads: turn.threads,
+            runs_ms: runs_ms.clone(),
+            median_ms,
+            decisions_per_s: copies * vms as f64 / (median_ms / 1_000.0),
+            speedup: copies * median(&results[one].0) / median_ms,
+            placed: *placed,
+            over_committed_hosts: *over,
+        }
     };
-    let one = median(&results[0][0].0);
-    let own_ms = median(&own.0);
-    let wasm_own_clusters = ThreadsRun {
-        threads: max,
-        runs_ms: own.0.clone(),
-        median_ms: own_ms,
-        decisions_per_s: (vms * max) as f64 / (own_ms / 1_000.0),
-        speedup: max as f64 * one / own_ms,
-        placed: own.1,
-        over_committed_hosts: own.2,
-    };
+    let per_backend = thread_counts.len();
+    let native_first = per_backend;
     Ok(MassThreads {
         vms,
         hosts,
-        wasm: summarize(0),
-        native: summarize(1),
-        wasm_own_clusters,
+        wasm: (0..per_backend).map(|p| summary(p, 0)).collect(),
+        native: (native_first..native_first + per_backend)
+            .map(|p| summary(p, native_first))
+            .collect(),
+        wasm_own_clusters: summary(turns.len() - 1, 0),
     })
 }
 
