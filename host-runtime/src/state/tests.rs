@@ -579,30 +579,28 @@ fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm
             _ => None,
         })
     };
+    let prepare = |id: &str| {
+        c.prepare_reservation(&c.view(), &gib(id), "a", &PlacementKind::Start)
+            .unwrap()
+    };
+    let resources_of = |prepared: &placement::PreparedReservation| -> Vec<PendingResource> {
+        prepared
+            .records
+            .iter()
+            .map(|r| r.resource.clone())
+            .collect()
+    };
     // Nothing changed since it was prepared: recorded as prepared.
-    let prepared = c
-        .prepare_reservation(&c.view(), &gib("plain"), "a", &PlacementKind::Start)
-        .unwrap();
-    let expected: Vec<PendingResource> = prepared
-        .records
-        .iter()
-        .map(|r| r.resource.clone())
-        .collect();
+    let prepared = prepare("plain");
+    let expected = resources_of(&prepared);
     let r = c
         .reserve_prepared(&mut c.ledger(), prepared, false)
         .unwrap();
     assert_eq!(r.resources, expected);
     assert_eq!(c.pending_records_of_vm("plain").len(), expected.len());
     // The pending rules changed after it was prepared: the records follow the new rules.
-    let prepared = c
-        .prepare_reservation(&c.view(), &gib("late"), "a", &PlacementKind::Start)
-        .unwrap();
-    let prepared_resources: Vec<PendingResource> = prepared
-        .records
-        .iter()
-        .map(|r| r.resource.clone())
-        .collect();
-    assert_eq!(memory_of(&prepared_resources), Some(64));
+    let prepared = prepare("late");
+    assert_eq!(memory_of(&resources_of(&prepared)), Some(64));
     let mut rules = c.pending_rules();
     rules.memory_overhead_mb = 200;
     c.set_pending_rules(rules);
@@ -613,9 +611,7 @@ fn a_reservation_prepared_before_the_lock_is_made_again_when_the_rules_or_the_vm
     assert_eq!(c.pending_of_vm("late").memory_mb, 200);
     // The VM was placed elsewhere meanwhile: its records there are released and it holds
     // exactly the new reservation's records, on the prepared host.
-    let prepared = c
-        .prepare_reservation(&c.view(), &gib("raced"), "a", &PlacementKind::Start)
-        .unwrap();
+    let prepared = prepare("raced");
     c.reserve(&gib("raced"), "b", PlacementKind::Start).unwrap();
     let r = c
         .reserve_prepared(&mut c.ledger(), prepared, false)
