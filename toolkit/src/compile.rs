@@ -3,7 +3,8 @@
 //!
 //! The release profile is tuned for size whatever the crate's `Cargo.toml` says (command
 //! line `--config` settings win over the manifest): `opt-level = "s"`, `lto`, one codegen
-//! unit, `panic = "abort"`, symbols stripped. The wasm target is installed with rustup when
+//! unit, `panic = "abort"`, symbols stripped; code generation for wasm SIMD
+//! ([`guest_build::RUSTFLAGS_CONFIG`]). The wasm target is installed with rustup when
 //! it is missing (the same code the workspace's own guest build uses). `CARGO_TARGET_DIR`
 //! is honoured, so several unit crates can share compiled dependencies.
 
@@ -79,7 +80,7 @@ fn build_with(cargo: &str, crate_dir: &Path, mut note: impl FnMut(&str)) -> Resu
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for setting in SIZE_PROFILE {
+    for setting in SIZE_PROFILE.iter().chain([&guest_build::RUSTFLAGS_CONFIG]) {
         cmd.arg("--config").arg(setting);
     }
     let output = cmd
