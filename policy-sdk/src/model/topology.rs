@@ -785,6 +785,9 @@ pub struct NumaRequest {
     /// Without the CPU-pinning rule and with every pinned vNUMA node allowed on exactly
     /// one host node: the demand per host node, summed once (nothing to search).
     single: Option<Vec<(u32, u64)>>,
+    /// `single` when it is memory (not hugepages) on one or two host nodes, the second
+    /// repeating the first for one: what [`NumaRequest::fits_quickly`] checks inline.
+    memory_on_two: Option<[(u32, u64); 2]>,
 }
 
 /// Host node `id` when the host lists it at position `id`, as hosts mostly do (node
@@ -843,6 +846,11 @@ impl NumaRequest {
             }
             sums
         });
+        let memory_on_two = match single.as_deref() {
+            Some(&[first]) if page_kb.is_none() => Some([first, first]),
+            Some(&[first, second]) if page_kb.is_none() => Some([first, second]),
+            _ => None,
+        };
         Self {
             items,
             page_kb,
@@ -850,6 +858,7 @@ impl NumaRequest {
             pinned_cpus: pinning.is_some(),
             by_vnode,
             single,
+            memory_on_two,
         }
     }
 
@@ -900,8 +909,36 @@ impl NumaRequest {
     /// (see [`Verdicts::judge`](crate::Verdicts::judge)); `check` starts with it too.
     ///
     /// A host whose node is not listed at its index position is left to `check`.
-    #[inline]
+    ///
+    /// Memory on one or two host nodes, the most common request, is checked inline: in a
+    /// wasm guest, a call per host costs more than the check (the callee saves and restores
+    /// registers, and checks the stack and the call's deadline, on every call).
+    #[inline(always)]
     pub fn fits_quickly(&self, host: &Host) -> bool {
+        match &self.memory_on_two {
+            Some([first, second]) => {
+                let pending = &host.pending;
+                let fits = |&(id, sum): &(u32, u64)| {
+                    node_at_its_index(host, id).is_some_and(|node| {
+                        let room = if pending.numa_memory.is_empty() {
+                            node.free_memory_mb
+                        } else {
+                            node.free_memory_mb
+                                .saturating_sub(pending.numa_memory_of(id))
+                        };
+                        sum <= room
+                    })
+                };
+                fits(first) && fits(second)
+            }
+            None => self.fits_quickly_by_sums(host),
+        }
+    }
+
+    /// [`NumaRequest::fits_quickly`] for any summed request: each host node's sum against
+    /// its room.
+    #[inline(never)]
+    fn fits_quickly_by_sums(&self, host: &Host) -> bool {
         match &self.single {
             Some(sums) if !self.items.is_empty() => sums.iter().all(|&(id, sum)| {
                 node_at_its_index(host, id).is_some_and(|node| sum <= self.room_on(host, node))
@@ -1792,6 +1829,14 @@ mod tests {
             let brute = brute_force(&sizes, &allowed_sets, &mut room.clone(), 0);
             let fit = find_numa_assignment(&v, &h, None);
             assert_eq!(fit.passes(), brute, "case {case}: {fit:?}");
+            // The fast check passes only hosts that fit, and when every vNUMA node is allowed
+            // on one host node it decides every host (inline for one or two host nodes).
+            let request = NumaRequest::new(&v, None);
+            if request.fits_quickly(&h) {
+                assert!(brute, "case {case}: fits quickly but not by brute force");
+            } else if request.single.is_some() {
+                assert!(!brute, "case {case}: one node each, not quickly, yet fits");
+            }
             if let NumaFit::Fits(placements) = fit {
                 let mut used = vec![0u64; nodes as usize];
                 for p in &placements {
