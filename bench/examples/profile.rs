@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads), `ab` (the mass start on the wasm and the native backend in turns, `CHUNK` VMs at a time: their ratio in one phase of the machine).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads), `ab` (the mass start on the wasm and the native backend in turns, `CHUNK` VMs at a time: their ratio in one phase of the machine), `turns` (summary decisions by the modules of each directory of `DIRS` and the native units in turns: guest builds compared in one phase).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -123,6 +123,71 @@ fn main() -> anyhow::Result<()> {
                 took[1],
                 took[0].as_secs_f64() / took[1].as_secs_f64()
             );
+        }
+        "turns" => {
+            // Summary decisions of the VM mix (`KIND`: one kind) on one realistic cluster,
+            // by several backends in turns of `CHUNK` decisions (default 50), `ROUNDS` per
+            // backend (default 3,000): the wasm modules of each directory of `DIRS`
+            // (comma-separated; the embedded ones when unset) and the native units. Two
+            // guest builds are compared in one phase of the machine.
+            let (cluster, _) = synth::realistic_cluster(hosts)?;
+            let view = cluster.view();
+            let rounds: usize = std::env::var("ROUNDS").map_or(Ok(3_000), |r| r.parse())?;
+            let chunk: usize = std::env::var("CHUNK").map_or(Ok(50), |v| v.parse())?;
+            let kinds: Vec<VmKind> = match std::env::var("KIND") {
+                Ok(name) => match VmKind::ALL.into_iter().find(|k| k.name() == name) {
+                    Some(kind) => vec![kind],
+                    None => anyhow::bail!("unknown VM kind {name}"),
+                },
+                Err(_) => VmKind::ALL.to_vec(),
+            };
+            let mut backends: Vec<(String, wasmsched::Runtime)> = Vec::new();
+            match std::env::var("DIRS") {
+                Ok(dirs) => {
+                    for dir in dirs.split(',') {
+                        let runtime = wasmsched::Runtime::builder()
+                            .builtins(false)
+                            .cache_dir(None)
+                            .policy_dir(dir)
+                            .build()?;
+                        backends.push((dir.to_string(), runtime));
+                    }
+                }
+                Err(_) => backends.push(("wasm".into(), native::wasm_runtime())),
+            }
+            backends.push(("native".into(), native::runtime()));
+            let policies = backends
+                .iter()
+                .map(|(_, runtime)| Policy::builtin_default(runtime))
+                .collect::<Result<Vec<_>, _>>()?;
+            let requests: Vec<ScheduleRequest> = (0..rounds)
+                .map(|i| {
+                    ScheduleRequest::new(kinds[i % kinds.len()].vm("probe")).detail(Detail::Summary)
+                })
+                .collect();
+            for policy in &policies {
+                policy.evaluate(&view, &requests[0])?;
+            }
+            let mut took = vec![std::time::Duration::ZERO; policies.len()];
+            for (turn, slice) in requests.chunks(chunk.max(1)).enumerate() {
+                for k in 0..policies.len() {
+                    // Who goes first rotates.
+                    let b = (k + turn) % policies.len();
+                    let started = std::time::Instant::now();
+                    for request in slice {
+                        policies[b].evaluate(&view, request)?;
+                    }
+                    took[b] += started.elapsed();
+                }
+            }
+            let native_took = took[took.len() - 1].as_secs_f64();
+            for ((name, _), took) in backends.iter().zip(&took) {
+                eprintln!(
+                    "{name}: {:.1} us per decision, {:.3}x native",
+                    took.as_secs_f64() * 1e6 / rounds.max(1) as f64,
+                    took.as_secs_f64() / native_took
+                );
+            }
         }
         "mass" | "mass2" => {
             let threads = if what == "mass2" { 2 } else { 1 };
