@@ -10,11 +10,12 @@ use std::process::Command;
 pub const TARGET: &str = "wasm32-unknown-unknown";
 
 /// The `--config` setting of every guest build, builtin or an operator's: code generation
-/// for wasm SIMD (128-bit vectors), which wasmtime compiles to SSE/AVX on x86-64 and NEON on
-/// aarch64. LLVM then vectorizes the guests' sums and scans over hosts; the builtin
-/// default policy's summary decisions at 1,000 hosts took 4-9% less time in wasm, with
-/// hugepage VMs gaining most (see `docs/performance.md`). A `RUSTFLAGS` in the
-/// environment of an operator's `wasmsched build` replaces it, as cargo's rules say.
+/// for wasm SIMD (128-bit vectors), which wasmtime's Cranelift compiles on any x86-64 CPU
+/// (SSE2, the architecture's baseline, is enough) and on aarch64. LLVM then vectorizes the
+/// guests' sums and scans over hosts; the builtin default policy's summary decisions at
+/// 1,000 hosts took 4-9% less time in wasm, hugepage VMs gaining most (see
+/// `docs/performance.md`). A `RUSTFLAGS` in the environment of an operator's
+/// `wasmsched build` replaces it, as cargo's rules say.
 pub const RUSTFLAGS_CONFIG: &str =
     "target.wasm32-unknown-unknown.rustflags=[\"-C\", \"target-feature=+simd128\"]";
 
