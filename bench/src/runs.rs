@@ -59,29 +59,74 @@ fn decide_ms(policy: &Policy, view: &ClusterView, request: &ScheduleRequest) -> 
 /// timed rounds, each round one wasm and one native decision (alternating which goes
 /// first) so both backends see the same machine noise.
 fn paired(
-    (wasm, native): (&Policy, &Policy),
+    policies: (&Policy, &Policy),
     view: &ClusterView,
     request: &ScheduleRequest,
     warmup: usize,
     iterations: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut samples = paired_rounds(
+        policies,
+        view,
+        std::slice::from_ref(request),
+        warmup,
+        iterations,
+    )?;
+    Ok(samples.remove(0))
+}
+
+/// [`paired`] for several requests at once, in [`ROUNDS_OF_REQUESTS`] rounds: in each
+/// round every request gets its share of the iterations in a row (one wasm and one native
+/// decision at a time, alternating which goes first), so that every request's samples
+/// spread over the whole measurement while a request's decisions still come in runs. A
+/// small cloud VM's speed drifts by tens of percent within seconds; measured one after the
+/// other, the requests (the VM kinds) met different phases of the machine, and the
+/// samples of all kinds together compared wasm and native samples of different kinds,
+/// taken at different speeds. The (wasm, native) samples of each request, in order.
+fn paired_rounds(
+    (wasm, native): (&Policy, &Policy),
+    view: &ClusterView,
+    requests: &[ScheduleRequest],
+    warmup: usize,
+    iterations: usize,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
     for _ in 0..warmup {
-        decide_ms(wasm, view, request)?;
-        decide_ms(native, view, request)?;
-    }
-    let mut w = Vec::with_capacity(iterations);
-    let mut n = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        if i % 2 == 0 {
-            w.push(decide_ms(wasm, view, request)?);
-            n.push(decide_ms(native, view, request)?);
-        } else {
-            n.push(decide_ms(native, view, request)?);
-            w.push(decide_ms(wasm, view, request)?);
+        for request in requests {
+            decide_ms(wasm, view, request)?;
+            decide_ms(native, view, request)?;
         }
     }
-    Ok((w, n))
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = requests
+        .iter()
+        .map(|_| {
+            (
+                Vec::with_capacity(iterations),
+                Vec::with_capacity(iterations),
+            )
+        })
+        .collect();
+    let run = iterations.div_ceil(ROUNDS_OF_REQUESTS).max(1);
+    let mut done = 0;
+    while done < iterations {
+        let now = run.min(iterations - done);
+        for (request, (w, n)) in requests.iter().zip(&mut samples) {
+            for i in done..done + now {
+                if i % 2 == 0 {
+                    w.push(decide_ms(wasm, view, request)?);
+                    n.push(decide_ms(native, view, request)?);
+                } else {
+                    n.push(decide_ms(native, view, request)?);
+                    w.push(decide_ms(wasm, view, request)?);
+                }
+            }
+        }
+        done += now;
+    }
+    Ok(samples)
 }
+
+/// Rounds in which [`paired_rounds`] takes the requests in turn.
+const ROUNDS_OF_REQUESTS: usize = 10;
 
 /// Decision latency of one VM kind at one cluster size.
 #[derive(Debug, Clone, Serialize)]
@@ -140,13 +185,16 @@ pub fn latency(backends: &Backends, hosts: usize, quick: bool) -> Result<SizeLat
     let view = cluster.view();
     let (warmup, iterations) = latency_iterations(hosts, quick);
     let measure = |detail: Detail| -> Result<(Vec<KindLatency>, Comparison)> {
-        let mut kinds = Vec::new();
-        let (mut all_w, mut all_n) = (Vec::new(), Vec::new());
-        for kind in VmKind::ALL {
-            let request =
-                ScheduleRequest::new(kind.vm(&format!("probe-{}", kind.name()))).detail(detail);
-            let w = wasm.evaluate(&view, &request)?;
-            let n = native.evaluate(&view, &request)?;
+        let requests: Vec<ScheduleRequest> = VmKind::ALL
+            .iter()
+            .map(|kind| {
+                ScheduleRequest::new(kind.vm(&format!("probe-{}", kind.name()))).detail(detail)
+            })
+            .collect();
+        let mut available = Vec::with_capacity(requests.len());
+        for (kind, request) in VmKind::ALL.iter().zip(&requests) {
+            let w = wasm.evaluate(&view, request)?;
+            let n = native.evaluate(&view, request)?;
             if w.available != n.available || w.chosen != n.chosen {
                 bail!(
                     "{} at {hosts} hosts: wasm and native disagree ({:?} of {} vs {:?} of {})",
@@ -157,12 +205,20 @@ pub fn latency(backends: &Backends, hosts: usize, quick: bool) -> Result<SizeLat
                     n.available
                 );
             }
-            let (ws, ns) = paired((&wasm, &native), &view, &request, warmup, iterations)?;
+            available.push(w.available);
+        }
+        // The kinds take turns, a tenth of the iterations at a time (see `paired_rounds`).
+        let samples = paired_rounds((&wasm, &native), &view, &requests, warmup, iterations)?;
+        let mut kinds = Vec::new();
+        let (mut all_w, mut all_n) = (Vec::new(), Vec::new());
+        for ((kind, available_hosts), (ws, ns)) in
+            VmKind::ALL.into_iter().zip(available).zip(samples)
+        {
             all_w.extend_from_slice(&ws);
             all_n.extend_from_slice(&ns);
             kinds.push(KindLatency {
                 kind,
-                available_hosts: w.available,
+                available_hosts,
                 comparison: Comparison::of(&ws, &ns),
             });
         }
