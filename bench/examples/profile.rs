@@ -53,14 +53,7 @@ fn main() -> anyhow::Result<()> {
             let (cluster, _) = synth::realistic_cluster(hosts)?;
             let view = cluster.view();
             let rounds: usize = std::env::var("ROUNDS").map_or(Ok(200), |r| r.parse())?;
-            // `KIND=hugepages` (a kind's name in the tables): that kind only.
-            let kinds: Vec<VmKind> = match std::env::var("KIND") {
-                Ok(name) => match VmKind::ALL.into_iter().find(|k| k.name() == name) {
-                    Some(kind) => vec![kind],
-                    None => anyhow::bail!("unknown VM kind {name}"),
-                },
-                Err(_) => VmKind::ALL.to_vec(),
-            };
+            let kinds = kinds_from_env()?;
             // `DETAIL=full`: full reports instead of summary decisions.
             let detail = match std::env::var("DETAIL").as_deref() {
                 Ok("full") => Detail::Full,
@@ -134,13 +127,7 @@ fn main() -> anyhow::Result<()> {
             let view = cluster.view();
             let rounds: usize = std::env::var("ROUNDS").map_or(Ok(3_000), |r| r.parse())?;
             let chunk: usize = std::env::var("CHUNK").map_or(Ok(50), |v| v.parse())?;
-            let kinds: Vec<VmKind> = match std::env::var("KIND") {
-                Ok(name) => match VmKind::ALL.into_iter().find(|k| k.name() == name) {
-                    Some(kind) => vec![kind],
-                    None => anyhow::bail!("unknown VM kind {name}"),
-                },
-                Err(_) => VmKind::ALL.to_vec(),
-            };
+            let kinds = kinds_from_env()?;
             let mut backends: Vec<(String, wasmsched::Runtime)> = Vec::new();
             match std::env::var("DIRS") {
                 Ok(dirs) => {
@@ -217,4 +204,16 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{}: {:?}", module.file(), module.stats());
     }
     Ok(())
+}
+
+/// The VM kinds of the `steady` and `turns` workloads: `KIND=hugepages` (a kind's name in
+/// the tables) for that kind only, every kind of the mix when unset.
+fn kinds_from_env() -> anyhow::Result<Vec<VmKind>> {
+    match std::env::var("KIND") {
+        Ok(name) => match VmKind::ALL.into_iter().find(|k| k.name() == name) {
+            Some(kind) => Ok(vec![kind]),
+            None => anyhow::bail!("unknown VM kind {name}"),
+        },
+        Err(_) => Ok(VmKind::ALL.to_vec()),
+    }
 }
