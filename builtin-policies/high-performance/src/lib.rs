@@ -20,7 +20,9 @@
 //! use the feature it checks.
 
 use policy_sdk::model::index::CpuFlagIndex;
-use policy_sdk::model::topology::{self, CpuBits, CpuCounts, CpuPinning, NumaFit, NumaRequest};
+use policy_sdk::model::topology::{
+    self, CpuBits, CpuCounts, CpuPinning, NumaFit, NumaRequest, QuickNumaFit,
+};
 use policy_sdk::{
     push_penalties, Context, Filter, Host, HostIndex, HugePages, PinningPolicy, Snapshot, Verdict,
     Verdicts, Vm, Weight,
@@ -565,10 +567,11 @@ impl Filter for NumaFilter {
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         if has_pinned_vnuma(vm) {
             let request = NumaRequest::new(vm, None);
+            let quick = request.quick();
             out.judge(
                 candidates,
                 #[inline(always)]
-                |i| request.fits_quickly(ctx.host(i)),
+                move |i| quick.fits(ctx.host(i)),
                 |i| Self::verdict(ctx, &request, ctx.host(i)),
             );
         } else {
@@ -662,10 +665,17 @@ impl CpuAndNumaPinningWeight {
     /// decided inline in the caller's loop over hosts, the others by a call.
     #[inline(always)]
     fn penalty_with(request: &NumaRequest, host: &Host) -> i64 {
-        if request.fits_quickly(host) {
+        Self::penalty_given(request.quick(), host)
+    }
+
+    /// [`CpuAndNumaPinningWeight::penalty_with`] with the quick check taken out of the
+    /// request once for a loop over hosts.
+    #[inline(always)]
+    fn penalty_given(quick: QuickNumaFit<'_>, host: &Host) -> i64 {
+        if quick.fits(host) {
             FITS
         } else {
-            Self::penalty_checked(request, host)
+            Self::penalty_checked(quick.request(), host)
         }
     }
 
@@ -706,11 +716,12 @@ impl Weight for CpuAndNumaPinningWeight {
         }
         let pinning = CpuPinning::of_vm(vm).ok().flatten();
         let request = NumaRequest::new(vm, pinning.as_ref());
+        let quick = request.quick();
         push_penalties(
             out,
             candidates,
             #[inline(always)]
-            |i| Self::penalty_with(&request, ctx.host(i)),
+            move |i| Self::penalty_given(quick, ctx.host(i)),
         );
     }
 }

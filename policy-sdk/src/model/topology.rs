@@ -797,6 +797,46 @@ fn node_at_its_index(host: &Host, id: u32) -> Option<&NumaNode> {
     host.numa_nodes.get(id as usize).filter(|n| n.index == id)
 }
 
+/// [`NumaRequest::fits_quickly`] for a loop over hosts (see [`NumaRequest::quick`]). Copy
+/// it into the loop's closure: the closure reaches the loop by reference, and what it holds
+/// by value the compiler may keep in registers across the loop's calls (the slow path),
+/// while what it reads through a pointer it loads again after each of them.
+#[derive(Debug, Clone, Copy)]
+pub struct QuickNumaFit<'a> {
+    memory_on_two: Option<[(u32, u64); 2]>,
+    request: &'a NumaRequest,
+}
+
+impl QuickNumaFit<'_> {
+    /// [`NumaRequest::fits_quickly`].
+    #[inline(always)]
+    pub fn fits(&self, host: &Host) -> bool {
+        match self.memory_on_two {
+            Some([first, second]) => {
+                let pending = &host.pending;
+                let fits = |(id, sum): (u32, u64)| {
+                    node_at_its_index(host, id).is_some_and(|node| {
+                        let room = if pending.numa_memory.is_empty() {
+                            node.free_memory_mb
+                        } else {
+                            node.free_memory_mb
+                                .saturating_sub(pending.numa_memory_of(id))
+                        };
+                        sum <= room
+                    })
+                };
+                fits(first) && fits(second)
+            }
+            None => self.request.fits_quickly_by_sums(host),
+        }
+    }
+
+    /// The request this check was taken from.
+    pub fn request(&self) -> &NumaRequest {
+        self.request
+    }
+}
+
 impl NumaRequest {
     /// Prepares the check of `vm`'s pinned vNUMA nodes, with the CPU-pinning rule when
     /// `pinning` is given.
@@ -915,23 +955,17 @@ impl NumaRequest {
     /// registers, and checks the stack and the call's deadline, on every call).
     #[inline(always)]
     pub fn fits_quickly(&self, host: &Host) -> bool {
-        match &self.memory_on_two {
-            Some([first, second]) => {
-                let pending = &host.pending;
-                let fits = |&(id, sum): &(u32, u64)| {
-                    node_at_its_index(host, id).is_some_and(|node| {
-                        let room = if pending.numa_memory.is_empty() {
-                            node.free_memory_mb
-                        } else {
-                            node.free_memory_mb
-                                .saturating_sub(pending.numa_memory_of(id))
-                        };
-                        sum <= room
-                    })
-                };
-                fits(first) && fits(second)
-            }
-            None => self.fits_quickly_by_sums(host),
+        self.quick().fits(host)
+    }
+
+    /// [`NumaRequest::fits_quickly`] with the part it checks inline copied out of the
+    /// request: a loop over hosts that captures it by value keeps the nodes and sums in
+    /// locals (read through the request, a guest loads them from memory for every host).
+    #[inline(always)]
+    pub fn quick(&self) -> QuickNumaFit<'_> {
+        QuickNumaFit {
+            memory_on_two: self.memory_on_two,
+            request: self,
         }
     }
 
