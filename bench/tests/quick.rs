@@ -130,12 +130,24 @@ fn quick_run_writes_a_complete_report() {
                 "dedicated"
             ]
         );
+        // Every kind gets every iteration on each backend, though the kinds take turns.
+        let iterations = size["iterations"].as_u64().unwrap();
         for kind in kinds {
             latency_is_complete(kind);
             assert!(kind["available_hosts"].as_u64().unwrap() > 0, "{kind}");
+            for backend in ["wasm", "native"] {
+                assert_eq!(kind[backend]["samples"], iterations, "{kind}");
+            }
         }
         latency_is_complete(&size["overall"]);
         latency_is_complete(&size["summary_overall"]);
+        for overall in ["overall", "summary_overall"] {
+            assert_eq!(
+                size[overall]["wasm"]["samples"],
+                5 * iterations,
+                "{overall}"
+            );
+        }
     }
 
     let mass = &report["mass_start"];
