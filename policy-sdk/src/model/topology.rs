@@ -790,6 +790,19 @@ pub struct NumaRequest {
     memory_on_two: Option<[(u32, u64); 2]>,
 }
 
+/// The memory room of `node` of `host`: its free memory minus the pending NUMA memory on
+/// it (most hosts have none pending, checked first).
+#[inline(always)]
+fn memory_room(host: &Host, node: &NumaNode) -> u64 {
+    let pending = &host.pending.numa_memory;
+    if pending.is_empty() {
+        node.free_memory_mb
+    } else {
+        node.free_memory_mb
+            .saturating_sub(host.pending.numa_memory_of(node.index))
+    }
+}
+
 /// Host node `id` when the host lists it at position `id`, as hosts mostly do (node
 /// indexes are unique: the engine refuses a snapshot that lists one twice).
 #[inline(always)]
@@ -813,17 +826,8 @@ impl QuickNumaFit<'_> {
     pub fn fits(&self, host: &Host) -> bool {
         match self.memory_on_two {
             Some([first, second]) => {
-                let pending = &host.pending;
                 let fits = |(id, sum): (u32, u64)| {
-                    node_at_its_index(host, id).is_some_and(|node| {
-                        let room = if pending.numa_memory.is_empty() {
-                            node.free_memory_mb
-                        } else {
-                            node.free_memory_mb
-                                .saturating_sub(pending.numa_memory_of(id))
-                        };
-                        sum <= room
-                    })
+                    node_at_its_index(host, id).is_some_and(|node| sum <= memory_room(host, node))
                 };
                 fits(first) && fits(second)
             }
@@ -923,9 +927,7 @@ impl NumaRequest {
     fn room_on(&self, host: &Host, node: &NumaNode) -> u64 {
         match self.page_kb {
             Some(size) => HugePages::count_of(&node.free_hugepages, size),
-            None => node
-                .free_memory_mb
-                .saturating_sub(host.pending.numa_memory_of(node.index)),
+            None => memory_room(host, node),
         }
     }
 
