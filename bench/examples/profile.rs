@@ -26,11 +26,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1));
     let runtime = match (native_backend, dir) {
         (true, _) => native::runtime(),
-        (false, Some(dir)) => wasmsched::Runtime::builder()
-            .builtins(false)
-            .cache_dir(None)
-            .policy_dir(dir)
-            .build()?,
+        (false, Some(dir)) => runtime_of_dir(dir)?,
         (false, None) => native::wasm_runtime(),
     };
     let policy = Policy::builtin_default(&runtime)?;
@@ -132,12 +128,7 @@ fn main() -> anyhow::Result<()> {
             match std::env::var("DIRS") {
                 Ok(dirs) => {
                     for dir in dirs.split(',') {
-                        let runtime = wasmsched::Runtime::builder()
-                            .builtins(false)
-                            .cache_dir(None)
-                            .policy_dir(dir)
-                            .build()?;
-                        backends.push((dir.to_string(), runtime));
+                        backends.push((dir.to_string(), runtime_of_dir(dir)?));
                     }
                 }
                 Err(_) => backends.push(("wasm".into(), native::wasm_runtime())),
@@ -216,4 +207,14 @@ fn kinds_from_env() -> anyhow::Result<Vec<VmKind>> {
         },
         Err(_) => Ok(VmKind::ALL.to_vec()),
     }
+}
+
+/// A runtime with the policy modules of `dir` instead of the embedded builtins, compiled
+/// afresh (no cache).
+fn runtime_of_dir(dir: &str) -> anyhow::Result<wasmsched::Runtime> {
+    Ok(wasmsched::Runtime::builder()
+        .builtins(false)
+        .cache_dir(None)
+        .policy_dir(dir)
+        .build()?)
 }
