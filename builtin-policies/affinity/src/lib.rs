@@ -72,13 +72,6 @@ impl Filter for VmAffinityFilter {
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
     }
-
-    /// Not for a VM in an enforcing group: its fellow members pending on other hosts decide
-    /// where it may go (a member reserved on host B turns host A away under a positive
-    /// group). A VM in no enforcing group passes everywhere, whatever changes.
-    fn host_local(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
-        relevant_groups(ctx.snapshot(), vm, true, false).is_empty()
-    }
 }
 
 /// Soft affinity groups of the VM (and enforcing ones with `include_enforcing`), as a raw

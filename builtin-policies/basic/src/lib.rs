@@ -121,11 +121,6 @@ impl Filter for MemoryFilter {
             |i| Self::check_with(ctx, overhead, vm, ctx.host(i)),
         );
     }
-
-    /// The host's own memory and pending memory.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
-    }
 }
 
 /// Free memory plus free swap, minus pending memory.
@@ -202,11 +197,6 @@ impl Filter for CpuFilter {
                 })
             },
         );
-    }
-
-    /// The host's own CPUs, dedicated and pending pinned ones included.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
     }
 }
 

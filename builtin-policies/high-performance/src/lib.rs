@@ -187,12 +187,6 @@ impl Filter for CpuLevelFilter {
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
     }
-
-    /// The host's own CPU flags against the VM's (or its current host's) model: no other
-    /// host's pending resources count.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
-    }
 }
 
 /// What the CPU pinning filter checks for one VM, worked out once per call.
@@ -459,11 +453,6 @@ impl Filter for CpuPinningFilter {
             );
         }
     }
-
-    /// The host's own pCPUs, dedicated and pending pinned ones included.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
-    }
 }
 
 fn has_pinned_vnuma(vm: &Vm) -> bool {
@@ -589,11 +578,6 @@ impl Filter for NumaFilter {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
         }
     }
-
-    /// The host's own NUMA nodes and their pending memory.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
-    }
 }
 
 /// Hugepages: a VM backed by hugepages needs `ceil(memory / page size)` free pages of its
@@ -665,11 +649,6 @@ impl Filter for HugePagesFilter {
             ),
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
-    }
-
-    /// The host's own free and pending hugepages.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
     }
 }
 

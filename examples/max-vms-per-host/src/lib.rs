@@ -41,13 +41,6 @@ impl Filter for MaxVmsPerHost {
             })
         }
     }
-
-    /// A host's count is its own running and pending VMs: a VM reserved on another host
-    /// never changes this host's verdict, so a decision that raced another caller's
-    /// reservation elsewhere need not run this filter again.
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        true
-    }
 }
 
 policy_sdk::export_units! {

@@ -21,7 +21,7 @@ use super::selector::{compare_totals, factored, pick_best, select};
 use super::shadow::{self, LiveChoice};
 use crate::engine::{CallLimits, LoadedModule};
 use crate::error::{Error, Result, UnitFault};
-use crate::state::{Cluster, ClusterView, Reservation};
+use crate::state::{Cluster, ClusterView};
 use policy_sdk::wire::abi::{Batch, BatchUnitRef, Call};
 use policy_sdk::{HostIndex, HostStatus, Penalty, Verdicts, Vm};
 use std::collections::HashSet;
@@ -42,16 +42,18 @@ pub(super) fn schedule(
     cluster.unplace(&request.vm.id)?;
     for _ in 0..OPTIMISTIC_ROUNDS {
         let view = cluster.view();
-        let (mut decision, host_local) = decide_judged(policy, &view, request)?;
+        let mut decision = decide(policy, &view, request)?;
         let Some(host) = decision.chosen.clone() else {
             return Ok(decision);
         };
         let epoch = view.epoch();
         // Let the snapshot be updated in place if no one else holds it.
         drop(view);
-        if let Some(reservation) =
-            reserve_decided(policy, cluster, request, epoch, &host, host_local)?
-        {
+        let reserved =
+            cluster.reserve_decided(epoch, &request.vm, &host, request.kind.clone(), |latest| {
+                still_fits(policy, latest, request, &host)
+            })?;
+        if let Some(reservation) = reserved {
             decision.reservation = Some(reservation);
             return Ok(decision);
         }
@@ -73,36 +75,6 @@ pub(super) fn schedule(
         )?);
     }
     Ok(decision)
-}
-
-/// Reserves `host`, chosen for the request on epoch `decided`: at once when the cluster is
-/// still at that epoch, otherwise once the host is judged again on the latest view. By the
-/// filters ([`still_fits`]), unless every filter's verdicts were host-local (`host_local`)
-/// and only other hosts' pending resources changed since ([`still_holds`]): then the
-/// verdicts stand as they are. `None`: the host no longer fits.
-fn reserve_decided(
-    policy: &Policy,
-    cluster: &Cluster,
-    request: &ScheduleRequest,
-    decided: u64,
-    host: &str,
-    host_local: bool,
-) -> Result<Option<Reservation>> {
-    cluster.reserve_decided(decided, &request.vm, host, request.kind.clone(), |latest| {
-        if host_local && still_holds(latest, decided, host) {
-            return Ok(true);
-        }
-        still_fits(policy, latest, request, host)
-    })
-}
-
-/// Whether a decision for `host` made at epoch `decided` with host-local verdicts only (see
-/// [`policy_sdk::Filter::host_local`]) holds on `latest` as it is: nothing but other hosts'
-/// pending resources changed in between, so no filter's verdict about `host` can have.
-fn still_holds(latest: &ClusterView, decided: u64, host: &str) -> bool {
-    latest
-        .host_index(host)
-        .is_some_and(|index| latest.only_pending_elsewhere_since(decided, index))
 }
 
 /// Whether `host` is still a candidate that passes every filter on `view`.
@@ -153,16 +125,6 @@ pub(super) fn decide(
     view: &ClusterView,
     request: &ScheduleRequest,
 ) -> Result<Decision> {
-    decide_judged(policy, view, request).map(|(decision, _)| decision)
-}
-
-/// [`decide`], and whether every filter of the policy judged the hosts host-locally for this
-/// VM ([`Stage::host_local`]).
-fn decide_judged(
-    policy: &Policy,
-    view: &ClusterView,
-    request: &ScheduleRequest,
-) -> Result<(Decision, bool)> {
     let snapshot = view.snapshot();
     let full = request.detail == Detail::Full;
     // Per-host outcomes are only kept for a full report; the summary's counts always.
@@ -237,7 +199,6 @@ fn decide_judged(
         }
     }
     failures.extend(stage.failures);
-    let host_local = stage.host_local;
     let survivors = stage.survivors;
     // Weights: one penalty column per unit that answered.
     let columns: Vec<(&PolicyUnit, Vec<Penalty>)> = policy
@@ -346,7 +307,7 @@ fn decide_judged(
         chosen.map(|h| h.name.as_str()),
         survivors.len(),
     );
-    let decision = Decision {
+    Ok(Decision {
         vm: request.vm.id.clone(),
         policy: policy.name.clone(),
         epoch: view.epoch(),
@@ -362,8 +323,7 @@ fn decide_judged(
         reservation: None,
         warnings: policy.stale.iter().map(ToString::to_string).collect(),
         shadow,
-    };
-    Ok((decision, host_local))
+    })
 }
 
 /// Candidates from which one decision is split across cores: below it, a decision runs
@@ -393,10 +353,6 @@ struct Stage {
     columns: Vec<Option<Vec<Penalty>>>,
     /// Units that failed open.
     failures: Vec<UnitFailure>,
-    /// Whether every filter that judged candidates answered with host-local verdicts
-    /// ([`Verdicts::host_local`]): `false` as soon as one did not or failed. (A filter
-    /// left without candidates judged none; nothing of this stage survives it anyway.)
-    host_local: bool,
 }
 
 /// When a stage runs the weights.
@@ -493,7 +449,6 @@ fn run_units(
     // The candidates are shared by the weights of one batch.
     type Answer = (Arc<[HostIndex]>, std::result::Result<Vec<Penalty>, String>);
     let mut answers: Vec<Option<Answer>> = policy.weights.iter().map(|_| None).collect();
-    let mut host_local = true;
     for group in plan(policy, weigh) {
         if survivors.is_empty() || (group.filters.is_empty() && !weigh.runs(survivors.len())) {
             continue;
@@ -539,18 +494,12 @@ fn run_units(
             Some(answered) => {
                 for (i, answer) in group.filters.clone().zip(answered.filters) {
                     match answer {
-                        Ok(verdicts) => {
-                            host_local &= verdicts.host_local;
-                            narrow(&mut survivors, verdicts, &mut rejected[i]);
-                        }
-                        Err(message) => {
-                            host_local = false;
-                            handle_fault(
-                                &policy.filters[i],
-                                UnitFault::GuestError(message),
-                                &mut failures,
-                            )?
-                        }
+                        Ok(verdicts) => narrow(&mut survivors, verdicts, &mut rejected[i]),
+                        Err(message) => handle_fault(
+                            &policy.filters[i],
+                            UnitFault::GuestError(message),
+                            &mut failures,
+                        )?,
                     }
                 }
                 let over: Arc<[HostIndex]> = survivors.as_slice().into();
@@ -565,12 +514,10 @@ fn run_units(
                         break;
                     }
                     let filter = &policy.filters[i];
-                    match run_filter(filter, view, vm, &survivors, details, &mut failures)? {
-                        Some(verdicts) => {
-                            host_local &= verdicts.host_local;
-                            narrow(&mut survivors, verdicts, &mut rejected[i]);
-                        }
-                        None => host_local = false,
+                    if let Some(verdicts) =
+                        run_filter(filter, view, vm, &survivors, details, &mut failures)?
+                    {
+                        narrow(&mut survivors, verdicts, &mut rejected[i]);
                     }
                 }
             }
@@ -609,7 +556,6 @@ fn run_units(
         rejected,
         columns,
         failures,
-        host_local,
     })
 }
 
@@ -739,18 +685,15 @@ fn run_units_split(
 /// The stages of the contiguous parts of a split decision, in order, as one stage: survivors
 /// and rejections end to end (reject codes renumbered), weight columns end to end (a weight
 /// that failed open on any part is dropped, as it would have been on one core), failures
-/// once per unit, no weights when at most one host survived (as on one core), and
-/// host-local only when every part was.
+/// once per unit, and no weights when at most one host survived (as on one core).
 fn merge(stages: Vec<Stage>, filters: usize, weights: usize) -> Stage {
     let mut merged = Stage {
         survivors: Vec::new(),
         rejected: (0..filters).map(|_| Rejected::default()).collect(),
         columns: vec![Some(Vec::new()); weights],
         failures: Vec::new(),
-        host_local: true,
     };
     for stage in stages {
-        merged.host_local &= stage.host_local;
         merged.survivors.extend(stage.survivors);
         for (into, from) in merged.rejected.iter_mut().zip(stage.rejected) {
             // Codes renumbered into the merged list.
@@ -892,7 +835,6 @@ mod tests {
                 .collect(),
             columns,
             failures: Vec::new(),
-            host_local: true,
         }
     }
 
@@ -933,135 +875,5 @@ mod tests {
         let merged = merge(vec![first, second], 0, 1);
         assert_eq!(merged.survivors, [4]);
         assert_eq!(merged.columns, [None]);
-    }
-
-    /// A split decision is host-local only when every part's filters said so.
-    #[test]
-    fn a_split_decision_is_host_local_only_when_every_part_is() {
-        for (parts, want) in [
-            ([true, true], true),
-            ([true, false], false),
-            ([false, true], false),
-        ] {
-            let stages = parts
-                .iter()
-                .enumerate()
-                .map(|(i, &host_local)| Stage {
-                    host_local,
-                    ..stage(&[i as HostIndex], vec![], vec![])
-                })
-                .collect();
-            assert_eq!(merge(stages, 0, 0).host_local, want, "{parts:?}");
-        }
-    }
-
-    /// What happened between a decision and its reservation in the cases below.
-    #[derive(Debug, Clone, Copy)]
-    enum Meanwhile {
-        Nothing,
-        /// Another caller reserved a VM (`db`) on a host other than the chosen one.
-        ReservedElsewhere,
-        /// Another caller reserved a VM (`db`) on the chosen host.
-        ReservedOnTheChosenHost,
-    }
-
-    /// Crossings into the module of the builtin filters so far.
-    fn crossings(policy: &Policy) -> u64 {
-        let stats = policy.filters[0].handle.module.stats();
-        stats.batches + stats.unit_calls
-    }
-
-    /// A decision that raced other callers is reserved without its host going back to the
-    /// filters only when every filter's verdicts were host-local and the race touched only
-    /// other hosts' pending resources. A VM of an enforcing positive group whose fellow
-    /// member was reserved elsewhere meanwhile is judged again, and turned away from the
-    /// host it chose (the group now pins it to the member's host).
-    #[test]
-    fn a_decision_raced_only_on_other_hosts_is_reserved_without_running_the_filters_again() {
-        use crate::engine::Runtime;
-        use crate::state::PlacementKind;
-        use policy_sdk::testing::{host, snapshot, vm};
-        use policy_sdk::AffinityPolarity;
-        use Meanwhile::*;
-
-        let runtime = Runtime::builder()
-            .cache_dir(None)
-            .build()
-            .expect("builtins load");
-        let policy = Policy::builtin_default(&runtime).unwrap();
-        let policy = policy.live();
-        // (case, VM, what happened meanwhile, host-local, judged again, reserved)
-        let cases = [
-            ("nothing changed", "plain", Nothing, true, false, true),
-            (
-                "reserved elsewhere",
-                "plain",
-                ReservedElsewhere,
-                true,
-                false,
-                true,
-            ),
-            (
-                "reserved on the chosen host",
-                "plain",
-                ReservedOnTheChosenHost,
-                true,
-                true,
-                true,
-            ),
-            (
-                "a fellow member of an enforcing positive group reserved elsewhere",
-                "web",
-                ReservedElsewhere,
-                false,
-                true,
-                false,
-            ),
-        ];
-        for (case, vm_id, meanwhile, host_local, judged_again, reserved) in cases {
-            let cluster = Cluster::new(
-                snapshot()
-                    .hosts((0..4).map(|i| host(&format!("h{i}")).memory_mb(65_536)))
-                    .affinity_group("pair", AffinityPolarity::Positive, true, &["web", "db"])
-                    .build(),
-                "<test>",
-            )
-            .unwrap();
-            let request = ScheduleRequest::new(vm(vm_id).memory_mb(1_024).vcpus(1).build());
-            let view = cluster.view();
-            let decided = view.epoch();
-            let (decision, local) = decide_judged(&policy, &view, &request).unwrap();
-            drop(view);
-            assert_eq!(local, host_local, "{case}: host-local");
-            let chosen = decision.chosen.expect("every host fits");
-            let other = if chosen == "h0" { "h1" } else { "h0" };
-            let db = vm("db").memory_mb(1_024).vcpus(1).build();
-            match meanwhile {
-                Nothing => {}
-                ReservedElsewhere => {
-                    cluster.reserve(&db, other, PlacementKind::Start).unwrap();
-                }
-                ReservedOnTheChosenHost => {
-                    cluster.reserve(&db, &chosen, PlacementKind::Start).unwrap();
-                }
-            }
-            let before = crossings(&policy);
-            let reservation =
-                reserve_decided(&policy, &cluster, &request, decided, &chosen, local).unwrap();
-            assert_eq!(
-                crossings(&policy) > before,
-                judged_again,
-                "{case}: judged again"
-            );
-            assert_eq!(reservation.is_some(), reserved, "{case}: reserved");
-            if let Some(reservation) = reservation {
-                assert_eq!(reservation.host, chosen, "{case}");
-                assert_eq!(
-                    reservation.revalidated,
-                    !matches!(meanwhile, Nothing),
-                    "{case}: revalidated"
-                );
-            }
-        }
     }
 }

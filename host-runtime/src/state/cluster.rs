@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Epoch batches kept for delta sync; an instance further behind gets a full snapshot.
-pub(super) const LOG_CAPACITY: usize = 1024;
+const LOG_CAPACITY: usize = 1024;
 
 /// Earlier snapshots kept for reuse (see [`State::spares`]): enough for a few threads
 /// deciding on one cluster while another commits.
@@ -251,23 +251,6 @@ impl ClusterView {
             .flat_map(|e| e.changes.iter())
             .collect();
         Some(f(changes))
-    }
-
-    /// Whether everything that changed from epoch `since` to this view's epoch is the
-    /// pending resources of hosts other than `host` (reservations and releases elsewhere):
-    /// then a host-local verdict about `host` made at `since` still holds. `true` when
-    /// nothing changed; `false` when anything else changed or the change log no longer
-    /// reaches back to `since`.
-    pub(crate) fn only_pending_elsewhere_since(&self, since: u64, host: HostIndex) -> bool {
-        if since == self.epoch() {
-            return true;
-        }
-        self.with_changes_since(since, |changes| {
-            changes
-                .iter()
-                .all(|c| matches!(c, Change::SetPending { host: h, .. } if *h != host))
-        })
-        .unwrap_or(false)
     }
 
     /// The changes from epoch `from` to this view's epoch in a form made once for every

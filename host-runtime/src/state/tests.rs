@@ -2,7 +2,6 @@
 //! each lifecycle report releases, the usage it accounts, the attempt history, the change
 //! log deltas are cut from, memory-change records, and the batches `apply` refuses.
 
-use super::cluster::LOG_CAPACITY;
 use super::*;
 use policy_sdk::testing::{host, snapshot, vm};
 use policy_sdk::wire::sync::Change;
@@ -568,96 +567,6 @@ fn a_host_is_judged_again_outside_the_ledger_lock_on_the_epoch_it_is_reserved_on
         .unwrap();
     assert!(r.is_none());
     assert!(c.placement("third").is_none());
-}
-
-/// A host-local verdict about host `a` made at some epoch still holds when only other
-/// hosts' pending resources changed since: reservations and releases on `b` and `c`. Any
-/// change of `a` itself, or of anything but pending resources, or a log that no longer
-/// reaches back, says it may not.
-#[test]
-fn only_other_hosts_pending_changes_leave_a_hosts_verdict_standing() {
-    fn gib(id: &str) -> Vm {
-        vm(id).memory_mb(1_024).build()
-    }
-    type Steps = fn(&Cluster);
-    let cases: &[(&str, Steps, bool)] = &[
-        ("nothing changed", |_| {}, true),
-        (
-            "a reservation on another host",
-            |c| {
-                c.reserve(&gib("x"), "b", PlacementKind::Start).unwrap();
-            },
-            true,
-        ),
-        (
-            "reservations and a release on other hosts",
-            |c| {
-                c.reserve(&gib("x"), "b", PlacementKind::Start).unwrap();
-                c.reserve(&gib("y"), "c", PlacementKind::Start).unwrap();
-                c.release_vm("x").unwrap();
-            },
-            true,
-        ),
-        (
-            "a reservation on the host itself",
-            |c| {
-                c.reserve(&gib("x"), "a", PlacementKind::Start).unwrap();
-            },
-            false,
-        ),
-        (
-            "elsewhere, then on the host itself",
-            |c| {
-                c.reserve(&gib("x"), "b", PlacementKind::Start).unwrap();
-                c.reserve(&gib("y"), "a", PlacementKind::Start).unwrap();
-            },
-            false,
-        ),
-        (
-            "another host's status",
-            |c| {
-                c.set_host_status("b", HostStatus::Maintenance).unwrap();
-            },
-            false,
-        ),
-        (
-            "the snapshot's time",
-            |c| {
-                c.set_time(1).unwrap();
-            },
-            false,
-        ),
-        (
-            "a VM started on another host (its usage moves there)",
-            |c| {
-                c.reserve(&gib("x"), "b", PlacementKind::Start).unwrap();
-                c.vm_started("x").unwrap();
-            },
-            false,
-        ),
-        (
-            "more changes than the log keeps",
-            |c| {
-                for i in 0..=LOG_CAPACITY {
-                    let id = format!("x{i}");
-                    c.reserve(&gib(&id), "b", PlacementKind::Start).unwrap();
-                    c.release_vm(&id).unwrap();
-                }
-            },
-            false,
-        ),
-    ];
-    for (case, steps, holds) in cases {
-        let c = cluster();
-        let decided = c.epoch();
-        let a = c.host_index("a").unwrap();
-        steps(&c);
-        assert_eq!(
-            c.view().only_pending_elsewhere_since(decided, a),
-            *holds,
-            "{case}"
-        );
-    }
 }
 
 #[test]

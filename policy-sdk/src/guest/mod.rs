@@ -313,21 +313,6 @@ pub trait Filter: Default + Send + Sync + 'static {
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         out.extend(candidates.iter().map(|&i| self.check(ctx, vm, ctx.host(i))));
     }
-    /// Whether this VM's verdicts are **host-local**: a host's verdict changes only with
-    /// that host's own data and pending resources (and the VM, the parameters and the
-    /// cluster's settings), never with another host's pending resources. A memory or NUMA
-    /// check is; a filter that compares a host with the others, counts VMs across the
-    /// cluster, or follows where affinity-group members are pending is not.
-    ///
-    /// What it buys: when two callers reserve on one cluster at once, a decision made on an
-    /// older epoch has its chosen host judged again before it is reserved. When every
-    /// filter of the decision said `true` and only other hosts' pending resources changed
-    /// meanwhile, the engine reserves without sending the host back to the filters.
-    /// Saying `true` wrongly can over-commit a host or break a rule. Defaults to `false`
-    /// (always judged again).
-    fn host_local(&self, _ctx: &Context<'_>, _vm: &Vm) -> bool {
-        false
-    }
 }
 
 /// A weight unit: a raw penalty per candidate host, lower is better. The engine ranks or
@@ -436,14 +421,10 @@ pub trait Balance: Default + Send + Sync + 'static {
 trait DynFilter: Send + Sync {
     fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool;
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts);
-    fn host_local(&self, ctx: &Context<'_>, vm: &Vm) -> bool;
 }
 impl<T: Filter> DynFilter for T {
     fn applies(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
         Filter::applies(self, ctx, vm)
-    }
-    fn host_local(&self, ctx: &Context<'_>, vm: &Vm) -> bool {
-        Filter::host_local(self, ctx, vm)
     }
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         Filter::check_all(self, ctx, vm, candidates, out)
@@ -687,15 +668,12 @@ impl UnitSet {
         ctx.index = index;
         ctx.details = call.details;
         match (unit, call.vm) {
+            (AnyUnit::Filter(f), Some(vm)) if !f.applies(&ctx, vm) => {
+                CallResponse::Verdicts(Verdicts::passing(call.candidates.len() as u32))
+            }
             (AnyUnit::Filter(f), Some(vm)) => {
-                let mut out = if f.applies(&ctx, vm) {
-                    let mut out = Verdicts::default();
-                    f.check_all(&ctx, vm, call.candidates, &mut out);
-                    out
-                } else {
-                    Verdicts::passing(call.candidates.len() as u32)
-                };
-                out.host_local = f.host_local(&ctx, vm);
+                let mut out = Verdicts::default();
+                f.check_all(&ctx, vm, call.candidates, &mut out);
                 CallResponse::Verdicts(out)
             }
             (AnyUnit::Weight(w), Some(vm)) => match w.uniform(&ctx, vm) {

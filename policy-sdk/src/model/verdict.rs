@@ -117,11 +117,6 @@ pub struct Verdicts {
     pub codes: Vec<String>,
     /// The rejected candidates, in strictly increasing position order.
     pub rejected: Vec<Rejection>,
-    /// Whether these verdicts are host-local: each host's verdict changes only with that
-    /// host's own data and pending resources, never with another host's pending resources
-    /// (see [`Filter::host_local`](crate::Filter::host_local)). The SDK sets it from the
-    /// unit's declaration; `false` (the default) is always safe.
-    pub host_local: bool,
     /// The last literal code pushed and its index (not sent: a filter rejects many hosts
     /// with the same literal, found again by its address without comparing bytes).
     last_literal: LastLiteral,
@@ -151,7 +146,6 @@ struct VerdictsWire {
     code_indexes: Vec<u32>,
     /// One per rejection, or none when every detail is empty.
     details: Vec<String>,
-    host_local: bool,
 }
 
 /// [`VerdictsWire`] borrowing from the [`Verdicts`] it sends (the same fields, types that
@@ -165,7 +159,6 @@ struct VerdictsWireRef<'a> {
     #[serde(with = "packed::u32s")]
     code_indexes: Vec<u32>,
     details: Vec<&'a str>,
-    host_local: bool,
 }
 
 impl Serialize for Verdicts {
@@ -181,7 +174,6 @@ impl Serialize for Verdicts {
             } else {
                 Vec::new()
             },
-            host_local: self.host_local,
         }
         .serialize(s)
     }
@@ -215,7 +207,6 @@ impl<'de> Deserialize<'de> for Verdicts {
             len: wire.len,
             codes: wire.codes,
             rejected,
-            host_local: wire.host_local,
             last_literal: LastLiteral::default(),
         })
     }
@@ -590,8 +581,7 @@ mod tests {
         }
     }
 
-    /// Verdicts cross the wire as columns (ABI 9) and come back equal, details or not, with
-    /// their host-local flag (ABI 11); a
+    /// Verdicts cross the wire as columns (ABI 9) and come back equal, details or not; a
     /// summary's rejections cost their packed position and code index only; columns of
     /// different lengths are refused, naming the lengths.
     #[test]
@@ -613,11 +603,6 @@ mod tests {
             ("one detail among empty ones", {
                 let mut v = rejections(3, "");
                 v.rejected[1].detail = "only this one".into();
-                v
-            }),
-            ("host-local (ABI 11)", {
-                let mut v = rejections(3, "");
-                v.host_local = true;
                 v
             }),
         ];
@@ -643,7 +628,6 @@ mod tests {
             positions: alloc::vec![0, 2],
             code_indexes: alloc::vec![0],
             details: Vec::new(),
-            host_local: false,
         };
         let err = codec::decode::<Verdicts>(&codec::encode(&ragged).unwrap()).unwrap_err();
         assert!(
