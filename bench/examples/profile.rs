@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Workloads: `full` (first decision on a fresh cluster), `steady` (summary decisions of the
-//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads), `ab` (the mass start on the wasm and the native backend in turns, `CHUNK` VMs at a time: their ratio in one phase of the machine), `turns` (summary decisions by the modules of each directory of `DIRS` and the native units in turns: guest builds compared in one phase).
+//! VM mix on a fixed view; `ROUNDS` of them, default 200; `KIND` one kind of the mix, `DETAIL=full` full reports), `delta` (reserve, decide, release; `ROUNDS` times), `mass` (a mass start on one thread, `VMS` of them, default 3,000), `mass2` (on two threads), `mass2own` (two threads, each placing every VM on a cluster of its own), `ab` (the mass start on the wasm and the native backend in turns, `CHUNK` VMs at a time: their ratio in one phase of the machine), `turns` (summary decisions by the modules of each directory of `DIRS` and the native units in turns: guest builds compared in one phase).
 
 use wasmsched::{Cluster, Detail, Policy, ScheduleRequest};
 use wasmsched_testkit::native;
@@ -167,9 +167,13 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        "mass" | "mass2" => {
-            let threads = if what == "mass2" { 2 } else { 1 };
-            let cluster = Cluster::new(synth::snapshot_of(hosts), "<profile>")?;
+        "mass" | "mass2" | "mass2own" => {
+            let threads = if what == "mass" { 1 } else { 2 };
+            // `mass2own`: each thread places every VM on a cluster of its own.
+            let own = what == "mass2own";
+            let clusters = (0..if own { threads } else { 1 })
+                .map(|_| Cluster::new(synth::snapshot_of(hosts), "<profile>"))
+                .collect::<wasmsched::Result<Vec<_>>>()?;
             let vms: usize = std::env::var("VMS").map_or(Ok(3_000), |v| v.parse())?;
             let requests: Vec<ScheduleRequest> = synth::vm_mix(vms, "mass")
                 .into_iter()
@@ -178,9 +182,15 @@ fn main() -> anyhow::Result<()> {
             let (started, cpu) = (std::time::Instant::now(), process_cpu_ms());
             std::thread::scope(|s| {
                 for t in 0..threads {
-                    let (policy, cluster, requests) = (&policy, &cluster, &requests);
+                    let (policy, requests) = (&policy, &requests);
+                    let (cluster, step) = if own {
+                        (&clusters[t], 1)
+                    } else {
+                        (&clusters[0], threads)
+                    };
+                    let skip = if own { 0 } else { t };
                     s.spawn(move || {
-                        for r in requests.iter().skip(t).step_by(threads) {
+                        for r in requests.iter().skip(skip).step_by(step) {
                             policy.schedule(cluster, r).unwrap();
                         }
                     });
