@@ -8,7 +8,7 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{CpuFlagIndex, SnapshotIndex};
+use crate::model::index::{CpuFlagIndex, KeptWords, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -54,14 +54,14 @@ impl<'a> IndexRef<'a> {
 
 /// The pCPU counts kept in a snapshot's index ([`Context::kept_cpu_counts`]).
 #[derive(Debug, Clone, Copy)]
-pub struct KeptCounts<'a>(Option<&'a SnapshotIndex>);
+pub struct KeptCounts<'a>(KeptWords<'a>);
 
 impl KeptCounts<'_> {
     /// Host `index`'s counts if the index keeps them already; `None` when there is no index
     /// or they were not counted yet ([`Context::cpu_counts`] counts them).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.0.and_then(|i| i.kept_cpu_counts(index))
+        self.0.get(index)
     }
 }
 
@@ -167,7 +167,12 @@ impl<'a> Context<'a> {
     /// [`Verdicts::judge`](crate::Verdicts::judge)).
     #[inline]
     pub fn kept_cpu_counts(&self) -> KeptCounts<'a> {
-        KeptCounts(self.index().filter(|i| i.covers(self.snapshot.hosts.len())))
+        KeptCounts(
+            self.index()
+                .filter(|i| i.covers(self.snapshot.hosts.len()))
+                .map(SnapshotIndex::kept_words)
+                .unwrap_or_default(),
+        )
     }
 
     /// The snapshot's derived indexes, built now if the caller builds them on first use.

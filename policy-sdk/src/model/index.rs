@@ -19,6 +19,7 @@ use crate::model::flags::RecentFlagLists;
 use crate::model::topology::CpuCounts;
 use crate::model::{Host, HostIndex, Snapshot};
 use crate::wire::sync::Change;
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +67,13 @@ impl SnapshotIndex {
     /// counted yet (never counts: an inline read for a unit's fast pass loop).
     #[inline(always)]
     pub fn kept_cpu_counts(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.cpu_counts.kept(index as usize)
+        self.cpu_counts.kept().get(index)
+    }
+
+    /// Every kept count, for a loop over hosts ([`SnapshotIndex::kept_cpu_counts`] of each).
+    #[inline(always)]
+    pub(crate) fn kept_words(&self) -> KeptWords<'_> {
+        self.cpu_counts.kept()
     }
 
     /// Whether the index covers `hosts` hosts (it was built or refreshed for a snapshot of
@@ -113,26 +120,45 @@ impl SnapshotIndex {
 /// (16 bits each; a host whose counts do not fit is counted every time), so a copy of the
 /// cache (made when a view still holds the index while a reservation changes it) is a copy
 /// of one word per host, and threads deciding at once on one index may fill it: two threads
-/// counting one host write the same word.
+/// counting one host write the same word. The words are allocated on the first read: an
+/// index no unit reads (a host's cluster whose units all run in wasm modules, which keep
+/// their own) holds none, and its copies copy none.
 #[derive(Default)]
-struct CountsCache(Vec<AtomicU64>);
+struct CountsCache {
+    /// Hosts covered.
+    hosts: usize,
+    /// One word per host, once read.
+    words: OnceLock<Box<[AtomicU64]>>,
+}
 
 /// A word that holds no counts (no counts pack to it: each field is below `u16::MAX`).
 const NOT_COUNTED: u64 = u64::MAX;
 
 impl CountsCache {
     fn new(hosts: usize) -> Self {
-        Self((0..hosts).map(|_| AtomicU64::new(NOT_COUNTED)).collect())
+        Self {
+            hosts,
+            words: OnceLock::new(),
+        }
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        self.hosts
+    }
+
+    /// The words, allocated (every host not counted) on the first call.
+    fn words(&self) -> &[AtomicU64] {
+        self.words.get_or_init(|| {
+            (0..self.hosts)
+                .map(|_| AtomicU64::new(NOT_COUNTED))
+                .collect()
+        })
     }
 
     /// A kept word is read inline (what nearly every read is); counting is a call.
     #[inline(always)]
     fn get(&self, index: usize, host: &Host) -> CpuCounts {
-        match self.0.get(index) {
+        match self.words().get(index) {
             Some(word) => match unpack(word.load(Ordering::Relaxed)) {
                 Some(counts) => counts,
                 None => Self::count(word, host),
@@ -141,12 +167,10 @@ impl CountsCache {
         }
     }
 
-    /// Host `index`'s counts if they are kept; never counts.
+    /// The words kept so far (none before the first read), for reads that never count.
     #[inline(always)]
-    fn kept(&self, index: usize) -> Option<CpuCounts> {
-        self.0
-            .get(index)
-            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
+    fn kept(&self) -> KeptWords<'_> {
+        KeptWords(self.words.get().map_or(&[], |w| &w[..]))
     }
 
     #[inline(never)]
@@ -159,33 +183,64 @@ impl CountsCache {
     }
 
     fn forget(&mut self, index: usize) {
-        if let Some(word) = self.0.get_mut(index) {
+        if let Some(word) = self.words.get_mut().and_then(|w| w.get_mut(index)) {
             *word.get_mut() = NOT_COUNTED;
         }
     }
 
-    fn words(&self) -> impl Iterator<Item = u64> + '_ {
-        self.0.iter().map(|w| w.load(Ordering::Relaxed))
+    /// Every host's word, [`NOT_COUNTED`] for all before the first read.
+    fn each_word(&self) -> impl Iterator<Item = u64> + '_ {
+        let kept = self.kept().0;
+        (0..self.hosts).map(move |i| {
+            kept.get(i)
+                .map_or(NOT_COUNTED, |w| w.load(Ordering::Relaxed))
+        })
     }
 }
 
 impl Clone for CountsCache {
     fn clone(&self) -> Self {
-        Self(self.words().map(AtomicU64::new).collect())
+        let words = OnceLock::new();
+        if let Some(kept) = self.words.get() {
+            let copy: Box<[AtomicU64]> = kept
+                .iter()
+                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+                .collect();
+            let _ = words.set(copy);
+        }
+        Self {
+            hosts: self.hosts,
+            words,
+        }
     }
 }
 
 impl PartialEq for CountsCache {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.words().eq(other.words())
+        self.len() == other.len() && self.each_word().eq(other.each_word())
     }
 }
 
 impl Eq for CountsCache {}
 
+/// The pCPU counts an index keeps, resolved once for a loop over hosts (a unit's fast
+/// pass): reading one is a load, never a count.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeptWords<'a>(&'a [AtomicU64]);
+
+impl KeptWords<'_> {
+    /// Host `index`'s counts if they are kept.
+    #[inline(always)]
+    pub(crate) fn get(&self, index: HostIndex) -> Option<CpuCounts> {
+        self.0
+            .get(index as usize)
+            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
+    }
+}
+
 impl core::fmt::Debug for CountsCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let counted = self.words().filter(|&w| w != NOT_COUNTED).count();
+        let counted = self.each_word().filter(|&w| w != NOT_COUNTED).count();
         write!(f, "CountsCache({counted} of {} hosts counted)", self.len())
     }
 }
@@ -544,6 +599,46 @@ mod tests {
             None,
             "forgotten with the pending change"
         );
+    }
+
+    /// The counts' words are allocated by the first read: an index no unit reads (a host's
+    /// cluster whose units all run in wasm modules) holds none, and copying or refreshing
+    /// it (what a reservation does while another thread's view holds it) copies and
+    /// touches none. A copy made after a read keeps what was counted; an unread index
+    /// equals a read one that counted nothing.
+    #[test]
+    fn counts_are_allocated_by_the_first_read_and_an_unread_index_copies_none() {
+        let hp = |id: &str| host(id).cpu(1, 4, 2).dedicated_cpus([7]);
+        let s = snapshot().host(hp("a")).host(hp("b")).host(hp("c")).build();
+        let mut index = SnapshotIndex::build(&s);
+        assert!(index.covers(3));
+        assert!(index.kept_words().0.is_empty(), "built without words");
+        let copy = index.clone();
+        assert!(copy.kept_words().0.is_empty(), "copied without words");
+        index.refresh(
+            &s,
+            &Touched {
+                pending: alloc::vec![1],
+                ..Touched::default()
+            },
+        );
+        assert!(index.kept_words().0.is_empty(), "refreshed without words");
+        assert_eq!(index.kept_cpu_counts(1), None);
+        let read = SnapshotIndex::build(&s);
+        assert_eq!(read.kept_words().0.len(), 0);
+        let _ = read.cpu_counts(3, &s.hosts[0]); // beyond the index: counted, not kept
+        assert_eq!(
+            read.kept_words().0.len(),
+            3,
+            "a read allocates every host's word"
+        );
+        assert_eq!(read, index, "nothing counted: equal to the unread index");
+        let counted = index.cpu_counts(1, &s.hosts[1]);
+        let copy = index.clone();
+        assert_eq!(copy.kept_words().0.len(), 3);
+        assert_eq!(copy.kept_cpu_counts(1), Some(counted));
+        assert_eq!(copy.kept_cpu_counts(0), None);
+        assert_ne!(copy, read);
     }
 
     /// The pCPU counts read through the index follow every change that can move them (a
