@@ -183,12 +183,12 @@ fn main() -> anyhow::Result<()> {
             std::thread::scope(|s| {
                 for t in 0..threads {
                     let (policy, requests) = (&policy, &requests);
-                    let (cluster, step) = if own {
-                        (&clusters[t], 1)
+                    // Every VM on its own cluster, or every `threads`-th from the t-th.
+                    let (cluster, skip, step) = if own {
+                        (&clusters[t], 0, 1)
                     } else {
-                        (&clusters[0], threads)
+                        (&clusters[0], t, threads)
                     };
-                    let skip = if own { 0 } else { t };
                     s.spawn(move || {
                         for r in requests.iter().skip(skip).step_by(step) {
                             policy.schedule(cluster, r).unwrap();
@@ -223,8 +223,6 @@ fn kinds_from_env() -> anyhow::Result<Vec<VmKind>> {
     }
 }
 
-/// A runtime with the policy modules of `dir` instead of the embedded builtins, compiled
-/// afresh (no cache).
 /// CPU time this process has used so far, every thread's, in ms (`/proc/self/stat`'s user
 /// and system times, in ticks of 10 ms): what a workload cost, whatever the other
 /// processes of the machine made it wait.
@@ -242,6 +240,8 @@ fn process_cpu_ms() -> u64 {
     ticks * 10
 }
 
+/// A runtime with the policy modules of `dir` instead of the embedded builtins, compiled
+/// afresh (no cache).
 fn runtime_of_dir(dir: &str) -> anyhow::Result<wasmsched::Runtime> {
     Ok(wasmsched::Runtime::builder()
         .builtins(false)

@@ -200,14 +200,14 @@ impl CountsCache {
 
 impl Clone for CountsCache {
     fn clone(&self) -> Self {
-        let words = OnceLock::new();
-        if let Some(kept) = self.words.get() {
-            let copy: Box<[AtomicU64]> = kept
-                .iter()
-                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
-                .collect();
-            let _ = words.set(copy);
-        }
+        // Atomics are not `Clone`: each word is read and stored anew, if there are any.
+        let words = self.words.get().map_or_else(OnceLock::new, |kept| {
+            OnceLock::from(
+                kept.iter()
+                    .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+                    .collect::<Box<[AtomicU64]>>(),
+            )
+        });
         Self {
             hosts: self.hosts,
             words,
