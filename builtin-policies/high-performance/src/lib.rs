@@ -27,6 +27,7 @@ use policy_sdk::{
     push_penalties, Context, Filter, Host, HostIndex, HugePages, PinningPolicy, Snapshot, Verdict,
     Verdicts, Vm, Weight,
 };
+use std::cell::OnceCell;
 use std::fmt::Write as _;
 
 /// The penalty of a host that fits (the reference's "good").
@@ -46,13 +47,7 @@ const DETAIL_LIST_LIMIT: usize = 8;
 ///
 /// Sorted, each name once.
 pub fn required_flags<'a>(s: &'a Snapshot, vm: &'a Vm) -> Option<Vec<&'a str>> {
-    let mut names: Vec<&str> = required_flag_list(s, vm)?
-        .iter()
-        .map(String::as_str)
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    Some(names)
+    required_flag_list(s, vm).map(sorted_names)
 }
 
 /// The list [`required_flags`] is made of, as the snapshot or the VM holds it (`None`:
@@ -105,26 +100,34 @@ impl CpuLevelFilter {
         Self::verdict_missing(ctx, &missing, vm)
     }
 
-    /// The verdict on a host the flag index says lacks some of `required` (whose bits are
-    /// `bits`, `None` for a flag no host has): the missing names come from the bits, not
-    /// from comparing names.
+    /// The verdict on a host the flag index says lacks some of the VM's flags (`flags`, as
+    /// [`required_flag_list`] gives them): a rejection, whose detail names the missing flags
+    /// from the host's bits (the required names and their bits are worked out once per call,
+    /// in `resolved`, and only when a detail is asked for).
     #[cold]
     #[inline(never)]
-    fn verdict_by_bits(
+    fn reject_by_bits<'a>(
         ctx: &Context<'_>,
         index: &CpuFlagIndex,
         host: HostIndex,
-        required: &[&str],
-        bits: &[Option<u32>],
+        flags: &'a [String],
+        resolved: &OnceCell<RequiredBits<'a>>,
         vm: &Vm,
     ) -> Verdict {
-        let missing: Vec<&str> = required
-            .iter()
-            .zip(bits)
-            .filter(|(_, bit)| bit.is_none_or(|b| !index.has_bit(host, b)))
-            .map(|(name, _)| *name)
-            .collect();
-        Self::verdict_missing(ctx, &missing, vm)
+        ctx.reject("missing_cpu_flags", || {
+            let (required, bits) = resolved.get_or_init(|| {
+                let required = sorted_names(flags);
+                let bits = required.iter().map(|r| index.bit(r)).collect();
+                (required, bits)
+            });
+            let missing: Vec<&str> = required
+                .iter()
+                .zip(bits)
+                .filter(|(_, bit)| bit.is_none_or(|b| !index.has_bit(host, b)))
+                .map(|(name, _)| *name)
+                .collect();
+            Self::missing_detail(&missing, vm)
+        })
     }
 
     /// Passes when nothing is missing, else rejects naming what is.
@@ -132,18 +135,32 @@ impl CpuLevelFilter {
         if missing.is_empty() {
             return Verdict::Pass;
         }
-        ctx.reject("missing_cpu_flags", || {
-            let what = if vm.cpu_passthrough {
-                "the VM's current CPU".to_string()
-            } else {
-                match &vm.cpu_model {
-                    Some(model) => format!("CPU model {model}"),
-                    None => "the cluster CPU model".to_string(),
-                }
-            };
-            format!("missing flags of {what}: {}", list(missing))
-        })
+        ctx.reject("missing_cpu_flags", || Self::missing_detail(missing, vm))
     }
+
+    /// The detail of a rejection for `missing` flags.
+    fn missing_detail(missing: &[&str], vm: &Vm) -> String {
+        let what = if vm.cpu_passthrough {
+            "the VM's current CPU".to_string()
+        } else {
+            match &vm.cpu_model {
+                Some(model) => format!("CPU model {model}"),
+                None => "the cluster CPU model".to_string(),
+            }
+        };
+        format!("missing flags of {what}: {}", list(missing))
+    }
+}
+
+/// The required flags' names, sorted and each once, with their bits in the flag index.
+type RequiredBits<'a> = (Vec<&'a str>, Vec<Option<u32>>);
+
+/// `flags`' names sorted, each once.
+fn sorted_names(flags: &[String]) -> Vec<&str> {
+    let mut names: Vec<&str> = flags.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 impl Filter for CpuLevelFilter {
@@ -164,28 +181,36 @@ impl Filter for CpuLevelFilter {
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
-        match required_flags(ctx.snapshot(), vm) {
-            Some(required) => match ctx.cpu_flags() {
-                // With the flag index, a host that has every flag is a few word operations,
-                // and the detail of one that lacks some is read from its bits.
-                Some(index) => {
-                    let bits: Vec<Option<u32>> = required.iter().map(|r| index.bit(r)).collect();
-                    let mask = index.mask_of_bits(&bits);
-                    out.judge(
-                        candidates,
-                        #[inline(always)]
-                        |i| index.has_all(i, &mask),
-                        |i| Self::verdict_by_bits(ctx, index, i, &required, &bits, vm),
-                    )
-                }
-                None => out.extend(
-                    candidates
-                        .iter()
-                        .map(|&i| Self::verdict(ctx, &required, vm, ctx.host(i))),
-                ),
-            },
-            None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
-        }
+        let snapshot = ctx.snapshot();
+        let Some(flags) = required_flag_list(snapshot, vm) else {
+            return out.extend(candidates.iter().map(|_| Verdict::Pass));
+        };
+        let Some(index) = ctx.cpu_flags() else {
+            let required = sorted_names(flags);
+            return out.extend(
+                candidates
+                    .iter()
+                    .map(|&i| Self::verdict(ctx, &required, vm, ctx.host(i))),
+            );
+        };
+        // With the flag index, a host that has every flag is a few word operations. A VM
+        // of the cluster's CPU model (most VMs) takes the cluster's mask the index keeps;
+        // others resolve their names now.
+        let own_mask;
+        let mask = match ctx.cluster_flag_mask() {
+            Some(mask) if core::ptr::eq(flags, snapshot.cluster.cpu_flags.as_slice()) => mask,
+            _ => {
+                own_mask = index.mask(flags.iter().map(String::as_str));
+                &own_mask
+            }
+        };
+        let resolved = OnceCell::new();
+        out.judge(
+            candidates,
+            #[inline(always)]
+            |i| index.has_all(i, mask),
+            |i| Self::reject_by_bits(ctx, index, i, flags, &resolved, vm),
+        )
     }
 }
 

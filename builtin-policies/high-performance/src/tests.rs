@@ -554,6 +554,12 @@ fn check_all_matches_per_host_check() {
         if rng.below(3) == 0 {
             v = v.pinning_policy(PinningPolicy::Dedicated);
         }
+        if rng.below(3) == 0 {
+            // A CPU model of its own: its flags, not the cluster's (whose mask the index
+            // keeps).
+            let first = rng.below(4) as usize;
+            v = v.cpu_flags(&flags[first..first + rng.below(5 - first as u64) as usize]);
+        }
         let v = v.build();
         let case = format!("round {round}");
         check_all_agrees::<CpuLevelFilter>(&case, &s, &[], &v);

@@ -8,7 +8,7 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{CpuFlagIndex, KeptWords, SnapshotIndex};
+use crate::model::index::{CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -149,6 +149,17 @@ impl<'a> Context<'a> {
         index
             .covers(self.snapshot.hosts.len())
             .then(|| index.cpu_flags(self.snapshot))
+    }
+
+    /// The cluster's CPU flags (`snapshot().cluster.cpu_flags`, what a VM of the cluster's
+    /// CPU model needs) resolved against [`Context::cpu_flags`], kept in the index from the
+    /// first read until the flags or the cluster's settings change; `None` without an
+    /// index.
+    pub fn cluster_flag_mask(&self) -> Option<&'a FlagMask> {
+        let index = self.index()?;
+        index
+            .covers(self.snapshot.hosts.len())
+            .then(|| index.cluster_flag_mask(self.snapshot))
     }
 
     /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the

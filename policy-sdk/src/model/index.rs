@@ -35,6 +35,11 @@ pub struct SnapshotIndex {
     /// index: the copy made when a view still holds the index and a reservation changes a
     /// host's counts does not copy the flags).
     cpu_flags: OnceLock<Arc<CpuFlagIndex>>,
+    /// The cluster's CPU flags (what a VM of the cluster's CPU model needs) resolved
+    /// against `cpu_flags`, on first read: most VMs need exactly these, and resolving the
+    /// names (sorting them, hashing each) on every decision cost more than checking the
+    /// hosts. Forgotten with `cpu_flags` and when the cluster's settings change.
+    cluster_flags: OnceLock<FlagMask>,
     /// Every host's pCPU counts, by host index.
     cpu_counts: CountsCache,
 }
@@ -44,6 +49,7 @@ impl SnapshotIndex {
     pub fn build(snapshot: &Snapshot) -> Self {
         Self {
             cpu_flags: OnceLock::new(),
+            cluster_flags: OnceLock::new(),
             cpu_counts: CountsCache::new(snapshot.hosts.len()),
         }
     }
@@ -53,6 +59,16 @@ impl SnapshotIndex {
     pub fn cpu_flags(&self, snapshot: &Snapshot) -> &CpuFlagIndex {
         self.cpu_flags
             .get_or_init(|| Arc::new(CpuFlagIndex::build(&snapshot.hosts)))
+    }
+
+    /// The cluster's CPU flags (`snapshot.cluster.cpu_flags`) as a mask over
+    /// [`SnapshotIndex::cpu_flags`], worked out the first time it is asked for and kept
+    /// until the flag index or the cluster's settings change.
+    pub fn cluster_flag_mask(&self, snapshot: &Snapshot) -> &FlagMask {
+        self.cluster_flags.get_or_init(|| {
+            self.cpu_flags(snapshot)
+                .mask(snapshot.cluster.cpu_flags.iter().map(String::as_str))
+        })
     }
 
     /// The pCPU counts of `host`, at `index` in the indexed snapshot: counted the first
@@ -98,12 +114,17 @@ impl SnapshotIndex {
             *self = Self::build(snapshot);
             return;
         }
+        if touched.cluster {
+            self.cluster_flags = OnceLock::new();
+        }
         for &host in &touched.replaced {
             if let Some(h) = snapshot.hosts.get(host as usize) {
                 if let Some(flags) = self.cpu_flags.get_mut() {
                     if !Arc::make_mut(flags).set_host(host as usize, h) {
-                        // A flag the dictionary lacks: built again when next read.
+                        // A flag the dictionary lacks: built again when next read (and
+                        // the cluster's mask with it: its bits name the old dictionary).
                         self.cpu_flags = OnceLock::new();
+                        self.cluster_flags = OnceLock::new();
                     }
                 }
                 self.cpu_counts.forget(host as usize);
@@ -279,6 +300,8 @@ pub struct Touched {
     pub replaced: Vec<HostIndex>,
     /// Hosts whose pending aggregate was set (their pending pinned pCPUs may differ).
     pub pending: Vec<HostIndex>,
+    /// The cluster's settings were replaced (its CPU flags may differ).
+    pub cluster: bool,
 }
 
 impl Touched {
@@ -290,6 +313,7 @@ impl Touched {
                 Change::AddHost(_) | Change::RemoveHost { .. } => touched.rebuild = true,
                 Change::ReplaceHost { host, .. } => touched.replaced.push(*host),
                 Change::SetPending { host, .. } => touched.pending.push(*host),
+                Change::SetCluster(_) => touched.cluster = true,
                 _ => {}
             }
         }
@@ -298,7 +322,7 @@ impl Touched {
 
     /// Whether the changes touched anything an index keeps.
     pub fn any(&self) -> bool {
-        self.rebuild || !self.replaced.is_empty() || !self.pending.is_empty()
+        self.rebuild || self.cluster || !self.replaced.is_empty() || !self.pending.is_empty()
     }
 }
 
@@ -573,6 +597,60 @@ mod tests {
         index.update(&s, core::slice::from_ref(&add));
         assert!(flags_of(index.cpu_flags(&s), 2, &["aes"]));
         assert_eq!(index.cpu_flags(&s).host_count(), 3);
+    }
+
+    /// The cluster's flag mask the index keeps is always the mask of the cluster's flags
+    /// over the current dictionary: after a change of the cluster's flags, a host with a
+    /// flag new to the dictionary (which renumbers the bits), a host with known flags, and
+    /// changes it ignores. Each row is the host that has every cluster flag.
+    #[test]
+    fn the_kept_cluster_mask_follows_the_cluster_and_the_dictionary() {
+        let mut s = snapshot()
+            .cluster_cpu("m", &["sse4_2"])
+            .host(host("a").cpu_flags(&["sse4_2"]))
+            .host(host("b").cpu_flags(&["aes"]))
+            .build();
+        let mut index = SnapshotIndex::build(&s);
+        let passing = |index: &SnapshotIndex, s: &Snapshot| -> Vec<bool> {
+            let mask = index.cluster_flag_mask(s);
+            assert_eq!(
+                *mask,
+                index
+                    .cpu_flags(s)
+                    .mask(s.cluster.cpu_flags.iter().map(String::as_str)),
+                "the kept mask is the mask of the cluster's flags now"
+            );
+            (0..s.hosts.len())
+                .map(|h| index.cpu_flags(s).has_all(h as HostIndex, mask))
+                .collect()
+        };
+        assert_eq!(passing(&index, &s), [true, false]);
+        let mut cluster = s.cluster.clone();
+        cluster.cpu_flags = alloc::vec!["aes".into()];
+        let cases: [(Change, [bool; 2]); 4] = [
+            (Change::SetCluster(cluster), [false, true]),
+            // "avx2" is new to the dictionary: the flags are indexed again, bits renumbered.
+            (
+                Change::ReplaceHost {
+                    host: 0,
+                    value: host("a").cpu_flags(&["aes", "avx2"]).build(),
+                },
+                [true, true],
+            ),
+            (
+                Change::ReplaceHost {
+                    host: 1,
+                    value: host("b").cpu_flags(&["avx2"]).build(),
+                },
+                [true, false],
+            ),
+            (Change::SetTime { time_unix: 9 }, [true, false]),
+        ];
+        for (change, want) in cases {
+            change.clone().apply(&mut s).unwrap();
+            index.update(&s, core::slice::from_ref(&change));
+            assert_eq!(passing(&index, &s), want, "after {change:?}");
+        }
     }
 
     /// The index answers `kept_cpu_counts` (a read that never counts) only for hosts whose
