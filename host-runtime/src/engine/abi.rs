@@ -266,7 +266,7 @@ impl GuestFns {
             .manifest
             .call(&mut *store, ())
             .map_err(|e| classify(store, e))?;
-        self.decode_output(store, packed)
+        self.decode_output(store, packed, codec::decode)
     }
 
     /// Sends one message to `entry` and decodes its reply.
@@ -275,6 +275,18 @@ impl GuestFns {
         store: &mut Store<StoreData>,
         message: &[u8],
         entry: Entry,
+    ) -> Result<T, UnitFault> {
+        self.exchange_with(store, message, entry, codec::decode)
+    }
+
+    /// [`GuestFns::exchange`] with the reply's own decoder (a batch's answer has one that
+    /// reads it by hand).
+    pub fn exchange_with<T>(
+        &self,
+        store: &mut Store<StoreData>,
+        message: &[u8],
+        entry: Entry,
+        decode: fn(&[u8]) -> Result<T, codec::CodecError>,
     ) -> Result<T, UnitFault> {
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(UnitFault::BadOutput(format!(
@@ -305,13 +317,14 @@ impl GuestFns {
         let packed = func
             .call(&mut *store, len)
             .map_err(|e| classify(store, e))?;
-        self.decode_output(store, packed)
+        self.decode_output(store, packed, decode)
     }
 
-    fn decode_output<T: DeserializeOwned>(
+    fn decode_output<T>(
         &self,
         store: &mut Store<StoreData>,
         packed: u64,
+        decode: fn(&[u8]) -> Result<T, codec::CodecError>,
     ) -> Result<T, UnitFault> {
         let (ptr, len) = guest_abi::unpack(packed);
         let (ptr, len) = (ptr as usize, len as usize);
@@ -329,8 +342,7 @@ impl GuestFns {
                     data.len()
                 ))
             })?;
-        codec::decode(bytes)
-            .map_err(|e| UnitFault::BadOutput(format!("result does not decode: {e}")))
+        decode(bytes).map_err(|e| UnitFault::BadOutput(format!("result does not decode: {e}")))
     }
 }
 

@@ -62,8 +62,8 @@ pub fn decode_guest_output(what: GuestOutput, bytes: &[u8]) -> Result<(), String
             weights,
             candidates,
         } => {
-            let response = codec::decode::<BatchResponse>(bytes)
-                .map_err(|e| format!("does not decode: {e}"))?;
+            let response =
+                BatchResponse::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
             let shape = BatchShape {
                 filters,
                 weights,

@@ -382,19 +382,23 @@ impl Instance {
         })
     }
 
-    /// Syncs the guest to `view`, then sends `request` (a unit call or a batch) to `entry`.
-    fn send<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+    /// Syncs the guest to `view`, then sends `request` (a unit call or a batch) to `entry`
+    /// and decodes the reply with `decode`.
+    fn send<T: serde::Serialize, R>(
         &mut self,
         view: &ClusterView,
         request: &T,
         entry: Entry,
         stats: &SyncCounters,
+        decode: fn(&[u8]) -> Result<R, codec::CodecError>,
     ) -> Result<R, UnitFault> {
         self.ensure_synced(view, stats)?;
         let mut scratch = std::mem::take(&mut self.scratch);
         codec::encode_into(request, &mut scratch)
             .map_err(|e| UnitFault::BadOutput(format!("cannot encode the request: {e}")))?;
-        let result = self.fns.exchange::<R>(&mut self.store, &scratch, entry);
+        let result = self
+            .fns
+            .exchange_with(&mut self.store, &scratch, entry, decode);
         self.scratch = scratch;
         result
     }
@@ -639,7 +643,13 @@ impl LoadedModule {
                 let mut instance = self.check_out(wasm, view, limits)?;
                 wasm.stats.batches.fetch_add(1, Ordering::Relaxed);
                 let result = instance
-                    .send::<_, BatchResponse>(view, &batch, Entry::Batch, &wasm.stats)
+                    .send(
+                        view,
+                        &batch,
+                        Entry::Batch,
+                        &wasm.stats,
+                        BatchResponse::decode,
+                    )
                     .and_then(|response| BatchAnswers::of(response, &BatchShape::of(&batch)));
                 let fault = match &result {
                     // A unit's own failure: the guest may hold a state we did not expect.
@@ -719,7 +729,7 @@ impl LoadedModule {
         let mut instance = self.check_out(wasm, view, limits)?;
         wasm.stats.unit_calls.fetch_add(1, Ordering::Relaxed);
         let result = instance
-            .send(view, &call, Entry::Call, &wasm.stats)
+            .send(view, &call, Entry::Call, &wasm.stats, codec::decode)
             .and_then(shape);
         self.check_in(wasm, instance, result.as_ref().err());
         result

@@ -84,7 +84,16 @@ fn install_panic_hook() {
 }
 
 fn respond<T: Serialize>(state: &mut State, value: &T) -> u64 {
-    if let Err(e) = codec::encode_into(value, &mut state.output) {
+    respond_with(state, value, codec::encode_into)
+}
+
+/// [`respond`] with the response's own encoder (the same bytes).
+fn respond_with<T>(
+    state: &mut State,
+    value: &T,
+    encode: fn(&T, &mut Vec<u8>) -> Result<(), codec::CodecError>,
+) -> u64 {
+    if let Err(e) = encode(value, &mut state.output) {
         panic!("wasmsched guest could not encode its response: {e}");
     }
     pack(
@@ -174,19 +183,19 @@ pub fn sync(make: fn() -> UnitSet, len: u32) -> u64 {
 }
 
 /// Decodes the request of `len` bytes in the input buffer, checks that it is about the epoch
-/// the guest holds, runs it with `run`, and packs the answer; `failed` makes the answer that
-/// says why it could not run.
+/// the guest holds, runs it with `run`, and packs the answer (written by `encode`);
+/// `failed` makes the answer that says why it could not run.
 fn answer<Req, Resp>(
     state: &mut State,
     len: u32,
     what: &str,
     epoch_of: fn(&Req) -> u64,
     failed: fn(String) -> Resp,
+    encode: fn(&Resp, &mut Vec<u8>) -> Result<(), codec::CodecError>,
     run: impl FnOnce(&UnitSet, &Snapshot, &OnceCell<SnapshotIndex>, Req) -> Resp,
 ) -> u64
 where
     Req: serde::de::DeserializeOwned,
-    Resp: Serialize,
 {
     let len = (len as usize).min(state.input.len());
     let response = match codec::decode::<Req>(&state.input[..len]) {
@@ -206,7 +215,7 @@ where
             None => failed("module not initialized".into()),
         },
     };
-    respond(state, &response)
+    respond_with(state, &response, encode)
 }
 
 /// `wasmsched_call`.
@@ -218,6 +227,7 @@ pub fn call(make: fn() -> UnitSet, len: u32) -> u64 {
             "call",
             |r: &CallRequest| r.epoch,
             CallResponse::Failed,
+            codec::encode_into,
             |units, snapshot, index, request| {
                 units.evaluate_lazy(snapshot, index, request.as_call())
             },
@@ -234,6 +244,7 @@ pub fn batch(make: fn() -> UnitSet, len: u32) -> u64 {
             "batch",
             |r: &BatchRequest| r.epoch,
             BatchResponse::Failed,
+            BatchResponse::encode_into,
             |units, snapshot, index, request| {
                 let mut refs = Vec::new();
                 units.evaluate_batch_lazy(snapshot, index, request.as_batch(&mut refs))

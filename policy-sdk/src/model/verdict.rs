@@ -179,36 +179,30 @@ impl Serialize for Verdicts {
     }
 }
 
+/// Appends one `u32` per rejection as packed little-endian bytes (a byte string): room
+/// made once, each value a 4-byte store (a push per value checks the room and, in a guest,
+/// copies through a call).
+#[inline]
+fn put_column(out: &mut Vec<u8>, rejected: &[Rejection], field: impl Fn(&Rejection) -> u32) {
+    crate::wire::codec::raw::put_len(out, rejected.len() * 4);
+    let start = out.len();
+    out.resize(start + rejected.len() * 4, 0);
+    for (slot, r) in out[start..].chunks_exact_mut(4).zip(rejected) {
+        slot.copy_from_slice(&field(r).to_le_bytes());
+    }
+}
+
 impl<'de> Deserialize<'de> for Verdicts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let wire = VerdictsWire::deserialize(d)?;
-        let n = wire.positions.len();
-        if wire.code_indexes.len() != n || !(wire.details.is_empty() || wire.details.len() == n) {
-            return Err(D::Error::custom(alloc::format!(
-                "verdicts: {n} rejected positions, {} code indexes and {} details \
-                 (details must be none or one per rejection)",
-                wire.code_indexes.len(),
-                wire.details.len()
-            )));
-        }
-        let mut details = wire.details.into_iter();
-        let rejected = wire
-            .positions
-            .iter()
-            .zip(&wire.code_indexes)
-            .map(|(&position, &code)| Rejection {
-                position,
-                code,
-                detail: details.next().unwrap_or_default(),
-            })
-            .collect();
-        Ok(Verdicts {
-            len: wire.len,
-            codes: wire.codes,
-            rejected,
-            last_literal: LastLiteral::default(),
-        })
+        Verdicts::from_columns(
+            wire.len,
+            wire.codes,
+            wire.positions.iter().copied(),
+            wire.code_indexes.iter().copied(),
+            wire.details,
+        )
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -248,6 +242,82 @@ pub struct Rejection {
 }
 
 impl Verdicts {
+    /// The verdicts of their wire columns (see `VerdictsWire`): a position and a code
+    /// index per rejection, and a detail per rejection or none.
+    fn from_columns(
+        len: u32,
+        codes: Vec<String>,
+        positions: impl ExactSizeIterator<Item = u32>,
+        code_indexes: impl ExactSizeIterator<Item = u32>,
+        details: Vec<String>,
+    ) -> Result<Self, String> {
+        let n = positions.len();
+        if code_indexes.len() != n || !(details.is_empty() || details.len() == n) {
+            return Err(alloc::format!(
+                "verdicts: {n} rejected positions, {} code indexes and {} details \
+                 (details must be none or one per rejection)",
+                code_indexes.len(),
+                details.len()
+            ));
+        }
+        let mut details = details.into_iter();
+        let rejected = positions
+            .zip(code_indexes)
+            .map(|(position, code)| Rejection {
+                position,
+                code,
+                detail: details.next().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Verdicts {
+            len,
+            codes,
+            rejected,
+            last_literal: LastLiteral::default(),
+        })
+    }
+
+    /// Appends the verdicts' wire form by hand: the bytes their serde form gives
+    /// (`VerdictsWireRef`), without building its columns first.
+    pub(crate) fn put_wire(&self, out: &mut Vec<u8>) {
+        use crate::wire::codec::raw;
+        raw::put_u64(out, u64::from(self.len));
+        raw::put_len(out, self.codes.len());
+        for code in &self.codes {
+            raw::put_str(out, code);
+        }
+        put_column(out, &self.rejected, |r| r.position);
+        put_column(out, &self.rejected, |r| r.code);
+        if self.rejected.iter().any(|r| !r.detail.is_empty()) {
+            raw::put_len(out, self.rejected.len());
+            for r in &self.rejected {
+                raw::put_str(out, &r.detail);
+            }
+        } else {
+            raw::put_len(out, 0);
+        }
+    }
+
+    /// Reads the wire form by hand; `None` for anything the serde form would not take
+    /// as it is (see [`raw::Reader`](crate::wire::codec::raw::Reader)).
+    pub(crate) fn read_wire(reader: &mut crate::wire::codec::raw::Reader<'_>) -> Option<Self> {
+        let len = reader.u32()?;
+        let codes = (0..reader.length()?)
+            .map(|_| reader.string())
+            .collect::<Option<Vec<String>>>()?;
+        fn u32s(bytes: &[u8]) -> impl ExactSizeIterator<Item = u32> + '_ {
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        }
+        let positions = reader.bytes().filter(|b| b.len() % 4 == 0)?;
+        let code_indexes = reader.bytes().filter(|b| b.len() % 4 == 0)?;
+        let details = (0..reader.length()?)
+            .map(|_| reader.string())
+            .collect::<Option<Vec<String>>>()?;
+        Verdicts::from_columns(len, codes, u32s(positions), u32s(code_indexes), details).ok()
+    }
+
     /// Every one of `len` candidates passed.
     pub fn passing(len: u32) -> Self {
         Verdicts {
@@ -411,20 +481,19 @@ pub mod packed {
             pub mod $module {
                 use super::*;
 
-                /// Serializes as packed bytes.
-                pub fn serialize<S: Serializer>(values: &[$ty], s: S) -> Result<S::Ok, S::Error> {
+                /// The values' little-endian bytes: their own memory on a little-endian
+                /// machine, a copy elsewhere.
+                fn le_bytes(values: &[$ty]) -> alloc::borrow::Cow<'_, [u8]> {
                     #[cfg(target_endian = "little")]
                     {
-                        // The values' memory is already their little-endian bytes.
                         // SAFETY: a plain integer slice (no padding) viewed as the bytes it
                         // covers, for as long as `values` is borrowed.
-                        let bytes = unsafe {
+                        alloc::borrow::Cow::Borrowed(unsafe {
                             core::slice::from_raw_parts(
                                 values.as_ptr().cast::<u8>(),
                                 core::mem::size_of_val(values),
                             )
-                        };
-                        s.serialize_bytes(bytes)
+                        })
                     }
                     #[cfg(not(target_endian = "little"))]
                     {
@@ -432,8 +501,21 @@ pub mod packed {
                         for v in values {
                             bytes.extend_from_slice(&v.to_le_bytes());
                         }
-                        s.serialize_bytes(&bytes)
+                        alloc::borrow::Cow::Owned(bytes)
                     }
+                }
+
+                /// Serializes as packed bytes.
+                pub fn serialize<S: Serializer>(values: &[$ty], s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_bytes(&le_bytes(values))
+                }
+
+                /// Appends what [`serialize`] writes, by hand (see
+                /// [`raw`](crate::wire::codec::raw)): one copy of the values' bytes.
+                pub fn put(out: &mut Vec<u8>, values: &[$ty]) {
+                    let bytes = le_bytes(values);
+                    crate::wire::codec::raw::put_len(out, bytes.len());
+                    out.extend_from_slice(&bytes);
                 }
 
                 /// Deserializes packed bytes.

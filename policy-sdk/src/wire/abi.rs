@@ -12,6 +12,7 @@
 use crate::model::manifest::ParamValue;
 use crate::model::verdict::{BalanceAction, Penalty, Verdicts};
 use crate::model::{HostIndex, Vm};
+use crate::wire::codec::{self, raw, CodecError};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -291,11 +292,235 @@ pub enum BatchResponse {
     Failed(String),
 }
 
+impl BatchResponse {
+    /// Encodes the response into `out` (replacing what it held): the bytes
+    /// [`codec::encode_into`] gives, written by hand (a batch is answered on every
+    /// decision). A response holding balance actions, which no batch gives, is left to
+    /// serde.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let answers = match self {
+            BatchResponse::Answers { filters, weights } => [filters, weights],
+            BatchResponse::Failed(_) => return codec::encode_into(self, out),
+        };
+        if answers
+            .iter()
+            .any(|list| list.iter().any(|a| matches!(a, CallResponse::Actions(_))))
+        {
+            return codec::encode_into(self, out);
+        }
+        out.clear();
+        raw::put_u64(out, 0);
+        for list in answers {
+            raw::put_len(out, list.len());
+            for answer in list {
+                match answer {
+                    CallResponse::Verdicts(verdicts) => {
+                        raw::put_u64(out, 0);
+                        verdicts.put_wire(out);
+                    }
+                    CallResponse::Penalties(penalties) => {
+                        raw::put_u64(out, 1);
+                        crate::model::verdict::packed::i64s::put(out, penalties);
+                    }
+                    CallResponse::Failed(message) => {
+                        raw::put_u64(out, 3);
+                        raw::put_str(out, message);
+                    }
+                    CallResponse::SamePenalty(penalty) => {
+                        raw::put_u64(out, 4);
+                        raw::put_i64(out, *penalty);
+                    }
+                    CallResponse::Actions(_) => unreachable!("left to serde above"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a response: by hand for the forms a batch gives (verdicts, penalties, one
+    /// penalty for all, a unit's failure), by serde for anything else and for any input
+    /// the hand-written reader does not take whole, so that an error is serde's.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        // Serde's decoder counts at most 8 bytes against its limit per byte it reads (a
+        // one-byte integer counts as its full width), so a message of up to an eighth of
+        // the limit cannot exceed it: such a message is one serde would take, if the
+        // reader takes it.
+        let read = (bytes.len() <= codec::MAX_MESSAGE_BYTES / 8)
+            .then(|| Self::read(&mut raw::Reader::new(bytes)))
+            .flatten();
+        match read {
+            Some(response) => Ok(response),
+            None => codec::decode(bytes),
+        }
+    }
+
+    /// The hand-written reader of [`BatchResponse::decode`]: `None` for anything it does
+    /// not take whole.
+    fn read(reader: &mut raw::Reader<'_>) -> Option<Self> {
+        if reader.u32()? != 0 {
+            return None;
+        }
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let n = reader.length()?;
+            list.reserve_exact(n);
+            for _ in 0..n {
+                list.push(match reader.u32()? {
+                    0 => CallResponse::Verdicts(Verdicts::read_wire(reader)?),
+                    1 => {
+                        let bytes = reader.bytes().filter(|b| b.len() % 8 == 0)?;
+                        CallResponse::Penalties(
+                            bytes
+                                .chunks_exact(8)
+                                .map(|c| {
+                                    Penalty::from_le_bytes(c.try_into().expect("an 8-byte chunk"))
+                                })
+                                .collect(),
+                        )
+                    }
+                    3 => CallResponse::Failed(reader.string()?),
+                    4 => CallResponse::SamePenalty(reader.i64()?),
+                    _ => return None,
+                });
+            }
+        }
+        let [filters, weights] = lists;
+        reader
+            .is_done()
+            .then_some(BatchResponse::Answers { filters, weights })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::vm;
-    use crate::wire::codec;
+    use crate::model::verdict::Verdict;
+    use crate::testing::{vm, XorShift};
+
+    /// A batch response of random answers of every form a batch gives, of up to `n`
+    /// verdicts or penalties each.
+    fn random_batch_response(rng: &mut XorShift, n: u64) -> BatchResponse {
+        let texts = [
+            "",
+            "not_enough_memory",
+            "zu wenig Speicher: 1 024 MiB ≠ 4 096",
+            "x",
+        ];
+        let answer = |rng: &mut XorShift| match rng.below(6) {
+            0 | 1 => {
+                let verdicts = (0..rng.below(n))
+                    .map(|_| match rng.below(3) {
+                        0 => Verdict::reject(
+                            texts[1 + rng.below(3) as usize].to_string(),
+                            texts[rng.below(4) as usize],
+                        ),
+                        _ => Verdict::Pass,
+                    })
+                    .collect();
+                CallResponse::Verdicts(Verdicts::from_verdicts(verdicts))
+            }
+            2 => CallResponse::Penalties(
+                (0..rng.below(n))
+                    .map(|i| match i % 4 {
+                        0 => rng.below(1_000) as i64,
+                        1 => -(rng.below(u64::MAX) as i64),
+                        2 => i64::MIN + rng.below(3) as i64,
+                        _ => rng.below(u64::MAX) as i64,
+                    })
+                    .collect(),
+            ),
+            3 => CallResponse::SamePenalty(
+                [0, 1, 1_000, -5, i64::MAX, i64::MIN][rng.below(6) as usize],
+            ),
+            _ => CallResponse::Failed(texts[rng.below(4) as usize].repeat(rng.below(n) as usize)),
+        };
+        let filters = (0..rng.below(9)).map(|_| answer(rng)).collect();
+        let weights = (0..rng.below(9)).map(|_| answer(rng)).collect();
+        BatchResponse::Answers { filters, weights }
+    }
+
+    /// The hand-written form of a batch response is byte for byte its serde form, and
+    /// reads back to the same response, for random responses of every answer a batch
+    /// gives, and for the forms left to serde (a failed batch, balance actions).
+    #[test]
+    fn a_batch_response_is_written_and_read_by_hand_as_serde_does() {
+        let mut rng = XorShift::new(18);
+        let mut responses: Vec<BatchResponse> = (0..400)
+            .map(|_| random_batch_response(&mut rng, 300))
+            .collect();
+        responses.push(BatchResponse::Failed("stale epoch".into()));
+        responses.push(BatchResponse::Answers {
+            filters: alloc::vec![CallResponse::Verdicts(Verdicts::passing(3))],
+            weights: alloc::vec![CallResponse::Actions(alloc::vec![])],
+        });
+        let mut out = alloc::vec![9, 9, 9];
+        for response in responses {
+            response.encode_into(&mut out).unwrap();
+            assert_eq!(out, codec::encode(&response).unwrap(), "{response:?}");
+            assert_eq!(BatchResponse::decode(&out), Ok(response.clone()));
+            if matches!(&response, BatchResponse::Answers { weights, .. } if weights.iter().all(|w| !matches!(w, CallResponse::Actions(_))))
+            {
+                assert_eq!(
+                    BatchResponse::read(&mut raw::Reader::new(&out)),
+                    Some(response),
+                    "the hand-written reader takes it"
+                );
+            }
+        }
+    }
+
+    /// A damaged message decodes exactly as serde decodes it, to the same response or the
+    /// same error: cut at every length, with a byte inserted or a byte replaced at every
+    /// position (by the markers of wider integers, 0, 255 and a flipped bit), and padded.
+    #[test]
+    fn a_damaged_batch_response_decodes_as_serde_decodes_it() {
+        let mut rng = XorShift::new(7);
+        let (mut checked, mut taken) = (0, 0);
+        for _ in 0..12 {
+            let response = random_batch_response(&mut rng, 6);
+            let bytes = codec::encode(&response).unwrap();
+            let mut damaged: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+            for at in 0..bytes.len() {
+                for value in [
+                    0,
+                    1,
+                    250,
+                    251,
+                    252,
+                    253,
+                    254,
+                    255,
+                    bytes[at] ^ 1,
+                    bytes[at] ^ 0x80,
+                ] {
+                    let mut b = bytes.clone();
+                    b[at] = value;
+                    damaged.push(b);
+                    let mut b = bytes.clone();
+                    b.insert(at, value);
+                    damaged.push(b);
+                }
+            }
+            let mut padded = bytes.clone();
+            padded.push(0);
+            damaged.push(padded);
+            for b in damaged {
+                assert_eq!(
+                    BatchResponse::decode(&b),
+                    codec::decode::<BatchResponse>(&b),
+                    "{b:?}"
+                );
+                checked += 1;
+                taken += usize::from(BatchResponse::read(&mut raw::Reader::new(&b)).is_some());
+            }
+        }
+        // Both sides of the comparison were exercised: damage the reader took (a value
+        // changed) and damage it left to serde.
+        assert!(
+            taken > 1_000 && checked - taken > 1_000,
+            "{taken} of {checked} taken"
+        );
+    }
 
     #[test]
     fn borrowed_call_encodes_to_the_bytes_of_the_owned_request() {
