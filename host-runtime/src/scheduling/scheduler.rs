@@ -146,9 +146,14 @@ pub(super) fn decide(
         .map(String::as_str)
         .collect();
     let mut survivors: Vec<HostIndex> = Vec::with_capacity(snapshot.hosts.len());
+    // Without lists, a host's id is not read at all: it sits in another cache line than
+    // its status, and at 50,000 hosts that line was a miss per host.
+    let by_id = !blacklist.is_empty() || whitelist.is_some() || !dedicated.is_empty();
     for (i, host) in snapshot.hosts.iter().enumerate() {
         let reason = if host.status != HostStatus::Up {
             Some(NotCandidate::Status(host.status))
+        } else if !by_id {
+            None
         } else if blacklist.contains(host.id.as_str()) {
             Some(NotCandidate::Blacklisted)
         } else if whitelist
@@ -603,7 +608,7 @@ fn cores() -> usize {
 }
 
 /// Into how many parts a decision over `candidates` hosts is split (1: not split).
-fn split_parts(candidates: usize) -> usize {
+pub(super) fn split_parts(candidates: usize) -> usize {
     if candidates < SPLIT_MIN_CANDIDATES {
         return 1;
     }
