@@ -152,7 +152,7 @@ fn ties_are_broken_by_host_id_so_decisions_are_deterministic() {
 }
 
 #[test]
-fn blacklist_and_whitelist_limit_the_candidates() {
+fn blacklist_whitelist_and_dedicated_hosts_limit_the_candidates() {
     let rt = runtime();
     let policy = Policy::builtin_default(&rt).unwrap();
     let c = cluster(
@@ -163,19 +163,36 @@ fn blacklist_and_whitelist_limit_the_candidates() {
             .build(),
     );
     let v = vm("v").build();
-    let d = policy
-        .schedule(
-            &c,
-            &ScheduleRequest::new(v.clone())
+    // Each list alone too: the candidate pass reads host ids only when some list is given.
+    let cases = [
+        (
+            ScheduleRequest::new(v.clone())
                 .blacklist(["a"])
                 .whitelist(["a", "c"]),
-        )
-        .unwrap();
-    assert_eq!(d.chosen.as_deref(), Some("c"));
-    assert_eq!(
-        d.summary,
-        "1/3 hosts available, chose c; not available: 1 blacklisted, 1 not in whitelist"
-    );
+            "c",
+            "1/3 hosts available, chose c; not available: 1 blacklisted, 1 not in whitelist",
+        ),
+        (
+            ScheduleRequest::new(v.clone()).whitelist(["b"]),
+            "b",
+            "1/3 hosts available, chose b; not available: 2 not in whitelist",
+        ),
+        (
+            ScheduleRequest::new(v.clone()).blacklist(["a", "b"]),
+            "c",
+            "1/3 hosts available, chose c; not available: 2 blacklisted",
+        ),
+        (
+            ScheduleRequest::new(vm("v").dedicated_hosts(&["a"]).build()),
+            "a",
+            "1/3 hosts available, chose a; not available: 2 not one of the VM's dedicated hosts",
+        ),
+    ];
+    for (request, chosen, summary) in cases {
+        let d = policy.schedule(&c, &request).unwrap();
+        assert_eq!(d.chosen.as_deref(), Some(chosen), "{summary}");
+        assert_eq!(d.summary, summary);
+    }
 }
 
 #[test]
