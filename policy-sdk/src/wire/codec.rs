@@ -1,6 +1,10 @@
 //! The wire codec: serde + bincode 2 in its standard configuration (little endian,
 //! variable-length integers). Every byte that crosses the ABI goes through this module, so
-//! the wire format can change in this one file.
+//! the wire format can change in this one file. The one message of every decision, a
+//! batch's answer, is also written and read by hand through [`raw`]
+//! ([`BatchResponse::encode_into`](crate::wire::abi::BatchResponse::encode_into) and
+//! [`BatchResponse::decode`](crate::wire::abi::BatchResponse::decode)), to the same bytes:
+//! a change of the format here must change those too (their tests compare them with serde).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
