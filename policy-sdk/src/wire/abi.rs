@@ -45,8 +45,8 @@ pub mod export {
     pub const INPUT: &str = "wasmsched_input";
     /// `() -> i64`: packed pointer/length of the encoded [`Manifest`](crate::Manifest).
     pub const MANIFEST: &str = "wasmsched_manifest";
-    /// `(len: i32) -> i64`: apply a [`SyncMessage`](super::SyncMessage) of `len` bytes in the
-    /// input buffer; returns a packed [`SyncResponse`](super::SyncResponse).
+    /// `(len: i32) -> i64`: apply a [`SyncMessage`](crate::wire::sync::SyncMessage) of `len` bytes in the
+    /// input buffer; returns a packed [`SyncResponse`](crate::wire::sync::SyncResponse).
     pub const SYNC: &str = "wasmsched_sync";
     /// `(len: i32) -> i64`: run a [`CallRequest`](super::CallRequest) of `len` bytes in the
     /// input buffer; returns a packed [`CallResponse`](super::CallResponse).
