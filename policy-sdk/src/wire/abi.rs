@@ -45,8 +45,9 @@ pub mod export {
     pub const INPUT: &str = "wasmsched_input";
     /// `() -> i64`: packed pointer/length of the encoded [`Manifest`](crate::Manifest).
     pub const MANIFEST: &str = "wasmsched_manifest";
-    /// `(len: i32) -> i64`: apply a [`SyncMessage`](crate::wire::sync::SyncMessage) of `len` bytes in the
-    /// input buffer; returns a packed [`SyncResponse`](crate::wire::sync::SyncResponse).
+    /// `(len: i32) -> i64`: apply a [`SyncMessage`](crate::wire::sync::SyncMessage) of `len`
+    /// bytes in the input buffer; returns a packed
+    /// [`SyncResponse`](crate::wire::sync::SyncResponse).
     pub const SYNC: &str = "wasmsched_sync";
     /// `(len: i32) -> i64`: run a [`CallRequest`](super::CallRequest) of `len` bytes in the
     /// input buffer; returns a packed [`CallResponse`](super::CallResponse).
@@ -292,6 +293,16 @@ pub enum BatchResponse {
     Failed(String),
 }
 
+/// Variant numbers as serde gives them (declaration order), for the hand-written form of a
+/// batch's answer: [`BatchResponse::Answers`], then [`CallResponse`]'s.
+mod variant {
+    pub const ANSWERS: u64 = 0;
+    pub const VERDICTS: u64 = 0;
+    pub const PENALTIES: u64 = 1;
+    pub const FAILED: u64 = 3;
+    pub const SAME_PENALTY: u64 = 4;
+}
+
 impl BatchResponse {
     /// Encodes the response into `out` (replacing what it held): the bytes
     /// [`codec::encode_into`] gives, written by hand (a batch is answered on every
@@ -309,25 +320,25 @@ impl BatchResponse {
             return codec::encode_into(self, out);
         }
         out.clear();
-        raw::put_u64(out, 0);
+        raw::put_u64(out, variant::ANSWERS);
         for list in answers {
             raw::put_len(out, list.len());
             for answer in list {
                 match answer {
                     CallResponse::Verdicts(verdicts) => {
-                        raw::put_u64(out, 0);
+                        raw::put_u64(out, variant::VERDICTS);
                         verdicts.put_wire(out);
                     }
                     CallResponse::Penalties(penalties) => {
-                        raw::put_u64(out, 1);
+                        raw::put_u64(out, variant::PENALTIES);
                         crate::model::verdict::packed::i64s::put(out, penalties);
                     }
                     CallResponse::Failed(message) => {
-                        raw::put_u64(out, 3);
+                        raw::put_u64(out, variant::FAILED);
                         raw::put_str(out, message);
                     }
                     CallResponse::SamePenalty(penalty) => {
-                        raw::put_u64(out, 4);
+                        raw::put_u64(out, variant::SAME_PENALTY);
                         raw::put_i64(out, *penalty);
                     }
                     CallResponse::Actions(_) => unreachable!("left to serde above"),
@@ -357,7 +368,7 @@ impl BatchResponse {
     /// The hand-written reader of [`BatchResponse::decode`]: `None` for anything it does
     /// not take whole.
     fn read(reader: &mut raw::Reader<'_>) -> Option<Self> {
-        if reader.u32()? != 0 {
+        if u64::from(reader.u32()?) != variant::ANSWERS {
             return None;
         }
         let mut lists = [Vec::new(), Vec::new()];
@@ -365,9 +376,9 @@ impl BatchResponse {
             let n = reader.length()?;
             list.reserve_exact(n);
             for _ in 0..n {
-                list.push(match reader.u32()? {
-                    0 => CallResponse::Verdicts(Verdicts::read_wire(reader)?),
-                    1 => {
+                list.push(match u64::from(reader.u32()?) {
+                    variant::VERDICTS => CallResponse::Verdicts(Verdicts::read_wire(reader)?),
+                    variant::PENALTIES => {
                         let bytes = reader.bytes().filter(|b| b.len() % 8 == 0)?;
                         CallResponse::Penalties(
                             bytes
@@ -378,8 +389,8 @@ impl BatchResponse {
                                 .collect(),
                         )
                     }
-                    3 => CallResponse::Failed(reader.string()?),
-                    4 => CallResponse::SamePenalty(reader.i64()?),
+                    variant::FAILED => CallResponse::Failed(reader.string()?),
+                    variant::SAME_PENALTY => CallResponse::SamePenalty(reader.i64()?),
                     _ => return None,
                 });
             }
