@@ -305,17 +305,12 @@ impl Verdicts {
         let codes = (0..reader.length()?)
             .map(|_| reader.string())
             .collect::<Option<Vec<String>>>()?;
-        fn u32s(bytes: &[u8]) -> impl ExactSizeIterator<Item = u32> + '_ {
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        }
-        let positions = reader.bytes().filter(|b| b.len() % 4 == 0)?;
-        let code_indexes = reader.bytes().filter(|b| b.len() % 4 == 0)?;
+        let positions = packed::u32s::values(reader.bytes()?)?;
+        let code_indexes = packed::u32s::values(reader.bytes()?)?;
         let details = (0..reader.length()?)
             .map(|_| reader.string())
             .collect::<Option<Vec<String>>>()?;
-        Verdicts::from_columns(len, codes, u32s(positions), u32s(code_indexes), details).ok()
+        Verdicts::from_columns(len, codes, positions, code_indexes, details).ok()
     }
 
     /// Every one of `len` candidates passed.
@@ -518,6 +513,45 @@ pub mod packed {
                     out.extend_from_slice(&bytes);
                 }
 
+                /// The values of packed bytes, one by one; `None` when the bytes are not
+                /// a whole number of values.
+                pub fn values(bytes: &[u8]) -> Option<impl ExactSizeIterator<Item = $ty> + '_> {
+                    (bytes.len() % $size == 0).then(|| {
+                        bytes
+                            .chunks_exact($size)
+                            .map(|c| <$ty>::from_le_bytes(c.try_into().expect("an exact chunk")))
+                    })
+                }
+
+                /// The values of packed bytes (one copy on a little-endian machine);
+                /// `None` when the bytes are not a whole number of values.
+                pub fn from_le_bytes(bytes: &[u8]) -> Option<Vec<$ty>> {
+                    #[cfg(target_endian = "little")]
+                    {
+                        if bytes.len() % $size != 0 {
+                            return None;
+                        }
+                        let n = bytes.len() / $size;
+                        let mut values: Vec<$ty> = Vec::with_capacity(n);
+                        // SAFETY: `n` values of capacity are written in full by the copy
+                        // of exactly `n * size` bytes (their little-endian form), then
+                        // become the vector's length.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                bytes.as_ptr(),
+                                values.as_mut_ptr().cast::<u8>(),
+                                n * $size,
+                            );
+                            values.set_len(n);
+                        }
+                        Some(values)
+                    }
+                    #[cfg(not(target_endian = "little"))]
+                    {
+                        values(bytes).map(Iterator::collect)
+                    }
+                }
+
                 /// Deserializes packed bytes.
                 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<$ty>, D::Error> {
                     struct V;
@@ -527,38 +561,13 @@ pub mod packed {
                             f.write_str(concat!("packed ", stringify!($ty), " bytes"))
                         }
                         fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-                            if bytes.len() % $size != 0 {
-                                return Err(E::custom(alloc::format!(
+                            from_le_bytes(bytes).ok_or_else(|| {
+                                E::custom(alloc::format!(
                                     "{} bytes is not a whole number of {}-byte values",
                                     bytes.len(),
                                     $size
-                                )));
-                            }
-                            let n = bytes.len() / $size;
-                            #[cfg(target_endian = "little")]
-                            {
-                                let mut values: Vec<$ty> = Vec::with_capacity(n);
-                                // SAFETY: `n` values of capacity are written in full by the
-                                // copy of exactly `n * size` bytes (their little-endian
-                                // form), then become the vector's length.
-                                unsafe {
-                                    core::ptr::copy_nonoverlapping(
-                                        bytes.as_ptr(),
-                                        values.as_mut_ptr().cast::<u8>(),
-                                        n * $size,
-                                    );
-                                    values.set_len(n);
-                                }
-                                Ok(values)
-                            }
-                            #[cfg(not(target_endian = "little"))]
-                            {
-                                let mut values: Vec<$ty> = Vec::with_capacity(n);
-                                values.extend(bytes.chunks_exact($size).map(|c| {
-                                    <$ty>::from_le_bytes(c.try_into().expect("exact chunk"))
-                                }));
-                                Ok(values)
-                            }
+                                ))
+                            })
                         }
                         fn visit_borrowed_bytes<E: Error>(
                             self,

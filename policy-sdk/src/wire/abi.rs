@@ -378,17 +378,9 @@ impl BatchResponse {
             for _ in 0..n {
                 list.push(match u64::from(reader.u32()?) {
                     variant::VERDICTS => CallResponse::Verdicts(Verdicts::read_wire(reader)?),
-                    variant::PENALTIES => {
-                        let bytes = reader.bytes().filter(|b| b.len() % 8 == 0)?;
-                        CallResponse::Penalties(
-                            bytes
-                                .chunks_exact(8)
-                                .map(|c| {
-                                    Penalty::from_le_bytes(c.try_into().expect("an 8-byte chunk"))
-                                })
-                                .collect(),
-                        )
-                    }
+                    variant::PENALTIES => CallResponse::Penalties(
+                        crate::model::verdict::packed::i64s::from_le_bytes(reader.bytes()?)?,
+                    ),
                     variant::FAILED => CallResponse::Failed(reader.string()?),
                     variant::SAME_PENALTY => CallResponse::SamePenalty(reader.i64()?),
                     _ => return None,
