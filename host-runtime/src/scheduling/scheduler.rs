@@ -659,32 +659,35 @@ fn run_units_split(
         return run_units(policy, view, vm, candidates, Weigh::IfSeveral, details);
     }
     let size = candidates.len().div_ceil(parts);
-    let results: Vec<Result<Stage>> = std::thread::scope(|scope| {
-        let mut chunks = candidates.chunks(size);
+    let results = on_chunks(&candidates, size, |chunk| {
+        run_units(policy, view, vm, chunk.to_vec(), Weigh::Always, details)
+    });
+    let stages = results.into_iter().collect::<Result<Vec<Stage>>>()?;
+    Ok(merge(stages, policy.filters.len(), policy.weights.len()))
+}
+
+/// `work` over each contiguous chunk of `size` items, the first on the calling thread and
+/// the others on threads of their own (a split decision's parts); the results in chunk
+/// order. A panic on any thread goes on on the caller's.
+pub(super) fn on_chunks<T: Sync, R: Send>(
+    items: &[T],
+    size: usize,
+    work: impl Fn(&[T]) -> R + Sync,
+) -> Vec<R> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut chunks = items.chunks(size.max(1));
         let first = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
-            .map(|chunk| {
-                scope.spawn(move || {
-                    run_units(policy, view, vm, chunk.to_vec(), Weigh::Always, details)
-                })
-            })
+            .map(|chunk| scope.spawn(move || work(chunk)))
             .collect();
-        let mut results = vec![run_units(
-            policy,
-            view,
-            vm,
-            first.to_vec(),
-            Weigh::Always,
-            details,
-        )];
+        let mut results = vec![work(first)];
         results.extend(others.into_iter().map(|h| match h.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
         }));
         results
-    });
-    let stages = results.into_iter().collect::<Result<Vec<Stage>>>()?;
-    Ok(merge(stages, policy.filters.len(), policy.weights.len()))
+    })
 }
 
 /// The stages of the contiguous parts of a split decision, in order, as one stage: survivors

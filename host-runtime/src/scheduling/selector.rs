@@ -3,7 +3,7 @@
 //! (deterministic tie-break by host id). Units return raw values; the arithmetic is here.
 
 use super::policy::{PolicyUnit, SelectorKind};
-use super::scheduler::split_parts;
+use super::scheduler::{on_chunks, split_parts};
 use policy_sdk::{HostIndex, Penalty};
 
 /// What a selector made of the weights' penalties over the candidates.
@@ -46,30 +46,15 @@ pub(super) fn select<'a>(
     let columns: Vec<(i64, &[Penalty])> = columns.into_iter().collect();
     let threads = split_parts(candidates).min(columns.len());
     let points: Vec<Vec<f64>> = if threads > 1 {
-        // Thread t takes columns t, t + threads, ...; the calling thread takes its share too.
-        let share = |t: usize| -> Vec<Vec<f64>> {
-            columns
-                .iter()
-                .skip(t)
-                .step_by(threads)
+        // Contiguous runs of columns, one per thread, put back end to end.
+        on_chunks(&columns, columns.len().div_ceil(threads), |run| {
+            run.iter()
                 .map(|&(_, penalties)| points_of(selector, penalties))
-                .collect()
-        };
-        let shares: Vec<Vec<Vec<f64>>> = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..threads)
-                .map(|t| scope.spawn(move || share(t)))
-                .collect();
-            let mut shares = vec![share(0)];
-            shares.extend(others.into_iter().map(|h| match h.join() {
-                Ok(share) => share,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }));
-            shares
-        });
-        let mut shares: Vec<_> = shares.into_iter().map(Vec::into_iter).collect();
-        (0..columns.len())
-            .map(|c| shares[c % threads].next().expect("one share per column"))
-            .collect()
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     } else {
         columns
             .iter()
@@ -194,13 +179,8 @@ mod tests {
     #[test]
     fn a_split_size_selection_equals_the_columns_taken_one_by_one() {
         let n = crate::scheduling::scheduler::SPLIT_MIN_CANDIDATES + 7;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = policy_sdk::testing::XorShift::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.below(u64::MAX);
         let columns: Vec<(i64, Vec<Penalty>)> = vec![
             (3, (0..n).map(|_| (next() % 101) as Penalty).collect()),
             (1, (0..n).map(|_| next() as Penalty).collect()),
