@@ -90,6 +90,32 @@ struct State {
     spares: Vec<Arc<Snapshot>>,
 }
 
+/// A new pending aggregate (`SetPending`) as the resources it adds to the host's current
+/// one (`AddPending`) when it holds all of it, as after a reservation: the change log and
+/// every guest's delta then carry the reservation, not its host's whole aggregate with
+/// every pending VM's id. The snapshot is at the change's point of its batch, so both give
+/// the same aggregate.
+fn as_added(snapshot: &Snapshot, change: Change) -> Change {
+    let Change::SetPending { host, pending } = change else {
+        return change;
+    };
+    let current = &snapshot.hosts[host as usize].pending;
+    match pending.added_since(current) {
+        Some(added) => {
+            debug_assert_eq!(
+                {
+                    let mut merged = current.clone();
+                    merged.merge(&added).map(|()| merged)
+                },
+                Ok(pending),
+                "host index {host}"
+            );
+            Change::AddPending { host, added }
+        }
+        None => Change::SetPending { host, pending },
+    }
+}
+
 fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
     snapshot
         .hosts
@@ -374,21 +400,25 @@ impl Cluster {
     /// Applies a batch of changes as one new epoch and returns it. The batch is checked
     /// first; on error nothing changes.
     ///
-    /// Pending aggregates belong to the pending resource manager: `SetPending` is refused,
-    /// and a host given by `ReplaceHost`/`AddHost` gets its aggregate from the records.
-    /// Remove hosts with [`Cluster::remove_host`], which also clears their records.
+    /// Pending aggregates belong to the pending resource manager: `SetPending` and
+    /// `AddPending` are refused, and a host given by `ReplaceHost`/`AddHost` gets its
+    /// aggregate from the records. Remove hosts with [`Cluster::remove_host`], which also clears their records.
     pub fn apply(&self, mut changes: Vec<Change>) -> Result<u64> {
         let ledger = self.ledger();
         let snapshot = self.snapshot();
         for change in &mut changes {
             match change {
-                Change::SetPending { .. } => {
+                Change::SetPending { .. } | Change::AddPending { .. } => {
+                    let variant = match change {
+                        Change::SetPending { .. } => "SetPending",
+                        _ => "AddPending",
+                    };
                     return Err(Error::input(
                         "changes",
-                        Some("SetPending".into()),
+                        Some(variant.into()),
                         "pending aggregates are computed from pending records; record them \
                          with Cluster::reserve or Cluster::add_pending",
-                    ))
+                    ));
                 }
                 Change::RemoveHost { .. } => {
                     return Err(Error::input(
@@ -480,6 +510,7 @@ impl Cluster {
         for change in &changes {
             match change {
                 Change::SetPending { host, .. }
+                | Change::AddPending { host, .. }
                 | Change::SetHostStatus { host, .. }
                 | Change::ReplaceHost { host, .. }
                 | Change::RemoveHost { host } => {
@@ -538,13 +569,18 @@ impl Cluster {
         }
         // In place when no view holds the snapshot, else copy-on-write.
         let snapshot = Arc::make_mut(&mut state.snapshot);
-        for change in &changes {
-            // The log keeps the original for deltas; the snapshot gets a copy.
-            change
-                .clone()
-                .apply(snapshot)
-                .expect("host indices were checked above");
-        }
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .map(|change| {
+                let change = as_added(snapshot, change);
+                // The log keeps the original for deltas; the snapshot gets a copy.
+                change
+                    .clone()
+                    .apply(snapshot)
+                    .expect("host indices and pending totals were checked above");
+                change
+            })
+            .collect();
         snapshot.epoch += 1;
         let epoch = snapshot.epoch;
         if reindex {

@@ -279,6 +279,13 @@ fn apply_refuses_bad_batches_whole_and_names_what_is_wrong() {
             }],
             "pending aggregates are computed from pending records",
         ),
+        (
+            vec![Change::AddPending {
+                host: 0,
+                added: Default::default(),
+            }],
+            "AddPending",
+        ),
         (vec![Change::RemoveHost { host: 0 }], "Cluster::remove_host"),
         (
             vec![Change::ReplaceHost {
@@ -448,6 +455,46 @@ fn a_usage_refresh_is_one_compact_epoch_and_views_keep_the_old_figures() {
     // An unknown host changes nothing.
     assert!(c.update_usage([("nope", usage(1, 1))]).is_err());
     assert_eq!(c.epoch(), epoch);
+}
+
+#[test]
+fn a_reservation_is_logged_as_what_it_adds_and_a_release_as_the_whole_aggregate() {
+    let c = cluster();
+    // Three VMs on `a`, so that its aggregate lists more than the newest one.
+    for id in ["v1", "v2", "v3"] {
+        c.reserve(&small(id), "a", PlacementKind::Start).unwrap();
+    }
+    let changes_since = |from: u64| {
+        c.view()
+            .with_changes_since(from, |changes| {
+                changes.into_iter().cloned().collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    let before = c.epoch();
+    let on_a = host_of(&c.snapshot(), "a").pending.clone();
+    c.reserve(&small("v0"), "a", PlacementKind::Start).unwrap();
+    let after = host_of(&c.snapshot(), "a").pending.clone();
+    match changes_since(before).as_slice() {
+        [Change::AddPending { host: 0, added }] => {
+            assert_eq!(added.vms, ["v0"], "only the new VM's id travels");
+            assert_eq!(added.memory_mb, after.memory_mb - on_a.memory_mb);
+            let mut merged = on_a.clone();
+            merged.merge(added).unwrap();
+            assert_eq!(merged, after, "merged, it gives the ledger's aggregate");
+        }
+        other => panic!("a reservation should log one AddPending on host 0, got {other:?}"),
+    }
+    // A release lowers the aggregate: the whole new aggregate travels.
+    let before = c.epoch();
+    c.release_vm("v2").unwrap();
+    match changes_since(before).as_slice() {
+        [Change::SetPending { host: 0, pending }] => {
+            assert_eq!(pending.vms, ["v0", "v1", "v3"]);
+            assert_eq!(pending, &host_of(&c.snapshot(), "a").pending);
+        }
+        other => panic!("a release should log one SetPending on host 0, got {other:?}"),
+    }
 }
 
 #[test]

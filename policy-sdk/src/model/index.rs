@@ -312,7 +312,9 @@ impl Touched {
             match change {
                 Change::AddHost(_) | Change::RemoveHost { .. } => touched.rebuild = true,
                 Change::ReplaceHost { host, .. } => touched.replaced.push(*host),
-                Change::SetPending { host, .. } => touched.pending.push(*host),
+                Change::SetPending { host, .. } | Change::AddPending { host, .. } => {
+                    touched.pending.push(*host)
+                }
                 Change::SetCluster(_) => touched.cluster = true,
                 _ => {}
             }

@@ -458,6 +458,230 @@ impl PendingAggregate {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Adds `added` to this aggregate in the canonical form the pending resource manager
+    /// keeps: amounts summed; pinned pCPUs and VM ids each sorted and listed once; page
+    /// sizes, NUMA nodes and custom kinds each sorted and listed once with their amounts
+    /// summed. Merging the sum of some records into the sum of the others gives the sum of
+    /// them all. When a total would overflow, fails naming the field and changes nothing.
+    pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
+        let memory_mb = checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
+        let overcommit_memory_mb = checked_total(
+            self.overcommit_memory_mb,
+            added.overcommit_memory_mb,
+            "overcommit_memory_mb",
+        )?;
+        let cpu_cores = self
+            .cpu_cores
+            .checked_add(added.cpu_cores)
+            .ok_or("cpu_cores: the host's total overflows")?;
+        let cpu_load_percent = self
+            .cpu_load_percent
+            .checked_add(added.cpu_load_percent)
+            .ok_or("cpu_load_percent: the host's total overflows")?;
+        keyed::check(&self.hugepages, &added.hugepages, "hugepages.count")?;
+        keyed::check(
+            &self.numa_memory,
+            &added.numa_memory,
+            "numa_memory.memory_mb",
+        )?;
+        keyed::check(&self.custom, &added.custom, "custom.amount")?;
+        self.memory_mb = memory_mb;
+        self.overcommit_memory_mb = overcommit_memory_mb;
+        self.cpu_cores = cpu_cores;
+        self.cpu_load_percent = cpu_load_percent;
+        for &cpu in &added.pinned_cpus {
+            if let Err(at) = self.pinned_cpus.binary_search(&cpu) {
+                self.pinned_cpus.insert(at, cpu);
+            }
+        }
+        for vm in &added.vms {
+            if let Err(at) = self.vms.binary_search(vm) {
+                self.vms.insert(at, vm.clone());
+            }
+        }
+        keyed::add(&mut self.hugepages, &added.hugepages);
+        keyed::add(&mut self.numa_memory, &added.numa_memory);
+        keyed::add(&mut self.custom, &added.custom);
+        Ok(())
+    }
+
+    /// What was added to `earlier` to give this aggregate: the part that
+    /// [`PendingAggregate::merge`] into `earlier` gives exactly `self` (what a reservation
+    /// sends guests instead of the whole aggregate). `None` when `self` does not hold all
+    /// of `earlier` (a release lowered something) or either is not in the canonical form.
+    pub fn added_since(&self, earlier: &PendingAggregate) -> Option<PendingAggregate> {
+        Some(PendingAggregate {
+            memory_mb: self.memory_mb.checked_sub(earlier.memory_mb)?,
+            overcommit_memory_mb: self
+                .overcommit_memory_mb
+                .checked_sub(earlier.overcommit_memory_mb)?,
+            cpu_cores: self.cpu_cores.checked_sub(earlier.cpu_cores)?,
+            cpu_load_percent: self
+                .cpu_load_percent
+                .checked_sub(earlier.cpu_load_percent)?,
+            pinned_cpus: sorted_difference(&self.pinned_cpus, &earlier.pinned_cpus)?,
+            hugepages: keyed::difference(&self.hugepages, &earlier.hugepages)?,
+            numa_memory: keyed::difference(&self.numa_memory, &earlier.numa_memory)?,
+            vms: sorted_difference(&self.vms, &earlier.vms)?,
+            custom: keyed::difference(&self.custom, &earlier.custom)?,
+        })
+    }
+}
+
+fn checked_total(sum: u64, added: u64, field: &str) -> Result<u64, String> {
+    sum.checked_add(added)
+        .ok_or_else(|| format!("{field}: the host's total overflows"))
+}
+
+/// The items of `later` that `earlier` lacks, when both are sorted without repeats and
+/// `later` holds every item of `earlier`; else `None`.
+fn sorted_difference<T: Ord + Clone>(later: &[T], earlier: &[T]) -> Option<Vec<T>> {
+    let strictly_sorted = |list: &[T]| list.windows(2).all(|w| w[0] < w[1]);
+    if !strictly_sorted(later) || !strictly_sorted(earlier) || earlier.len() > later.len() {
+        return None;
+    }
+    let mut missing = Vec::with_capacity(later.len() - earlier.len());
+    let mut rest = earlier.iter().peekable();
+    for item in later {
+        if rest.peek() == Some(&item) {
+            rest.next();
+        } else {
+            missing.push(item.clone());
+        }
+    }
+    rest.peek().is_none().then_some(missing)
+}
+
+/// The lists of an aggregate keyed by page size, node or kind, each entry with an amount:
+/// sorted by key, each key once.
+mod keyed {
+    use super::{CustomAmount, HugePages, NodeMemory};
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    /// An entry of a keyed list.
+    pub(super) trait Entry: Clone {
+        type Key: Ord + Clone;
+        fn key(&self) -> &Self::Key;
+        fn amount(&self) -> u64;
+        fn with(key: Self::Key, amount: u64) -> Self;
+        fn amount_mut(&mut self) -> &mut u64;
+    }
+
+    impl Entry for HugePages {
+        type Key = u64;
+        fn key(&self) -> &u64 {
+            &self.size_kb
+        }
+        fn amount(&self) -> u64 {
+            self.count
+        }
+        fn with(size_kb: u64, count: u64) -> Self {
+            HugePages { size_kb, count }
+        }
+        fn amount_mut(&mut self) -> &mut u64 {
+            &mut self.count
+        }
+    }
+
+    impl Entry for NodeMemory {
+        type Key = u32;
+        fn key(&self) -> &u32 {
+            &self.node
+        }
+        fn amount(&self) -> u64 {
+            self.memory_mb
+        }
+        fn with(node: u32, memory_mb: u64) -> Self {
+            NodeMemory { node, memory_mb }
+        }
+        fn amount_mut(&mut self) -> &mut u64 {
+            &mut self.memory_mb
+        }
+    }
+
+    impl Entry for CustomAmount {
+        type Key = String;
+        fn key(&self) -> &String {
+            &self.kind
+        }
+        fn amount(&self) -> u64 {
+            self.amount
+        }
+        fn with(kind: String, amount: u64) -> Self {
+            CustomAmount { kind, amount }
+        }
+        fn amount_mut(&mut self) -> &mut u64 {
+            &mut self.amount
+        }
+    }
+
+    fn amount_at<E: Entry>(list: &[E], key: &E::Key) -> u64 {
+        list.binary_search_by(|e| e.key().cmp(key))
+            .map_or(0, |at| list[at].amount())
+    }
+
+    /// Fails, naming `field`, when adding `added` to `sum` would overflow an entry.
+    pub(super) fn check<E: Entry>(sum: &[E], added: &[E], field: &str) -> Result<(), String> {
+        let mut totals: Vec<(&E::Key, u64)> = Vec::new();
+        for entry in added {
+            let total = match totals.iter_mut().find(|(k, _)| *k == entry.key()) {
+                Some((_, total)) => total,
+                None => {
+                    totals.push((entry.key(), amount_at(sum, entry.key())));
+                    &mut totals.last_mut().expect("just pushed").1
+                }
+            };
+            *total = total
+                .checked_add(entry.amount())
+                .ok_or_else(|| format!("{field}: the host's total overflows"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds each entry of `added` to the entry of its key, made when missing (checked
+    /// with [`check`] first).
+    pub(super) fn add<E: Entry>(sum: &mut Vec<E>, added: &[E]) {
+        for entry in added {
+            let at = match sum.binary_search_by(|e| e.key().cmp(entry.key())) {
+                Ok(at) => at,
+                Err(at) => {
+                    sum.insert(at, E::with(entry.key().clone(), 0));
+                    at
+                }
+            };
+            *sum[at].amount_mut() += entry.amount();
+        }
+    }
+
+    /// The entries that, added to `earlier`, give `later`: each key of `later` that
+    /// `earlier` lacks with its amount, and each shared key whose amount grew with the
+    /// growth. `None` when a list is not sorted by key without repeats, or `later` lacks a
+    /// key of `earlier` or holds less of it.
+    pub(super) fn difference<E: Entry>(later: &[E], earlier: &[E]) -> Option<Vec<E>> {
+        let strictly_sorted = |list: &[E]| list.windows(2).all(|w| w[0].key() < w[1].key());
+        if !strictly_sorted(later) || !strictly_sorted(earlier) {
+            return None;
+        }
+        let mut grown = Vec::new();
+        let mut rest = earlier.iter().peekable();
+        for entry in later {
+            match rest.peek() {
+                Some(old) if old.key() == entry.key() => {
+                    let growth = entry.amount().checked_sub(old.amount())?;
+                    if growth > 0 {
+                        grown.push(E::with(entry.key().clone(), growth));
+                    }
+                    rest.next();
+                }
+                Some(old) if old.key() < entry.key() => return None,
+                _ => grown.push(entry.clone()),
+            }
+        }
+        rest.peek().is_none().then_some(grown)
+    }
 }
 
 /// The amount of `kind` in a list of custom amounts (summed if repeated).
@@ -859,6 +1083,221 @@ mod cpu_list_tests {
                 cpus: Vec<u32>,
             }
             assert!(codec::decode::<Back>(&bytes).is_err(), "{runs:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pending_merge_tests {
+    use super::*;
+    use crate::testing::XorShift;
+    use alloc::string::ToString;
+
+    /// A random part of an aggregate, not in canonical form: repeated pCPUs, VM ids, page
+    /// sizes, nodes and kinds, zero amounts.
+    fn raw_part(rng: &mut XorShift) -> PendingAggregate {
+        let mut pick = |n: u64| rng.below(n);
+        let sizes = [2_048, 1_048_576];
+        let kinds = ["gpu", "sriov_vf", "fpga"];
+        PendingAggregate {
+            memory_mb: pick(4_096),
+            overcommit_memory_mb: pick(8_192),
+            cpu_cores: pick(16) as u32,
+            cpu_load_percent: pick(30) as u32,
+            pinned_cpus: (0..pick(5)).map(|_| pick(64) as u32).collect(),
+            hugepages: (0..pick(3))
+                .map(|_| HugePages {
+                    size_kb: sizes[pick(2) as usize],
+                    count: pick(3),
+                })
+                .collect(),
+            numa_memory: (0..pick(3))
+                .map(|_| NodeMemory {
+                    node: pick(4) as u32,
+                    memory_mb: pick(2),
+                })
+                .collect(),
+            vms: (0..pick(4)).map(|_| format!("vm-{}", pick(40))).collect(),
+            custom: (0..pick(3))
+                .map(|_| CustomAmount {
+                    kind: kinds[pick(3) as usize].to_string(),
+                    amount: pick(3),
+                })
+                .collect(),
+        }
+    }
+
+    fn merged(parts: &[&PendingAggregate]) -> PendingAggregate {
+        let mut sum = PendingAggregate::default();
+        for part in parts {
+            sum.merge(part).unwrap();
+        }
+        sum
+    }
+
+    #[test]
+    fn merging_parts_in_any_order_gives_one_canonical_aggregate() {
+        let mut rng = XorShift::new(11);
+        for round in 0..500 {
+            let (a, b, c) = (raw_part(&mut rng), raw_part(&mut rng), raw_part(&mut rng));
+            let sum = merged(&[&a, &b, &c]);
+            for order in [[&c, &a, &b], [&b, &c, &a], [&c, &b, &a]] {
+                assert_eq!(merged(&order), sum, "round {round}");
+            }
+            // Merging sums is merging their parts.
+            let mut of_sums = merged(&[&a]);
+            of_sums.merge(&merged(&[&b, &c])).unwrap();
+            assert_eq!(of_sums, sum, "round {round}");
+            // Canonical: sorted, each pCPU, VM, size, node and kind once.
+            assert!(sum.pinned_cpus.windows(2).all(|w| w[0] < w[1]));
+            assert!(sum.vms.windows(2).all(|w| w[0] < w[1]));
+            assert!(sum
+                .hugepages
+                .windows(2)
+                .all(|w| w[0].size_kb < w[1].size_kb));
+            assert!(sum.numa_memory.windows(2).all(|w| w[0].node < w[1].node));
+            assert!(sum.custom.windows(2).all(|w| w[0].kind < w[1].kind));
+            let count = |p: &PendingAggregate| p.hugepages.iter().map(|h| h.count).sum::<u64>();
+            assert_eq!(count(&sum), count(&a) + count(&b) + count(&c));
+        }
+    }
+
+    #[test]
+    fn what_was_added_merges_back_into_exactly_the_later_aggregate() {
+        let mut rng = XorShift::new(12);
+        let mut compact = 0;
+        for round in 0..500 {
+            let earlier = merged(&[&raw_part(&mut rng), &raw_part(&mut rng)]);
+            let part = raw_part(&mut rng);
+            let later = merged(&[&earlier, &part]);
+            let added = later
+                .added_since(&earlier)
+                .unwrap_or_else(|| panic!("round {round}: later holds all of earlier"));
+            let mut back = earlier.clone();
+            back.merge(&added).unwrap();
+            assert_eq!(back, later, "round {round}");
+            // Only what the earlier one lacks travels.
+            assert!(added.vms.iter().all(|v| !earlier.vms.contains(v)));
+            assert!(added.vms.iter().all(|v| part.vms.contains(v)));
+            assert!(added
+                .pinned_cpus
+                .iter()
+                .all(|c| !earlier.pinned_cpus.contains(c)));
+            compact += usize::from(added.vms.len() < later.vms.len());
+            assert_eq!(
+                earlier.added_since(&earlier),
+                Some(PendingAggregate::default())
+            );
+        }
+        assert!(compact > 250, "most rounds send fewer VM ids: {compact}");
+    }
+
+    #[test]
+    fn a_lowered_or_missing_part_gives_nothing_to_add() {
+        let earlier = PendingAggregate {
+            memory_mb: 100,
+            cpu_cores: 2,
+            pinned_cpus: vec![1, 3],
+            hugepages: vec![HugePages {
+                size_kb: 2_048,
+                count: 4,
+            }],
+            numa_memory: vec![NodeMemory {
+                node: 1,
+                memory_mb: 50,
+            }],
+            vms: vec!["a".into(), "c".into()],
+            custom: vec![CustomAmount {
+                kind: "gpu".into(),
+                amount: 1,
+            }],
+            ..Default::default()
+        };
+        type Edit = fn(&mut PendingAggregate);
+        let cases: [(&str, Edit); 10] = [
+            ("lower memory", |p| p.memory_mb = 99),
+            ("fewer cores", |p| p.cpu_cores = 1),
+            ("a pCPU gone", |p| p.pinned_cpus = vec![3]),
+            ("a VM gone", |p| p.vms = vec!["c".into(), "d".into()]),
+            ("fewer pages", |p| p.hugepages[0].count = 3),
+            ("a page size gone", |p| p.hugepages.clear()),
+            ("a node gone", |p| p.numa_memory[0].node = 2),
+            ("a custom kind lowered", |p| p.custom[0].amount = 0),
+            ("VM ids out of order", |p| {
+                p.vms = vec!["c".into(), "a".into(), "d".into()]
+            }),
+            ("a repeated pCPU", |p| p.pinned_cpus = vec![1, 1, 3]),
+        ];
+        for (name, edit) in cases {
+            let mut later = earlier.clone();
+            later.memory_mb += 10;
+            edit(&mut later);
+            assert_eq!(later.added_since(&earlier), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_overflowing_merge_names_the_field_and_changes_nothing() {
+        let sum = PendingAggregate {
+            memory_mb: 1,
+            cpu_cores: 1,
+            hugepages: vec![HugePages {
+                size_kb: 2_048,
+                count: u64::MAX - 1,
+            }],
+            vms: vec!["a".into()],
+            ..Default::default()
+        };
+        let pages = |count| HugePages {
+            size_kb: 2_048,
+            count,
+        };
+        let cases: [(&str, PendingAggregate); 4] = [
+            (
+                "memory_mb",
+                PendingAggregate {
+                    memory_mb: u64::MAX,
+                    vms: vec!["b".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "cpu_cores",
+                PendingAggregate {
+                    cpu_cores: u32::MAX,
+                    ..Default::default()
+                },
+            ),
+            (
+                "hugepages.count",
+                PendingAggregate {
+                    hugepages: vec![pages(1), pages(1)],
+                    vms: vec!["b".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "custom.amount",
+                PendingAggregate {
+                    custom: vec![
+                        CustomAmount {
+                            kind: "gpu".into(),
+                            amount: u64::MAX,
+                        },
+                        CustomAmount {
+                            kind: "gpu".into(),
+                            amount: 1,
+                        },
+                    ],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, added) in cases {
+            let mut target = sum.clone();
+            let err = target.merge(&added).unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+            assert_eq!(target, sum, "{field}: nothing changed");
         }
     }
 }

@@ -19,17 +19,18 @@ use serde::{Deserialize, Serialize};
 
 /// The ABI version this SDK implements. Bump on any incompatible change of exports,
 /// message layout or semantics.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
-/// Oldest ABI version the host accepts. Version 10 may send a large full snapshot in parts
+/// Oldest ABI version the host accepts. Version 11 sends a reservation as the resources it
+/// adds to its host (`Change::AddPending`), which an older guest cannot decode; version 10 may send a large full snapshot in parts
 /// (`FullBegin`, `FullHosts`, `FullEnd`), which an older guest cannot take; version 9 sends
 /// a filter's rejections as columns
 /// (packed positions and code indexes; details only when some rejection has one), which an
 /// older host would misread; version 8 added `details` to unit calls and batches.
-pub const MIN_SUPPORTED_ABI_VERSION: u32 = 10;
+pub const MIN_SUPPORTED_ABI_VERSION: u32 = 11;
 
 /// Newest ABI version the host accepts.
-pub const MAX_SUPPORTED_ABI_VERSION: u32 = 10;
+pub const MAX_SUPPORTED_ABI_VERSION: u32 = 11;
 
 /// The only import module a policy module may import from.
 pub const HOST_MODULE: &str = "wasmsched";

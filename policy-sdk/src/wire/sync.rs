@@ -95,6 +95,16 @@ pub enum Change {
     /// a few numbers per host instead of a [`Change::ReplaceHost`] of the whole host.
     /// ABI version 5.
     SetUsage(Vec<(HostIndex, HostUsage)>),
+    /// Pending resources were added to a host's aggregate (a reservation): merged in with
+    /// [`PendingAggregate::merge`]. The engine sends it instead of a
+    /// [`Change::SetPending`] of the whole aggregate when the new aggregate holds all of
+    /// the old one, so a reservation costs its own size, not its host's. ABI version 11.
+    AddPending {
+        /// Host index.
+        host: HostIndex,
+        /// What was added.
+        added: PendingAggregate,
+    },
 }
 
 fn host_mut(snapshot: &mut Snapshot, host: HostIndex) -> Result<&mut Host, String> {
@@ -111,6 +121,12 @@ impl Change {
     pub fn apply(self, snapshot: &mut Snapshot) -> Result<(), String> {
         match self {
             Change::SetPending { host, pending } => host_mut(snapshot, host)?.pending = pending,
+            Change::AddPending { host, added } => {
+                host_mut(snapshot, host)?
+                    .pending
+                    .merge(&added)
+                    .map_err(|e| format!("pending resources added to host index {host}: {e}"))?
+            }
             Change::SetHostStatus { host, status } => host_mut(snapshot, host)?.status = status,
             Change::ReplaceHost { host, value } => *host_mut(snapshot, host)? = value,
             Change::AddHost(host) => snapshot.hosts.push(host),
