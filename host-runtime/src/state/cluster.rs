@@ -11,7 +11,7 @@ use super::ledger::Ledger;
 use super::memory_change::{
     MemoryChangeDone, MemoryChangeKind, MemoryChangeRecord, MemoryInFlight, MemoryInFlightKind,
 };
-use super::pending::{Changed, PendingRecord, PendingResource, ResourceKey};
+use super::pending::{Changed, HostPending, PendingRecord, PendingResource, ResourceKey};
 use super::placement::{
     add_resource_usage, add_usage, records_of, remove_usage, without_records, FailedPlacement,
     HostRemoved, PendingRules, Placement, PlacementKind, PreparedReservation, Release, Reservation,
@@ -1126,7 +1126,7 @@ impl Cluster {
             .into_iter()
             .map(|id| {
                 let aggregate = ledger.pending.host_aggregate(&id);
-                (id, aggregate)
+                (id, HostPending::Whole(aggregate))
             })
             .collect();
         self.publish_changed(ledger, changed, extra)
@@ -1144,7 +1144,10 @@ impl Cluster {
             .into_iter()
             .filter_map(|(id, pending)| {
                 let host = self.host_index(&id)?;
-                Some(Change::SetPending { host, pending })
+                Some(match pending {
+                    HostPending::Added(added) => Change::AddPending { host, added },
+                    HostPending::Whole(pending) => Change::SetPending { host, pending },
+                })
             })
             .collect();
         changes.append(&mut extra);

@@ -247,18 +247,31 @@ pub struct PendingResources {
     hosts_of_vm: HashMap<String, BTreeSet<String>>,
     /// host -> the sum of its records, as last summed. Only a cache of that sum: a change
     /// that removes a host's record forgets the host's entry (its next sum is made from
-    /// the records again), and records added to a host add to its entry in
-    /// [`add_record`]'s canonical form, the same as summing them all (checked against a
-    /// fresh sum in debug builds). It spares a reservation the walk over every record of
-    /// its host under the cluster's ledger lock.
+    /// the records again), and the sum of records added to a host is merged into its entry
+    /// in place ([`PendingAggregate::merge`], the canonical form [`add_record`] keeps), the
+    /// same as summing them all (checked against a fresh sum in debug builds). It spares a
+    /// reservation the walk over every record of its host under the cluster's ledger
+    /// lock, and the copy of its host's list of pending VM ids.
     sums: HashMap<String, PendingAggregate>,
 }
 
 /// Hosts whose pending aggregate a change moved, sorted by id, each with its new aggregate.
-pub type Changed = Vec<(String, PendingAggregate)>;
+pub type Changed = Vec<(String, HostPending)>;
+
+/// A host's new pending aggregate, as a change of the records gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostPending {
+    /// The whole new aggregate.
+    Whole(PendingAggregate),
+    /// What the change added to the host's aggregate, which it otherwise kept (a
+    /// reservation): the new aggregate is the old one with this merged in
+    /// ([`PendingAggregate::merge`]). It holds only the new records' VM ids, not those of
+    /// every VM pending on the host.
+    Added(PendingAggregate),
+}
 
 /// The aggregates [`PendingResources::check_add`] summed, one per host that receives records.
-type HostSums = Vec<(String, PendingAggregate)>;
+type HostSums = Vec<(String, HostPending)>;
 
 impl PendingResources {
     /// Adds a record, replacing an equal one (same VM and key) wherever it is. Returns the
@@ -297,22 +310,42 @@ impl PendingResources {
     /// The changed hosts with their aggregates: those the check summed (the hosts that
     /// received records: the check's sum is of exactly the records they hold now), the
     /// others (hosts that only lost records) summed from their records.
+    ///
+    /// A host that only gained records has its kept sum grown in place by what they add,
+    /// and reports only that: a reservation copies no list of the host's pending VM ids.
     fn changed(&mut self, hosts: impl IntoIterator<Item = String>, mut sums: HostSums) -> Changed {
         hosts
             .into_iter()
             .map(|host| {
-                let aggregate = match sums.iter().position(|(h, _)| *h == host) {
-                    Some(at) => {
-                        let (_, sum) = sums.swap_remove(at);
-                        debug_assert_eq!(sum, self.host_aggregate(&host), "host {host}");
-                        sum
-                    }
-                    None => self.host_aggregate(&host),
+                let new = match sums.iter().position(|(h, _)| *h == host) {
+                    Some(at) => sums.swap_remove(at).1,
+                    None => HostPending::Whole(self.host_aggregate(&host)),
                 };
-                if self.by_host.contains_key(&host) {
-                    self.sums.insert(host.clone(), aggregate.clone());
+                // A kept sum the change forgot (a record of the batch moved off the host
+                // on the way) is not the one the check grew: the host is summed afresh.
+                let new = match new {
+                    HostPending::Added(_) if !self.sums.contains_key(&host) => {
+                        HostPending::Whole(self.host_aggregate(&host))
+                    }
+                    new => new,
+                };
+                match &new {
+                    HostPending::Added(part) => {
+                        let sum = self.sums.get_mut(&host).expect("checked above");
+                        sum.merge(part)
+                            .expect("the check summed these records onto this sum");
+                        debug_assert_eq!(self.sums[&host], self.host_aggregate(&host), "{host}");
+                    }
+                    HostPending::Whole(aggregate) => {
+                        debug_assert_eq!(*aggregate, self.host_aggregate(&host), "host {host}");
+                        if self.by_host.contains_key(&host) {
+                            self.sums.insert(host.clone(), aggregate.clone());
+                        } else {
+                            self.sums.remove(&host);
+                        }
+                    }
                 }
-                (host, aggregate)
+                (host, new)
             })
             .collect()
     }
@@ -328,7 +361,7 @@ impl PendingResources {
                     changed.insert(old_host);
                 }
             }
-            self.sums.remove(&host);
+            // The host's kept sum stays: `changed` brings it up to date.
             // Look the host and the VM up before making their entries: a placement's
             // records share both, so only the first record of each clones the ids.
             let vms = match self.by_host.get_mut(&host) {
@@ -406,28 +439,36 @@ impl PendingResources {
         hosts.dedup();
         let mut sums = Vec::with_capacity(hosts.len());
         for host in hosts {
-            let mut added = new
+            let added = new
                 .iter()
                 .filter(|(r, _)| r.host == host)
                 .map(|(r, _)| (r.vm.as_str(), &r.resource));
             let held = self.by_host.get(host);
-            let cached = match held {
-                None => Some(PendingAggregate::default()),
-                // Nothing the host holds is replaced or released: its sum grows by the records.
+            // The host's kept sum when it only grows by the records.
+            let grows: Option<&PendingAggregate> = match held {
+                None => None,
+                // Nothing the host holds is replaced or released.
                 Some(vms)
                     if replacing_vm
                         .into_iter()
                         .chain(new_vms.iter().copied())
                         .all(|v| !vms.contains_key(v)) =>
                 {
-                    self.sums.get(host).cloned()
+                    self.sums.get(host)
                 }
                 Some(_) => None,
             };
-            let sum = match cached {
-                Some(mut sum) => added
-                    .try_for_each(|(vm, resource)| add_record(&mut sum, vm, resource))
-                    .map(|()| sum),
+            let sum = match grows {
+                // The totals are checked on the kept sum's amounts (not its VM ids), the
+                // records in order as a fresh sum adds them; only what they add is kept.
+                Some(kept) => {
+                    let mut totals = amounts_of(kept);
+                    added
+                        .clone()
+                        .try_for_each(|(vm, resource)| add_record(&mut totals, vm, resource))
+                        .and_then(|()| aggregate_of(added))
+                        .map(HostPending::Added)
+                }
                 None => {
                     let kept = held
                         .into_iter()
@@ -440,7 +481,7 @@ impl PendingResources {
                                 .filter(move |(k, _)| kept_of(v, k, gets_new))
                                 .map(move |(_, r)| (v.as_str(), r))
                         });
-                    aggregate_of(kept.chain(added))
+                    aggregate_of(kept.chain(added)).map(HostPending::Whole)
                 }
             }
             .map_err(|e| Error::conflict(format!("pending resources on host {host:?}: {e}")))?;
@@ -642,6 +683,21 @@ impl PendingResources {
     }
 }
 
+/// An aggregate's amounts without its VM ids: what an overflow check needs.
+fn amounts_of(sum: &PendingAggregate) -> PendingAggregate {
+    PendingAggregate {
+        memory_mb: sum.memory_mb,
+        overcommit_memory_mb: sum.overcommit_memory_mb,
+        cpu_cores: sum.cpu_cores,
+        cpu_load_percent: sum.cpu_load_percent,
+        pinned_cpus: sum.pinned_cpus.clone(),
+        hugepages: sum.hugepages.clone(),
+        numa_memory: sum.numa_memory.clone(),
+        vms: Vec::new(),
+        custom: sum.custom.clone(),
+    }
+}
+
 /// Sums (VM id, resource) records into an aggregate; VMs with a [`PendingResource::Vm`]
 /// record are listed as pending VMs. Errors (naming the field) on overflow.
 fn aggregate_of<'a>(
@@ -785,6 +841,18 @@ mod tests {
         PendingResource::OvercommitMemory { mb }
     }
 
+    /// The aggregate a host that held `before` has after the change `new` is published.
+    fn published(before: &PendingAggregate, new: &HostPending) -> PendingAggregate {
+        match new {
+            HostPending::Whole(aggregate) => aggregate.clone(),
+            HostPending::Added(part) => {
+                let mut sum = before.clone();
+                sum.merge(part).unwrap();
+                sum
+            }
+        }
+    }
+
     /// Both indexes agree, and every host aggregate equals a fresh sum of its records.
     fn assert_consistent(p: &PendingResources) {
         for (host, vms) in &p.by_host {
@@ -861,7 +929,9 @@ mod tests {
         let hosts = ["h1", "h2", "h3", "h4"];
         let vms = ["a", "b", "c", "d", "e", "f", "g"];
         let mut p = PendingResources::default();
+        let mut grown = 0;
         for step in 0..3_000 {
+            let before: Vec<PendingAggregate> = hosts.iter().map(|h| p.host_aggregate(h)).collect();
             let host = hosts[rng.below(hosts.len() as u64) as usize];
             let vm = vms[rng.below(vms.len() as u64) as usize];
             let what = rng.below(10);
@@ -895,16 +965,19 @@ mod tests {
                     Vec::new()
                 }
             };
-            for (host, aggregate) in &changed {
+            for (host, new) in &changed {
+                let at = hosts.iter().position(|h| h == host).unwrap();
                 assert_eq!(
-                    aggregate,
-                    &p.host_aggregate(host),
+                    published(&before[at], new),
+                    p.host_aggregate(host),
                     "step {step}: host {host}"
                 );
+                grown += usize::from(matches!(new, HostPending::Added(_)));
             }
             assert_consistent(&p);
         }
         assert!(!p.sums.is_empty(), "the sequence never kept a sum");
+        assert!(grown > 300, "hosts that only gained records: {grown}");
     }
 
     /// Records added one at a time give the same aggregate in any order: what lets a kept
@@ -1175,7 +1248,10 @@ mod tests {
         let changed = p.replace_vm("a", again).unwrap();
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].0, "h");
-        assert_eq!(changed[0].1.cpu_cores, u32::MAX);
+        let HostPending::Whole(sum) = &changed[0].1 else {
+            panic!("a re-placement releases records: the whole sum, got {changed:?}");
+        };
+        assert_eq!(sum.cpu_cores, u32::MAX);
         assert_eq!(p.host_aggregate("h").cpu_cores, u32::MAX);
     }
 
@@ -1247,6 +1323,7 @@ mod tests {
         ];
         let mut p = PendingResources::default();
         for (name, op, hosts) in cases {
+            let before: Vec<PendingAggregate> = hosts.iter().map(|h| p.host_aggregate(h)).collect();
             let changed = match op {
                 Op::Add(records) => p.add_all(records),
                 Op::Replace(vm, records) => p.replace_vm(vm, records),
@@ -1254,9 +1331,19 @@ mod tests {
             .unwrap();
             let names: Vec<&str> = changed.iter().map(|(h, _)| h.as_str()).collect();
             assert_eq!(names, hosts, "{name}");
-            for (host, aggregate) in &changed {
+            for ((host, new), before) in changed.iter().zip(&before) {
                 let fresh = aggregate_of(p.host_records(host)).unwrap();
-                assert_eq!(aggregate, &fresh, "{name}: host {host}");
+                assert_eq!(published(before, new), fresh, "{name}: host {host}");
+            }
+            if name.starts_with("a new VM next to others") {
+                // Only what the VM adds is reported, not the ids of the others.
+                let [(_, HostPending::Added(part))] = changed.as_slice() else {
+                    panic!("{name}: {changed:?}");
+                };
+                assert_eq!(
+                    (part.vms.as_slice(), part.overcommit_memory_mb),
+                    (&["c".to_string()][..], 50)
+                );
             }
             assert_consistent(&p);
         }
