@@ -506,11 +506,28 @@ impl PendingAggregate {
         Ok(())
     }
 
+    /// Whether the aggregate is in the canonical form [`PendingAggregate::merge`] keeps:
+    /// `pinned_cpus` and `vms` sorted, each once; `hugepages` by `size_kb`, `numa_memory`
+    /// by `node` and `custom` by `kind`, sorted, each key once.
+    pub fn is_canonical(&self) -> bool {
+        fn increasing<T, K: PartialOrd>(list: &[T], key: impl Fn(&T) -> &K) -> bool {
+            list.windows(2).all(|w| key(&w[0]) < key(&w[1]))
+        }
+        increasing(&self.pinned_cpus, |c| c)
+            && increasing(&self.vms, |v| v)
+            && increasing(&self.hugepages, |h| &h.size_kb)
+            && increasing(&self.numa_memory, |n| &n.node)
+            && increasing(&self.custom, |c| &c.kind)
+    }
+
     /// What was added to `earlier` to give this aggregate: the part that
     /// [`PendingAggregate::merge`] into `earlier` gives exactly `self` (what a reservation
     /// sends guests instead of the whole aggregate). `None` when `self` does not hold all
     /// of `earlier` (a release lowered something) or either is not in the canonical form.
     pub fn added_since(&self, earlier: &PendingAggregate) -> Option<PendingAggregate> {
+        if !self.is_canonical() || !earlier.is_canonical() {
+            return None;
+        }
         Some(PendingAggregate {
             memory_mb: self.memory_mb.checked_sub(earlier.memory_mb)?,
             overcommit_memory_mb: self
@@ -534,11 +551,10 @@ fn checked_total(sum: u64, added: u64, field: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{field}: the host's total overflows"))
 }
 
-/// The items of `later` that `earlier` lacks, when both are sorted without repeats and
-/// `later` holds every item of `earlier`; else `None`.
+/// The items of `later` that `earlier` lacks, when `later` holds every item of `earlier`
+/// (both sorted without repeats); else `None`.
 fn sorted_difference<T: Ord + Clone>(later: &[T], earlier: &[T]) -> Option<Vec<T>> {
-    let strictly_sorted = |list: &[T]| list.windows(2).all(|w| w[0] < w[1]);
-    if !strictly_sorted(later) || !strictly_sorted(earlier) || earlier.len() > later.len() {
+    if earlier.len() > later.len() {
         return None;
     }
     let mut missing = Vec::with_capacity(later.len() - earlier.len());
@@ -570,53 +586,32 @@ mod keyed {
         fn amount_mut(&mut self) -> &mut u64;
     }
 
-    impl Entry for HugePages {
-        type Key = u64;
-        fn key(&self) -> &u64 {
-            &self.size_kb
-        }
-        fn amount(&self) -> u64 {
-            self.count
-        }
-        fn with(size_kb: u64, count: u64) -> Self {
-            HugePages { size_kb, count }
-        }
-        fn amount_mut(&mut self) -> &mut u64 {
-            &mut self.count
-        }
+    /// `Entry` for a keyed list's item type: its key field and its amount field.
+    macro_rules! entry {
+        ($item:ident, $key:ty, $key_field:ident, $amount_field:ident) => {
+            impl Entry for $item {
+                type Key = $key;
+                fn key(&self) -> &$key {
+                    &self.$key_field
+                }
+                fn amount(&self) -> u64 {
+                    self.$amount_field
+                }
+                fn with($key_field: $key, $amount_field: u64) -> Self {
+                    $item {
+                        $key_field,
+                        $amount_field,
+                    }
+                }
+                fn amount_mut(&mut self) -> &mut u64 {
+                    &mut self.$amount_field
+                }
+            }
+        };
     }
-
-    impl Entry for NodeMemory {
-        type Key = u32;
-        fn key(&self) -> &u32 {
-            &self.node
-        }
-        fn amount(&self) -> u64 {
-            self.memory_mb
-        }
-        fn with(node: u32, memory_mb: u64) -> Self {
-            NodeMemory { node, memory_mb }
-        }
-        fn amount_mut(&mut self) -> &mut u64 {
-            &mut self.memory_mb
-        }
-    }
-
-    impl Entry for CustomAmount {
-        type Key = String;
-        fn key(&self) -> &String {
-            &self.kind
-        }
-        fn amount(&self) -> u64 {
-            self.amount
-        }
-        fn with(kind: String, amount: u64) -> Self {
-            CustomAmount { kind, amount }
-        }
-        fn amount_mut(&mut self) -> &mut u64 {
-            &mut self.amount
-        }
-    }
+    entry!(HugePages, u64, size_kb, count);
+    entry!(NodeMemory, u32, node, memory_mb);
+    entry!(CustomAmount, String, kind, amount);
 
     fn amount_at<E: Entry>(list: &[E], key: &E::Key) -> u64 {
         list.binary_search_by(|e| e.key().cmp(key))
@@ -656,15 +651,11 @@ mod keyed {
         }
     }
 
-    /// The entries that, added to `earlier`, give `later`: each key of `later` that
-    /// `earlier` lacks with its amount, and each shared key whose amount grew with the
-    /// growth. `None` when a list is not sorted by key without repeats, or `later` lacks a
-    /// key of `earlier` or holds less of it.
+    /// The entries that, added to `earlier`, give `later` (both sorted by key without
+    /// repeats): each key of `later` that `earlier` lacks with its amount, and each shared
+    /// key whose amount grew with the growth. `None` when `later` lacks a key of `earlier`
+    /// or holds less of it.
     pub(super) fn difference<E: Entry>(later: &[E], earlier: &[E]) -> Option<Vec<E>> {
-        let strictly_sorted = |list: &[E]| list.windows(2).all(|w| w[0].key() < w[1].key());
-        if !strictly_sorted(later) || !strictly_sorted(earlier) {
-            return None;
-        }
         let mut grown = Vec::new();
         let mut rest = earlier.iter().peekable();
         for entry in later {
@@ -1148,15 +1139,8 @@ mod pending_merge_tests {
             let mut of_sums = merged(&[&a]);
             of_sums.merge(&merged(&[&b, &c])).unwrap();
             assert_eq!(of_sums, sum, "round {round}");
-            // Canonical: sorted, each pCPU, VM, size, node and kind once.
-            assert!(sum.pinned_cpus.windows(2).all(|w| w[0] < w[1]));
-            assert!(sum.vms.windows(2).all(|w| w[0] < w[1]));
-            assert!(sum
-                .hugepages
-                .windows(2)
-                .all(|w| w[0].size_kb < w[1].size_kb));
-            assert!(sum.numa_memory.windows(2).all(|w| w[0].node < w[1].node));
-            assert!(sum.custom.windows(2).all(|w| w[0].kind < w[1].kind));
+            assert!(sum.is_canonical(), "round {round}: {sum:?}");
+            assert!(!a.is_canonical() || a == merged(&[&a]), "round {round}");
             let count = |p: &PendingAggregate| p.hugepages.iter().map(|h| h.count).sum::<u64>();
             assert_eq!(count(&sum), count(&a) + count(&b) + count(&c));
         }
