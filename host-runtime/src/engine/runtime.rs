@@ -530,7 +530,7 @@ impl Runtime {
 
     /// Removes the units of the module loaded from `file`; decisions in flight keep it,
     /// and policies that use its units keep their last good version (see
-    /// [`Policy::status`](crate::Policy::status)).
+    /// `Policy::stale_units` in the scheduling layer).
     pub fn remove_module(&self, file: &str) -> bool {
         self.update(|registry| Ok(registry.remove(file)))
             .unwrap_or(false)

@@ -37,16 +37,16 @@ pub struct Decision {
     pub hosts: Vec<HostOutcome>,
     /// Units that failed and were skipped (fail-open).
     pub unit_failures: Vec<UnitFailure>,
-    /// The pending resources recorded on the chosen host ([`Policy::schedule`]); `None`
-    /// for [`Policy::evaluate`] and when no host was chosen.
+    /// The pending resources recorded on the chosen host ([`Policy::schedule`](crate::Policy::schedule)); `None`
+    /// for [`Policy::evaluate`](crate::Policy::evaluate) and when no host was chosen.
     pub reservation: Option<Reservation>,
     /// Things the operator should know, e.g. a unit that runs in its last good version
-    /// because its module disappeared (see [`Policy::stale_units`]).
+    /// because its module disappeared (see [`Policy::stale_units`](crate::Policy::stale_units)).
     pub warnings: Vec<String>,
     /// What the policy's shadow units would have changed in this decision (a shadow
     /// filter rejecting the chosen host, a shadow weight making another host best) and
     /// the shadow units that failed; empty when they agree (see
-    /// [`Policy::shadow_status`]).
+    /// [`Policy::shadow_status`](crate::Policy::shadow_status)).
     pub shadow: Vec<ShadowDifference>,
 }
 

@@ -427,7 +427,7 @@ impl Policy {
         )
     }
 
-    /// A builtin named policy (see [`BUILTIN_POLICIES`]); an unknown name is an error that
+    /// A builtin named policy (see [`Policy::builtin_names`]); an unknown name is an error that
     /// lists the known ones.
     pub fn builtin(runtime: &Runtime, name: &str) -> Result<Self> {
         let Some((_, text)) = BUILTIN_POLICIES.iter().find(|(n, _)| *n == name) else {
@@ -900,7 +900,7 @@ impl Policy {
 
     /// A VM failed to start (or to migrate): its pending resources are released
     /// ([`Cluster::vm_failed`]) and a failed start is scheduled again with every host it
-    /// was tried on blacklisted, up to [`PendingRules::max_start_attempts`] runs in all. A
+    /// was tried on blacklisted, up to [`PendingRules::max_start_attempts`](crate::PendingRules::max_start_attempts) runs in all. A
     /// failed migration leaves the VM on its source. An unknown VM is a no-op.
     pub fn vm_failed(&self, cluster: &Cluster, vm_id: &str) -> Result<VmFailed> {
         reschedule::vm_failed(self, cluster, vm_id)

@@ -91,7 +91,7 @@ impl ScheduleRequest {
     }
 }
 
-/// How much a [`Decision`] reports about the hosts it did not choose.
+/// How much a [`Decision`](crate::Decision) reports about the hosts it did not choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Detail {
@@ -101,7 +101,7 @@ pub enum Detail {
     Full,
     /// The chosen host and the best-scored runners-up (at most [`Detail::SUMMARY_HOSTS`], best
     /// first) with scores and weights; hosts turned away appear only as counts in
-    /// [`Decision::summary`]. For engines placing many VMs on large clusters: the decision
+    /// [`Decision::summary`](crate::Decision::summary). For engines placing many VMs on large clusters: the decision
     /// is the same, without building an outcome for every host.
     Summary,
 }

@@ -683,7 +683,7 @@ impl Cluster {
 
     /// Records the pending resources of placing `vm` on `host_id` (per the cluster's
     /// [`PendingRules`]) and publishes the host's new aggregate. A VM already placed
-    /// elsewhere is moved: its old records are released first. [`Policy::schedule`] calls
+    /// elsewhere is moved: its old records are released first. `Policy::schedule` (scheduling layer) calls
     /// this for the host it chose; engines that place VMs themselves can call it directly.
     pub fn reserve(&self, vm: &Vm, host_id: &str, kind: PlacementKind) -> Result<Reservation> {
         let mut ledger = self.ledger();

@@ -60,7 +60,7 @@ impl PendingRules {
     /// the VM's size, rounded up), the pCPUs a dedicated or isolate-threads VM takes, on the host
     /// nodes its vNUMA nodes were assigned to when it can (see
     /// [`topology::allocate_dedicated_on_nodes`]), memory on the host NUMA nodes its pinned vNUMA
-    /// nodes are assigned to (see [`numa_assignment`]), and its custom resource amounts.
+    /// nodes are assigned to (see `numa_assignment`), and its custom resource amounts.
     /// `host.pending` must not include this VM's own records.
     pub fn resources_for(
         &self,
@@ -231,7 +231,7 @@ pub struct Release {
     pub epoch: Option<u64>,
 }
 
-/// The result of [`Cluster::remove_host`].
+/// The result of [`Cluster::remove_host`](super::Cluster::remove_host).
 #[derive(Debug, Clone, Serialize)]
 pub struct HostRemoved {
     /// The host's pending records, released.
