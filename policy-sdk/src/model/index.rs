@@ -743,7 +743,7 @@ mod tests {
             whole_free_cores,
         };
         // (change, host, its counts after it)
-        let cases: [(Change, usize, CpuCounts); 6] = [
+        let cases: [(Change, usize, CpuCounts); 7] = [
             (
                 Change::SetPending {
                     host: 0,
@@ -785,6 +785,18 @@ mod tests {
                 Change::AddHost(hp("c").online_cpus(0..4).build()),
                 2,
                 counts(0, 0, 4, 2),
+            ),
+            (
+                // A reservation's change.
+                Change::AddPending {
+                    host: 0,
+                    added: crate::model::PendingAggregate {
+                        pinned_cpus: alloc::vec![3],
+                        ..Default::default()
+                    },
+                },
+                0,
+                counts(0, 1, 7, 3),
             ),
         ];
         for (change, at, want) in cases {
