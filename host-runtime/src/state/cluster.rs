@@ -402,7 +402,8 @@ impl Cluster {
     ///
     /// Pending aggregates belong to the pending resource manager: `SetPending` and
     /// `AddPending` are refused, and a host given by `ReplaceHost`/`AddHost` gets its
-    /// aggregate from the records. Remove hosts with [`Cluster::remove_host`], which also clears their records.
+    /// aggregate from the records. Remove hosts with [`Cluster::remove_host`], which also
+    /// clears their records.
     pub fn apply(&self, mut changes: Vec<Change>) -> Result<u64> {
         let ledger = self.ledger();
         let snapshot = self.snapshot();
@@ -507,7 +508,33 @@ impl Cluster {
         let hosts = state.snapshot.hosts.len();
         let mut count = hosts;
         let mut ids: Option<HashSet<String>> = None;
+        // Hosts whose aggregate the batch set so far, and whether it moved host indices.
+        let mut pending_set: Vec<HostIndex> = Vec::new();
+        let mut reshaped = false;
         for change in &changes {
+            if let Change::AddPending { host, added } = change {
+                // What the ledger publishes for a host that only gained records, first in
+                // its batch: checked against the aggregate it grows.
+                if reshaped || pending_set.contains(host) {
+                    return Err(Error::conflict(format!(
+                        "AddPending on host index {host} must come before any other change \
+                         of the host's aggregate or of the host list in its batch"
+                    )));
+                }
+                // (An index out of range is reported below.)
+                if let Some(on_host) = state.snapshot.hosts.get(*host as usize) {
+                    on_host.pending.check_merge(added).map_err(|e| {
+                        Error::conflict(format!("pending resources on host index {host}: {e}"))
+                    })?;
+                }
+            }
+            match change {
+                Change::SetPending { host, .. } | Change::AddPending { host, .. } => {
+                    pending_set.push(*host)
+                }
+                Change::AddHost(_) | Change::RemoveHost { .. } => reshaped = true,
+                _ => {}
+            }
             match change {
                 Change::SetPending { host, .. }
                 | Change::AddPending { host, .. }
@@ -577,7 +604,7 @@ impl Cluster {
                 change
                     .clone()
                     .apply(snapshot)
-                    .expect("host indices and pending totals were checked above");
+                    .expect("host indices and added pending totals were checked above");
                 change
             })
             .collect();
@@ -683,8 +710,9 @@ impl Cluster {
 
     /// Records the pending resources of placing `vm` on `host_id` (per the cluster's
     /// [`PendingRules`]) and publishes the host's new aggregate. A VM already placed
-    /// elsewhere is moved: its old records are released first. `Policy::schedule` (scheduling layer) calls
-    /// this for the host it chose; engines that place VMs themselves can call it directly.
+    /// elsewhere is moved: its old records are released first. `Policy::schedule` (the
+    /// scheduling layer) calls this for the host it chose; engines that place VMs
+    /// themselves can call it directly.
     pub fn reserve(&self, vm: &Vm, host_id: &str, kind: PlacementKind) -> Result<Reservation> {
         let mut ledger = self.ledger();
         self.reserve_locked(&mut ledger, vm, host_id, kind, false)

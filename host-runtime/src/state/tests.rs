@@ -498,6 +498,80 @@ fn a_reservation_is_logged_as_what_it_adds_and_a_release_as_the_whole_aggregate(
 }
 
 #[test]
+fn a_commit_refuses_an_added_aggregate_it_cannot_merge_and_changes_nothing() {
+    let c = cluster();
+    c.reserve(&small("v1"), "a", PlacementKind::Start).unwrap();
+    let epoch = c.epoch();
+    let before = c.snapshot();
+    let added = |memory_mb| policy_sdk::PendingAggregate {
+        memory_mb,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Vec<Change>, &str)> = vec![
+        (
+            "a total that overflows",
+            vec![Change::AddPending {
+                host: 0,
+                added: added(u64::MAX),
+            }],
+            "memory_mb: the host's total overflows",
+        ),
+        (
+            "after the host's aggregate was set in the batch",
+            vec![
+                Change::SetPending {
+                    host: 0,
+                    pending: added(1),
+                },
+                Change::AddPending {
+                    host: 0,
+                    added: added(1),
+                },
+            ],
+            "must come before",
+        ),
+        (
+            "after the host list changed in the batch",
+            vec![
+                Change::AddHost(host("d").build()),
+                Change::AddPending {
+                    host: 1,
+                    added: added(1),
+                },
+            ],
+            "must come before",
+        ),
+        (
+            "a host index out of range",
+            vec![Change::AddPending {
+                host: 7,
+                added: added(1),
+            }],
+            "host index 7",
+        ),
+    ];
+    for (name, changes, expected) in cases {
+        let err = c.commit(&c.ledger(), changes).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+        assert_eq!(c.epoch(), epoch, "{name}: nothing applied");
+        assert_eq!(*c.snapshot(), *before, "{name}: nothing applied");
+    }
+    // A mergeable one is applied.
+    c.commit(
+        &c.ledger(),
+        vec![Change::AddPending {
+            host: 0,
+            added: added(5),
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        host_of(&c.snapshot(), "a").pending.memory_mb,
+        host_of(&before, "a").pending.memory_mb + 5
+    );
+}
+
+#[test]
 fn commits_while_views_are_held_continue_on_spares_brought_up_to_date() {
     let c = cluster();
     // Alternate: hold a view across each reservation, as a second thread deciding would,

@@ -465,31 +465,11 @@ impl PendingAggregate {
     /// summed. Merging the sum of some records into the sum of the others gives the sum of
     /// them all. When a total would overflow, fails naming the field and changes nothing.
     pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
-        let memory_mb = checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
-        let overcommit_memory_mb = checked_total(
-            self.overcommit_memory_mb,
-            added.overcommit_memory_mb,
-            "overcommit_memory_mb",
-        )?;
-        let cpu_cores = self
-            .cpu_cores
-            .checked_add(added.cpu_cores)
-            .ok_or("cpu_cores: the host's total overflows")?;
-        let cpu_load_percent = self
-            .cpu_load_percent
-            .checked_add(added.cpu_load_percent)
-            .ok_or("cpu_load_percent: the host's total overflows")?;
-        keyed::check(&self.hugepages, &added.hugepages, "hugepages.count")?;
-        keyed::check(
-            &self.numa_memory,
-            &added.numa_memory,
-            "numa_memory.memory_mb",
-        )?;
-        keyed::check(&self.custom, &added.custom, "custom.amount")?;
-        self.memory_mb = memory_mb;
-        self.overcommit_memory_mb = overcommit_memory_mb;
-        self.cpu_cores = cpu_cores;
-        self.cpu_load_percent = cpu_load_percent;
+        self.check_merge(added)?;
+        self.memory_mb += added.memory_mb;
+        self.overcommit_memory_mb += added.overcommit_memory_mb;
+        self.cpu_cores += added.cpu_cores;
+        self.cpu_load_percent += added.cpu_load_percent;
         for &cpu in &added.pinned_cpus {
             if let Err(at) = self.pinned_cpus.binary_search(&cpu) {
                 self.pinned_cpus.insert(at, cpu);
@@ -503,6 +483,31 @@ impl PendingAggregate {
         keyed::add(&mut self.hugepages, &added.hugepages);
         keyed::add(&mut self.numa_memory, &added.numa_memory);
         keyed::add(&mut self.custom, &added.custom);
+        Ok(())
+    }
+
+    /// Whether [`PendingAggregate::merge`] of `added` would succeed: fails, naming the
+    /// field, when a total would overflow. Changes nothing.
+    pub fn check_merge(&self, added: &PendingAggregate) -> Result<(), String> {
+        checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
+        checked_total(
+            self.overcommit_memory_mb,
+            added.overcommit_memory_mb,
+            "overcommit_memory_mb",
+        )?;
+        self.cpu_cores
+            .checked_add(added.cpu_cores)
+            .ok_or("cpu_cores: the host's total overflows")?;
+        self.cpu_load_percent
+            .checked_add(added.cpu_load_percent)
+            .ok_or("cpu_load_percent: the host's total overflows")?;
+        keyed::check(&self.hugepages, &added.hugepages, "hugepages.count")?;
+        keyed::check(
+            &self.numa_memory,
+            &added.numa_memory,
+            "numa_memory.memory_mb",
+        )?;
+        keyed::check(&self.custom, &added.custom, "custom.amount")?;
         Ok(())
     }
 
