@@ -90,32 +90,6 @@ struct State {
     spares: Vec<Arc<Snapshot>>,
 }
 
-/// A new pending aggregate (`SetPending`) as the resources it adds to the host's current
-/// one (`AddPending`) when it holds all of it, as after a reservation: the change log and
-/// every guest's delta then carry the reservation, not its host's whole aggregate with
-/// every pending VM's id. The snapshot is at the change's point of its batch, so both give
-/// the same aggregate.
-fn as_added(snapshot: &Snapshot, change: Change) -> Change {
-    let Change::SetPending { host, pending } = change else {
-        return change;
-    };
-    let current = &snapshot.hosts[host as usize].pending;
-    match pending.added_since(current) {
-        Some(added) => {
-            debug_assert_eq!(
-                {
-                    let mut merged = current.clone();
-                    merged.merge(&added).map(|()| merged)
-                },
-                Ok(pending),
-                "host index {host}"
-            );
-            Change::AddPending { host, added }
-        }
-        None => Change::SetPending { host, pending },
-    }
-}
-
 fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
     snapshot
         .hosts
@@ -596,18 +570,13 @@ impl Cluster {
         }
         // In place when no view holds the snapshot, else copy-on-write.
         let snapshot = Arc::make_mut(&mut state.snapshot);
-        let changes: Vec<Change> = changes
-            .into_iter()
-            .map(|change| {
-                let change = as_added(snapshot, change);
-                // The log keeps the original for deltas; the snapshot gets a copy.
-                change
-                    .clone()
-                    .apply(snapshot)
-                    .expect("host indices and added pending totals were checked above");
-                change
-            })
-            .collect();
+        for change in &changes {
+            // The log keeps the original for deltas; the snapshot gets a copy.
+            change
+                .clone()
+                .apply(snapshot)
+                .expect("host indices and added pending totals were checked above");
+        }
         snapshot.epoch += 1;
         let epoch = snapshot.epoch;
         if reindex {
@@ -1150,13 +1119,7 @@ impl Cluster {
         hosts: impl IntoIterator<Item = String>,
         extra: Vec<Change>,
     ) -> Result<Option<u64>> {
-        let changed: Changed = hosts
-            .into_iter()
-            .map(|id| {
-                let aggregate = ledger.pending.host_aggregate(&id);
-                (id, HostPending::Whole(aggregate))
-            })
-            .collect();
+        let changed = ledger.pending.summed_afresh(hosts);
         self.publish_changed(ledger, changed, extra)
     }
 

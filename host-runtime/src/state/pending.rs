@@ -13,7 +13,7 @@
 //! changed host aggregate into the snapshot so every unit sees it.
 
 use crate::error::{Error, Result};
-use policy_sdk::{CustomAmount, HugePages, NodeMemory, PendingAggregate};
+use policy_sdk::{HugePages, PendingAggregate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -307,6 +307,13 @@ impl PendingResources {
         Ok(self.changed(changed, sums))
     }
 
+    /// The whole aggregates of `hosts`, summed from their records and kept as their sums
+    /// (after records were removed, as a release does, so that the host's next reservation
+    /// grows the sum in place and reports only what it adds).
+    pub fn summed_afresh(&mut self, hosts: impl IntoIterator<Item = String>) -> Changed {
+        self.changed(hosts, Vec::new())
+    }
+
     /// The changed hosts with their aggregates: those the check summed (the hosts that
     /// received records: the check's sum is of exactly the records they hold now), the
     /// others (hosts that only lost records) summed from their records.
@@ -462,7 +469,7 @@ impl PendingResources {
                 // The totals are checked on the kept sum's amounts (not its VM ids), the
                 // records in order as a fresh sum adds them; only what they add is kept.
                 Some(kept) => {
-                    let mut totals = amounts_of(kept);
+                    let mut totals = kept.amounts();
                     added
                         .clone()
                         .try_for_each(|(vm, resource)| add_record(&mut totals, vm, resource))
@@ -683,21 +690,6 @@ impl PendingResources {
     }
 }
 
-/// An aggregate's amounts without its VM ids: what an overflow check needs.
-fn amounts_of(sum: &PendingAggregate) -> PendingAggregate {
-    PendingAggregate {
-        memory_mb: sum.memory_mb,
-        overcommit_memory_mb: sum.overcommit_memory_mb,
-        cpu_cores: sum.cpu_cores,
-        cpu_load_percent: sum.cpu_load_percent,
-        pinned_cpus: sum.pinned_cpus.clone(),
-        hugepages: sum.hugepages.clone(),
-        numa_memory: sum.numa_memory.clone(),
-        vms: Vec::new(),
-        custom: sum.custom.clone(),
-    }
-}
-
 /// Sums (VM id, resource) records into an aggregate; VMs with a [`PendingResource::Vm`]
 /// record are listed as pending VMs. Errors (naming the field) on overflow.
 fn aggregate_of<'a>(
@@ -731,27 +723,6 @@ fn add_record(
             .ok_or_else(|| format!("{field}: the host's total overflows"))?;
         Ok(())
     }
-    fn pages(agg: &mut PendingAggregate, size_kb: u64) -> &mut u64 {
-        let at = match agg.hugepages.binary_search_by_key(&size_kb, |p| p.size_kb) {
-            Ok(at) => at,
-            Err(at) => {
-                agg.hugepages.insert(at, HugePages { size_kb, count: 0 });
-                at
-            }
-        };
-        &mut agg.hugepages[at].count
-    }
-    fn on_node(agg: &mut PendingAggregate, node: u32) -> &mut u64 {
-        let at = match agg.numa_memory.binary_search_by_key(&node, |n| n.node) {
-            Ok(at) => at,
-            Err(at) => {
-                agg.numa_memory
-                    .insert(at, NodeMemory { node, memory_mb: 0 });
-                at
-            }
-        };
-        &mut agg.numa_memory[at].memory_mb
-    }
     match resource {
         PendingResource::Memory { mb } => add_u64(&mut agg.memory_mb, *mb, "memory.mb"),
         PendingResource::OvercommitMemory { mb } => {
@@ -764,23 +735,17 @@ fn add_record(
             add_u32(&mut agg.cpu_load_percent, *percent, "cpu_load.percent")
         }
         PendingResource::PinnedCpus { cpus } => {
-            for &cpu in cpus {
-                if let Err(at) = agg.pinned_cpus.binary_search(&cpu) {
-                    agg.pinned_cpus.insert(at, cpu);
-                }
-            }
+            agg.add_pinned_cpus(cpus);
             Ok(())
         }
         PendingResource::Hugepages { size_kb, count } => {
-            add_u64(pages(agg, *size_kb), *count, "hugepages.count")
+            agg.add_hugepages(*size_kb, *count, "hugepages.count")
         }
         PendingResource::NumaMemory { node, mb } => {
-            add_u64(on_node(agg, *node), *mb, "numa_memory.mb")
+            agg.add_numa_memory(*node, *mb, "numa_memory.mb")
         }
         PendingResource::Vm => {
-            if let Err(at) = agg.vms.binary_search_by(|v| v.as_str().cmp(vm)) {
-                agg.vms.insert(at, vm.to_string());
-            }
+            agg.add_vm(vm);
             Ok(())
         }
         PendingResource::HotplugMemory {
@@ -794,34 +759,19 @@ fn add_record(
                 "hotplug_memory.mb (overcommit)",
             )?;
             match hugepage_size_kb {
-                Some(size_kb) => add_u64(
-                    pages(agg, *size_kb),
+                Some(size_kb) => agg.add_hugepages(
+                    *size_kb,
                     HugePages::needed(*mb, *size_kb),
                     "hotplug_memory.hugepages",
                 )?,
                 None => add_u64(&mut agg.memory_mb, *mb, "hotplug_memory.mb")?,
             }
             match node {
-                Some(node) => add_u64(on_node(agg, *node), *mb, "hotplug_memory.mb (node)"),
+                Some(node) => agg.add_numa_memory(*node, *mb, "hotplug_memory.mb (node)"),
                 None => Ok(()),
             }
         }
-        PendingResource::Custom { name, amount } => {
-            let at = match agg.custom.binary_search_by(|c| c.kind.as_str().cmp(name)) {
-                Ok(at) => at,
-                Err(at) => {
-                    agg.custom.insert(
-                        at,
-                        CustomAmount {
-                            kind: name.clone(),
-                            amount: 0,
-                        },
-                    );
-                    at
-                }
-            };
-            add_u64(&mut agg.custom[at].amount, *amount, "custom.amount")
-        }
+        PendingResource::Custom { name, amount } => agg.add_custom(name, *amount, "custom.amount"),
     }
 }
 

@@ -495,6 +495,13 @@ fn a_reservation_is_logged_as_what_it_adds_and_a_release_as_the_whole_aggregate(
         }
         other => panic!("a release should log one SetPending on host 0, got {other:?}"),
     }
+    // After a release, the host's next reservation travels as what it adds again.
+    let before = c.epoch();
+    c.reserve(&small("v5"), "a", PlacementKind::Start).unwrap();
+    match changes_since(before).as_slice() {
+        [Change::AddPending { host: 0, added }] => assert_eq!(added.vms, ["v5"]),
+        other => panic!("a reservation after a release should log one AddPending, got {other:?}"),
+    }
 }
 
 #[test]

@@ -466,49 +466,128 @@ impl PendingAggregate {
     /// them all. When a total would overflow, fails naming the field and changes nothing.
     pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
         self.check_merge(added)?;
-        self.memory_mb += added.memory_mb;
-        self.overcommit_memory_mb += added.overcommit_memory_mb;
-        self.cpu_cores += added.cpu_cores;
-        self.cpu_load_percent += added.cpu_load_percent;
-        for &cpu in &added.pinned_cpus {
-            if let Err(at) = self.pinned_cpus.binary_search(&cpu) {
-                self.pinned_cpus.insert(at, cpu);
-            }
-        }
+        self.add_amounts(added)
+            .expect("the totals were checked on a copy");
+        self.add_pinned_cpus(&added.pinned_cpus);
         for vm in &added.vms {
-            if let Err(at) = self.vms.binary_search(vm) {
-                self.vms.insert(at, vm.clone());
-            }
+            self.add_vm(vm);
         }
-        keyed::add(&mut self.hugepages, &added.hugepages);
-        keyed::add(&mut self.numa_memory, &added.numa_memory);
-        keyed::add(&mut self.custom, &added.custom);
         Ok(())
     }
 
     /// Whether [`PendingAggregate::merge`] of `added` would succeed: fails, naming the
-    /// field, when a total would overflow. Changes nothing.
+    /// field, when a total would overflow. Changes nothing (the totals are added on a copy
+    /// of [`PendingAggregate::amounts`]).
     pub fn check_merge(&self, added: &PendingAggregate) -> Result<(), String> {
-        checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
-        checked_total(
+        self.amounts().add_amounts(added)
+    }
+
+    /// This aggregate's amounts without its pinned pCPUs and VM ids: a copy to check
+    /// totals on without copying the list of pending VMs.
+    pub fn amounts(&self) -> PendingAggregate {
+        PendingAggregate {
+            memory_mb: self.memory_mb,
+            overcommit_memory_mb: self.overcommit_memory_mb,
+            cpu_cores: self.cpu_cores,
+            cpu_load_percent: self.cpu_load_percent,
+            pinned_cpus: Vec::new(),
+            hugepages: self.hugepages.clone(),
+            numa_memory: self.numa_memory.clone(),
+            vms: Vec::new(),
+            custom: self.custom.clone(),
+        }
+    }
+
+    /// Adds `added`'s amounts (not its pCPUs or VM ids); on an overflow, fails naming the
+    /// field, with the amounts before it added.
+    fn add_amounts(&mut self, added: &PendingAggregate) -> Result<(), String> {
+        self.memory_mb = checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
+        self.overcommit_memory_mb = checked_total(
             self.overcommit_memory_mb,
             added.overcommit_memory_mb,
             "overcommit_memory_mb",
         )?;
-        self.cpu_cores
+        self.cpu_cores = self
+            .cpu_cores
             .checked_add(added.cpu_cores)
             .ok_or("cpu_cores: the host's total overflows")?;
-        self.cpu_load_percent
+        self.cpu_load_percent = self
+            .cpu_load_percent
             .checked_add(added.cpu_load_percent)
             .ok_or("cpu_load_percent: the host's total overflows")?;
-        keyed::check(&self.hugepages, &added.hugepages, "hugepages.count")?;
-        keyed::check(
-            &self.numa_memory,
-            &added.numa_memory,
-            "numa_memory.memory_mb",
-        )?;
-        keyed::check(&self.custom, &added.custom, "custom.amount")?;
+        for pages in &added.hugepages {
+            self.add_hugepages(pages.size_kb, pages.count, "hugepages.count")?;
+        }
+        for node in &added.numa_memory {
+            self.add_numa_memory(node.node, node.memory_mb, "numa_memory.memory_mb")?;
+        }
+        for custom in &added.custom {
+            self.add_custom(&custom.kind, custom.amount, "custom.amount")?;
+        }
         Ok(())
+    }
+
+    /// Adds `count` pages of `size_kb` KiB (the list stays sorted by size, each size
+    /// once). On an overflow, fails naming `field` and changes nothing.
+    pub fn add_hugepages(&mut self, size_kb: u64, count: u64, field: &str) -> Result<(), String> {
+        add_keyed(
+            &mut self.hugepages,
+            |p| p.size_kb.cmp(&size_kb),
+            |p| &mut p.count,
+            || HugePages { size_kb, count: 0 },
+            count,
+            field,
+        )
+    }
+
+    /// Adds `memory_mb` on host NUMA node `node` (the list stays sorted by node, each
+    /// node once). On an overflow, fails naming `field` and changes nothing.
+    pub fn add_numa_memory(
+        &mut self,
+        node: u32,
+        memory_mb: u64,
+        field: &str,
+    ) -> Result<(), String> {
+        add_keyed(
+            &mut self.numa_memory,
+            |n| n.node.cmp(&node),
+            |n| &mut n.memory_mb,
+            || NodeMemory { node, memory_mb: 0 },
+            memory_mb,
+            field,
+        )
+    }
+
+    /// Adds `amount` of the custom `kind` (the list stays sorted by kind, each kind once).
+    /// On an overflow, fails naming `field` and changes nothing.
+    pub fn add_custom(&mut self, kind: &str, amount: u64, field: &str) -> Result<(), String> {
+        add_keyed(
+            &mut self.custom,
+            |c| c.kind.as_str().cmp(kind),
+            |c| &mut c.amount,
+            || CustomAmount {
+                kind: kind.into(),
+                amount: 0,
+            },
+            amount,
+            field,
+        )
+    }
+
+    /// Adds pinned pCPUs (the list stays sorted, each pCPU once).
+    pub fn add_pinned_cpus(&mut self, cpus: &[u32]) {
+        for &cpu in cpus {
+            if let Err(at) = self.pinned_cpus.binary_search(&cpu) {
+                self.pinned_cpus.insert(at, cpu);
+            }
+        }
+    }
+
+    /// Adds a pending VM's id (the list stays sorted, each id once).
+    pub fn add_vm(&mut self, id: &str) {
+        if let Err(at) = self.vms.binary_search_by(|v| v.as_str().cmp(id)) {
+            self.vms.insert(at, id.into());
+        }
     }
 
     /// Whether the aggregate is in the canonical form [`PendingAggregate::merge`] keeps:
@@ -524,31 +603,6 @@ impl PendingAggregate {
             && increasing(&self.numa_memory, |n| &n.node)
             && increasing(&self.custom, |c| &c.kind)
     }
-
-    /// What was added to `earlier` to give this aggregate: the part that
-    /// [`PendingAggregate::merge`] into `earlier` gives exactly `self` (what a reservation
-    /// sends guests instead of the whole aggregate). `None` when `self` does not hold all
-    /// of `earlier` (a release lowered something) or either is not in the canonical form.
-    pub fn added_since(&self, earlier: &PendingAggregate) -> Option<PendingAggregate> {
-        if !self.is_canonical() || !earlier.is_canonical() {
-            return None;
-        }
-        Some(PendingAggregate {
-            memory_mb: self.memory_mb.checked_sub(earlier.memory_mb)?,
-            overcommit_memory_mb: self
-                .overcommit_memory_mb
-                .checked_sub(earlier.overcommit_memory_mb)?,
-            cpu_cores: self.cpu_cores.checked_sub(earlier.cpu_cores)?,
-            cpu_load_percent: self
-                .cpu_load_percent
-                .checked_sub(earlier.cpu_load_percent)?,
-            pinned_cpus: sorted_difference(&self.pinned_cpus, &earlier.pinned_cpus)?,
-            hugepages: keyed::difference(&self.hugepages, &earlier.hugepages)?,
-            numa_memory: keyed::difference(&self.numa_memory, &earlier.numa_memory)?,
-            vms: sorted_difference(&self.vms, &earlier.vms)?,
-            custom: keyed::difference(&self.custom, &earlier.custom)?,
-        })
-    }
 }
 
 fn checked_total(sum: u64, added: u64, field: &str) -> Result<u64, String> {
@@ -556,128 +610,29 @@ fn checked_total(sum: u64, added: u64, field: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{field}: the host's total overflows"))
 }
 
-/// The items of `later` that `earlier` lacks, when `later` holds every item of `earlier`
-/// (both sorted without repeats); else `None`.
-fn sorted_difference<T: Ord + Clone>(later: &[T], earlier: &[T]) -> Option<Vec<T>> {
-    if earlier.len() > later.len() {
-        return None;
-    }
-    let mut missing = Vec::with_capacity(later.len() - earlier.len());
-    let mut rest = earlier.iter().peekable();
-    for item in later {
-        if rest.peek() == Some(&item) {
-            rest.next();
-        } else {
-            missing.push(item.clone());
+/// Adds `amount` to the entry of a list sorted by key that `find` compares with the key,
+/// inserting `empty()` (an entry of the key with nothing) in order when the list lacks it.
+/// On an overflow, fails naming `field` and changes nothing.
+fn add_keyed<T>(
+    list: &mut Vec<T>,
+    find: impl Fn(&T) -> core::cmp::Ordering,
+    amount_of: impl Fn(&mut T) -> &mut u64,
+    empty: impl FnOnce() -> T,
+    amount: u64,
+    field: &str,
+) -> Result<(), String> {
+    let at = match list.binary_search_by(find) {
+        Ok(at) => at,
+        Err(at) => {
+            let mut entry = empty();
+            *amount_of(&mut entry) = amount;
+            list.insert(at, entry);
+            return Ok(());
         }
-    }
-    rest.peek().is_none().then_some(missing)
-}
-
-/// The lists of an aggregate keyed by page size, node or kind, each entry with an amount:
-/// sorted by key, each key once.
-mod keyed {
-    use super::{CustomAmount, HugePages, NodeMemory};
-    use alloc::format;
-    use alloc::string::String;
-    use alloc::vec::Vec;
-
-    /// An entry of a keyed list.
-    pub(super) trait Entry: Clone {
-        type Key: Ord + Clone;
-        fn key(&self) -> &Self::Key;
-        fn amount(&self) -> u64;
-        fn with(key: Self::Key, amount: u64) -> Self;
-        fn amount_mut(&mut self) -> &mut u64;
-    }
-
-    /// `Entry` for a keyed list's item type: its key field and its amount field.
-    macro_rules! entry {
-        ($item:ident, $key:ty, $key_field:ident, $amount_field:ident) => {
-            impl Entry for $item {
-                type Key = $key;
-                fn key(&self) -> &$key {
-                    &self.$key_field
-                }
-                fn amount(&self) -> u64 {
-                    self.$amount_field
-                }
-                fn with($key_field: $key, $amount_field: u64) -> Self {
-                    $item {
-                        $key_field,
-                        $amount_field,
-                    }
-                }
-                fn amount_mut(&mut self) -> &mut u64 {
-                    &mut self.$amount_field
-                }
-            }
-        };
-    }
-    entry!(HugePages, u64, size_kb, count);
-    entry!(NodeMemory, u32, node, memory_mb);
-    entry!(CustomAmount, String, kind, amount);
-
-    fn amount_at<E: Entry>(list: &[E], key: &E::Key) -> u64 {
-        list.binary_search_by(|e| e.key().cmp(key))
-            .map_or(0, |at| list[at].amount())
-    }
-
-    /// Fails, naming `field`, when adding `added` to `sum` would overflow an entry.
-    pub(super) fn check<E: Entry>(sum: &[E], added: &[E], field: &str) -> Result<(), String> {
-        let mut totals: Vec<(&E::Key, u64)> = Vec::new();
-        for entry in added {
-            let total = match totals.iter_mut().find(|(k, _)| *k == entry.key()) {
-                Some((_, total)) => total,
-                None => {
-                    totals.push((entry.key(), amount_at(sum, entry.key())));
-                    &mut totals.last_mut().expect("just pushed").1
-                }
-            };
-            *total = total
-                .checked_add(entry.amount())
-                .ok_or_else(|| format!("{field}: the host's total overflows"))?;
-        }
-        Ok(())
-    }
-
-    /// Adds each entry of `added` to the entry of its key, made when missing (checked
-    /// with [`check`] first).
-    pub(super) fn add<E: Entry>(sum: &mut Vec<E>, added: &[E]) {
-        for entry in added {
-            let at = match sum.binary_search_by(|e| e.key().cmp(entry.key())) {
-                Ok(at) => at,
-                Err(at) => {
-                    sum.insert(at, E::with(entry.key().clone(), 0));
-                    at
-                }
-            };
-            *sum[at].amount_mut() += entry.amount();
-        }
-    }
-
-    /// The entries that, added to `earlier`, give `later` (both sorted by key without
-    /// repeats): each key of `later` that `earlier` lacks with its amount, and each shared
-    /// key whose amount grew with the growth. `None` when `later` lacks a key of `earlier`
-    /// or holds less of it.
-    pub(super) fn difference<E: Entry>(later: &[E], earlier: &[E]) -> Option<Vec<E>> {
-        let mut grown = Vec::new();
-        let mut rest = earlier.iter().peekable();
-        for entry in later {
-            match rest.peek() {
-                Some(old) if old.key() == entry.key() => {
-                    let growth = entry.amount().checked_sub(old.amount())?;
-                    if growth > 0 {
-                        grown.push(E::with(entry.key().clone(), growth));
-                    }
-                    rest.next();
-                }
-                Some(old) if old.key() < entry.key() => return None,
-                _ => grown.push(entry.clone()),
-            }
-        }
-        rest.peek().is_none().then_some(grown)
-    }
+    };
+    let total = amount_of(&mut list[at]);
+    *total = checked_total(*total, amount, field)?;
+    Ok(())
 }
 
 /// The amount of `kind` in a list of custom amounts (summed if repeated).
@@ -1148,80 +1103,6 @@ mod pending_merge_tests {
             assert!(!a.is_canonical() || a == merged(&[&a]), "round {round}");
             let count = |p: &PendingAggregate| p.hugepages.iter().map(|h| h.count).sum::<u64>();
             assert_eq!(count(&sum), count(&a) + count(&b) + count(&c));
-        }
-    }
-
-    #[test]
-    fn what_was_added_merges_back_into_exactly_the_later_aggregate() {
-        let mut rng = XorShift::new(12);
-        let mut compact = 0;
-        for round in 0..500 {
-            let earlier = merged(&[&raw_part(&mut rng), &raw_part(&mut rng)]);
-            let part = raw_part(&mut rng);
-            let later = merged(&[&earlier, &part]);
-            let added = later
-                .added_since(&earlier)
-                .unwrap_or_else(|| panic!("round {round}: later holds all of earlier"));
-            let mut back = earlier.clone();
-            back.merge(&added).unwrap();
-            assert_eq!(back, later, "round {round}");
-            // Only what the earlier one lacks travels.
-            assert!(added.vms.iter().all(|v| !earlier.vms.contains(v)));
-            assert!(added.vms.iter().all(|v| part.vms.contains(v)));
-            assert!(added
-                .pinned_cpus
-                .iter()
-                .all(|c| !earlier.pinned_cpus.contains(c)));
-            compact += usize::from(added.vms.len() < later.vms.len());
-            assert_eq!(
-                earlier.added_since(&earlier),
-                Some(PendingAggregate::default())
-            );
-        }
-        assert!(compact > 250, "most rounds send fewer VM ids: {compact}");
-    }
-
-    #[test]
-    fn a_lowered_or_missing_part_gives_nothing_to_add() {
-        let earlier = PendingAggregate {
-            memory_mb: 100,
-            cpu_cores: 2,
-            pinned_cpus: vec![1, 3],
-            hugepages: vec![HugePages {
-                size_kb: 2_048,
-                count: 4,
-            }],
-            numa_memory: vec![NodeMemory {
-                node: 1,
-                memory_mb: 50,
-            }],
-            vms: vec!["a".into(), "c".into()],
-            custom: vec![CustomAmount {
-                kind: "gpu".into(),
-                amount: 1,
-            }],
-            ..Default::default()
-        };
-        type Edit = fn(&mut PendingAggregate);
-        let cases: [(&str, Edit); 10] = [
-            ("lower memory", |p| p.memory_mb = 99),
-            ("fewer cores", |p| p.cpu_cores = 1),
-            ("a pCPU gone", |p| p.pinned_cpus = vec![3]),
-            ("a VM gone", |p| p.vms = vec!["c".into(), "d".into()]),
-            ("fewer pages", |p| p.hugepages[0].count = 3),
-            ("a page size gone", |p| p.hugepages.clear()),
-            ("a node gone", |p| p.numa_memory[0].node = 2),
-            ("a custom kind lowered", |p| p.custom[0].amount = 0),
-            ("VM ids out of order", |p| {
-                p.vms = vec!["c".into(), "a".into(), "d".into()]
-            }),
-            ("a repeated pCPU", |p| p.pinned_cpus = vec![1, 1, 3]),
-        ];
-        for (name, edit) in cases {
-            let mut later = earlier.clone();
-            later.memory_mb += 10;
-            edit(&mut later);
-            assert_eq!(later.added_since(&earlier), None, "{name}");
         }
     }
 

@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 pub const ABI_VERSION: u32 = 11;
 
 /// Oldest ABI version the host accepts. Version 11 sends a reservation as the resources it
-/// adds to its host (`Change::AddPending`), which an older guest cannot decode; version 10 may send a large full snapshot in parts
-/// (`FullBegin`, `FullHosts`, `FullEnd`), which an older guest cannot take; version 9 sends
-/// a filter's rejections as columns
-/// (packed positions and code indexes; details only when some rejection has one), which an
-/// older host would misread; version 8 added `details` to unit calls and batches.
+/// adds to its host (`Change::AddPending`), which an older guest cannot decode; version 10
+/// may send a large full snapshot in parts (`FullBegin`, `FullHosts`, `FullEnd`), which an
+/// older guest cannot take; version 9 sends a filter's rejections as columns (packed
+/// positions and code indexes; details only when some rejection has one), which an older
+/// host would misread; version 8 added `details` to unit calls and batches.
 pub const MIN_SUPPORTED_ABI_VERSION: u32 = 11;
 
 /// Newest ABI version the host accepts.

@@ -96,9 +96,9 @@ pub enum Change {
     /// ABI version 5.
     SetUsage(Vec<(HostIndex, HostUsage)>),
     /// Pending resources were added to a host's aggregate (a reservation): merged in with
-    /// [`PendingAggregate::merge`]. The engine sends it instead of a
-    /// [`Change::SetPending`] of the whole aggregate when the new aggregate holds all of
-    /// the old one, so a reservation costs its own size, not its host's. ABI version 11.
+    /// [`PendingAggregate::merge`]. The engine sends it for a reservation instead of a
+    /// [`Change::SetPending`] of the whole aggregate, so a reservation costs its own size,
+    /// not its host's. ABI version 11.
     AddPending {
         /// Host index.
         host: HostIndex,
