@@ -668,12 +668,16 @@ fn run_units_split(
 
 /// `work` over each contiguous chunk of `size` items, the first on the calling thread and
 /// the others on threads of their own (a split decision's parts); the results in chunk
-/// order. A panic on any thread goes on on the caller's.
+/// order. A panic on any thread goes on on the caller's. One chunk (or none) starts no
+/// thread.
 pub(super) fn on_chunks<T: Sync, R: Send>(
     items: &[T],
     size: usize,
     work: impl Fn(&[T]) -> R + Sync,
 ) -> Vec<R> {
+    if items.len() <= size {
+        return vec![work(items)];
+    }
     let work = &work;
     std::thread::scope(|scope| {
         let mut chunks = items.chunks(size.max(1));

@@ -44,23 +44,17 @@ pub(super) fn select<'a>(
     candidates: usize,
 ) -> Selection {
     let columns: Vec<(i64, &[Penalty])> = columns.into_iter().collect();
-    let threads = split_parts(candidates).min(columns.len());
-    let points: Vec<Vec<f64>> = if threads > 1 {
-        // Contiguous runs of columns, one per thread, put back end to end.
-        on_chunks(&columns, columns.len().div_ceil(threads), |run| {
-            run.iter()
-                .map(|&(_, penalties)| points_of(selector, penalties))
-                .collect::<Vec<_>>()
-        })
-        .into_iter()
-        .flatten()
-        .collect()
-    } else {
-        columns
-            .iter()
+    // Contiguous runs of columns, one per thread (one run, on this thread, unless the
+    // decision is split), put back end to end.
+    let threads = split_parts(candidates).clamp(1, columns.len().max(1));
+    let points: Vec<Vec<f64>> = on_chunks(&columns, columns.len().div_ceil(threads), |run| {
+        run.iter()
             .map(|&(_, penalties)| points_of(selector, penalties))
-            .collect()
-    };
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let mut totals = vec![0.0; candidates];
     for (&(factor, _), points) in columns.iter().zip(&points) {
         let factor = factor as f64;

@@ -179,19 +179,6 @@ impl Serialize for Verdicts {
     }
 }
 
-/// Appends one `u32` per rejection as packed little-endian bytes (a byte string): room
-/// made once, each value a 4-byte store (a push per value checks the room and, in a guest,
-/// copies through a call).
-#[inline]
-fn put_column(out: &mut Vec<u8>, rejected: &[Rejection], field: impl Fn(&Rejection) -> u32) {
-    crate::wire::codec::raw::put_len(out, rejected.len() * 4);
-    let start = out.len();
-    out.resize(start + rejected.len() * 4, 0);
-    for (slot, r) in out[start..].chunks_exact_mut(4).zip(rejected) {
-        slot.copy_from_slice(&field(r).to_le_bytes());
-    }
-}
-
 impl<'de> Deserialize<'de> for Verdicts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = VerdictsWire::deserialize(d)?;
@@ -286,8 +273,8 @@ impl Verdicts {
         for code in &self.codes {
             raw::put_str(out, code);
         }
-        put_column(out, &self.rejected, |r| r.position);
-        put_column(out, &self.rejected, |r| r.code);
+        packed::u32s::put_each(out, self.rejected.iter().map(|r| r.position));
+        packed::u32s::put_each(out, self.rejected.iter().map(|r| r.code));
         if self.rejected.iter().any(|r| !r.detail.is_empty()) {
             raw::put_len(out, self.rejected.len());
             for r in &self.rejected {
@@ -511,6 +498,20 @@ pub mod packed {
                     let bytes = le_bytes(values);
                     crate::wire::codec::raw::put_len(out, bytes.len());
                     out.extend_from_slice(&bytes);
+                }
+
+                /// Appends what [`serialize`] writes of `values` given one by one (a
+                /// column of a list of structs): room made once, each value a store of its
+                /// bytes (a push per byte checks the room and, in a guest, copies through a
+                /// call).
+                pub fn put_each(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = $ty>) {
+                    let len = values.len() * $size;
+                    crate::wire::codec::raw::put_len(out, len);
+                    let start = out.len();
+                    out.resize(start + len, 0);
+                    for (slot, v) in out[start..].chunks_exact_mut($size).zip(values) {
+                        slot.copy_from_slice(&v.to_le_bytes());
+                    }
                 }
 
                 /// The values of packed bytes, one by one; `None` when the bytes are not
