@@ -19,7 +19,7 @@
 //! applies at all) and passes every candidate without per-host work when the VM does not
 //! use the feature it checks.
 
-use policy_sdk::model::index::CpuFlagIndex;
+use policy_sdk::model::index::{available_hugepages, CpuFlagIndex};
 use policy_sdk::model::topology::{
     self, CpuBits, CpuCounts, CpuPinning, NumaFit, NumaRequest, QuickNumaFit,
 };
@@ -618,16 +618,16 @@ impl HugePagesFilter {
         (free, host.pending.hugepages_of(size_kb))
     }
 
-    /// Whether `host` has `needed` pages of `size_kb` besides the pending ones.
+    /// The verdict given the pages of `size_kb` available on `host` (free minus pending).
     #[inline(always)]
-    fn fits(size_kb: u64, needed: u64, host: &Host) -> bool {
-        let (free, pending) = Self::free_and_pending(size_kb, host);
-        free.saturating_sub(pending) >= needed
-    }
-
-    #[inline(always)]
-    fn verdict(ctx: &Context<'_>, size_kb: u64, needed: u64, host: &Host) -> Verdict {
-        if Self::fits(size_kb, needed, host) {
+    fn verdict(
+        ctx: &Context<'_>,
+        size_kb: u64,
+        needed: u64,
+        available: u64,
+        host: &Host,
+    ) -> Verdict {
+        if available >= needed {
             Verdict::Pass
         } else {
             Self::reject(ctx, size_kb, needed, host)
@@ -659,19 +659,29 @@ impl Filter for HugePagesFilter {
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
         match vm.hugepages_needed() {
-            Some((size, needed)) => Self::verdict(ctx, size, needed, host),
+            Some((size, needed)) => {
+                Self::verdict(ctx, size, needed, available_hugepages(host, size), host)
+            }
             None => Verdict::Pass,
         }
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
         match vm.hugepages_needed() {
-            Some((size, needed)) => out.judge(
-                candidates,
-                #[inline(always)]
-                |i| Self::fits(size, needed, ctx.host(i)),
-                |i| Self::verdict(ctx, size, needed, ctx.host(i)),
-            ),
+            Some((size, needed)) => {
+                // The pages the index keeps: a load per host. Pages not counted yet read as
+                // none, so the host goes to the full check, which counts (and keeps) them.
+                let kept = ctx.kept_hugepages(size);
+                out.judge(
+                    candidates,
+                    #[inline(always)]
+                    |i| kept.get(i).is_some_and(|available| available >= needed),
+                    |i| {
+                        let available = ctx.available_hugepages(i, size);
+                        Self::verdict(ctx, size, needed, available, ctx.host(i))
+                    },
+                )
+            }
             None => out.extend(candidates.iter().map(|_| Verdict::Pass)),
         }
     }

@@ -515,7 +515,13 @@ fn check_all_matches_per_host_check() {
                 .cpu_flags(&flags[..rng.below(5) as usize])
                 .hugepages(2_048, rng.below(3_000))
                 .pending_hugepages(2_048, rng.below(1_000))
+                .hugepages(1_048_576, rng.below(6))
+                .pending_hugepages(1_048_576, rng.below(3))
                 .pending_numa_mb(rng.below(2) as u32, rng.below(8_000));
+            if rng.below(4) == 0 {
+                // A size listed twice counts twice.
+                h = h.hugepages(2_048, rng.below(500));
+            }
             if rng.below(3) == 0 {
                 h = h.dedicated_cpus([rng.below(8) as u32]);
             }
@@ -548,8 +554,10 @@ fn check_all_matches_per_host_check() {
         if rng.below(2) == 0 {
             v = v.vnuma(0, rng.below(8_000), [0], &[rng.below(3) as u32]);
         }
-        if rng.below(2) == 0 {
-            v = v.hugepages(2_048);
+        match rng.below(4) {
+            0 => v = v.hugepages(2_048),
+            1 => v = v.hugepages(1_048_576),
+            _ => {}
         }
         if rng.below(3) == 0 {
             v = v.pinning_policy(PinningPolicy::Dedicated);

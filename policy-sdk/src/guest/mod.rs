@@ -8,7 +8,9 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex};
+use crate::model::index::{
+    available_hugepages, CpuFlagIndex, FlagMask, KeptPageWords, KeptWords, SnapshotIndex,
+};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -61,6 +63,20 @@ impl KeptCounts<'_> {
     /// or they were not counted yet ([`Context::cpu_counts`] counts them).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<CpuCounts> {
+        self.0.get(index)
+    }
+}
+
+/// The available hugepages of one page size kept in a snapshot's index
+/// ([`Context::kept_hugepages`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeptPages<'a>(KeptPageWords<'a>);
+
+impl KeptPages<'_> {
+    /// Host `index`'s available pages if the index keeps them already; `None` when there is
+    /// no index or they were not counted yet ([`Context::available_hugepages`] counts them).
+    #[inline(always)]
+    pub fn get(&self, index: HostIndex) -> Option<u64> {
         self.0.get(index)
     }
 }
@@ -182,6 +198,33 @@ impl<'a> Context<'a> {
             self.index()
                 .filter(|i| i.covers(self.snapshot.hosts.len()))
                 .map(SnapshotIndex::kept_words)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The hugepages of `size_kb` KiB host `index` can still give a VM (its free pages of
+    /// that size minus its pending ones, see [`available_hugepages`]): kept in the
+    /// snapshot's index when the caller keeps one, else counted now (the same number).
+    #[inline]
+    pub fn available_hugepages(&self, index: HostIndex, size_kb: u64) -> u64 {
+        let host = self.host(index);
+        match self.index() {
+            Some(i) if i.covers(self.snapshot.hosts.len()) => {
+                i.available_hugepages(index, host, size_kb)
+            }
+            _ => available_hugepages(host, size_kb),
+        }
+    }
+
+    /// A reader of the available hugepages of `size_kb` KiB the snapshot's index keeps,
+    /// resolved once for a unit's loop: [`KeptPages::get`] is an inline read that never
+    /// counts (see [`Verdicts::judge`](crate::Verdicts::judge)).
+    #[inline]
+    pub fn kept_hugepages(&self, size_kb: u64) -> KeptPages<'a> {
+        KeptPages(
+            self.index()
+                .filter(|i| i.covers(self.snapshot.hosts.len()))
+                .map(|i| i.kept_hugepages(size_kb))
                 .unwrap_or_default(),
         )
     }

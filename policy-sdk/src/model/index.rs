@@ -13,11 +13,14 @@
 //!   free cores), counted on first use and again only after the host or its pending
 //!   aggregate changed, instead of on every decision; read through
 //!   [`Context::cpu_counts`](crate::Context::cpu_counts), which counts on the spot when there
-//!   is no index.
+//!   is no index;
+//! * every host's available hugepages of a page size (free minus pending, see
+//!   [`available_hugepages`]), for up to [`PAGE_SIZES_KEPT`] page sizes, kept the same way;
+//!   read through [`Context::available_hugepages`](crate::Context::available_hugepages).
 
 use crate::model::flags::RecentFlagLists;
 use crate::model::topology::CpuCounts;
-use crate::model::{Host, HostIndex, Snapshot};
+use crate::model::{Host, HostIndex, HugePages, Snapshot};
 use crate::wire::sync::Change;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -42,6 +45,8 @@ pub struct SnapshotIndex {
     cluster_flags: OnceLock<FlagMask>,
     /// Every host's pCPU counts, by host index.
     cpu_counts: CountsCache,
+    /// Every host's available hugepages, by page size and host index.
+    hugepages: PagesCache,
 }
 
 impl SnapshotIndex {
@@ -51,6 +56,7 @@ impl SnapshotIndex {
             cpu_flags: OnceLock::new(),
             cluster_flags: OnceLock::new(),
             cpu_counts: CountsCache::new(snapshot.hosts.len()),
+            hugepages: PagesCache::new(snapshot.hosts.len()),
         }
     }
 
@@ -77,6 +83,22 @@ impl SnapshotIndex {
     #[inline]
     pub fn cpu_counts(&self, index: HostIndex, host: &Host) -> CpuCounts {
         self.cpu_counts.get(index as usize, host)
+    }
+
+    /// The hugepages of `size_kb` KiB available on `host` (at `index` in the indexed
+    /// snapshot; see [`available_hugepages`]): counted the first time, then kept until the
+    /// host or its pending aggregate changes. A host the index does not cover, or a page
+    /// size beyond the first [`PAGE_SIZES_KEPT`] asked for, is counted every time.
+    #[inline]
+    pub fn available_hugepages(&self, index: HostIndex, host: &Host, size_kb: u64) -> u64 {
+        self.hugepages.get(index as usize, host, size_kb)
+    }
+
+    /// The available hugepages of `size_kb` KiB kept so far, for a loop over hosts (never
+    /// counts).
+    #[inline]
+    pub(crate) fn kept_hugepages(&self, size_kb: u64) -> KeptPageWords<'_> {
+        self.hugepages.kept(size_kb)
     }
 
     /// Host `index`'s pCPU counts if they are kept already; `None` when they were not
@@ -128,34 +150,34 @@ impl SnapshotIndex {
                     }
                 }
                 self.cpu_counts.forget(host as usize);
+                self.hugepages.forget(host as usize);
             }
         }
         for &host in &touched.pending {
             self.cpu_counts.forget(host as usize);
+            self.hugepages.forget(host as usize);
         }
     }
 }
 
-/// Hosts' [`CpuCounts`], counted on first use: a decision reads them only for the hosts it
-/// needs to, so a full snapshot costs nothing here. Each host's counts sit in one word
-/// (16 bits each; a host whose counts do not fit is counted every time), so a copy of the
-/// cache (made when a view still holds the index while a reservation changes it) is a copy
-/// of one word per host, and threads deciding at once on one index may fill it: two threads
-/// counting one host write the same word. The words are allocated on the first read: an
-/// index no unit reads (a host's cluster whose units all run in wasm modules, which keep
-/// their own) holds none, and its copies copy none.
+/// One word per host, kept from the first read of each host until [forgotten](Self::forget):
+/// what the index keeps of each host ([`CpuCounts`] packed, available hugepages). The words
+/// are allocated on the first read: an index no unit reads (a host's cluster whose units all
+/// run in wasm modules, which keep their own) holds none, and its copies copy none. Threads
+/// deciding at once on one index may fill it: two threads working out one host write the
+/// same word.
 #[derive(Default)]
-struct CountsCache {
+struct WordCache {
     /// Hosts covered.
     hosts: usize,
     /// One word per host, once read.
     words: OnceLock<Box<[AtomicU64]>>,
 }
 
-/// A word that holds no counts (no counts pack to it: each field is below `u16::MAX`).
-const NOT_COUNTED: u64 = u64::MAX;
+/// A word that keeps nothing (no value is stored as it: see [`WordCache::get_or`]).
+const NOT_KEPT: u64 = u64::MAX;
 
-impl CountsCache {
+impl WordCache {
     fn new(hosts: usize) -> Self {
         Self {
             hosts,
@@ -167,59 +189,61 @@ impl CountsCache {
         self.hosts
     }
 
-    /// The words, allocated (every host not counted) on the first call.
+    /// The words, allocated (every host not kept) on the first call.
     fn words(&self) -> &[AtomicU64] {
-        self.words.get_or_init(|| {
-            (0..self.hosts)
-                .map(|_| AtomicU64::new(NOT_COUNTED))
-                .collect()
-        })
+        self.words
+            .get_or_init(|| (0..self.hosts).map(|_| AtomicU64::new(NOT_KEPT)).collect())
     }
 
-    /// A kept word is read inline (what nearly every read is); counting is a call.
+    /// Host `index`'s word, else `work()` (kept unless it is [`NOT_KEPT`]); a host beyond
+    /// the cache is worked out every time. A kept word is read inline (what nearly every
+    /// read is); working one out is a call.
     #[inline(always)]
-    fn get(&self, index: usize, host: &Host) -> CpuCounts {
+    fn get_or(&self, index: usize, work: impl FnOnce() -> u64) -> u64 {
         match self.words().get(index) {
-            Some(word) => match unpack(word.load(Ordering::Relaxed)) {
-                Some(counts) => counts,
-                None => Self::count(word, host),
+            Some(word) => match word.load(Ordering::Relaxed) {
+                NOT_KEPT => Self::keep(word, work),
+                kept => kept,
             },
-            None => CpuCounts::of(host),
+            None => work(),
         }
-    }
-
-    /// The words kept so far (none before the first read), for reads that never count.
-    #[inline(always)]
-    fn kept(&self) -> KeptWords<'_> {
-        KeptWords(self.words.get().map_or(&[], |w| &w[..]))
     }
 
     #[inline(never)]
-    fn count(word: &AtomicU64, host: &Host) -> CpuCounts {
-        let counts = CpuCounts::of(host);
-        if let Some(packed) = pack(&counts) {
-            word.store(packed, Ordering::Relaxed);
+    fn keep(word: &AtomicU64, work: impl FnOnce() -> u64) -> u64 {
+        let value = work();
+        if value != NOT_KEPT {
+            word.store(value, Ordering::Relaxed);
         }
-        counts
+        value
+    }
+
+    /// The words kept so far (none before the first read), for reads that never work one
+    /// out.
+    #[inline(always)]
+    fn kept(&self) -> &[AtomicU64] {
+        self.words.get().map_or(&[], |w| &w[..])
     }
 
     fn forget(&mut self, index: usize) {
         if let Some(word) = self.words.get_mut().and_then(|w| w.get_mut(index)) {
-            *word.get_mut() = NOT_COUNTED;
+            *word.get_mut() = NOT_KEPT;
         }
     }
 
-    /// Every host's word, [`NOT_COUNTED`] for all before the first read.
+    /// Every host's word, [`NOT_KEPT`] for all before the first read.
     fn each_word(&self) -> impl Iterator<Item = u64> + '_ {
-        let kept = self.kept().0;
-        (0..self.hosts).map(move |i| {
-            kept.get(i)
-                .map_or(NOT_COUNTED, |w| w.load(Ordering::Relaxed))
-        })
+        let kept = self.kept();
+        (0..self.hosts).map(move |i| kept.get(i).map_or(NOT_KEPT, |w| w.load(Ordering::Relaxed)))
+    }
+
+    /// Hosts whose word is kept.
+    fn kept_count(&self) -> usize {
+        self.each_word().filter(|&w| w != NOT_KEPT).count()
     }
 }
 
-impl Clone for CountsCache {
+impl Clone for WordCache {
     fn clone(&self) -> Self {
         // Atomics are not `Clone`: each word is read and stored anew, if there are any.
         let words = self.words.get().map_or_else(OnceLock::new, |kept| {
@@ -236,13 +260,50 @@ impl Clone for CountsCache {
     }
 }
 
-impl PartialEq for CountsCache {
+impl PartialEq for WordCache {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.each_word().eq(other.each_word())
     }
 }
 
-impl Eq for CountsCache {}
+impl Eq for WordCache {}
+
+/// Hosts' [`CpuCounts`], counted on first use: a decision reads them only for the hosts it
+/// needs to, so a full snapshot costs nothing here. Each host's counts sit in one word
+/// (16 bits each; a host whose counts do not fit is counted every time), so a copy of the
+/// cache (made when a view still holds the index while a reservation changes it) is a copy
+/// of one word per host.
+#[derive(Default, Clone, PartialEq, Eq)]
+struct CountsCache(WordCache);
+
+impl CountsCache {
+    fn new(hosts: usize) -> Self {
+        Self(WordCache::new(hosts))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline(always)]
+    fn get(&self, index: usize, host: &Host) -> CpuCounts {
+        let word = self
+            .0
+            .get_or(index, || pack(&CpuCounts::of(host)).unwrap_or(NOT_KEPT));
+        // A host whose counts do not fit a word is counted again.
+        unpack(word).unwrap_or_else(|| CpuCounts::of(host))
+    }
+
+    /// The words kept so far (none before the first read), for reads that never count.
+    #[inline(always)]
+    fn kept(&self) -> KeptWords<'_> {
+        KeptWords(self.0.kept())
+    }
+
+    fn forget(&mut self, index: usize) {
+        self.0.forget(index);
+    }
+}
 
 /// The pCPU counts an index keeps, resolved once for a loop over hosts (a unit's fast
 /// pass): reading one is a load, never a count.
@@ -261,8 +322,110 @@ impl KeptWords<'_> {
 
 impl core::fmt::Debug for CountsCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let counted = self.each_word().filter(|&w| w != NOT_COUNTED).count();
-        write!(f, "CountsCache({counted} of {} hosts counted)", self.len())
+        write!(
+            f,
+            "CountsCache({} of {} hosts counted)",
+            self.0.kept_count(),
+            self.len()
+        )
+    }
+}
+
+/// Page sizes whose available hugepages an index keeps (the first ones asked for; a
+/// cluster has one or two: 2 MiB and 1 GiB on x86-64). Others are counted every time.
+pub const PAGE_SIZES_KEPT: usize = 4;
+
+/// The hugepages of `size_kb` KiB a VM can still take on `host`: its free pages of that
+/// size minus the pages pending there (what the `hugepages` filter compares with a VM's
+/// need).
+#[inline]
+pub fn available_hugepages(host: &Host, size_kb: u64) -> u64 {
+    HugePages::count_of(&host.free_hugepages, size_kb)
+        .saturating_sub(host.pending.hugepages_of(size_kb))
+}
+
+/// Hosts' [`available_hugepages`] for up to [`PAGE_SIZES_KEPT`] page sizes, each size's
+/// words made on its first read. At 1,000 hosts, walking every candidate's lists of free and
+/// pending pages (one more cache line per host, and loops the guests' compiler turned into
+/// many copies of vector code) cost hugepage VMs' decisions a tenth of their time.
+#[derive(Default, Clone, PartialEq, Eq)]
+struct PagesCache {
+    /// The page size each slot keeps (claimed by the first read of that size) and its words.
+    slots: [(OnceLock<u64>, WordCache); PAGE_SIZES_KEPT],
+}
+
+impl PagesCache {
+    fn new(hosts: usize) -> Self {
+        Self {
+            slots: core::array::from_fn(|_| (OnceLock::new(), WordCache::new(hosts))),
+        }
+    }
+
+    /// The slot of `size_kb`, claiming a free one for it; `None` when every slot keeps
+    /// another size.
+    fn slot(&self, size_kb: u64) -> Option<&WordCache> {
+        self.slots
+            .iter()
+            .find(|(size, _)| *size.get_or_init(|| size_kb) == size_kb)
+            .map(|(_, words)| words)
+    }
+
+    #[inline]
+    fn get(&self, index: usize, host: &Host, size_kb: u64) -> u64 {
+        match self.slot(size_kb) {
+            // A count of `NOT_KEPT` pages (never on a real host) is worked out every time.
+            Some(words) => words.get_or(index, || available_hugepages(host, size_kb)),
+            None => available_hugepages(host, size_kb),
+        }
+    }
+
+    /// The words of `size_kb` kept so far (none if no read asked for that size).
+    #[inline]
+    fn kept(&self, size_kb: u64) -> KeptPageWords<'_> {
+        KeptPageWords(
+            self.slots
+                .iter()
+                .find(|(size, _)| size.get() == Some(&size_kb))
+                .map_or(&[], |(_, words)| words.kept()),
+        )
+    }
+
+    fn forget(&mut self, index: usize) {
+        for (_, words) in &mut self.slots {
+            words.forget(index);
+        }
+    }
+}
+
+impl core::fmt::Debug for PagesCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut list = f.debug_list();
+        for (size, words) in &self.slots {
+            if let Some(size) = size.get() {
+                list.entry(&format_args!(
+                    "{size} KiB: {} of {} hosts counted",
+                    words.kept_count(),
+                    words.len()
+                ));
+            }
+        }
+        list.finish()
+    }
+}
+
+/// The available hugepages of one page size an index keeps, resolved once for a loop over
+/// hosts: reading one is a load, never a count.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeptPageWords<'a>(&'a [AtomicU64]);
+
+impl KeptPageWords<'_> {
+    /// Host `index`'s available pages if they are kept.
+    #[inline(always)]
+    pub(crate) fn get(&self, index: HostIndex) -> Option<u64> {
+        match self.0.get(index as usize)?.load(Ordering::Relaxed) {
+            NOT_KEPT => None,
+            pages => Some(pages),
+        }
     }
 }
 
@@ -283,7 +446,7 @@ fn pack(c: &CpuCounts) -> Option<u64> {
 }
 
 fn unpack(word: u64) -> Option<CpuCounts> {
-    (word != NOT_COUNTED).then_some(CpuCounts {
+    (word != NOT_KEPT).then_some(CpuCounts {
         dedicated: (word & 0xffff) as u32,
         pending_pinned: (word >> 16 & 0xffff) as u32,
         free_online: (word >> 32 & 0xffff) as u32,
@@ -819,6 +982,151 @@ mod tests {
         // Reading counts never builds the flag bit sets (a module that only counts pCPUs,
         // as `basic`, does not pay for them).
         assert!(index.cpu_flags.get().is_none());
+    }
+
+    /// The available hugepages read through the index follow every change that can move
+    /// them (a pending aggregate set or grown, a host replaced, a host added or removed) and
+    /// stay put for the rest: after each change, every host's pages of each size equal a
+    /// fresh count and what a freshly built index answers. A size listed twice counts twice.
+    #[test]
+    fn available_hugepages_follow_pending_and_host_changes_like_a_fresh_count() {
+        const SMALL: u64 = 2_048;
+        const LARGE: u64 = 1_048_576;
+        let paged = |id: &str| host(id).hugepages(SMALL, 100).hugepages(LARGE, 4);
+        let mut s = snapshot().host(paged("a")).host(paged("b")).build();
+        let mut index = SnapshotIndex::build(&s);
+        let pending = |small: u64, large: u64| {
+            let mut p = crate::model::PendingAggregate::default();
+            p.add_hugepages(SMALL, small, "pages").unwrap();
+            p.add_hugepages(LARGE, large, "pages").unwrap();
+            p
+        };
+        // Every host's pages, read once before any change: all kept.
+        for (i, h) in s.hosts.iter().enumerate() {
+            assert_eq!(index.available_hugepages(i as HostIndex, h, SMALL), 100);
+            assert_eq!(index.available_hugepages(i as HostIndex, h, LARGE), 4);
+        }
+        // (change, host, its (small, large) pages after it)
+        let cases: [(Change, usize, (u64, u64)); 7] = [
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: pending(30, 1),
+                },
+                0,
+                (70, 3),
+            ),
+            (
+                // A reservation's change.
+                Change::AddPending {
+                    host: 0,
+                    added: pending(10, 0),
+                },
+                0,
+                (60, 3),
+            ),
+            (
+                Change::ReplaceHost {
+                    host: 1,
+                    value: paged("b").hugepages(SMALL, 5).build(),
+                },
+                1,
+                (105, 4),
+            ),
+            (
+                Change::SetUsage(alloc::vec![(1, HostUsage::default())]),
+                1,
+                (105, 4),
+            ),
+            (
+                Change::SetPending {
+                    host: 1,
+                    pending: pending(200, 9),
+                },
+                1,
+                (0, 0),
+            ),
+            (
+                Change::AddHost(host("c").hugepages(LARGE, 2).build()),
+                2,
+                (0, 2),
+            ),
+            (Change::RemoveHost { host: 0 }, 0, (0, 0)),
+        ];
+        for (change, at, (small, large)) in cases {
+            let touched = Touched::of(core::slice::from_ref(&change));
+            change.clone().apply(&mut s).unwrap();
+            index.refresh(&s, &touched);
+            let fresh = SnapshotIndex::build(&s);
+            let h = &s.hosts[at];
+            let at = at as HostIndex;
+            assert_eq!(
+                (
+                    index.available_hugepages(at, h, SMALL),
+                    index.available_hugepages(at, h, LARGE)
+                ),
+                (small, large),
+                "{change:?}"
+            );
+            for (i, h) in s.hosts.iter().enumerate() {
+                let i = i as HostIndex;
+                for size in [SMALL, LARGE, 4] {
+                    let counted = available_hugepages(h, size);
+                    assert_eq!(index.available_hugepages(i, h, size), counted, "{change:?}");
+                    assert_eq!(fresh.available_hugepages(i, h, size), counted, "{change:?}");
+                    assert_eq!(
+                        index.kept_hugepages(size).get(i),
+                        Some(counted),
+                        "{change:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The first [`PAGE_SIZES_KEPT`] page sizes asked for are kept; another is counted every
+    /// time, never mixed up with a kept one. Nothing is kept before it is read, and a read
+    /// never keeps a host the index does not cover.
+    #[test]
+    fn page_sizes_beyond_the_kept_ones_are_counted_every_time() {
+        let sizes: Vec<u64> = (1..=PAGE_SIZES_KEPT as u64 + 2)
+            .map(|k| k * 2_048)
+            .collect();
+        let mut paged = host("a");
+        for (k, &size) in sizes.iter().enumerate() {
+            paged = paged.hugepages(size, 10 * (k as u64 + 1));
+        }
+        let s = snapshot().host(paged).build();
+        let h = &s.hosts[0];
+        let index = SnapshotIndex::build(&s);
+        assert_eq!(
+            index.kept_hugepages(sizes[0]).get(0),
+            None,
+            "nothing read yet"
+        );
+        for (k, &size) in sizes.iter().enumerate() {
+            assert_eq!(index.available_hugepages(0, h, size), 10 * (k as u64 + 1));
+        }
+        for (k, &size) in sizes.iter().enumerate() {
+            let kept = index.kept_hugepages(size).get(0);
+            if k < PAGE_SIZES_KEPT {
+                assert_eq!(kept, Some(10 * (k as u64 + 1)), "size {size} is kept");
+            } else {
+                assert_eq!(kept, None, "size {size}: every slot keeps another size");
+            }
+            // Read again: the same answer, kept or not.
+            assert_eq!(index.available_hugepages(0, h, size), 10 * (k as u64 + 1));
+        }
+        assert_eq!(
+            index.available_hugepages(7, h, sizes[0]),
+            10,
+            "a host beyond the index is counted"
+        );
+        assert_eq!(
+            format!("{:?}", index.hugepages),
+            "[2048 KiB: 1 of 1 hosts counted, 4096 KiB: 1 of 1 hosts counted, \
+             6144 KiB: 1 of 1 hosts counted, 8192 KiB: 1 of 1 hosts counted]"
+        );
     }
 
     /// Counts are kept in 16-bit fields: a host with more pCPUs than that is counted every
