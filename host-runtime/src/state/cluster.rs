@@ -382,19 +382,20 @@ impl Cluster {
         let ledger = self.ledger();
         let snapshot = self.snapshot();
         for change in &mut changes {
+            let pending_change = match change {
+                Change::SetPending { .. } => Some("SetPending"),
+                Change::AddPending { .. } => Some("AddPending"),
+                _ => None,
+            };
+            if let Some(variant) = pending_change {
+                return Err(Error::input(
+                    "changes",
+                    Some(variant.into()),
+                    "pending aggregates are computed from pending records; record them with \
+                     Cluster::reserve or Cluster::add_pending",
+                ));
+            }
             match change {
-                Change::SetPending { .. } | Change::AddPending { .. } => {
-                    let variant = match change {
-                        Change::SetPending { .. } => "SetPending",
-                        _ => "AddPending",
-                    };
-                    return Err(Error::input(
-                        "changes",
-                        Some(variant.into()),
-                        "pending aggregates are computed from pending records; record them \
-                         with Cluster::reserve or Cluster::add_pending",
-                    ));
-                }
                 Change::RemoveHost { .. } => {
                     return Err(Error::input(
                         "changes",

@@ -161,10 +161,7 @@ impl<'a> Context<'a> {
     /// snapshot; `None` otherwise (compare flag names then).
     #[inline]
     pub fn cpu_flags(&self) -> Option<&'a CpuFlagIndex> {
-        let index = self.index()?;
-        index
-            .covers(self.snapshot.hosts.len())
-            .then(|| index.cpu_flags(self.snapshot))
+        Some(self.index()?.cpu_flags(self.snapshot))
     }
 
     /// The cluster's CPU flags (`snapshot().cluster.cpu_flags`, what a VM of the cluster's
@@ -172,10 +169,7 @@ impl<'a> Context<'a> {
     /// first read until the flags or the cluster's settings change; `None` without an
     /// index.
     pub fn cluster_flag_mask(&self) -> Option<&'a FlagMask> {
-        let index = self.index()?;
-        index
-            .covers(self.snapshot.hosts.len())
-            .then(|| index.cluster_flag_mask(self.snapshot))
+        Some(self.index()?.cluster_flag_mask(self.snapshot))
     }
 
     /// Host `index`'s pCPU counts (see [`CpuCounts`]): kept in the snapshot's index when the
@@ -184,8 +178,8 @@ impl<'a> Context<'a> {
     pub fn cpu_counts(&self, index: HostIndex) -> CpuCounts {
         let host = self.host(index);
         match self.index() {
-            Some(i) if i.covers(self.snapshot.hosts.len()) => i.cpu_counts(index, host),
-            _ => CpuCounts::of(host),
+            Some(i) => i.cpu_counts(index, host),
+            None => CpuCounts::of(host),
         }
     }
 
@@ -196,7 +190,6 @@ impl<'a> Context<'a> {
     pub fn kept_cpu_counts(&self) -> KeptCounts<'a> {
         KeptCounts(
             self.index()
-                .filter(|i| i.covers(self.snapshot.hosts.len()))
                 .map(SnapshotIndex::kept_words)
                 .unwrap_or_default(),
         )
@@ -209,10 +202,8 @@ impl<'a> Context<'a> {
     pub fn available_hugepages(&self, index: HostIndex, size_kb: u64) -> u64 {
         let host = self.host(index);
         match self.index() {
-            Some(i) if i.covers(self.snapshot.hosts.len()) => {
-                i.available_hugepages(index, host, size_kb)
-            }
-            _ => available_hugepages(host, size_kb),
+            Some(i) => i.available_hugepages(index, host, size_kb),
+            None => available_hugepages(host, size_kb),
         }
     }
 
@@ -223,20 +214,22 @@ impl<'a> Context<'a> {
     pub fn kept_hugepages(&self, size_kb: u64) -> KeptPages<'a> {
         KeptPages(
             self.index()
-                .filter(|i| i.covers(self.snapshot.hosts.len()))
                 .map(|i| i.kept_hugepages(size_kb))
                 .unwrap_or_default(),
         )
     }
 
-    /// The snapshot's derived indexes, built now if the caller builds them on first use.
+    /// The snapshot's derived indexes, built now if the caller builds them on first use;
+    /// `None` without one, or when it is not this snapshot's (it covers another number of
+    /// hosts): every reader then works its answer out from the hosts.
     #[inline]
     fn index(&self) -> Option<&'a SnapshotIndex> {
-        match self.index {
-            IndexRef::None => None,
-            IndexRef::Ready(index) => Some(index),
-            IndexRef::Lazy(cell) => Some(cell.get_or_init(|| SnapshotIndex::build(self.snapshot))),
-        }
+        let index = match self.index {
+            IndexRef::None => return None,
+            IndexRef::Ready(index) => index,
+            IndexRef::Lazy(cell) => cell.get_or_init(|| SnapshotIndex::build(self.snapshot)),
+        };
+        index.covers(self.snapshot.hosts.len()).then_some(index)
     }
 
     /// The cluster snapshot.

@@ -323,11 +323,16 @@ impl CountsCache {
 
     #[inline(always)]
     fn get(&self, index: usize, host: &Host) -> CpuCounts {
-        let word = self
-            .0
-            .get_or(index, || pack(&CpuCounts::of(host)).unwrap_or(NOT_KEPT));
-        // A host whose counts do not fit a word is counted again.
-        unpack(word).unwrap_or_else(|| CpuCounts::of(host))
+        let mut counted = None;
+        let word = self.0.get_or(index, || {
+            let counts = CpuCounts::of(host);
+            counted = Some(counts);
+            pack(&counts).unwrap_or(NOT_KEPT)
+        });
+        // Counted now (kept or, too large for a word, not), else read from the kept word.
+        counted
+            .or_else(|| unpack(word))
+            .expect("a word read without counting was kept")
     }
 
     /// The words kept so far (none before the first read), for reads that never count.

@@ -465,9 +465,12 @@ impl PendingAggregate {
     /// summed. Merging the sum of some records into the sum of the others gives the sum of
     /// them all. When a total would overflow, fails naming the field and changes nothing.
     pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
-        self.check_merge(added)?;
-        self.add_amounts(added)
-            .expect("the totals were checked on a copy");
+        // The totals are added once, on a copy of the amounts that becomes this aggregate's
+        // when none overflows.
+        let mut sum = self.amounts_plus(added)?;
+        sum.pinned_cpus = core::mem::take(&mut self.pinned_cpus);
+        sum.vms = core::mem::take(&mut self.vms);
+        *self = sum;
         self.add_pinned_cpus(&added.pinned_cpus);
         for vm in &added.vms {
             self.add_vm(vm);
@@ -476,10 +479,17 @@ impl PendingAggregate {
     }
 
     /// Whether [`PendingAggregate::merge`] of `added` would succeed: fails, naming the
-    /// field, when a total would overflow. Changes nothing (the totals are added on a copy
-    /// of [`PendingAggregate::amounts`]).
+    /// field, when a total would overflow. Changes nothing.
     pub fn check_merge(&self, added: &PendingAggregate) -> Result<(), String> {
-        self.amounts().add_amounts(added)
+        self.amounts_plus(added).map(drop)
+    }
+
+    /// [`PendingAggregate::amounts`] with `added`'s amounts added; on an overflow, fails
+    /// naming the field.
+    fn amounts_plus(&self, added: &PendingAggregate) -> Result<PendingAggregate, String> {
+        let mut sum = self.amounts();
+        sum.add_amounts(added)?;
+        Ok(sum)
     }
 
     /// This aggregate's amounts without its pinned pCPUs and VM ids: a copy to check
@@ -507,14 +517,12 @@ impl PendingAggregate {
             added.overcommit_memory_mb,
             "overcommit_memory_mb",
         )?;
-        self.cpu_cores = self
-            .cpu_cores
-            .checked_add(added.cpu_cores)
-            .ok_or("cpu_cores: the host's total overflows")?;
-        self.cpu_load_percent = self
-            .cpu_load_percent
-            .checked_add(added.cpu_load_percent)
-            .ok_or("cpu_load_percent: the host's total overflows")?;
+        self.cpu_cores = checked_total(self.cpu_cores, added.cpu_cores, "cpu_cores")?;
+        self.cpu_load_percent = checked_total(
+            self.cpu_load_percent,
+            added.cpu_load_percent,
+            "cpu_load_percent",
+        )?;
         for pages in &added.hugepages {
             self.add_hugepages(pages.size_kb, pages.count, "hugepages.count")?;
         }
@@ -605,8 +613,11 @@ impl PendingAggregate {
     }
 }
 
-fn checked_total(sum: u64, added: u64, field: &str) -> Result<u64, String> {
-    sum.checked_add(added)
+/// `sum + added` (a `u32` or `u64` total); on an overflow, fails naming `field`.
+fn checked_total<T: Into<u64> + TryFrom<u64>>(sum: T, added: T, field: &str) -> Result<T, String> {
+    sum.into()
+        .checked_add(added.into())
+        .and_then(|total| T::try_from(total).ok())
         .ok_or_else(|| format!("{field}: the host's total overflows"))
 }
 
