@@ -393,12 +393,18 @@ pub(crate) fn delta_message(view: &ClusterView, from: u64) -> Option<Arc<Vec<u8>
         return None;
     }
     view.delta_encoding(from, |changes| {
-        codec::encode(&SyncMessageRef::Delta {
-            from_epoch: from,
-            to_epoch: to,
-            changes,
-        })
+        // Sized for a reservation's delta (a host's added pending resources), so that the
+        // encoding does not grow it step by step: one is encoded per decision.
+        let mut bytes = Vec::with_capacity(256 * changes.len());
+        codec::encode_into(
+            &SyncMessageRef::Delta {
+                from_epoch: from,
+                to_epoch: to,
+                changes,
+            },
+            &mut bytes,
+        )
         .ok()
-        .map(Arc::new)
+        .map(|()| Arc::new(bytes))
     })
 }

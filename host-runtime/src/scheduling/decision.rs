@@ -177,31 +177,41 @@ impl TurnedAway {
         chosen: Option<&str>,
         available: usize,
     ) -> String {
-        let mut head = format!("{available}/{total} hosts available");
+        use fmt::Write as _;
+        // Written into one string sized for it: every decision has a summary.
+        let mut head = String::with_capacity(64 + 48 * self.groups.len());
+        let _ = write!(head, "{available}/{total} hosts available");
         if let Some(name) = chosen {
-            head.push_str(&format!(", chose {name}"));
+            let _ = write!(head, ", chose {name}");
         }
         if self.groups.is_empty() {
             return head;
         }
         self.groups
             .sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
-        let parts: Vec<String> = self
-            .groups
-            .iter()
-            .map(|(key, _, n)| match key {
-                GroupKey::NotCandidate(reason) => format!("{n} {reason}"),
-                GroupKey::Rejected(unit, code) => {
-                    format!("{n} {unit}: {}", code.replace('_', " "))
-                }
-            })
-            .collect();
         head.push_str(if chosen.is_some() {
             "; not available: "
         } else {
             ": "
         });
-        head.push_str(&parts.join(", "));
+        for (i, (key, _, n)) in self.groups.iter().enumerate() {
+            if i > 0 {
+                head.push_str(", ");
+            }
+            let _ = match key {
+                GroupKey::NotCandidate(reason) => write!(head, "{n} {reason}"),
+                GroupKey::Rejected(unit, code) => {
+                    let _ = write!(head, "{n} {unit}: ");
+                    for (j, word) in code.split('_').enumerate() {
+                        if j > 0 {
+                            head.push(' ');
+                        }
+                        head.push_str(word);
+                    }
+                    Ok(())
+                }
+            };
+        }
         head
     }
 }

@@ -570,17 +570,20 @@ fn narrow(survivors: &mut Vec<HostIndex>, verdicts: Verdicts, out: &mut Rejected
     if verdicts.all_pass() {
         return;
     }
-    let mut kept = Vec::with_capacity(survivors.len() - verdicts.rejected.len());
+    // Compacted in place (no second list): the hosts kept so far end at `kept`.
+    let mut kept = 0;
     let mut from = 0;
     out.hosts.reserve(verdicts.rejected.len());
     for r in verdicts.rejected {
         let position = r.position as usize;
-        kept.extend_from_slice(&survivors[from..position]);
-        from = position + 1;
         out.hosts.push((survivors[position], r.code, r.detail));
+        survivors.copy_within(from..position, kept);
+        kept += position - from;
+        from = position + 1;
     }
-    kept.extend_from_slice(&survivors[from..]);
-    *survivors = kept;
+    let len = survivors.len();
+    survivors.copy_within(from..len, kept);
+    survivors.truncate(kept + len - from);
     out.codes = verdicts.codes;
 }
 
@@ -847,6 +850,45 @@ mod tests {
                 .collect(),
             columns,
             failures: Vec::new(),
+        }
+    }
+
+    /// `narrow` keeps the survivors a filter passed, in order, and records the ones it
+    /// rejected with their codes: for rejections at the start, the end, in runs, none and
+    /// all.
+    #[test]
+    fn narrow_keeps_the_passed_survivors_in_order_and_records_the_rejected() {
+        let survivors: Vec<HostIndex> = vec![10, 11, 12, 13, 14, 15];
+        let cases: [(&str, &[usize]); 6] = [
+            ("none", &[]),
+            ("first", &[0]),
+            ("last", &[5]),
+            ("a run in the middle", &[2, 3]),
+            ("every other", &[0, 2, 4]),
+            ("all", &[0, 1, 2, 3, 4, 5]),
+        ];
+        for (case, rejected_at) in cases {
+            let mut verdicts = Verdicts::default();
+            for position in 0..survivors.len() {
+                verdicts.push(if rejected_at.contains(&position) {
+                    policy_sdk::Verdict::reject("full", format!("p{position}"))
+                } else {
+                    policy_sdk::Verdict::Pass
+                });
+            }
+            let mut narrowed = survivors.clone();
+            let mut out = Rejected::default();
+            narrow(&mut narrowed, verdicts, &mut out);
+            let kept: Vec<HostIndex> = (0..survivors.len())
+                .filter(|p| !rejected_at.contains(p))
+                .map(|p| survivors[p])
+                .collect();
+            assert_eq!(narrowed, kept, "{case}");
+            let recorded: Vec<(HostIndex, u32, String)> = rejected_at
+                .iter()
+                .map(|&p| (survivors[p], 0, format!("p{p}")))
+                .collect();
+            assert_eq!(out.hosts, recorded, "{case}");
         }
     }
 

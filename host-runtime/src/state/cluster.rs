@@ -38,6 +38,10 @@ const LOG_CAPACITY: usize = 1024;
 /// deciding on one cluster while another commits.
 const MAX_SPARES: usize = 2;
 
+/// How long a thread that finds the ledger lock held waits for it without sleeping: about
+/// what a reservation holds it for.
+pub(super) const LEDGER_SPIN: std::time::Duration = std::time::Duration::from_micros(40);
+
 /// Rounds in which [`Cluster::reserve_decided`] judges a host again outside the ledger
 /// lock before it does so under the lock.
 const RECHECKS_OUTSIDE_THE_LOCK: usize = 4;
@@ -141,8 +145,7 @@ fn take_spare(
         for entry in log.iter().skip(skip) {
             for change in &entry.changes {
                 change
-                    .clone()
-                    .apply(snapshot)
+                    .apply_copy(snapshot)
                     .expect("logged changes applied to this epoch before");
             }
             snapshot.epoch = entry.epoch;
@@ -459,8 +462,28 @@ impl Cluster {
     }
 
     /// Takes the per-cluster mutation lock.
+    ///
+    /// A reservation holds the lock for some microseconds. A thread that finds it held
+    /// first waits that long without sleeping ([`LEDGER_SPIN`]): going to sleep and being
+    /// woken costs both threads system calls, and on a virtual machine the wake-up of a
+    /// sleeping vCPU alone can take longer than the wait.
     pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.shared.ledger.lock().unwrap_or_else(|e| e.into_inner())
+        let mutex = &self.shared.ledger;
+        let mut started: Option<std::time::Instant> = None;
+        loop {
+            match mutex.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            let since = *started.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= LEDGER_SPIN {
+                return mutex.lock().unwrap_or_else(|e| e.into_inner());
+            }
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Whether some thread holds the ledger lock (for tests that check what runs outside
@@ -574,8 +597,7 @@ impl Cluster {
         for change in &changes {
             // The log keeps the original for deltas; the snapshot gets a copy.
             change
-                .clone()
-                .apply(snapshot)
+                .apply_copy(snapshot)
                 .expect("host indices and added pending totals were checked above");
         }
         snapshot.epoch += 1;

@@ -70,7 +70,10 @@ impl PendingRules {
         count_threads_as_cores: bool,
     ) -> Vec<PendingResource> {
         let vcpus = vm.vcpus();
-        let mut out = vec![
+        // Room for every kind of record at once: a list that grows is copied again, and
+        // under the allocator's lock (a reservation is made on every decision).
+        let mut out = Vec::with_capacity(10 + vm.numa_nodes.len() + vm.custom_resources.len());
+        out.extend([
             PendingResource::Vm,
             PendingResource::CpuCores { count: vcpus },
             PendingResource::Memory {
@@ -79,7 +82,7 @@ impl PendingRules {
             PendingResource::OvercommitMemory {
                 mb: vm.memory_mb.saturating_add(self.memory_overhead_mb),
             },
-        ];
+        ]);
         let per_vcpu = match kind {
             PlacementKind::Start => self.start_load_percent_per_vcpu,
             PlacementKind::Migration { .. } => vm.cpu_usage_percent,

@@ -775,3 +775,34 @@ fn a_view_finds_its_own_hosts_after_the_cluster_removed_one_before_them() {
         );
     }
 }
+
+/// A thread that finds the ledger lock held waits first without sleeping, then sleeps:
+/// either way it takes the lock only once the holder lets go, here after far longer than
+/// the wait without sleeping, and sees what the holder did under it.
+#[test]
+fn a_thread_waiting_for_the_ledger_longer_than_the_spin_gets_it_once_the_holder_lets_go() {
+    let c = cluster();
+    let released = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut held = c.ledger();
+        let waiter = s.spawn(|| {
+            let ledger = c.ledger();
+            (
+                released.load(std::sync::atomic::Ordering::SeqCst),
+                ledger.placements.contains_key("under-lock"),
+            )
+        });
+        std::thread::sleep(cluster::LEDGER_SPIN * 50);
+        held.placements.insert(
+            "under-lock".into(),
+            Placement {
+                vm: small("under-lock"),
+                host: "a".into(),
+                kind: PlacementKind::Start,
+            },
+        );
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(held);
+        assert_eq!(waiter.join().unwrap(), (true, true));
+    });
+}

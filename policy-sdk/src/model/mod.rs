@@ -465,12 +465,11 @@ impl PendingAggregate {
     /// summed. Merging the sum of some records into the sum of the others gives the sum of
     /// them all. When a total would overflow, fails naming the field and changes nothing.
     pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
-        // The totals are added once, on a copy of the amounts that becomes this aggregate's
-        // when none overflows.
-        let mut sum = self.amounts_plus(added)?;
-        sum.pinned_cpus = core::mem::take(&mut self.pinned_cpus);
-        sum.vms = core::mem::take(&mut self.vms);
-        *self = sum;
+        // Checked first, then added in place: no copy of the amounts, and no list is
+        // replaced (a list another thread allocated is freed by this one only when it
+        // grows).
+        self.check_merge(added)?;
+        self.add_amounts(added)?;
         self.add_pinned_cpus(&added.pinned_cpus);
         for vm in &added.vms {
             self.add_vm(vm);
@@ -479,17 +478,41 @@ impl PendingAggregate {
     }
 
     /// Whether [`PendingAggregate::merge`] of `added` would succeed: fails, naming the
-    /// field, when a total would overflow. Changes nothing.
+    /// field, when a total would overflow. Changes nothing and allocates nothing.
     pub fn check_merge(&self, added: &PendingAggregate) -> Result<(), String> {
-        self.amounts_plus(added).map(drop)
-    }
-
-    /// [`PendingAggregate::amounts`] with `added`'s amounts added; on an overflow, fails
-    /// naming the field.
-    fn amounts_plus(&self, added: &PendingAggregate) -> Result<PendingAggregate, String> {
-        let mut sum = self.amounts();
-        sum.add_amounts(added)?;
-        Ok(sum)
+        checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
+        checked_total(
+            self.overcommit_memory_mb,
+            added.overcommit_memory_mb,
+            "overcommit_memory_mb",
+        )?;
+        checked_total(self.cpu_cores, added.cpu_cores, "cpu_cores")?;
+        checked_total(
+            self.cpu_load_percent,
+            added.cpu_load_percent,
+            "cpu_load_percent",
+        )?;
+        check_keyed(
+            &self.hugepages,
+            &added.hugepages,
+            |a, b| a.size_kb == b.size_kb,
+            |p| p.count,
+            "hugepages.count",
+        )?;
+        check_keyed(
+            &self.numa_memory,
+            &added.numa_memory,
+            |a, b| a.node == b.node,
+            |n| n.memory_mb,
+            "numa_memory.memory_mb",
+        )?;
+        check_keyed(
+            &self.custom,
+            &added.custom,
+            |a, b| a.kind == b.kind,
+            |c| c.amount,
+            "custom.amount",
+        )
     }
 
     /// This aggregate's amounts without its pinned pCPUs and VM ids: a copy to check
@@ -643,6 +666,28 @@ fn add_keyed<T>(
     };
     let total = amount_of(&mut list[at]);
     *total = checked_total(*total, amount, field)?;
+    Ok(())
+}
+
+/// Whether adding each entry of `added`, in order, to a list of entries unique by key
+/// (what [`add_keyed`] keeps) keeps every total within `u64`: fails naming `field` at the
+/// first total that overflows, as those adds would.
+fn check_keyed<T>(
+    have: &[T],
+    added: &[T],
+    same_key: impl Fn(&T, &T) -> bool,
+    amount: impl Fn(&T) -> u64,
+    field: &str,
+) -> Result<(), String> {
+    for (i, entry) in added.iter().enumerate() {
+        let before: u64 = have
+            .iter()
+            .chain(&added[..i])
+            .filter(|e| same_key(e, entry))
+            .try_fold(0u64, |sum, e| sum.checked_add(amount(e)))
+            .ok_or_else(|| format!("{field}: the host's total overflows"))?;
+        checked_total(before, amount(entry), field)?;
+    }
     Ok(())
 }
 
@@ -1180,5 +1225,78 @@ mod pending_merge_tests {
             assert!(err.starts_with(field), "{field}: {err}");
             assert_eq!(target, sum, "{field}: nothing changed");
         }
+    }
+
+    /// Merging amounts of page sizes, NUMA nodes and custom kinds the aggregate already
+    /// lists adds them where they are: the lists are not copied or replaced (a list
+    /// another thread allocated stays where it is), and a failed check leaves them alone.
+    #[test]
+    fn merging_amounts_already_listed_adds_them_in_place() {
+        let mut kept = PendingAggregate {
+            memory_mb: 10,
+            hugepages: vec![HugePages {
+                size_kb: 2_048,
+                count: 4,
+            }],
+            numa_memory: vec![NodeMemory {
+                node: 1,
+                memory_mb: 100,
+            }],
+            custom: vec![CustomAmount {
+                kind: "gpu".into(),
+                amount: 1,
+            }],
+            vms: vec!["a".into()],
+            ..Default::default()
+        };
+        let lists = |a: &PendingAggregate| {
+            (
+                a.hugepages.as_ptr() as usize,
+                a.numa_memory.as_ptr() as usize,
+                a.custom.as_ptr() as usize,
+            )
+        };
+        let before = lists(&kept);
+        let added = PendingAggregate {
+            memory_mb: 5,
+            hugepages: vec![HugePages {
+                size_kb: 2_048,
+                count: 2,
+            }],
+            numa_memory: vec![NodeMemory {
+                node: 1,
+                memory_mb: 50,
+            }],
+            custom: vec![CustomAmount {
+                kind: "gpu".into(),
+                amount: 2,
+            }],
+            vms: vec!["b".into()],
+            ..Default::default()
+        };
+        kept.merge(&added).unwrap();
+        assert_eq!(lists(&kept), before, "the same lists, added to");
+        assert_eq!(
+            (
+                kept.memory_mb,
+                kept.hugepages_of(2_048),
+                kept.numa_memory_of(1),
+                amount_of(&kept.custom, "gpu")
+            ),
+            (15, 6, 150, 3)
+        );
+        assert_eq!(kept.vms, ["a", "b"]);
+        let overflowing = PendingAggregate {
+            numa_memory: vec![NodeMemory {
+                node: 1,
+                memory_mb: u64::MAX,
+            }],
+            ..Default::default()
+        };
+        let unchanged = kept.clone();
+        assert!(kept.check_merge(&overflowing).is_err());
+        assert!(kept.merge(&overflowing).is_err());
+        assert_eq!(kept, unchanged);
+        assert_eq!(lists(&kept), before);
     }
 }

@@ -121,12 +121,7 @@ impl Change {
     pub fn apply(self, snapshot: &mut Snapshot) -> Result<(), String> {
         match self {
             Change::SetPending { host, pending } => host_mut(snapshot, host)?.pending = pending,
-            Change::AddPending { host, added } => {
-                host_mut(snapshot, host)?
-                    .pending
-                    .merge(&added)
-                    .map_err(|e| format!("pending resources added to host index {host}: {e}"))?
-            }
+            Change::AddPending { host, added } => add_pending(snapshot, host, &added)?,
             Change::SetHostStatus { host, status } => host_mut(snapshot, host)?.status = status,
             Change::ReplaceHost { host, value } => *host_mut(snapshot, host)? = value,
             Change::AddHost(host) => snapshot.hosts.push(host),
@@ -159,6 +154,28 @@ impl Change {
         }
         Ok(())
     }
+
+    /// [`Change::apply`] of a change that is kept (a log's): copies only what the
+    /// snapshot keeps. The addition of pending resources is merged as it is, not copied
+    /// first.
+    pub fn apply_copy(&self, snapshot: &mut Snapshot) -> Result<(), String> {
+        match self {
+            Change::AddPending { host, added } => add_pending(snapshot, *host, added),
+            other => other.clone().apply(snapshot),
+        }
+    }
+}
+
+/// Merges pending resources added to a host into its aggregate.
+fn add_pending(
+    snapshot: &mut Snapshot,
+    host: HostIndex,
+    added: &PendingAggregate,
+) -> Result<(), String> {
+    host_mut(snapshot, host)?
+        .pending
+        .merge(added)
+        .map_err(|e| format!("pending resources added to host index {host}: {e}"))
 }
 
 /// The changes that bring a snapshot from one epoch to the next: a
@@ -719,6 +736,65 @@ mod tests {
             (held.epoch, held.time_unix, held.hosts.len()),
             (from_epoch + 1, 42, 2)
         );
+    }
+
+    /// A kept change applied with `apply_copy` changes a snapshot as the change itself
+    /// applied does, error included, for every kind of change.
+    #[test]
+    fn apply_copy_changes_a_snapshot_as_apply_does() {
+        let base = varied(4, 3);
+        let added = PendingAggregate {
+            memory_mb: 64,
+            hugepages: alloc::vec![crate::model::HugePages {
+                size_kb: 1_048_576,
+                count: 2,
+            }],
+            vms: alloc::vec!["added".into()],
+            ..Default::default()
+        };
+        let changes = [
+            Change::AddPending {
+                host: 2,
+                added: added.clone(),
+            },
+            Change::AddPending {
+                host: 9,
+                added: added.clone(),
+            },
+            Change::SetPending {
+                host: 1,
+                pending: added,
+            },
+            Change::SetHostStatus {
+                host: 0,
+                status: HostStatus::Maintenance,
+            },
+            Change::ReplaceHost {
+                host: 3,
+                value: base.hosts[0].clone(),
+            },
+            Change::AddHost(base.hosts[1].clone()),
+            Change::RemoveHost { host: 1 },
+            Change::UpsertVm(vm("new").build()),
+            Change::RemoveVm("v3".into()),
+            Change::SetTime { time_unix: 7 },
+            Change::SetUsage(alloc::vec![(
+                2,
+                HostUsage {
+                    cpu_usage_percent: 50,
+                    free_mb: 1,
+                    swap_free_mb: 2,
+                    running_vms: 3,
+                },
+            )]),
+        ];
+        for change in changes {
+            let (mut by_copy, mut by_value) = (base.clone(), base.clone());
+            let copied = change.apply_copy(&mut by_copy);
+            let applied = change.clone().apply(&mut by_value);
+            assert_eq!(copied, applied, "{change:?}");
+            assert_eq!(by_copy, by_value, "{change:?}");
+        }
     }
 
     #[test]
