@@ -198,19 +198,15 @@ impl TurnedAway {
             if i > 0 {
                 head.push_str(", ");
             }
-            let _ = match key {
-                GroupKey::NotCandidate(reason) => write!(head, "{n} {reason}"),
+            match key {
+                GroupKey::NotCandidate(reason) => {
+                    let _ = write!(head, "{n} {reason}");
+                }
                 GroupKey::Rejected(unit, code) => {
                     let _ = write!(head, "{n} {unit}: ");
-                    for (j, word) in code.split('_').enumerate() {
-                        if j > 0 {
-                            head.push(' ');
-                        }
-                        head.push_str(word);
-                    }
-                    Ok(())
+                    head.extend(code.chars().map(|c| if c == '_' { ' ' } else { c }));
                 }
-            };
+            }
         }
         head
     }

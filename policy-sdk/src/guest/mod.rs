@@ -8,9 +8,7 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{
-    available_hugepages, CpuFlagIndex, FlagMask, KeptPageWords, KeptWords, SnapshotIndex,
-};
+use crate::model::index::{available_hugepages, CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -63,21 +61,21 @@ impl KeptCounts<'_> {
     /// or they were not counted yet ([`Context::cpu_counts`] counts them).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.0.get(index)
+        self.0.counts(index)
     }
 }
 
 /// The available hugepages of one page size kept in a snapshot's index
 /// ([`Context::kept_hugepages`]).
 #[derive(Debug, Clone, Copy)]
-pub struct KeptPages<'a>(KeptPageWords<'a>);
+pub struct KeptPages<'a>(KeptWords<'a>);
 
 impl KeptPages<'_> {
     /// Host `index`'s available pages if the index keeps them already; `None` when there is
     /// no index or they were not counted yet ([`Context::available_hugepages`] counts them).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<u64> {
-        self.0.get(index)
+        self.0.pages(index)
     }
 }
 

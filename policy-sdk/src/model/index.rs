@@ -121,7 +121,7 @@ impl SnapshotIndex {
     /// The available hugepages of `size_kb` KiB kept so far, for a loop over hosts (never
     /// counts).
     #[inline]
-    pub(crate) fn kept_hugepages(&self, size_kb: u64) -> KeptPageWords<'_> {
+    pub(crate) fn kept_hugepages(&self, size_kb: u64) -> KeptWords<'_> {
         self.hugepages.kept(size_kb)
     }
 
@@ -129,7 +129,7 @@ impl SnapshotIndex {
     /// counted yet (never counts: an inline read for a unit's fast pass loop).
     #[inline(always)]
     pub fn kept_cpu_counts(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.cpu_counts.kept().get(index)
+        self.cpu_counts.kept().counts(index)
     }
 
     /// Every kept count, for a loop over hosts ([`SnapshotIndex::kept_cpu_counts`] of each).
@@ -346,18 +346,32 @@ impl CountsCache {
     }
 }
 
-/// The pCPU counts an index keeps, resolved once for a loop over hosts (a unit's fast
-/// pass): reading one is a load, never a count.
+/// The words one of an index's caches keeps (pCPU counts, or the available pages of one
+/// size), resolved once for a loop over hosts (a unit's fast pass): reading one is a load,
+/// never a count.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct KeptWords<'a>(&'a [AtomicU64]);
 
 impl KeptWords<'_> {
-    /// Host `index`'s counts if they are kept.
+    /// Host `index`'s word if it is kept.
     #[inline(always)]
-    pub(crate) fn get(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.0
-            .get(index as usize)
-            .and_then(|word| unpack(word.load(Ordering::Relaxed)))
+    fn word(&self, index: HostIndex) -> Option<u64> {
+        match self.0.get(index as usize)?.load(Ordering::Relaxed) {
+            NOT_KEPT => None,
+            word => Some(word),
+        }
+    }
+
+    /// Host `index`'s counts if they are kept (words of the pCPU counts' cache).
+    #[inline(always)]
+    pub(crate) fn counts(&self, index: HostIndex) -> Option<CpuCounts> {
+        self.word(index).and_then(unpack)
+    }
+
+    /// Host `index`'s available pages if they are kept (words of a page size's cache).
+    #[inline(always)]
+    pub(crate) fn pages(&self, index: HostIndex) -> Option<u64> {
+        self.word(index)
     }
 }
 
@@ -422,8 +436,8 @@ impl PagesCache {
 
     /// The words of `size_kb` kept so far (none if no read asked for that size).
     #[inline]
-    fn kept(&self, size_kb: u64) -> KeptPageWords<'_> {
-        KeptPageWords(
+    fn kept(&self, size_kb: u64) -> KeptWords<'_> {
+        KeptWords(
             self.slots
                 .iter()
                 .find(|(size, _)| size.get() == Some(&size_kb))
@@ -451,22 +465,6 @@ impl core::fmt::Debug for PagesCache {
             }
         }
         list.finish()
-    }
-}
-
-/// The available hugepages of one page size an index keeps, resolved once for a loop over
-/// hosts: reading one is a load, never a count.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct KeptPageWords<'a>(&'a [AtomicU64]);
-
-impl KeptPageWords<'_> {
-    /// Host `index`'s available pages if they are kept.
-    #[inline(always)]
-    pub(crate) fn get(&self, index: HostIndex) -> Option<u64> {
-        match self.0.get(index as usize)?.load(Ordering::Relaxed) {
-            NOT_KEPT => None,
-            pages => Some(pages),
-        }
     }
 }
 
@@ -1123,7 +1121,7 @@ mod tests {
                     assert_eq!(index.available_hugepages(i, h, size), counted, "{change:?}");
                     assert_eq!(fresh.available_hugepages(i, h, size), counted, "{change:?}");
                     assert_eq!(
-                        index.kept_hugepages(size).get(i),
+                        index.kept_hugepages(size).pages(i),
                         Some(counted),
                         "{change:?}"
                     );
@@ -1212,7 +1210,7 @@ mod tests {
         let h = &s.hosts[0];
         let index = SnapshotIndex::build(&s);
         assert_eq!(
-            index.kept_hugepages(sizes[0]).get(0),
+            index.kept_hugepages(sizes[0]).pages(0),
             None,
             "nothing read yet"
         );
@@ -1220,7 +1218,7 @@ mod tests {
             assert_eq!(index.available_hugepages(0, h, size), 10 * (k as u64 + 1));
         }
         for (k, &size) in sizes.iter().enumerate() {
-            let kept = index.kept_hugepages(size).get(0);
+            let kept = index.kept_hugepages(size).pages(0);
             if k < PAGE_SIZES_KEPT {
                 assert_eq!(kept, Some(10 * (k as u64 + 1)), "size {size} is kept");
             } else {

@@ -467,9 +467,23 @@ impl PendingAggregate {
     pub fn merge(&mut self, added: &PendingAggregate) -> Result<(), String> {
         // Checked first, then added in place: no copy of the amounts, and no list is
         // replaced (a list another thread allocated is freed by this one only when it
-        // grows).
-        self.check_merge(added)?;
-        self.add_amounts(added)?;
+        // grows). The check worked out the scalar totals; the lists' adds cannot fail.
+        let totals = self.merged_totals(added)?;
+        (
+            self.memory_mb,
+            self.overcommit_memory_mb,
+            self.cpu_cores,
+            self.cpu_load_percent,
+        ) = totals;
+        for pages in &added.hugepages {
+            self.add_hugepages(pages.size_kb, pages.count, "hugepages.count")?;
+        }
+        for node in &added.numa_memory {
+            self.add_numa_memory(node.node, node.memory_mb, "numa_memory.memory_mb")?;
+        }
+        for custom in &added.custom {
+            self.add_custom(&custom.kind, custom.amount, "custom.amount")?;
+        }
         self.add_pinned_cpus(&added.pinned_cpus);
         for vm in &added.vms {
             self.add_vm(vm);
@@ -480,18 +494,26 @@ impl PendingAggregate {
     /// Whether [`PendingAggregate::merge`] of `added` would succeed: fails, naming the
     /// field, when a total would overflow. Changes nothing and allocates nothing.
     pub fn check_merge(&self, added: &PendingAggregate) -> Result<(), String> {
-        checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
-        checked_total(
-            self.overcommit_memory_mb,
-            added.overcommit_memory_mb,
-            "overcommit_memory_mb",
-        )?;
-        checked_total(self.cpu_cores, added.cpu_cores, "cpu_cores")?;
-        checked_total(
-            self.cpu_load_percent,
-            added.cpu_load_percent,
-            "cpu_load_percent",
-        )?;
+        self.merged_totals(added).map(drop)
+    }
+
+    /// [`PendingAggregate::check_merge`]'s work: every total of the merge checked, the
+    /// scalar ones returned (memory, overcommit memory, cpu cores, cpu load).
+    fn merged_totals(&self, added: &PendingAggregate) -> Result<(u64, u64, u32, u32), String> {
+        let totals = (
+            checked_total(self.memory_mb, added.memory_mb, "memory_mb")?,
+            checked_total(
+                self.overcommit_memory_mb,
+                added.overcommit_memory_mb,
+                "overcommit_memory_mb",
+            )?,
+            checked_total(self.cpu_cores, added.cpu_cores, "cpu_cores")?,
+            checked_total(
+                self.cpu_load_percent,
+                added.cpu_load_percent,
+                "cpu_load_percent",
+            )?,
+        );
         check_keyed(
             &self.hugepages,
             &added.hugepages,
@@ -512,7 +534,8 @@ impl PendingAggregate {
             |a, b| a.kind == b.kind,
             |c| c.amount,
             "custom.amount",
-        )
+        )?;
+        Ok(totals)
     }
 
     /// This aggregate's amounts without its pinned pCPUs and VM ids: a copy to check
@@ -529,33 +552,6 @@ impl PendingAggregate {
             vms: Vec::new(),
             custom: self.custom.clone(),
         }
-    }
-
-    /// Adds `added`'s amounts (not its pCPUs or VM ids); on an overflow, fails naming the
-    /// field, with the amounts before it added.
-    fn add_amounts(&mut self, added: &PendingAggregate) -> Result<(), String> {
-        self.memory_mb = checked_total(self.memory_mb, added.memory_mb, "memory_mb")?;
-        self.overcommit_memory_mb = checked_total(
-            self.overcommit_memory_mb,
-            added.overcommit_memory_mb,
-            "overcommit_memory_mb",
-        )?;
-        self.cpu_cores = checked_total(self.cpu_cores, added.cpu_cores, "cpu_cores")?;
-        self.cpu_load_percent = checked_total(
-            self.cpu_load_percent,
-            added.cpu_load_percent,
-            "cpu_load_percent",
-        )?;
-        for pages in &added.hugepages {
-            self.add_hugepages(pages.size_kb, pages.count, "hugepages.count")?;
-        }
-        for node in &added.numa_memory {
-            self.add_numa_memory(node.node, node.memory_mb, "numa_memory.memory_mb")?;
-        }
-        for custom in &added.custom {
-            self.add_custom(&custom.kind, custom.amount, "custom.amount")?;
-        }
-        Ok(())
     }
 
     /// Adds `count` pages of `size_kb` KiB (the list stays sorted by size, each size
