@@ -193,20 +193,50 @@ impl<'de> Deserialize<'de> for Verdicts {
     }
 }
 
-/// How many of `candidates`, from the first, `passes` passes. A function of its own, so
-/// that the loop has no call in it whatever the caller's loop holds (in a wasm guest,
-/// values live across a call sit on the stack for the whole function).
+/// Most rejections one [`passing_scan`] records before it returns.
+const SCAN_REJECTIONS: usize = 32;
+
+/// Scans `candidates` from the first with `passes`, writing the positions of those it does
+/// not pass into `failed`, in order, until the last candidate or until `failed` is full.
+/// Returns how many candidates it scanned and how many of them it did not pass.
+///
+/// A function of its own, so that the loop has no call in it whatever the caller's loop
+/// holds (in a wasm guest, values live across a call sit on the stack for the whole
+/// function). It goes on past a rejection, so that its set-up (a wasm function's stack and
+/// epoch checks, and loading what the loop keeps in registers) is paid once per
+/// [`SCAN_REJECTIONS`] rejections rather than once per rejection: when hosts fill up in a
+/// mass start, a filter turns away a large share of them.
 #[inline(never)]
-fn passing_run(candidates: &[HostIndex], passes: &impl Fn(HostIndex) -> bool) -> usize {
-    let mut run = 0;
-    for four in candidates.chunks_exact(4) {
-        if !(passes(four[0]) && passes(four[1]) && passes(four[2]) && passes(four[3])) {
-            break;
+fn passing_scan(
+    candidates: &[HostIndex],
+    passes: &impl Fn(HostIndex) -> bool,
+    failed: &mut [u32; SCAN_REJECTIONS],
+) -> (usize, usize) {
+    let mut pos = 0;
+    let mut count = 0;
+    while pos < candidates.len() {
+        // Four at a time while all four pass.
+        while let Some(four) = candidates.get(pos..pos + 4) {
+            if !(passes(four[0]) && passes(four[1]) && passes(four[2]) && passes(four[3])) {
+                break;
+            }
+            pos += 4;
         }
-        run += 4;
+        // Then the four that did not all pass (or the last few) one by one.
+        let end = (pos + 4).min(candidates.len());
+        while pos < end {
+            let passed = passes(candidates[pos]);
+            if !passed {
+                failed[count] = pos as u32;
+                count += 1;
+            }
+            pos += 1;
+            if count == SCAN_REJECTIONS {
+                return (pos, count);
+            }
+        }
     }
-    let rest = &candidates[run..];
-    run + rest.iter().position(|&i| !passes(i)).unwrap_or(rest.len())
+    (pos, count)
 }
 
 impl Extend<Verdict> for Verdicts {
@@ -342,17 +372,18 @@ impl Verdicts {
         passes: impl Fn(HostIndex) -> bool,
         mut verdict: impl FnMut(HostIndex) -> Verdict,
     ) {
+        let mut failed = [0; SCAN_REJECTIONS];
         let mut rest = candidates;
-        loop {
-            let run = passing_run(rest, &passes);
-            self.len += run as u32;
-            match rest.get(run) {
-                None => return,
-                Some(&i) => {
-                    self.push(verdict(i));
-                    rest = &rest[run + 1..];
-                }
+        while !rest.is_empty() {
+            let (scanned, count) = passing_scan(rest, &passes, &mut failed);
+            let start = self.len;
+            for &position in &failed[..count] {
+                // The candidates before it passed.
+                self.len = start + position;
+                self.push(verdict(rest[position as usize]));
             }
+            self.len = start + scanned as u32;
+            rest = &rest[scanned..];
         }
     }
 
@@ -614,7 +645,7 @@ mod tests {
     /// counted, rejections where `verdict` rejects) and asks `verdict` about exactly the
     /// hosts `passes` does not pass, in order: over lists of every length around the fast
     /// loop's steps of four, with hosts the fast check leaves to the full one, rejected
-    /// or not.
+    /// or not, and with more rejections than one scan records.
     #[test]
     fn judge_gives_the_verdicts_of_the_full_check_and_asks_it_only_about_the_rest() {
         // Per host: does the fast check pass it, and what does the full check say.
@@ -625,27 +656,62 @@ mod tests {
             SlowReject,
         }
         use Host::*;
-        let patterns: [(&str, &[Host]); 9] = [
-            ("none", &[]),
-            ("all fast, fewer than four", &[Fast, Fast, Fast]),
-            ("all fast, nine", &[Fast; 9]),
-            ("first rejected", &[SlowReject, Fast, Fast, Fast, Fast]),
-            ("fourth rejected", &[Fast, Fast, Fast, SlowReject, Fast]),
-            ("fifth rejected", &[Fast, Fast, Fast, Fast, SlowReject]),
-            (
+        let pattern = |case: &'static str, hosts: &[Host]| (case, hosts.to_vec());
+        let mut patterns = alloc::vec![
+            pattern("none", &[]),
+            pattern("all fast, fewer than four", &[Fast, Fast, Fast]),
+            pattern("all fast, nine", &[Fast; 9]),
+            pattern("first rejected", &[SlowReject, Fast, Fast, Fast, Fast]),
+            pattern("fourth rejected", &[Fast, Fast, Fast, SlowReject, Fast]),
+            pattern("fifth rejected", &[Fast, Fast, Fast, Fast, SlowReject]),
+            pattern(
                 "last of nine",
                 &[Fast, Fast, Fast, Fast, Fast, Fast, Fast, Fast, SlowReject],
             ),
-            (
+            pattern(
                 "slow passes between",
                 &[Fast, SlowPass, Fast, Fast, Fast, Fast, SlowPass, SlowReject],
             ),
-            (
+            pattern(
                 "every one slow",
                 &[SlowReject, SlowPass, SlowReject, SlowPass, SlowReject],
             ),
         ];
-        for (case, hosts) in patterns {
+        // More rejections than one scan records (`SCAN_REJECTIONS`): the scan stops when it
+        // is full and the next one goes on from the candidate after the last it scanned.
+        let rejected_run = |n: usize| core::iter::repeat_n(SlowReject, n);
+        let full_scan = SCAN_REJECTIONS;
+        patterns.extend([
+            ("a scan's worth rejected", rejected_run(full_scan).collect()),
+            (
+                "a scan's worth and one rejected",
+                rejected_run(full_scan + 1).collect(),
+            ),
+            (
+                "three scans' worth among passes",
+                (0..3 * full_scan + 5)
+                    .flat_map(|k| match k % 3 {
+                        0 => alloc::vec![SlowReject, Fast],
+                        1 => alloc::vec![SlowPass, SlowReject, Fast, Fast, Fast, Fast],
+                        _ => alloc::vec![Fast, SlowReject],
+                    })
+                    .collect(),
+            ),
+            (
+                "a scan fills on the last candidate",
+                core::iter::repeat_n(Fast, 7)
+                    .chain(rejected_run(full_scan))
+                    .collect(),
+            ),
+            (
+                "a scan fills inside a four",
+                rejected_run(full_scan - 1)
+                    .chain([Fast, SlowReject, Fast, Fast])
+                    .chain(core::iter::repeat_n(Fast, 9))
+                    .collect(),
+            ),
+        ]);
+        for (case, hosts) in &patterns {
             let candidates: Vec<HostIndex> = (0..hosts.len() as HostIndex).map(|i| i * 3).collect();
             let host = |i: HostIndex| hosts[(i / 3) as usize];
             let full = |i: HostIndex| match host(i) {
