@@ -229,6 +229,17 @@ enum PinningNeeds {
 }
 
 impl PinningNeeds {
+    /// Whether [`PinningNeeds::of`] is anything but [`PinningNeeds::None`], without parsing
+    /// the pinning string: a VM with one (well formed or not) has needs, and so has one
+    /// with an exclusive or resize-and-pin policy.
+    fn any(vm: &Vm) -> bool {
+        vm.cpu_pinning
+            .as_deref()
+            .is_some_and(|text| !text.trim().is_empty())
+            || topology::is_exclusive(vm.cpu_pinning_policy)
+            || vm.cpu_pinning_policy == PinningPolicy::ResizeAndPinNuma
+    }
+
     fn of(vm: &Vm) -> Self {
         let pinning = match CpuPinning::of_vm(vm) {
             Ok(p) => p,
@@ -452,7 +463,7 @@ impl Filter for CpuPinningFilter {
          allocation for dedicated and isolate-threads VMs";
 
     fn applies(&self, _ctx: &Context<'_>, vm: &Vm) -> bool {
-        !matches!(PinningNeeds::of(vm), PinningNeeds::None)
+        PinningNeeds::any(vm)
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {

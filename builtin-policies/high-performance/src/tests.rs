@@ -638,3 +638,45 @@ fn cpu_level_with_the_flag_index_over_many_and_long_flags() {
         .collect();
     assert_eq!(got, by_name);
 }
+
+/// `cpu-pinning` decides whether it applies without parsing the pinning string
+/// (`PinningNeeds::any`), and that must be what the parsed needs say: over no string, blank
+/// ones, well-formed ones, malformed ones and ones naming a vCPU the VM lacks, under every
+/// pinning policy.
+#[test]
+fn cpu_pinning_applies_exactly_when_the_parsed_needs_are_not_none() {
+    let texts = [
+        None,
+        Some(""),
+        Some("  "),
+        Some("0#1-3_1#4"),
+        Some("0#1,2"),
+        Some("not a pinning"),
+        Some("0#"),
+        Some("7#1"),
+    ];
+    let policies = [
+        PinningPolicy::None,
+        PinningPolicy::Manual,
+        PinningPolicy::ResizeAndPinNuma,
+        PinningPolicy::Dedicated,
+        PinningPolicy::IsolateThreads,
+    ];
+    let snapshot = plain();
+    let ctx = Context::new(&snapshot, &[], CpuPinningFilter::NAME);
+    for text in texts {
+        for policy in policies {
+            let mut builder = vm("v").vcpus(2).pinning_policy(policy);
+            if let Some(text) = text {
+                builder = builder.pinning(text);
+            }
+            let vm = builder.build();
+            let parsed = !matches!(PinningNeeds::of(&vm), PinningNeeds::None);
+            assert_eq!(
+                CpuPinningFilter.applies(&ctx, &vm),
+                parsed,
+                "pinning {text:?}, policy {policy:?}"
+            );
+        }
+    }
+}
