@@ -361,7 +361,9 @@ impl Verdicts {
     /// Judges `candidates` at two speeds: `passes`, a check with no call in it, runs in a
     /// tight loop and passes most hosts; a host it does not pass gets `verdict`, the full
     /// check (which may count, call and write a rejection). `passes` must never pass a host
-    /// that `verdict` would reject.
+    /// that `verdict` would reject. `verdict` is asked about those hosts in their order, but
+    /// `passes` may have looked at later hosts first (it scans on past a rejection), so
+    /// neither may count on the other's side effects for another host.
     ///
     /// In a wasm guest a loop with a call anywhere in it keeps its values on the stack
     /// (every register is the caller's to save); the tight loop keeps them in registers.
