@@ -1228,23 +1228,25 @@ mod pending_merge_tests {
     /// another thread allocated stays where it is), and a failed check leaves them alone.
     #[test]
     fn merging_amounts_already_listed_adds_them_in_place() {
-        let mut kept = PendingAggregate {
-            memory_mb: 10,
+        // Memory, and one entry in each keyed list: 2 MiB pages, NUMA node 1, "gpu".
+        let listing = |memory_mb, pages, node_mb, gpus, vm: &str| PendingAggregate {
+            memory_mb,
             hugepages: vec![HugePages {
                 size_kb: 2_048,
-                count: 4,
+                count: pages,
             }],
             numa_memory: vec![NodeMemory {
                 node: 1,
-                memory_mb: 100,
+                memory_mb: node_mb,
             }],
             custom: vec![CustomAmount {
                 kind: "gpu".into(),
-                amount: 1,
+                amount: gpus,
             }],
-            vms: vec!["a".into()],
+            vms: vec![vm.into()],
             ..Default::default()
         };
+        let mut kept = listing(10, 4, 100, 1, "a");
         let lists = |a: &PendingAggregate| {
             (
                 a.hugepages.as_ptr() as usize,
@@ -1253,23 +1255,7 @@ mod pending_merge_tests {
             )
         };
         let before = lists(&kept);
-        let added = PendingAggregate {
-            memory_mb: 5,
-            hugepages: vec![HugePages {
-                size_kb: 2_048,
-                count: 2,
-            }],
-            numa_memory: vec![NodeMemory {
-                node: 1,
-                memory_mb: 50,
-            }],
-            custom: vec![CustomAmount {
-                kind: "gpu".into(),
-                amount: 2,
-            }],
-            vms: vec!["b".into()],
-            ..Default::default()
-        };
+        let added = listing(5, 2, 50, 2, "b");
         kept.merge(&added).unwrap();
         assert_eq!(lists(&kept), before, "the same lists, added to");
         assert_eq!(

@@ -225,8 +225,7 @@ fn passing_scan(
         // Then the four that did not all pass (or the last few) one by one.
         let end = (pos + 4).min(candidates.len());
         while pos < end {
-            let passed = passes(candidates[pos]);
-            if !passed {
+            if !passes(candidates[pos]) {
                 failed[count] = pos as u32;
                 count += 1;
             }
