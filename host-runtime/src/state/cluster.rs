@@ -384,28 +384,21 @@ impl Cluster {
     pub fn apply(&self, mut changes: Vec<Change>) -> Result<u64> {
         let ledger = self.ledger();
         let snapshot = self.snapshot();
+        let refused =
+            |variant: &str, why: &str| Err(Error::input("changes", Some(variant.into()), why));
+        const PENDING_FROM_RECORDS: &str = "pending aggregates are computed from pending \
+                                            records; record them with Cluster::reserve or \
+                                            Cluster::add_pending";
         for change in &mut changes {
-            let pending_change = match change {
-                Change::SetPending { .. } => Some("SetPending"),
-                Change::AddPending { .. } => Some("AddPending"),
-                _ => None,
-            };
-            if let Some(variant) = pending_change {
-                return Err(Error::input(
-                    "changes",
-                    Some(variant.into()),
-                    "pending aggregates are computed from pending records; record them with \
-                     Cluster::reserve or Cluster::add_pending",
-                ));
-            }
             match change {
+                Change::SetPending { .. } => return refused("SetPending", PENDING_FROM_RECORDS),
+                Change::AddPending { .. } => return refused("AddPending", PENDING_FROM_RECORDS),
                 Change::RemoveHost { .. } => {
-                    return Err(Error::input(
-                        "changes",
-                        Some("RemoveHost".into()),
+                    return refused(
+                        "RemoveHost",
                         "remove hosts with Cluster::remove_host (it clears their pending \
                          resources)",
-                    ))
+                    )
                 }
                 Change::ReplaceHost { host, value } => {
                     if let Some(old) = snapshot.host(*host) {
