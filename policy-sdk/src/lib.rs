@@ -52,7 +52,10 @@ pub mod model;
 pub mod testing;
 pub mod wire;
 
-pub use guest::{push_penalties, Balance, Context, Filter, KeptCounts, KeptPages, UnitSet, Weight};
+pub use guest::{
+    push_penalties, Balance, Context, Filter, KeptCounts, KeptMasks, KeptPages, MemoryRooms,
+    UnitSet, Weight,
+};
 pub use model::manifest::{Manifest, ParamSpec, ParamType, ParamValue, UnitDescriptor, UnitKind};
 pub use model::verdict::{BalanceAction, Penalty, PowerAction, Rejection, Verdict, Verdicts};
 pub use model::*;

@@ -586,8 +586,8 @@ pub fn check_in_both_forms<F: crate::Filter>(
 /// Checks that filter `F`'s `check_all` over every host of `snapshot` (in order, then in
 /// reverse) gives `check`'s verdicts host by host, in every way a unit is called: without
 /// the snapshot's index (unit tests), with a fresh index (nothing counted yet: a guest's
-/// first decision), with an index that kept the pCPU counts and available hugepages of
-/// every other host (a fast pass loop meets kept and not yet counted hosts), and without
+/// first decision), with an index that kept the pCPU counts, unavailable-pCPU masks,
+/// memory room and available hugepages of every other host (a fast pass loop meets kept and not yet counted hosts), and without
 /// details (a summary decision).
 /// Also that a filter which says it does not [apply](crate::Filter::applies) to `vm`
 /// passes every host. `case` names the check in failure messages.
@@ -608,6 +608,8 @@ pub fn check_all_agrees<F: crate::Filter>(
     let counting = Context::new(snapshot, params, F::NAME).with_index(&half_kept);
     for &i in forward.iter().step_by(2) {
         counting.cpu_counts(i);
+        counting.unavailable_pcpus(i);
+        counting.memory_rooms().get(i);
         let host = &snapshot.hosts[i as usize];
         for size in host.free_hugepages.iter().chain(&host.pending.hugepages) {
             counting.available_hugepages(i, size.size_kb);

@@ -205,12 +205,22 @@ impl Filter for CpuLevelFilter {
             }
         };
         let resolved = OnceCell::new();
-        out.judge(
-            candidates,
-            #[inline(always)]
-            |i| index.has_all(i, mask),
-            |i| Self::reject_by_bits(ctx, index, i, flags, &resolved, vm),
-        )
+        let mut verdict = |i| Self::reject_by_bits(ctx, index, i, flags, &resolved, vm);
+        match index.one_word(mask) {
+            // Up to 64 flags in the dictionary: a load and a mask per host.
+            Some((words, wanted)) => out.judge(
+                candidates,
+                #[inline(always)]
+                |i| words.get(i as usize).is_some_and(|w| w & wanted == wanted),
+                &mut verdict,
+            ),
+            None => out.judge(
+                candidates,
+                #[inline(always)]
+                |i| index.has_all(i, mask),
+                &mut verdict,
+            ),
+        }
     }
 }
 
@@ -271,6 +281,9 @@ struct PinnedPcpus {
     list: Vec<u32>,
     /// The same ids as a set.
     set: CpuBits,
+    /// The same ids folded into one word ([`topology::fold_pcpus`]), compared with a host's
+    /// unavailable pCPUs ([`topology::unavailable_pcpus`]).
+    folded: u64,
 }
 
 impl PinnedPcpus {
@@ -279,7 +292,21 @@ impl PinnedPcpus {
         for &c in &list {
             set.insert(c);
         }
-        Self { list, set }
+        let folded = topology::fold_pcpus(list.iter().copied());
+        Self { list, set, folded }
+    }
+
+    /// Whether no pinned pCPU can be offline or taken on `host`, told by the host's
+    /// unavailable-pCPU mask (`unavailable`, read only for a pinning that names pCPUs;
+    /// `None` when it is not at hand): every pinned pCPU is below the host's thread count
+    /// and none shares a bit with an unavailable one. `false` leaves it to the host's lists
+    /// ([`PinnedPcpus::any_offline`], [`PinnedPcpus::any_taken`]).
+    #[inline(always)]
+    fn surely_free(&self, host: &Host, unavailable: impl FnOnce() -> Option<u64>) -> bool {
+        let Some(&max) = self.list.last() else {
+            return true;
+        };
+        max < host.cpu.threads() && unavailable().is_some_and(|mask| mask & self.folded == 0)
     }
 
     /// Some pinned pCPU is beyond the host's threads or not online.
@@ -332,18 +359,20 @@ enum PinningLack {
 }
 
 impl CpuPinningFilter {
-    /// The verdict on `host`, whose pCPU counts `counts` gives (read only for an exclusive
-    /// pinning whose pinned pCPUs are free). A pass is a few loads inline; a rejection's
-    /// report is built out of line.
+    /// The verdict on `host`, whose unavailable-pCPU mask `unavailable` gives (`None` when
+    /// it is not at hand: the host's lists are read) and pCPU counts `counts` (read only for
+    /// an exclusive pinning whose pinned pCPUs are free). A pass is a few loads inline; a
+    /// rejection's report is built out of line.
     #[inline(always)]
     fn verdict(
         ctx: &Context<'_>,
         needs: &PinningNeeds,
         vm: &Vm,
         host: &Host,
+        unavailable: impl FnOnce() -> Option<u64>,
         counts: impl Fn() -> CpuCounts,
     ) -> Verdict {
-        match Self::lack(needs, vm, host, &counts) {
+        match Self::lack(needs, vm, host, unavailable, &counts) {
             None => Verdict::Pass,
             Some(lack) => Self::reject(ctx, lack, needs, vm, host, &counts),
         }
@@ -355,6 +384,7 @@ impl CpuPinningFilter {
         needs: &PinningNeeds,
         vm: &Vm,
         host: &Host,
+        unavailable: impl FnOnce() -> Option<u64>,
         counts: &impl Fn() -> CpuCounts,
     ) -> Option<PinningLack> {
         let (pcpus, exclusive, resize) = match needs {
@@ -369,16 +399,46 @@ impl CpuPinningFilter {
         if resize && host.numa_nodes.is_empty() {
             return Some(PinningLack::ResizeNeedsNuma);
         }
-        if pcpus.any_offline(host) {
-            return Some(PinningLack::PcpuOffline);
-        }
-        if pcpus.any_taken(host) {
-            return Some(PinningLack::PcpuDedicated);
+        if !pcpus.surely_free(host, unavailable) {
+            if pcpus.any_offline(host) {
+                return Some(PinningLack::PcpuOffline);
+            }
+            if pcpus.any_taken(host) {
+                return Some(PinningLack::PcpuDedicated);
+            }
         }
         if exclusive && !counts().fits_dedicated(vm) {
             return Some(PinningLack::NotEnoughFreePcpus);
         }
         None
+    }
+
+    /// Whether `host` surely has what `needs` asks, told by its kept unavailable-pCPU mask
+    /// and pCPU counts alone (no list of the host is read): `false` when they cannot tell
+    /// (`unavailable` gives `None`, or counts not kept read as no free pCPU), and the full
+    /// check ([`CpuPinningFilter::verdict`]) decides. Never `true` where the full check
+    /// rejects.
+    #[inline(always)]
+    fn surely_fits(
+        needs: &PinningNeeds,
+        vm: &Vm,
+        host: &Host,
+        unavailable: impl FnOnce() -> Option<u64>,
+        counts: impl FnOnce() -> CpuCounts,
+    ) -> bool {
+        match needs {
+            PinningNeeds::None => true,
+            PinningNeeds::Invalid(_) => false,
+            PinningNeeds::Check {
+                pcpus,
+                exclusive,
+                resize,
+            } => {
+                !(*resize && host.numa_nodes.is_empty())
+                    && pcpus.surely_free(host, unavailable)
+                    && (!*exclusive || counts().fits_dedicated(vm))
+            }
+        }
     }
 
     /// pCPU `c` is beyond the host's threads or not online.
@@ -467,7 +527,14 @@ impl Filter for CpuPinningFilter {
     }
 
     fn check(&self, ctx: &Context<'_>, vm: &Vm, host: &Host) -> Verdict {
-        Self::verdict(ctx, &PinningNeeds::of(vm), vm, host, || CpuCounts::of(host))
+        Self::verdict(
+            ctx,
+            &PinningNeeds::of(vm),
+            vm,
+            host,
+            || None,
+            || CpuCounts::of(host),
+        )
     }
 
     fn check_all(&self, ctx: &Context<'_>, vm: &Vm, candidates: &[HostIndex], out: &mut Verdicts) {
@@ -475,17 +542,26 @@ impl Filter for CpuPinningFilter {
         if matches!(needs, PinningNeeds::None) {
             out.extend(candidates.iter().map(|_| Verdict::Pass));
         } else {
-            let kept = ctx.kept_cpu_counts();
+            let (kept, masks) = (ctx.kept_cpu_counts(), ctx.kept_unavailable_pcpus());
             out.judge(
                 candidates,
                 #[inline(always)]
                 |i| {
-                    // Counts not kept yet read as no free pCPU: an exclusive VM's host then
-                    // goes to the full check, which counts them.
-                    let counts = || kept.get(i).unwrap_or_default();
-                    Self::lack(&needs, vm, ctx.host(i), &counts).is_none()
+                    // A mask or counts not kept yet send the host to the full check, which
+                    // works them out: no list is read here.
+                    Self::surely_fits(
+                        &needs,
+                        vm,
+                        ctx.host(i),
+                        || masks.get(i),
+                        || kept.get(i).unwrap_or_default(),
+                    )
                 },
-                |i| Self::verdict(ctx, &needs, vm, ctx.host(i), || ctx.cpu_counts(i)),
+                |i| {
+                    let host = ctx.host(i);
+                    let unavailable = || Some(ctx.unavailable_pcpus(i));
+                    Self::verdict(ctx, &needs, vm, host, unavailable, || ctx.cpu_counts(i))
+                },
             );
         }
     }
@@ -688,7 +764,11 @@ impl Filter for HugePagesFilter {
                     #[inline(always)]
                     |i| kept.get(i).is_some_and(|available| available >= needed),
                     |i| {
-                        let available = ctx.available_hugepages(i, size);
+                        // A host turned away by its kept pages (nearly all of them, once
+                        // hosts fill) is not looked up in the index again.
+                        let available = kept
+                            .get(i)
+                            .unwrap_or_else(|| ctx.available_hugepages(i, size));
                         Self::verdict(ctx, size, needed, available, ctx.host(i))
                     },
                 )

@@ -511,7 +511,18 @@ fn check_all_matches_per_host_check() {
     for round in 0..300 {
         let mut hosts = Vec::new();
         for i in 0..6 {
-            let mut h = hp_host()
+            // One host in three has 96 pCPUs (two sockets of 24 cores x 2 threads), whose
+            // ids from 64 on share their unavailable-pCPU bits with lower ones.
+            let threads = if rng.below(3) == 0 { 96 } else { 8 };
+            let base = if threads == 96 {
+                host("h")
+                    .cpu(2, 24, 2)
+                    .numa_node(0, 0..48, 8_192)
+                    .numa_node(1, 48..96, 8_192)
+            } else {
+                hp_host()
+            };
+            let mut h = base
                 .cpu_flags(&flags[..rng.below(5) as usize])
                 .hugepages(2_048, rng.below(3_000))
                 .pending_hugepages(2_048, rng.below(1_000))
@@ -523,15 +534,15 @@ fn check_all_matches_per_host_check() {
                 h = h.hugepages(2_048, rng.below(500));
             }
             if rng.below(3) == 0 {
-                h = h.dedicated_cpus([rng.below(8) as u32]);
+                h = h.dedicated_cpus([rng.below(threads) as u32]);
             }
             if rng.below(3) == 0 {
-                h = h.pending_pinned_cpus([rng.below(8) as u32]);
+                h = h.pending_pinned_cpus([rng.below(threads) as u32]);
             }
             if rng.below(4) == 0 {
                 // One pCPU offline.
-                let off = rng.below(8) as u32;
-                h = h.online_cpus((0..8).filter(move |&c| c != off));
+                let off = rng.below(threads) as u32;
+                h = h.online_cpus((0..threads as u32).filter(move |&c| c != off));
             }
             let mut h = h.build();
             h.id = format!("h{i}");
@@ -546,9 +557,19 @@ fn check_all_matches_per_host_check() {
             .vcpus(1 + rng.below(7) as u32)
             .memory_mb(1_024 + rng.below(4_000));
         if rng.below(2) == 0 {
-            // The last names pCPUs 7 and 8 of hosts with 8 (0-7).
+            // "0#7-8" names pCPUs 7 and 8 of hosts with 8 (0-7); the last three name pCPUs
+            // past 63, absent from hosts with 8 and sharing bits with 1-5 on hosts with 96.
             v = v.pinning(
-                ["0#1_1#2", "0#4-5", "0#1-3_1", "0#6_1#7", "0#7-8"][rng.below(5) as usize],
+                [
+                    "0#1_1#2",
+                    "0#4-5",
+                    "0#1-3_1",
+                    "0#6_1#7",
+                    "0#7-8",
+                    "0#68",
+                    "0#4_1#69",
+                    "0#64-65_1#1",
+                ][rng.below(8) as usize],
             );
         }
         if rng.below(2) == 0 {

@@ -8,7 +8,9 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{available_hugepages, CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex};
+use crate::model::index::{
+    available_hugepages, CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex, NOT_KEPT,
+};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -19,6 +21,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What a unit can see and use during one call: the snapshot, its parameters, logging.
 #[derive(Clone, Copy)]
@@ -76,6 +79,50 @@ impl KeptPages<'_> {
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<u64> {
         self.0.pages(index)
+    }
+}
+
+/// The unavailable-pCPU masks kept in a snapshot's index
+/// ([`Context::kept_unavailable_pcpus`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeptMasks<'a>(KeptWords<'a>);
+
+impl KeptMasks<'_> {
+    /// Host `index`'s mask if the index keeps it already; `None` when there is no index or
+    /// it was not worked out yet ([`Context::unavailable_pcpus`] works it out).
+    #[inline(always)]
+    pub fn get(&self, index: HostIndex) -> Option<u64> {
+        self.0.mask(index)
+    }
+}
+
+/// Hosts' memory room ([`Host::memory_room_mb`]) through the snapshot's index
+/// ([`Context::memory_rooms`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRooms<'a> {
+    /// One word per host of the index ([`NOT_KEPT`] until worked out); empty without one.
+    kept: &'a [AtomicU64],
+    hosts: &'a [Host],
+}
+
+impl MemoryRooms<'_> {
+    /// Host `index`'s memory room: its kept word, else worked out from the host now (and
+    /// kept, when there is an index). Inline, with no call: for a unit's fast pass loop.
+    #[inline(always)]
+    pub fn get(&self, index: HostIndex) -> u64 {
+        let i = index as usize;
+        match self.kept.get(i) {
+            Some(word) => match word.load(Ordering::Relaxed) {
+                NOT_KEPT => {
+                    let room = self.hosts[i].memory_room_mb();
+                    // A room of `NOT_KEPT` MiB (no real host) is worked out every time.
+                    word.store(room, Ordering::Relaxed);
+                    room
+                }
+                room => room,
+            },
+            None => self.hosts[i].memory_room_mb(),
+        }
     }
 }
 
@@ -191,6 +238,41 @@ impl<'a> Context<'a> {
                 .map(SnapshotIndex::kept_words)
                 .unwrap_or_default(),
         )
+    }
+
+    /// The pCPUs of host `index` that a pinning cannot take, folded into one word (see
+    /// [`unavailable_pcpus`](crate::model::topology::unavailable_pcpus)): kept in the
+    /// snapshot's index when the caller keeps one, else worked out now (the same word).
+    #[inline]
+    pub fn unavailable_pcpus(&self, index: HostIndex) -> u64 {
+        let host = self.host(index);
+        match self.index() {
+            Some(i) => i.unavailable_pcpus(index, host),
+            None => crate::model::topology::unavailable_pcpus(host),
+        }
+    }
+
+    /// A reader of the unavailable-pCPU masks the snapshot's index keeps, resolved once for
+    /// a unit's loop: [`KeptMasks::get`] is an inline read that never works one out.
+    #[inline]
+    pub fn kept_unavailable_pcpus(&self) -> KeptMasks<'a> {
+        KeptMasks(
+            self.index()
+                .map(SnapshotIndex::kept_unavailable_pcpus)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// A reader of the hosts' memory room ([`Host::memory_room_mb`]), resolved once for a
+    /// unit's loop: kept in the snapshot's index when the caller keeps one (each host's
+    /// worked out by the first read, until the host, its pending aggregate or its usage
+    /// changes), else worked out on every read.
+    #[inline]
+    pub fn memory_rooms(&self) -> MemoryRooms<'a> {
+        MemoryRooms {
+            kept: self.index().map_or(&[], SnapshotIndex::memory_room_words),
+            hosts: &self.snapshot.hosts,
+        }
     }
 
     /// The hugepages of `size_kb` KiB host `index` can still give a VM (its free pages of

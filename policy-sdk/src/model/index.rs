@@ -17,12 +17,19 @@
 //! * every host's available hugepages of a page size (free minus pending, see
 //!   [`available_hugepages`]), for up to [`PAGE_SIZES_KEPT`] page sizes, kept the same way;
 //!   read through [`Context::available_hugepages`](crate::Context::available_hugepages);
+//! * every host's unavailable pCPUs folded into one word ([`unavailable_pcpus`]: dedicated,
+//!   pending pinned and offline ones), worked out and kept the same way; read through
+//!   [`Context::unavailable_pcpus`](crate::Context::unavailable_pcpus);
+//! * every host's memory room ([`Host::memory_room_mb`]), one word per host worked out by
+//!   the first loop that reads it and kept until the host, its pending aggregate or its
+//!   usage figures change; read through
+//!   [`Context::memory_rooms`](crate::Context::memory_rooms);
 //! * every host's status in one dense list ([`SnapshotIndex::host_statuses`]), what the
 //!   engine's candidate pass reads instead of one `Host` (and, at 50,000 hosts, one cache
 //!   miss) per host.
 
 use crate::model::flags::RecentFlagLists;
-use crate::model::topology::CpuCounts;
+use crate::model::topology::{unavailable_pcpus, CpuCounts};
 use crate::model::{Host, HostIndex, HostStatus, HugePages, Snapshot};
 use crate::wire::sync::Change;
 use alloc::boxed::Box;
@@ -50,6 +57,10 @@ pub struct SnapshotIndex {
     cpu_counts: CountsCache,
     /// Every host's available hugepages, by page size and host index.
     hugepages: PagesCache,
+    /// Every host's [`unavailable_pcpus`] mask, by host index.
+    unavailable: WordCache,
+    /// Every host's [`Host::memory_room_mb`], by host index.
+    memory_room: WordCache,
     /// Every host's status, by host index, listed on first read (shared between copies of
     /// the index until a status changes: a reservation's copy does not copy it).
     statuses: OnceLock<Arc<[HostStatus]>>,
@@ -63,6 +74,8 @@ impl SnapshotIndex {
             cluster_flags: OnceLock::new(),
             cpu_counts: CountsCache::new(snapshot.hosts.len()),
             hugepages: PagesCache::new(snapshot.hosts.len()),
+            unavailable: WordCache::new(snapshot.hosts.len()),
+            memory_room: WordCache::new(snapshot.hosts.len()),
             statuses: OnceLock::new(),
         }
     }
@@ -125,6 +138,30 @@ impl SnapshotIndex {
         self.hugepages.kept(size_kb)
     }
 
+    /// The pCPUs of `host` (at `index` in the indexed snapshot) that a pinning cannot take,
+    /// folded into a word (see [`unavailable_pcpus`]): worked out the first time, then kept
+    /// until the host or its pending aggregate changes. A host the index does not cover, or
+    /// whose every bit is set, is worked out every time.
+    #[inline]
+    pub fn unavailable_pcpus(&self, index: HostIndex, host: &Host) -> u64 {
+        self.unavailable
+            .get_or(index as usize, || unavailable_pcpus(host))
+    }
+
+    /// Every kept [`SnapshotIndex::unavailable_pcpus`] mask, for a loop over hosts (never
+    /// works one out).
+    #[inline(always)]
+    pub(crate) fn kept_unavailable_pcpus(&self) -> KeptWords<'_> {
+        KeptWords(self.unavailable.kept())
+    }
+
+    /// Every host's memory room word ([`NOT_KEPT`] until worked out), allocated by the
+    /// first call, for [`MemoryRooms`](crate::guest::MemoryRooms).
+    #[inline]
+    pub(crate) fn memory_room_words(&self) -> &[AtomicU64] {
+        self.memory_room.words()
+    }
+
     /// Host `index`'s pCPU counts if they are kept already; `None` when they were not
     /// counted yet (never counts: an inline read for a unit's fast pass loop).
     #[inline(always)]
@@ -185,14 +222,24 @@ impl SnapshotIndex {
                         self.cluster_flags = OnceLock::new();
                     }
                 }
-                self.cpu_counts.forget(host as usize);
-                self.hugepages.forget(host as usize);
+                self.forget_host(host as usize);
             }
         }
         for &host in &touched.pending {
-            self.cpu_counts.forget(host as usize);
-            self.hugepages.forget(host as usize);
+            self.forget_host(host as usize);
         }
+        for &host in &touched.usage {
+            self.memory_room.forget(host as usize);
+        }
+    }
+
+    /// Forgets what the index kept of one host (its counts, pages and pCPU mask), whose
+    /// host or pending aggregate changed.
+    fn forget_host(&mut self, host: usize) {
+        self.cpu_counts.forget(host);
+        self.hugepages.forget(host);
+        self.unavailable.forget(host);
+        self.memory_room.forget(host);
     }
 }
 
@@ -211,7 +258,7 @@ struct WordCache {
 }
 
 /// A word that keeps nothing (no value is stored as it: see [`WordCache::get_or`]).
-const NOT_KEPT: u64 = u64::MAX;
+pub(crate) const NOT_KEPT: u64 = u64::MAX;
 
 impl WordCache {
     fn new(hosts: usize) -> Self {
@@ -296,6 +343,17 @@ impl Clone for WordCache {
     }
 }
 
+impl core::fmt::Debug for WordCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "WordCache({} of {} hosts kept)",
+            self.kept_count(),
+            self.len()
+        )
+    }
+}
+
 impl PartialEq for WordCache {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.each_word().eq(other.each_word())
@@ -371,6 +429,12 @@ impl KeptWords<'_> {
     /// Host `index`'s available pages if they are kept (words of a page size's cache).
     #[inline(always)]
     pub(crate) fn pages(&self, index: HostIndex) -> Option<u64> {
+        self.word(index)
+    }
+
+    /// Host `index`'s unavailable-pCPU mask if it is kept (words of the masks' cache).
+    #[inline(always)]
+    pub(crate) fn mask(&self, index: HostIndex) -> Option<u64> {
         self.word(index)
     }
 }
@@ -504,6 +568,8 @@ pub struct Touched {
     pub pending: Vec<HostIndex>,
     /// Hosts whose status was set.
     pub status: Vec<HostIndex>,
+    /// Hosts whose usage figures were set (free memory and swap among them).
+    pub usage: Vec<HostIndex>,
     /// The cluster's settings were replaced (its CPU flags may differ).
     pub cluster: bool,
 }
@@ -521,6 +587,7 @@ impl Touched {
                 }
                 Change::SetCluster(_) => touched.cluster = true,
                 Change::SetHostStatus { host, .. } => touched.status.push(*host),
+                Change::SetUsage(usage) => touched.usage.extend(usage.iter().map(|(h, _)| *h)),
                 _ => {}
             }
         }
@@ -534,6 +601,7 @@ impl Touched {
             || !self.replaced.is_empty()
             || !self.pending.is_empty()
             || !self.status.is_empty()
+            || !self.usage.is_empty()
     }
 }
 
@@ -660,6 +728,21 @@ impl CpuFlagIndex {
         FlagMask { words, unknown }
     }
 
+    /// The one-word form of [`CpuFlagIndex::has_all`] for a loop over hosts, when the
+    /// dictionary holds at most 64 flags (the common case) and every flag of `mask` is on
+    /// some host: every host's flag word, by host index, and the mask's word. Host `i` has
+    /// every flag of `mask` exactly when `words[i] & wanted == wanted`. A loop that tests
+    /// that holds two values where one calling `has_all` re-checks the dictionary's size and
+    /// the mask's on every host (the guests' compiler keeps neither out of the loop).
+    /// `None` otherwise: call `has_all`.
+    #[inline]
+    pub fn one_word<'a>(&'a self, mask: &FlagMask) -> Option<(&'a [u64], u64)> {
+        match (mask.unknown, self.words, mask.words.as_slice()) {
+            (false, 1, &[wanted]) => Some((&self.bits, wanted)),
+            _ => None,
+        }
+    }
+
     /// Whether host `host` has every flag of `mask` (false for a host not indexed).
     #[inline]
     pub fn has_all(&self, host: HostIndex, mask: &FlagMask) -> bool {
@@ -722,8 +805,25 @@ mod tests {
                     .iter()
                     .all(|b| b.is_some_and(|b| index.has_bit(host, b)));
                 assert_eq!(each, *w, "{names:?} host {i}, bit by bit");
+                // The one-word form where it is offered: the same answer.
+                let mask = index.mask(names.iter().copied());
+                if let Some((words, wanted)) = index.one_word(&mask) {
+                    assert_eq!(words[i] & wanted == wanted, *w, "{names:?} host {i}, word");
+                }
             }
+            // Offered for every mask of this small dictionary but a flag no host has.
+            let unknown = names.contains(&"avx512f");
+            let mask = index.mask(names.iter().copied());
+            assert_eq!(index.one_word(&mask).is_some(), !unknown, "{names:?}");
         }
+        // Over 64 flags in the dictionary: no one-word form.
+        let many: Vec<String> = (0..70).map(|f| alloc::format!("f{f}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        let wide = snapshot().host(host("a").cpu_flags(&names)).build();
+        let wide = SnapshotIndex::build(&wide).cpu_flags(&wide).clone();
+        let mask = wide.mask(["f1"]);
+        assert!(wide.has_all(0, &mask));
+        assert_eq!(wide.one_word(&mask), None, "70 flags");
         assert!(!flags_of(&index, 7, &[]), "a host not indexed has nothing");
         let aes = index.bit("aes").unwrap();
         assert!(!index.has_bit(7, aes), "a host not indexed has no flag");
@@ -930,12 +1030,12 @@ mod tests {
         assert_ne!(copy, read);
     }
 
-    /// The pCPU counts read through the index follow every change that can move them (a
-    /// pending aggregate set, a host replaced, a host added or removed) and stay put for
-    /// the rest: after each change every host's counts equal a fresh count, and equal what
-    /// a freshly built index answers.
+    /// The pCPU counts and unavailable-pCPU masks read through the index follow every
+    /// change that can move them (a pending aggregate set or grown, a host replaced, a host
+    /// added or removed) and stay put for the rest: after each change every host's counts
+    /// and mask equal a fresh count, and equal what a freshly built index answers.
     #[test]
-    fn cpu_counts_follow_pending_and_host_changes_like_a_fresh_count() {
+    fn cpu_counts_and_unavailable_pcpus_follow_pending_and_host_changes_like_a_fresh_count() {
         let hp = |id: &str| host(id).cpu(1, 4, 2).online_cpus(0..8);
         let mut s = snapshot().host(hp("a")).host(hp("b")).build();
         let mut index = SnapshotIndex::build(&s);
@@ -951,8 +1051,8 @@ mod tests {
             free_online,
             whole_free_cores,
         };
-        // (change, host, its counts after it)
-        let cases: [(Change, usize, CpuCounts); 7] = [
+        // (change, host, its counts and unavailable-pCPU mask after it)
+        let cases: [(Change, usize, CpuCounts, u64); 7] = [
             (
                 Change::SetPending {
                     host: 0,
@@ -960,6 +1060,7 @@ mod tests {
                 },
                 0,
                 counts(0, 3, 5, 2),
+                0b111,
             ),
             (
                 Change::ReplaceHost {
@@ -968,6 +1069,7 @@ mod tests {
                 },
                 1,
                 counts(2, 0, 6, 3),
+                1 << 40 | 0b1100_0000,
             ),
             (
                 Change::SetPending {
@@ -976,11 +1078,13 @@ mod tests {
                 },
                 1,
                 counts(2, 1, 5, 2),
+                1 << 40 | 0b1110_0000,
             ),
             (
                 Change::SetUsage(alloc::vec![(0, HostUsage::default())]),
                 0,
                 counts(0, 3, 5, 2),
+                0b111,
             ),
             (
                 Change::SetPending {
@@ -989,11 +1093,14 @@ mod tests {
                 },
                 0,
                 counts(0, 0, 8, 4),
+                0,
             ),
             (
+                // pCPUs 4-7 offline.
                 Change::AddHost(hp("c").online_cpus(0..4).build()),
                 2,
                 counts(0, 0, 4, 2),
+                0b1111_0000,
             ),
             (
                 // A reservation's change.
@@ -1006,9 +1113,10 @@ mod tests {
                 },
                 0,
                 counts(0, 1, 7, 3),
+                0b1000,
             ),
         ];
-        for (change, at, want) in cases {
+        for (change, at, want, want_mask) in cases {
             let touched = Touched::of(core::slice::from_ref(&change));
             change.clone().apply(&mut s).unwrap();
             index.refresh(&s, &touched);
@@ -1019,10 +1127,19 @@ mod tests {
                 want,
                 "{change:?}"
             );
+            assert_eq!(
+                index.unavailable_pcpus(at as HostIndex, &s.hosts[at]),
+                want_mask,
+                "{change:?}"
+            );
             for (i, h) in s.hosts.iter().enumerate() {
                 let i = i as HostIndex;
                 assert_eq!(index.cpu_counts(i, h), CpuCounts::of(h), "{change:?}");
                 assert_eq!(index.cpu_counts(i, h), fresh.cpu_counts(i, h), "{change:?}");
+                let mask = index.unavailable_pcpus(i, h);
+                assert_eq!(mask, unavailable_pcpus(h), "{change:?}");
+                assert_eq!(mask, fresh.unavailable_pcpus(i, h), "{change:?}");
+                assert_eq!(index.kept_unavailable_pcpus().mask(i), Some(mask), "kept");
             }
         }
         // Reading counts never builds the flag bit sets (a module that only counts pCPUs,
@@ -1127,6 +1244,87 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Hosts' memory room read through the index follows every change that can move it (a
+    /// pending aggregate set or grown, usage figures, a host replaced, added or removed) and
+    /// stays put for the rest: after each change, each host's room read through the index
+    /// is the host's own figure, and every host's word is kept.
+    #[test]
+    fn memory_room_follows_pending_usage_and_host_changes_like_a_fresh_count() {
+        // 16 GiB, 8 GiB free, 4 GiB committed: physical room 8,000, schedulable 12,384.
+        let mem = |id: &str| {
+            host(id)
+                .memory_mb(16_384)
+                .free_mb(8_000)
+                .committed_mb(4_000)
+        };
+        let mut s = snapshot().host(mem("a")).host(mem("b")).build();
+        let mut index = SnapshotIndex::build(&s);
+        let rooms = |index: &SnapshotIndex, s: &Snapshot| -> Vec<u64> {
+            let ctx = crate::Context::new(s, &[], "t").with_index(index);
+            let rooms = ctx.memory_rooms();
+            (0..s.hosts.len() as HostIndex)
+                .map(|i| rooms.get(i))
+                .collect()
+        };
+        assert_eq!(rooms(&index, &s), [8_000, 8_000], "worked out and kept");
+        let usage = |free_mb, swap_free_mb| HostUsage {
+            free_mb,
+            swap_free_mb,
+            ..HostUsage::default()
+        };
+        let overcommit = crate::model::PendingAggregate {
+            overcommit_memory_mb: 12_000,
+            ..Default::default()
+        };
+        // (change, every host's room after it)
+        let cases: [(Change, &[u64]); 7] = [
+            (
+                Change::SetPending {
+                    host: 0,
+                    pending: crate::model::PendingAggregate {
+                        memory_mb: 1_000,
+                        ..Default::default()
+                    },
+                },
+                &[7_000, 8_000],
+            ),
+            (
+                // A reservation's change: the schedulable room is now the smaller.
+                Change::AddPending {
+                    host: 1,
+                    added: overcommit.clone(),
+                },
+                &[7_000, 384],
+            ),
+            (
+                Change::SetUsage(alloc::vec![(0, usage(2_000, 500)), (1, usage(100, 0))]),
+                &[1_500, 100],
+            ),
+            (Change::SetTime { time_unix: 9 }, &[1_500, 100]),
+            (
+                Change::ReplaceHost {
+                    host: 1,
+                    value: mem("b").free_mb(3_000).build(),
+                },
+                &[1_500, 3_000],
+            ),
+            (Change::AddHost(mem("c").build()), &[1_500, 3_000, 8_000]),
+            (Change::RemoveHost { host: 0 }, &[3_000, 8_000]),
+        ];
+        for (change, want) in cases {
+            let touched = Touched::of(core::slice::from_ref(&change));
+            change.clone().apply(&mut s).unwrap();
+            index.refresh(&s, &touched);
+            assert_eq!(rooms(&index, &s), want, "{change:?}");
+            let own: Vec<u64> = s.hosts.iter().map(Host::memory_room_mb).collect();
+            assert_eq!(own, want, "{change:?}: the hosts' own figures");
+            assert!(
+                index.memory_room.each_word().all(|w| w != NOT_KEPT),
+                "{change:?}: every word kept"
+            );
         }
     }
 

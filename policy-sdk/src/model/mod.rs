@@ -810,6 +810,33 @@ impl Host {
         }
     }
 
+    /// Free memory plus free swap, minus pending memory (MiB).
+    #[inline(always)]
+    pub fn physical_memory_mb(&self) -> u64 {
+        self.memory
+            .free_mb
+            .saturating_add(self.memory.swap_free_mb)
+            .saturating_sub(self.pending.memory_mb)
+    }
+
+    /// Overcommit-aware memory left for scheduling: the ceiling minus committed and pending
+    /// overcommit memory (MiB).
+    #[inline(always)]
+    pub fn schedulable_memory_mb(&self) -> u64 {
+        self.memory
+            .max_scheduling_mb
+            .saturating_sub(self.memory.committed_mb)
+            .saturating_sub(self.pending.overcommit_memory_mb)
+    }
+
+    /// The memory a VM may still take here, overhead included (MiB): the smaller of
+    /// [`Host::physical_memory_mb`] and [`Host::schedulable_memory_mb`], what the `memory`
+    /// filter compares a VM's need with.
+    #[inline(always)]
+    pub fn memory_room_mb(&self) -> u64 {
+        self.physical_memory_mb().min(self.schedulable_memory_mb())
+    }
+
     /// Free amount of a custom resource kind, before pending amounts.
     pub fn custom_free(&self, kind: &str) -> u64 {
         amount_of(&self.custom_resources, kind)

@@ -471,6 +471,44 @@ pub struct CpuCounts {
     pub whole_free_cores: u32,
 }
 
+/// The pCPUs of `host` that a pinning cannot take, folded into one word: bit `c % 64` is
+/// set for every pCPU `c` dedicated to a running VM or pinned by a pending one, and for
+/// every pCPU below the host's thread count that is not online (none when
+/// [`Host::online_cpus`] is empty). Pinned pCPUs below the thread count whose bits (folded
+/// the same way, [`fold_pcpus`]) all miss this word are online and free; a bit that meets
+/// it may stand for another pCPU of the same residue, so the host's lists decide. What the
+/// `cpu-pinning` filter's fast pass reads, kept per host in the snapshot's index.
+pub fn unavailable_pcpus(host: &Host) -> u64 {
+    let mut mask = fold_pcpus(
+        host.dedicated_cpus
+            .iter()
+            .chain(&host.pending.pinned_cpus)
+            .copied(),
+    );
+    if !host.online_cpus.is_empty() {
+        let threads = host.cpu.threads();
+        let mut online = CpuBits::new(threads);
+        for &c in &host.online_cpus {
+            online.insert(c);
+        }
+        // At most 64 offline pCPUs set every bit, so this ends after the online ones and 64
+        // more, whatever the thread count.
+        let mut c = 0;
+        while c < threads && mask != u64::MAX {
+            if !online.contains(c) {
+                mask |= 1 << (c % 64);
+            }
+            c += 1;
+        }
+    }
+    mask
+}
+
+/// pCPU ids folded into one word, bit `c % 64` for each id `c` (see [`unavailable_pcpus`]).
+pub fn fold_pcpus(ids: impl IntoIterator<Item = u32>) -> u64 {
+    ids.into_iter().fold(0, |mask, c| mask | 1 << (c % 64))
+}
+
 impl CpuCounts {
     /// Counts `host`'s pCPUs: one pass over each CPU list with a bit set (no allocation up
     /// to 1,024 pCPUs).
@@ -1317,6 +1355,56 @@ pub fn is_hp_or_pinned(vm: &Vm) -> bool {
 mod tests {
     use super::*;
     use crate::testing::{host, vm, XorShift};
+
+    /// A host's unavailable pCPUs fold dedicated, pending pinned and offline pCPUs (below
+    /// the thread count) onto bit `id % 64`; a host with more offline pCPUs than residues
+    /// ends with every bit set.
+    #[test]
+    fn unavailable_pcpus_fold_dedicated_pending_and_offline_pcpus() {
+        let small = || host("h").cpu(1, 4, 2); // pCPUs 0-7
+        let big = || host("h").cpu(2, 24, 2); // pCPUs 0-95
+        let cases: [(&str, Host, u64); 7] = [
+            ("nothing taken, all online", small().build(), 0),
+            (
+                "dedicated and pending pinned",
+                small()
+                    .dedicated_cpus([1])
+                    .pending_pinned_cpus([3, 3])
+                    .build(),
+                0b1010,
+            ),
+            (
+                "ids past 63 fold onto their residue",
+                big().dedicated_cpus([69]).pending_pinned_cpus([64]).build(),
+                0b10_0001,
+            ),
+            (
+                "offline below the thread count",
+                small().online_cpus(0..6).build(),
+                0b1100_0000,
+            ),
+            (
+                "online ids past the topology change nothing",
+                small().online_cpus((0..8).chain([100])).build(),
+                0,
+            ),
+            (
+                "offline past 63 folds too",
+                big().online_cpus((0..96).filter(|&c| c != 70)).build(),
+                1 << 6,
+            ),
+            (
+                "more offline pCPUs than bits: every bit",
+                host("h").cpu(1, 1_000, 2).online_cpus([0]).build(),
+                u64::MAX,
+            ),
+        ];
+        for (case, h, want) in cases {
+            assert_eq!(unavailable_pcpus(&h), want, "{case}");
+        }
+        assert_eq!(fold_pcpus([0, 64, 65, 127]), 0b11 | 1 << 63);
+        assert_eq!(fold_pcpus([]), 0);
+    }
 
     #[test]
     fn whole_cores_are_counted_a_word_at_a_time_like_core_by_core() {
