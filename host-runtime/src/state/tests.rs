@@ -457,6 +457,80 @@ fn a_usage_refresh_is_one_compact_epoch_and_views_keep_the_old_figures() {
     assert_eq!(c.epoch(), epoch);
 }
 
+/// A refresh finds each host it names whatever the order of its report: in snapshot order
+/// (matched without a lookup by id), reversed, a subset, starting in the middle, a host
+/// named twice (the later figures win), and one unknown id anywhere fails it, changing
+/// nothing.
+#[test]
+fn usage_reports_in_any_order_reach_the_hosts_they_name() {
+    use policy_sdk::HostUsage;
+    let usage = |cpu: u32| HostUsage {
+        cpu_usage_percent: cpu,
+        free_mb: 100 * u64::from(cpu),
+        swap_free_mb: 7,
+        running_vms: cpu / 10,
+    };
+    // A report as (host, CPU %); the hosts' CPU % after it (0: unchanged), or none if
+    // refused.
+    type Report = &'static [(&'static str, u32)];
+    let cases: [(&str, Report, Option<[u32; 3]>); 7] = [
+        (
+            "snapshot order",
+            &[("a", 11), ("b", 12), ("c", 13)],
+            Some([11, 12, 13]),
+        ),
+        (
+            "reversed",
+            &[("c", 21), ("b", 22), ("a", 23)],
+            Some([23, 22, 21]),
+        ),
+        ("a subset", &[("a", 31), ("c", 33)], Some([31, 0, 33])),
+        (
+            "from the middle",
+            &[("b", 42), ("c", 43)],
+            Some([0, 42, 43]),
+        ),
+        (
+            "named twice",
+            &[("a", 51), ("b", 52), ("a", 53)],
+            Some([53, 52, 0]),
+        ),
+        ("unknown in order's place", &[("a", 61), ("x", 62)], None),
+        (
+            "unknown last",
+            &[("a", 71), ("b", 72), ("c", 73), ("x", 74)],
+            None,
+        ),
+    ];
+    for (case, report, want) in cases {
+        let c = cluster();
+        let before = c.snapshot();
+        let result = c.update_usage(report.iter().map(|&(id, cpu)| (id, usage(cpu))));
+        let now = c.snapshot();
+        match want {
+            Some(cpus) => {
+                result.unwrap_or_else(|e| panic!("{case}: {e}"));
+                for (id, cpu) in ["a", "b", "c"].into_iter().zip(cpus) {
+                    let got = HostUsage::of(host_of(&now, id));
+                    if cpu == 0 {
+                        assert_eq!(host_of(&now, id), host_of(&before, id), "{case}: {id}");
+                    } else {
+                        assert_eq!(got, usage(cpu), "{case}: {id}");
+                    }
+                }
+            }
+            None => {
+                let error = result.expect_err(case).to_string();
+                assert!(error.contains('x'), "{case}: {error}");
+                assert_eq!(
+                    now.epoch, before.epoch,
+                    "{case}: a refused report changes nothing"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_reservation_is_logged_as_what_it_adds_and_a_release_as_the_whole_aggregate() {
     let c = cluster();
