@@ -17,7 +17,7 @@ use super::decision::{
 };
 use super::policy::{FailureMode, Policy, PolicyUnit, SelectorKind};
 use super::request::{Detail, ScheduleRequest};
-use super::selector::{compare_totals, factored, pick_best, select};
+use super::selector::{best_first, compare_totals, factored, pick_best, select};
 use super::shadow::{self, LiveChoice};
 use crate::engine::{CallLimits, LoadedModule};
 use crate::error::{Error, Result, UnitFault};
@@ -276,8 +276,7 @@ pub(super) fn decide(
         hosts
     } else {
         // The chosen host first, then the best-scored runners-up.
-        let mut order: Vec<usize> = (0..survivors.len()).collect();
-        let keep = Detail::SUMMARY_HOSTS.min(order.len());
+        let keep = Detail::SUMMARY_HOSTS.min(survivors.len());
         let better = |a: &usize, b: &usize| {
             compare_totals(policy.selector, totals[*a], totals[*b]).then_with(|| {
                 snapshot.hosts[survivors[*a] as usize]
@@ -285,12 +284,7 @@ pub(super) fn decide(
                     .cmp(&snapshot.hosts[survivors[*b] as usize].id)
             })
         };
-        if keep < order.len() && keep > 0 {
-            order.select_nth_unstable_by(keep - 1, better);
-            order.truncate(keep);
-        }
-        order.sort_by(better);
-        order
+        best_first(survivors.len(), keep, better)
             .into_iter()
             .map(|pos| {
                 let index = survivors[pos];

@@ -89,8 +89,17 @@ fn points_of(selector: SelectorKind, penalties: &[Penalty]) -> Vec<f64> {
 }
 
 /// Rank of each penalty: the number of candidates with a strictly worse (higher) penalty,
-/// so the best of n distinct penalties gets n-1 and ties share a rank.
+/// so the best of n distinct penalties gets n-1 and ties share a rank. A column as long as
+/// a split decision's (see `split_parts`) that needs sorting is sorted and ranked on as
+/// many threads.
 pub(super) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
+    ranks_in_parts(penalties, split_parts(penalties.len()))
+}
+
+/// [`ranks`] with a sort's work in `parts` contiguous runs of the column, each on its own
+/// thread (one part: all on this one): the runs sorted apart and merged, then each run's
+/// penalties looked up in the merged order. The ranks are the same for any `parts`.
+fn ranks_in_parts(penalties: &[Penalty], parts: usize) -> Vec<usize> {
     let n = penalties.len();
     let (Some(&min), Some(&max)) = (penalties.iter().min(), penalties.iter().max()) else {
         return Vec::new();
@@ -119,12 +128,82 @@ pub(super) fn ranks(penalties: &[Penalty]) -> Vec<usize> {
             .map(|&p| above[(p as i128 - min as i128) as usize])
             .collect();
     }
-    let mut sorted: Vec<Penalty> = penalties.to_vec();
-    sorted.sort_unstable();
-    penalties
-        .iter()
-        .map(|p| sorted.len() - sorted.partition_point(|x| x <= p))
-        .collect()
+    let run = n.div_ceil(parts.max(1));
+    let sorted = merged(on_chunks(penalties, run, |part| {
+        let mut sorted = part.to_vec();
+        sorted.sort_unstable();
+        sorted
+    }));
+    let rank = |p: &Penalty| sorted.len() - sorted.partition_point(|x| x <= p);
+    let mut ranked = on_chunks(penalties, run, |part| {
+        part.iter().map(rank).collect::<Vec<usize>>()
+    });
+    if ranked.len() == 1 {
+        return ranked.pop().unwrap_or_default();
+    }
+    ranked.concat()
+}
+
+/// Sorted runs merged into one sorted list (a single run is returned as it is).
+fn merged(mut runs: Vec<Vec<Penalty>>) -> Vec<Penalty> {
+    while runs.len() > 1 {
+        let right = runs.pop().unwrap_or_default();
+        let left = runs.pop().unwrap_or_default();
+        let mut both = Vec::with_capacity(left.len() + right.len());
+        let (mut l, mut r) = (left.iter().peekable(), right.iter().peekable());
+        while let (Some(&&a), Some(&&b)) = (l.peek(), r.peek()) {
+            if a <= b {
+                both.push(a);
+                l.next();
+            } else {
+                both.push(b);
+                r.next();
+            }
+        }
+        both.extend(l);
+        both.extend(r);
+        runs.push(both);
+    }
+    runs.pop().unwrap_or_default()
+}
+
+/// The positions `0..n` of the `keep` best candidates, best first, by `better` (a total
+/// order: totals, then host ids). A decision large enough to be split across cores (see
+/// `split_parts`) picks each part's best on a thread of its own and then the best of
+/// those: the best `keep` of all are among the best `keep` of each part.
+pub(super) fn best_first(
+    n: usize,
+    keep: usize,
+    better: impl Fn(&usize, &usize) -> std::cmp::Ordering + Sync,
+) -> Vec<usize> {
+    best_first_in_parts(n, keep, split_parts(n), better)
+}
+
+fn best_first_in_parts(
+    n: usize,
+    keep: usize,
+    parts: usize,
+    better: impl Fn(&usize, &usize) -> std::cmp::Ordering + Sync,
+) -> Vec<usize> {
+    let best_of = |mut order: Vec<usize>| {
+        if keep == 0 {
+            return Vec::new();
+        }
+        if keep < order.len() {
+            order.select_nth_unstable_by(keep - 1, &better);
+            order.truncate(keep);
+        }
+        order
+    };
+    let positions: Vec<usize> = (0..n).collect();
+    let mut order = if parts > 1 {
+        let bests = on_chunks(&positions, n.div_ceil(parts), |part| best_of(part.to_vec()));
+        best_of(bests.concat())
+    } else {
+        best_of(positions)
+    };
+    order.sort_by(&better);
+    order
 }
 
 /// Orders two selector totals best first (`Less` = `a` is better): higher wins for the
@@ -380,5 +459,58 @@ mod tests {
             assert_eq!(ranks(&penalties), want, "case {case}: {penalties:?}");
         }
         assert_eq!(ranks(&[i64::MIN, i64::MAX]), [1, 0]);
+    }
+
+    /// A column ranked in parts (sorted apart, merged, looked up part by part) gets the
+    /// ranks of one part, for columns of every length around the parts' boundaries, with
+    /// ties within and across parts.
+    #[test]
+    fn ranks_in_any_number_of_parts_equal_the_ranks_in_one() {
+        let mut rng = policy_sdk::testing::XorShift::new(17);
+        for n in [2, 3, 7, 64, 1_001] {
+            // Wide values (the sorting path), a few of them repeated.
+            let penalties: Vec<Penalty> = (0..n).map(|_| (rng.below(40) as i64) << 40).collect();
+            let one = ranks_in_parts(&penalties, 1);
+            let want: Vec<usize> = penalties
+                .iter()
+                .map(|p| penalties.iter().filter(|q| *q > p).count())
+                .collect();
+            assert_eq!(one, want, "{n} penalties");
+            for parts in 2..=5 {
+                assert_eq!(
+                    ranks_in_parts(&penalties, parts),
+                    want,
+                    "{n} in {parts} parts"
+                );
+            }
+        }
+        assert_eq!(
+            merged(vec![vec![1, 4, 9], vec![2, 4], vec![0, 10]]),
+            [0, 1, 2, 4, 4, 9, 10]
+        );
+        assert_eq!(merged(Vec::new()), Vec::<Penalty>::new());
+    }
+
+    /// The best candidates picked in parts are the best of all, best first, for any number
+    /// kept (none, fewer than a part, more than a part, all) and ties broken by the order's
+    /// second key.
+    #[test]
+    fn the_best_picked_in_parts_are_the_best_of_all() {
+        let mut rng = policy_sdk::testing::XorShift::new(29);
+        let n = 2_000;
+        // Totals with many ties; the position breaks them, as host ids do in a decision.
+        let totals: Vec<u64> = (0..n).map(|_| rng.below(50)).collect();
+        let better = |a: &usize, b: &usize| totals[*b].cmp(&totals[*a]).then(a.cmp(b));
+        let mut all: Vec<usize> = (0..n).collect();
+        all.sort_by(better);
+        for keep in [0, 1, 5, 700, 1_500, n] {
+            for parts in 1..=4 {
+                assert_eq!(
+                    best_first_in_parts(n, keep, parts, better),
+                    all[..keep],
+                    "best {keep} in {parts} parts"
+                );
+            }
+        }
     }
 }
