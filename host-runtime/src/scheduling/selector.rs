@@ -35,9 +35,10 @@ pub(super) fn factored<'a>(
 
 /// Turns each unit's penalty column into points, multiplies them by the unit's factor and
 /// sums them per candidate. A decision large enough to be split across cores (see
-/// `split_parts`) works out the columns' points on as many threads (ranking 50,000
-/// penalties is a sort); the totals are summed in column order either way, so they are the
-/// same to the bit.
+/// `split_parts`) works out the columns' points on as many threads, and a wide column's
+/// ranks are themselves sorted in parts (see [`ranks`]): one column of free memory in MiB
+/// can be most of the work. The totals are summed in column order either way, so they are
+/// the same to the bit.
 pub(super) fn select<'a>(
     selector: SelectorKind,
     columns: impl IntoIterator<Item = (i64, &'a [Penalty])>,
