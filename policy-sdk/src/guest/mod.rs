@@ -8,9 +8,7 @@
 pub mod exports;
 pub mod heap;
 
-use crate::model::index::{
-    available_hugepages, CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex, NOT_KEPT,
-};
+use crate::model::index::{available_hugepages, CpuFlagIndex, FlagMask, KeptWords, SnapshotIndex};
 use crate::model::manifest::{Manifest, ParamSpec, ParamValue, UnitDescriptor, UnitKind};
 use crate::model::topology::CpuCounts;
 use crate::model::verdict::{BalanceAction, Penalty, Verdict, Verdicts};
@@ -21,7 +19,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What a unit can see and use during one call: the snapshot, its parameters, logging.
 #[derive(Clone, Copy)]
@@ -78,7 +75,7 @@ impl KeptPages<'_> {
     /// no index or they were not counted yet ([`Context::available_hugepages`] counts them).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<u64> {
-        self.0.pages(index)
+        self.0.get(index)
     }
 }
 
@@ -92,7 +89,7 @@ impl KeptMasks<'_> {
     /// it was not worked out yet ([`Context::unavailable_pcpus`] works it out).
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> Option<u64> {
-        self.0.mask(index)
+        self.0.get(index)
     }
 }
 
@@ -100,8 +97,8 @@ impl KeptMasks<'_> {
 /// ([`Context::memory_rooms`]).
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryRooms<'a> {
-    /// One word per host of the index ([`NOT_KEPT`] until worked out); empty without one.
-    kept: &'a [AtomicU64],
+    /// One word per host of the index; none without one.
+    kept: KeptWords<'a>,
     hosts: &'a [Host],
 }
 
@@ -111,18 +108,7 @@ impl MemoryRooms<'_> {
     #[inline(always)]
     pub fn get(&self, index: HostIndex) -> u64 {
         let i = index as usize;
-        match self.kept.get(i) {
-            Some(word) => match word.load(Ordering::Relaxed) {
-                NOT_KEPT => {
-                    let room = self.hosts[i].memory_room_mb();
-                    // A room of `NOT_KEPT` MiB (no real host) is worked out every time.
-                    word.store(room, Ordering::Relaxed);
-                    room
-                }
-                room => room,
-            },
-            None => self.hosts[i].memory_room_mb(),
-        }
+        self.kept.get_or_keep(i, || self.hosts[i].memory_room_mb())
     }
 }
 
@@ -270,7 +256,10 @@ impl<'a> Context<'a> {
     #[inline]
     pub fn memory_rooms(&self) -> MemoryRooms<'a> {
         MemoryRooms {
-            kept: self.index().map_or(&[], SnapshotIndex::memory_room_words),
+            kept: self
+                .index()
+                .map(SnapshotIndex::memory_room_words)
+                .unwrap_or_default(),
             hosts: &self.snapshot.hosts,
         }
     }

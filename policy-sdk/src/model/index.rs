@@ -155,11 +155,12 @@ impl SnapshotIndex {
         KeptWords(self.unavailable.kept())
     }
 
-    /// Every host's memory room word ([`NOT_KEPT`] until worked out), allocated by the
-    /// first call, for [`MemoryRooms`](crate::guest::MemoryRooms).
+    /// Every host's memory room word, allocated by the first call, for a loop over hosts
+    /// that works out and keeps a missing one inline ([`KeptWords::get_or_keep`], read by
+    /// [`MemoryRooms`](crate::guest::MemoryRooms)).
     #[inline]
-    pub(crate) fn memory_room_words(&self) -> &[AtomicU64] {
-        self.memory_room.words()
+    pub(crate) fn memory_room_words(&self) -> KeptWords<'_> {
+        KeptWords(self.memory_room.words())
     }
 
     /// Host `index`'s pCPU counts if they are kept already; `None` when they were not
@@ -257,8 +258,8 @@ struct WordCache {
     words: OnceLock<Box<[AtomicU64]>>,
 }
 
-/// A word that keeps nothing (no value is stored as it: see [`WordCache::get_or`]).
-pub(crate) const NOT_KEPT: u64 = u64::MAX;
+/// A word that keeps nothing (no value is stored as it: see [`KeptWords::get_or_keep`]).
+const NOT_KEPT: u64 = u64::MAX;
 
 impl WordCache {
     fn new(hosts: usize) -> Self {
@@ -283,22 +284,12 @@ impl WordCache {
     /// read is); working one out is a call.
     #[inline(always)]
     fn get_or(&self, index: usize, work: impl FnOnce() -> u64) -> u64 {
-        match self.words().get(index) {
-            Some(word) => match word.load(Ordering::Relaxed) {
-                NOT_KEPT => Self::keep(word, work),
-                kept => kept,
-            },
-            None => work(),
-        }
+        KeptWords(self.words()).get_or_keep(index, || Self::work_out(work))
     }
 
     #[inline(never)]
-    fn keep(word: &AtomicU64, work: impl FnOnce() -> u64) -> u64 {
-        let value = work();
-        if value != NOT_KEPT {
-            word.store(value, Ordering::Relaxed);
-        }
-        value
+    fn work_out(work: impl FnOnce() -> u64) -> u64 {
+        work()
     }
 
     /// The words kept so far (none before the first read), for reads that never work one
@@ -404,16 +395,16 @@ impl CountsCache {
     }
 }
 
-/// The words one of an index's caches keeps (pCPU counts, or the available pages of one
-/// size), resolved once for a loop over hosts (a unit's fast pass): reading one is a load,
-/// never a count.
+/// The words one of an index's caches keeps (pCPU counts, available pages of one size,
+/// unavailable-pCPU masks, memory rooms), resolved once for a loop over hosts (a unit's
+/// fast pass): reading one is a load.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct KeptWords<'a>(&'a [AtomicU64]);
 
 impl KeptWords<'_> {
-    /// Host `index`'s word if it is kept.
+    /// Host `index`'s word if it is kept (never works one out).
     #[inline(always)]
-    fn word(&self, index: HostIndex) -> Option<u64> {
+    pub(crate) fn get(&self, index: HostIndex) -> Option<u64> {
         match self.0.get(index as usize)?.load(Ordering::Relaxed) {
             NOT_KEPT => None,
             word => Some(word),
@@ -423,19 +414,27 @@ impl KeptWords<'_> {
     /// Host `index`'s counts if they are kept (words of the pCPU counts' cache).
     #[inline(always)]
     pub(crate) fn counts(&self, index: HostIndex) -> Option<CpuCounts> {
-        self.word(index).and_then(unpack)
+        self.get(index).and_then(unpack)
     }
 
-    /// Host `index`'s available pages if they are kept (words of a page size's cache).
+    /// Host `index`'s word, else `work()` done here and kept (unless it is [`NOT_KEPT`]);
+    /// a host beyond the words is worked out every time. Threads deciding at once on one
+    /// index may both work a host out: they write the same word.
     #[inline(always)]
-    pub(crate) fn pages(&self, index: HostIndex) -> Option<u64> {
-        self.word(index)
-    }
-
-    /// Host `index`'s unavailable-pCPU mask if it is kept (words of the masks' cache).
-    #[inline(always)]
-    pub(crate) fn mask(&self, index: HostIndex) -> Option<u64> {
-        self.word(index)
+    pub(crate) fn get_or_keep(&self, index: usize, work: impl FnOnce() -> u64) -> u64 {
+        match self.0.get(index) {
+            Some(word) => match word.load(Ordering::Relaxed) {
+                NOT_KEPT => {
+                    let value = work();
+                    if value != NOT_KEPT {
+                        word.store(value, Ordering::Relaxed);
+                    }
+                    value
+                }
+                kept => kept,
+            },
+            None => work(),
+        }
     }
 }
 
@@ -1139,7 +1138,7 @@ mod tests {
                 let mask = index.unavailable_pcpus(i, h);
                 assert_eq!(mask, unavailable_pcpus(h), "{change:?}");
                 assert_eq!(mask, fresh.unavailable_pcpus(i, h), "{change:?}");
-                assert_eq!(index.kept_unavailable_pcpus().mask(i), Some(mask), "kept");
+                assert_eq!(index.kept_unavailable_pcpus().get(i), Some(mask), "kept");
             }
         }
         // Reading counts never builds the flag bit sets (a module that only counts pCPUs,
@@ -1238,7 +1237,7 @@ mod tests {
                     assert_eq!(index.available_hugepages(i, h, size), counted, "{change:?}");
                     assert_eq!(fresh.available_hugepages(i, h, size), counted, "{change:?}");
                     assert_eq!(
-                        index.kept_hugepages(size).pages(i),
+                        index.kept_hugepages(size).get(i),
                         Some(counted),
                         "{change:?}"
                     );
@@ -1408,7 +1407,7 @@ mod tests {
         let h = &s.hosts[0];
         let index = SnapshotIndex::build(&s);
         assert_eq!(
-            index.kept_hugepages(sizes[0]).pages(0),
+            index.kept_hugepages(sizes[0]).get(0),
             None,
             "nothing read yet"
         );
@@ -1416,7 +1415,7 @@ mod tests {
             assert_eq!(index.available_hugepages(0, h, size), 10 * (k as u64 + 1));
         }
         for (k, &size) in sizes.iter().enumerate() {
-            let kept = index.kept_hugepages(size).pages(0);
+            let kept = index.kept_hugepages(size).get(0);
             if k < PAGE_SIZES_KEPT {
                 assert_eq!(kept, Some(10 * (k as u64 + 1)), "size {size} is kept");
             } else {
