@@ -309,6 +309,26 @@ impl PinnedPcpus {
         max < host.cpu.threads() && unavailable().is_some_and(|mask| mask & self.folded == 0)
     }
 
+    /// What the pinned pCPUs lack on `host`, in the order the reject codes are checked:
+    /// none when the host's unavailable-pCPU mask clears them ([`PinnedPcpus::surely_free`]),
+    /// else what the host's lists say.
+    #[inline(always)]
+    fn lack_on(
+        &self,
+        host: &Host,
+        unavailable: impl FnOnce() -> Option<u64>,
+    ) -> Option<PinningLack> {
+        if self.surely_free(host, unavailable) {
+            None
+        } else if self.any_offline(host) {
+            Some(PinningLack::PcpuOffline)
+        } else if self.any_taken(host) {
+            Some(PinningLack::PcpuDedicated)
+        } else {
+            None
+        }
+    }
+
     /// Some pinned pCPU is beyond the host's threads or not online.
     #[inline(always)]
     fn any_offline(&self, host: &Host) -> bool {
@@ -372,19 +392,20 @@ impl CpuPinningFilter {
         unavailable: impl FnOnce() -> Option<u64>,
         counts: impl Fn() -> CpuCounts,
     ) -> Verdict {
-        match Self::lack(needs, vm, host, unavailable, &counts) {
+        match Self::lack(needs, vm, host, |p| p.lack_on(host, unavailable), &counts) {
             None => Verdict::Pass,
             Some(lack) => Self::reject(ctx, lack, needs, vm, host, &counts),
         }
     }
 
-    /// What `host` lacks, if anything, in the order the reject codes are checked.
+    /// What `host` lacks, if anything, in the order the reject codes are checked, with
+    /// `pinned` telling what the VM's pinned pCPUs lack there.
     #[inline(always)]
     fn lack(
         needs: &PinningNeeds,
         vm: &Vm,
         host: &Host,
-        unavailable: impl FnOnce() -> Option<u64>,
+        pinned: impl FnOnce(&PinnedPcpus) -> Option<PinningLack>,
         counts: &impl Fn() -> CpuCounts,
     ) -> Option<PinningLack> {
         let (pcpus, exclusive, resize) = match needs {
@@ -399,46 +420,13 @@ impl CpuPinningFilter {
         if resize && host.numa_nodes.is_empty() {
             return Some(PinningLack::ResizeNeedsNuma);
         }
-        if !pcpus.surely_free(host, unavailable) {
-            if pcpus.any_offline(host) {
-                return Some(PinningLack::PcpuOffline);
-            }
-            if pcpus.any_taken(host) {
-                return Some(PinningLack::PcpuDedicated);
-            }
+        if let Some(lack) = pinned(pcpus) {
+            return Some(lack);
         }
         if exclusive && !counts().fits_dedicated(vm) {
             return Some(PinningLack::NotEnoughFreePcpus);
         }
         None
-    }
-
-    /// Whether `host` surely has what `needs` asks, told by its kept unavailable-pCPU mask
-    /// and pCPU counts alone (no list of the host is read): `false` when they cannot tell
-    /// (`unavailable` gives `None`, or counts not kept read as no free pCPU), and the full
-    /// check ([`CpuPinningFilter::verdict`]) decides. Never `true` where the full check
-    /// rejects.
-    #[inline(always)]
-    fn surely_fits(
-        needs: &PinningNeeds,
-        vm: &Vm,
-        host: &Host,
-        unavailable: impl FnOnce() -> Option<u64>,
-        counts: impl FnOnce() -> CpuCounts,
-    ) -> bool {
-        match needs {
-            PinningNeeds::None => true,
-            PinningNeeds::Invalid(_) => false,
-            PinningNeeds::Check {
-                pcpus,
-                exclusive,
-                resize,
-            } => {
-                !(*resize && host.numa_nodes.is_empty())
-                    && pcpus.surely_free(host, unavailable)
-                    && (!*exclusive || counts().fits_dedicated(vm))
-            }
-        }
     }
 
     /// pCPU `c` is beyond the host's threads or not online.
@@ -547,15 +535,17 @@ impl Filter for CpuPinningFilter {
                 candidates,
                 #[inline(always)]
                 |i| {
-                    // A mask or counts not kept yet send the host to the full check, which
-                    // works them out: no list is read here.
-                    Self::surely_fits(
-                        &needs,
-                        vm,
-                        ctx.host(i),
-                        || masks.get(i),
-                        || kept.get(i).unwrap_or_default(),
-                    )
+                    // No list is read here: pinned pCPUs the kept mask cannot clear (or a
+                    // mask not kept yet) count as lacking, and counts not kept yet as no
+                    // free pCPU, so the host goes to the full check, which works them out
+                    // and tells what it lacks.
+                    let host = ctx.host(i);
+                    let pinned = |p: &PinnedPcpus| {
+                        (!p.surely_free(host, || masks.get(i)))
+                            .then_some(PinningLack::PcpuDedicated)
+                    };
+                    let counts = || kept.get(i).unwrap_or_default();
+                    Self::lack(&needs, vm, host, pinned, &counts).is_none()
                 },
                 |i| {
                     let host = ctx.host(i);
