@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 /// Epoch batches kept for delta sync; an instance further behind gets a full snapshot.
 const LOG_CAPACITY: usize = 1024;
 
-/// Earlier snapshots kept for reuse (see [`State::spares`]): enough for a few threads
-/// deciding on one cluster while another commits.
+/// Earlier snapshots and their indexes kept for reuse (see [`State::spares`]): enough for
+/// a few threads deciding on one cluster while another commits.
 const MAX_SPARES: usize = 2;
 
 /// How long a thread that finds the ledger lock held waits for it without sleeping: about
@@ -86,12 +86,23 @@ struct State {
     /// Data derived from the snapshot for native units (host CPU flags as bit sets), kept
     /// in step like the guests keep theirs.
     derived: Arc<SnapshotIndex>,
-    /// Snapshots of earlier epochs, kept after a commit found the current one held by a
-    /// view: the next commit that finds the current one held takes a spare no view holds
-    /// any more and brings it up to date with the change log (as a guest catches up with
-    /// a delta) instead of copying the whole snapshot. This is what lets decisions run on
-    /// several threads while reservations commit.
-    spares: Vec<Arc<Snapshot>>,
+    /// Snapshots of earlier epochs with their indexes, kept after a commit found the
+    /// current one held by a view: the next commit that finds the current one held takes
+    /// a spare no view holds any more and brings it up to date with the change log (as a
+    /// guest catches up with a delta) instead of copying the whole snapshot and index.
+    /// This is what lets decisions run on several threads while reservations commit.
+    spares: Vec<Spare>,
+    /// Times a commit copied the whole index because a view held it and no spare was
+    /// free (for tests).
+    #[cfg(test)]
+    index_copies: u64,
+}
+
+/// A snapshot of an earlier epoch and its index (what a view holds), kept for reuse.
+#[derive(Debug)]
+struct Spare {
+    snapshot: Arc<Snapshot>,
+    derived: Arc<SnapshotIndex>,
 }
 
 fn index_hosts(snapshot: &Snapshot) -> HashMap<String, HostIndex> {
@@ -125,21 +136,19 @@ struct LogEntry {
     changes: Vec<Change>,
 }
 
-/// A spare snapshot that no view holds, brought to epoch `to` by replaying the change log
-/// (`None` when every spare is held or the log no longer reaches back to one).
-fn take_spare(
-    spares: &mut Vec<Arc<Snapshot>>,
-    log: &VecDeque<LogEntry>,
-    to: u64,
-) -> Option<Arc<Snapshot>> {
+/// A spare snapshot that no view holds, with its index, brought to epoch `to` by replaying
+/// the change log (`None` when every spare is held or the log no longer reaches back to
+/// one). The index forgets what the replayed changes touched, in one refresh.
+fn take_spare(spares: &mut Vec<Spare>, log: &VecDeque<LogEntry>, to: u64) -> Option<Spare> {
     let first = log.front().map_or(u64::MAX, |e| e.epoch);
     let position = spares.iter_mut().position(|s| {
-        let epoch = s.epoch;
-        Arc::get_mut(s).is_some() && epoch <= to && epoch.saturating_add(1) >= first
+        let epoch = s.snapshot.epoch;
+        Arc::get_mut(&mut s.snapshot).is_some() && epoch <= to && epoch.saturating_add(1) >= first
     })?;
     let mut spare = spares.remove(position);
-    let snapshot = Arc::get_mut(&mut spare)?;
+    let snapshot = Arc::get_mut(&mut spare.snapshot)?;
     let from = snapshot.epoch;
+    let mut touched = Touched::default();
     if from < to {
         let skip = (from + 1 - first) as usize;
         for entry in log.iter().skip(skip) {
@@ -148,10 +157,16 @@ fn take_spare(
                     .apply_copy(snapshot)
                     .expect("logged changes applied to this epoch before");
             }
+            touched.add(&entry.changes);
             snapshot.epoch = entry.epoch;
         }
     }
     debug_assert_eq!(snapshot.epoch, to);
+    if touched.any() {
+        // In place: a view holds its snapshot and index together, and no view holds
+        // this snapshot.
+        Arc::make_mut(&mut spare.derived).refresh(snapshot, &touched);
+    }
     Some(spare)
 }
 
@@ -219,6 +234,8 @@ impl ClusterView {
                     log: VecDeque::new(),
                     derived: Arc::default(),
                     spares: Vec::new(),
+                    #[cfg(test)]
+                    index_copies: 0,
                 }),
                 full_cache: Mutex::new(None),
                 delta_cache: Mutex::new(None),
@@ -326,6 +343,8 @@ impl Cluster {
                     snapshot: Arc::new(snapshot),
                     log: VecDeque::new(),
                     spares: Vec::new(),
+                    #[cfg(test)]
+                    index_copies: 0,
                 }),
                 full_cache: Mutex::new(None),
                 delta_cache: Mutex::new(None),
@@ -491,6 +510,12 @@ impl Cluster {
         }
     }
 
+    /// Times a commit copied the whole index because a view held it and no spare was free.
+    #[cfg(test)]
+    pub(super) fn index_copies(&self) -> u64 {
+        self.shared.state.read().unwrap().index_copies
+    }
+
     /// Whether some thread holds the ledger lock (for tests that check what runs outside
     /// it; never blocks).
     #[cfg(test)]
@@ -588,9 +613,14 @@ impl Cluster {
         let state = &mut *state;
         if Arc::get_mut(&mut state.snapshot).is_none() {
             // A view holds the current snapshot: continue on a spare, else on a copy.
-            let current = state.snapshot.clone();
-            if let Some(spare) = take_spare(&mut state.spares, &state.log, current.epoch) {
-                state.snapshot = spare;
+            let current = Spare {
+                snapshot: state.snapshot.clone(),
+                derived: state.derived.clone(),
+            };
+            let epoch = current.snapshot.epoch;
+            if let Some(spare) = take_spare(&mut state.spares, &state.log, epoch) {
+                state.snapshot = spare.snapshot;
+                state.derived = spare.derived;
             }
             state.spares.push(current);
             if state.spares.len() > MAX_SPARES {
@@ -612,6 +642,10 @@ impl Cluster {
         }
         let touched = Touched::of(&changes);
         if touched.any() {
+            #[cfg(test)]
+            if Arc::get_mut(&mut state.derived).is_none() {
+                state.index_copies += 1;
+            }
             Arc::make_mut(&mut state.derived).refresh(snapshot, &touched);
         }
         debug_assert!(state.log.back().is_none_or(|e| e.epoch + 1 == epoch));

@@ -3,9 +3,10 @@
 //! log deltas are cut from, memory-change records, and the batches `apply` refuses.
 
 use super::*;
+use policy_sdk::model::index::SnapshotIndex;
 use policy_sdk::testing::{host, snapshot, vm};
 use policy_sdk::wire::sync::Change;
-use policy_sdk::{HostStatus, MemoryDevice, Snapshot, Vm, VmStatus};
+use policy_sdk::{HostIndex, HostStatus, HostUsage, MemoryDevice, Snapshot, Vm, VmStatus};
 
 /// Three idle hosts of 64 GiB (`a`, `b`, `c`) and a running VM `run` on `c`.
 fn cluster() -> Cluster {
@@ -879,4 +880,74 @@ fn a_thread_waiting_for_the_ledger_longer_than_the_spin_gets_it_once_the_holder_
         drop(held);
         assert_eq!(waiter.join().unwrap(), (true, true));
     });
+}
+
+#[test]
+fn commits_while_views_are_held_reuse_spare_indexes_brought_up_to_date() {
+    let c = cluster();
+    let hosts = ["a", "b", "c"];
+    // Changes of each kind an index keeps something of, in turn.
+    let change = |i: usize| {
+        let host = hosts[i % 3];
+        match i % 4 {
+            0 | 1 => {
+                c.add_pending(vec![PendingRecord {
+                    host: host.into(),
+                    vm: format!("v{i}"),
+                    resource: PendingResource::PinnedCpus {
+                        cpus: vec![i as u32, 70 + i as u32],
+                    },
+                }])
+                .unwrap();
+            }
+            2 => {
+                let status = [HostStatus::Maintenance, HostStatus::Up][(i / 4) % 2];
+                c.set_host_status(host, status).unwrap();
+            }
+            _ => {
+                let mut usage = HostUsage::of(host_of(&c.snapshot(), host));
+                usage.free_mb -= 1_024;
+                c.update_usage([(host, usage)]).unwrap();
+            }
+        }
+    };
+    // Hold a view across each change, as a second thread deciding would, with the index's
+    // words filled in as a native unit's decision fills them.
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let view = c.view();
+        for (k, h) in view.snapshot().hosts.iter().enumerate() {
+            view.derived().cpu_counts(k as HostIndex, h);
+            view.derived().unavailable_pcpus(k as HostIndex, h);
+        }
+        held.push(view);
+        if held.len() > 2 {
+            held.remove(0);
+        }
+        change(i);
+        let now = c.view();
+        let fresh = SnapshotIndex::build(now.snapshot());
+        for (k, h) in now.snapshot().hosts.iter().enumerate() {
+            let k = k as HostIndex;
+            if let Some(kept) = now.derived().kept_cpu_counts(k) {
+                assert_eq!(
+                    kept,
+                    fresh.cpu_counts(k, h),
+                    "step {i}, host {k}: kept counts"
+                );
+            }
+            assert_eq!(
+                now.derived().unavailable_pcpus(k, h),
+                fresh.unavailable_pcpus(k, h),
+                "step {i}, host {k}: unavailable pCPUs"
+            );
+        }
+        assert_eq!(
+            now.derived().host_statuses(now.snapshot()),
+            fresh.host_statuses(now.snapshot()),
+            "step {i}: statuses"
+        );
+    }
+    // Only the first two commits, before any spare was free, copied the index.
+    assert_eq!(c.index_copies(), 2);
 }

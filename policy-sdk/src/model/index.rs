@@ -577,20 +577,28 @@ impl Touched {
     /// What `changes` touch.
     pub fn of(changes: &[Change]) -> Self {
         let mut touched = Touched::default();
+        touched.add(changes);
+        touched
+    }
+
+    /// Adds what `changes` touch: after the changes of several epochs, an index refreshed
+    /// once with the sum against the last epoch's snapshot answers as one refreshed after
+    /// each epoch does (a refresh forgets the hosts it is told of and reads the rest of
+    /// what it updates from the snapshot it is given).
+    pub fn add(&mut self, changes: &[Change]) {
         for change in changes {
             match change {
-                Change::AddHost(_) | Change::RemoveHost { .. } => touched.rebuild = true,
-                Change::ReplaceHost { host, .. } => touched.replaced.push(*host),
+                Change::AddHost(_) | Change::RemoveHost { .. } => self.rebuild = true,
+                Change::ReplaceHost { host, .. } => self.replaced.push(*host),
                 Change::SetPending { host, .. } | Change::AddPending { host, .. } => {
-                    touched.pending.push(*host)
+                    self.pending.push(*host)
                 }
-                Change::SetCluster(_) => touched.cluster = true,
-                Change::SetHostStatus { host, .. } => touched.status.push(*host),
-                Change::SetUsage(usage) => touched.usage.extend(usage.iter().map(|(h, _)| *h)),
+                Change::SetCluster(_) => self.cluster = true,
+                Change::SetHostStatus { host, .. } => self.status.push(*host),
+                Change::SetUsage(usage) => self.usage.extend(usage.iter().map(|(h, _)| *h)),
                 _ => {}
             }
         }
-        touched
     }
 
     /// Whether the changes touched anything an index keeps.
