@@ -587,8 +587,8 @@ pub fn check_in_both_forms<F: crate::Filter>(
 /// reverse) gives `check`'s verdicts host by host, in every way a unit is called: without
 /// the snapshot's index (unit tests), with a fresh index (nothing counted yet: a guest's
 /// first decision), with an index that kept the pCPU counts, unavailable-pCPU masks,
-/// memory room and available hugepages of every other host (a fast pass loop meets kept and not yet counted hosts), and without
-/// details (a summary decision).
+/// memory room and available hugepages of every other host (a fast pass loop meets kept
+/// and not yet counted hosts), and without details (a summary decision).
 /// Also that a filter which says it does not [apply](crate::Filter::applies) to `vm`
 /// passes every host. `case` names the check in failure messages.
 pub fn check_all_agrees<F: crate::Filter>(

@@ -24,21 +24,18 @@ impl MemoryFilter {
     /// detail is written out of line.
     #[inline(always)]
     fn check_with(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host) -> Verdict {
-        let room = Room::of(vm.memory_mb.saturating_add(overhead_mb), host);
-        if room.fits() {
+        let need = vm.memory_mb.saturating_add(overhead_mb);
+        if host.memory_room_mb() >= need {
             return Verdict::Pass;
         }
-        Self::reject(ctx, overhead_mb, vm, host, &room)
+        Self::reject(ctx, overhead_mb, vm, host, need)
     }
 
+    /// Which of the two rooms does not hold `need`, and why.
     #[cold]
     #[inline(never)]
-    fn reject(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host, room: &Room) -> Verdict {
-        let &Room {
-            need,
-            physical,
-            schedulable,
-        } = room;
+    fn reject(ctx: &Context<'_>, overhead_mb: u64, vm: &Vm, host: &Host, need: u64) -> Verdict {
+        let (physical, schedulable) = (host.physical_memory_mb(), host.schedulable_memory_mb());
         let m = &host.memory;
         let pending = &host.pending;
         if physical < need {
@@ -57,34 +54,6 @@ impl MemoryFilter {
                 m.max_scheduling_mb, m.committed_mb, pending.overcommit_memory_mb, vm.memory_mb
             )
         })
-    }
-}
-
-/// What the memory filter compares for one host (MiB).
-struct Room {
-    /// The VM's memory plus the overhead.
-    need: u64,
-    /// Free memory plus free swap, minus pending memory.
-    physical: u64,
-    /// Schedulable memory, minus pending overcommit memory.
-    schedulable: u64,
-}
-
-impl Room {
-    /// `host`'s room for a VM that needs `need` MiB.
-    #[inline(always)]
-    fn of(need: u64, host: &Host) -> Self {
-        Self {
-            need,
-            physical: host.physical_memory_mb(),
-            schedulable: host.schedulable_memory_mb(),
-        }
-    }
-
-    /// Both kinds of room hold the need.
-    #[inline(always)]
-    fn fits(&self) -> bool {
-        self.physical >= self.need && self.schedulable >= self.need
     }
 }
 

@@ -234,8 +234,8 @@ impl SnapshotIndex {
         }
     }
 
-    /// Forgets what the index kept of one host (its counts, pages and pCPU mask), whose
-    /// host or pending aggregate changed.
+    /// Forgets what the index kept of one host (its counts, pages, pCPU mask and memory
+    /// room), whose host or pending aggregate changed.
     fn forget_host(&mut self, host: usize) {
         self.cpu_counts.forget(host);
         self.hugepages.forget(host);
