@@ -464,7 +464,6 @@ fn a_usage_refresh_is_one_compact_epoch_and_views_keep_the_old_figures() {
 /// nothing.
 #[test]
 fn usage_reports_in_any_order_reach_the_hosts_they_name() {
-    use policy_sdk::HostUsage;
     let usage = |cpu: u32| HostUsage {
         cpu_usage_percent: cpu,
         free_mb: 100 * u64::from(cpu),
@@ -882,6 +881,10 @@ fn a_thread_waiting_for_the_ledger_longer_than_the_spin_gets_it_once_the_holder_
     });
 }
 
+/// Commits made while views of earlier epochs are held continue on spare snapshots
+/// together with their indexes: after each change (pending pinned pCPUs, a status, usage
+/// figures) the index answers as a fresh one, and only the commits before a spare was free
+/// copied it.
 #[test]
 fn commits_while_views_are_held_reuse_spare_indexes_brought_up_to_date() {
     let c = cluster();
